@@ -1,0 +1,35 @@
+"""normscope: weight-dynamics analysis of neural-network training runs.
+
+The package imports lazily so that `normscope --help` and `import normscope` stay fast and do not
+import torch until a function that needs it is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "open_run": "normscope.sources",
+    "compute_stats": "normscope.engine",
+    "build_trajectory": "normscope.trajectory",
+    "Trajectory": "normscope.trajectory",
+    "analyze_path": "normscope.api",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'normscope' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_LAZY))
+
+
+__all__ = ["__version__", *_LAZY]

@@ -1,0 +1,30 @@
+"""The `normscope` command: a thin typer shell over the library.
+
+Nothing here imports torch at module level: `normscope --help` must stay fast. Each command lives in
+its own module and imports the heavy parts of the library inside its body.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from normscope.cli import analyze as _analyze
+
+app = typer.Typer(
+    name="normscope",
+    help="Weight-dynamics analysis of training runs: norm trajectories, bounces, scale invariance, "
+    "equilibrium, and when to decay the learning rate.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+app.command("analyze")(_analyze.analyze)
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,201 @@
+"""The trajectory table: one tidy row per (snapshot, parameter). Everything downstream reads only this.
+
+Columns (units in the names; NaN where a source does not have the quantity):
+
+    snapshot        int     0-based position in time order
+    step            Int64   optimizer step (nullable)
+    epoch           float   epoch (nullable; fractional for mid-epoch saves)
+    path            str     file or directory the snapshot came from
+    param           str     clean parameter name, e.g. "layer1.0.conv1.weight"
+    layer           str     the module that owns it, e.g. "layer1.0.conv1"
+    kind            str     "weight" (ndim > 1), "bias", "norm" (1-D scale), "buffer", "other"
+    shape           str     e.g. "64x3x3x3"
+    numel           int
+    dtype           str     "float32", "bfloat16", ...
+    norm            float   |w|
+    norm_sq         float   |w|^2
+    dot_prev        float   <w_t, w_{t-1}>
+    delta_norm      float   |w_t - w_{t-1}|
+    angle_rad       float   angle between w_t and w_{t-1}
+    nonfinite       int     count of NaN/Inf elements
+    buf_dot         float   <w, momentum_buffer or exp_avg>   (checkpoints with optimizer state)
+    buf_norm        float   |momentum_buffer or exp_avg|
+    exp_avg_sq_sum  float   Adam: sum of exp_avg_sq
+    grad_norm       float   |g|        (live logs)
+    grad_dot        float   <w, g>     (live logs)
+    update_norm     float   |Δw| of the logged step (live logs)
+    optimizer       str     "SGD", "AdamW", ...
+    lr, weight_decay, momentum, beta1, beta2   float   hyper-parameters of the param's group
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats
+
+SCHEMA_VERSION = 1
+
+COLUMNS = (
+    "snapshot", "step", "epoch", "path", "param", "layer", "kind", "shape", "numel", "dtype",
+    "norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad", "nonfinite",
+    "buf_dot", "buf_norm", "exp_avg_sq_sum", "grad_norm", "grad_dot", "update_norm",
+    "optimizer", "lr", "weight_decay", "momentum", "beta1", "beta2",
+)
+
+_BUFFER_SUFFIXES = ("running_mean", "running_var")
+_NORM_SCALE_SUFFIXES = ("weight", "scale", "gamma", "g")
+
+
+def layer_of(param: str) -> str:
+    """The owning module's name: everything before the last dot (the parameter itself for top-level)."""
+    head, dot, _ = param.rpartition(".")
+    return head if dot else param
+
+
+def kind_of(param: str, shape: tuple[int, ...]) -> str:
+    """Classify a tensor by name and shape. Norm scales are 1-D "weight"s; matrices/kernels are weights."""
+    leaf = param.rpartition(".")[2]
+    if leaf in _BUFFER_SUFFIXES:
+        return "buffer"
+    if len(shape) > 1:
+        return "weight"
+    if leaf == "bias" or leaf.endswith("_bias") or leaf == "beta":
+        return "bias"
+    if len(shape) == 1 and (leaf in _NORM_SCALE_SUFFIXES or leaf.endswith("_weight")):
+        return "norm"
+    return "other"
+
+
+def angle_between(norm_a: float, norm_b: float, dot: float | None, diff_sq: float | None) -> float:
+    """Angle (radians) between two tensors from their reduced stats, accurate for tiny angles.
+
+    arccos(<a,b>/|a||b|) cannot resolve angles below ~1e-8 rad; the chord form uses |a-b|^2, which
+    the engine measures directly:  |a-b|^2 - (|a|-|b|)^2 = 2|a||b|(1-cos).
+    """
+    if norm_a <= 0 or norm_b <= 0 or not (math.isfinite(norm_a) and math.isfinite(norm_b)):
+        return math.nan
+    if diff_sq is not None and math.isfinite(diff_sq):
+        chord_sq = max(diff_sq - (norm_a - norm_b) ** 2, 0.0) / (norm_a * norm_b)  # = 2(1-cos)
+        return 2.0 * math.asin(min(1.0, math.sqrt(chord_sq) / 2.0))
+    if dot is not None and math.isfinite(dot):
+        return math.acos(max(-1.0, min(1.0, dot / (norm_a * norm_b))))
+    return math.nan
+
+
+@dataclass
+class Trajectory:
+    """The tidy table plus what is known about the run as a whole."""
+
+    table: pd.DataFrame
+    snapshots: list[SnapshotMeta]
+    layout: str = "unknown"
+    root: str = ""
+    ordering: str = "unknown"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[str]:
+        return list(dict.fromkeys(self.table["param"]))
+
+
+def _group_of(meta: SnapshotMeta) -> dict[str, ParamGroup]:
+    return {p: g for g in meta.param_groups for p in g.params}
+
+
+def _opt(x: float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def build_trajectory(
+    stats: Iterable[SnapshotStats],
+    *,
+    layout: str = "unknown",
+    root: str = "",
+    ordering: str = "unknown",
+    warnings: Iterable[str] = (),
+) -> Trajectory:
+    """Assemble per-snapshot stats (already in time order) into the tidy table.
+
+    Parameters that appear or vanish between snapshots are noted in `warnings`, not fatal.
+    """
+    rows: list[dict] = []
+    metas: list[SnapshotMeta] = []
+    notes = list(warnings)
+    prev_norms: dict[str, float] = {}
+    prev_names: set[str] | None = None
+    for index, snap in enumerate(stats):
+        metas.append(snap.meta)
+        groups = _group_of(snap.meta)
+        names = set(snap.params)
+        if prev_names is not None:
+            appeared, vanished = sorted(names - prev_names), sorted(prev_names - names)
+            where = f"snapshot {index} ({snap.meta.path})"
+            if appeared:
+                notes.append(f"{len(appeared)} parameter(s) appear at {where}: {_preview(appeared)}")
+            if vanished:
+                notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
+        prev_names = names
+        norms_now: dict[str, float] = {}
+        for param, ps in snap.params.items():
+            shape = tuple(snap.shapes.get(param, ()))
+            norm = math.sqrt(ps.norm_sq) if ps.norm_sq >= 0 else math.nan
+            norms_now[param] = norm
+            prev = prev_norms.get(param)
+            if prev is not None and (ps.dot_prev is not None or ps.diff_sq is not None):
+                angle = angle_between(prev, norm, ps.dot_prev, ps.diff_sq)
+            else:
+                angle = math.nan
+            group = groups.get(param)
+            betas = group.betas if group is not None and group.betas is not None else (None, None)
+            rows.append({
+                "snapshot": index,
+                "step": snap.meta.step,
+                "epoch": snap.meta.epoch,
+                "path": snap.meta.path,
+                "param": param,
+                "layer": layer_of(param),
+                "kind": kind_of(param, shape),
+                "shape": "x".join(str(d) for d in shape) if shape else "",
+                "numel": ps.numel,
+                "dtype": snap.dtypes.get(param, ""),
+                "norm": norm,
+                "norm_sq": ps.norm_sq,
+                "dot_prev": _opt(ps.dot_prev),
+                "delta_norm": math.sqrt(ps.diff_sq) if ps.diff_sq is not None else math.nan,
+                "angle_rad": angle,
+                "nonfinite": ps.nonfinite,
+                "buf_dot": _opt(ps.buf_dot),
+                "buf_norm": math.sqrt(ps.buf_norm_sq) if ps.buf_norm_sq is not None else math.nan,
+                "exp_avg_sq_sum": _opt(ps.exp_avg_sq_sum),
+                "grad_norm": math.sqrt(ps.grad_norm_sq) if ps.grad_norm_sq is not None else math.nan,
+                "grad_dot": _opt(ps.grad_dot),
+                "update_norm": math.sqrt(ps.update_norm_sq) if ps.update_norm_sq is not None else math.nan,
+                "optimizer": snap.meta.optimizer or "",
+                "lr": _opt(group.lr if group else None),
+                "weight_decay": _opt(group.weight_decay if group else None),
+                "momentum": _opt(group.momentum if group else None),
+                "beta1": _opt(betas[0]),
+                "beta2": _opt(betas[1]),
+            })
+        prev_norms = norms_now
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if not table.empty:
+        table["step"] = table["step"].astype("Int64")
+        table["epoch"] = table["epoch"].astype("float64")
+        table["numel"] = table["numel"].astype("int64")
+        table["nonfinite"] = table["nonfinite"].astype("int64")
+        for col in ("norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad"):
+            table[col] = table[col].astype(np.float64)
+    return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
+                      warnings=notes)
+
+
+def _preview(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … (+{len(names) - limit})" if len(names) > limit else "")
