@@ -125,3 +125,6 @@ class Run:
     snapshots: Sequence[Snapshot]
     ordering: str  # the ORDER_* used for the whole run (the weakest one any snapshot needed)
     warnings: list[str] = field(default_factory=list)
+    # Live logs carry reduced numbers already: their sources fill `stats` (in time order) and leave
+    # `snapshots` empty, and the engine is skipped.
+    stats: Sequence[SnapshotStats] | None = None
