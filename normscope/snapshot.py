@@ -104,6 +104,7 @@ class ParamStats:
     grad_norm_sq: float | None = None
     grad_dot: float | None = None  # <w, g>
     update_norm_sq: float | None = None  # |Δw|^2 of the logged step
+    norm_sq_before: float | None = None  # |w|^2 just before the logged step (norm_sq is after it)
 
 
 @dataclass
