@@ -7,9 +7,10 @@
             ...; loss.backward(); optimizer.step()
     tracker.close()
 
-Hooks on `optimizer.step` measure, every `every` optimizer steps, |w|^2 before and after the step,
-|g|^2, <w, g> and |Δw|^2 for each parameter (see `normscope.track_reduce`), plus the optimizer's
-hyper-parameters, and append one JSON line per logged step to the log (`normscope.track_schema`).
+`normscope.track` is this module's `track`. Hooks on `optimizer.step` measure, every `every`
+optimizer steps, |w|^2 before and after the step, |g|^2, <w, g> and |Δw|^2 for each parameter (see
+`normscope.track_reduce`), plus the optimizer's hyper-parameters, and append one JSON line per
+logged step to the log (`normscope.track_schema`).
 Each line is written with one write call and flushed, so a crash leaves every earlier line readable.
 
 Optimizers stepped with a closure (LBFGS, Lightning's automatic optimization) compute gradients
