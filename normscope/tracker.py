@@ -99,8 +99,10 @@ class Tracker:
         self._step_groups: list[dict[str, Any]] = []
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # line buffering is not enough: a record must reach the file whole, so write + flush
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        # Start the file fresh, then append (O_APPEND): after logrotate's copytruncate the next
+        # record lands at the start, not past a hole of NULs. Each record: one write, then flush.
+        self.path.write_bytes(b"")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         self._write(self._header(model, params))
         self._handles = [
             self.optimizer.register_step_pre_hook(self._pre_hook),

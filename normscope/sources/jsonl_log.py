@@ -174,6 +174,8 @@ class LogParser:
             self.log.first_corrupt = f"line {line}: {reason}"
 
     def _feed_line(self, text: str, line: int) -> LogRecord | None:
+        # a writer that kept its offset across a truncation leaves a run of NULs before its line
+        text = text.lstrip("\x00")
         if not text.strip():
             return None
         try:
@@ -393,10 +395,8 @@ def is_jsonl_log(path: str | os.PathLike[str]) -> bool:
 
 def read_jsonl_log(path: str | os.PathLike[str]) -> Run:
     """Read a tracker log (file, or a directory holding exactly one) as a Run of precomputed stats."""
-    file = find_log_file(path)
+    file = Path(path) if Path(path).is_file() else find_log_file(path)
     if file is None:
-        if Path(path).is_file():
-            raise BadInputError(f"{path} is not a normscope tracker log (no valid header line)")
         raise BadInputError(f"no normscope tracker log found at {path}")
     log = load_live_log(file)
     if not log.records:
