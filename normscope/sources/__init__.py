@@ -52,10 +52,17 @@ def detect_layout(path: str, layouts: tuple[Layout, ...] = LAYOUTS) -> Layout:
     kinds = ", ".join(layout.name for layout in layouts)
     if os.path.isdir(path):
         raise BadInputError(f"no checkpoints found in {path} (looked for: {kinds})")
-    raise BadInputError(f"{path} is not a checkpoint normscope can read (looked for: {kinds})")
+    raise BadInputError(
+        f"{path} is not a checkpoint normscope can read (looked for: {kinds})"
+    )
 
 
-def open_run(path: str | os.PathLike[str], *, every: int = 1, layouts: tuple[Layout, ...] = LAYOUTS) -> Run:
+def open_run(
+    path: str | os.PathLike[str],
+    *,
+    every: int = 1,
+    layouts: tuple[Layout, ...] = LAYOUTS,
+) -> Run:
     """Open a checkpoint, a directory of checkpoints or of checkpoint directories, as one ordered run.
 
     `every=N` keeps every N-th snapshot in time order, always keeping the last one.

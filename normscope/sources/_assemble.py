@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from normscope.errors import BadInputError
 from normscope.snapshot import Run, Snapshot
 
@@ -43,9 +45,11 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
             "share few parameter names; point normscope at one run"
         )
     notes: list[str] = []
-    for prev, snap in zip(snapshots, snapshots[1:]):
+    for prev, snap in itertools.pairwise(snapshots):
         before, after = set(prev.tensors), set(snap.tensors)
-        where = f"step {snap.meta.step}" if snap.meta.step is not None else snap.meta.path
+        where = (
+            f"step {snap.meta.step}" if snap.meta.step is not None else snap.meta.path
+        )
         for verb, names in (("appear", after - before), ("vanish", before - after)):
             if names:
                 listed = ", ".join(sorted(names)[:5]) + (" …" if len(names) > 5 else "")
@@ -53,7 +57,9 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
     return notes
 
 
-def build_run(root: str, layout: str, pending: list[PendingSnapshot], warnings: list[str]) -> Run:
+def build_run(
+    root: str, layout: str, pending: list[PendingSnapshot], warnings: list[str]
+) -> Run:
     if not pending:
         raise BadInputError(f"no checkpoints found in {root}")
     snapshots, ordering, order_notes = order_snapshots(pending)

@@ -17,9 +17,13 @@ def list_dir(path: str) -> list[str]:
     try:
         names = sorted(os.listdir(path))
     except PermissionError:
-        raise BadInputError(f"cannot read directory {path}: permission denied") from None
+        raise BadInputError(
+            f"cannot read directory {path}: permission denied"
+        ) from None
     except OSError as exc:
-        raise BadInputError(f"cannot read directory {path}: {exc.strerror or exc}") from None
+        raise BadInputError(
+            f"cannot read directory {path}: {exc.strerror or exc}"
+        ) from None
     return [os.path.join(path, n) for n in names if not n.startswith(".")]
 
 

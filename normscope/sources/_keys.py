@@ -8,7 +8,8 @@ plain model may well have a sub-module called `model`.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 V = TypeVar("V")
 

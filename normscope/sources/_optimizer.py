@@ -8,8 +8,9 @@ torch saved `param_names` (optimizers built from `named_parameters()`) those are
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from normscope.snapshot import ParamGroup
 
@@ -62,7 +63,9 @@ def _betas(value: Any) -> tuple[float, float] | None:
     return None
 
 
-def _param_group(group: Mapping[str, Any], names: Sequence[str], kind: str | None) -> ParamGroup:
+def _param_group(
+    group: Mapping[str, Any], names: Sequence[str], kind: str | None
+) -> ParamGroup:
     nesterov = group.get("nesterov")
     decoupled = group.get("decoupled_weight_decay")
     if decoupled is None and kind == "AdamW":
@@ -135,8 +138,12 @@ def read_optimizer(
     """
     groups = opt.get("param_groups") or []
     state: Mapping[int, Mapping[str, Any]] = opt.get("state") or {}
-    if not isinstance(groups, (list, tuple)) or not all(isinstance(g, Mapping) for g in groups):
-        return OptimizerInfo(None, (), warnings=[f"{where}: optimizer param_groups unreadable; ignored"])
+    if not isinstance(groups, (list, tuple)) or not all(
+        isinstance(g, Mapping) for g in groups
+    ):
+        return OptimizerInfo(
+            None, (), warnings=[f"{where}: optimizer param_groups unreadable; ignored"]
+        )
     kind = next((k for k in (optimizer_type(g) for g in groups) if k), None)
     positions = [p for g in groups for p in (g.get("params") or [])]
     warnings: list[str] = []
@@ -166,7 +173,8 @@ def read_optimizer(
 
     by_pos = dict(zip(positions, names))
     param_groups = tuple(
-        _param_group(g, [by_pos[p] for p in g.get("params") or []], kind) for g in groups
+        _param_group(g, [by_pos[p] for p in g.get("params") or []], kind)
+        for g in groups
     )
     per_param: dict[str, dict[str, Any]] = {}
     for pos, name in by_pos.items():

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from normscope.snapshot import (
     ORDER_EMBEDDED,
@@ -46,8 +47,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"epoch=(\d+)-step=(\d+)"), "epoch-step"),
     (re.compile(r"checkpoint-(\d+)"), "step"),
     (re.compile(r"global_step[-_]?(\d+)"), "step"),
-    (re.compile(r"(?:^|[^a-z])(?:step|iter|iteration)[-_=]?(\d+)", re.I), "step"),
-    (re.compile(r"(?:^|[^a-z])epoch[-_=]?(\d+)", re.I), "epoch"),
+    (
+        re.compile(r"(?:^|[^a-z])(?:step|iter|iteration)[-_=]?(\d+)", re.IGNORECASE),
+        "step",
+    ),
+    (re.compile(r"(?:^|[^a-z])epoch[-_=]?(\d+)", re.IGNORECASE), "epoch"),
 )
 _DIGITS = re.compile(r"(\d+)")
 
@@ -97,7 +101,9 @@ def _keys_at(level: str, pending: list[PendingSnapshot]) -> list[Any] | None:
     return [(os.stat(p.path).st_mtime_ns,) for p in pending]
 
 
-def order_snapshots(pending: list[PendingSnapshot]) -> tuple[list[Snapshot], str, list[str]]:
+def order_snapshots(
+    pending: list[PendingSnapshot],
+) -> tuple[list[Snapshot], str, list[str]]:
     """Snapshots in time order, the ORDER_* level used, and notes on anything ambiguous."""
     warnings: list[str] = []
     for level in (ORDER_EMBEDDED, ORDER_TRAINER_STATE, ORDER_FILENAME, ORDER_MTIME):
@@ -105,7 +111,10 @@ def order_snapshots(pending: list[PendingSnapshot]) -> tuple[list[Snapshot], str
         if keys is not None:
             break
     # ties keep a stable, name-based order so the same directory always reads the same way
-    ranked = sorted(zip(keys, pending), key=lambda kp: (kp[0], natural_key(kp[1].label) or (), kp[1].label))
+    ranked = sorted(
+        zip(keys, pending),
+        key=lambda kp: (kp[0], natural_key(kp[1].label) or (), kp[1].label),
+    )
     seen: dict[Any, list[str]] = {}
     for key, p in ranked:
         seen.setdefault(key, []).append(p.label)
@@ -116,7 +125,9 @@ def order_snapshots(pending: list[PendingSnapshot]) -> tuple[list[Snapshot], str
                 f"{', '.join(labels)} (kept in name order)"
             )
     if level == ORDER_MTIME and len(pending) > 1:
-        warnings.append("no step, epoch or number in the names: ordered by file modification time")
+        warnings.append(
+            "no step, epoch or number in the names: ordered by file modification time"
+        )
     return [_finish(p, level) for _, p in ranked], level, warnings
 
 
@@ -126,8 +137,13 @@ def _show_key(key: Any) -> str:
 
 def _finish(p: PendingSnapshot, level: str) -> Snapshot:
     name_step, name_epoch = name_numbers(p.label)
-    step = next((s for s in (p.embedded_step, p.trainer_step, name_step) if s is not None), None)
-    epoch = next((e for e in (p.embedded_epoch, p.trainer_epoch, name_epoch) if e is not None), None)
+    step = next(
+        (s for s in (p.embedded_step, p.trainer_step, name_step) if s is not None), None
+    )
+    epoch = next(
+        (e for e in (p.embedded_epoch, p.trainer_epoch, name_epoch) if e is not None),
+        None,
+    )
     meta = SnapshotMeta(
         path=p.path,
         step=None if step is None else int(step),

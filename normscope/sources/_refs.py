@@ -9,8 +9,9 @@ can chunk a tensor larger than its bucket (for safetensors only those bytes are 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -39,7 +40,7 @@ _ITEMSIZE = {
 }  # fmt: skip
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
@@ -52,7 +53,7 @@ class TorchTensorRef:
     """A tensor from `torch.load(..., mmap=True)`: its storage is mapped, pages are read on use."""
 
     name: str
-    tensor: "torch.Tensor" = field(repr=False)
+    tensor: torch.Tensor = field(repr=False)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -70,10 +71,10 @@ class TorchTensorRef:
     def nbytes(self) -> int:
         return self.tensor.numel() * self.tensor.element_size()
 
-    def load(self) -> "torch.Tensor":
+    def load(self) -> torch.Tensor:
         return self.tensor
 
-    def load_rows(self, start: int, stop: int) -> "torch.Tensor":
+    def load_rows(self, start: int, stop: int) -> torch.Tensor:
         return self.tensor[start:stop]
 
 
@@ -95,13 +96,13 @@ class SafetensorsTensorRef:
     def nbytes(self) -> int:
         return self.numel * _ITEMSIZE.get(self.dtype, 4)
 
-    def load(self) -> "torch.Tensor":
+    def load(self) -> torch.Tensor:
         from safetensors import safe_open
 
         with safe_open(self.path, framework="pt", device="cpu") as f:
             return f.get_tensor(self.key)
 
-    def load_rows(self, start: int, stop: int) -> "torch.Tensor":
+    def load_rows(self, start: int, stop: int) -> torch.Tensor:
         from safetensors import safe_open
 
         with safe_open(self.path, framework="pt", device="cpu") as f:
@@ -121,9 +122,9 @@ class ChunkedTensorRef:
     name: str
     shape: tuple[int, ...]
     dtype: str
-    chunks: tuple[tuple[tuple[int, ...], tuple[int, ...], Callable[[], "torch.Tensor"]], ...] = field(
-        repr=False
-    )
+    chunks: tuple[
+        tuple[tuple[int, ...], tuple[int, ...], Callable[[], torch.Tensor]], ...
+    ] = field(repr=False)
 
     @property
     def numel(self) -> int:
@@ -133,7 +134,7 @@ class ChunkedTensorRef:
     def nbytes(self) -> int:
         return self.numel * _ITEMSIZE.get(self.dtype, 4)
 
-    def load(self) -> "torch.Tensor":
+    def load(self) -> torch.Tensor:
         import torch
 
         if len(self.chunks) == 1 and tuple(self.chunks[0][1]) == self.shape:
@@ -146,5 +147,5 @@ class ChunkedTensorRef:
             region.copy_(read().reshape(sizes))
         return out
 
-    def load_rows(self, start: int, stop: int) -> "torch.Tensor":
+    def load_rows(self, start: int, stop: int) -> torch.Tensor:
         return self.load()[start:stop]

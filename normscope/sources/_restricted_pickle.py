@@ -54,7 +54,9 @@ class _AllowListUnpickler(pickle.Unpickler):
         )
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(f"{self._where} uses persistent ids; refusing to load it")
+        raise UnsafeCheckpointError(
+            f"{self._where} uses persistent ids; refusing to load it"
+        )
 
 
 def load_dcp_metadata(path: str) -> Any:
@@ -66,4 +68,6 @@ def load_dcp_metadata(path: str) -> Any:
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
-        raise BadInputError(f"{path} is not readable checkpoint metadata: {type(exc).__name__}: {exc}") from None
+        raise BadInputError(
+            f"{path} is not readable checkpoint metadata: {type(exc).__name__}: {exc}"
+        ) from None

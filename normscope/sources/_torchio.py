@@ -11,7 +11,8 @@ import os
 import pickle
 import pickletools
 import zipfile
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
 
@@ -38,7 +39,9 @@ def is_torch_zip(path: str) -> bool:
         return False
     try:
         with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist())
+            return any(
+                n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()
+            )
     except (zipfile.BadZipFile, OSError):
         # A truncated torch zip loses its central directory; still claim it so the user hears
         # "truncated torch checkpoint" rather than "unknown file type".
@@ -72,7 +75,9 @@ def _legacy_globals(path: str) -> list[str]:
     allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
     found: set[str] = set()
     with open(path, "rb") as f:
-        for _ in range(4):  # legacy torch files: magic, protocol, sys info, then the object
+        for _ in range(
+            4
+        ):  # legacy torch files: magic, protocol, sys info, then the object
             strings: list[str] = []
             try:
                 for op, arg, _pos in pickletools.genops(f):
@@ -113,10 +118,23 @@ def load_torch_file(path: str) -> Any:
                 f"{path} needs code to load ({', '.join(names)}); normscope never runs code from a "
                 "checkpoint — re-save it as a plain state_dict or safetensors"
             ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"{path} is not a readable torch checkpoint: {first}") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
+        raise BadInputError(
+            f"{path} is not a readable torch checkpoint: {first}"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        KeyError,
+    ) as exc:
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
         raise BadInputError(
             f"{path} is not a readable torch checkpoint (truncated or corrupt?): {first}"
         ) from None
@@ -170,8 +188,12 @@ def split_checkpoint(
         if _tensor_dict(value):
             model = value
             break
-        if isinstance(value, Mapping):  # one more level, e.g. {"model": {"state_dict": ...}}
-            inner = next((value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None)
+        if isinstance(
+            value, Mapping
+        ):  # one more level, e.g. {"model": {"state_dict": ...}}
+            inner = next(
+                (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
+            )
             if inner is not None:
                 model = inner
                 break
@@ -181,10 +203,16 @@ def split_checkpoint(
             keys = ", ".join(sorted(map(str, obj))[:8])
             raise BadInputError(f"{path} has no model tensors (top-level keys: {keys})")
         model = tensors
-    optimizer = next((obj[k] for k in OPTIMIZER_KEYS if isinstance(obj.get(k), Mapping)), None)
+    optimizer = next(
+        (obj[k] for k in OPTIMIZER_KEYS if isinstance(obj.get(k), Mapping)), None
+    )
     if optimizer is None and isinstance(obj.get("optimizer_states"), (list, tuple)):
         states = obj["optimizer_states"]
         optimizer = states[0] if states and isinstance(states[0], Mapping) else None
-    step = next((_number(obj[k]) for k in STEP_KEYS if _number(obj.get(k)) is not None), None)
-    epoch = next((_number(obj[k]) for k in EPOCH_KEYS if _number(obj.get(k)) is not None), None)
+    step = next(
+        (_number(obj[k]) for k in STEP_KEYS if _number(obj.get(k)) is not None), None
+    )
+    epoch = next(
+        (_number(obj[k]) for k in EPOCH_KEYS if _number(obj.get(k)) is not None), None
+    )
     return model, optimizer, None if step is None else int(step), epoch

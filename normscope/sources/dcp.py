@@ -44,15 +44,21 @@ def _read_item(path: str, offset: int, length: int) -> Any:
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
     if len(data) != length:
-        raise BadInputError(f"{path} is truncated (item at {offset} needs {length} bytes)")
+        raise BadInputError(
+            f"{path} is truncated (item at {offset} needs {length} bytes)"
+        )
     try:
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - corrupt or unsafe item: one line either way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise BadInputError(f"{path}: cannot read item at offset {offset}: {first}") from None
+        raise BadInputError(
+            f"{path}: cannot read item at offset {offset}: {first}"
+        ) from None
 
 
-def _storage_index(metadata: Any, directory: str) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]]:
+def _storage_index(
+    metadata: Any, directory: str
+) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]]:
     index: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]] = {}
     for key, info in metadata.storage_data.items():
         if getattr(info, "transform_descriptors", None):
@@ -61,7 +67,11 @@ def _storage_index(metadata: Any, directory: str) -> dict[tuple[str, tuple[int, 
                 "not supported"
             )
         offsets = tuple(key.offset) if key.offset is not None else None
-        index[(key.fqn, offsets)] = (os.path.join(directory, info.relative_path), info.offset, info.length)
+        index[(key.fqn, offsets)] = (
+            os.path.join(directory, info.relative_path),
+            info.offset,
+            info.length,
+        )
     return index
 
 
@@ -70,10 +80,18 @@ def _tensor_ref(fqn: str, meta: Any, index: dict, directory: str) -> Any:
     for chunk in meta.chunks:
         where = index.get((fqn, tuple(chunk.offsets)))
         if where is None:
-            raise BadInputError(f"{directory}: no stored data for {fqn} chunk at {tuple(chunk.offsets)}")
-        chunks.append((tuple(chunk.offsets), tuple(chunk.sizes), partial(_read_item, *where)))
-    ref = ChunkedTensorRef(fqn, tuple(meta.size), dtype_name(meta.properties.dtype), tuple(chunks))
-    return ref.load() if not ref.shape else ref  # 0-d tensors (Adam's step) are read now: tiny
+            raise BadInputError(
+                f"{directory}: no stored data for {fqn} chunk at {tuple(chunk.offsets)}"
+            )
+        chunks.append(
+            (tuple(chunk.offsets), tuple(chunk.sizes), partial(_read_item, *where))
+        )
+    ref = ChunkedTensorRef(
+        fqn, tuple(meta.size), dtype_name(meta.properties.dtype), tuple(chunks)
+    )
+    return (
+        ref.load() if not ref.shape else ref
+    )  # 0-d tensors (Adam's step) are read now: tiny
 
 
 def _insert(tree: dict, path: tuple, value: Any) -> None:
@@ -124,9 +142,18 @@ def _is_tensor_like(value: Any) -> bool:
 
 def read_dcp_snapshot(directory: str, label: str, warnings: list[str]):  # type: ignore[no-untyped-def]
     tree = read_dcp_tree(directory)
-    state_dict, optimizer, step, epoch = split_checkpoint(tree, directory, is_tensor=_is_tensor_like)
+    state_dict, optimizer, step, epoch = split_checkpoint(
+        tree, directory, is_tensor=_is_tensor_like
+    )
     return pending_from_parts(
-        directory, label, state_dict, optimizer, step, epoch, f"{label} optimizer param_groups", warnings
+        directory,
+        label,
+        state_dict,
+        optimizer,
+        step,
+        epoch,
+        f"{label} optimizer param_groups",
+        warnings,
     )
 
 
@@ -136,7 +163,9 @@ class DistributedCheckpoints:
     name = "dcp"
 
     def sniff(self, path: str) -> bool:
-        return is_dcp_dir(path) or (os.path.isdir(path) and any(is_dcp_dir(d) for d in subdirs_in(path)))
+        return is_dcp_dir(path) or (
+            os.path.isdir(path) and any(is_dcp_dir(d) for d in subdirs_in(path))
+        )
 
     def open(self, path: str) -> Run:
         warnings: list[str] = []

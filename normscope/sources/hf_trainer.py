@@ -35,13 +35,20 @@ _WEIGHT_FILES = (
 
 def _weights_file(directory: str) -> str | None:
     return next(
-        (os.path.join(directory, n) for n in _WEIGHT_FILES if os.path.isfile(os.path.join(directory, n))),
+        (
+            os.path.join(directory, n)
+            for n in _WEIGHT_FILES
+            if os.path.isfile(os.path.join(directory, n))
+        ),
         None,
     )
 
 
 def is_checkpoint_dir(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, TRAINER_STATE)) or _weights_file(directory) is not None
+    return (
+        os.path.isfile(os.path.join(directory, TRAINER_STATE))
+        or _weights_file(directory) is not None
+    )
 
 
 def _trainer_state(directory: str) -> dict[str, Any]:
@@ -66,10 +73,14 @@ def _read_sharded_bin(index: str, label: str, warnings: list[str]) -> PendingSna
     return pending_from_parts(index, label, merged, None, None, None, "", warnings)
 
 
-def read_checkpoint_dir(directory: str, label: str, warnings: list[str]) -> PendingSnapshot:
+def read_checkpoint_dir(
+    directory: str, label: str, warnings: list[str]
+) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
-        raise BadInputError(f"{directory} has no model weights (looked for {', '.join(_WEIGHT_FILES)})")
+        raise BadInputError(
+            f"{directory} has no model weights (looked for {', '.join(_WEIGHT_FILES)})"
+        )
     if weights.endswith(".safetensors.index.json"):
         pending = read_safetensors_snapshot(directory, label, read_index(weights))
     elif weights.endswith(".safetensors"):

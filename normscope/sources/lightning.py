@@ -31,7 +31,9 @@ def sniff_lightning_file(path: str) -> bool:
     return pickled is not None and any(marker in pickled for marker in _MARKERS)
 
 
-def drop_copies(pending: list[PendingSnapshot]) -> tuple[list[PendingSnapshot], list[str]]:
+def drop_copies(
+    pending: list[PendingSnapshot],
+) -> tuple[list[PendingSnapshot], list[str]]:
     """Remove `last.ckpt` / `-vN` files whose step another checkpoint already has."""
     originals = {
         (p.embedded_step, p.embedded_epoch)
@@ -41,8 +43,14 @@ def drop_copies(pending: list[PendingSnapshot]) -> tuple[list[PendingSnapshot], 
     kept, notes = [], []
     for p in pending:
         key = (p.embedded_step, p.embedded_epoch)
-        if _COPY_NAME.search(os.path.basename(p.path)) and key in originals and key[0] is not None:
-            notes.append(f"skipped {p.label}: same step ({key[0]}) as another checkpoint")
+        if (
+            _COPY_NAME.search(os.path.basename(p.path))
+            and key in originals
+            and key[0] is not None
+        ):
+            notes.append(
+                f"skipped {p.label}: same step ({key[0]}) as another checkpoint"
+            )
         else:
             kept.append(p)
             originals.add(key)
@@ -55,7 +63,9 @@ class LightningCheckpoints:
     def sniff(self, path: str) -> bool:
         if os.path.isfile(path):
             return sniff_lightning_file(path)
-        return os.path.isdir(path) and any(sniff_lightning_file(p) for p in files_in(path))
+        return os.path.isdir(path) and any(
+            sniff_lightning_file(p) for p in files_in(path)
+        )
 
     def open(self, path: str) -> Run:
         warnings: list[str] = []

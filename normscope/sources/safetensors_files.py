@@ -46,16 +46,24 @@ def read_header(path: str) -> dict[str, Any]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise BadInputError(f"{path} is not a safetensors file (shorter than its header)")
+            raise BadInputError(
+                f"{path} is not a safetensors file (shorter than its header)"
+            )
         (n,) = struct.unpack("<Q", raw)
         if n > min(_MAX_HEADER, size - 8):
-            raise BadInputError(f"{path} has a corrupt safetensors header (length {n} > file size)")
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (length {n} > file size)"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInputError(f"{path} has a corrupt safetensors header: {exc}") from None
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header: {exc}"
+            ) from None
     if not isinstance(header, dict):
-        raise BadInputError(f"{path} has a corrupt safetensors header (not a JSON object)")
+        raise BadInputError(
+            f"{path} has a corrupt safetensors header (not a JSON object)"
+        )
     data_len = size - 8 - n
     for key, info in header.items():
         if key == "__metadata__":
@@ -66,7 +74,9 @@ def read_header(path: str) -> dict[str, Any]:
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
-            raise BadInputError(f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)")
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)"
+            )
     return header
 
 
@@ -79,7 +89,9 @@ def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
     return None
 
 
-def safetensors_refs(files: dict[str, list[str]]) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
+def safetensors_refs(
+    files: dict[str, list[str]],
+) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
     """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`."""
     raw: dict[str, tuple[str, str, tuple[int, ...], str]] = {}
     metadata: dict[str, Any] = {}
@@ -105,18 +117,24 @@ def read_index(index_path: str) -> dict[str, list[str]]:
     except PermissionError:
         raise BadInputError(f"cannot read {index_path}: permission denied") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise BadInputError(f"{index_path} is not a valid safetensors index: {exc}") from None
+        raise BadInputError(
+            f"{index_path} is not a valid safetensors index: {exc}"
+        ) from None
     base = os.path.dirname(index_path)
     shards: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
         shards.setdefault(os.path.join(base, shard), []).append(key)
     for shard in shards:
         if not os.path.isfile(shard):
-            raise BadInputError(f"{index_path} names a missing shard: {os.path.basename(shard)}")
+            raise BadInputError(
+                f"{index_path} names a missing shard: {os.path.basename(shard)}"
+            )
     return shards
 
 
-def read_safetensors_snapshot(path: str, label: str, files: dict[str, list[str]]) -> PendingSnapshot:
+def read_safetensors_snapshot(
+    path: str, label: str, files: dict[str, list[str]]
+) -> PendingSnapshot:
     tensors, metadata = safetensors_refs(files)
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
@@ -136,7 +154,9 @@ def snapshots_in(path: str, root: str) -> list[PendingSnapshot]:
     """One snapshot per index (its shards grouped) and per safetensors file not in an index."""
     if os.path.isfile(path):
         if is_index(path):
-            return [read_safetensors_snapshot(path, label_of(path, root), read_index(path))]
+            return [
+                read_safetensors_snapshot(path, label_of(path, root), read_index(path))
+            ]
         return [read_safetensors_snapshot(path, label_of(path, root), {path: []})]
     listed = files_in(path)
     pending: list[PendingSnapshot] = []
@@ -147,7 +167,9 @@ def snapshots_in(path: str, root: str) -> list[PendingSnapshot]:
         pending.append(read_safetensors_snapshot(index, label_of(index, root), shards))
     for file in listed:
         if file not in sharded and not is_index(file) and sniff_safetensors_file(file):
-            pending.append(read_safetensors_snapshot(file, label_of(file, root), {file: []}))
+            pending.append(
+                read_safetensors_snapshot(file, label_of(file, root), {file: []})
+            )
     return pending
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
@@ -20,7 +21,13 @@ from ._keys import clean_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import FLOAT_DTYPES, ChunkedTensorRef, TorchTensorRef
-from ._torchio import ZIP_MAGIC, load_torch_file, read_head, sniff_torch_file, split_checkpoint
+from ._torchio import (
+    ZIP_MAGIC,
+    load_torch_file,
+    read_head,
+    sniff_torch_file,
+    split_checkpoint,
+)
 
 
 def as_ref(name: str, value: Any) -> Any:
@@ -61,7 +68,11 @@ def pending_from_parts(
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
     pending = PendingSnapshot(
-        path=path, label=label, tensors=tensors, embedded_step=step, embedded_epoch=epoch
+        path=path,
+        label=label,
+        tensors=tensors,
+        embedded_step=step,
+        embedded_epoch=epoch,
     )
     if optimizer is not None:
         info = read_optimizer(
@@ -77,15 +88,26 @@ def pending_from_parts(
         warnings.extend(info.warnings)
     if os.path.isfile(path) and read_head(path, 4) != ZIP_MAGIC:
         pending.extra["legacy_format"] = True
-        warnings.append(f"{label}: legacy (non-zip) torch file, read whole into memory (no mmap)")
+        warnings.append(
+            f"{label}: legacy (non-zip) torch file, read whole into memory (no mmap)"
+        )
     return pending
 
 
-def read_torch_checkpoint(path: str, label: str, warnings: list[str]) -> PendingSnapshot:
+def read_torch_checkpoint(
+    path: str, label: str, warnings: list[str]
+) -> PendingSnapshot:
     obj = load_torch_file(path)
     state_dict, optimizer, step, epoch = split_checkpoint(obj, path)
     return pending_from_parts(
-        path, label, state_dict, optimizer, step, epoch, f"{label} optimizer param_groups", warnings
+        path,
+        label,
+        state_dict,
+        optimizer,
+        step,
+        epoch,
+        f"{label} optimizer param_groups",
+        warnings,
     )
 
 
@@ -109,6 +131,8 @@ class TorchFiles:
             root = path
             skipped = [os.path.basename(p) for p in listed if p not in files]
             if skipped:
-                warnings.append(f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}")
+                warnings.append(
+                    f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"
+                )
         pending = [read_torch_checkpoint(p, label_of(p, root), warnings) for p in files]
         return build_run(path, self.name, pending, warnings)
