@@ -91,37 +91,87 @@ def _shape_of(state: Mapping[str, Any]) -> tuple[int, ...] | None:
     return None
 
 
+_MAX_STATES = (
+    200_000  # give up (and keep only hyper-parameters) beyond this much search
+)
+
+
 def _map_positions(
-    positions: Sequence[int],
+    groups: Sequence[Sequence[int]],
     state: Mapping[int, Mapping[str, Any]],
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
-) -> list[str] | None:
-    """Names for optimizer positions, in order, or None when the shapes say the mapping is wrong.
+) -> dict[int, str] | None:
+    """Optimizer position -> parameter name, or None when no single mapping fits the shapes.
 
-    Equal counts: one to one. More candidates than positions (frozen parameters, float buffers we
-    could not rule out): walk both lists, skipping candidates whose shape does not fit — accepted
-    only when every position has a state tensor to check against.
+    Each param group lists its parameters in model order, but groups may interleave (the usual
+    decay / no-decay split), and the model may hold tensors the optimizer does not (frozen
+    parameters, float buffers). So: walk the model's tensors in order, giving each to the next open
+    slot of a group whose saved state has the same shape (a slot without state fits any shape) or
+    skipping it, and accept the result only if exactly one assignment uses every slot.
     """
-    if len(candidates) == len(positions):
-        for pos, name in zip(positions, candidates):
-            shape = _shape_of(state.get(pos, {}))
-            if shape is not None and shape != shapes[name]:
-                return None
-        return list(candidates)
-    if len(candidates) < len(positions):
+    wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
+    total = sum(len(w) for w in wanted)
+    skips = len(candidates) - total
+    if skips < 0:
         return None
-    wanted = [_shape_of(state.get(pos, {})) for pos in positions]
-    if any(s is None for s in wanted):
-        return None
-    names: list[str] = []
-    it = iter(candidates)
-    for shape in wanted:
-        name = next((c for c in it if shapes[c] == shape), None)
-        if name is None:
+    start = tuple(0 for _ in wanted)
+    # state: slots filled per group -> (number of ways, capped at 2; back-pointer)
+    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
+        {start: (1, None, -1)}
+    ]
+    for i, name in enumerate(candidates):
+        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
+        for filled, (ways, _prev, _choice) in layers[-1].items():
+            moves = []
+            if i - sum(filled) < skips:
+                moves.append((filled, -1))
+            for k, group in enumerate(wanted):
+                j = filled[k]
+                if j < len(group) and (group[j] is None or group[j] == shapes[name]):
+                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
+            for nxt, choice in moves:
+                old = here.get(nxt)
+                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
+        if not here or len(here) > _MAX_STATES:
             return None
-        names.append(name)
-    return names
+        layers.append(here)
+    end = tuple(len(w) for w in wanted)
+    if layers[-1].get(end, (0,))[0] != 1:
+        return None
+    mapping: dict[int, str] = {}
+    filled = end
+    for i in range(len(candidates), 0, -1):
+        _ways, prev, choice = layers[i][filled]
+        if choice >= 0:
+            mapping[groups[choice][filled[choice] - 1]] = candidates[i - 1]
+        filled = prev  # type: ignore[assignment]
+    return mapping
+
+
+def _map_by_unique_shape(
+    groups: Sequence[Sequence[int]],
+    state: Mapping[int, Mapping[str, Any]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[int, str]:
+    """For models whose parameter order is lost (safetensors sorts its keys): map only the positions
+    whose shape occurs once among the optimizer's positions and once among the model's tensors."""
+    wanted = {pos: _shape_of(state.get(pos, {})) for group in groups for pos in group}
+    position_count: dict[tuple[int, ...], int] = {}
+    for shape in wanted.values():
+        if shape is not None:
+            position_count[shape] = position_count.get(shape, 0) + 1
+    names_by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name in candidates:
+        names_by_shape.setdefault(shapes[name], []).append(name)
+    return {
+        pos: names_by_shape[shape][0]
+        for pos, shape in wanted.items()
+        if shape is not None
+        and position_count[shape] == 1
+        and len(names_by_shape.get(shape, ())) == 1
+    }
 
 
 def read_optimizer(
@@ -130,11 +180,15 @@ def read_optimizer(
     shapes: Mapping[str, tuple[int, ...]],
     make_ref: Callable[[str, Any], Any],
     where: str,
+    *,
+    order_known: bool = True,
 ) -> OptimizerInfo:
     """Hyper-parameters and per-parameter state of one optimizer state_dict.
 
     `model_names` are the clean names of the model's floating tensors in state_dict order;
-    `make_ref(name, tensor)` wraps a state tensor as a lazy ref.
+    `make_ref(name, tensor)` wraps a state tensor as a lazy ref. `order_known=False` says the
+    model's tensors are not in `model.parameters()` order (safetensors), so only parameters whose
+    shape identifies them get their state.
     """
     groups = opt.get("param_groups") or []
     state: Mapping[int, Mapping[str, Any]] = opt.get("state") or {}
@@ -145,25 +199,32 @@ def read_optimizer(
             None, (), warnings=[f"{where}: optimizer param_groups unreadable; ignored"]
         )
     kind = next((k for k in (optimizer_type(g) for g in groups) if k), None)
-    positions = [p for g in groups for p in (g.get("params") or [])]
+    group_positions = [list(g.get("params") or []) for g in groups]
+    positions = [p for ps in group_positions for p in ps]
     warnings: list[str] = []
 
-    names: list[str] | None
+    by_pos: dict[int, str] | None
     saved_names = [n for g in groups for n in (g.get("param_names") or [])]
     if saved_names and len(saved_names) == len(positions):
         cleaned = clean_names(saved_names)
-        names = [cleaned[n] for n in saved_names]
-        if not all(n in shapes for n in names):
-            names = None
+        by_pos = dict(zip(positions, (cleaned[n] for n in saved_names)))
+        if not all(n in shapes for n in by_pos.values()):
+            by_pos = None
     else:
         candidates = [n for n in model_names if not n.endswith(_BUFFER_SUFFIXES)]
-        names = _map_positions(positions, state, candidates, shapes)
-        if names is not None and len(groups) > 1:
-            warnings.append(
-                f"{where}: {len(groups)} optimizer param groups without param_names; parameters were "
-                "matched to optimizer state in model order, checked by shape"
-            )
-    if names is None:
+        if order_known:
+            by_pos = _map_positions(group_positions, state, candidates, shapes)
+        else:
+            by_pos = _map_by_unique_shape(group_positions, state, candidates, shapes)
+            missing = len(positions) - len(by_pos)
+            if missing and by_pos:
+                warnings.append(
+                    f"{where}: the weights file does not keep parameter order and the optimizer has "
+                    f"no param_names; state kept for the {len(by_pos)} parameters whose shape "
+                    f"identifies them, dropped for {missing} others"
+                )
+            by_pos = by_pos or None
+    if by_pos is None:
         warnings.append(
             f"{where}: could not match the optimizer's {len(positions)} parameters to the model's "
             f"{len(model_names)} tensors; kept its hyper-parameters, dropped per-parameter state"
@@ -171,9 +232,8 @@ def read_optimizer(
         param_groups = tuple(_param_group(g, (), kind) for g in groups)
         return OptimizerInfo(kind, param_groups, {}, warnings)
 
-    by_pos = dict(zip(positions, names))
     param_groups = tuple(
-        _param_group(g, [by_pos[p] for p in g.get("params") or []], kind)
+        _param_group(g, [by_pos[p] for p in g.get("params") or [] if p in by_pos], kind)
         for g in groups
     )
     per_param: dict[str, dict[str, Any]] = {}

@@ -106,6 +106,10 @@ def read_checkpoint_dir(
                 {n: tuple(r.shape) for n, r in tensors.items()},
                 lambda name, t: TorchTensorRef(name, t),
                 label,
+                # safetensors sorts its keys: the model's parameter order is gone
+                order_known=not weights.endswith(
+                    (".safetensors", ".safetensors.index.json")
+                ),
             )
             pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
             pending.optimizer_state = info.state
