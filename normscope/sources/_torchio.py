@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -110,7 +111,9 @@ def load_torch_file(path: str) -> Any:
     read_head(path, 1)  # permission and existence errors as one line
     mmap = read_head(path, 4) == ZIP_MAGIC
     try:
-        return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
         if names:
