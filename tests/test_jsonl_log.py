@@ -213,3 +213,15 @@ def test_copytruncate_rotation_keeps_the_header_and_continues(tmp_path, log_line
         f.write("".join(log_lines[4:]))
     assert [r.step for r in follower.poll()] == [4, 5, 6]
     assert [r.step for r in follower.log.records] == [1, 2, 3, 4, 5, 6]
+
+
+def test_registry_opens_logs_and_tensorboard_dirs(tmp_path, log_lines):
+    from normscope.api import load_trajectory
+    from normscope.sources import detect_layout
+
+    (tmp_path / "run").mkdir()
+    _write(tmp_path / "run" / "track.jsonl", log_lines)
+    assert detect_layout(str(tmp_path / "run")).name == "jsonl"
+    trajectory = load_trajectory(tmp_path / "run" / "track.jsonl")
+    assert trajectory.layout == "jsonl" and trajectory.table["step"].max() == 6
+    assert trajectory.table["grad_norm"].notna().all()

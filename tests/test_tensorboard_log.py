@@ -96,3 +96,11 @@ def test_event_file_cut_mid_record_keeps_the_whole_records(tmp_path):
     event_file.write_bytes(b"\x00garbage" * 64)
     with pytest.raises(BadInputError, match="no per-layer norm scalars"):
         read_tensorboard(tmp_path)
+
+
+def test_registry_detects_event_directories(tmp_path):
+    from normscope.sources import detect_layout, open_run
+
+    _write_events(tmp_path / "lightning_logs" / "version_0")
+    assert detect_layout(str(tmp_path)).name == "tensorboard"
+    assert len(open_run(tmp_path).stats) == 6

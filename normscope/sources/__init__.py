@@ -17,8 +17,10 @@ from ._assemble import subsample
 from ._files import check_exists, list_dir
 from .dcp import DistributedCheckpoints
 from .hf_trainer import HFTrainerDirs
+from .jsonl_log import TrackerLogs
 from .lightning import LightningCheckpoints
 from .safetensors_files import SafetensorsFiles
+from .tensorboard_log import TensorBoardEvents
 from .torch_files import TorchFiles
 
 
@@ -38,6 +40,8 @@ LAYOUTS: tuple[Layout, ...] = (
     LightningCheckpoints(),
     SafetensorsFiles(),
     TorchFiles(),
+    TrackerLogs(),  # after checkpoints: a run directory with both is analysed from its weights
+    TensorBoardEvents(),  # last: event files sit beside checkpoints and carry only norms
 )
 
 

@@ -402,3 +402,18 @@ def read_jsonl_log(path: str | os.PathLike[str]) -> Run:
     if not log.records:
         raise BadInputError(f"{file} has a header but no step records yet")
     return live_log_run(log)
+
+
+class TrackerLogs:
+    """The registry's entry for tracker logs: a log file, or a directory holding one."""
+
+    name = LAYOUT
+
+    def sniff(self, path: str) -> bool:
+        p = Path(path)
+        if p.is_file():
+            return is_jsonl_log(p)
+        return p.is_dir() and any(is_jsonl_log(f) for f in p.glob("*.jsonl"))
+
+    def open(self, path: str) -> Run:
+        return read_jsonl_log(path)

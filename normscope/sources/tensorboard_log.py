@@ -173,3 +173,15 @@ def points_to_stats(points: list[NormPoint], path: str, *, epochs: dict[int, flo
                             hyperparams_source="TensorBoard lr scalar" if groups else None)
         out.append(SnapshotStats(meta=meta, params=params, shapes={}, dtypes={}))
     return out
+
+
+class TensorBoardEvents:
+    """The registry's entry for TensorBoard event files (built-in tag patterns only)."""
+
+    name = LAYOUT
+
+    def sniff(self, path: str) -> bool:
+        return has_event_files(path)
+
+    def open(self, path: str) -> Run:
+        return read_tensorboard(path)
