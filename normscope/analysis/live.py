@@ -1,0 +1,184 @@
+"""What the live view shows: the latest state of a run, per layer, from the trajectory table.
+
+Pure functions from a `Trajectory` (plus, for tracker logs, the per-step update angle) to a
+`LiveFrame` dataclass; rendering lives in `normscope.report.live_view`.
+
+The angular update per step is the angle between w before and after one optimizer step. Tracker
+logs know it exactly (|w| before, |w| after, |Δw|); for checkpoints it is the angle since the
+previous snapshot, whatever the spacing (labelled so). At equilibrium a scale-invariant weight
+turns by (SCIENCE.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
+
+    SGD + momentum μ    sqrt(2 η λ / (1 + μ))
+    AdamW (β1)          sqrt(2 η λ (1 − β1) / (1 + β1))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from normscope.snapshot import SnapshotStats
+from normscope.trajectory import Trajectory, angle_between
+
+UPDATE_ANGLE = "update_angle_rad"
+# |cos(w, g)| below this, averaged over recent records, marks a layer as acting scale-invariant
+INVARIANT_COS = 1e-3
+
+
+def update_angles(stats: Sequence[SnapshotStats]) -> list[float]:
+    """Per-step update angle for each (snapshot, param), in `build_trajectory`'s row order."""
+    out: list[float] = []
+    for snap in stats:
+        for ps in snap.params.values():
+            if ps.norm_sq_before is None or ps.update_norm_sq is None:
+                out.append(math.nan)
+                continue
+            out.append(angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)),
+                                     math.sqrt(max(ps.norm_sq, 0.0)) if ps.norm_sq >= 0 else math.nan,
+                                     None, ps.update_norm_sq))
+    return out
+
+
+def with_update_angles(trajectory: Trajectory, stats: Sequence[SnapshotStats] | None) -> Trajectory:
+    """The trajectory with an `update_angle_rad` column (NaN where the source cannot tell)."""
+    table = trajectory.table.copy()
+    angles = update_angles(stats) if stats is not None else []
+    table[UPDATE_ANGLE] = angles if len(angles) == len(table) else math.nan
+    return Trajectory(table=table, snapshots=trajectory.snapshots, layout=trajectory.layout,
+                      root=trajectory.root, ordering=trajectory.ordering,
+                      warnings=list(trajectory.warnings))
+
+
+def equilibrium_angle(optimizer: str, lr: float, weight_decay: float, momentum: float,
+                      beta1: float) -> float:
+    """Predicted per-step angular update of a scale-invariant weight at equilibrium (NaN: unknown)."""
+    if not (lr > 0 and weight_decay > 0):
+        return math.nan
+    name = optimizer.lower()
+    if name.startswith("sgd"):
+        mu = momentum if math.isfinite(momentum) else 0.0
+        return math.sqrt(2 * lr * weight_decay / (1 + mu))
+    if name == "adamw" and math.isfinite(beta1):
+        return math.sqrt(2 * lr * weight_decay * (1 - beta1) / (1 + beta1))
+    return math.nan  # Adam with coupled decay, Lion, ...: no formula here
+
+
+@dataclass(frozen=True)
+class LayerLive:
+    param: str
+    kind: str
+    norm: float
+    norm_change: float  # relative to the first record
+    grad_norm: float  # NaN: source has no gradients
+    cos_wg: float  # mean over the recent records
+    angle_rad: float  # mean per-step update angle over the recent records
+    angle_is_per_step: bool  # False: angle since the previous snapshot (checkpoints)
+    equilibrium_angle_rad: float  # NaN where the prediction does not apply (not scale-invariant)
+    scale_invariant: bool  # |cos(w, g)| < INVARIANT_COS on recent records
+
+    @property
+    def angle_ratio(self) -> float:
+        """Measured / predicted update angle: 1 at equilibrium."""
+        if not (self.equilibrium_angle_rad > 0 and math.isfinite(self.angle_rad)):
+            return math.nan
+        return self.angle_rad / self.equilibrium_angle_rad
+
+
+@dataclass(frozen=True)
+class LiveFrame:
+    root: str
+    layout: str
+    records: int
+    step: int | None
+    epoch: float | None
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    beta1: float
+    total_weight_norm: float  # sqrt(sum |w|^2) over kind "weight"
+    total_weight_norm_first: float
+    layers: tuple[LayerLive, ...]
+    warnings: tuple[str, ...] = ()
+    advice: tuple[str, ...] = field(default_factory=tuple)  # bounce status / ABEL advice lines
+
+
+def _recent_mean(values: pd.Series) -> float:
+    finite = values[np.isfinite(values.to_numpy(dtype=float))]
+    return float(finite.mean()) if len(finite) else math.nan
+
+
+def _first_finite(values: pd.Series) -> float:
+    arr = values.to_numpy(dtype=float)
+    finite = arr[np.isfinite(arr)]
+    return float(finite[0]) if len(finite) else math.nan
+
+
+def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = ()) -> LiveFrame:
+    """Summarise the latest `recent` records of each parameter."""
+    table = trajectory.table
+    if table.empty:
+        return LiveFrame(root=trajectory.root, layout=trajectory.layout, records=0, step=None,
+                         epoch=None, optimizer="", lr=math.nan, weight_decay=math.nan,
+                         momentum=math.nan, beta1=math.nan, total_weight_norm=math.nan,
+                         total_weight_norm_first=math.nan, layers=(),
+                         warnings=tuple(trajectory.warnings), advice=tuple(advice))
+    last_snapshot = int(table["snapshot"].max())
+    window = table[table["snapshot"] > last_snapshot - recent]
+    last = table[table["snapshot"] == last_snapshot]
+    per_step = UPDATE_ANGLE in table and table[UPDATE_ANGLE].notna().any()
+    layers = []
+    for param, rows in window.groupby("param", sort=False):
+        now = rows.iloc[-1]
+        history = table.loc[table["param"] == param, "norm"]
+        first = _first_finite(history)
+        cos = rows["grad_dot"] / (rows["norm"] * rows["grad_norm"])
+        angles = rows[UPDATE_ANGLE] if per_step else rows["angle_rad"]
+        mean_cos = _recent_mean(cos)
+        invariant = bool(abs(mean_cos) < INVARIANT_COS)
+        # the prediction assumes a scale-invariant weight; without gradients, trust the kind
+        applies = invariant or (math.isnan(mean_cos) and str(now["kind"]) == "weight")
+        layers.append(LayerLive(
+            param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
+            norm_change=float(now["norm"]) / first - 1 if first > 0 else math.nan,
+            grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
+            angle_rad=_recent_mean(angles), angle_is_per_step=bool(per_step),
+            equilibrium_angle_rad=equilibrium_angle(
+                str(now["optimizer"]), float(now["lr"]), float(now["weight_decay"]),
+                float(now["momentum"]), float(now["beta1"])) if applies else math.nan,
+            scale_invariant=invariant))
+    weights = table[table["kind"] == "weight"]
+    by_snapshot = weights.groupby("snapshot")["norm_sq"].sum()
+    head = last.iloc[0]
+    return LiveFrame(
+        root=trajectory.root, layout=trajectory.layout, records=last_snapshot + 1,
+        step=None if pd.isna(head["step"]) else int(head["step"]),
+        epoch=None if pd.isna(head["epoch"]) else float(head["epoch"]),
+        optimizer=str(head["optimizer"]), lr=float(head["lr"]),
+        weight_decay=float(head["weight_decay"]), momentum=float(head["momentum"]),
+        beta1=float(head["beta1"]),
+        total_weight_norm=math.sqrt(by_snapshot.iloc[-1]) if len(by_snapshot) else math.nan,
+        total_weight_norm_first=math.sqrt(by_snapshot.iloc[0]) if len(by_snapshot) else math.nan,
+        layers=tuple(layers), warnings=tuple(trajectory.warnings), advice=tuple(advice))
+
+
+def live_advice(trajectory: Trajectory) -> tuple[str, ...]:
+    """Bounce status and ABEL's advice on the run so far, as lines for the live view."""
+    from normscope.errors import NormscopeError
+
+    try:
+        from normscope.analysis.epochs import epoch_series
+        from normscope.analysis.recommend import recommend
+    except ImportError:  # the bounce analysis is not part of this build yet
+        return ()
+    if trajectory.table.empty:
+        return ()
+    try:
+        rec = recommend(epoch_series(trajectory.table))
+    except NormscopeError as exc:
+        return (f"bounce: not assessed yet ({exc.message})",)
+    return (f"bounce / ABEL: {rec.verdict.status} (epoch {rec.verdict.at_epoch})", *rec.advice)

@@ -1,0 +1,75 @@
+"""`normscope watch PATH`: a live terminal view of a run as it trains."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from normscope.cli._common import handle_errors, stderr_console, stdout_console
+
+PathArg = Annotated[
+    Path,
+    typer.Argument(help="A tracker log (.jsonl), a TensorBoard log dir, or a checkpoint directory.",
+                   show_default=False),
+]
+IntervalOpt = Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.05)]
+OnceOpt = Annotated[bool, typer.Option("--once", help="Print one frame on stdout and exit.")]
+RecentOpt = Annotated[int, typer.Option(help="Average cos(w,g) and angles over this many records.",
+                                        min=1)]
+TagPatternOpt = Annotated[
+    Optional[str],
+    typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a "
+                 "(?P<param>...) group and an optional (?P<stat>...) group ('grad…' = gradient).",
+                 show_default=False),
+]
+
+
+@handle_errors
+def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
+          recent: RecentOpt = 5, tag_pattern: TagPatternOpt = None) -> None:
+    """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+    from normscope.analysis.live import live_advice, live_frame
+    from normscope.live_source import LiveSource
+    from normscope.report.live_view import render_frame
+
+    source = LiveSource(path, tag_pattern=tag_pattern)
+
+    def frame(trajectory):  # noqa: ANN001, ANN202
+        stamp = time.strftime("refreshed %H:%M:%S")
+        if source.last_error:
+            stamp += f" · last read failed: {source.last_error}"
+        return render_frame(live_frame(trajectory, recent=recent, advice=live_advice(trajectory)),
+                            updated=stamp)
+
+    trajectory = source.poll()
+    if once:
+        console = stdout_console()
+        if not console.is_terminal:  # a file or pipe: don't cut names at 80 columns
+            console.width = max(console.width, 160)
+        console.print(frame(trajectory))
+        return
+
+    from rich.live import Live
+
+    console = stderr_console()
+    try:
+        if not console.is_terminal:  # a pipe or file: append a frame whenever new data arrives
+            console.print(frame(trajectory))
+            while True:
+                time.sleep(interval)
+                fresh = source.poll()
+                if fresh is not None:
+                    trajectory = fresh
+                    console.print(frame(trajectory))
+        with Live(frame(trajectory), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                fresh = source.poll()
+                if fresh is not None:
+                    trajectory = fresh
+                live.update(frame(trajectory), refresh=True)
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch ends: exit 0, no traceback

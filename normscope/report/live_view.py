@@ -1,0 +1,62 @@
+"""Render a `LiveFrame` for the terminal (rich). Computes nothing."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from normscope.analysis.live import LiveFrame
+
+
+def _num(x: float, fmt: str = ".4g") -> str:
+    return "–" if x is None or not math.isfinite(x) else format(x, fmt)
+
+
+def _pct(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:+.1%}"
+
+
+def _deg(rad: float) -> str:
+    return "–" if not math.isfinite(rad) else f"{math.degrees(rad):.3g}°"
+
+
+def _hyper(frame: LiveFrame) -> str:
+    parts = [frame.optimizer or "optimizer ?"]
+    for label, value in (("lr", frame.lr), ("wd", frame.weight_decay), ("μ", frame.momentum),
+                         ("β1", frame.beta1)):
+        if math.isfinite(value):
+            parts.append(f"{label}={value:.3g}")
+    return " ".join(parts)
+
+
+def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
+    where = "step " + (str(frame.step) if frame.step is not None else "?")
+    if frame.epoch is not None:
+        where += f" · epoch {frame.epoch:g}"
+    title = Text.assemble(("normscope watch ", "bold"), frame.root, f"  ({frame.layout})")
+    status = Text(f"{where} · {frame.records} record(s) · {_hyper(frame)}"
+                  + (f" · {updated}" if updated else ""))
+    if not frame.layers:
+        return Group(title, status, Text("waiting for the first record …", style="dim"))
+    angle_head = "∠/step" if frame.layers[0].angle_is_per_step else "∠/snapshot"
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    for name in ("param", "kind", "|w|", "Δ|w|", "|g|", "cos(w,g)", angle_head, "∠ equil.",
+                 "ratio"):
+        table.add_column(name, justify="left" if name in ("param", "kind") else "right",
+                         no_wrap=True)
+    for layer in frame.layers:
+        kind = layer.kind + (" s.i." if layer.scale_invariant else "")
+        table.add_row(layer.param, kind, _num(layer.norm), _pct(layer.norm_change),
+                      _num(layer.grad_norm), _num(layer.cos_wg, "+.3f"), _deg(layer.angle_rad),
+                      _deg(layer.equilibrium_angle_rad), _num(layer.angle_ratio, ".2f"))
+    legend = Text("s.i.: scale-invariant (cos(w,g) ≈ 0); ∠ equil.: predicted update angle at "
+                  "equilibrium for such weights; ratio: measured / predicted", style="dim")
+    total = Text(f"total weight norm {_num(frame.total_weight_norm)} "
+                 f"(start {_num(frame.total_weight_norm_first)})")
+    parts = [title, status, table, legend, total]
+    parts += [Text(line, style="bold") for line in frame.advice]
+    parts += [Text(f"warning: {w}", style="yellow") for w in frame.warnings]
+    return Group(*parts)
