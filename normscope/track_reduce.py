@@ -123,7 +123,8 @@ class StepReducer:
             rows = torch.empty(N_STATS, group.rows, dtype=torch.float64, device=group.device)
             rows[W0_SQ] = _row_sq_norms(before)
             rows[G_SQ] = _row_sq_norms(scratch)
-            rows[WG] = scratch.mul_(before).sum(dim=1, dtype=torch.float64)
+            # fp32 row sums, float64 across rows; sum(dtype=float64) converts first: 25x slower
+            rows[WG] = scratch.mul_(before).sum(dim=1).double()
             pending.append((before, scratch, rows))
         self._pending = pending
 
