@@ -38,6 +38,13 @@ def adamw_run_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def lightning_run_dir() -> Path:
+    """BN CNN via a real Lightning Trainer, 5 epochs: ``epoch=0-step=23.ckpt`` … ``epoch=4-step=115.ckpt``
+    and ``last.ckpt``; state_dict keys carry the ``model.`` prefix."""
+    return SAMPLE_RUNS / "digits_bn_cnn_lightning"
+
+
+@pytest.fixture(scope="session")
 def _digits_split():
     pytest.importorskip("sklearn", reason="the sample runs need scikit-learn (normscope[samples])")
     from sample_runs.digits import load_digits_split

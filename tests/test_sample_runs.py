@@ -16,7 +16,7 @@ from sample_runs.models import bn_cnn, ln_transformer
 from sample_runs.sgd_run import weight_norm_sq
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
-RUN_NAMES = ("digits_bn_cnn_sgd", "digits_ln_transformer_adamw")
+RUN_NAMES = ("digits_bn_cnn_sgd", "digits_ln_transformer_adamw", "digits_bn_cnn_lightning")
 
 
 def _run_files(sample_runs_dir: Path) -> list[Path]:
@@ -50,7 +50,7 @@ def readme_tables(sample_runs_dir) -> list[list[dict[str, str]]]:
 
 def test_every_committed_file_loads_with_weights_only(sample_runs_dir):
     files = _run_files(sample_runs_dir)
-    assert len(files) == 61 + 20 * 4
+    assert len(files) == 61 + 20 * 4 + 6
     for path in files:
         if path.suffix in TORCH_SUFFIXES:
             assert isinstance(torch.load(path, weights_only=True, map_location="cpu"), dict), path
@@ -118,7 +118,7 @@ def test_readme_states_the_manifest(readme_tables, sample_manifest):
         assert row["optimizer"] == run["optimizer"]
 
 
-@pytest.mark.parametrize("table_index, name", [(1, RUN_NAMES[0]), (2, RUN_NAMES[1])])
+@pytest.mark.parametrize("table_index, name", [(1, RUN_NAMES[0]), (2, RUN_NAMES[1]), (3, RUN_NAMES[2])])
 def test_readme_epoch_tables_match_the_manifest(readme_tables, sample_manifest, table_index, name):
     rows, records = readme_tables[table_index], sample_manifest["runs"][name]["epochs"]
     assert [int(r["epoch"]) for r in rows] == [e["epoch"] for e in records]
@@ -188,6 +188,32 @@ def test_adamw_norms_in_manifest_are_measured_from_the_files(adamw_run_dir, samp
         )
 
 
+# ---- run 3: Lightning .ckpt ----------------------------------------------------------------------
+
+
+def test_lightning_checkpoints_match_manifest(lightning_run_dir, sample_manifest):
+    run = sample_manifest["runs"]["digits_bn_cnn_lightning"]
+    config, spe = run["config"], run["steps_per_epoch"]
+    assert sorted(p.name for p in lightning_run_dir.iterdir()) == sorted(run["checkpoints"])
+    assert run["checkpoints"][-1] == "last.ckpt" and len(run["checkpoints"]) == config["epochs"] + 1
+    for name, record in zip(run["checkpoints"], run["epochs"]):
+        ckpt = torch.load(lightning_run_dir / name, weights_only=True)
+        assert name == f"epoch={ckpt['epoch']}-step={ckpt['global_step']}.ckpt"
+        assert (ckpt["epoch"], ckpt["global_step"]) == (record["epoch"], record["step"])
+        assert ckpt["hyper_parameters"] == {
+            k: config[k] for k in ("lr", "weight_decay", "momentum", "decay_epochs", "decay_factor")
+        }
+        assert all(key.startswith("model.") for key in ckpt["state_dict"])
+        assert weight_norm_sq(ckpt["state_dict"]) == pytest.approx(record["weight_norm_sq"], rel=1e-12)
+        (opt_state,) = ckpt["optimizer_states"]
+        assert opt_state["param_groups"][0]["weight_decay"] == config["weight_decay"]
+    last = torch.load(lightning_run_dir / "last.ckpt", weights_only=True)
+    final = torch.load(lightning_run_dir / run["checkpoints"][-2], weights_only=True)
+    assert last["global_step"] == final["global_step"] == config["epochs"] * spe
+    for key, tensor in final["state_dict"].items():
+        assert torch.equal(last["state_dict"][key], tensor)
+
+
 # ---- models and the fresh tiny run ----------------------------------------------------------------
 
 
@@ -207,8 +233,10 @@ def test_bn_cnn_convs_have_no_bias_and_feed_batchnorm():
     assert len(convs) == 3 and all(c.bias is None for c in convs)
 
 
-def test_committed_models_load_into_the_factories(sgd_run_dir, adamw_run_dir):
+def test_committed_models_load_into_the_factories(sgd_run_dir, adamw_run_dir, lightning_run_dir):
     bn_cnn().load_state_dict(torch.load(sgd_run_dir / "epoch_060.pt", weights_only=True)["model"])
+    lightning_state = torch.load(lightning_run_dir / "last.ckpt", weights_only=True)["state_dict"]
+    bn_cnn().load_state_dict({k.removeprefix("model."): v for k, v in lightning_state.items()})
     ln_transformer().load_state_dict(load_file(adamw_run_dir / "checkpoint-460" / "model.safetensors"))
 
 
