@@ -20,6 +20,24 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from normscope import __version__
+
+        typer.echo(f"normscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Weight-dynamics analysis of training runs."""
+
+
 app.command("analyze")(_analyze.analyze)
 
 

@@ -1,0 +1,108 @@
+"""Library entry points: from a path the user gives to the trajectory table.
+
+    path ──open_run──► Run ──(filter)──► compute_stats ──► build_trajectory ──► Trajectory
+
+The CLI calls exactly these; anything the CLI prints can be had from Python through them.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import replace
+from typing import Callable, Iterable, Sequence
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Run, Snapshot, SnapshotStats
+from normscope.trajectory import Trajectory, build_trajectory
+
+DEFAULT_BUCKET_BYTES = 256 * 2**20
+
+
+def name_filter(include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Callable[[str], bool]:
+    """A predicate over parameter names from shell-style globs (`--include`/`--exclude`).
+
+    With includes, a name must match one of them; a name matching any exclude is dropped.
+    """
+    include, exclude = tuple(include), tuple(exclude)
+
+    def keep(name: str) -> bool:
+        if include and not any(fnmatch.fnmatchcase(name, pat) for pat in include):
+            return False
+        return not any(fnmatch.fnmatchcase(name, pat) for pat in exclude)
+
+    return keep
+
+
+def _filter_snapshot(snap: Snapshot, keep: Callable[[str], bool]) -> Snapshot:
+    tensors = {k: v for k, v in snap.tensors.items() if keep(k)}
+    state = {k: v for k, v in snap.optimizer_state.items() if keep(k)}
+    return replace(snap, tensors=tensors, optimizer_state=state)
+
+
+def _filter_stats(stats: SnapshotStats, keep: Callable[[str], bool]) -> SnapshotStats:
+    return replace(
+        stats,
+        params={k: v for k, v in stats.params.items() if keep(k)},
+        shapes={k: v for k, v in stats.shapes.items() if keep(k)},
+        dtypes={k: v for k, v in stats.dtypes.items() if keep(k)},
+    )
+
+
+def select(run: Run, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Run:
+    """The run restricted to the parameters the filters keep; an empty result is a usage error."""
+    if not include and not exclude:
+        return run
+    keep = name_filter(include, exclude)
+    if run.stats is not None:
+        stats = [_filter_stats(s, keep) for s in run.stats]
+        empty = not any(s.params for s in stats)
+        run = replace(run, stats=stats)
+    else:
+        snapshots = [_filter_snapshot(s, keep) for s in run.snapshots]
+        empty = not any(s.tensors for s in snapshots)
+        run = replace(run, snapshots=snapshots)
+    if empty:
+        raise BadInputError(
+            f"no parameter matches the filters (include={list(include) or 'all'}, "
+            f"exclude={list(exclude) or 'none'})"
+        )
+    return run
+
+
+def trajectory_from_run(
+    run: Run,
+    *,
+    device: str = "auto",
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> Trajectory:
+    """Reduce a run's snapshots (or take a live log's stats) into the trajectory table."""
+    if run.stats is not None:
+        stats: Iterable[SnapshotStats] = run.stats
+    else:
+        from normscope.engine import compute_stats
+
+        stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress)
+    return build_trajectory(
+        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings
+    )
+
+
+def load_trajectory(
+    path: str | os.PathLike[str],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    every: int = 1,
+    device: str = "auto",
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> Trajectory:
+    """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table."""
+    from normscope.sources import open_run
+
+    if every < 1:
+        raise BadInputError(f"--every must be at least 1, got {every}")
+    run = select(open_run(path, every=every), include, exclude)
+    return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)

@@ -1,0 +1,63 @@
+"""The JSON document `normscope analyze --format json` prints. Every number the terminal view shows
+is in here; `schema_version` changes whenever a field is renamed or removed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from normscope import __version__
+from normscope.analysis.summary import ParamSummary, RunSummary
+from normscope.report.jsonable import jsonable
+from normscope.snapshot import SnapshotMeta
+from normscope.trajectory import SCHEMA_VERSION, Trajectory
+
+
+def snapshot_record(index: int, meta: SnapshotMeta) -> dict[str, Any]:
+    return {
+        "index": index,
+        "step": meta.step,
+        "epoch": meta.epoch,
+        "path": meta.path,
+        "order_source": meta.order_source,
+        "optimizer": meta.optimizer,
+        "hyperparams_source": meta.hyperparams_source,
+        "param_groups": [
+            {
+                "lr": g.lr,
+                "weight_decay": g.weight_decay,
+                "momentum": g.momentum,
+                "dampening": g.dampening,
+                "nesterov": g.nesterov,
+                "betas": list(g.betas) if g.betas is not None else None,
+                "eps": g.eps,
+                "decoupled_weight_decay": g.decoupled_weight_decay,
+                "params": len(g.params),
+            }
+            for g in meta.param_groups
+        ],
+    }
+
+
+def analyze_document(
+    traj: Trajectory,
+    run: RunSummary,
+    params: list[ParamSummary],
+    sections: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole analyze result. `sections` adds analyses (bounce, equilibrium, ...) by name."""
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "normscope_version": __version__,
+        "run": {
+            "root": traj.root,
+            "layout": traj.layout,
+            "ordering": traj.ordering,
+            "warnings": list(traj.warnings),
+        },
+        "snapshots": [snapshot_record(i, m) for i, m in enumerate(traj.snapshots)],
+        "totals": run,
+        "params": params,
+    }
+    for name, value in (sections or {}).items():
+        doc[name] = value
+    return jsonable(doc)

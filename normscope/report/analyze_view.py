@@ -1,0 +1,113 @@
+"""Terminal rendering of `normscope analyze`: a run header and one row per parameter (rich)."""
+
+from __future__ import annotations
+
+import math
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from normscope.analysis.summary import ParamSummary, RunSummary
+from normscope.snapshot import SnapshotMeta
+from normscope.trajectory import Trajectory
+
+
+def fmt(x: float | None, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def fmt_when(step: int | None, epoch: float | None) -> str:
+    if epoch is not None and not (isinstance(epoch, float) and math.isnan(epoch)):
+        return f"ep {epoch:g}"
+    if step is not None:
+        return f"step {step}"
+    return "–"
+
+
+def hyperparams_line(meta: SnapshotMeta) -> str:
+    """One line describing the optimizer settings of a snapshot (first group, plus a group count)."""
+    if not meta.param_groups:
+        return "no optimizer state found"
+    g = meta.param_groups[0]
+    parts = [meta.optimizer or "optimizer"]
+    for label, value in (("lr", g.lr), ("wd", g.weight_decay), ("momentum", g.momentum)):
+        if value is not None:
+            parts.append(f"{label}={value:g}")
+    if g.betas is not None:
+        parts.append(f"betas=({g.betas[0]:g}, {g.betas[1]:g})")
+    if len(meta.param_groups) > 1:
+        parts.append(f"(+{len(meta.param_groups) - 1} more group(s))")
+    if meta.hyperparams_source:
+        parts.append(f"[from {meta.hyperparams_source}]")
+    return " ".join(parts)
+
+
+def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    first, last = traj.snapshots[0], traj.snapshots[-1]
+    grid.add_row("run", f"{traj.root} ({traj.layout})")
+    grid.add_row(
+        "snapshots",
+        f"{run.snapshots}, {fmt_when(first.step, first.epoch)} → {fmt_when(last.step, last.epoch)}, "
+        f"ordered by {traj.ordering}",
+    )
+    grid.add_row("parameters", f"{run.params} tensors, {run.numel:,} elements")
+    grid.add_row("optimizer", hyperparams_line(last))
+    min_meta = traj.snapshots[run.total_norm_min_snapshot]
+    grid.add_row(
+        "total norm",
+        f"{fmt(run.total_norm_first)} → min {fmt(run.total_norm_min)} "
+        f"({fmt_when(min_meta.step, min_meta.epoch)}) → {fmt(run.total_norm_last)}  "
+        f"[dim](√Σ|w|² over kinds: {', '.join(run.total_kinds)})[/dim]",
+    )
+    return grid
+
+
+def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
+    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False)
+    table.add_column("parameter", overflow="fold")
+    table.add_column("kind")
+    table.add_column("shape")
+    table.add_column("first", justify="right")
+    table.add_column("min", justify="right")
+    table.add_column("at", justify="right")
+    table.add_column("last", justify="right")
+    table.add_column("change", justify="right")
+    table.add_column("angle moved", justify="right")
+    for p in params:
+        change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
+        style = "red" if p.first_nonfinite_snapshot is not None else None
+        table.add_row(
+            p.param, p.kind, p.shape, fmt(p.first_norm), fmt(p.min_norm),
+            fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), change,
+            f"{math.degrees(p.total_angle_rad):.1f}°", style=style,
+        )
+    return table
+
+
+def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
+    lines: list[Text] = []
+    for f in run.nonfinite:
+        lines.append(Text(
+            f"non-finite values: {f.param} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
+            f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
+    for w in traj.warnings:
+        lines.append(Text(f"note: {w}", style="yellow"))
+    return Group(*lines) if lines else None
+
+
+def analyze_view(
+    traj: Trajectory, run: RunSummary, params: list[ParamSummary],
+    sections: list[RenderableType] = (),  # type: ignore[assignment]
+) -> RenderableType:
+    parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(params, traj)]
+    parts.extend(sections)
+    block = warnings_block(traj, run)
+    if block is not None:
+        parts.extend([Text(""), block])
+    return Group(*parts)
