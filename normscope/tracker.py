@@ -24,8 +24,9 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -216,7 +217,7 @@ class Tracker:
             handle.remove()
         self._file.close()
 
-    def __enter__(self) -> "Tracker":
+    def __enter__(self) -> Tracker:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,12 +9,11 @@ import math
 
 import pytest
 import torch
+from live_helpers import digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
 from normscope.sources.jsonl_log import load_live_log, read_jsonl_log
 from normscope.sources.tensorboard_log import read_tensorboard
-
-from live_helpers import digits_tensors, one_thread, small_bn_cnn
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -64,7 +63,7 @@ def test_lightning_callback_logs_steps_epochs_and_agrees_with_lightning_grad_nor
 
     log = load_live_log(log_path)
     assert [r.step for r in log.records] == [2, 4, 6, 8]
-    assert [r.epoch for r in log.records] == [0.0, 0.0, 1.0, 1.0]
+    assert [r.epoch for r in log.records] == [0.5, 1.0, 1.5, 2.0]  # 4 batches per epoch
     names = log.header.names
     assert names[0] == "net.0.weight"
     final = _final_sq_norms(module)
@@ -114,8 +113,8 @@ def test_hf_trainer_callback_logs_to_the_output_dir(tmp_path):
     run = read_jsonl_log(tmp_path / "out" / DEFAULT_LOG_NAME)
     assert [s.meta.step for s in run.stats] == [3, 6]
     assert run.stats[0].meta.optimizer == "AdamW"
-    # 4 batches per epoch; the epoch is the Trainer's as the step begins (5 steps done)
-    assert run.stats[-1].meta.epoch == pytest.approx(5 / 4)
+    # 4 batches per epoch; the epoch after the step, as the Trainer itself reports it at the end
+    assert [s.meta.epoch for s in run.stats] == pytest.approx([3 / 4, 6 / 4])
     lrs = {g.lr for g in run.stats[-1].meta.param_groups}
     assert lrs == {0.05}
     final = _final_sq_norms(model)

@@ -11,6 +11,7 @@ import os
 
 import pytest
 import torch
+from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
 import normscope
@@ -22,8 +23,6 @@ from normscope.sources.jsonl_log import (
     load_live_log,
     read_jsonl_log,
 )
-
-from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
 
 
 def _train_log(path, steps: int = 6, seed: int = 0, every: int = 1, model=None) -> list[str]:

@@ -7,7 +7,11 @@ import math
 import pytest
 
 from normscope.errors import BadInputError, ConfigError
-from normscope.sources.tensorboard_log import classify_tag, compile_tag_pattern, read_tensorboard
+from normscope.sources.tensorboard_log import (
+    classify_tag,
+    compile_tag_pattern,
+    read_tensorboard,
+)
 
 SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
 

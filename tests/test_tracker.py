@@ -12,14 +12,13 @@ import time
 
 import pytest
 import torch
+from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
 import normscope
 from normscope.errors import BadInputError
 from normscope.sources.jsonl_log import LogFollower, read_jsonl_log
-from normscope.trajectory import angle_between, build_trajectory
-
-from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
+from normscope.trajectory import build_trajectory
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -30,7 +29,7 @@ def _one_thread():
 
 def _direct(before: list[torch.Tensor], grads: list[torch.Tensor | None],
             after: list[torch.Tensor]) -> dict[str, list[float]]:
-    d = lambda t: t.double()  # noqa: E731
+    d = lambda t: t.double()
     out: dict[str, list[float]] = {"w_sq": [], "w0_sq": [], "g_sq": [], "wg": [], "dw_sq": []}
     for w0, g, w1 in zip(before, grads, after):
         out["w_sq"].append(float(d(w1).pow(2).sum()))

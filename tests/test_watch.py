@@ -12,16 +12,14 @@ import time
 
 import pytest
 import torch
+from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 from typer.testing import CliRunner
 
 import normscope
 from normscope.analysis.live import equilibrium_angle, live_frame
 from normscope.cli import app
-from normscope.errors import BadInputError
 from normscope.live_source import LiveSource
-
-from live_helpers import batches, digits_tensors, one_thread, small_bn_cnn
 
 LR, WD, MU = 0.1, 1e-3, 0.9
 

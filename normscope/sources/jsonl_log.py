@@ -19,12 +19,20 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from normscope.errors import BadInputError
-from normscope.snapshot import ORDER_LOG, ParamGroup, ParamStats, Run, SnapshotMeta, SnapshotStats
+from normscope.snapshot import (
+    ORDER_LOG,
+    ParamGroup,
+    ParamStats,
+    Run,
+    SnapshotMeta,
+    SnapshotStats,
+)
 from normscope.track_schema import (
     HEADER_TYPE,
     NONFINITE_FIELD,
@@ -118,7 +126,7 @@ def _as_float(value: Any) -> float:
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {value!r}")
+        raise TypeError(f"expected a number, got {value!r}")
     return float(value)
 
 
@@ -136,7 +144,7 @@ def _parse_record(obj: dict[str, Any], header: LogHeader, line: int) -> LogRecor
         raise ValueError("'nonfinite' does not match the header's parameters")
     step = obj["step"]
     if isinstance(step, bool) or not isinstance(step, int):
-        raise ValueError(f"step is {step!r}, not an integer")
+        raise TypeError(f"step is {step!r}, not an integer")
     epoch = obj.get("epoch")
     groups = obj.get("groups", ())
     if isinstance(groups, dict):
@@ -181,7 +189,7 @@ class LogParser:
         try:
             obj = json.loads(text)
             if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
+                raise TypeError("not a JSON object")
             kind = obj.get("type")
             if kind == HEADER_TYPE:
                 self._take_header(_parse_header(obj), line)
