@@ -4,12 +4,14 @@
 
 Works with `lightning.pytorch` or the older `pytorch_lightning` package, whichever is installed.
 Only the global-zero process writes. Records carry `trainer.global_step` as step (so a resumed fit
-continues its numbering) and `trainer.current_epoch` as epoch. Gradients are measured after
+continues its numbering) and the fractional epoch after the step, `current_epoch + (batch_idx + 1)
+/ num_training_batches` (the last step of the first epoch is 1.0, as checkpoints count it). Gradients are measured after
 Lightning's closure (backward, `on_before_optimizer_step`, gradient clipping) and before the update.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -46,9 +48,14 @@ class NormscopeCallback(Callback):
         self.tracker = track(pl_module, optimizers[self.optimizer_index], self.path,
                              every=self.every, run_id=self.run_id, step=trainer.global_step)
 
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.tracker is not None:
-            self.tracker.set_epoch(trainer.current_epoch)
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if self.tracker is None:
+            return
+        per_epoch = trainer.num_training_batches
+        if isinstance(per_epoch, (int, float)) and 0 < per_epoch < math.inf:
+            self.tracker.set_epoch(trainer.current_epoch + (batch_idx + 1) / per_epoch)
+        else:  # an iterable dataset of unknown length
+            self.tracker.set_epoch(float(trainer.current_epoch))
 
     def _close(self) -> None:
         if self.tracker is not None:

@@ -1,0 +1,58 @@
+"""The committed live log (`sample_runs/digits_bn_cnn_live`, written by `sample_runs/train_live.py`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from normscope.analysis.live import live_frame, with_update_angles
+from normscope.api import load_trajectory, trajectory_from_run
+from normscope.sources.jsonl_log import read_jsonl_log
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
+LIVE = SAMPLES / "digits_bn_cnn_live"
+
+
+@pytest.fixture(scope="module")
+def table():
+    if not LIVE.exists():
+        pytest.skip("sample_runs/digits_bn_cnn_live is not in this checkout")
+    return load_trajectory(LIVE).table
+
+
+def test_end_of_epoch_norms_equal_the_checkpoint_run(table):
+    # the same seeded training as digits_bn_cnn_sgd, which saved a checkpoint per epoch
+    manifest = json.loads((SAMPLES / "manifest.json").read_text())["runs"]["digits_bn_cnn_sgd"]
+    per_epoch = manifest["steps_per_epoch"]
+    weights = table[table["kind"] == "weight"].groupby("step")["norm_sq"].sum()
+    for record in manifest["epochs"][1:]:
+        assert weights[record["step"]] == pytest.approx(record["weight_norm_sq"], rel=1e-6)
+        assert table.loc[table["step"] == record["step"], "epoch"].iloc[0] == record["epoch"]
+    assert len(weights) == per_epoch * manifest["config"]["epochs"]
+
+
+def test_lr_decay_and_scale_invariance_are_visible(table):
+    lr = table.groupby("epoch")["lr"].first()
+    assert lr.loc[45.0] == pytest.approx(0.2) and lr.loc[46.0] == pytest.approx(0.02)
+    convs = table[table["param"].str.endswith("conv.weight")]
+    cos = convs["grad_dot"] / (convs["norm"] * convs["grad_norm"])
+    assert cos.abs().max() < 1e-4  # convs before BatchNorm: <w, g> = 0 to fp32 rounding (1.2e-5)
+    head = table[table["param"] == "head.weight"]
+    assert (head["grad_dot"] / (head["norm"] * head["grad_norm"])).abs().max() > 0.1
+
+
+def test_live_frame_near_equilibrium_before_the_decay():
+    run = read_jsonl_log(LIVE) if LIVE.exists() else pytest.skip("no sample")
+    first_40_epochs = type(run)(root=run.root, layout=run.layout, snapshots=[], ordering=run.ordering,
+                                stats=[s for s in run.stats if s.meta.epoch <= 40])
+    trajectory = with_update_angles(trajectory_from_run(first_40_epochs), first_40_epochs.stats)
+    frame = live_frame(trajectory, recent=23)  # the last epoch before the cut
+    conv = next(layer for layer in frame.layers if layer.param == "block2.conv.weight")
+    assert conv.scale_invariant
+    assert conv.equilibrium_angle_rad == pytest.approx(math.sqrt(2 * 0.2 * 1e-3 / 1.9))
+    # at epoch 40 the weight norm is still shrinking towards equilibrium (from above: 260 → 251 →
+    # 249 over epochs 40–42), so the weights turn a little slower than at equilibrium (measured 0.73)
+    assert 0.6 < conv.angle_ratio < 1.0
