@@ -112,7 +112,7 @@ class RobustParams:
 @dataclass(frozen=True)
 class Bounce:
     start_epoch: int  # where the decline began (previous peak, or the first epoch)
-    minimum_epoch: int  # bottom of the bounce (smoothed)
+    minimum_epoch: int  # bottom of the bounce (lowest raw value within the smoothing window)
     confirmed_epoch: int  # first epoch at which the rise exceeded the threshold
     rise_end_epoch: int | None  # top of the rise; None while the norm is still rising
     decay_epoch: int | None  # where a robust ABEL decays (the epoch the end of the rise is seen)
@@ -218,13 +218,17 @@ def detect_bounces(
             continue
         next_max = pivots[k + 1][1] if k + 1 < len(pivots) else None
         end, decay = _rise_end(z, m, confirmed, next_max, step_noise, params)
+        # smoothing drags the bottom of an asymmetric V towards its gentler side: place the minimum
+        # at the lowest raw value inside the smoothing window (depth stays the smoothed, cautious one)
+        half = w // 2
+        bottom = max(start, m - half) + int(np.argmin(y[max(start, m - half) : m + half + 1]))
         top = end if end is not None else int(len(z) - 1)
         rise = float(np.max(z[m : top + 1]) - z[m])
         significance = min(drop, rise) / sigma_diff if sigma_diff > 0 else math.inf
         p_value = min(1.0, len(z) * 0.5 * math.erfc(significance / math.sqrt(2.0)))
         bounces.append(Bounce(
             start_epoch=int(epochs[start]),
-            minimum_epoch=int(epochs[m]),
+            minimum_epoch=int(epochs[bottom]),
             confirmed_epoch=int(epochs[confirmed]),
             rise_end_epoch=None if end is None else int(epochs[end]),
             decay_epoch=None if decay is None else int(epochs[decay]),
