@@ -128,7 +128,7 @@ class BounceDetection:
     noise: float  # σ of log N per epoch, estimated from the run
     threshold: float  # h, in log N
     noise_limited: bool  # True when h came from depth_sigmas·σ, False when from the min_depth floor
-    trend_at_end: str  # "rising", "falling" or "flat" (no move of h since the last turning point)
+    trend_at_end: str  # "rising", "falling" or "flat": smoothed move over the last epochs vs h/2
     last_turn_epoch: int | None  # epoch of the last confirmed turning point
     epochs: tuple[int, ...]
     smoothed_log_norm_sq: tuple[float, ...]
@@ -205,7 +205,7 @@ def detect_bounces(
     h = max(noise_h, params.min_depth)
     if h <= 0:  # a constant series: nothing can stand out
         h = math.inf
-    pivots, trend = _turning_points(z, h)
+    pivots, _ = _turning_points(z, h)
     sigma_diff = sigma * math.sqrt(2.0 / w)
     step_noise = sigma * math.sqrt(2.0) / w
     bounces: list[Bounce] = []
@@ -242,12 +242,20 @@ def detect_bounces(
         noise=sigma,
         threshold=float(h),
         noise_limited=noise_h >= params.min_depth,
-        trend_at_end={1: "rising", -1: "falling", 0: "flat"}[trend],
+        trend_at_end=_recent_trend(z, h, max(3, w)),
         last_turn_epoch=int(epochs[pivots[-1][1]]) if pivots else None,
         epochs=tuple(int(e) for e in epochs),
         smoothed_log_norm_sq=tuple(float(v) for v in z),
         params=params,
     )
+
+
+def _recent_trend(z: np.ndarray, h: float, span: int) -> str:
+    """Direction of the smoothed series over its last `span` epochs: a move of h/2 either way counts."""
+    if len(z) < 2:
+        return "flat"
+    move = float(z[-1] - z[-min(span, len(z))])
+    return "rising" if move > h / 2 else "falling" if move < -h / 2 else "flat"
 
 
 def _rise_end(

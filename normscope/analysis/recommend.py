@@ -80,6 +80,7 @@ class Recommendation:
     decay_factor: float
     min_lr: float
     schedule: tuple[float, ...]  # LR for each epoch 0..total_epochs−1
+    exact_schedule: tuple[float, ...]  # the same under the literal ABEL rule's decays
     multistep: str
     relaxation: RelaxationTime | None
     past_decays: tuple[PastDecay, ...]
@@ -155,6 +156,7 @@ def recommend(
         series=series, exact=exact, robust=robust, layers=layers, total_epochs=total, budget_given=budget_given,
         decay_epochs=tuple(kept), exact_decay_epochs=exact.decay_epochs, skipped=tuple(skipped),
         base_lr=base_lr, lr_source=lr_source, decay_factor=decay_factor, min_lr=min_lr, schedule=schedule,
+        exact_schedule=step_schedule(base_lr, exact.decay_epochs, decay_factor, total, min_lr),
         multistep=multistep_line(kept, decay_factor), relaxation=relaxation, past_decays=past,
         verdict=verdict, advice=advice, notes=tuple(notes),
     )
@@ -258,8 +260,11 @@ def _advice(robust, exact, kept, final, total, budget_given) -> tuple[str, ...]:
                      f"decay once at epoch {final} (~85 % of {budget}).")
     else:
         found = ", ".join(str(b.minimum_epoch) for b in robust.bounces)
-        lines.append(f"The norm bounces (minimum at epoch {found}); decay at epochs {', '.join(map(str, kept))} "
-                     f"(the end of each rise, and the final decay at epoch {final} of {budget}).")
+        ends = ", ".join("still rising" if b.rise_end_epoch is None else str(b.rise_end_epoch) for b in robust.bounces)
+        lines.append(f"The norm bounces: minimum at epoch {found}, the rise ends at epoch {ends}. "
+                     f"Decay at epoch {', '.join(map(str, kept))} — ABEL decays when each rise ends, plus once "
+                     f"at epoch {final} (~85 % of {budget}); decays within a relaxation time of the previous "
+                     "one are dropped.")
     bounce_decays = [d for d in exact.decays if d.reason == "bounce"]
     if len(bounce_decays) > len(robust.decay_epochs) + 1:
         lines.append(f"The exact ABEL rule would decay {len(bounce_decays)} times: the epoch-to-epoch noise "
