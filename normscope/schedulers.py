@@ -13,12 +13,18 @@ construction (epoch 0), as the offline replay sees an epoch-0 checkpoint when th
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from normscope.analysis.abel_rule import EVENT_DECAY, AbelState, abel_step, final_decay_epoch
+from normscope.analysis.abel_rule import (
+    EVENT_DECAY,
+    AbelState,
+    abel_step,
+    final_decay_epoch,
+)
 from normscope.analysis.epochs import DEFAULT_KINDS, parse_kinds
 from normscope.trajectory import kind_of
 

@@ -15,8 +15,8 @@ Exactness needs the TEXP run's momentum buffer to start at b₀ = −(1−α₀)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -98,10 +98,10 @@ class TexpSchedule:
 
 
 def texp_schedule(
-    epoch_lrs: Sequence[float], steps_per_epoch: int, weight_decay: float, momentum: float
+    epoch_lrs: Sequence[float], steps_per_epoch: float, weight_decay: float, momentum: float
 ) -> TexpSchedule:
     """Per-epoch view of the TEXP equivalent of a per-epoch step schedule."""
-    spe = int(round(steps_per_epoch))
+    spe = round(steps_per_epoch)
     if spe < 1:
         raise BadInputError(f"TEXP needs steps per epoch ≥ 1, got {steps_per_epoch}")
     step_lrs = np.repeat(np.asarray(epoch_lrs, dtype=float), spe)

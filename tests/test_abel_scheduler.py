@@ -64,7 +64,7 @@ def _stats_from_file(path, epoch, step, lr):
 
 
 def test_scheduler_decays_where_the_offline_replay_says(full_run):
-    folder, model, opt, sched, lrs, steps = full_run
+    folder, _, _, sched, lrs, steps = full_run
 
     assert sched.decay_epochs, "the run should decay at least once (bounce or budget)"
     assert 12 in sched.decay_epochs  # round(0.85·14)

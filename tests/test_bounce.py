@@ -7,7 +7,12 @@ import pytest
 from _bounce_tables import bounce_curve, noisy, trajectory_from_norms
 
 from normscope.analysis.abel_rule import AbelState, abel_step, final_decay_epoch
-from normscope.analysis.bounce import RobustParams, abel_replay, detect_bounces, layer_bounces
+from normscope.analysis.bounce import (
+    RobustParams,
+    abel_replay,
+    detect_bounces,
+    layer_bounces,
+)
 from normscope.analysis.epochs import epoch_series
 from normscope.errors import BadInputError
 

@@ -118,3 +118,11 @@ def test_bad_learning_rates_are_clear_errors():
         recommend(_series(bounce_curve(), lrs=np.nan))
     with pytest.raises(BadInputError, match="total-epochs"):
         recommend(_series(bounce_curve()), total_epochs=10)
+
+
+def test_smooth_schedule_is_reported_as_such_not_as_many_decays():
+    lrs = 0.1 * 0.5 * (1 + np.cos(np.pi * np.arange(30) / 30))
+    rec = recommend(_series(noisy(np.full(30, 30.0), 0.001, seed=2), lrs=lrs))
+    assert rec.past_decays == ()
+    assert any("smooth schedule" in n for n in rec.notes)
+    assert rec.base_lr == pytest.approx(0.1)

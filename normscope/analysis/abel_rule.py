@@ -13,8 +13,9 @@ the bottom of the bounce, the next one as the end of the rise. A Δ of exactly z
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any
 
 EVENT_MINIMUM = "minimum"  # first sign change: the flag is set
 EVENT_DECAY = "decay"  # second sign change: the LR is decayed and the flag cleared
@@ -33,7 +34,7 @@ class AbelState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "AbelState":
+    def from_dict(cls, data: Mapping[str, Any]) -> AbelState:
         return cls(
             last_norm_sq=None if data.get("last_norm_sq") is None else float(data["last_norm_sq"]),
             last_delta=None if data.get("last_delta") is None else float(data["last_delta"]),
@@ -69,4 +70,4 @@ def final_decay_epoch(total_epochs: int, fraction: float = 0.85) -> int:
         raise ValueError("total_epochs must be at least 1")
     if not 0.0 < fraction <= 1.0:
         raise ValueError("final decay fraction must be in (0, 1]")
-    return max(1, min(total_epochs, int(round(fraction * total_epochs))))
+    return max(1, min(total_epochs, round(fraction * total_epochs)))

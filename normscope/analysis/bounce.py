@@ -23,12 +23,18 @@ The robust detector (`detect_bounces`) works on y = log N, in these steps:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
-from normscope.analysis.abel_rule import EVENT_DECAY, EVENT_MINIMUM, AbelState, abel_step, final_decay_epoch
+from normscope.analysis.abel_rule import (
+    EVENT_DECAY,
+    EVENT_MINIMUM,
+    AbelState,
+    abel_step,
+    final_decay_epoch,
+)
 from normscope.analysis.epochs import EpochSeries
 from normscope.errors import BadInputError
 

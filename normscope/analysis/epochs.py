@@ -102,6 +102,9 @@ def epoch_series(
             "the total norm jumps where it does"
         )
     per_snap = per_snap[per_snap.index.isin(totals.index)]
+    if steps_per_epoch is None and ((per_snap["epoch"] == 0) & (per_snap["step"].fillna(0) > 0)).any():
+        notes.append("a snapshot after training steps records epoch 0: the epochs look 0-based (the epoch "
+                     "just finished), so each label is one less than the epochs completed")
     bucket = np.ceil(per_snap["epoch"].round(_EPOCH_ROUNDING)).astype(int)
     last_of_bucket = per_snap.assign(bucket=bucket).reset_index().groupby("bucket").last()
     last_bucket = int(last_of_bucket.index.max())
@@ -173,9 +176,11 @@ def _infer_steps_per_epoch(snaps: pd.DataFrame) -> float | None:
 
 def _hyperparams(rows: pd.DataFrame, chosen: list[int]) -> tuple[tuple[float, ...], dict]:
     """LR per chosen snapshot and the latest wd/momentum, read from the largest selected tensor's group."""
-    biggest = rows.sort_values("numel", ascending=False).drop_duplicates("snapshot").set_index("snapshot")
+    with_lr = rows[np.isfinite(rows["lr"].to_numpy(dtype=float))]
+    source = with_lr if not with_lr.empty else rows  # groups may be known for only some tensors
+    biggest = source.sort_values("numel", ascending=False).drop_duplicates("snapshot").set_index("snapshot")
     lr = tuple(float(biggest.loc[s, "lr"]) if s in biggest.index else math.nan for s in chosen)
-    last = biggest.loc[chosen[-1]]
+    last = biggest.loc[chosen[-1]] if chosen[-1] in biggest.index else biggest.iloc[-1]
     meta = {
         "optimizer": str(last["optimizer"] or ""),
         "weight_decay": float(last["weight_decay"]),

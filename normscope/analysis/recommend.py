@@ -9,6 +9,7 @@ its new equilibrium (SCIENCE.md §3), so a second decay before then acts on a no
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ def recommend(
     exact = abel_replay(series.epochs, series.norm_sq, total_epochs=total, final_fraction=final_fraction)
     robust = detect_bounces(series.epochs, series.norm_sq, params)
     layers = layer_bounces(series, params)
-    past = _past_decays(series)
+    past, smooth_note = _past_decays(series)
 
     def relax_epochs(at_lr: float) -> float | None:
         rt = relaxation_time(series.optimizer, at_lr, series.weight_decay, series.momentum, series.beta1,
@@ -147,7 +148,7 @@ def recommend(
                                  series.steps_per_epoch)
     verdict = _verdict(series, robust, exact, past, budget_given, final, relax_epochs)
     advice = _advice(robust, exact, kept, final, total, budget_given)
-    notes = list(series.notes)
+    notes = list(series.notes) + ([smooth_note] if smooth_note else [])
     if relaxation is None:
         notes.append("no weight decay recorded: the norm has no equilibrium, decays are not spaced by it")
     elif relaxation.epochs is None:
@@ -176,13 +177,16 @@ def _base_lr(series: EpochSeries, lr: float | None) -> tuple[float, str]:
     return peak, "largest LR recorded in the run"
 
 
-def _past_decays(series: EpochSeries) -> tuple[PastDecay, ...]:
+def _past_decays(series: EpochSeries) -> tuple[tuple[PastDecay, ...], str]:
+    """LR decreases of a step schedule, each judged against the relaxation time; a smooth schedule
+    (cosine, linear: the LR changes at most epochs) is reported as such instead of as many decays."""
     out: list[PastDecay] = []
+    changes = 0
     previous_change = series.epochs[0]
-    pairs = list(zip(series.epochs, series.lr))
-    for (e0, lr0), (e1, lr1) in zip(pairs, pairs[1:]):
+    for (_, lr0), (e1, lr1) in itertools.pairwise(zip(series.epochs, series.lr)):
         if not (math.isfinite(lr0) and math.isfinite(lr1)) or math.isclose(lr0, lr1, rel_tol=1e-9):
             continue
+        changes += 1
         if lr1 < lr0:
             rt = relaxation_time(series.optimizer, lr0, series.weight_decay, series.momentum, series.beta1,
                                  series.steps_per_epoch)
@@ -190,7 +194,11 @@ def _past_decays(series: EpochSeries) -> tuple[PastDecay, ...]:
             relax = None if rt is None else rt.epochs
             out.append(PastDecay(e1, lr0, lr1, since, relax, None if relax is None else since < relax))
         previous_change = e1
-    return tuple(out)
+    transitions = len(series.epochs) - 1
+    if changes > max(3, transitions // 3):
+        return (), (f"the LR changes at {changes} of {transitions} epochs (a smooth schedule): "
+                    "its decays are not judged one by one against the relaxation time")
+    return tuple(out), ""
 
 
 def _space_decays(candidates, base_lr, factor, min_lr, relax_epochs):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,20 +22,20 @@ class Format(str, enum.Enum):
 def recommend(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint file, or a live log.",
                                          show_default=False)],
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Base LR (default: the largest LR recorded).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Base LR (default: the largest LR recorded).")] = None,
     decay_factor: Annotated[float, typer.Option(help="LR multiplier at each decay.")] = 0.1,
     min_lr: Annotated[float, typer.Option(help="Never decay below this LR.")] = 0.0,
-    steps_per_epoch: Annotated[Optional[float], typer.Option(
+    steps_per_epoch: Annotated[float | None, typer.Option(
         help="Aggregate snapshots to epochs by step ÷ this, instead of the epoch the checkpoints record.")] = None,
-    total_epochs: Annotated[Optional[int], typer.Option(
+    total_epochs: Annotated[int | None, typer.Option(
         help="Training budget in epochs (default: the run's length; give it for a run in progress).")] = None,
     include_kinds: Annotated[str, typer.Option(
         help="Tensors in the norm: comma-separated of weight,bias,norm,other, or 'all'.")] = "weight",
     format: Annotated[Format, typer.Option("--format", "-f", help="table, json, or csv (per-epoch LR table).")]
     = Format.table,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
     texp: Annotated[bool, typer.Option("--texp", help="Add Li & Arora's tapered-exponential equivalent.")] = False,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
     = None,
     device: Annotated[str, typer.Option(help="Where to reduce tensors: auto, cpu or cuda.")] = "auto",
 ) -> None:
@@ -93,4 +93,4 @@ def _texp(rec):
     if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
         raise BadInputError("--texp needs the run's weight decay, and the checkpoints record none")
     momentum = s.momentum if s.momentum == s.momentum else 0.0
-    return texp_schedule(rec.schedule, int(round(s.steps_per_epoch)), s.weight_decay, momentum)
+    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum)

@@ -38,8 +38,8 @@ def _epochs(values) -> str:
 def run_header(rec: Recommendation) -> Text:
     s = rec.series
     lines = [
-        f"norm: Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
-        f"{s.n_epochs} epochs ({s.epochs[0]}–{s.epochs[-1]}, from {s.epoch_source})",
+        (f"norm: Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
+         f"{s.n_epochs} epochs ({s.epochs[0]}–{s.epochs[-1]}, from {s.epoch_source})"),
         f"optimizer: {s.optimizer or 'unknown'}  wd={_g(s.weight_decay)}  momentum={_g(s.momentum)}  "
         f"base lr={rec.base_lr:g} ({rec.lr_source})  decay factor={rec.decay_factor:g}"
         + (f"  min lr={rec.min_lr:g}" if rec.min_lr > 0 else ""),
