@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from normscope.analysis.abel_rule import final_decay_epoch
 from normscope.analysis.bounce import (
@@ -23,9 +24,12 @@ from normscope.analysis.bounce import (
     detect_bounces,
     layer_bounces,
 )
-from normscope.analysis.epochs import EpochSeries
+from normscope.analysis.epochs import EpochSeries, epoch_series
 from normscope.errors import BadInputError
 from normscope.schedules import multistep_line, step_schedule
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 VERDICT_DECAY_NOW = "decay now"
 VERDICT_NOT_YET = "not yet"
@@ -278,3 +282,15 @@ def _advice(robust, exact, kept, final, total, budget_given) -> tuple[str, ...]:
         lines.append(f"The exact ABEL rule would decay {len(bounce_decays)} times: the epoch-to-epoch noise "
                      f"(σ = {robust.noise:.2e}) flips the sign of ΔN, so its sign test fires on noise here.")
     return tuple(lines)
+
+
+def recommend_table(
+    table: pd.DataFrame,
+    *,
+    include_kinds: tuple[str, ...] | str | None = None,
+    steps_per_epoch: float | None = None,
+    **options: Any,
+) -> Recommendation:
+    """`recommend` straight from the trajectory table: `epoch_series` then `recommend(**options)`."""
+    series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
+    return recommend(series, **options)

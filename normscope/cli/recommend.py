@@ -40,16 +40,15 @@ def recommend(
     device: Annotated[str, typer.Option(help="Where to reduce tensors: auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
-    from normscope.analysis.epochs import epoch_series
-    from normscope.analysis.recommend import recommend as make_recommendation
+    from normscope.analysis.recommend import recommend_table
     from normscope.api import load_trajectory
     from normscope.cli.analyze import emit_text, progress_reporter, render_to_text
 
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, device=device, progress=update)
-    series = epoch_series(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
-    rec = make_recommendation(series, lr=lr, decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
+    rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
+                          decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
     texp_schedule = _texp(rec) if texp else None
 
     err = stderr_console()
