@@ -265,7 +265,7 @@ def _verdict(series, robust, exact, past, budget_given, final, relax_epochs) -> 
 
 
 def _advice(robust, exact, kept, final, total, budget_given) -> tuple[str, ...]:
-    budget = f"the {total}-epoch budget" + ("" if budget_given else " (taken to be this run's length)")
+    budget = f"the {total}-epoch budget" + ("" if budget_given else ", taken to be this run's length")
     lines: list[str] = []
     if not robust.bounces:
         lines.append(f"No weight-norm bounce: use a simple schedule with a single decay late in training — "

@@ -79,7 +79,7 @@ def bounce_table(found: BounceDetection, title: str = "Bounces (robust detector)
         return Text(f"{title}: none. {caption}")
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for name in ("decline from", "minimum", "rise confirmed", "rise ends", "decay at", "depth", "rise",
-                 "significance σ", "confidence"):
+                 "signif. (σ)", "confidence"):
         table.add_column(name, justify="right")
     for b in found.bounces:
         table.add_row(str(b.start_epoch), str(b.minimum_epoch), str(b.confirmed_epoch),
@@ -195,7 +195,7 @@ def schedule_csv(rec: Recommendation, texp: TexpSchedule | None = None) -> str:
     writer.writerow(header + (["texp_lr"] if texp is not None else []))
     for e in range(rec.total_epochs):
         lr_rec, norm = recorded.get(e, (math.nan, math.nan))
-        row = [e, repr(rec.schedule[e]), repr(rec.exact_schedule[e]), _csv(lr_rec), _csv(norm)]
+        row = [e, _csv(rec.schedule[e]), _csv(rec.exact_schedule[e]), _csv(lr_rec), _csv(norm)]
         if texp is not None:
             row.append(_csv(texp.epochs[e].texp_lr))
         writer.writerow(row)
@@ -203,4 +203,4 @@ def schedule_csv(rec: Recommendation, texp: TexpSchedule | None = None) -> str:
 
 
 def _csv(x: float) -> str:
-    return "" if not math.isfinite(x) else repr(float(x))
+    return "" if not math.isfinite(x) else format(float(x), ".12g")  # 12 digits: no 0.020000000000000004
