@@ -19,6 +19,7 @@ from normscope.engine.plan import Piece, Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, reduce_group, work_dtype_for
 from normscope.engine.workers import CpuWorkers, Inline, Runner
+from normscope.errors import BadInputError
 from normscope.snapshot import Snapshot, SnapshotStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +44,8 @@ def run_engine(
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
     """
+    if bucket_bytes < 1:
+        raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
     snapshots = list(snapshots)
     wanted = None if names is None else set(names)
     plan = plan_buckets(
@@ -96,12 +99,15 @@ def _reduce_work(
             if before is not None and before.shape == loaded.shape
             else None
         )
-        streams = [
-            t for t in (loaded.weight, prev, loaded.buf, loaded.sq) if t is not None
-        ]
+        alone = GroupInput(
+            [loaded.weight],
+            None if prev is None else [prev],
+            None if loaded.buf is None else [loaded.buf],
+            None if loaded.sq is None else [loaded.sq],
+        )
         key = (
             loaded.weight.device,
-            work_dtype_for(streams),
+            work_dtype_for(alone),
             prev is not None,
             loaded.buf is not None,
             loaded.sq is not None,

@@ -7,6 +7,11 @@ and Adam's `exp_avg_sq` (`sq`). Entries are packed into `[block_rows, CHUNK]` bl
 inputs, cascade summation over 4096 elements) and the per-row results are summed per entry in
 float64 with one `index_add_`. A few kernels per block, however many tensors the group holds.
 
+Dot products of float32 inputs that are nearly orthogonal are redone in float64 (a rounded
+product's error is relative to |x||y|, not to <x, y>).
+
+Dot products involving float32 inputs are reduced in float64 (`work_dtype_for`).
+
 Non-finite values need no extra pass over the data: a row's sum of squares is non-finite exactly
 when the row holds a NaN/Inf (or a square overflowed), so only those rare rows are recounted and
 recomputed in float64.
@@ -28,6 +33,9 @@ CPU_BLOCK_ROWS = (
     64  # 64 x 4096 fp32 = 1 MiB per stream: the block stays in cache between kernels
 )
 CUDA_BLOCK_ROWS = 4096  # 16M elements per kernel: launch overhead is negligible
+ILL_CONDITIONED_COS = (
+    0.1  # below this |cos|, fp32-input dot products are redone in float64
+)
 
 
 @dataclass
@@ -59,15 +67,28 @@ class GroupSums:
     quantities: tuple[str, ...] = field(default=())
 
 
-def work_dtype_for(tensors: Sequence[torch.Tensor]) -> torch.dtype:
-    """float64 inputs keep float64; everything narrower is reduced in float32 (exact products)."""
+def work_dtype_for(group: GroupInput) -> torch.dtype:
+    """The dtype a group is reduced in.
+
+    float32 when every product is exact in it: all inputs 16-bit, or a float32 weight alone (sums of
+    squares have positive terms, so rounded products keep their relative accuracy). A dot product
+    of float32 tensors is computed in float64: its rounding error is relative to |x||y|, not to
+    <x, y>, and <w, momentum> of a scale-invariant layer is nearly orthogonal.
+    """
     import torch
 
-    return (
-        torch.float64
-        if any(t.dtype == torch.float64 for t in tensors)
-        else torch.float32
-    )
+    inputs = [
+        t
+        for s in (group.weight, group.prev, group.buf, group.sq)
+        if s is not None
+        for t in s
+    ]
+    if any(t.dtype == torch.float64 for t in inputs):
+        return torch.float64
+    has_dot = group.prev is not None or group.buf is not None
+    if has_dot and any(t.dtype.itemsize > 2 for t in inputs):
+        return torch.float64
+    return torch.float32
 
 
 def reduce_group(
@@ -80,11 +101,8 @@ def reduce_group(
     import torch
 
     runner = runner or Inline()
-    streams = [
-        s for s in (group.weight, group.prev, group.buf, group.sq) if s is not None
-    ]
     device = group.weight[0].device
-    work_dtype = work_dtype_for([t for s in streams for t in s])
+    work_dtype = work_dtype_for(group)
     if block_rows is None:
         block_rows = CUDA_BLOCK_ROWS if device.type == "cuda" else CPU_BLOCK_ROWS
     layout = row_layout([t.numel() for t in group.weight])
