@@ -17,7 +17,7 @@ from normscope.engine.accumulate import Accumulator
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
 from normscope.engine.plan import Piece, Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
-from normscope.engine.reduce import GroupInput, reduce_group, work_dtype_for
+from normscope.engine.reduce import GroupInput, reduce_group
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.snapshot import Snapshot, SnapshotStats
@@ -87,7 +87,7 @@ def _reduce_work(
     accumulator: Accumulator,
     runner: Runner,
 ) -> None:
-    """Reduce one (bucket, snapshot): group pieces by device, work dtype and streams present."""
+    """Reduce one (bucket, snapshot): group pieces by device, dtypes and the streams present."""
     prev_weights: dict[Piece, LoadedPiece] = (
         {p.piece: p for p in previous.pieces} if previous else {}
     )
@@ -99,15 +99,14 @@ def _reduce_work(
             if before is not None and before.shape == loaded.shape
             else None
         )
-        alone = GroupInput(
-            [loaded.weight],
-            None if prev is None else [prev],
-            None if loaded.buf is None else [loaded.buf],
-            None if loaded.sq is None else [loaded.sq],
-        )
+        dtypes = {
+            t.dtype
+            for t in (loaded.weight, prev, loaded.buf, loaded.sq)
+            if t is not None
+        }
         key = (
             loaded.weight.device,
-            work_dtype_for(alone),
+            frozenset(dtypes),
             prev is not None,
             loaded.buf is not None,
             loaded.sq is not None,

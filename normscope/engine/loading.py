@@ -13,6 +13,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 _PAGE = 4096
+_PREFAULT_MIN_BYTES = (
+    1 << 20
+)  # below this a torch call costs more than the faults it moves
 
 
 @dataclass
@@ -94,7 +97,10 @@ def prefault(tensor: torch.Tensor) -> None:
     reducer (a page-cache hit still costs a fault per page)."""
     import torch
 
-    if tensor.numel() * tensor.element_size() > _PAGE and tensor.is_contiguous():
+    if (
+        tensor.numel() * tensor.element_size() >= _PREFAULT_MIN_BYTES
+        and tensor.is_contiguous()
+    ):
         tensor.view(torch.uint8)[::_PAGE].sum()
 
 

@@ -61,7 +61,7 @@ def itemsize(dtype: str, *, where: str = "") -> int:
 
 
 def shape_of(handle: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in handle.shape)
+    return tuple(handle.shape)
 
 
 def dtype_of(handle: Any) -> str:
@@ -108,44 +108,38 @@ def param_bytes(snapshot: Snapshot, name: str, *, with_state: bool = True) -> in
     return sum(tensor_bytes(h) for h in handles)
 
 
-def _row_bytes(snapshot: Snapshot, name: str, with_state: bool) -> int:
-    shape = shape_of(snapshot.tensors[name])
-    rows = shape[0] if shape else 1
-    return -(-param_bytes(snapshot, name, with_state=with_state) // max(rows, 1))
+@dataclass(frozen=True)
+class _Presence:
+    """A parameter in one snapshot: its shape and the bytes it reads there (weights + state)."""
+
+    snapshot: int
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
 
 
-def _pieces(
-    name: str,
-    snaps: Sequence[tuple[int, Snapshot]],
-    budget: int,
-    with_state: Sequence[bool],
-) -> list[Piece]:
+def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
     """One whole piece if the parameter fits the budget in every snapshot, else row slices."""
-    largest = max(param_bytes(s, name, with_state=with_state[i]) for i, s in snaps)
-    if largest <= budget:
+    if max(p.nbytes for p in seen) <= budget or any(not p.shape for p in seen):
         return [Piece(name)]
-    shapes = [shape_of(s.tensors[name]) for _, s in snaps]
-    if any(len(shape) == 0 for shape in shapes):
-        return [Piece(name)]
-    row_bytes = max(_row_bytes(s, name, with_state[i]) for i, s in snaps)
+    row_bytes = max(-(-p.nbytes // max(p.rows, 1)) for p in seen)
     rows_per_piece = max(1, budget // max(row_bytes, 1))
-    max_rows = max(shape[0] for shape in shapes)
+    max_rows = max(p.rows for p in seen)
     return [
         Piece(name, start, min(start + rows_per_piece, max_rows))
         for start in range(0, max_rows, rows_per_piece)
     ]
 
 
-def piece_bytes(snapshot: Snapshot, piece: Piece, *, with_state: bool = True) -> int:
-    """Bytes this piece reads from `snapshot` (0 when the snapshot lacks it or is too short)."""
-    if piece.name not in snapshot.tensors:
-        return 0
-    total = param_bytes(snapshot, piece.name, with_state=with_state)
+def _piece_bytes(piece: Piece, p: _Presence) -> int:
+    """Bytes `piece` reads where the parameter is `p` (0 when that snapshot has too few rows)."""
     if piece.whole:
-        return total
-    rows = shape_of(snapshot.tensors[piece.name])[0]
-    present = max(0, min(piece.stop, rows) - piece.start)
-    return total * present // max(rows, 1)
+        return p.nbytes
+    present = max(0, min(piece.stop, p.rows) - piece.start)
+    return p.nbytes * present // max(p.rows, 1)
 
 
 def plan_buckets(
@@ -163,28 +157,27 @@ def plan_buckets(
     if budget < 1:
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
     wanted = None if names is None else set(names)
-    order: dict[str, list[tuple[int, Snapshot]]] = {}
+    seen: dict[str, list[_Presence]] = {}
     for i, snap in enumerate(snapshots):
-        for name in snap.tensors:
+        for name, ref in snap.tensors.items():
             if wanted is None or name in wanted:
-                order.setdefault(name, []).append((i, snap))
-    with_state = [i >= state_from for i in range(len(snapshots))]
+                nbytes = param_bytes(snap, name, with_state=i >= state_from)
+                seen.setdefault(name, []).append(_Presence(i, shape_of(ref), nbytes))
 
     buckets: list[tuple[Piece, ...]] = []
     bucket_sizes: list[tuple[int, ...]] = []
     current: list[Piece] = []
     current_bytes = [0] * len(snapshots)
-    for name, snaps in order.items():
-        for piece in _pieces(name, snaps, budget, with_state):
-            sizes = [0] * len(snapshots)
-            for i, snap in snaps:
-                sizes[i] = piece_bytes(snap, piece, with_state=with_state[i])
-            if current and any(c + s > budget for c, s in zip(current_bytes, sizes)):
+    for name, presence in seen.items():
+        for piece in _pieces(name, presence, budget):
+            sizes = [(p.snapshot, _piece_bytes(piece, p)) for p in presence]
+            if current and any(current_bytes[i] + n > budget for i, n in sizes):
                 buckets.append(tuple(current))
                 bucket_sizes.append(tuple(current_bytes))
                 current, current_bytes = [], [0] * len(snapshots)
             current.append(piece)
-            current_bytes = [c + s for c, s in zip(current_bytes, sizes)]
+            for i, n in sizes:
+                current_bytes[i] += n
     if current:
         buckets.append(tuple(current))
         bucket_sizes.append(tuple(current_bytes))

@@ -23,19 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from normscope.engine.chunking import RowLayout, fill_rows, row_layout
+from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
 from normscope.engine.workers import Inline, Runner
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-CPU_BLOCK_ROWS = (
-    64  # 64 x 4096 fp32 = 1 MiB per stream: the block stays in cache between kernels
-)
-CUDA_BLOCK_ROWS = 4096  # 16M elements per kernel: launch overhead is negligible
-ILL_CONDITIONED_COS = (
-    0.1  # below this |cos|, fp32-input dot products are redone in float64
-)
+# Per stream: a CPU block stays in cache between its kernels.
+CPU_BLOCK_BYTES = 1 << 20
+# 16M elements per kernel: CUDA launch overhead is negligible.
+CUDA_BLOCK_ROWS = 4096
 
 
 @dataclass
@@ -104,7 +101,11 @@ def reduce_group(
     device = group.weight[0].device
     work_dtype = work_dtype_for(group)
     if block_rows is None:
-        block_rows = CUDA_BLOCK_ROWS if device.type == "cuda" else CPU_BLOCK_ROWS
+        block_rows = (
+            CUDA_BLOCK_ROWS
+            if device.type == "cuda"
+            else max(1, CPU_BLOCK_BYTES // (CHUNK * work_dtype.itemsize))
+        )
     layout = row_layout([t.numel() for t in group.weight])
     quantities = group.quantities()
     rows = torch.empty(
