@@ -59,6 +59,18 @@ def sniff_torch_file(path: str) -> bool:
     return os.path.isfile(path) and (is_torch_zip(path) or is_pickle(path))
 
 
+def is_torchscript(path: str) -> bool:
+    """TorchScript archives hold code (`code/`, `constants.pkl`); torch.load would run them."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(
+                n.endswith("/constants.pkl") or n == "constants.pkl"
+                for n in zf.namelist()
+            )
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def zip_pickle_bytes(path: str) -> bytes | None:
     """The raw `data.pkl` of a torch zip (small: tensor data lives in other records), or None."""
     try:
@@ -104,18 +116,50 @@ def unsafe_globals(path: str) -> list[str]:
         return []
 
 
-def load_torch_file(path: str) -> Any:
-    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise."""
+def load_torch_file(
+    path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None
+) -> Any:
+    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
+
+    With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
+    unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
+    and a line in `notes` names what was not loaded.
+    """
     import torch
 
     read_head(path, 1)  # permission and existence errors as one line
     mmap = read_head(path, 4) == ZIP_MAGIC
+    if mmap and is_torchscript(path):
+        raise UnsafeCheckpointError(
+            f"{path} is a TorchScript archive (a program, not a checkpoint); normscope reads only "
+            "tensors — save the model's state_dict instead"
+        )
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+        with (
+            warnings.catch_warnings()
+        ):  # torch's notes on pickle protocols are not for our users
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
+        if names and recover_unsafe and mmap:
+            from ._restricted_torch import load_torch_zip_restricted
+
+            try:
+                obj, placeholders = load_torch_zip_restricted(path)
+            except UnsafeCheckpointError:
+                raise
+            except Exception as again:  # noqa: BLE001 - corrupt in some other way: one line
+                raise BadInputError(
+                    f"{path} could not be recovered with the restricted unpickler: "
+                    f"{type(again).__name__}: {again}"
+                ) from None
+            if notes is not None:
+                notes.append(
+                    f"{path}: read with the restricted unpickler; not loaded (inert): "
+                    f"{', '.join(placeholders)}"
+                )
+            return obj
         if names:
             raise UnsafeCheckpointError(
                 f"{path} needs code to load ({', '.join(names)}); normscope never runs code from a "
