@@ -126,3 +126,20 @@ def test_incomplete_save_without_metadata_is_skipped(tmp_path):
     run = open_run(tmp_path)
     assert [s.meta.step for s in run.snapshots] == [1]
     assert any("incomplete" in w for w in run.warnings)
+
+
+def test_name_keyed_optimizer_state_from_distributed_state_dict(tmp_path):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = small_mlp()
+    opt = adamw(model)
+    train(model, opt, 2)
+    model_sd, optim_sd = get_state_dict(model, opt)
+    assert isinstance(optim_sd["param_groups"][0]["params"][0], str)  # keyed by name, not position
+    _save({"model": model_sd, "optim": optim_sd, "step": 2}, tmp_path / "ckpt")
+    run = open_run(tmp_path / "ckpt")
+    (snap,) = run.snapshots
+    assert snap.meta.param_groups[0].params == tuple(n for n, _ in model.named_parameters())
+    for name, param in model.named_parameters():
+        assert torch.equal(snap.optimizer_state[name]["exp_avg"].load(), opt.state[param]["exp_avg"])
+    assert run.warnings == []

@@ -187,4 +187,19 @@ class SafetensorsFiles:
 
     def open(self, path: str) -> Run:
         root = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
-        return build_run(path, self.name, snapshots_in(path, root), [])
+        pending = snapshots_in(path, root)
+        warnings = []
+        if os.path.isdir(path):
+            used = {os.path.basename(p.path) for p in pending}
+            skipped = [
+                os.path.basename(f)
+                for f in files_in(path)
+                if os.path.basename(f) not in used
+                and not sniff_safetensors_file(f)
+                and not is_index(f)
+            ]
+            if skipped:
+                warnings.append(
+                    f"ignored {len(skipped)} file(s) that are not safetensors: {', '.join(skipped[:5])}"
+                )
+        return build_run(path, self.name, pending, warnings)
