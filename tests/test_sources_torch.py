@@ -262,3 +262,23 @@ def test_non_checkpoint_files_in_the_directory_are_ignored(tmp_path):
     run = open_run(tmp_path)
     assert len(run.snapshots) == 1
     assert any("notes.txt" in w for w in run.warnings)
+
+
+def test_repeated_embedded_steps_fall_back_to_names(tmp_path):
+    model = small_mlp()
+    for step in (20, 100, 3):
+        torch.save(
+            {"model": model.state_dict(), "step": 0}, tmp_path / f"step_{step}.pt"
+        )
+    run = open_run(tmp_path)
+    assert run.ordering == ORDER_FILENAME
+    assert [os.path.basename(s.meta.path) for s in run.snapshots] == [
+        "step_3.pt",
+        "step_20.pt",
+        "step_100.pt",
+    ]
+    assert [s.meta.step for s in run.snapshots] == [3, 20, 100]
+    assert any(
+        "embedded positions repeat (0/0.0); ordered by filename instead" in w
+        for w in run.warnings
+    )
