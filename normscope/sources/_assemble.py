@@ -57,6 +57,34 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
     return notes
 
 
+def condense(warnings: list[str], labels: list[str]) -> list[str]:
+    """One line per distinct note: "label: text" repeated across snapshots becomes
+    "text (label1, label2, … N snapshots)", so a long run does not print the same line N times."""
+    by_text: dict[str, list[str]] = {}
+    order: list[str] = []
+    for line in warnings:
+        label = next((lb for lb in labels if line.startswith(f"{lb}: ")), None)
+        text = line[len(label) + 2 :] if label else line
+        if text not in by_text:
+            by_text[text] = []
+            order.append(text)
+        if label:
+            by_text[text].append(label)
+    out = []
+    for text in order:
+        where = by_text[text]
+        if not where:
+            out.append(text)
+        elif len(where) == 1:
+            out.append(f"{where[0]}: {text}")
+        else:
+            shown = ", ".join(where[:2]) + (
+                f", … {len(where)} snapshots" if len(where) > 2 else ""
+            )
+            out.append(f"{text} ({shown})")
+    return out
+
+
 def build_run(
     root: str, layout: str, pending: list[PendingSnapshot], warnings: list[str]
 ) -> Run:
@@ -69,7 +97,9 @@ def build_run(
         layout=layout,
         snapshots=snapshots,
         ordering=ordering,
-        warnings=[*warnings, *order_notes, *notes],
+        warnings=condense(
+            [*warnings, *order_notes, *notes], [p.label for p in pending]
+        ),
     )
 
 
