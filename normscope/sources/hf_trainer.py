@@ -139,6 +139,8 @@ class HFTrainerDirs:
             return False
         if os.path.isfile(os.path.join(path, TRAINER_STATE)):
             return True
+        if os.path.isfile(os.path.join(path, "pytorch_model.bin.index.json")):
+            return True  # a saved model sharded into .bin files: one snapshot, not one per shard
         return any(os.path.isfile(os.path.join(d, TRAINER_STATE)) or
                    (_weights_file(d) is not None) for d in subdirs_in(path))  # fmt: skip
 
