@@ -52,7 +52,7 @@ def test_namespace_in_hyper_parameters_is_left_inert(tmp_path):
     (snap,) = run.snapshots
     assert snap.meta.step == 2 and snap.meta.optimizer == "SGD"
     assert torch.equal(snap.tensors["0.weight"].load(), model[0].weight.detach())
-    assert any("not loaded (inert): argparse.Namespace" in w for w in run.warnings)
+    assert any("left inert: argparse.Namespace" in w for w in run.warnings)
 
 
 def test_whole_pickled_module_gives_its_state_dict_back(tmp_path):

@@ -116,6 +116,30 @@ def unsafe_globals(path: str) -> list[str]:
         return []
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _recover(path: str, notes: list[str] | None) -> Any:
+    from ._restricted_torch import load_torch_zip_restricted
+
+    try:
+        obj, placeholders = load_torch_zip_restricted(path)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt in some other way: one line
+        raise BadInputError(
+            f"{path} could not be recovered with the restricted unpickler: {_first_line(exc)}"
+        ) from None
+    if notes is not None:
+        notes.append(
+            f"{path}: tensors read with the restricted unpickler; left inert: "
+            f"{', '.join(placeholders)}"
+        )
+    return obj
+
+
 def load_torch_file(
     path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None
 ) -> Any:
@@ -128,62 +152,39 @@ def load_torch_file(
     import torch
 
     read_head(path, 1)  # permission and existence errors as one line
-    mmap = read_head(path, 4) == ZIP_MAGIC
-    if mmap and is_torchscript(path):
+    is_zip = read_head(path, 4) == ZIP_MAGIC
+    if is_zip and is_torchscript(path):
         raise UnsafeCheckpointError(
             f"{path} is a TorchScript archive (a program, not a checkpoint); normscope reads only "
             "tensors — save the model's state_dict instead"
         )
+    if path.endswith(
+        ".safetensors"
+    ):  # torch.load would hand it to the safetensors reader
+        raise BadInputError(
+            f"{path} is a torch.save file named .safetensors; rename it to .pt"
+        )
     try:
         with (
             warnings.catch_warnings()
-        ):  # torch's notes on pickle protocols are not for our users
+        ):  # torch's notes on pickle protocols are not for users
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
+            return torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
-        if names and recover_unsafe and mmap:
-            from ._restricted_torch import load_torch_zip_restricted
-
-            try:
-                obj, placeholders = load_torch_zip_restricted(path)
-            except UnsafeCheckpointError:
-                raise
-            except Exception as again:  # noqa: BLE001 - corrupt in some other way: one line
-                raise BadInputError(
-                    f"{path} could not be recovered with the restricted unpickler: "
-                    f"{type(again).__name__}: {again}"
-                ) from None
-            if notes is not None:
-                notes.append(
-                    f"{path}: read with the restricted unpickler; not loaded (inert): "
-                    f"{', '.join(placeholders)}"
-                )
-            return obj
+        if names and recover_unsafe and is_zip:
+            return _recover(path, notes)
         if names:
             raise UnsafeCheckpointError(
-                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from a "
-                "checkpoint — re-save it as a plain state_dict or safetensors"
+                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
+                "a checkpoint — re-save it as a plain state_dict or safetensors"
             ) from None
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {first}"
+            f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
         ) from None
-    except (
-        RuntimeError,
-        EOFError,
-        ValueError,
-        OSError,
-        zipfile.BadZipFile,
-        KeyError,
-    ) as exc:
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
+    except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {first}"
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}"
         ) from None
 
 
