@@ -18,10 +18,9 @@ def models_and_groups(draw):  # type: ignore[no-untyped-def]
     names = [f"p{i}" for i in range(n)]
     n_groups = draw(st.integers(1, 3))
     owner = [draw(st.integers(0, n_groups - 1)) for _ in range(n)]
-    frozen = [
-        draw(st.booleans()) and n > 1 for _ in range(n)
-    ]  # not in the optimizer at all
-    has_state = [draw(st.booleans()) for _ in range(n)]  # no state yet: the shape is unknown
+    # frozen: not in the optimizer at all; without state the shape is unknown (a wildcard)
+    frozen = [draw(st.booleans()) and n > 1 for _ in range(n)]
+    has_state = [draw(st.booleans()) for _ in range(n)]
     return names, shapes, n_groups, owner, frozen, has_state
 
 
