@@ -199,3 +199,11 @@ def test_every_must_be_positive(tmp_path):
 def test_torch_file_with_a_safetensors_name(tmp_path):
     torch.save(small_mlp().state_dict(), tmp_path / "w.safetensors")
     assert "rename it to .pt" in _refused(tmp_path / "w.safetensors")
+
+
+def test_index_naming_a_shard_outside_its_directory(tmp_path):
+    save_file({"w": torch.ones(4)}, tmp_path / "elsewhere.safetensors")
+    (tmp_path / "model").mkdir()
+    index = {"metadata": {}, "weight_map": {"w": "../elsewhere.safetensors"}}
+    (tmp_path / "model" / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "points outside its directory" in _refused(tmp_path / "model")

@@ -201,3 +201,18 @@ def test_tensors_sharded_across_two_ranks_are_assembled(tmp_path):
     assert torch.equal(snap.tensors["b"].load(), b)
     assert torch.equal(snap.tensors["r"].load(), torch.ones(3))
     assert snap.meta.step == 9
+
+
+def test_metadata_naming_a_file_outside_the_checkpoint(tmp_path):
+    import dataclasses
+
+    _save({"model": small_mlp().state_dict()}, tmp_path / "ckpt")
+    # our own, trusted file: rewrite its storage paths to escape the directory
+    metadata = dcp.FileSystemReader(str(tmp_path / "ckpt")).read_metadata()
+    metadata.storage_data = {
+        k: dataclasses.replace(v, relative_path="../../outside.distcp")
+        for k, v in metadata.storage_data.items()
+    }
+    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(BadInputError, match="points outside its directory"):
+        open_run(tmp_path / "ckpt")

@@ -15,7 +15,7 @@ from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
 from ._assemble import build_run
-from ._files import files_in, label_of
+from ._files import files_in, inside, label_of
 from ._keys import clean_names
 from ._ordering import PendingSnapshot
 from ._refs import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsTensorRef
@@ -123,7 +123,7 @@ def read_index(index_path: str) -> dict[str, list[str]]:
     base = os.path.dirname(index_path)
     shards: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        shards.setdefault(os.path.join(base, shard), []).append(key)
+        shards.setdefault(inside(base, shard, index_path), []).append(key)
     for shard in shards:
         if not os.path.isfile(shard):
             raise BadInputError(
