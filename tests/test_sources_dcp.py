@@ -26,9 +26,8 @@ from normscope.sources._refs import ChunkedTensorRef
 
 
 def _save(state, directory):  # type: ignore[no-untyped-def]
-    with (
-        warnings.catch_warnings()
-    ):  # "assuming the intent is to save in a single process"
+    # dcp.save warns "assuming the intent is to save in a single process"
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=str(directory))
 

@@ -286,8 +286,12 @@ def test_repeated_embedded_steps_fall_back_to_names(tmp_path):
 
 def test_a_model_that_grows_step_by_step_stays_one_run(tmp_path):
     layers: list[nn.Module] = [nn.Linear(4, 4)]
-    for step in range(1, 5):  # each save adds one layer: the first and last share only 1/4 names
-        torch.save({"model": nn.Sequential(*layers).state_dict(), "step": step}, tmp_path / f"s{step}.pt")
+    # each save adds one layer: the first and the last share only 1/4 of their names
+    for step in range(1, 5):
+        torch.save(
+            {"model": nn.Sequential(*layers).state_dict(), "step": step},
+            tmp_path / f"s{step}.pt",
+        )
         layers.append(nn.Linear(4, 4))
     run = open_run(tmp_path)
     assert len(run.snapshots) == 4

@@ -88,9 +88,8 @@ def _legacy_globals(path: str) -> list[str]:
     allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
     found: set[str] = set()
     with open(path, "rb") as f:
-        for _ in range(
-            4
-        ):  # legacy torch files: magic, protocol, sys info, then the object
+        # legacy torch files: magic, protocol, sys info, then the object
+        for _ in range(4):
             strings: list[str] = []
             try:
                 for op, arg, _pos in pickletools.genops(f):
@@ -158,16 +157,14 @@ def load_torch_file(
             f"{path} is a TorchScript archive (a program, not a checkpoint); normscope reads only "
             "tensors — save the model's state_dict instead"
         )
-    if path.endswith(
-        ".safetensors"
-    ):  # torch.load would hand it to the safetensors reader
+    # torch.load would hand a file with this name to the safetensors reader
+    if path.endswith(".safetensors"):
         raise BadInputError(
             f"{path} is a torch.save file named .safetensors; rename it to .pt"
         )
     try:
-        with (
-            warnings.catch_warnings()
-        ):  # torch's notes on pickle protocols are not for users
+        # torch's notes on pickle protocols are not for our users
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -236,9 +233,8 @@ def split_checkpoint(
         if _tensor_dict(value):
             model = value
             break
-        if isinstance(
-            value, Mapping
-        ):  # one more level, e.g. {"model": {"state_dict": ...}}
+        # one more level, e.g. {"model": {"state_dict": ...}}
+        if isinstance(value, Mapping):
             inner = next(
                 (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
             )
