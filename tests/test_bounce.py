@@ -1,5 +1,6 @@
 """Bounce detection on hand-built trajectories: the exact ABEL rule and the robust detector."""
 
+import io
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ from normscope.analysis.abel_rule import AbelState, abel_step, final_decay_epoch
 from normscope.analysis.bounce import (
     RobustParams,
     abel_replay,
+    analyze_bounces,
     detect_bounces,
     layer_bounces,
 )
@@ -153,3 +155,22 @@ def test_per_layer_bounces_say_which_layer_bounces():
     layers = {lb.layer: lb for lb in layer_bounces(epoch_series(traj.table))}
     assert len(layers["conv1"].robust.bounces) == 1
     assert layers["conv2"].robust.bounces == ()
+
+
+def test_analyze_bounces_needs_no_learning_rate_and_renders():
+    from rich.console import Console
+
+    from normscope.report.recommend_view import (
+        bounce_analysis_json,
+        bounce_analysis_view,
+    )
+
+    traj = trajectory_from_norms({"conv1": bounce_curve(), "conv2": np.full(60, 7.0)}, lrs=np.nan)
+    found = analyze_bounces(traj.table)
+    assert [b.minimum_epoch for b in found.robust.bounces] == [15]
+    doc = bounce_analysis_json(found)
+    assert doc["robust_decay_epochs"] == list(found.robust.decay_epochs) and doc["schema_version"] == 1
+    console = Console(width=140, record=True, file=io.StringIO())
+    console.print(bounce_analysis_view(found))
+    text = console.export_text()
+    assert "Weight-norm bounces" in text and "conv1" in text

@@ -305,3 +305,34 @@ def layer_bounces(series: EpochSeries, params: RobustParams | None = None) -> tu
             continue
         out.append(LayerBounces(layer.layer, exact, detect_bounces(series.epochs, values, params)))
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------------- all of it
+@dataclass(frozen=True)
+class BounceAnalysis:
+    """Both detectors on the run's total norm and on each layer: what `normscope analyze` shows.
+    Unlike `recommend`, it needs no learning rate."""
+
+    series: EpochSeries
+    exact: AbelReplay
+    robust: BounceDetection
+    layers: tuple[LayerBounces, ...]
+
+
+def analyze_bounces(
+    table,
+    *,
+    include_kinds: tuple[str, ...] | str | None = None,
+    steps_per_epoch: float | None = None,
+    params: RobustParams | None = None,
+) -> BounceAnalysis:
+    """Bounces of the trajectory table's end-of-epoch norm (raises BadInputError below 3 epochs)."""
+    from normscope.analysis.epochs import epoch_series
+
+    series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
+    return BounceAnalysis(
+        series=series,
+        exact=abel_replay(series.epochs, series.norm_sq),
+        robust=detect_bounces(series.epochs, series.norm_sq, params),
+        layers=layer_bounces(series, params),
+    )

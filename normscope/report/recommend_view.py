@@ -14,7 +14,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from normscope.analysis.bounce import BounceDetection, LayerBounces
+from normscope.analysis.bounce import BounceAnalysis, BounceDetection, LayerBounces
 from normscope.analysis.recommend import (
     VERDICT_DECAY_NOW,
     VERDICT_NO_BOUNCE,
@@ -144,6 +144,31 @@ def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Gro
 def bounce_summary(rec: Recommendation) -> Group:
     """The compact block `normscope analyze` can show: verdict, decay epochs and the bounce table."""
     return Group(verdict_text(rec), decay_table(rec), bounce_table(rec.robust))
+
+
+def bounce_analysis_view(found: BounceAnalysis) -> Group:
+    """For `normscope analyze`: the exact rule's decays, the robust bounces, and the per-layer table."""
+    s = found.series
+    head = Text(f"Weight-norm bounces — Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
+                f"epochs {s.epochs[0]}–{s.epochs[-1]} ({s.epoch_source}); the exact ABEL rule would decay at "
+                f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
+    return Group(head, bounce_table(found.robust), layer_table(found.layers))
+
+
+def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
+    s = found.series
+    return jsonable({
+        "schema_version": SCHEMA_VERSION,
+        "include_kinds": list(s.include_kinds), "epoch_source": s.epoch_source,
+        "epochs": list(s.epochs), "norm_sq": list(s.norm_sq),
+        "exact_decay_epochs": list(found.exact.decay_epochs),
+        "robust_decay_epochs": list(found.robust.decay_epochs),
+        "exact": found.exact, "robust": found.robust,
+        "layers": [{"layer": lb.layer, "exact_decay_epochs": list(lb.exact.decay_epochs),
+                    "robust": None if lb.robust is None else lb.robust.bounces, "note": lb.note}
+                   for lb in found.layers],
+        "notes": list(s.notes),
+    })
 
 
 def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, Any]:
