@@ -124,3 +124,18 @@ def test_min_lr_and_watched_kinds():
     assert sched.decay_epochs == [2] and opt.param_groups[0]["lr"] == pytest.approx(0.05)
     with pytest.raises(ValueError):
         ABEL(opt, [w], decay_factor=1.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_norm_matches_cpu_and_scheduler_runs_on_cuda():
+    model, _ = _setup()
+    cpu = squared_total_norm(watched_tensors(model))
+    model = model.cuda()
+    assert squared_total_norm(watched_tensors(model)) == pytest.approx(cpu, rel=1e-12)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=WD)
+    sched = ABEL(opt, model, total_epochs=2)
+    opt.step()
+    sched.step()
+    sched.step()
+    assert sched.decay_epochs == [2] and sched.norm_history[0] == pytest.approx(cpu, rel=1e-12)
