@@ -17,6 +17,7 @@ def plot_recommendation(rec: Recommendation, path: str | Path, *, title: str = "
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     s, robust = rec.series, rec.robust
     epochs = np.asarray(s.epochs, dtype=float)
@@ -51,6 +52,7 @@ def plot_recommendation(rec: Recommendation, path: str | Path, *, title: str = "
     ax.set_xlabel("epochs completed")
     ax.set_ylabel(f"Σ‖w‖²  ({'+'.join(s.include_kinds)}, {s.n_tensors} tensors)")
     ax.grid(alpha=0.25)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(min(epochs[0], 0) - 0.5, max(rec.total_epochs, epochs[-1]) + 0.5)
 
     lr_ax = ax.twinx()
@@ -58,6 +60,7 @@ def plot_recommendation(rec: Recommendation, path: str | Path, *, title: str = "
     lr_ax.step(x_sched, list(rec.schedule) + [rec.schedule[-1]], where="post", color=_LR, lw=2,
                label="recommended LR")
     recorded = np.asarray(s.lr, dtype=float)
+    recorded = np.where(recorded > 0, recorded, np.nan)  # an LR of 0 has no place on a log axis
     if np.isfinite(recorded).any():
         lr_ax.step(epochs, recorded, where="post", color=_LR_REC, lw=4, alpha=0.6, label="LR recorded in the run",
                    zorder=1)
