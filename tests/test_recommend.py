@@ -126,3 +126,11 @@ def test_smooth_schedule_is_reported_as_such_not_as_many_decays():
     assert rec.past_decays == ()
     assert any("smooth schedule" in n for n in rec.notes)
     assert rec.base_lr == pytest.approx(0.1)
+
+
+def test_budget_decay_already_done_is_not_asked_for_again():
+    lrs = np.array([0.1] * 86 + [0.01] * 4)
+    rec = recommend(_series(noisy(np.full(90, 30.0), 0.001, seed=1), lrs=lrs, steps_per_epoch=100000),
+                    total_epochs=100)
+    assert rec.past_decays[0].epoch == 86
+    assert rec.verdict.status != VERDICT_DECAY_NOW

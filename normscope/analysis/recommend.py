@@ -232,7 +232,7 @@ def _verdict(series, robust, exact, past, budget_given, final, relax_epochs) -> 
     phase_start = past[-1].epoch if past else series.epochs[0]
     lr_now = series.lr[-1] if math.isfinite(series.lr[-1]) else math.nan
     evidence: list[str] = []
-    if exact.decays and exact.decays[0].reason == "bounce" and exact.decays[-1].epoch == last:
+    if any(d.reason == "bounce" and d.epoch == last for d in exact.decays):
         evidence.append(f"the exact ABEL rule fires at epoch {last} (second sign change of ΔN)")
     elif exact.reached_minimum:
         evidence.append("the exact ABEL rule has set reached_minimum and waits for the next sign change")
@@ -241,7 +241,7 @@ def _verdict(series, robust, exact, past, budget_given, final, relax_epochs) -> 
         evidence.append(f"the last LR decay was at epoch {phase_start}; the norm needs ≈{relax:.1f} epochs "
                         f"to relax at lr {lr_now:g}, {last - phase_start} have passed")
         return Verdict(VERDICT_NOT_YET, last, tuple(evidence))
-    if budget_given and last >= final:
+    if budget_given and last >= final and not any(d.epoch >= final for d in past):
         evidence.append(f"epoch {last} is past {final}, ~85 % of the budget: the final decay is due")
         return Verdict(VERDICT_DECAY_NOW, last, tuple(evidence))
     current = [b for b in robust.bounces if b.minimum_epoch >= phase_start]
