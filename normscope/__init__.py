@@ -18,6 +18,7 @@ _LAZY = {
     "build_trajectory": "normscope.trajectory",
     "Trajectory": "normscope.trajectory",
     "analyze_path": "normscope.api",
+    "ABEL": "normscope.schedulers",
     # the module is `tracker` so that `normscope.track` stays the function, not a submodule
     "track": "normscope.tracker",
     "Tracker": "normscope.tracker",

@@ -15,8 +15,8 @@ turns by (SCIENCE.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from normscope.cli import analyze as _analyze
+from normscope.cli import recommend as _recommend
 from normscope.cli import watch as _watch
 
 app = typer.Typer(
@@ -40,6 +41,7 @@ def _root(
 
 
 app.command("analyze")(_analyze.analyze)
+app.command("recommend")(_recommend.recommend)
 app.command("watch")(_watch.watch)
 
 

@@ -45,6 +45,11 @@ ExcludeOpt = Annotated[
     typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
 ]
 EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
+RecoverOpt = Annotated[
+    bool,
+    typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
+                      "through a restricted unpickler that runs nothing; refused by default."),
+]
 
 
 def progress_reporter():
@@ -93,6 +98,7 @@ def analyze(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     every: EveryOpt = 1,
+    recover_unsafe: RecoverOpt = False,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved."""
     from normscope.analysis.summary import summarize_params, summarize_run
@@ -105,7 +111,7 @@ def analyze(
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, include=include or (), exclude=exclude or (), every=every,
-                               device=device.value, progress=update)
+                               device=device.value, progress=update, recover_unsafe=recover_unsafe)
     run = summarize_run(traj)
     params = summarize_params(traj)
 
