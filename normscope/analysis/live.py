@@ -166,19 +166,19 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
         layers=tuple(layers), warnings=tuple(trajectory.warnings), advice=tuple(advice))
 
 
-def live_advice(trajectory: Trajectory) -> tuple[str, ...]:
-    """Bounce status and ABEL's advice on the run so far, as lines for the live view."""
+def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None) -> tuple[str, ...]:
+    """Bounce status and ABEL's advice on the run so far (`analysis.recommend`), as display lines."""
+    from normscope.analysis.recommend import recommend_table
     from normscope.errors import NormscopeError
 
-    try:
-        from normscope.analysis.epochs import epoch_series
-        from normscope.analysis.recommend import recommend
-    except ImportError:  # the bounce analysis is not part of this build yet
-        return ()
     if trajectory.table.empty:
         return ()
     try:
-        rec = recommend(epoch_series(trajectory.table))
-    except NormscopeError as exc:
+        rec = recommend_table(trajectory.table, total_epochs=total_epochs)
+    except NormscopeError as exc:  # e.g. no completed epoch yet, no epochs in the log
         return (f"bounce: not assessed yet ({exc.message})",)
-    return (f"bounce / ABEL: {rec.verdict.status} (epoch {rec.verdict.at_epoch})", *rec.advice)
+    verdict = rec.verdict
+    head = f"bounce / ABEL at epoch {verdict.at_epoch}: {verdict.status}"
+    if verdict.evidence:
+        head += f" — {verdict.evidence[0]}"
+    return (head, *rec.advice)

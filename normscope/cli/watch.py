@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,8 +19,13 @@ IntervalOpt = Annotated[float, typer.Option(help="Seconds between refreshes.", m
 OnceOpt = Annotated[bool, typer.Option("--once", help="Print one frame on stdout and exit.")]
 RecentOpt = Annotated[int, typer.Option(help="Average cos(w,g) and angles over this many records.",
                                         min=1)]
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option("--total-epochs", help="The run's epoch budget, for ABEL's final decay (default: "
+                 "the epochs so far).", min=1, show_default=False),
+]
 TagPatternOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a "
                  "(?P<param>...) group and an optional (?P<stat>...) group ('grad…' = gradient).",
                  show_default=False),
@@ -29,7 +34,8 @@ TagPatternOpt = Annotated[
 
 @handle_errors
 def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
-          recent: RecentOpt = 5, tag_pattern: TagPatternOpt = None) -> None:
+          recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
+          tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
     from normscope.analysis.live import live_advice, live_frame
     from normscope.live_source import LiveSource
@@ -37,11 +43,11 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
 
     source = LiveSource(path, tag_pattern=tag_pattern)
 
-    def frame(trajectory):  # noqa: ANN001, ANN202
+    def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        return render_frame(live_frame(trajectory, recent=recent, advice=live_advice(trajectory)),
+        return render_frame(live_frame(trajectory, recent=recent, advice=live_advice(trajectory, total_epochs=total_epochs)),
                             updated=stamp)
 
     trajectory = source.poll()
