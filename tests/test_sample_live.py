@@ -56,3 +56,16 @@ def test_live_frame_near_equilibrium_before_the_decay():
     # at epoch 40 the weight norm is still shrinking towards equilibrium (from above: 260 → 251 →
     # 249 over epochs 40–42), so the weights turn a little slower than at equilibrium (measured 0.73)
     assert 0.6 < conv.angle_ratio < 1.0
+
+
+def test_watch_once_on_the_sample_shows_the_abel_verdict():
+    from typer.testing import CliRunner
+
+    from normscope.cli import app
+
+    if not LIVE.exists():
+        pytest.skip("no sample")
+    result = CliRunner().invoke(app, ["watch", str(LIVE), "--once", "--total-epochs", "60"])
+    assert result.exit_code == 0, result.output
+    assert "step 1380 · epoch 60" in result.output
+    assert "bounce / ABEL at epoch 60:" in result.output and "block2.conv.weight" in result.output

@@ -99,7 +99,6 @@ def test_source_polls_only_when_the_log_grows(tmp_path):
 
 
 def test_source_rereads_a_checkpoint_directory_when_it_changes(tmp_path):
-    pytest.importorskip("normscope.engine")
     model = small_bn_cnn()
     torch.save(model.state_dict(), tmp_path / "step_1.pt")
     torch.save(model.state_dict(), tmp_path / "step_2.pt")
