@@ -43,7 +43,7 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
         return Group(title, status, Text("waiting for the first record …", style="dim"))
     angle_head = "∠/step" if frame.layers[0].angle_is_per_step else "∠/snapshot"
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("param", "kind", "|w|", "Δ|w|", "|g|", "cos(w,g)", angle_head, "∠ equil.",
+    for name in ("param", "kind", "|w|", "vs start", "|g|", "cos(w,g)", angle_head, "∠ equil.",
                  "ratio"):
         table.add_column(name, justify="left" if name in ("param", "kind") else "right",
                          no_wrap=True)
