@@ -85,7 +85,7 @@ class Tracker:
 
     def __init__(self, model: torch.nn.Module, optimizer: Any, path: str | os.PathLike[str],
                  *, every: int = 1, run_id: str | None = None, step: int = 0,
-                 keep_buffers: bool | None = None) -> None:
+                 keep_buffers: bool | None = None, common_prefix: str | None = None) -> None:
         if not isinstance(every, int) or every < 1:
             raise BadInputError(f"every must be a positive integer, got {every!r}")
         self.optimizer = unwrap_optimizer(optimizer)
@@ -95,6 +95,9 @@ class Tracker:
         self.step = int(step)
         self.epoch: float | None = None
         self.names, params = self._tracked_params(model, self.optimizer)
+        if common_prefix and all(n.startswith(common_prefix) for n in self.names):
+            # e.g. Lightning's `model.` attribute: drop it as the checkpoint sources do
+            self.names = [n[len(common_prefix):] for n in self.names]
         self._reducer = StepReducer(params, keep_buffers=keep_buffers)
         self._groups = self._param_group_index(self.optimizer, params)
         self._step_groups: list[dict[str, Any]] = []
@@ -229,13 +232,14 @@ class Tracker:
 
 
 def track(model: torch.nn.Module, optimizer: Any, path: str | os.PathLike[str], every: int = 1,
-          run_id: str | None = None, *, step: int = 0, keep_buffers: bool | None = None
-          ) -> Tracker:
+          run_id: str | None = None, *, step: int = 0, keep_buffers: bool | None = None,
+          common_prefix: str | None = None) -> Tracker:
     """Start logging `model`'s weight dynamics under `optimizer` to the JSON Lines file `path`.
 
     Every `every` optimizer steps a record is appended (the file is created fresh). `step` is the
     number of optimizer steps already taken (for resumed runs). `keep_buffers` keeps the two flat
     working buffers (2x the tracked parameters) between logged steps; default: on CPU only.
+    `common_prefix` is removed from every parameter name when all of them start with it.
     """
     return Tracker(model, optimizer, path, every=every, run_id=run_id, step=step,
-                   keep_buffers=keep_buffers)
+                   keep_buffers=keep_buffers, common_prefix=common_prefix)

@@ -271,3 +271,49 @@ def test_a_run_killed_mid_training_leaves_a_readable_log(tmp_path):
     run = read_jsonl_log(path)
     steps = [s.meta.step for s in run.stats]
     assert len(steps) >= 5 and steps == list(range(1, len(steps) + 1))
+
+
+def test_common_prefix_is_dropped_only_when_every_name_has_it(tmp_path):
+    class Wrapper(nn.Module):  # Lightning modules usually hold the network as `self.model`
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = small_bn_cnn()
+
+    wrapped = Wrapper()
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    with normscope.track(wrapped, opt, tmp_path / "a.jsonl", common_prefix="model.") as tracker:
+        assert tracker.names[0] == "0.weight"
+    header = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])
+    assert header["param_groups"][0]["params"][0] == "0.weight"
+    wrapped.extra = nn.Linear(2, 2)  # now one name lacks the prefix: keep them all
+    opt = torch.optim.SGD(wrapped.parameters(), lr=0.1)
+    with normscope.track(wrapped, opt, tmp_path / "b.jsonl", common_prefix="model.") as tracker:
+        assert tracker.names[0] == "model.0.weight" and tracker.names[-1] == "extra.bias"
+
+
+@pytest.mark.gpu
+def test_cuda_tracking_matches_a_direct_computation(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.manual_seed(5)
+    x, y = (t.cuda() for t in digits_tensors(128))
+    model = small_bn_cnn().cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.05)
+    params = list(model.parameters())
+    path = tmp_path / "cuda.jsonl"
+    expected = []
+    with normscope.track(model, opt, path) as tracker:
+        assert all(not g.keep_buffers for g in tracker._reducer.groups)  # transient on CUDA
+        for xb, yb in batches(x, y):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xb), yb).backward()
+            before = [p.detach().cpu().clone() for p in params]
+            grads = [p.grad.cpu().clone() for p in params]
+            opt.step()
+            expected.append(_direct(before, grads, [p.detach().cpu() for p in params]))
+    for record, want in zip(read_jsonl_log(path).stats, expected):
+        for j, name in enumerate(record.params):
+            got = record.params[name]
+            assert got.norm_sq == pytest.approx(want["w_sq"][j], rel=1e-5)
+            assert got.update_norm_sq == pytest.approx(want["dw_sq"][j], rel=1e-4)
+            assert got.grad_norm_sq == pytest.approx(want["g_sq"][j], rel=1e-5)

@@ -45,8 +45,11 @@ class NormscopeCallback(Callback):
         if self.optimizer_index >= len(optimizers):
             raise BadInputError(f"NormscopeCallback: optimizer_index {self.optimizer_index} but the "
                                 f"trainer has {len(optimizers)} optimizer(s)")
+        # names as normscope's checkpoint sources give them: Lightning's `model.` prefix dropped
+        # when every parameter has it
         self.tracker = track(pl_module, optimizers[self.optimizer_index], self.path,
-                             every=self.every, run_id=self.run_id, step=trainer.global_step)
+                             every=self.every, run_id=self.run_id, step=trainer.global_step,
+                             common_prefix="model.")
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.tracker is None:
