@@ -84,7 +84,9 @@ class _SafetensorsRef:
         with safe_open(path, framework="pt") as f:
             s = f.get_slice(name)
             self.shape = tuple(s.get_shape())
-            self.dtype = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}[s.get_dtype()]
+            self.dtype = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}[
+                s.get_dtype()
+            ]
 
     def load(self) -> torch.Tensor:
         with safe_open(self.path, framework="pt") as f:
@@ -115,7 +117,10 @@ def test_real_safetensors_and_torch_files(tmp_path):
     }
     snaps, written = [], []
     for step in range(3):
-        model = {k: (v.float() * 0.9 + 0.1 * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in model.items()}
+        model = {
+            k: (v.float() * 0.9 + 0.1 * torch.randn(v.shape, generator=g)).to(v.dtype)
+            for k, v in model.items()
+        }
         written.append(model)
         st = tmp_path / f"step{step}.safetensors"
         save_file(model, str(st))
