@@ -44,20 +44,21 @@ def test_prefetcher_reraises_a_load_error_at_that_item():
         return i
 
     seen = []
-    with pytest.raises(ValueError, match="corrupt shard 3"):
-        with Prefetcher(range(10), load) as items:
-            for i, _ in items:
-                seen.append(i)
+    with (
+        pytest.raises(ValueError, match="corrupt shard 3"),
+        Prefetcher(range(10), load) as items,
+    ):
+        for i, _ in items:
+            seen.append(i)
     assert seen == [0, 1, 2]
 
 
 def test_prefetcher_stops_its_thread_when_the_consumer_leaves_early():
     before = threading.active_count()
-    with pytest.raises(RuntimeError):
-        with Prefetcher(range(1000), lambda i: i) as items:
-            for i, _ in items:
-                if i == 2:
-                    raise RuntimeError("consumer failed")
+    with pytest.raises(RuntimeError), Prefetcher(range(1000), lambda i: i) as items:
+        for i, _ in items:
+            if i == 2:
+                raise RuntimeError("consumer failed")
     assert threading.active_count() == before
 
 
