@@ -196,3 +196,22 @@ def test_small_tensors_count_nonfinite_and_survive_fp32_overflow():
     assert rel(s.norm_sq, (x @ x).item()) < 1e-12
     assert rel(s.dot_prev, (x @ y).item()) < 1e-12
     assert rel(s.diff_sq, ((x - y) @ (x - y)).item()) < 1e-12
+
+
+def test_rows_split_between_worker_threads_give_identical_sums():
+    from normscope.engine.reduce import split_rows
+    from normscope.engine.workers import CpuWorkers
+
+    assert split_rows(10, 4, 2) == [(0, 4), (4, 10)]  # whole 4-row blocks, 1 + 2 of them
+    assert split_rows(0, 4, 2) == []
+    g = torch.Generator().manual_seed(6)
+    group = GroupInput(
+        [torch.randn(300_000, generator=g).bfloat16(), torch.randn(9_000, generator=g)]
+    )
+    alone = reduce_group(group, block_rows=4)
+    workers = CpuWorkers(workers=3)
+    try:
+        split = reduce_group(group, block_rows=4, runner=workers)
+    finally:
+        workers.close()
+    assert split.sums == alone.sums and split.nonfinite == alone.nonfinite
