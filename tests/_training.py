@@ -8,7 +8,7 @@ and the tracker put in the trajectory table.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

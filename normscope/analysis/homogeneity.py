@@ -20,9 +20,9 @@ only matter where P's influence flows through them.
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -215,7 +215,7 @@ def _flatten_args(args: Iterable[Any]) -> list[Any]:
 class _Walker:
     """One pass over a traced graph for one candidate parameter."""
 
-    def __init__(self, gm: "fx.GraphModule", candidate: "torch.Tensor") -> None:
+    def __init__(self, gm: fx.GraphModule, candidate: torch.Tensor) -> None:
         self.gm = gm
         self.candidate = candidate
         self.env: dict[str, Degree] = {}
@@ -239,7 +239,7 @@ class _Walker:
             self.env[node.name] = self._node(node)
         return CONSTANT
 
-    def _output(self, node: "fx.Node") -> Degree:
+    def _output(self, node: fx.Node) -> Degree:
         degrees = [self.degree_of(a) for a in _flatten_args(node.args)]
         bad = _broken(*degrees)
         if bad is not None:
@@ -251,7 +251,7 @@ class _Walker:
                 return d
         return Degree(HOMOGENEOUS, 0, any(d.depends for d in degrees), False)
 
-    def _node(self, node: "fx.Node") -> Degree:
+    def _node(self, node: fx.Node) -> Degree:
         if node.op == "placeholder":
             return Degree(HOMOGENEOUS, 0, False, False)
         if node.op == "get_attr":
@@ -271,7 +271,7 @@ class _Walker:
 
     # -- modules -------------------------------------------------------------------------------
 
-    def _module(self, module: "nn.Module", inputs: list[Degree], where: str) -> Degree:
+    def _module(self, module: nn.Module, inputs: list[Degree], where: str) -> Degree:
         kind = type(module).__name__
         x = inputs[0] if inputs else CONSTANT
         weight = self._param_degree(getattr(module, "weight", None))
@@ -300,7 +300,7 @@ class _Walker:
 
     # -- functions and methods ------------------------------------------------------------------
 
-    def _function(self, name: str, node: "fx.Node", where: str) -> Degree:
+    def _function(self, name: str, node: fx.Node, where: str) -> Degree:
         args = [self.degree_of(a) for a in node.args]
         kw = {k: self.degree_of(v) for k, v in node.kwargs.items()}
         all_in = [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))]
@@ -352,7 +352,7 @@ class _Walker:
         return Degree(UNKNOWN, 0, True, False, f"{where}: operation {name} is not modelled")
 
 
-def _describe(gm: "fx.GraphModule", node: "fx.Node") -> str:
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
     """Where in the model a node sits, for reasons shown to the user: `layer1.0.bn1 (BatchNorm2d)`, `add_3`."""
     if node.op == "call_module":
         return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
@@ -360,7 +360,7 @@ def _describe(gm: "fx.GraphModule", node: "fx.Node") -> str:
     return node.name if node.name.rstrip("_0123456789") == target.strip("_") else f"{node.name} ({target})"
 
 
-def _resolve_attr(gm: "fx.GraphModule", target: str) -> Any:
+def _resolve_attr(gm: fx.GraphModule, target: str) -> Any:
     obj: Any = gm
     for part in target.split("."):
         obj = getattr(obj, part)
@@ -370,7 +370,7 @@ def _resolve_attr(gm: "fx.GraphModule", target: str) -> Any:
 # --------------------------------------------------------------------------- public entry points
 
 
-def trace(model: "nn.Module") -> "fx.GraphModule":
+def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace the model (torch.fx); standard torch.nn layers stay leaf modules."""
     from torch import fx
 
@@ -391,10 +391,10 @@ def verdict_from_degree(param: str, degree: Degree) -> HomogeneityVerdict:
 
 
 def analyze_homogeneity(
-    model: "nn.Module",
+    model: nn.Module,
     params: Iterable[str] | None = None,
     *,
-    tracer: Callable[["nn.Module"], "fx.GraphModule"] = trace,
+    tracer: Callable[[nn.Module], fx.GraphModule] = trace,
 ) -> dict[str, HomogeneityVerdict]:
     """Per parameter name (default: every parameter), the exact verdict from the traced graph.
 
@@ -420,7 +420,16 @@ def analyze_homogeneity(
 
 
 __all__ = [
-    "Degree", "HomogeneityVerdict", "analyze_homogeneity", "trace", "verdict_from_degree",
-    "add_degrees", "multiply_degrees", "normalize", "affine",
-    "INVARIANT", "NOT_INVARIANT", "VERDICT_UNKNOWN",
+    "INVARIANT",
+    "NOT_INVARIANT",
+    "VERDICT_UNKNOWN",
+    "Degree",
+    "HomogeneityVerdict",
+    "add_degrees",
+    "affine",
+    "analyze_homogeneity",
+    "multiply_degrees",
+    "normalize",
+    "trace",
+    "verdict_from_degree",
 ]

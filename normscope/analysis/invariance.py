@@ -11,8 +11,9 @@ Buffers (BatchNorm running stats) get no verdict.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -44,7 +45,7 @@ class InvarianceVerdict:
 
 
 def model_evidence(
-    model: "nn.Module", params: Sequence[str], *, probe_inputs: Sequence[Any] | None = None
+    model: nn.Module, params: Sequence[str], *, probe_inputs: Sequence[Any] | None = None
 ) -> dict[str, list[Evidence]]:
     """fx homogeneity + numerical probe for the given parameter names (names the model lacks are noted)."""
     from normscope.analysis.homogeneity import analyze_homogeneity
@@ -101,7 +102,7 @@ def _combine(found: dict[str, Evidence], structure: Evidence | None) -> tuple[st
 def classify_invariance(
     table: pd.DataFrame,
     *,
-    model: "nn.Module | None" = None,
+    model: nn.Module | None = None,
     probe_inputs: Sequence[Any] | None = None,
 ) -> list[InvarianceVerdict]:
     """A verdict for every non-buffer parameter of the trajectory table, in table order."""
@@ -128,5 +129,16 @@ def invariant_params(verdicts: Sequence[InvarianceVerdict]) -> list[str]:
     return [v.param for v in verdicts if v.verdict == INVARIANT]
 
 
-__all__ = ["InvarianceVerdict", "Evidence", "classify_invariance", "model_evidence", "invariant_params",
-           "BASIS_EXACT", "BASIS_MEASURED", "BASIS_GUESS", "INVARIANT", "NOT_INVARIANT", "VERDICT_UNKNOWN"]
+__all__ = [
+    "BASIS_EXACT",
+    "BASIS_GUESS",
+    "BASIS_MEASURED",
+    "INVARIANT",
+    "NOT_INVARIANT",
+    "VERDICT_UNKNOWN",
+    "Evidence",
+    "InvarianceVerdict",
+    "classify_invariance",
+    "invariant_params",
+    "model_evidence",
+]

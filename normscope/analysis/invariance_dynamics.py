@@ -23,7 +23,6 @@ docs/invariance.md): invariant conv weights had later-half median |cos| 0.02–0
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,5 +136,12 @@ def dynamic_evidence(rows: pd.DataFrame) -> list[Evidence]:
 
 
 
-__all__ = ["Evidence", "dynamic_evidence", "optimizer_family", "grad_cosines", "sgd_buffer_cosines",
-           "adam_buffer_cosines", "radial_ratios"]
+__all__ = [
+    "Evidence",
+    "adam_buffer_cosines",
+    "dynamic_evidence",
+    "grad_cosines",
+    "optimizer_family",
+    "radial_ratios",
+    "sgd_buffer_cosines",
+]

@@ -117,4 +117,4 @@ def _guess(param: str, leaf: str, kind: str, norm: str | None, norm_layer: str |
                            "a residual added before it would break this — weaker guess")
 
 
-__all__ = ["StructuralGuess", "structural_guesses", "INVARIANT", "NOT_INVARIANT", "VERDICT_UNKNOWN"]
+__all__ = ["INVARIANT", "NOT_INVARIANT", "VERDICT_UNKNOWN", "StructuralGuess", "structural_guesses"]

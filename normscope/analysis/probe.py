@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
 
@@ -44,7 +45,7 @@ class ProbeResult:
     reason: str
 
 
-def _output_vector(out: Any) -> "torch.Tensor":
+def _output_vector(out: Any) -> torch.Tensor:
     import torch
 
     leaves: list[torch.Tensor] = []
@@ -66,7 +67,7 @@ def _output_vector(out: Any) -> "torch.Tensor":
     return torch.cat(leaves)
 
 
-def _forward(model: "nn.Module", inputs: Sequence[Any], seed: int) -> "torch.Tensor":
+def _forward(model: nn.Module, inputs: Sequence[Any], seed: int) -> torch.Tensor:
     import torch
 
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
@@ -74,7 +75,7 @@ def _forward(model: "nn.Module", inputs: Sequence[Any], seed: int) -> "torch.Ten
         return _output_vector(model(*inputs))
 
 
-def _probe_copy(model: "nn.Module", *, generic: bool = True, seed: int = 0) -> "nn.Module":
+def _probe_copy(model: nn.Module, *, generic: bool = True, seed: int = 0) -> nn.Module:
     """A float64 train-mode copy with eps neutralized and, if `generic`, jittered parameters.
 
     Fresh models sit at special points (BatchNorm shift 0, scale 1) where invariance can hold by
@@ -96,7 +97,7 @@ def _probe_copy(model: "nn.Module", *, generic: bool = True, seed: int = 0) -> "
     return clone
 
 
-def _input_candidates(model: "nn.Module", batch: int) -> list[tuple[Any, ...]]:
+def _input_candidates(model: nn.Module, batch: int) -> list[tuple[Any, ...]]:
     """Guesses for an input batch, from the first layer that shows its input size."""
     import torch
     from torch import nn
@@ -115,19 +116,19 @@ def _input_candidates(model: "nn.Module", batch: int) -> list[tuple[Any, ...]]:
     return []
 
 
-def example_inputs(model: "nn.Module", batch: int = 8) -> tuple[Any, ...] | None:
+def example_inputs(model: nn.Module, batch: int = 8) -> tuple[Any, ...] | None:
     """A random batch the model accepts (first conv/linear/embedding decides), or None."""
     clone = _probe_copy(model)
     for candidate in _input_candidates(clone, batch):
         try:
             _forward(clone, candidate, 0)
-        except Exception:  # noqa: BLE001 - a wrong guess of the input size; try the next one
+        except Exception:  # noqa: BLE001, S112 - a wrong guess of the input size; try the next one
             continue
         return candidate
     return None
 
 
-def _relative_change(y: "torch.Tensor", base: "torch.Tensor") -> float:
+def _relative_change(y: torch.Tensor, base: torch.Tensor) -> float:
     scale = float(base.norm())
     diff = float((y - base).norm())
     if not math.isfinite(diff):
@@ -151,7 +152,7 @@ def _classify(param: str, up: float, down: float, sensitivity: float) -> ProbeRe
 
 
 def probe_invariance(
-    model: "nn.Module",
+    model: nn.Module,
     params: Iterable[str] | None = None,
     *,
     inputs: Sequence[Any] | None = None,
@@ -201,4 +202,4 @@ def probe_invariance(
     return results
 
 
-__all__ = ["ProbeResult", "probe_invariance", "example_inputs", "INVARIANT_BELOW", "NOT_INVARIANT_ABOVE"]
+__all__ = ["INVARIANT_BELOW", "NOT_INVARIANT_ABOVE", "ProbeResult", "example_inputs", "probe_invariance"]

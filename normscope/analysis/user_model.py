@@ -30,7 +30,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return module, attr
 
 
-def build_model(spec: str) -> "nn.Module":
+def build_model(spec: str) -> nn.Module:
     """Import `package.module`, call `factory()` and check that it returned a torch.nn.Module."""
     from torch import nn
 
