@@ -71,23 +71,47 @@ def _norm_kind(layer: _Layer, channels: int) -> str | None:
     return None
 
 
+def _next_norm(layers: list[_Layer], i: int, channels: int | None, sorted_names: bool) -> tuple[str | None, str | None]:
+    """(kind, layer name) of the normalization that follows layer i, if any.
+
+    With real module order, the next layer must be it. When the file sorted its names (safetensors
+    does), order says nothing, so take the one sibling BatchNorm of matching size, if unique; a
+    sibling LayerNorm is as likely to normalize a residual stream the weight writes into.
+    """
+    layer = layers[i]
+    if channels is None:
+        return None, None
+    if not sorted_names:
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if nxt is None or _parent(nxt.name) != _parent(layer.name):
+            return None, None
+        kind = _norm_kind(nxt, channels)
+        return (kind, nxt.name) if kind else (None, None)
+    siblings = [(k, other.name) for other in layers if other is not layer and _parent(other.name) == _parent(layer.name)
+                for k in [_norm_kind(other, channels)] if k == "batch"]
+    return siblings[0] if len(siblings) == 1 else (None, None)
+
+
 def structural_guesses(table: pd.DataFrame) -> dict[str, StructuralGuess]:
     """A guess for every parameter (buffers excluded), from the first snapshot's names/order/shapes."""
     layers = _layers_in_order(table)
+    names = [layer.name for layer in layers]
+    sorted_names = len(names) > 2 and names == sorted(names)
     guesses: dict[str, StructuralGuess] = {}
     for i, layer in enumerate(layers):
-        nxt = layers[i + 1] if i + 1 < len(layers) else None
         weight = layer.params.get("weight")
         channels = weight[1][0] if weight is not None and len(weight[1]) >= 2 else None
-        norm = _norm_kind(nxt, channels) if nxt is not None and channels is not None else None
-        if norm is not None and _parent(nxt.name) != _parent(layer.name):
-            norm = None
+        norm, norm_layer = _next_norm(layers, i, channels, sorted_names)
         has_bias = "bias" in layer.params
-        for leaf, (kind, shape) in layer.params.items():
+        for leaf, (kind, _shape) in layer.params.items():
             param = f"{layer.name}.{leaf}" if leaf != layer.name else leaf
             if kind == "buffer":
                 continue
-            guesses[param] = _guess(param, leaf, kind, norm, nxt.name if nxt else None, has_bias)
+            guess = _guess(param, leaf, kind, norm, norm_layer, has_bias)
+            if sorted_names and guess.norm_layer is not None:
+                guess = StructuralGuess(guess.param, guess.verdict, guess.norm_layer, guess.norm_kind,
+                                        guess.detail + " (names are sorted in the file, so the order is inferred)")
+            guesses[param] = guess
     return guesses
 
 
