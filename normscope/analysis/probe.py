@@ -111,8 +111,10 @@ def _input_candidates(model: nn.Module, batch: int) -> list[tuple[Any, ...]]:
             dims = {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[type(module)]
             return [(torch.randn(batch, module.in_channels, *([size] * dims), generator=gen,
                                  dtype=torch.float64),) for size in _SPATIAL_TRIES]
-        if isinstance(module, nn.Linear):
-            return [(torch.randn(batch, module.in_features, generator=gen, dtype=torch.float64),)]
+        if isinstance(module, nn.Linear):  # flat features, a token sequence, or a square image
+            n = module.in_features
+            shapes = [(batch, n), (batch, 8, n), (batch, 1, n, n), (batch, n, n)]
+            return [(torch.randn(*shape, generator=gen, dtype=torch.float64),) for shape in shapes]
     return []
 
 
