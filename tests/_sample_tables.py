@@ -48,7 +48,7 @@ def _reference_stats(run) -> list[SnapshotStats]:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sample_trajectory(path: str) -> Trajectory:
     try:
         import normscope.engine  # noqa: F401

@@ -7,7 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN, analyze_homogeneity
+from normscope.analysis.homogeneity import (
+    INVARIANT,
+    NOT_INVARIANT,
+    VERDICT_UNKNOWN,
+    analyze_homogeneity,
+)
 from normscope.analysis.probe import probe_invariance
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from _sample_tables import ADAMW_RUN, SGD_RUN, sample_trajectory
 from _training import small_bn_cnn, train_run
+
 from normscope.analysis.invariance import (
     BASIS_EXACT,
     BASIS_GUESS,

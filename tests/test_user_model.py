@@ -7,7 +7,11 @@ import sys
 import pytest
 from torch import nn
 
-from normscope.analysis.user_model import MODEL_OPTION_HELP, build_model, parse_model_spec
+from normscope.analysis.user_model import (
+    MODEL_OPTION_HELP,
+    build_model,
+    parse_model_spec,
+)
 from normscope.errors import BadInputError
 
 

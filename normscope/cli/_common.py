@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,7 +49,7 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
+        except Exception as exc:
             if os.environ.get("NORMSCOPE_DEBUG"):
                 raise
             raise fail(
