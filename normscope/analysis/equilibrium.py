@@ -279,10 +279,11 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     theory = _Theory(family)
     k = np.concatenate([[math.nan], np.diff(steps)])
     lam_eff = theory.lambda_eff(lam, mom)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"):
         predicted_angle = np.arccos(np.clip((1 - eta * lam_eff) ** effective_steps(k, mom), -1, 1))
         ratio = rows["angle_rad"].to_numpy(dtype=float) / predicted_angle
     per_step = theory.angle_per_step(eta, lam, mom)
+    ratio = np.where(predicted_angle > 0, ratio, math.nan)
     tau = theory.relaxation(eta, lam, mom)
     starts = _phase_starts(eta)
     since = np.array([steps[i] - steps[max(starts[i] - 1, 0)] for i in range(len(rows))])
@@ -313,12 +314,16 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     return LayerEquilibrium(
         param=param, layer=layer, optimizer=family, status=status, reason=reason, ratio=last.ratio,
         settled_ratio=_median(p.ratio for p in settled),
-        grad_ratio=last.lr_grad_over_norm / last.predicted_lr_grad_over_norm,
-        settled_grad_ratio=_median(p.lr_grad_over_norm / p.predicted_lr_grad_over_norm for p in settled),
+        grad_ratio=_ratio(last.lr_grad_over_norm, last.predicted_lr_grad_over_norm),
+        settled_grad_ratio=_median(_ratio(p.lr_grad_over_norm, p.predicted_lr_grad_over_norm) for p in settled),
         predicted_angle_per_step_rad=last.predicted_angle_per_step_rad, angle_per_step_rad=last.angle_per_step_rad,
         relaxation_steps=last.relaxation_steps, steps_since_lr_change=last.relaxations_in_phase * last.relaxation_steps,
         relaxations_since_lr_change=last.relaxations_in_phase, points=points,
     )
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if math.isfinite(a) and math.isfinite(b) and b > 0 else math.nan
 
 
 def _median(values) -> float:
