@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import Callable, Iterable, Sequence
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run, Snapshot, SnapshotStats

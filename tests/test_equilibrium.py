@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from _sample_tables import SGD_RUN, sample_trajectory
 from scipy.signal import lfilter
 
-from _sample_tables import SGD_RUN, sample_trajectory
 from normscope.analysis.equilibrium import (
     TOLERANCE,
     HyperparamOverrides,

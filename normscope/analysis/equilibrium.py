@@ -355,6 +355,27 @@ def _status(last: EquilibriumPoint) -> tuple[str, str]:
                    "gradient noise is fading (loss near zero) or the weight barely trains")
 
 
+def analyze_equilibrium(
+    traj: Trajectory,
+    *,
+    model_spec: str | None = None,
+    overrides: HyperparamOverrides = HyperparamOverrides(),
+) -> tuple[list[InvarianceVerdict], EquilibriumReport]:
+    """What `normscope analyze --equilibrium [--model M]` shows: verdicts, then the equilibrium report.
+
+    `model_spec` ('package.module:factory') imports and runs the user's code — their explicit choice.
+    """
+    from normscope.analysis.invariance import classify_invariance
+
+    model = None
+    if model_spec:
+        from normscope.analysis.user_model import build_model
+
+        model = build_model(model_spec)
+    verdicts = classify_invariance(traj.table, model=model)
+    return verdicts, equilibrium_for(traj, verdicts, overrides)
+
+
 def equilibrium_for(
     traj: Trajectory, verdicts: Sequence[InvarianceVerdict], overrides: HyperparamOverrides = HyperparamOverrides()
 ) -> EquilibriumReport:
@@ -394,7 +415,7 @@ def equilibrium_report(
 
 __all__ = [
     "SETTLED_RELAXATIONS", "TOLERANCE", "EquilibriumPoint", "EquilibriumReport", "HyperParam",
-    "HyperparamOverrides", "LayerEquilibrium", "NotApplicable", "effective_steps", "equilibrium_for", "equilibrium_report",
+    "HyperparamOverrides", "LayerEquilibrium", "NotApplicable", "analyze_equilibrium", "effective_steps", "equilibrium_for", "equilibrium_report",
     "hyperparams_used",
     "layer_equilibrium",
 ]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
@@ -49,7 +48,7 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
             if os.environ.get("NORMSCOPE_DEBUG"):
                 raise
             raise fail(

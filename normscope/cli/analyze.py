@@ -6,7 +6,7 @@ import enum
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -33,15 +33,15 @@ PathArg = Annotated[
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write the output here instead of stdout.")
+    Optional[Path], typer.Option("--output", "-o", help="Write the output here instead of stdout.")
 ]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")]
 IncludeOpt = Annotated[
-    list[str] | None,
+    Optional[list[str]],
     typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
 ]
 ExcludeOpt = Annotated[
-    list[str] | None,
+    Optional[list[str]],
     typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
 ]
 EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
@@ -49,13 +49,7 @@ EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last 
 
 def progress_reporter():
     """A rich progress bar on stderr (hidden when stderr is not a terminal) and its callback."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
     console = stderr_console()
     progress = Progress(

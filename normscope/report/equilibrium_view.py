@@ -49,15 +49,15 @@ def hyperparams_table(report: EquilibriumReport) -> Table:
 def equilibrium_table(report: EquilibriumReport) -> Table:
     table = Table(title="Equilibrium of scale-invariant layers", title_justify="left", show_edge=False, pad_edge=False)
     for name, justify in (("parameter", "left"), ("status", "left"), ("θ/step pred", "right"),
-                          ("θ/step meas", "right"), ("ratio", "right"), ("settled", "right"),
-                          ("η|g|/|w| ratio", "right"), ("τ steps", "right"), ("τ since LR Δ", "right"),
+                          ("θ/step meas", "right"), ("ratio last", "right"), ("ratio settled", "right"),
+                          ("η|g|/|w| settled", "right"), ("τ steps", "right"), ("τ since LR Δ", "right"),
                           ("why", "left")):
         table.add_column(name, justify=justify, overflow="fold")
     for layer in report.layers:
         table.add_row(
             layer.param, Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
             _fmt(layer.predicted_angle_per_step_rad), _fmt(layer.angle_per_step_rad), _fmt(layer.ratio),
-            _fmt(layer.settled_ratio), _fmt(layer.settled_grad_ratio if math.isfinite(layer.settled_grad_ratio) else layer.grad_ratio),
+            _fmt(layer.settled_ratio), _fmt(layer.settled_grad_ratio),
             _fmt(layer.relaxation_steps, 4), _fmt(layer.relaxations_since_lr_change, 2), layer.reason,
         )
     return table
@@ -82,8 +82,9 @@ def render_equilibrium(report: EquilibriumReport) -> RenderableType:
     if report.layers:
         parts.append(equilibrium_table(report))
         lo, hi = report.tolerance
-        parts.append(Text(f"ratio = measured / predicted angle between snapshots; at equilibrium within [{lo:g}, {hi:g}]; "
-                          "settled = median over intervals ≥ 3 relaxation times into their LR phase", style="dim"))
+        parts.append(Text(f"ratio = measured / predicted angle between snapshots (at equilibrium within [{lo:g}, {hi:g}]); "
+                          "η|g|/|w| = measured / √(2ηλ(1−μ)) (SGD); settled = median over intervals ≥ 3 relaxation "
+                          "times into their LR phase; τ = relaxation time", style="dim"))
     else:
         parts.append(Text("no scale-invariant layer: the equilibrium theory applies to none", style="yellow"))
     if report.not_applicable:
