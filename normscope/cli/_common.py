@@ -20,7 +20,12 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Console for reports on stdout. Piped output gets a wide page instead of rich's 80 columns,
+    so tables stay one row per line in logs and files."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 160))
+    return console
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.box import SIMPLE_HEAD
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -69,16 +70,13 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
 
 
 def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
-    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False)
-    table.add_column("parameter", overflow="fold")
-    table.add_column("kind")
-    table.add_column("shape")
-    table.add_column("first", justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("at", justify="right")
-    table.add_column("last", justify="right")
-    table.add_column("change", justify="right")
-    table.add_column("angle moved", justify="right")
+    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False,
+                  box=SIMPLE_HEAD)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    for name in ("first", "min", "at", "last", "change", "angle Σ"):
+        table.add_column(name, justify="right", no_wrap=True)
     for p in params:
         change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
         style = "red" if p.first_nonfinite_snapshot is not None else None
