@@ -165,7 +165,7 @@ def test_lr_at_start_or_end():
     end = layer_equilibrium(table, HyperparamOverrides(lr_at="end"))
     assert [p.lr for p in start.points] == [0.1, 0.01]
     assert [p.lr for p in end.points] == [0.01, 0.01]
-    assert start.status == "approaching" and "relaxation times" in start.reason
+    assert start.status == "approaching" and "τ since the LR changed" in start.reason
 
 
 def test_saturated_angles_are_not_judged():

@@ -167,6 +167,8 @@ def hyperparams_used(table: pd.DataFrame, overrides: HyperparamOverrides, source
             out.append(HyperParam(name, ", ".join(names) or "–", where if names else "missing"))
         else:
             text = _describe_values(col)
+            if text == "–" and name in ("momentum", "beta1"):
+                continue  # the other family's knob: absent, not missing
             out.append(HyperParam(name, text, where if text != "–" else "missing"))
     if overrides.steps_per_epoch is not None:
         out.append(HyperParam("steps_per_epoch", f"{overrides.steps_per_epoch:g}", "override"))
@@ -342,16 +344,16 @@ def _status(last: EquilibriumPoint) -> tuple[str, str]:
     k_lam = 1 - math.cos(last.predicted_angle_rad)  # ≈ k·ηλ_eff
     n = last.relaxations_in_phase
     if n < SETTLED_RELAXATIONS:
-        return "approaching", (f"{n:.1f} relaxation times (τ = {last.relaxation_steps:.0f} steps) since the LR last changed; "
-                               f"equilibrium needs about {SETTLED_RELAXATIONS:g}")
+        return "approaching", (f"{n:.1f} τ since the LR changed (τ = {last.relaxation_steps:.0f} steps); "
+                               f"settles after ~{SETTLED_RELAXATIONS:g} τ")
     if k_lam > SATURATION:
         return "unknown", "snapshots are too far apart: the angle between them has saturated"
     if lo <= last.ratio <= hi:
-        return "at equilibrium", f"angular update {last.ratio:.2f}× the prediction after {n:.1f} relaxation times"
+        return "at equilibrium", f"angular update {last.ratio:.2f}× the prediction, {n:.1f} τ into the LR phase"
     if last.ratio > hi:
-        return "off", (f"angular update {last.ratio:.2f}× the prediction after {n:.1f} relaxation times: "
+        return "off", (f"angular update {last.ratio:.2f}× the prediction after {n:.1f} τ: "
                        "gradients are not noise-dominated (consistent signal) or training is unstable")
-    return "off", (f"angular update only {last.ratio:.2f}× the prediction after {n:.1f} relaxation times: "
+    return "off", (f"angular update only {last.ratio:.2f}× the prediction after {n:.1f} τ: "
                    "gradient noise is fading (loss near zero) or the weight barely trains")
 
 

@@ -50,17 +50,26 @@ def equilibrium_table(report: EquilibriumReport) -> Table:
     table = Table(title="Equilibrium of scale-invariant layers", title_justify="left", show_edge=False, pad_edge=False)
     for name, justify in (("parameter", "left"), ("status", "left"), ("θ/step pred", "right"),
                           ("θ/step meas", "right"), ("ratio last", "right"), ("ratio settled", "right"),
-                          ("η|g|/|w| settled", "right"), ("τ steps", "right"), ("τ since LR Δ", "right"),
-                          ("why", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
+                          ("η|g|/|w| settled", "right"), ("τ steps", "right"), ("τ since LR Δ", "right")):
+        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "parameter")
     for layer in report.layers:
         table.add_row(
             layer.param, Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
             _fmt(layer.predicted_angle_per_step_rad), _fmt(layer.angle_per_step_rad), _fmt(layer.ratio),
             _fmt(layer.settled_ratio), _fmt(layer.settled_grad_ratio),
-            _fmt(layer.relaxation_steps, 4), _fmt(layer.relaxations_since_lr_change, 2), layer.reason,
+            _fmt(layer.relaxation_steps, 4), _fmt(layer.relaxations_since_lr_change, 2),
         )
     return table
+
+
+def status_lines(report: EquilibriumReport) -> RenderableType:
+    """One line per invariant layer: its status and the reason for it."""
+    lines = Text()
+    for layer in report.layers:
+        lines.append(f"{layer.param}: ")
+        lines.append(layer.status, style=_STATUS_STYLE.get(layer.status, ""))
+        lines.append(f" — {layer.reason}\n")
+    return lines
 
 
 def not_applicable_table(report: EquilibriumReport) -> Table:
@@ -81,6 +90,7 @@ def render_equilibrium(report: EquilibriumReport) -> RenderableType:
     parts: list[RenderableType] = [hyperparams_table(report)]
     if report.layers:
         parts.append(equilibrium_table(report))
+        parts.append(status_lines(report))
         lo, hi = report.tolerance
         parts.append(Text(f"ratio = measured / predicted angle between snapshots (at equilibrium within [{lo:g}, {hi:g}]); "
                           "η|g|/|w| = measured / √(2ηλ(1−μ)) (SGD); settled = median over intervals ≥ 3 relaxation "
@@ -111,4 +121,4 @@ def to_json(verdicts: Sequence[InvarianceVerdict], report: EquilibriumReport | N
 
 
 __all__ = ["JSON_SCHEMA_VERSION", "equilibrium_table", "hyperparams_table", "invariance_table", "not_applicable_table",
-           "render_equilibrium", "render_invariance", "to_json"]
+           "render_equilibrium", "render_invariance", "status_lines", "to_json"]
