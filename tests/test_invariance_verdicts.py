@@ -83,6 +83,13 @@ def test_model_evidence_outranks_the_rest(live_sgd_run):
     assert {"fx", "probe", "grad", "structure"} <= sources
 
 
+def test_fx_alone_decides_when_the_probe_is_off(live_sgd_run):
+    verdicts = by_param(classify_invariance(live_sgd_run.table, model=small_bn_cnn(), probe=False))
+    assert {p for p, v in verdicts.items() if v.verdict == INVARIANT} == {"0.weight", "3.weight", "7.weight"}
+    assert not any(e.source == "probe" for v in verdicts.values() for e in v.evidence)
+    assert verdicts["0.weight"].basis == BASIS_EXACT
+
+
 def test_names_the_model_lacks_are_reported(live_sgd_run):
     from torch import nn
 

@@ -362,6 +362,7 @@ def analyze_equilibrium(
     *,
     model_spec: str | None = None,
     overrides: HyperparamOverrides = HyperparamOverrides(),
+    probe: bool = True,
 ) -> tuple[list[InvarianceVerdict], EquilibriumReport]:
     """What `normscope analyze --equilibrium [--model M]` shows: verdicts, then the equilibrium report.
 
@@ -374,7 +375,7 @@ def analyze_equilibrium(
         from normscope.analysis.user_model import build_model
 
         model = build_model(model_spec)
-    verdicts = classify_invariance(traj.table, model=model)
+    verdicts = classify_invariance(traj.table, model=model, probe=probe)
     return verdicts, equilibrium_for(traj, verdicts, overrides)
 
 

@@ -45,31 +45,36 @@ class InvarianceVerdict:
 
 
 def model_evidence(
-    model: nn.Module, params: Sequence[str], *, probe_inputs: Sequence[Any] | None = None
+    model: nn.Module, params: Sequence[str], *, probe_inputs: Sequence[Any] | None = None, probe: bool = True
 ) -> dict[str, list[Evidence]]:
-    """fx homogeneity + numerical probe for the given parameter names (names the model lacks are noted)."""
+    """fx homogeneity + numerical probe for the given parameter names (names the model lacks are noted).
+
+    The probe costs three forward passes per parameter; `probe=False` leaves the fx verdict alone.
+    """
     from normscope.analysis.homogeneity import analyze_homogeneity
     from normscope.analysis.probe import probe_invariance
 
     fx = analyze_homogeneity(model, params)
-    probe = probe_invariance(model, list(fx), inputs=probe_inputs)
+    probed = probe_invariance(model, list(fx), inputs=probe_inputs) if probe else {}
     out: dict[str, list[Evidence]] = {}
     for name in params:
         if name not in fx:
             out[name] = [Evidence("fx", VERDICT_UNKNOWN, None, "the --model has no parameter of this name")]
             continue
-        h, p = fx[name], probe[name]
-        out[name] = [
-            Evidence("fx", h.verdict, None if h.output_degree is None else float(h.output_degree), h.reason),
-            Evidence("probe", p.verdict, max(p.change_up, p.change_down), p.reason),
-        ]
+        h = fx[name]
+        out[name] = [Evidence("fx", h.verdict, None if h.output_degree is None else float(h.output_degree), h.reason)]
+        if name in probed:
+            p = probed[name]
+            out[name].append(Evidence("probe", p.verdict, max(p.change_up, p.change_down), p.reason))
     return out
 
 
 def _decide_from_model(found: dict[str, Evidence]) -> tuple[str, str] | None:
     fx, probe = found.get("fx"), found.get("probe")
-    if fx is None or probe is None:
+    if fx is None:
         return None
+    if probe is None:
+        return (fx.verdict, f"fx: {fx.detail}") if fx.verdict != VERDICT_UNKNOWN else None
     decided = {e.verdict for e in (fx, probe) if e.verdict != VERDICT_UNKNOWN}
     if len(decided) == 1:
         verdict = decided.pop()
@@ -104,13 +109,15 @@ def classify_invariance(
     *,
     model: nn.Module | None = None,
     probe_inputs: Sequence[Any] | None = None,
+    probe: bool = True,
 ) -> list[InvarianceVerdict]:
     """A verdict for every non-buffer parameter of the trajectory table, in table order."""
     if table.empty:
         return []
     params = table[table["kind"] != "buffer"].drop_duplicates("param")
     guesses = structural_guesses(table)
-    from_model = model_evidence(model, list(params["param"]), probe_inputs=probe_inputs) if model is not None else {}
+    from_model = (model_evidence(model, list(params["param"]), probe_inputs=probe_inputs, probe=probe)
+                  if model is not None else {})
     by_param = {name: rows for name, rows in table.groupby("param", sort=False)}
     verdicts = []
     for name, layer, kind in zip(params["param"], params["layer"], params["kind"]):
