@@ -172,3 +172,27 @@ def test_saturated_angles_are_not_judged():
     # 10,000 steps at ηλ_eff = 0.01: the directions have decorrelated completely
     result = layer_equilibrium(_table(steps=(0, 10000, 20000), wd=0.01, angle=1.5))
     assert result.status == "unknown" and "saturated" in result.reason
+
+
+def test_lr_phases_match_their_definition():
+    """The bisection-on-stacks phase finder equals the definition: the phase of interval i starts after
+    the last interval whose LR is more than 25% away from η_i."""
+    from normscope.analysis.equilibrium import _phase_starts
+
+    def by_definition(eta):
+        out = np.zeros(len(eta), dtype=int)
+        for i in range(1, len(eta)):
+            j = i
+            while j - 1 >= 1 and max(eta[j - 1], eta[i]) / min(eta[j - 1], eta[i]) <= 1.25:
+                j -= 1
+            out[i] = j
+        return out
+
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        n = int(rng.integers(2, 40))
+        steps = rng.normal(0, 0.3, n - 1) * rng.choice([0.0, 1.0])  # constant, or a random walk in log-LR
+        eta = np.concatenate([[math.nan], np.exp(np.cumsum(steps))])
+        assert (_phase_starts(eta)[1:] == by_definition(eta)[1:]).all(), eta
+    step_decay = np.array([math.nan, 0.2, 0.2, 0.2, 0.02, 0.02])
+    assert list(_phase_starts(step_decay)[1:]) == [1, 1, 1, 4, 4]

@@ -228,15 +228,40 @@ def _interval(values: np.ndarray, lr_at: str) -> np.ndarray:
 
 
 def _phase_starts(eta: np.ndarray) -> np.ndarray:
-    """For each interval i, the first interval of its LR phase (LR within LR_PHASE_BAND of η_i)."""
-    starts = np.zeros(len(eta), dtype=int)
-    for i in range(len(eta)):
-        j = i
-        while j - 1 >= 1 and np.isfinite(eta[j - 1]) and eta[j - 1] > 0 and \
-                max(eta[j - 1], eta[i]) / min(eta[j - 1], eta[i]) <= LR_PHASE_BAND:
-            j -= 1
-        starts[i] = j
+    """For each interval i, the first interval of its LR phase: the one after the last interval whose
+    LR lies outside [η_i / LR_PHASE_BAND, η_i · LR_PHASE_BAND] (or is unknown). O(n log n): the last
+    index with a value above (below) a threshold is found by bisection on a monotone stack."""
+    import bisect
+
+    starts = np.ones(len(eta), dtype=int)
+    high: list[tuple[int, float]] = []  # values strictly decreasing upwards: "previous greater" candidates
+    low: list[tuple[int, float]] = []  # values strictly increasing upwards: "previous smaller" candidates
+    last_bad = 0
+    for i in range(1, len(eta)):
+        value = eta[i]
+        if not (np.isfinite(value) and value > 0):
+            last_bad, high, low = i, [], []
+            starts[i] = i + 1
+            continue
+        above = _last_beyond(high, value * LR_PHASE_BAND, greater=True, bisect=bisect)
+        below = _last_beyond(low, value / LR_PHASE_BAND, greater=False, bisect=bisect)
+        starts[i] = max(last_bad, above, below) + 1
+        while high and high[-1][1] <= value:
+            high.pop()
+        high.append((i, value))
+        while low and low[-1][1] >= value:
+            low.pop()
+        low.append((i, value))
+    starts[0] = 0
     return starts
+
+
+def _last_beyond(stack: list[tuple[int, float]], threshold: float, *, greater: bool, bisect) -> int:
+    """Largest index in the monotone stack whose value is beyond the threshold (0 if none)."""
+    # high: values decrease along the stack, so "value > t" holds on a prefix; low: "value < t" likewise
+    keys = [(-v if greater else v) for _, v in stack]
+    cut = bisect.bisect_left(keys, -threshold if greater else threshold)
+    return stack[cut - 1][0] if cut > 0 else 0
 
 
 def _grad_ratio(rows: pd.DataFrame, eta: np.ndarray, lam: np.ndarray, mom: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -52,6 +52,21 @@ def _shade_approach(ax, layer: LayerEquilibrium, xs: list[float]) -> None:
         ax.axvspan(start, xs[-1], color="0.92", zorder=0)
 
 
+_DENSE = 120  # above this many points per layer (per-step live logs), draw the raw values faint plus a rolling median
+
+
+def _plot_measured(ax, xs: list[float], values: list[float]) -> None:
+    if len(values) <= _DENSE:
+        ax.plot(xs, values, color=_MEASURED, lw=1.4, marker="o", ms=2.5, label="measured")
+        return
+    import pandas as pd
+
+    window = max(5, len(values) // 60)
+    smooth = pd.Series(values, dtype="float64").rolling(window, center=True, min_periods=1).median()
+    ax.plot(xs, values, color=_MEASURED, lw=0.5, alpha=0.3)
+    ax.plot(xs, smooth.to_numpy(), color=_MEASURED, lw=1.6, label=f"measured (rolling median of {window})")
+
+
 def plot_equilibrium(report: EquilibriumReport, path: str) -> str:
     """One row per invariant layer: per-step angular update, and η|g|/|w| where known (Myrtle-style)."""
     plt = _pyplot()
@@ -73,7 +88,7 @@ def plot_equilibrium(report: EquilibriumReport, path: str) -> str:
         for col, (ylabel, measured, predicted) in enumerate(panels):
             ax = axes[row][col]
             _shade_approach(ax, layer, xs)
-            ax.plot(xs, measured, color=_MEASURED, lw=1.4, marker="o", ms=2.5, label="measured")
+            _plot_measured(ax, xs, measured)
             ax.plot(xs, predicted, color=_PREDICTED, lw=1.4, ls="--", label="predicted (equilibrium)")
             for x in _lr_changes(layer, xs):
                 ax.axvline(x, color="0.4", lw=0.8, ls=":")
@@ -109,15 +124,20 @@ def plot_ratio_heatmap(report: EquilibriumReport, path: str) -> str:
                 grid[i, j] = math.log2(p.ratio)
     lim = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
     lim = min(lim, 4.0)
-    fig, ax = plt.subplots(figsize=(min(2.0 + 0.16 * len(xs), 14), 0.9 + 0.38 * len(layers)))
-    image = ax.imshow(np.clip(grid, -lim, lim), aspect="auto", cmap="RdBu_r", interpolation="nearest",
-                      norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim))
+    fig, ax = plt.subplots(figsize=(min(3.0 + 0.16 * len(xs), 14), 1.1 + 0.38 * len(layers)))
+    x = np.asarray(xs, dtype=float)
+    mids = (x[1:] + x[:-1]) / 2 if len(x) > 1 else np.array([])
+    first = x[0] - (mids[0] - x[0] if len(mids) else 0.5)
+    last = x[-1] + (x[-1] - mids[-1] if len(mids) else 0.5)
+    edges = np.concatenate([[first], mids, [last]])
+    image = ax.pcolormesh(edges, np.arange(len(layers) + 1) - 0.5, np.clip(grid, -lim, lim), cmap="RdBu_r",
+                          norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim), shading="flat")
+    ax.set_ylim(len(layers) - 0.5, -0.5)
     ax.set_yticks(range(len(layers)), [layer.param for layer in layers], fontsize=8)
-    step = max(1, len(xs) // 12)
-    ax.set_xticks(range(0, len(xs), step), [f"{xs[j]:g}" for j in range(0, len(xs), step)], fontsize=8)
+    ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
-    for x in _lr_changes(layers[0], list(range(len(xs)))):
-        ax.axvline(x + 0.5, color="k", lw=1.0, ls=":")
+    for boundary in _lr_changes(layers[0], list(edges[1:])):
+        ax.axvline(boundary, color="k", lw=1.0, ls=":")
     ticks = [t for t in range(-int(lim), int(lim) + 1)]
     bar = fig.colorbar(image, ax=ax, ticks=ticks, pad=0.01)
     bar.ax.set_yticklabels([f"×{2.0 ** t:g}" for t in ticks], fontsize=7)
