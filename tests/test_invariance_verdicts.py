@@ -154,3 +154,20 @@ def test_structure_layernorm_guess_needs_support():
                          momentum=0.0, numel=1)
     verdict = by_param(classify_invariance(table))["proj.weight"]
     assert verdict.verdict == VERDICT_UNKNOWN and "give --model" in verdict.reason
+
+
+def test_nan_filled_tables_give_unknowns_not_crashes(live_sgd_run):
+    import json
+
+    from normscope.analysis.equilibrium import equilibrium_report
+    from normscope.report.equilibrium_view import to_json
+
+    table = live_sgd_run.table.copy()
+    for column in ("norm", "norm_sq", "dot_prev", "angle_rad", "buf_dot", "buf_norm", "delta_norm"):
+        table[column] = math.nan
+    verdicts = classify_invariance(table)
+    assert not any(e.source == "grad" for v in verdicts for e in v.evidence)  # no norm, no cosine
+    report = equilibrium_report(table, verdicts)
+    assert report.layers and {layer.status for layer in report.layers} == {"unknown"}
+    json.dumps(to_json(verdicts, report), allow_nan=False)
+    assert classify_invariance(table.iloc[0:0]) == []

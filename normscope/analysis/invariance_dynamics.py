@@ -101,7 +101,7 @@ def dynamic_evidence(rows: pd.DataFrame) -> list[Evidence]:
     rows = rows.sort_values("snapshot")
     out: list[Evidence] = []
     family = optimizer_family(str(rows["optimizer"].iloc[0])) if len(rows) else ""
-    logged = rows[(rows["grad_norm"] > 0) & rows["grad_dot"].notna()]
+    logged = rows[(rows["grad_norm"] > 0) & rows["grad_dot"].notna() & (rows["norm"] > 0)]
     if len(logged):
         med = float(np.median(np.abs(grad_cosines(logged))))
         if med <= GRAD_COS_INVARIANT:
