@@ -19,7 +19,7 @@ import pandas as pd
 
 from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
 from normscope.analysis.invariance_dynamics import Evidence, dynamic_evidence
-from normscope.analysis.invariance_structure import structural_guesses
+from normscope.analysis.invariance_structure import StructuralGuess, structural_guesses
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -85,23 +85,23 @@ def _decide_from_model(found: dict[str, Evidence]) -> tuple[str, str] | None:
     return None
 
 
-def _combine(found: dict[str, Evidence], structure: Evidence | None) -> tuple[str, str, str]:
+def _combine(found: dict[str, Evidence], guess: StructuralGuess | None) -> tuple[str, str, str]:
     model = _decide_from_model(found)
     if model is not None:
         return model[0], BASIS_EXACT, model[1]
     grad = found.get("grad")
     if grad is not None and grad.verdict != VERDICT_UNKNOWN:
         return grad.verdict, BASIS_MEASURED, grad.detail
-    if structure is None:
+    if guess is None:
         return VERDICT_UNKNOWN, BASIS_GUESS, "no evidence"
     vetoes = [e for key, e in found.items() if key in ("sgd_buffer", "adamw_exp_avg") and e.verdict == NOT_INVARIANT]
-    if structure.verdict == INVARIANT and vetoes:
-        return VERDICT_UNKNOWN, BASIS_GUESS, f"structure says invariant ({structure.detail}) but {vetoes[0].detail}"
-    if structure.verdict == INVARIANT and "weaker guess" in structure.detail:
+    if guess.verdict == INVARIANT and vetoes:
+        return VERDICT_UNKNOWN, BASIS_GUESS, f"structure says invariant ({guess.detail}) but {vetoes[0].detail}"
+    if guess.verdict == INVARIANT and guess.norm_kind == "feature":  # a residual before LN would be invisible
         support = found.get("radial_update")
         if support is None or support.verdict != INVARIANT:
-            return VERDICT_UNKNOWN, BASIS_GUESS, f"{structure.detail}; no dynamic support — give --model to decide"
-    return structure.verdict, BASIS_GUESS, structure.detail
+            return VERDICT_UNKNOWN, BASIS_GUESS, f"{guess.detail}; no dynamic support — give --model to decide"
+    return guess.verdict, BASIS_GUESS, guess.detail
 
 
 def classify_invariance(
@@ -127,7 +127,7 @@ def classify_invariance(
         if structure is not None:
             evidence.append(structure)
         found = {e.source: e for e in evidence}
-        verdict, basis, reason = _combine(found, structure)
+        verdict, basis, reason = _combine(found, guess)
         verdicts.append(InvarianceVerdict(name, layer, kind, verdict, basis, reason, tuple(evidence)))
     return verdicts
 
