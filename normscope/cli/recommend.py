@@ -9,7 +9,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console
+from normscope.cli._common import (
+    emit_text,
+    handle_errors,
+    progress_reporter,
+    render_to_text,
+    stderr_console,
+)
 
 
 class Format(str, enum.Enum):
@@ -42,7 +48,6 @@ def recommend(
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
     from normscope.analysis.recommend import recommend_table
     from normscope.api import load_trajectory
-    from normscope.cli.analyze import emit_text, progress_reporter, render_to_text
 
     progress, update = progress_reporter()
     with progress:
