@@ -67,7 +67,7 @@ class LiveSource:
             return build_trajectory([], layout=run.layout, root=run.root, warnings=run.warnings)
         return with_update_angles(trajectory_from_run(run), run.stats)
 
-    def _open(self):  # noqa: ANN202 - a Run
+    def _open(self):
         if self.tag_pattern is not None:
             from normscope.sources.tensorboard_log import read_tensorboard
 

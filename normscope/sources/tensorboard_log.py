@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normscope.errors import BadInputError, ConfigError
-from normscope.snapshot import ORDER_LOG, ParamGroup, ParamStats, Run, SnapshotMeta, SnapshotStats
+from normscope.snapshot import (
+    ORDER_LOG,
+    ParamGroup,
+    ParamStats,
+    Run,
+    SnapshotMeta,
+    SnapshotStats,
+)
 
 LAYOUT = "tensorboard"
 _EVENT_GLOB = "events.out.tfevents*"
@@ -94,9 +101,11 @@ def has_event_files(path: str | os.PathLike[str]) -> bool:
     return path.is_dir() and any(p.is_file() for p in path.rglob(_EVENT_GLOB))
 
 
-def _accumulator(where: Path):  # noqa: ANN202 - the tensorboard type is optional
+def _accumulator(where: Path):
     try:
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        from tensorboard.backend.event_processing.event_accumulator import (
+            EventAccumulator,
+        )
     except ImportError:
         raise BadInputError("reading TensorBoard logs needs the tensorboard package: "
                             "pip install 'normscope[tensorboard]'") from None
@@ -137,7 +146,7 @@ def read_tensorboard(path: str | os.PathLike[str], tag_pattern: str | None = Non
                warnings=warnings, stats=stats)
 
 
-def _last_value_by_step(acc, tags: list[str]) -> dict[int, float]:  # noqa: ANN001
+def _last_value_by_step(acc, tags: list[str]) -> dict[int, float]:
     out: dict[int, float] = {}
     for tag in tags:
         for e in acc.Scalars(tag):
