@@ -53,9 +53,9 @@ def test_live_frame_near_equilibrium_before_the_decay():
     conv = next(layer for layer in frame.layers if layer.param == "block2.conv.weight")
     assert conv.scale_invariant
     assert conv.equilibrium_angle_rad == pytest.approx(math.sqrt(2 * 0.2 * 1e-3 / 1.9))
-    # at epoch 40 the weight norm is still shrinking towards equilibrium (from above: 260 → 251 →
-    # 249 over epochs 40–42), so the weights turn a little slower than at equilibrium (measured 0.73)
-    assert 0.6 < conv.angle_ratio < 1.0
+    # measured 0.73: below 1 as analysis.equilibrium finds on the checkpoint run (settled conv
+    # layers 0.65–0.81; gradient noise is partly mean-reverting), well inside its 0.5–1.5 band
+    assert 0.5 < conv.angle_ratio < 1.0
 
 
 def test_watch_once_on_the_sample_shows_the_abel_verdict():
@@ -69,3 +69,13 @@ def test_watch_once_on_the_sample_shows_the_abel_verdict():
     assert result.exit_code == 0, result.output
     assert "step 1380 · epoch 60" in result.output
     assert "bounce / ABEL at epoch 60:" in result.output and "block2.conv.weight" in result.output
+
+
+def test_equilibrium_status_for_the_invariant_convs_only():
+    from normscope.analysis.live import equilibrium_status
+
+    if not LIVE.exists():
+        pytest.skip("no sample")
+    statuses = equilibrium_status(load_trajectory(LIVE))
+    # 15 epochs after the LR cut to 0.02 the norm is 0.3 relaxation times into its new phase
+    assert statuses == {f"block{i}.conv.weight": "approaching" for i in (1, 2, 3)}

@@ -15,7 +15,7 @@ turns by (SCIENCE.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +79,7 @@ class LayerLive:
     angle_is_per_step: bool  # False: angle since the previous snapshot (checkpoints)
     equilibrium_angle_rad: float  # NaN where the prediction does not apply (not scale-invariant)
     scale_invariant: bool  # |cos(w, g)| < INVARIANT_COS on recent records
+    equilibrium_status: str = ""  # analysis.equilibrium's verdict for invariant weights, else ""
 
     @property
     def angle_ratio(self) -> float:
@@ -118,8 +119,10 @@ def _first_finite(values: pd.Series) -> float:
     return float(finite[0]) if len(finite) else math.nan
 
 
-def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = ()) -> LiveFrame:
-    """Summarise the latest `recent` records of each parameter."""
+def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
+               equilibrium: Mapping[str, str] | None = None) -> LiveFrame:
+    """Summarise the latest `recent` records of each parameter; `equilibrium` maps parameters to
+    their equilibrium status (`equilibrium_status`)."""
     table = trajectory.table
     if table.empty:
         return LiveFrame(root=trajectory.root, layout=trajectory.layout, records=0, step=None,
@@ -150,7 +153,8 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
             equilibrium_angle_rad=equilibrium_angle(
                 str(now["optimizer"]), float(now["lr"]), float(now["weight_decay"]),
                 float(now["momentum"]), float(now["beta1"])) if applies else math.nan,
-            scale_invariant=invariant))
+            scale_invariant=invariant,
+            equilibrium_status=(equilibrium or {}).get(str(param), "")))
     weights = table[table["kind"] == "weight"]
     by_snapshot = weights.groupby("snapshot")["norm_sq"].sum()
     head = last.iloc[0]
@@ -182,3 +186,22 @@ def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None) -> t
     if verdict.evidence:
         head += f" — {verdict.evidence[0]}"
     return (head, *rec.advice)
+
+
+def equilibrium_status(trajectory: Trajectory) -> dict[str, str]:
+    """`analysis.equilibrium`'s status ("approaching", "at equilibrium", "off", ...) per invariant
+    parameter, from the measured invariance verdicts (no model, no probe)."""
+    from normscope.analysis.equilibrium import HyperparamOverrides, equilibrium_for
+    from normscope.analysis.invariance import classify_invariance
+    from normscope.errors import NormscopeError
+
+    if trajectory.table.empty:
+        return {}
+    # a tracker record holds the LR its own step used; a checkpoint usually the next epoch's
+    lr_at = "end" if trajectory.layout == "jsonl" else "start"
+    try:
+        verdicts = classify_invariance(trajectory.table, probe=False)
+        report = equilibrium_for(trajectory, verdicts, HyperparamOverrides(lr_at=lr_at))
+    except NormscopeError:
+        return {}
+    return {layer.param: layer.status for layer in report.layers}

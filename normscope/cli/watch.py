@@ -37,7 +37,7 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
           tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
-    from normscope.analysis.live import live_advice, live_frame
+    from normscope.analysis.live import equilibrium_status, live_advice, live_frame
     from normscope.live_source import LiveSource
     from normscope.report.live_view import render_frame
 
@@ -47,8 +47,10 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        return render_frame(live_frame(trajectory, recent=recent, advice=live_advice(trajectory, total_epochs=total_epochs)),
-                            updated=stamp)
+        frame_ = live_frame(trajectory, recent=recent,
+                            advice=live_advice(trajectory, total_epochs=total_epochs),
+                            equilibrium=equilibrium_status(trajectory))
+        return render_frame(frame_, updated=stamp)
 
     trajectory = source.poll()
     if once:

@@ -44,16 +44,18 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
     angle_head = "∠/step" if frame.layers[0].angle_is_per_step else "∠/snapshot"
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
     for name in ("param", "kind", "|w|", "vs start", "|g|", "cos(w,g)", angle_head, "∠ equil.",
-                 "ratio"):
-        table.add_column(name, justify="left" if name in ("param", "kind") else "right",
+                 "ratio", "equilibrium"):
+        table.add_column(name, justify="left" if name in ("param", "kind", "equilibrium") else "right",
                          no_wrap=True)
     for layer in frame.layers:
         kind = layer.kind + (" s.i." if layer.scale_invariant else "")
         table.add_row(layer.param, kind, _num(layer.norm), _pct(layer.norm_change),
                       _num(layer.grad_norm), _num(layer.cos_wg, "+.3f"), _deg(layer.angle_rad),
-                      _deg(layer.equilibrium_angle_rad), _num(layer.angle_ratio, ".2f"))
+                      _deg(layer.equilibrium_angle_rad), _num(layer.angle_ratio, ".2f"),
+                      layer.equilibrium_status or "–")
     legend = Text("s.i.: scale-invariant (cos(w,g) ≈ 0); ∠ equil.: predicted update angle at "
-                  "equilibrium for such weights; ratio: measured / predicted", style="dim")
+                  "equilibrium for such weights; ratio: measured / predicted; equilibrium: "
+                  "analysis.equilibrium's status", style="dim")
     total = Text(f"total weight norm {_num(frame.total_weight_norm)} "
                  f"(start {_num(frame.total_weight_norm_first)})")
     parts = [title, status, table, legend, total]
