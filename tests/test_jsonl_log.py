@@ -224,3 +224,15 @@ def test_registry_opens_logs_and_tensorboard_dirs(tmp_path, log_lines):
     trajectory = load_trajectory(tmp_path / "run" / "track.jsonl")
     assert trajectory.layout == "jsonl" and trajectory.table["step"].max() == 6
     assert trajectory.table["grad_norm"].notna().all()
+
+
+def test_subsampling_a_log_does_not_pair_one_step_updates_with_far_snapshots(tmp_path, log_lines):
+    from normscope.api import load_trajectory
+
+    _write(tmp_path / "track.jsonl", log_lines)
+    every_step = load_trajectory(tmp_path / "track.jsonl").table
+    assert every_step["angle_rad"].notna().sum() > 0  # consecutive records: per-step angles
+    sparse = load_trajectory(tmp_path / "track.jsonl", every=2).table
+    assert sorted(set(sparse["step"])) == [1, 3, 5, 6]
+    assert sparse["angle_rad"].isna().all()  # the log cannot tell the angle across 2 steps
+    assert sparse["update_norm"].notna().all()  # the step's own update is still known

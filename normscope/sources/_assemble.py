@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 from normscope.errors import BadInputError
-from normscope.snapshot import Run, Snapshot
+from normscope.snapshot import Run, Snapshot, SnapshotStats
 
 from ._ordering import PendingSnapshot, order_snapshots
 
@@ -123,5 +124,12 @@ def subsample(run: Run, every: int) -> Run:
         snapshots=keep(list(run.snapshots)),
         ordering=run.ordering,
         warnings=run.warnings,
-        stats=None if run.stats is None else keep(list(run.stats)),
+        stats=None if run.stats is None else [_forget_previous(s) for s in keep(list(run.stats))],
     )
+
+
+def _forget_previous(stats: SnapshotStats) -> SnapshotStats:
+    """Precomputed stats measured `dot_prev`/`diff_sq` against the snapshot before them, which
+    subsampling dropped: against the kept one they are unknown."""
+    params = {name: replace(ps, dot_prev=None, diff_sq=None) for name, ps in stats.params.items()}
+    return replace(stats, params=params)
