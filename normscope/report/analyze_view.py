@@ -106,6 +106,14 @@ def analyses_block(result: Overview) -> list[RenderableType]:
         from normscope.report.recommend_view import bounce_analysis_view
 
         parts.extend([Text(""), bounce_analysis_view(result.bounces)])
+    if result.invariance:
+        from normscope.report.equilibrium_view import render_invariance
+
+        parts.extend([Text(""), render_invariance(result.invariance)])
+    if result.equilibrium is not None:
+        from normscope.report.equilibrium_view import render_equilibrium
+
+        parts.extend([Text(""), render_equilibrium(result.equilibrium)])
     for name, why in result.skipped.items():
         parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
     return parts
