@@ -124,6 +124,8 @@ def analyze(
             plot_ratio_heatmap,
         )
 
+        if plots.exists() and not plots.is_dir():
+            raise BadInputError(f"--plots wants a directory, and {plots} is a file")
         plots.mkdir(parents=True, exist_ok=True)
         if result.equilibrium is not None and result.equilibrium.layers:
             plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
