@@ -107,6 +107,8 @@ def analyze(
 
     if format is Format.parquet and output is None:
         raise BadInputError("--format parquet writes a binary file: give it with -o FILE.parquet")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise BadInputError(f"--plots wants a directory, and {plots} is a file")
 
     progress, update = progress_reporter()
     with progress:
@@ -124,8 +126,6 @@ def analyze(
             plot_ratio_heatmap,
         )
 
-        if plots.exists() and not plots.is_dir():
-            raise BadInputError(f"--plots wants a directory, and {plots} is a file")
         plots.mkdir(parents=True, exist_ok=True)
         if result.equilibrium is not None and result.equilibrium.layers:
             plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
