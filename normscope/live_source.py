@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from normscope.analysis.live import with_update_angles
 from normscope.api import trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
 from normscope.sources.jsonl_log import LogFollower, find_log_file, live_log_run
@@ -65,7 +64,7 @@ class LiveSource:
         run = live_log_run(follower.log)
         if not run.stats:
             return build_trajectory([], layout=run.layout, root=run.root, warnings=run.warnings)
-        return with_update_angles(trajectory_from_run(run), run.stats)
+        return trajectory_from_run(run)
 
     def _open(self):
         if self.tag_pattern is not None:
@@ -91,4 +90,4 @@ class LiveSource:
         self._fingerprint = fingerprint
         self._first = False
         self.last_error = None
-        return with_update_angles(trajectory_from_run(run), run.stats)
+        return trajectory_from_run(run)

@@ -24,6 +24,7 @@ Columns (units in the names; NaN where a source does not have the quantity):
     grad_norm       float   |g|        (live logs)
     grad_dot        float   <w, g>     (live logs)
     update_norm     float   |Δw| of the logged step (live logs)
+    update_angle_rad float  angle between w before and after the logged step (live logs)
     optimizer       str     "SGD", "AdamW", ...
     lr, weight_decay, momentum, beta1, beta2   float   hyper-parameters of the param's group
 """
@@ -45,7 +46,7 @@ COLUMNS = (
     "snapshot", "step", "epoch", "path", "param", "layer", "kind", "shape", "numel", "dtype",
     "norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad", "nonfinite",
     "buf_dot", "buf_norm", "exp_avg_sq_sum", "grad_norm", "grad_dot", "update_norm",
-    "optimizer", "lr", "weight_decay", "momentum", "beta1", "beta2",
+    "update_angle_rad", "optimizer", "lr", "weight_decay", "momentum", "beta1", "beta2",
 )
 
 _BUFFER_SUFFIXES = ("running_mean", "running_var")
@@ -151,6 +152,11 @@ def build_trajectory(
                 angle = angle_between(prev, norm, ps.dot_prev, ps.diff_sq)
             else:
                 angle = math.nan
+            if ps.norm_sq_before is not None and ps.update_norm_sq is not None:
+                update_angle = angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)), norm, None,
+                                             ps.update_norm_sq)
+            else:
+                update_angle = math.nan
             group = groups.get(param)
             betas = group.betas if group is not None and group.betas is not None else (None, None)
             rows.append({
@@ -176,6 +182,7 @@ def build_trajectory(
                 "grad_norm": math.sqrt(ps.grad_norm_sq) if ps.grad_norm_sq is not None else math.nan,
                 "grad_dot": _opt(ps.grad_dot),
                 "update_norm": math.sqrt(ps.update_norm_sq) if ps.update_norm_sq is not None else math.nan,
+                "update_angle_rad": update_angle,
                 "optimizer": snap.meta.optimizer or "",
                 "lr": _opt(group.lr if group else None),
                 "weight_decay": _opt(group.weight_decay if group else None),

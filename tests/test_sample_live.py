@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from normscope.analysis.live import live_frame, with_update_angles
+from normscope.analysis.live import live_frame
 from normscope.api import load_trajectory, trajectory_from_run
 from normscope.sources.jsonl_log import read_jsonl_log
 
@@ -48,7 +48,7 @@ def test_live_frame_near_equilibrium_before_the_decay():
     run = read_jsonl_log(LIVE) if LIVE.exists() else pytest.skip("no sample")
     first_40_epochs = type(run)(root=run.root, layout=run.layout, snapshots=[], ordering=run.ordering,
                                 stats=[s for s in run.stats if s.meta.epoch <= 40])
-    trajectory = with_update_angles(trajectory_from_run(first_40_epochs), first_40_epochs.stats)
+    trajectory = trajectory_from_run(first_40_epochs)
     frame = live_frame(trajectory, recent=23)  # the last epoch before the cut
     conv = next(layer for layer in frame.layers if layer.param == "block2.conv.weight")
     assert conv.scale_invariant

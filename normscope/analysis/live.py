@@ -21,36 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from normscope.snapshot import SnapshotStats
-from normscope.trajectory import Trajectory, angle_between
+from normscope.trajectory import Trajectory
 
 UPDATE_ANGLE = "update_angle_rad"
 # |cos(w, g)| below this, averaged over recent records, marks a layer as acting scale-invariant
 INVARIANT_COS = 1e-3
-
-
-def update_angles(stats: Sequence[SnapshotStats]) -> list[float]:
-    """Per-step update angle for each (snapshot, param), in `build_trajectory`'s row order."""
-    out: list[float] = []
-    for snap in stats:
-        for ps in snap.params.values():
-            if ps.norm_sq_before is None or ps.update_norm_sq is None:
-                out.append(math.nan)
-                continue
-            out.append(angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)),
-                                     math.sqrt(max(ps.norm_sq, 0.0)) if ps.norm_sq >= 0 else math.nan,
-                                     None, ps.update_norm_sq))
-    return out
-
-
-def with_update_angles(trajectory: Trajectory, stats: Sequence[SnapshotStats] | None) -> Trajectory:
-    """The trajectory with an `update_angle_rad` column (NaN where the source cannot tell)."""
-    table = trajectory.table.copy()
-    angles = update_angles(stats) if stats is not None else []
-    table[UPDATE_ANGLE] = angles if len(angles) == len(table) else math.nan
-    return Trajectory(table=table, snapshots=trajectory.snapshots, layout=trajectory.layout,
-                      root=trajectory.root, ordering=trajectory.ordering,
-                      warnings=list(trajectory.warnings))
 
 
 def equilibrium_angle(optimizer: str, lr: float, weight_decay: float, momentum: float,
