@@ -15,7 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from normscope.distributed.items import DEFAULT_SHARD_BYTES, ShardResult, WorkItem, plan_items
+from normscope.distributed.items import (
+    DEFAULT_SHARD_BYTES,
+    ShardResult,
+    WorkItem,
+    plan_items,
+)
 from normscope.engine import DEFAULT_BUCKET_BYTES
 from normscope.engine.plan import dtype_of, shape_of
 from normscope.errors import BadInputError, ConfigError, NormscopeError
@@ -63,7 +68,9 @@ def connect(
             client = distributed.Client(cluster, timeout=timeout_s)
         except (OSError, TimeoutError, ValueError) as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
-            raise ClusterError(f"cannot reach the Dask scheduler at {cluster}: {detail}") from None
+            raise ClusterError(
+                f"cannot reach the Dask scheduler at {cluster}: {detail}"
+            ) from None
         with client:
             yield client
         return
@@ -76,20 +83,24 @@ def connect(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            silence_logs=logging.ERROR,
+            silence_logs=logging.CRITICAL,  # shutdown chatter is not the user's business
         ) as local,
         distributed.Client(local) as client,
     ):
         yield client
 
 
-def _snapshots_and_layout(run_or_snapshots: Run | Sequence[Snapshot]) -> tuple[list[Snapshot], str | None]:
+def _snapshots_and_layout(
+    run_or_snapshots: Run | Sequence[Snapshot],
+) -> tuple[list[Snapshot], str | None]:
     if isinstance(run_or_snapshots, Run):
         return list(run_or_snapshots.snapshots), run_or_snapshots.layout
     return list(run_or_snapshots), None
 
 
-def merge(snapshots: Sequence[Snapshot], results: Sequence[ShardResult]) -> list[SnapshotStats]:
+def merge(
+    snapshots: Sequence[Snapshot], results: Sequence[ShardResult]
+) -> list[SnapshotStats]:
     """Per-snapshot stats from the shards' results, parameters in each snapshot's own order."""
     found: list[dict[str, ParamStats]] = [{} for _ in snapshots]
     for result in results:
@@ -98,7 +109,8 @@ def merge(snapshots: Sequence[Snapshot], results: Sequence[ShardResult]) -> list
     for snap, params in zip(snapshots, found):
         names = list(snap.tensors)
         missing = [n for n in names if n not in params]
-        if missing:  # every parameter is in exactly one item: a gap is a bug, not bad input
+        # every parameter is in exactly one item: a gap is a bug, not bad input
+        if missing:
             raise RuntimeError(f"no Dask result for {missing[0]!r} of {snap.meta.path}")
         out.append(
             SnapshotStats(
@@ -124,7 +136,8 @@ def run_items(
 
     total = sum(item.nbytes for item in items)
     futures = {
-        client.submit(reduce_work_item, item, retries=retries, pure=False): item for item in items
+        client.submit(reduce_work_item, item, retries=retries, pure=False): item
+        for item in items
     }
     results: list[ShardResult] = []
     done = 0

@@ -94,7 +94,9 @@ def shards_of(snapshot: Snapshot, shard_bytes: int) -> list[tuple[str, ...]]:
     return shards
 
 
-def source_of(snapshot: Snapshot, layout: str | None, recover_unsafe: bool) -> SnapshotSource:
+def source_of(
+    snapshot: Snapshot, layout: str | None, recover_unsafe: bool
+) -> SnapshotSource:
     return SnapshotSource(os.path.abspath(snapshot.meta.path), layout, recover_unsafe)
 
 
@@ -120,7 +122,9 @@ def plan_items(
                 WorkItem(
                     index=t,
                     current=source_of(snap, layout, recover_unsafe),
-                    previous=None if prev is None else source_of(prev, layout, recover_unsafe),
+                    previous=None
+                    if prev is None
+                    else source_of(prev, layout, recover_unsafe),
                     names=names,
                     current_layout=tensor_layout(snap, names),
                     previous_layout=prev_layout,
