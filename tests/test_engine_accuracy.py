@@ -177,3 +177,22 @@ def test_reduce_group_with_optimizer_streams_matches_float64():
                     "buf_dot": x @ m, "buf_norm_sq": m @ m, "sq_sum": v.sum()}  # fmt: skip
         for q, ref in expected.items():
             assert rel(out.sums[q][i], ref.item()) < 1e-6, (q, i)
+
+
+def test_small_tensors_count_nonfinite_and_survive_fp32_overflow():
+    bias = torch.tensor([1.0, float("nan"), 3e30, float("-inf"), 2.0])
+    scale = torch.tensor([3e30, 4e30])  # squares overflow float32, not float64
+    stats = compute_stats(
+        [
+            snapshot(0, {"bias": bias, "scale": scale}),
+            snapshot(1, {"bias": bias, "scale": scale * 2}),
+        ],
+        device="cpu",
+    )
+    b, s = stats[1].params["bias"], stats[1].params["scale"]
+    assert b.nonfinite == 2 and math.isnan(b.norm_sq)
+    assert s.nonfinite == 0
+    x, y = f64(scale * 2), f64(scale)
+    assert rel(s.norm_sq, (x @ x).item()) < 1e-12
+    assert rel(s.dot_prev, (x @ y).item()) < 1e-12
+    assert rel(s.diff_sq, ((x - y) @ (x - y)).item()) < 1e-12

@@ -9,6 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
@@ -99,12 +100,23 @@ def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
     return Group(*lines) if lines else None
 
 
-def analyze_view(
-    traj: Trajectory, run: RunSummary, params: list[ParamSummary],
-    sections: list[RenderableType] = (),  # type: ignore[assignment]
-) -> RenderableType:
-    parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(params, traj)]
-    parts.extend(sections)
+def analyses_block(result: Overview) -> list[RenderableType]:
+    parts: list[RenderableType] = []
+    if result.bounces is not None:
+        from normscope.report.recommend_view import bounce_analysis_view
+
+        parts.extend([Text(""), bounce_analysis_view(result.bounces)])
+    for name, why in result.skipped.items():
+        parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
+    return parts
+
+
+def analyze_view(traj: Trajectory, result: Overview) -> RenderableType:
+    """The whole terminal view: run header, per-parameter table (buffers left out), analyses."""
+    run = result.run
+    shown = [p for p in result.params if p.kind != "buffer"]
+    parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(shown, traj)]
+    parts.extend(analyses_block(result))
     block = warnings_block(traj, run)
     if block is not None:
         parts.extend([Text(""), block])
