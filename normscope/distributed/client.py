@@ -123,6 +123,17 @@ def merge(
     return out
 
 
+def preferred_workers(client: Client, count: int) -> list[list[str] | None]:
+    """For each of `count` items in time order, the worker it should run on: contiguous runs of
+    items per worker, so a worker reduces checkpoint t+1 after t and finds t (the previous one)
+    already opened and in its page cache. Only a preference: the scheduler still balances load
+    and moves the tasks of a lost worker."""
+    workers = sorted(client.scheduler_info(n_workers=-1).get("workers", {}))
+    if not workers:
+        return [None] * count
+    return [[workers[i * len(workers) // count]] for i in range(count)]
+
+
 def run_items(
     client: Client,
     items: Sequence[WorkItem],
@@ -135,9 +146,17 @@ def run_items(
     from normscope.distributed.worker import reduce_work_item
 
     total = sum(item.nbytes for item in items)
+    homes = preferred_workers(client, len(items))
     futures = {
-        client.submit(reduce_work_item, item, retries=retries, pure=False): item
-        for item in items
+        client.submit(
+            reduce_work_item,
+            item,
+            retries=retries,
+            pure=False,
+            workers=homes[i],
+            allow_other_workers=True,
+        ): item
+        for i, item in enumerate(items)
     }
     results: list[ShardResult] = []
     done = 0

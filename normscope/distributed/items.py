@@ -16,7 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from normscope.engine.plan import dtype_of, param_bytes, shape_of, tensor_bytes
+from normscope.engine.plan import dtype_of, entry_of, shape_of, tensor_bytes
 from normscope.errors import NormscopeError
 from normscope.snapshot import ParamStats, Snapshot
 
@@ -83,7 +83,7 @@ def shards_of(snapshot: Snapshot, shard_bytes: int) -> list[tuple[str, ...]]:
         current: list[str] = []
         size = 0
         for name in names:
-            nbytes = param_bytes(snapshot, name)
+            nbytes = entry_of(snapshot, name).nbytes
             if current and size + nbytes > shard_bytes:
                 shards.append(tuple(current))
                 current, size = [], 0
@@ -115,7 +115,7 @@ def plan_items(
         prev = snapshots[t - 1] if t > 0 else None
         for names in shards_of(snap, shard_bytes):
             prev_layout = tensor_layout(prev, names) if prev is not None else ()
-            nbytes = sum(param_bytes(snap, n) for n in names)
+            nbytes = sum(entry_of(snap, n).nbytes for n in names)
             if prev is not None:
                 nbytes += sum(tensor_bytes(prev.tensors[n]) for n, _, _ in prev_layout)
             items.append(

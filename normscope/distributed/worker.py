@@ -79,12 +79,14 @@ def reduce_work_item(item: WorkItem) -> ShardResult:
     from normscope.engine import reduce_snapshot_pair
 
     try:
-        current = reopen(item.current)
-        check_layout(current, item.names, item.current_layout)
+        # previous first: it is the checkpoint this worker most likely opened last (as the
+        # current one of its previous task), so the two-entry cache keeps it
         previous = None
         if item.previous is not None:
             previous = reopen(item.previous)
             check_layout(previous, item.names, item.previous_layout)
+        current = reopen(item.current)
+        check_layout(current, item.names, item.current_layout)
         stats = reduce_snapshot_pair(
             current,
             previous,
