@@ -51,6 +51,13 @@ def require_distributed() -> Any:
     return distributed
 
 
+def check_cluster_options(cluster: str | None, workers: int | None) -> None:
+    if cluster and workers:
+        raise ConfigError("give either --cluster or --workers, not both")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+
+
 @contextlib.contextmanager
 def connect(
     cluster: str | None = None,
@@ -61,8 +68,7 @@ def connect(
     """A client of the scheduler at `cluster`, or of a local cluster of `workers` processes
     (one thread each; default one per core), closed on exit."""
     distributed = require_distributed()
-    if cluster and workers:
-        raise ConfigError("give either --cluster or --workers, not both")
+    check_cluster_options(cluster, workers)
     if cluster:
         try:
             client = distributed.Client(cluster, timeout=timeout_s)
@@ -75,8 +81,6 @@ def connect(
             yield client
         return
     n = (os.cpu_count() or 1) if workers is None else workers
-    if n < 1:
-        raise ConfigError(f"--workers must be at least 1, got {n}")
     with (
         distributed.LocalCluster(
             n_workers=n,
@@ -241,6 +245,7 @@ def load_trajectory_distributed(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    recover_unsafe: bool = False,
 ) -> Trajectory:
     """`normscope.api.load_trajectory`, with the tensors reduced on a Dask cluster: the scheduler
     at `cluster` (e.g. "tcp://host:8786"), or a local cluster of `workers` processes."""
@@ -248,9 +253,11 @@ def load_trajectory_distributed(
     from normscope.sources import open_run
 
     require_distributed()
+    check_cluster_options(cluster, workers)
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    run = select(open_run(local_path(path), every=every), include, exclude)
+    opened = open_run(local_path(path), every=every, recover_unsafe=recover_unsafe)
+    run = select(opened, include, exclude)
     if run.stats is None:
         with connect(cluster, workers) as client:
             stats = compute_stats_dask(
@@ -259,6 +266,7 @@ def load_trajectory_distributed(
                 device=device,
                 bucket_bytes=bucket_bytes,
                 shard_bytes=shard_bytes,
+                recover_unsafe=recover_unsafe,
                 progress=progress,
             )
         run = replace(run, stats=stats)
