@@ -4,6 +4,7 @@ reported like local bad input."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
@@ -21,7 +22,7 @@ from safetensors.torch import save_file
 
 from normscope.api import load_trajectory
 from normscope.engine import compute_stats
-from normscope.errors import BadInputError, ConfigError
+from normscope.errors import BadInputError, ConfigError, UnsafeCheckpointError
 from normscope.snapshot import ParamStats, SnapshotStats
 from normscope.sources import open_run
 
@@ -309,3 +310,24 @@ def test_missing_dask_names_the_extra(monkeypatch, sgd_run_dir):
     monkeypatch.setitem(sys.modules, "distributed", None)
     with pytest.raises(ConfigError, match=r"pip install 'normscope\[dask\]'"):
         load_trajectory_distributed(sgd_run_dir, workers=1)
+
+
+def test_recover_unsafe_reaches_the_workers(cluster, client, tmp_path):
+    model = small_cnn()
+    optimizer = adamw(model)
+    for step in (2, 4):
+        train(model, optimizer, 2, seed=step)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "step": step, "args": argparse.Namespace(lr=1e-3)},
+                   tmp_path / f"step_{step}.pt")  # fmt: skip
+    local = load_trajectory(tmp_path, device="cpu", recover_unsafe=True)
+    remote = load_trajectory_distributed(
+        tmp_path, cluster=cluster.scheduler_address, device="cpu", recover_unsafe=True
+    )
+    pandas.testing.assert_frame_equal(
+        local.table, remote.table, check_exact=False, rtol=RELATIVE
+    )
+    # a worker told nothing re-opens with weights_only and refuses, as the local path would
+    run = open_run(tmp_path, recover_unsafe=True)
+    with pytest.raises(UnsafeCheckpointError, match="argparse.Namespace"):
+        compute_stats_dask(run, client=client, device="cpu")

@@ -16,6 +16,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from normscope.engine import DEFAULT_BUCKET_BYTES
 from normscope.engine.plan import dtype_of, entry_of, shape_of, tensor_bytes
 from normscope.errors import NormscopeError
 from normscope.snapshot import ParamStats, Snapshot
@@ -50,7 +51,7 @@ class WorkItem:
     previous_layout: TensorLayout  # the shard's parameters the previous snapshot has
     nbytes: int  # bytes the task reads: current weights and state, previous weights
     device: str = "auto"
-    bucket_bytes: int = 256 * 2**20
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES
 
 
 @dataclass(frozen=True)
