@@ -108,7 +108,7 @@ def plan_items(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     recover_unsafe: bool = False,
     device: str = "auto",
-    bucket_bytes: int = 256 * 2**20,
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
 ) -> list[WorkItem]:
     """One item per (snapshot, shard), each paired with the previous snapshot in `snapshots`."""
     items = []
