@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Callable, Iterable, Sequence
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run, Snapshot, SnapshotStats
@@ -99,8 +99,12 @@ def load_trajectory(
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
     recover_unsafe: bool = False,
+    tag_pattern: str | None = None,
 ) -> Trajectory:
     """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table.
+
+    `tag_pattern` reads `path` as TensorBoard event files whose per-layer norm tags match this
+    regex (named group `param`), instead of sniffing the layout.
 
     `recover_unsafe=True` reads the tensors of torch files that need other globals through a
     restricted unpickler that turns every non-tensor object into an inert placeholder (nothing in
@@ -110,5 +114,12 @@ def load_trajectory(
 
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe), include, exclude)
+    if tag_pattern is not None:
+        from normscope.sources._assemble import subsample
+        from normscope.sources.tensorboard_log import read_tensorboard
+
+        run = subsample(read_tensorboard(path, tag_pattern), every)
+    else:
+        run = open_run(path, every=every, recover_unsafe=recover_unsafe)
+    run = select(run, include, exclude)
     return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)

@@ -142,3 +142,15 @@ def test_model_factory_decides_invariance_exactly(sgd_run_dir, monkeypatch):
     assert "exact" in result.output
     bad = invoke(sgd_run_dir, "--model", "no_such_module:factory", "--every", "20")
     assert bad.exit_code == 2 and "Traceback" not in bad.stderr
+
+
+def test_local_dask_cluster_gives_the_same_document(sgd_run_dir):
+    local = invoke(sgd_run_dir, "--format", "json", "--every", "15")
+    distributed = invoke(sgd_run_dir, "--format", "json", "--every", "15", "--workers", "2")
+    assert distributed.exit_code == 0, distributed.output
+    assert json.loads(distributed.stdout) == json.loads(local.stdout)
+
+
+def test_cluster_and_workers_together_is_a_usage_error(sgd_run_dir):
+    result = invoke(sgd_run_dir, "--workers", "2", "--cluster", "tcp://127.0.0.1:1")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr

@@ -68,6 +68,21 @@ PlotsOpt = Annotated[
     typer.Option(help="Write the equilibrium plots (PNG) into this directory (implies --equilibrium).",
                  show_default=False),
 ]
+ClusterOpt = Annotated[
+    str | None,
+    typer.Option("--cluster", help="Reduce on the Dask scheduler at this address (tcp://HOST:8786); every "
+                 "worker must see PATH at the same path. Needs normscope[dask].", show_default=False),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Reduce on a local Dask cluster of N worker processes.", min=1,
+                 show_default=False),
+]
+TagPatternOpt = Annotated[
+    str | None,
+    typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a named group "
+                 "(?P<param>...) (and optionally (?P<stat>weight|grad)).", show_default=False),
+]
 RecoverOpt = Annotated[
     bool,
     typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
@@ -86,6 +101,9 @@ def analyze(
     every: EveryOpt = 1,
     recover_unsafe: RecoverOpt = False,
     steps_per_epoch: StepsPerEpochOpt = None,
+    cluster: ClusterOpt = None,
+    workers: WorkersOpt = None,
+    tag_pattern: TagPatternOpt = None,
     equilibrium: EquilibriumOpt = False,
     model: ModelOpt = None,
     plots: PlotsOpt = None,
@@ -111,9 +129,15 @@ def analyze(
         raise BadInputError(f"--plots wants a directory, and {plots} is a file")
 
     progress, update = progress_reporter()
+    selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
+                     "progress": update, "recover_unsafe": recover_unsafe}
     with progress:
-        traj = load_trajectory(path, include=include or (), exclude=exclude or (), every=every,
-                               device=device.value, progress=update, recover_unsafe=recover_unsafe)
+        if cluster or workers:
+            from normscope.distributed import load_trajectory_distributed
+
+            traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
+        else:
+            traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
     from normscope.analysis.equilibrium import HyperparamOverrides
 
     overrides = HyperparamOverrides(optimizer=optimizer, lr=lr, weight_decay=weight_decay,

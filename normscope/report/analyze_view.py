@@ -23,7 +23,7 @@ def fmt(x: float | None, digits: int = 4) -> str:
 
 def fmt_when(step: int | None, epoch: float | None) -> str:
     if epoch is not None and not (isinstance(epoch, float) and math.isnan(epoch)):
-        return f"ep {epoch:g}"
+        return f"ep {round(epoch, 2):g}"
     if step is not None:
         return f"step {step}"
     return "–"
