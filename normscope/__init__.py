@@ -17,7 +17,8 @@ _LAZY = {
     "compute_stats": "normscope.engine",
     "build_trajectory": "normscope.trajectory",
     "Trajectory": "normscope.trajectory",
-    "analyze_path": "normscope.api",
+    "load_trajectory": "normscope.api",
+    "overview": "normscope.analysis.overview",
     "ABEL": "normscope.schedulers",
     # the module is `tracker` so that `normscope.track` stays the function, not a submodule
     "track": "normscope.tracker",
@@ -36,4 +37,7 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + list(_LAZY))
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "ABEL", "Trajectory", "Tracker", "__version__", "build_trajectory", "compute_stats",
+    "load_trajectory", "open_run", "overview", "track",
+]

@@ -13,8 +13,9 @@ This module must stay importable without torch (the CLI's start-up path imports 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -36,7 +37,7 @@ class TensorRef(Protocol):
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the prefix: "float32", "bfloat16", "float16", ...
 
-    def load(self) -> "torch.Tensor": ...
+    def load(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

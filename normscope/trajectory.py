@@ -32,8 +32,8 @@ Columns (units in the names; NaN where a source does not have the quantity):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import pandas as pd

@@ -83,7 +83,7 @@ def test_hf_layout_and_its_hyperparameters(adamw_run_dir):
 def test_nonfinite_weights_are_analysed_and_flagged(tiny_trained_run, tmp_path):
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_trained_run, damaged)
-    last = sorted(damaged.glob("*.pt"))[-1]
+    last = max(damaged.glob("*.pt"))
     checkpoint = torch.load(last, weights_only=True)
     checkpoint["model"]["head.weight"][0, :3] = float("nan")
     torch.save(checkpoint, last)

@@ -27,3 +27,11 @@ def test_version():
         check=True,
     )
     assert out.stdout.startswith("normscope ")
+
+
+def test_every_public_name_resolves():
+    import normscope
+
+    assert set(normscope.__all__) == {"__version__", *normscope._LAZY}
+    for name in normscope.__all__:
+        assert getattr(normscope, name) is not None, name
