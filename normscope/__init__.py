@@ -38,6 +38,14 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ABEL", "Trajectory", "Tracker", "__version__", "build_trajectory", "compute_stats",
-    "load_trajectory", "open_run", "overview", "track",
+    "ABEL",
+    "Tracker",
+    "Trajectory",
+    "__version__",
+    "build_trajectory",
+    "compute_stats",
+    "load_trajectory",
+    "open_run",
+    "overview",
+    "track",
 ]
