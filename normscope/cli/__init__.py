@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from normscope.cli import analyze as _analyze
+from normscope.cli import check as _check
 
 app = typer.Typer(
     name="normscope",
@@ -39,6 +40,7 @@ def _root(
 
 
 app.command("analyze")(_analyze.analyze)
+app.command("check")(_check.check)
 
 
 def main() -> None:
