@@ -17,9 +17,10 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from normscope.errors import ConfigError
 
@@ -205,9 +206,9 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
             if choices and value not in choices:
                 raise ConfigError(f"{where}: must be {_type_name(tp)} ({' or '.join(choices)}), got {value!r}")
             return value
-        if typing.get_origin(member) is tuple and isinstance(value, (list, tuple)):
-            if all(isinstance(item, str) for item in value):
-                return tuple(value)
+        if (typing.get_origin(member) is tuple and isinstance(value, (list, tuple))
+                and all(isinstance(item, str) for item in value)):
+            return tuple(value)
     raise ConfigError(f"{where}: must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
@@ -381,6 +382,13 @@ def load_config(
 
 
 __all__ = [
-    "CheckConfig", "NormscopeConfig", "Origin", "ResolvedConfig",
-    "find_config_file", "read_config_table", "load_config", "environment_overrides", "field_spec",
+    "CheckConfig",
+    "NormscopeConfig",
+    "Origin",
+    "ResolvedConfig",
+    "environment_overrides",
+    "field_spec",
+    "find_config_file",
+    "load_config",
+    "read_config_table",
 ]

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import torch
 
-from normscope.snapshot import ORDER_FILENAME, ParamGroup, ParamStats, SnapshotMeta, SnapshotStats
+from normscope.snapshot import (
+    ORDER_FILENAME,
+    ParamGroup,
+    ParamStats,
+    SnapshotMeta,
+    SnapshotStats,
+)
 from normscope.trajectory import Trajectory, build_trajectory
 
 

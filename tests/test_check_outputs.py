@@ -6,14 +6,20 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from reports_support import reduce_states, train_states
 
 from normscope.check import run_check
 from normscope.check.findings import CheckResult, Finding
 from normscope.config import CheckConfig, Origin
 from normscope.report.check_json import check_document
-from normscope.report.github import annotation, escape_data, escape_property, publish, summary_markdown
+from normscope.report.github import (
+    annotation,
+    escape_data,
+    escape_property,
+    publish,
+    summary_markdown,
+)
 from normscope.report.junit import junit_xml
-from reports_support import reduce_states, train_states
 
 
 @pytest.fixture(scope="module")

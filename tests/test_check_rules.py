@@ -6,11 +6,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from reports_support import reduce_states, save_states, train_states, with_nan
 
 from normscope.check import ERROR, WARNING, build_rules, run_check
 from normscope.config import CheckConfig
 from normscope.errors import BadInputError, ConfigError
-from reports_support import reduce_states, save_states, train_states, with_nan
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import tempfile
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from reports_support import reduce_states, save_states, train_states
 
 from normscope.errors import BadInputError
 from normscope.report.assemble import run_report
 from normscope.report.write import write_report
-from reports_support import reduce_states, save_states, train_states
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -79,7 +79,7 @@ def _chromium(*args: str) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
         return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 

@@ -47,7 +47,7 @@ class BaselineDriftRule:
     atol: float = 0.0
     name: str = "baseline"
 
-    def evaluate(self, trajectory: "Trajectory", context: CheckContext) -> list[Finding]:
+    def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
         if context.baseline is None:
             raise BadInputError("the baseline rule needs a baseline run (--baseline PATH)")
         severity = context.severity_of(self.name)
@@ -74,7 +74,7 @@ class BaselineDriftRule:
         return findings
 
     def _compare(self, param: str, group: pd.DataFrame, axis: str, severity: str,
-                 trajectory: "Trajectory") -> Finding:
+                 trajectory: Trajectory) -> Finding:
         now, then = group["norm"].to_numpy(dtype=float), group["baseline"].to_numpy(dtype=float)
         layer = str(group["layer"].iloc[0])
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -7,8 +7,9 @@ checked, not only what failed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from normscope.config import CheckConfig
@@ -64,8 +65,8 @@ class Finding:
 class CheckContext:
     """What rules may need besides the trajectory: the settings, a baseline run, cached analyses."""
 
-    config: "CheckConfig"
-    baseline: "Trajectory | None" = None
+    config: CheckConfig
+    baseline: Trajectory | None = None
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def severity_of(self, rule: str) -> str:
@@ -84,7 +85,7 @@ class Rule(Protocol):
 
     name: str
 
-    def evaluate(self, trajectory: "Trajectory", context: CheckContext) -> list[Finding]: ...
+    def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]: ...
 
 
 @dataclass(frozen=True)

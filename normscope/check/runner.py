@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from normscope.check.baseline_rule import BaselineDriftRule
 from normscope.check.findings import CheckContext, CheckResult, Finding, Rule
@@ -16,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
 RULE_NAMES = ("nonfinite", "growth", "collapse", "total_norm", "bounce", "equilibrium", "baseline")
 
 
-def build_rules(config: "CheckConfig", *, with_baseline: bool) -> list[Rule]:
+def build_rules(config: CheckConfig, *, with_baseline: bool) -> list[Rule]:
     """The rules `config` asks for, in a fixed order. A rule whose limit is None is off."""
     unknown = sorted(set(config.warn) - set(RULE_NAMES))
     if unknown:
@@ -37,16 +38,16 @@ def build_rules(config: "CheckConfig", *, with_baseline: bool) -> list[Rule]:
     return rules
 
 
-def _analysis_rules(config: "CheckConfig") -> list[Rule]:
+def _analysis_rules(config: CheckConfig) -> list[Rule]:
     """Rules that read the bounce and equilibrium analyses."""
     return []
 
 
 def run_check(
-    trajectory: "Trajectory",
-    config: "CheckConfig",
+    trajectory: Trajectory,
+    config: CheckConfig,
     *,
-    baseline: "Trajectory | None" = None,
+    baseline: Trajectory | None = None,
     rules: Sequence[Rule] | None = None,
     run_path: str = "",
     baseline_path: str | None = None,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from normscope.check.findings import CheckResult
 from normscope.check.runner import run_check
@@ -30,7 +31,8 @@ def check_path(
 
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
     config = resolved.config
-    options = dict(include=config.include, exclude=config.exclude, every=config.every, device=config.device)
+    options = {"include": config.include, "exclude": config.exclude, "every": config.every,
+               "device": config.device}
     trajectory = load_trajectory(path, **options)
     baseline = None
     if config.check.baseline:

@@ -15,13 +15,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from normscope.trajectory import Trajectory
 
 
-def selected_rows(trajectory: "Trajectory", kinds: tuple[str, ...]) -> pd.DataFrame:
+def selected_rows(trajectory: Trajectory, kinds: tuple[str, ...]) -> pd.DataFrame:
     """The rows of the parameter kinds a rule looks at (all kinds when `kinds` is empty)."""
     table = trajectory.table
     return table if not kinds else table[table["kind"].isin(kinds)]
 
 
-def _path_at(trajectory: "Trajectory", snapshot: int) -> str | None:
+def _path_at(trajectory: Trajectory, snapshot: int) -> str | None:
     metas = trajectory.snapshots
     return metas[snapshot].path if 0 <= snapshot < len(metas) else None
 
@@ -36,7 +36,7 @@ class NonFiniteRule:
 
     name: str = "nonfinite"
 
-    def evaluate(self, trajectory: "Trajectory", context: CheckContext) -> list[Finding]:
+    def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
         severity = context.severity_of(self.name)
         findings = []
         for param, rows in trajectory.table.groupby("param", sort=False):
@@ -88,7 +88,7 @@ class GrowthRule:
     def name(self) -> str:
         return "growth" if self.bound == "max" else "collapse"
 
-    def evaluate(self, trajectory: "Trajectory", context: CheckContext) -> list[Finding]:
+    def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
         severity = context.severity_of(self.name)
         key = "check.max_growth" if self.bound == "max" else "check.min_growth"
         rows = selected_rows(trajectory, context.config.kinds)
@@ -118,7 +118,7 @@ class GrowthRule:
         return findings
 
 
-def total_norms(trajectory: "Trajectory", kinds: tuple[str, ...]) -> pd.Series:
+def total_norms(trajectory: Trajectory, kinds: tuple[str, ...]) -> pd.Series:
     """sqrt(sum |w|^2) over the selected kinds, per snapshot (index: snapshot)."""
     rows = selected_rows(trajectory, kinds)
     return np.sqrt(rows.groupby("snapshot")["norm_sq"].sum(min_count=1))
@@ -132,7 +132,7 @@ class TotalNormRule:
     maximum: float | None
     name: str = "total_norm"
 
-    def evaluate(self, trajectory: "Trajectory", context: CheckContext) -> list[Finding]:
+    def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
         severity = context.severity_of(self.name)
         totals = total_norms(trajectory, context.config.kinds)
         kinds = ",".join(context.config.kinds) or "all"

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,40 +36,40 @@ RULES = "Rule overrides (beat env and config file)"
 def check(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint, or a live log.",
                                          show_default=False)],
-    config: Annotated[Optional[Path], _opt("--config", "Config file (default: nearest normscope.toml or "
+    config: Annotated[Path | None, _opt("--config", "Config file (default: nearest normscope.toml or "
                                             "pyproject.toml \\[tool.normscope], searching upward).")] = None,
-    baseline: Annotated[Optional[Path], _opt("--baseline", "Compare per-layer norms with this run.")] = None,
-    junit: Annotated[Optional[Path], _opt("--junit", "Also write JUnit XML here.")] = None,
+    baseline: Annotated[Path | None, _opt("--baseline", "Compare per-layer norms with this run.")] = None,
+    junit: Annotated[Path | None, _opt("--junit", "Also write JUnit XML here.")] = None,
     format: Annotated[CheckFormat, typer.Option("--format", "-f", help="stdout format.")] = CheckFormat.table,
     show_all: Annotated[bool, typer.Option("--all", help="List passing checks too.")] = False,
-    include: Annotated[Optional[list[str]], _opt("--include", "Only parameters matching this glob.")] = None,
-    exclude: Annotated[Optional[list[str]], _opt("--exclude", "Drop parameters matching this glob.")] = None,
-    every: Annotated[Optional[int], _opt("--every", "Keep every N-th snapshot.", min=1)] = None,
-    device: Annotated[Optional[Device], _opt("--device", "Where to reduce tensors.")] = None,
-    nonfinite: Annotated[Optional[bool], _opt("--nonfinite/--no-nonfinite", "Fail on NaN/Inf weights.",
+    include: Annotated[list[str] | None, _opt("--include", "Only parameters matching this glob.")] = None,
+    exclude: Annotated[list[str] | None, _opt("--exclude", "Drop parameters matching this glob.")] = None,
+    every: Annotated[int | None, _opt("--every", "Keep every N-th snapshot.", min=1)] = None,
+    device: Annotated[Device | None, _opt("--device", "Where to reduce tensors.")] = None,
+    nonfinite: Annotated[bool | None, _opt("--nonfinite/--no-nonfinite", "Fail on NaN/Inf weights.",
                                               panel=RULES)] = None,
-    kind: Annotated[Optional[list[str]], _opt("--kind", "Parameter kinds the norm rules read "
+    kind: Annotated[list[str] | None, _opt("--kind", "Parameter kinds the norm rules read "
                                               "(weight, norm, bias, ...).", panel=RULES)] = None,
-    max_growth: Annotated[Optional[float], _opt("--max-growth", "Max per-layer norm ratio.", panel=RULES)] = None,
-    min_growth: Annotated[Optional[float], _opt("--min-growth", "Min per-layer norm ratio (collapse).",
+    max_growth: Annotated[float | None, _opt("--max-growth", "Max per-layer norm ratio.", panel=RULES)] = None,
+    min_growth: Annotated[float | None, _opt("--min-growth", "Min per-layer norm ratio (collapse).",
                                                 panel=RULES)] = None,
-    growth_measure: Annotated[Optional[str], _opt("--growth-measure", "last_first or max_min.",
+    growth_measure: Annotated[str | None, _opt("--growth-measure", "last_first or max_min.",
                                                   panel=RULES)] = None,
-    min_total_norm: Annotated[Optional[float], _opt("--min-total-norm", "Lowest total norm allowed.",
+    min_total_norm: Annotated[float | None, _opt("--min-total-norm", "Lowest total norm allowed.",
                                                     panel=RULES)] = None,
-    max_total_norm: Annotated[Optional[float], _opt("--max-total-norm", "Highest total norm allowed.",
+    max_total_norm: Annotated[float | None, _opt("--max-total-norm", "Highest total norm allowed.",
                                                     panel=RULES)] = None,
-    bounce_by_epoch: Annotated[Optional[str], _opt("--bounce-by-epoch", "A bounce must happen by this "
+    bounce_by_epoch: Annotated[str | None, _opt("--bounce-by-epoch", "A bounce must happen by this "
                                                    "epoch; 'none': no bounce may happen.", panel=RULES)] = None,
-    equilibrium_min: Annotated[Optional[float], _opt("--equilibrium-min", "Lowest measured/predicted "
+    equilibrium_min: Annotated[float | None, _opt("--equilibrium-min", "Lowest measured/predicted "
                                                      "equilibrium ratio.", panel=RULES)] = None,
-    equilibrium_max: Annotated[Optional[float], _opt("--equilibrium-max", "Highest measured/predicted "
+    equilibrium_max: Annotated[float | None, _opt("--equilibrium-max", "Highest measured/predicted "
                                                      "equilibrium ratio.", panel=RULES)] = None,
-    baseline_rtol: Annotated[Optional[float], _opt("--baseline-rtol", "Relative tolerance against the "
+    baseline_rtol: Annotated[float | None, _opt("--baseline-rtol", "Relative tolerance against the "
                                                    "baseline.", panel=RULES)] = None,
-    baseline_atol: Annotated[Optional[float], _opt("--baseline-atol", "Absolute tolerance against the "
+    baseline_atol: Annotated[float | None, _opt("--baseline-atol", "Absolute tolerance against the "
                                                    "baseline.", panel=RULES)] = None,
-    warn: Annotated[Optional[list[str]], _opt("--warn", "Report this rule's failures as warnings "
+    warn: Annotated[list[str] | None, _opt("--warn", "Report this rule's failures as warnings "
                                               "(repeatable).", panel=RULES)] = None,
 ) -> None:
     """Check a run against rules from \\[tool.normscope.check]; exit 1 when one fails (CI gate)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,13 +16,13 @@ def report(
                                          show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="report.html (self-contained) or report.md "
                                          "(PNGs written beside it).", show_default=False)],
-    config: Annotated[Optional[Path], typer.Option("--config", help="Config file (default: found upward).",
+    config: Annotated[Path | None, typer.Option("--config", help="Config file (default: found upward).",
                                                    show_default=False)] = None,
-    include: Annotated[Optional[list[str]], typer.Option("--include", help="Only parameters matching this glob.",
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only parameters matching this glob.",
                                                          show_default=False)] = None,
-    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="Drop parameters matching this glob.",
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Drop parameters matching this glob.",
                                                          show_default=False)] = None,
-    every: Annotated[Optional[int], typer.Option("--every", help="Keep every N-th snapshot.", min=1,
+    every: Annotated[int | None, typer.Option("--every", help="Keep every N-th snapshot.", min=1,
                                                  show_default=False)] = None,
 ) -> None:
     """Write an HTML or Markdown report: run summary, per-layer table, plots, verdicts, advice."""

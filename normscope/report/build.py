@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
-from normscope.analysis.summary import ParamSummary, RunSummary, summarize_params, summarize_run
+from normscope.analysis.summary import (
+    ParamSummary,
+    RunSummary,
+    summarize_params,
+    summarize_run,
+)
 from normscope.report import plots
-from normscope.report.document import Block, Bullets, Figure, Paragraph, Report, Section, Table
+from normscope.report.document import (
+    Block,
+    Bullets,
+    Figure,
+    Paragraph,
+    Report,
+    Section,
+    Table,
+)
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -58,12 +71,12 @@ def run_section(trajectory: Trajectory, run: RunSummary) -> Section:
     facts = [
         f"path: {trajectory.root}",
         f"layout: {trajectory.layout}; time order from: {trajectory.ordering}",
-        f"{run.snapshots} snapshots, from {_time(run.first_step, run.first_epoch)} "
-        f"to {_time(run.last_step, run.last_epoch)}",
+        (f"{run.snapshots} snapshots, from {_time(run.first_step, run.first_epoch)} "
+         f"to {_time(run.last_step, run.last_epoch)}"),
         f"{run.params} tensors, {run.numel:,} elements per snapshot",
-        f"total norm over {', '.join(run.total_kinds)} tensors: {_num(run.total_norm_first)} first, "
-        f"{_num(run.total_norm_min)} lowest (snapshot {run.total_norm_min_snapshot}), "
-        f"{_num(run.total_norm_last)} last",
+        (f"total norm over {', '.join(run.total_kinds)} tensors: {_num(run.total_norm_first)} first, "
+         f"{_num(run.total_norm_min)} lowest (snapshot {run.total_norm_min_snapshot}), "
+         f"{_num(run.total_norm_last)} last"),
     ]
     if first is not None and last is not None:
         facts.append(f"first snapshot: {first.path}; last: {last.path}")

@@ -7,7 +7,6 @@ without computing anything.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Figure:
     caption: str = ""
 
 
-Block = Union[Paragraph, Bullets, Table, Figure]
+Block = Paragraph | Bullets | Table | Figure
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ The message escapes `%`, CR and LF; property values escape those plus `:` and `,
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from normscope.check.findings import ERROR, CheckResult, Finding
 from normscope.config import Origin
@@ -76,8 +76,8 @@ def summary_markdown(result: CheckResult) -> str:
     icon = ":white_check_mark:" if result.passed else ":x:"
     lines = [f"## {icon} normscope check {verdict}", "",
              f"`{result.run_path}`" + (f" against baseline `{result.baseline_path}`" if result.baseline_path else ""),
-             "", f"{counts['checks']} checks: {counts['passed']} passed, {counts['warnings']} warnings, "
-             f"{counts['errors']} errors.", "", "| rule | checked | passed | warnings | errors |",
+             "", (f"{counts['checks']} checks: {counts['passed']} passed, {counts['warnings']} warnings, "
+                  f"{counts['errors']} errors."), "", "| rule | checked | passed | warnings | errors |",
              "|---|---:|---:|---:|---:|"]
     for rule in result.rules:
         mine = [f for f in result.findings if f.rule == rule]

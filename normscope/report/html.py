@@ -41,9 +41,10 @@ def _figure(figure: Figure) -> str:
 
 
 def render_html(report: Report) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-             f"<title>{escape(report.title)}</title><style>{_STYLE}</style></head><body>",
+    head = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(report.title)}</title><style>{_STYLE}</style></head><body>")
+    parts = [head,
              f"<h1>{escape(report.title)}</h1><p class=\"subtitle\">{escape(report.subtitle)}</p>"]
     for section in report.sections:
         parts.append(f"<section><h2>{escape(section.title)}</h2>")
