@@ -24,7 +24,7 @@ from normscope.report.junit import junit_xml
 
 @pytest.fixture(scope="module")
 def result():
-    states, group = train_states(epochs=4)
+    states, group = train_states(epochs=6)
     traj = reduce_states(states, group)
     norms = traj.table[traj.table["kind"] == "weight"].pivot(index="snapshot", columns="param", values="norm")
     limit = float((norms.iloc[-1] / norms.iloc[0]).median())

@@ -103,7 +103,8 @@ def test_total_norm_bounds(run):
 
 def test_baseline_identical_retraining_passes_and_a_changed_run_fails(trained):
     states, group = trained
-    again, _ = train_states(epochs=6)  # same seed: CPU training is deterministic
+    train_states.cache_clear()  # really train again: same seed, and CPU training is deterministic
+    again, _ = train_states(epochs=6)
     config = CheckConfig(nonfinite=False)
     same = run_check(reduce_states(again, group), config, baseline=reduce_states(states, group))
     assert same.rules == ("baseline",) and same.passed
