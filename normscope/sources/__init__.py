@@ -1,0 +1,77 @@
+"""Turn what the user points at into an ordered `Run` of lazy snapshots.
+
+Each layout is a small class with `name`, a cheap `sniff(path) -> bool` that looks at content
+(magic bytes, JSON headers, directory contents) and `open(path) -> Run`. `open_run` asks them in
+`LAYOUTS` order, most specific first; adding a source is one line in that tuple.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Protocol
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Run
+
+from ._assemble import subsample
+from ._files import check_exists, list_dir
+from .dcp import DistributedCheckpoints
+from .hf_trainer import HFTrainerDirs
+from .lightning import LightningCheckpoints
+from .safetensors_files import SafetensorsFiles
+from .torch_files import TorchFiles
+
+
+class Layout(Protocol):
+    name: str
+
+    def sniff(self, path: str) -> bool: ...
+
+    def open(self, path: str) -> Run: ...
+
+
+# Most specific first: a Lightning .ckpt is also a torch file, an HF checkpoint dir also holds
+# safetensors, so their sniffers must get the first look.
+LAYOUTS: tuple[Layout, ...] = (
+    DistributedCheckpoints(),
+    HFTrainerDirs(),
+    LightningCheckpoints(),
+    SafetensorsFiles(),
+    TorchFiles(),
+)
+
+
+def detect_layout(path: str, layouts: tuple[Layout, ...] = LAYOUTS) -> Layout:
+    """The first layout whose sniffer claims `path`, or a one-line BadInputError saying why none did."""
+    check_exists(path)
+    if os.path.isdir(path) and not list_dir(path):
+        raise BadInputError(f"{path} is an empty directory")
+    for layout in layouts:
+        if layout.sniff(path):
+            return layout
+    kinds = ", ".join(layout.name for layout in layouts)
+    if os.path.isdir(path):
+        raise BadInputError(f"no checkpoints found in {path} (looked for: {kinds})")
+    raise BadInputError(
+        f"{path} is not a checkpoint normscope can read (looked for: {kinds})"
+    )
+
+
+def open_run(
+    path: str | os.PathLike[str],
+    *,
+    every: int = 1,
+    layouts: tuple[Layout, ...] = LAYOUTS,
+) -> Run:
+    """Open a checkpoint, a directory of checkpoints or of checkpoint directories, as one ordered run.
+
+    `every=N` keeps every N-th snapshot in time order, always keeping the last one.
+    """
+    if every < 1:
+        raise BadInputError(f"every must be at least 1, got {every}")
+    path = os.fspath(path)
+    layout = detect_layout(path, layouts)
+    return subsample(layout.open(path), every)
+
+
+__all__ = ["LAYOUTS", "Layout", "detect_layout", "open_run"]

@@ -1,0 +1,251 @@
+"""Optimizer state dicts → hyper-parameters (`ParamGroup`s) and per-parameter state.
+
+`Optimizer.state_dict()` numbers parameters by position, in the order they appear across
+`param_groups` (for a single group: `model.parameters()` order), not by name. We map positions to
+names through the model state_dict's order, leaving out buffers, and check every shape we can. When
+torch saved `param_names` (optimizers built from `named_parameters()`) those are used directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from normscope.snapshot import ParamGroup
+
+from ._keys import clean_names
+
+# buffers that are never optimizer parameters
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+STATE_TENSOR_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
+
+
+@dataclass
+class OptimizerInfo:
+    optimizer: str | None
+    param_groups: tuple[ParamGroup, ...]
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def optimizer_type(group: Mapping[str, Any]) -> str | None:
+    """Tell the optimizer class from the keys torch writes in its param_groups."""
+    if "betas" in group:
+        if group.get("decoupled_weight_decay"):
+            return "AdamW"
+        if "decoupled_weight_decay" in group or "amsgrad" in group:
+            return "Adam"
+        return "Adam-family"
+    if "nesterov" in group and "dampening" in group:
+        return "SGD"
+    if "alpha" in group and "centered" in group:
+        return "RMSprop"
+    if "lr_decay" in group:
+        return "Adagrad"
+    return None
+
+
+def _float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _betas(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        b1, b2 = _float(value[0]), _float(value[1])
+        if b1 is not None and b2 is not None:
+            return (b1, b2)
+    return None
+
+
+def _param_group(
+    group: Mapping[str, Any], names: Sequence[str], kind: str | None
+) -> ParamGroup:
+    nesterov = group.get("nesterov")
+    decoupled = group.get("decoupled_weight_decay")
+    if decoupled is None and kind == "AdamW":
+        decoupled = True
+    return ParamGroup(
+        params=tuple(names),
+        lr=_float(group.get("lr")),
+        weight_decay=_float(group.get("weight_decay")),
+        momentum=_float(group.get("momentum")),
+        dampening=_float(group.get("dampening")),
+        nesterov=bool(nesterov) if nesterov is not None else None,
+        betas=_betas(group.get("betas")),
+        eps=_float(group.get("eps")),
+        decoupled_weight_decay=bool(decoupled) if decoupled is not None else None,
+    )
+
+
+def _shape_of(state: Mapping[str, Any]) -> tuple[int, ...] | None:
+    for key in STATE_TENSOR_KEYS:
+        value = state.get(key)
+        if value is not None and hasattr(value, "shape"):
+            return tuple(value.shape)
+    return None
+
+
+_MAX_STATES = (
+    200_000  # give up (and keep only hyper-parameters) beyond this much search
+)
+
+
+def _map_positions(
+    groups: Sequence[Sequence[int]],
+    state: Mapping[int, Mapping[str, Any]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[int, str] | None:
+    """Optimizer position -> parameter name, or None when no single mapping fits the shapes.
+
+    Each param group lists its parameters in model order, but groups may interleave (the usual
+    decay / no-decay split), and the model may hold tensors the optimizer does not (frozen
+    parameters, float buffers). So: walk the model's tensors in order, giving each to the next open
+    slot of a group whose saved state has the same shape (a slot without state fits any shape) or
+    skipping it, and accept the result only if exactly one assignment uses every slot.
+    """
+    wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
+    total = sum(len(w) for w in wanted)
+    skips = len(candidates) - total
+    if skips < 0:
+        return None
+    start = tuple(0 for _ in wanted)
+    # state: slots filled per group -> (number of ways, capped at 2; back-pointer)
+    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
+        {start: (1, None, -1)}
+    ]
+    for i, name in enumerate(candidates):
+        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
+        for filled, (ways, _prev, _choice) in layers[-1].items():
+            moves = []
+            if i - sum(filled) < skips:
+                moves.append((filled, -1))
+            for k, group in enumerate(wanted):
+                j = filled[k]
+                if j < len(group) and (group[j] is None or group[j] == shapes[name]):
+                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
+            for nxt, choice in moves:
+                old = here.get(nxt)
+                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
+        if not here or len(here) > _MAX_STATES:
+            return None
+        layers.append(here)
+    end = tuple(len(w) for w in wanted)
+    if layers[-1].get(end, (0,))[0] != 1:
+        return None
+    mapping: dict[int, str] = {}
+    filled = end
+    for i in range(len(candidates), 0, -1):
+        _ways, prev, choice = layers[i][filled]
+        if choice >= 0:
+            mapping[groups[choice][filled[choice] - 1]] = candidates[i - 1]
+        filled = prev  # type: ignore[assignment]
+    return mapping
+
+
+def _map_by_unique_shape(
+    groups: Sequence[Sequence[int]],
+    state: Mapping[int, Mapping[str, Any]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[int, str]:
+    """For models whose parameter order is lost (safetensors sorts its keys): map only the positions
+    whose shape occurs once among the optimizer's positions and once among the model's tensors."""
+    wanted = {pos: _shape_of(state.get(pos, {})) for group in groups for pos in group}
+    position_count: dict[tuple[int, ...], int] = {}
+    for shape in wanted.values():
+        if shape is not None:
+            position_count[shape] = position_count.get(shape, 0) + 1
+    names_by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name in candidates:
+        names_by_shape.setdefault(shapes[name], []).append(name)
+    return {
+        pos: names_by_shape[shape][0]
+        for pos, shape in wanted.items()
+        if shape is not None
+        and position_count[shape] == 1
+        and len(names_by_shape.get(shape, ())) == 1
+    }
+
+
+def read_optimizer(
+    opt: Mapping[str, Any],
+    model_names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    make_ref: Callable[[str, Any], Any],
+    where: str,
+    *,
+    order_known: bool = True,
+) -> OptimizerInfo:
+    """Hyper-parameters and per-parameter state of one optimizer state_dict.
+
+    `model_names` are the clean names of the model's floating tensors in state_dict order;
+    `make_ref(name, tensor)` wraps a state tensor as a lazy ref. `order_known=False` says the
+    model's tensors are not in `model.parameters()` order (safetensors), so only parameters whose
+    shape identifies them get their state.
+    """
+    groups = opt.get("param_groups") or []
+    state: Mapping[int, Mapping[str, Any]] = opt.get("state") or {}
+    if not isinstance(groups, (list, tuple)) or not all(
+        isinstance(g, Mapping) for g in groups
+    ):
+        return OptimizerInfo(
+            None, (), warnings=[f"{where}: optimizer param_groups unreadable; ignored"]
+        )
+    kind = next((k for k in (optimizer_type(g) for g in groups) if k), None)
+    group_positions = [list(g.get("params") or []) for g in groups]
+    positions = [p for ps in group_positions for p in ps]
+    warnings: list[str] = []
+
+    by_pos: dict[int, str] | None
+    saved_names = [n for g in groups for n in (g.get("param_names") or [])]
+    if saved_names and len(saved_names) == len(positions):
+        cleaned = clean_names(saved_names)
+        by_pos = dict(zip(positions, (cleaned[n] for n in saved_names)))
+        if not all(n in shapes for n in by_pos.values()):
+            by_pos = None
+    else:
+        candidates = [n for n in model_names if not n.endswith(_BUFFER_SUFFIXES)]
+        if order_known:
+            by_pos = _map_positions(group_positions, state, candidates, shapes)
+        else:
+            by_pos = _map_by_unique_shape(group_positions, state, candidates, shapes)
+            missing = len(positions) - len(by_pos)
+            if missing and by_pos:
+                warnings.append(
+                    f"{where}: the weights file does not keep parameter order and the optimizer has "
+                    f"no param_names; state kept for the {len(by_pos)} parameters whose shape "
+                    f"identifies them, dropped for {missing} others"
+                )
+            by_pos = by_pos or None
+    if by_pos is None:
+        warnings.append(
+            f"{where}: could not match the optimizer's {len(positions)} parameters to the model's "
+            f"{len(model_names)} tensors; kept its hyper-parameters, dropped per-parameter state"
+        )
+        param_groups = tuple(_param_group(g, (), kind) for g in groups)
+        return OptimizerInfo(kind, param_groups, {}, warnings)
+
+    param_groups = tuple(
+        _param_group(g, [by_pos[p] for p in g.get("params") or [] if p in by_pos], kind)
+        for g in groups
+    )
+    per_param: dict[str, dict[str, Any]] = {}
+    for pos, name in by_pos.items():
+        entry: dict[str, Any] = {}
+        for key, value in (state.get(pos) or {}).items():
+            if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
+                entry[key] = make_ref(f"{name}:{key}", value)
+            elif key == "step":
+                step = _float(value.item() if hasattr(value, "item") else value)
+                if step is not None:
+                    entry["step"] = step
+        if entry:
+            per_param[name] = entry
+    return OptimizerInfo(kind, param_groups, per_param, warnings)

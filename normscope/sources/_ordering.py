@@ -1,0 +1,157 @@
+"""Putting snapshots in time order, with the best evidence every snapshot has.
+
+Evidence, strongest first: step/epoch stored in the checkpoint; a trainer's state file; numbers in
+the file name (`checkpoint-N`, `epoch=E-step=S`, `step_N`, `global_stepN`, `epoch_N`, then a
+natural sort); the file's modification time. One level is used for the whole run — the strongest
+that every snapshot has — so a run is never ordered by a mix of clocks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from normscope.snapshot import (
+    ORDER_EMBEDDED,
+    ORDER_FILENAME,
+    ORDER_MTIME,
+    ORDER_TRAINER_STATE,
+    ParamGroup,
+    Snapshot,
+    SnapshotMeta,
+)
+
+
+@dataclass
+class PendingSnapshot:
+    """What a layout found in one checkpoint, before the run is ordered."""
+
+    path: str
+    label: str  # the name the user knows it by (relative to the run root)
+    tensors: Mapping[str, Any]
+    optimizer_state: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    optimizer: str | None = None
+    param_groups: tuple[ParamGroup, ...] = ()
+    hyperparams_source: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    embedded_step: int | None = None
+    embedded_epoch: float | None = None
+    trainer_step: int | None = None
+    trainer_epoch: float | None = None
+
+
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"epoch=(\d+)-step=(\d+)"), "epoch-step"),
+    (re.compile(r"checkpoint-(\d+)"), "step"),
+    (re.compile(r"global_step[-_]?(\d+)"), "step"),
+    (
+        re.compile(r"(?:^|[^a-z])(?:step|iter|iteration)[-_=]?(\d+)", re.IGNORECASE),
+        "step",
+    ),
+    (re.compile(r"(?:^|[^a-z])epoch[-_=]?(\d+)", re.IGNORECASE), "epoch"),
+)
+_DIGITS = re.compile(r"(\d+)")
+
+
+def name_numbers(label: str) -> tuple[int | None, int | None]:
+    """(step, epoch) read from a file name, either possibly None."""
+    for pattern, kind in _PATTERNS:
+        m = pattern.search(label)
+        if m:
+            if kind == "epoch-step":
+                return int(m.group(2)), int(m.group(1))
+            if kind == "step":
+                return int(m.group(1)), None
+            return None, int(m.group(1))
+    return None, None
+
+
+def natural_key(label: str) -> tuple[Any, ...] | None:
+    """Sort key treating digit runs as numbers; None when the name has no digits at all."""
+    parts = _DIGITS.split(label)
+    if len(parts) == 1:
+        return None
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts))
+
+
+def _keys_at(level: str, pending: list[PendingSnapshot]) -> list[Any] | None:
+    if level == ORDER_EMBEDDED:
+        if all(p.embedded_step is not None for p in pending):
+            return [(p.embedded_step, p.embedded_epoch or 0.0) for p in pending]
+        if all(p.embedded_epoch is not None for p in pending):
+            return [(p.embedded_epoch,) for p in pending]
+        return None
+    if level == ORDER_TRAINER_STATE:
+        if all(p.trainer_step is not None for p in pending):
+            return [(p.trainer_step,) for p in pending]
+        return None
+    if level == ORDER_FILENAME:
+        parsed = [name_numbers(p.label) for p in pending]
+        if all(s is not None for s, _ in parsed):
+            return [(s, e or 0) for s, e in parsed]
+        if all(e is not None for _, e in parsed):
+            return [(e,) for _, e in parsed]
+        natural = [natural_key(p.label) for p in pending]
+        if all(k is not None for k in natural):
+            return natural
+        return None
+    return [(os.stat(p.path).st_mtime_ns,) for p in pending]
+
+
+def order_snapshots(
+    pending: list[PendingSnapshot],
+) -> tuple[list[Snapshot], str, list[str]]:
+    """Snapshots in time order, the ORDER_* level used, and notes on anything ambiguous."""
+    warnings: list[str] = []
+    for level in (ORDER_EMBEDDED, ORDER_TRAINER_STATE, ORDER_FILENAME, ORDER_MTIME):
+        keys = _keys_at(level, pending)
+        if keys is not None:
+            break
+    # ties keep a stable, name-based order so the same directory always reads the same way
+    ranked = sorted(
+        zip(keys, pending),
+        key=lambda kp: (kp[0], natural_key(kp[1].label) or (), kp[1].label),
+    )
+    seen: dict[Any, list[str]] = {}
+    for key, p in ranked:
+        seen.setdefault(key, []).append(p.label)
+    for key, labels in seen.items():
+        if len(labels) > 1:
+            warnings.append(
+                f"{len(labels)} snapshots share the same {level} position {_show_key(key)}: "
+                f"{', '.join(labels)} (kept in name order)"
+            )
+    if level == ORDER_MTIME and len(pending) > 1:
+        warnings.append(
+            "no step, epoch or number in the names: ordered by file modification time"
+        )
+    return [_finish(p, level) for _, p in ranked], level, warnings
+
+
+def _show_key(key: Any) -> str:
+    return "/".join(str(k) for k in key) if isinstance(key, tuple) else str(key)
+
+
+def _finish(p: PendingSnapshot, level: str) -> Snapshot:
+    name_step, name_epoch = name_numbers(p.label)
+    step = next(
+        (s for s in (p.embedded_step, p.trainer_step, name_step) if s is not None), None
+    )
+    epoch = next(
+        (e for e in (p.embedded_epoch, p.trainer_epoch, name_epoch) if e is not None),
+        None,
+    )
+    meta = SnapshotMeta(
+        path=p.path,
+        step=None if step is None else int(step),
+        epoch=None if epoch is None else float(epoch),
+        order_source=level,
+        optimizer=p.optimizer,
+        param_groups=p.param_groups,
+        hyperparams_source=p.hyperparams_source,
+        extra=dict(p.extra),
+    )
+    return Snapshot(meta=meta, tensors=p.tensors, optimizer_state=p.optimizer_state)

@@ -1,0 +1,221 @@
+"""Reading `torch.save` files safely: weights_only always, mmap when the file is a zip.
+
+No code from a checkpoint ever runs here: torch's weights_only unpickler refuses anything that is
+not a tensor, container or primitive, and we name the refused globals by disassembling the pickle
+(never by executing it).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import pickletools
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from normscope.errors import BadInputError, UnsafeCheckpointError
+
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = 0x80  # protocol >= 2 pickles start with PROTO
+
+
+def read_head(path: str, n: int = 16) -> bytes:
+    """The first bytes of a file, or a BadInputError naming why it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path} is a directory, expected a file") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def is_torch_zip(path: str) -> bool:
+    """A `torch.save` zip archive: zip magic and a `<archive>/data.pkl` record."""
+    if read_head(path, 4) != ZIP_MAGIC:
+        return False
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(
+                n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()
+            )
+    except (zipfile.BadZipFile, OSError):
+        # A truncated torch zip loses its central directory; still claim it so the user hears
+        # "truncated torch checkpoint" rather than "unknown file type".
+        return True
+
+
+def is_pickle(path: str) -> bool:
+    """A legacy (pre-1.6, non-zip) torch file or any protocol-2+ pickle."""
+    head = read_head(path, 2)
+    return len(head) == 2 and head[0] == PICKLE_PROTO and 2 <= head[1] <= 5
+
+
+def sniff_torch_file(path: str) -> bool:
+    return os.path.isfile(path) and (is_torch_zip(path) or is_pickle(path))
+
+
+def zip_pickle_bytes(path: str) -> bytes | None:
+    """The raw `data.pkl` of a torch zip (small: tensor data lives in other records), or None."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+            return zf.read(name) if name else None
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+
+
+def _legacy_globals(path: str) -> list[str]:
+    """Globals named in a non-zip pickle stream, found by disassembly (nothing is executed)."""
+    from torch import _weights_only_unpickler as wou
+
+    allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+    found: set[str] = set()
+    with open(path, "rb") as f:
+        for _ in range(
+            4
+        ):  # legacy torch files: magic, protocol, sys info, then the object
+            strings: list[str] = []
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.add(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.add(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str):
+                        strings.append(arg)
+            except Exception:  # noqa: BLE001 - end of stream or raw tensor bytes after the pickles
+                break
+    return sorted(found - allowed)
+
+
+def unsafe_globals(path: str) -> list[str]:
+    import torch
+
+    try:
+        if read_head(path, 4) == ZIP_MAGIC:
+            return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        return _legacy_globals(path)
+    except Exception:  # noqa: BLE001 - naming them is a courtesy; the refusal stands regardless
+        return []
+
+
+def load_torch_file(path: str) -> Any:
+    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise."""
+    import torch
+
+    read_head(path, 1)  # permission and existence errors as one line
+    mmap = read_head(path, 4) == ZIP_MAGIC
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        names = unsafe_globals(path)
+        if names:
+            raise UnsafeCheckpointError(
+                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from a "
+                "checkpoint — re-save it as a plain state_dict or safetensors"
+            ) from None
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
+        raise BadInputError(
+            f"{path} is not a readable torch checkpoint: {first}"
+        ) from None
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        KeyError,
+    ) as exc:
+        first = (
+            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        )
+        raise BadInputError(
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {first}"
+        ) from None
+
+
+# -- taking a loaded checkpoint apart -------------------------------------------------------------
+
+MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
+              "weights", "params", "params_ema")  # fmt: skip
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates")
+EPOCH_KEYS = ("epoch",)
+
+
+def _is_tensor(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if _is_tensor(value) and value.numel() == 1:
+        return value.item()
+    return None
+
+
+def split_checkpoint(
+    obj: Any, path: str, is_tensor: Callable[[Any], bool] = _is_tensor
+) -> tuple[Mapping[str, Any], Any, int | None, float | None]:
+    """(model state_dict, optimizer state_dict or None, embedded step, embedded epoch).
+
+    `is_tensor` tells tensors (or lazy refs standing for them) from other values.
+    """
+
+    def _tensor_dict(value: Any) -> bool:
+        return isinstance(value, Mapping) and any(is_tensor(v) for v in value.values())
+
+    if not isinstance(obj, Mapping):
+        if is_tensor(obj):
+            raise BadInputError(f"{path} holds a single tensor, not a state_dict")
+        raise BadInputError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    if all(is_tensor(v) for v in obj.values()) and obj:
+        return obj, None, None, None
+    model: Mapping[str, Any] | None = None
+    for key in MODEL_KEYS:
+        value = obj.get(key)
+        if _tensor_dict(value):
+            model = value
+            break
+        if isinstance(
+            value, Mapping
+        ):  # one more level, e.g. {"model": {"state_dict": ...}}
+            inner = next(
+                (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
+            )
+            if inner is not None:
+                model = inner
+                break
+    if model is None:
+        tensors = {k: v for k, v in obj.items() if is_tensor(v)}
+        if not tensors:
+            keys = ", ".join(sorted(map(str, obj))[:8])
+            raise BadInputError(f"{path} has no model tensors (top-level keys: {keys})")
+        model = tensors
+    optimizer = next(
+        (obj[k] for k in OPTIMIZER_KEYS if isinstance(obj.get(k), Mapping)), None
+    )
+    if optimizer is None and isinstance(obj.get("optimizer_states"), (list, tuple)):
+        states = obj["optimizer_states"]
+        optimizer = states[0] if states and isinstance(states[0], Mapping) else None
+    step = next(
+        (_number(obj[k]) for k in STEP_KEYS if _number(obj.get(k)) is not None), None
+    )
+    epoch = next(
+        (_number(obj[k]) for k in EPOCH_KEYS if _number(obj.get(k)) is not None), None
+    )
+    return model, optimizer, None if step is None else int(step), epoch

@@ -1,0 +1,147 @@
+"""Hugging Face Trainer output: `checkpoint-N/` directories, or one of them.
+
+Each holds model weights (`model.safetensors`, a sharded index, or `pytorch_model.bin`),
+`optimizer.pt` and `trainer_state.json` (`global_step`, fractional `epoch`). `training_args.bin`
+is a pickled arbitrary object and is never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Run
+
+from ._assemble import build_run
+from ._files import label_of, subdirs_in
+from ._optimizer import read_optimizer
+from ._ordering import PendingSnapshot
+from ._refs import TorchTensorRef
+from ._torchio import load_torch_file
+from .safetensors_files import read_index, read_safetensors_snapshot
+from .torch_files import pending_from_parts, read_torch_checkpoint
+
+TRAINER_STATE = "trainer_state.json"
+_WEIGHT_FILES = (
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+    "adapter_model.safetensors",
+)
+
+
+def _weights_file(directory: str) -> str | None:
+    return next(
+        (
+            os.path.join(directory, n)
+            for n in _WEIGHT_FILES
+            if os.path.isfile(os.path.join(directory, n))
+        ),
+        None,
+    )
+
+
+def is_checkpoint_dir(directory: str) -> bool:
+    return (
+        os.path.isfile(os.path.join(directory, TRAINER_STATE))
+        or _weights_file(directory) is not None
+    )
+
+
+def _trainer_state(directory: str) -> dict[str, Any]:
+    path = os.path.join(directory, TRAINER_STATE)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied") from None
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path} is not valid JSON: {exc}") from None
+    return state if isinstance(state, dict) else {}
+
+
+def _read_sharded_bin(index: str, label: str, warnings: list[str]) -> PendingSnapshot:
+    """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
+    merged: dict[str, Any] = {}
+    for shard in read_index(index):
+        merged.update(load_torch_file(shard))
+    return pending_from_parts(index, label, merged, None, None, None, "", warnings)
+
+
+def read_checkpoint_dir(
+    directory: str, label: str, warnings: list[str]
+) -> PendingSnapshot:
+    weights = _weights_file(directory)
+    if weights is None:
+        raise BadInputError(
+            f"{directory} has no model weights (looked for {', '.join(_WEIGHT_FILES)})"
+        )
+    if weights.endswith(".safetensors.index.json"):
+        pending = read_safetensors_snapshot(directory, label, read_index(weights))
+    elif weights.endswith(".safetensors"):
+        pending = read_safetensors_snapshot(directory, label, {weights: []})
+    elif weights.endswith(".bin.index.json"):
+        pending = _read_sharded_bin(weights, label, warnings)
+    else:
+        pending = read_torch_checkpoint(weights, label, warnings)
+    pending.path = directory
+    state = _trainer_state(directory)
+    if isinstance(state.get("global_step"), int):
+        pending.trainer_step = state["global_step"]
+    if isinstance(state.get("epoch"), (int, float)):
+        pending.trainer_epoch = float(state["epoch"])
+    optimizer_path = os.path.join(directory, "optimizer.pt")
+    if os.path.isfile(optimizer_path):
+        optimizer = load_torch_file(optimizer_path)
+        if isinstance(optimizer, dict):
+            tensors = pending.tensors
+            info = read_optimizer(
+                optimizer,
+                list(tensors),
+                {n: tuple(r.shape) for n, r in tensors.items()},
+                lambda name, t: TorchTensorRef(name, t),
+                label,
+                # safetensors sorts its keys: the model's parameter order is gone
+                order_known=not weights.endswith(
+                    (".safetensors", ".safetensors.index.json")
+                ),
+            )
+            pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
+            pending.optimizer_state = info.state
+            pending.hyperparams_source = f"{label}/optimizer.pt param_groups"
+            warnings.extend(info.warnings)
+    return pending
+
+
+class HFTrainerDirs:
+    """A directory of `checkpoint-N/` subdirectories, or one checkpoint directory."""
+
+    name = "hf-trainer"
+
+    def sniff(self, path: str) -> bool:
+        if not os.path.isdir(path):
+            return False
+        if os.path.isfile(os.path.join(path, TRAINER_STATE)):
+            return True
+        return any(os.path.isfile(os.path.join(d, TRAINER_STATE)) or
+                   (_weights_file(d) is not None) for d in subdirs_in(path))  # fmt: skip
+
+    def open(self, path: str) -> Run:
+        warnings: list[str] = []
+        subdirs = [d for d in subdirs_in(path) if is_checkpoint_dir(d)]
+        if not subdirs:
+            dirs, root = [path], os.path.dirname(os.path.abspath(path))
+        else:
+            dirs, root = subdirs, path
+            if _weights_file(path) is not None:
+                warnings.append(
+                    f"ignored the model saved at the top of {path} (usually the final or best model, "
+                    "a copy of one checkpoint); analysing the checkpoint directories"
+                )
+        pending = [read_checkpoint_dir(d, label_of(d, root), warnings) for d in dirs]
+        return build_run(path, self.name, pending, warnings)

@@ -1,0 +1,78 @@
+"""PyTorch Lightning `.ckpt` files: one, or a `ModelCheckpoint` directory of them.
+
+A Lightning checkpoint is a `torch.save` zip holding `state_dict` (keys under the LightningModule's
+attribute, e.g. `model.`), `optimizer_states` (one per optimizer; the first is used), `epoch` and
+`global_step`. `last.ckpt` and `-vN` re-saves are copies of a checkpoint already in the directory
+when they carry the same step, and are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from normscope.snapshot import Run
+
+from ._assemble import build_run
+from ._files import files_in, label_of
+from ._ordering import PendingSnapshot
+from ._torchio import is_torch_zip, zip_pickle_bytes
+from .torch_files import read_torch_checkpoint
+
+_MARKERS = (b"pytorch-lightning_version", b"optimizer_states")
+_COPY_NAME = re.compile(r"(^last(-v\d+)?\.ckpt$)|(-v\d+\.ckpt$)")
+
+
+def sniff_lightning_file(path: str) -> bool:
+    """A torch zip whose pickle names Lightning's own top-level keys (read without unpickling)."""
+    if not (os.path.isfile(path) and is_torch_zip(path)):
+        return False
+    pickled = zip_pickle_bytes(path)
+    return pickled is not None and any(marker in pickled for marker in _MARKERS)
+
+
+def drop_copies(
+    pending: list[PendingSnapshot],
+) -> tuple[list[PendingSnapshot], list[str]]:
+    """Remove `last.ckpt` / `-vN` files whose step another checkpoint already has."""
+    originals = {
+        (p.embedded_step, p.embedded_epoch)
+        for p in pending
+        if not _COPY_NAME.search(os.path.basename(p.path))
+    }
+    kept, notes = [], []
+    for p in pending:
+        key = (p.embedded_step, p.embedded_epoch)
+        if (
+            _COPY_NAME.search(os.path.basename(p.path))
+            and key in originals
+            and key[0] is not None
+        ):
+            notes.append(
+                f"skipped {p.label}: same step ({key[0]}) as another checkpoint"
+            )
+        else:
+            kept.append(p)
+            originals.add(key)
+    return kept, notes
+
+
+class LightningCheckpoints:
+    name = "lightning"
+
+    def sniff(self, path: str) -> bool:
+        if os.path.isfile(path):
+            return sniff_lightning_file(path)
+        return os.path.isdir(path) and any(
+            sniff_lightning_file(p) for p in files_in(path)
+        )
+
+    def open(self, path: str) -> Run:
+        warnings: list[str] = []
+        if os.path.isfile(path):
+            files, root = [path], os.path.dirname(path) or "."
+        else:
+            files, root = [p for p in files_in(path) if sniff_lightning_file(p)], path
+        pending = [read_torch_checkpoint(p, label_of(p, root), warnings) for p in files]
+        pending, notes = drop_copies(pending)
+        return build_run(path, self.name, pending, [*warnings, *notes])

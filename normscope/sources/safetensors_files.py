@@ -1,0 +1,190 @@
+"""safetensors: single files, sharded models (`*.safetensors.index.json`), or directories of them.
+
+Only the JSON header is read when opening; tensors are read by `safe_open` when the engine asks.
+A step or epoch in the header's `__metadata__` counts as embedded ordering evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Run
+
+from ._assemble import build_run
+from ._files import files_in, label_of
+from ._keys import clean_names
+from ._ordering import PendingSnapshot
+from ._refs import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsTensorRef
+from ._torchio import read_head
+
+INDEX_SUFFIX = ".safetensors.index.json"
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors itself refuses larger headers
+
+
+def sniff_safetensors_file(path: str) -> bool:
+    """8-byte little-endian header length, then a JSON object that fits in the file."""
+    if not os.path.isfile(path):
+        return False
+    head = read_head(path, 9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (n,) = struct.unpack("<Q", head[:8])
+    return 2 <= n <= min(_MAX_HEADER, os.path.getsize(path) - 8)
+
+
+def is_index(path: str) -> bool:
+    return path.endswith(INDEX_SUFFIX) and os.path.isfile(path)
+
+
+def read_header(path: str) -> dict[str, Any]:
+    """The parsed header; a one-line BadInputError if it is not a valid safetensors header."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise BadInputError(
+                f"{path} is not a safetensors file (shorter than its header)"
+            )
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(_MAX_HEADER, size - 8):
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (length {n} > file size)"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header: {exc}"
+            ) from None
+    if not isinstance(header, dict):
+        raise BadInputError(
+            f"{path} has a corrupt safetensors header (not a JSON object)"
+        )
+    data_len = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, stop = info["data_offsets"]
+            ok = info["dtype"] in SAFETENSORS_DTYPES and 0 <= start <= stop <= data_len
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)"
+            )
+    return header
+
+
+def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
+    for key in keys:
+        try:
+            return float(meta[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+    return None
+
+
+def safetensors_refs(
+    files: dict[str, list[str]],
+) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
+    """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`."""
+    raw: dict[str, tuple[str, str, tuple[int, ...], str]] = {}
+    metadata: dict[str, Any] = {}
+    for path, wanted in files.items():
+        header = read_header(path)
+        metadata.update(header.get("__metadata__") or {})
+        for key, info in header.items():
+            if key == "__metadata__" or (wanted and key not in wanted):
+                continue
+            dtype = SAFETENSORS_DTYPES[info["dtype"]]
+            if dtype in FLOAT_DTYPES:
+                raw[key] = (path, key, tuple(int(d) for d in info["shape"]), dtype)
+    names = clean_names(raw)
+    refs = {names[k]: SafetensorsTensorRef(names[k], *v) for k, v in raw.items()}
+    return refs, metadata
+
+
+def read_index(index_path: str) -> dict[str, list[str]]:
+    """`{shard file: [tensor keys]}` from a sharded model's index."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except PermissionError:
+        raise BadInputError(f"cannot read {index_path}: permission denied") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(
+            f"{index_path} is not a valid safetensors index: {exc}"
+        ) from None
+    base = os.path.dirname(index_path)
+    shards: dict[str, list[str]] = {}
+    for key, shard in weight_map.items():
+        shards.setdefault(os.path.join(base, shard), []).append(key)
+    for shard in shards:
+        if not os.path.isfile(shard):
+            raise BadInputError(
+                f"{index_path} names a missing shard: {os.path.basename(shard)}"
+            )
+    return shards
+
+
+def read_safetensors_snapshot(
+    path: str, label: str, files: dict[str, list[str]]
+) -> PendingSnapshot:
+    tensors, metadata = safetensors_refs(files)
+    if not tensors:
+        raise BadInputError(f"{path} holds no floating-point tensors")
+    step = _metadata_number(metadata, "global_step", "step")
+    epoch = _metadata_number(metadata, "epoch")
+    return PendingSnapshot(
+        path=path,
+        label=label,
+        tensors=tensors,
+        embedded_step=None if step is None else int(step),
+        embedded_epoch=epoch,
+        extra={"shards": len(files)} if len(files) > 1 else {},
+    )
+
+
+def snapshots_in(path: str, root: str) -> list[PendingSnapshot]:
+    """One snapshot per index (its shards grouped) and per safetensors file not in an index."""
+    if os.path.isfile(path):
+        if is_index(path):
+            return [
+                read_safetensors_snapshot(path, label_of(path, root), read_index(path))
+            ]
+        return [read_safetensors_snapshot(path, label_of(path, root), {path: []})]
+    listed = files_in(path)
+    pending: list[PendingSnapshot] = []
+    sharded: set[str] = set()
+    for index in (p for p in listed if is_index(p)):
+        shards = read_index(index)
+        sharded.update(shards)
+        pending.append(read_safetensors_snapshot(index, label_of(index, root), shards))
+    for file in listed:
+        if file not in sharded and not is_index(file) and sniff_safetensors_file(file):
+            pending.append(
+                read_safetensors_snapshot(file, label_of(file, root), {file: []})
+            )
+    return pending
+
+
+class SafetensorsFiles:
+    """A safetensors file or index, or a directory of them."""
+
+    name = "safetensors"
+
+    def sniff(self, path: str) -> bool:
+        if os.path.isfile(path):
+            return is_index(path) or sniff_safetensors_file(path)
+        return os.path.isdir(path) and any(
+            is_index(p) or sniff_safetensors_file(p) for p in files_in(path)
+        )
+
+    def open(self, path: str) -> Run:
+        root = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
+        return build_run(path, self.name, snapshots_in(path, root), [])

@@ -1,0 +1,138 @@
+"""`torch.save` files (`.pt/.pth/.bin`, any name): one file, or a directory of them.
+
+Bare state_dicts and the usual nested dicts (`model`/`state_dict`/`model_state_dict`/…, plus
+`optimizer`, `epoch`, `step`, `global_step`) are understood. Loaded with `weights_only=True`
+and `mmap=True`, so tensors stay on disk until the engine touches them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Run
+
+from ._assemble import build_run
+from ._files import files_in, label_of
+from ._keys import clean_names
+from ._optimizer import read_optimizer
+from ._ordering import PendingSnapshot
+from ._refs import FLOAT_DTYPES, ChunkedTensorRef, TorchTensorRef
+from ._torchio import (
+    ZIP_MAGIC,
+    load_torch_file,
+    read_head,
+    sniff_torch_file,
+    split_checkpoint,
+)
+
+
+def as_ref(name: str, value: Any) -> Any:
+    """A loaded (mmap-backed) tensor wrapped as a ref; a ref already lazy gets the clean name."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return TorchTensorRef(name, value)
+    return dataclasses.replace(value, name=name)
+
+
+def _is_float(value: Any) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point()
+    return isinstance(value, ChunkedTensorRef) and value.dtype in FLOAT_DTYPES
+
+
+def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Floating-point tensors under clean names; integer/bool buffers (num_batches_tracked) skipped."""
+    floats = {k: v for k, v in state_dict.items() if _is_float(v)}
+    names = clean_names(floats)
+    return {names[k]: as_ref(names[k], v) for k, v in floats.items()}
+
+
+def pending_from_parts(
+    path: str,
+    label: str,
+    state_dict: Mapping[str, Any],
+    optimizer: Mapping[str, Any] | None,
+    step: int | None,
+    epoch: float | None,
+    optimizer_where: str,
+    warnings: list[str],
+) -> PendingSnapshot:
+    tensors = model_refs(state_dict)
+    if not tensors:
+        raise BadInputError(f"{path} holds no floating-point tensors")
+    pending = PendingSnapshot(
+        path=path,
+        label=label,
+        tensors=tensors,
+        embedded_step=step,
+        embedded_epoch=epoch,
+    )
+    if optimizer is not None:
+        info = read_optimizer(
+            optimizer,
+            list(tensors),
+            {n: r.shape for n, r in tensors.items()},
+            as_ref,
+            label,
+        )
+        pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
+        pending.optimizer_state = info.state
+        pending.hyperparams_source = optimizer_where if info.param_groups else None
+        warnings.extend(info.warnings)
+    if os.path.isfile(path) and read_head(path, 4) != ZIP_MAGIC:
+        pending.extra["legacy_format"] = True
+        warnings.append(
+            f"{label}: legacy (non-zip) torch file, read whole into memory (no mmap)"
+        )
+    return pending
+
+
+def read_torch_checkpoint(
+    path: str, label: str, warnings: list[str]
+) -> PendingSnapshot:
+    obj = load_torch_file(path)
+    state_dict, optimizer, step, epoch = split_checkpoint(obj, path)
+    return pending_from_parts(
+        path,
+        label,
+        state_dict,
+        optimizer,
+        step,
+        epoch,
+        f"{label} optimizer param_groups",
+        warnings,
+    )
+
+
+class TorchFiles:
+    """A `torch.save` file, or a directory whose checkpoint files are `torch.save` files."""
+
+    name = "torch"
+
+    def sniff(self, path: str) -> bool:
+        if os.path.isfile(path):
+            return sniff_torch_file(path)
+        return os.path.isdir(path) and any(sniff_torch_file(p) for p in files_in(path))
+
+    def open(self, path: str) -> Run:
+        warnings: list[str] = []
+        if os.path.isfile(path):
+            files, root = [path], os.path.dirname(path) or "."
+        else:
+            listed = files_in(path)
+            files = [p for p in listed if sniff_torch_file(p)]
+            root = path
+            skipped = [os.path.basename(p) for p in listed if p not in files]
+            if skipped:
+                warnings.append(
+                    f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"
+                )
+        pending = [read_torch_checkpoint(p, label_of(p, root), warnings) for p in files]
+        return build_run(path, self.name, pending, warnings)

@@ -1,0 +1,194 @@
+"""Bad input: every case ends in one line (BadInputError / UnsafeCheckpointError), nothing modified."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pickle
+import struct
+
+import pytest
+import torch
+import typer
+from _sources_helpers import fingerprint, load_all, small_cnn, small_mlp
+from safetensors.torch import save_file
+
+from normscope.cli._common import handle_errors
+from normscope.errors import EXIT_BAD_INPUT, BadInputError, UnsafeCheckpointError
+from normscope.sources import open_run
+
+
+class Exploit:
+    """Unpickling this would create `marker`: the proof that code from a checkpoint ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+def _refused(path, error=BadInputError, match=None):  # type: ignore[no-untyped-def]
+    """open_run fails with `error`, in one line, leaving every file as it was."""
+    root = path if os.path.isdir(path) else path.parent
+    before = fingerprint(root)
+    with pytest.raises(error, match=match) as info:
+        load_all(open_run(path))
+    assert "\n" not in str(info.value) and str(info.value)
+    assert fingerprint(root) == before
+    return str(info.value)
+
+
+def test_missing_path(tmp_path):
+    assert "does not exist" in _refused(tmp_path / "nope")
+
+
+def test_empty_directory(tmp_path):
+    assert "empty directory" in _refused(tmp_path)
+
+
+def test_unknown_file_type(tmp_path):
+    (tmp_path / "weights.pt").write_text("this is not a checkpoint\n")
+    assert "not a checkpoint normscope can read" in _refused(tmp_path / "weights.pt")
+
+
+def test_directory_without_checkpoints(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "config.json").write_text("{}")
+    assert "no checkpoints found" in _refused(tmp_path)
+
+
+def test_truncated_torch_zip(tmp_path):
+    torch.save(small_cnn().state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) * 2 // 3])
+    os.remove(tmp_path / "full.pt")
+    assert "truncated or corrupt" in _refused(tmp_path / "cut.pt")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"{not json at all",
+        json.dumps(
+            {"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 4096]}}
+        ).encode(),
+    ],
+    ids=["bad-json", "offsets-past-end"],
+)
+def test_corrupt_safetensors_header(tmp_path, header):
+    (tmp_path / "m.safetensors").write_bytes(
+        struct.pack("<Q", len(header)) + header + b"\0" * 16
+    )
+    assert "corrupt safetensors header" in _refused(tmp_path / "m.safetensors")
+
+
+def test_safetensors_header_length_past_end_of_file(tmp_path):
+    save_file({"w": torch.ones(4)}, tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", 10**6) + data[8:])
+    # the sniffer no longer recognises it; either way it is one line, and nothing is read
+    message = _refused(tmp_path / "m.safetensors")
+    assert "m.safetensors" in message
+
+
+def test_raw_pickle_that_would_run_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    (tmp_path / "model.pt").write_bytes(pickle.dumps(Exploit(str(marker))))
+    message = _refused(tmp_path / "model.pt", UnsafeCheckpointError)
+    assert "io.open" in message and "never runs code" in message
+    assert not marker.exists()
+
+
+def test_torch_save_of_an_object_that_would_run_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    torch.save(
+        {"model": small_mlp().state_dict(), "hook": Exploit(str(marker))},
+        tmp_path / "ckpt.pt",
+    )
+    message = _refused(tmp_path / "ckpt.pt", UnsafeCheckpointError)
+    assert "io.open" in message
+    assert not marker.exists()
+
+
+def test_legacy_format_object_that_would_run_code(tmp_path):
+    marker = tmp_path / "code_ran"
+    payload = {"model": small_mlp().state_dict(), "hook": Exploit(str(marker))}
+    torch.save(payload, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    _refused(tmp_path / "old.pt", UnsafeCheckpointError)
+    assert not marker.exists()
+
+
+def test_directory_mixing_unrelated_models(tmp_path):
+    for step in (1, 2):
+        torch.save(
+            {"model": small_cnn().state_dict(), "step": step},
+            tmp_path / f"cnn_{step}.pt",
+        )
+    bigger = torch.nn.Sequential(*(torch.nn.Linear(4, 4) for _ in range(6)))
+    torch.save({"model": bigger.state_dict(), "step": 3}, tmp_path / "mlp_3.pt")
+    message = _refused(tmp_path)
+    assert "mixes unrelated models" in message
+    assert "cnn_1.pt, cnn_2.pt" in message and "mlp_3.pt" in message
+
+
+def test_unreadable_file(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip(
+            "root reads files whatever their mode; see the as-root variant below"
+        )
+    torch.save(small_mlp().state_dict(), tmp_path / "a.pt")
+    os.chmod(tmp_path / "a.pt", 0)
+    try:
+        assert "permission denied" in _refused(tmp_path / "a.pt")
+    finally:
+        os.chmod(tmp_path / "a.pt", 0o644)
+
+
+def test_unreadable_file_as_root(tmp_path, monkeypatch):
+    """Root ignores file modes, so the kernel's EACCES is imitated at `open` for one real file."""
+    torch.save(small_mlp().state_dict(), tmp_path / "a.pt")
+    locked = os.fspath(tmp_path / "a.pt")
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if os.fspath(file) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_open(file, *args, **kwargs)
+
+    before = fingerprint(tmp_path)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    for path in (tmp_path / "a.pt", tmp_path):
+        with pytest.raises(BadInputError, match=f"cannot read {locked}: permission denied"):
+            open_run(path)
+    monkeypatch.undo()
+    assert fingerprint(tmp_path) == before
+
+
+def test_nan_and_inf_weights_are_not_a_source_error(tmp_path):
+    sd = small_mlp().state_dict()
+    sd["0.weight"][0, 0] = float("nan")
+    sd["3.bias"][1] = float("inf")
+    torch.save(sd, tmp_path / "w.pt")
+    (snap,) = open_run(tmp_path / "w.pt").snapshots
+    assert torch.isnan(snap.tensors["0.weight"].load()).sum() == 1
+    assert torch.isinf(snap.tensors["3.bias"].load()).sum() == 1
+
+
+def test_the_cli_turns_a_source_error_into_one_line_and_exit_2(tmp_path, capsys):
+    @handle_errors
+    def command() -> None:
+        open_run(tmp_path)
+
+    with pytest.raises(typer.Exit) as info:
+        command()
+    assert info.value.exit_code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "empty directory" in err
+
+
+def test_every_must_be_positive(tmp_path):
+    torch.save(small_mlp().state_dict(), tmp_path / "w.pt")
+    with pytest.raises(BadInputError, match="at least 1"):
+        open_run(tmp_path, every=0)

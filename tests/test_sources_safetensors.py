@@ -1,0 +1,102 @@
+"""safetensors: single files, sharded indexes, directories; lazy refs and row-range reads."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from _sources_helpers import small_mlp
+from safetensors.torch import save_file
+
+from normscope.snapshot import ORDER_EMBEDDED, ORDER_FILENAME
+from normscope.sources import open_run
+from normscope.sources._refs import SafetensorsTensorRef
+
+
+def _save_sharded(directory, tensors, n_shards=2, prefix="model"):  # type: ignore[no-untyped-def]
+    keys = list(tensors)
+    weight_map = {}
+    for i in range(n_shards):
+        shard = f"{prefix}-{i + 1:05d}-of-{n_shards:05d}.safetensors"
+        part = {k: tensors[k].contiguous() for k in keys[i::n_shards]}
+        save_file(part, directory / shard)
+        weight_map |= dict.fromkeys(part, shard)
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (directory / f"{prefix}.safetensors.index.json").write_text(json.dumps(index))
+
+
+def test_single_file_is_lazy_and_exact(tmp_path):
+    tensors = {"emb.weight": torch.randn(10, 4), "ln.weight": torch.ones(4, dtype=torch.bfloat16),
+               "ids": torch.arange(5)}  # fmt: skip
+    save_file(tensors, tmp_path / "model.safetensors")
+    run = open_run(tmp_path / "model.safetensors")
+    assert run.layout == "safetensors"
+    (snap,) = run.snapshots
+    assert set(snap.tensors) == {"emb.weight", "ln.weight"}  # integer tensor skipped
+    ref = snap.tensors["emb.weight"]
+    assert isinstance(ref, SafetensorsTensorRef)
+    assert (ref.shape, ref.dtype, ref.numel, ref.nbytes) == (
+        (10, 4),
+        "float32",
+        40,
+        160,
+    )
+    assert (
+        snap.tensors["ln.weight"].dtype == "bfloat16"
+        and snap.tensors["ln.weight"].nbytes == 8
+    )
+    assert torch.equal(ref.load(), tensors["emb.weight"])
+    assert torch.equal(ref.load_rows(3, 7), tensors["emb.weight"][3:7])
+
+
+def test_sharded_index_is_one_snapshot(tmp_path):
+    model = small_mlp()
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    _save_sharded(tmp_path, sd)
+    run = open_run(tmp_path)
+    (snap,) = run.snapshots
+    assert set(snap.tensors) == set(sd)
+    assert snap.meta.extra["shards"] == 2
+    for name, ref in snap.tensors.items():
+        assert torch.equal(ref.load(), sd[name])
+    assert (
+        open_run(tmp_path / "model.safetensors.index.json").snapshots[0].tensors.keys()
+        == snap.tensors.keys()
+    )
+
+
+def test_directory_of_files_ordered_by_metadata_step(tmp_path):
+    model = small_mlp()
+    for name, step in (
+        ("final.safetensors", 30),
+        ("warm.safetensors", 10),
+        ("mid.safetensors", 20),
+    ):
+        save_file(
+            model.state_dict(),
+            tmp_path / name,
+            metadata={"step": str(step), "epoch": "1.5"},
+        )
+    run = open_run(tmp_path)
+    assert run.ordering == ORDER_EMBEDDED
+    assert [s.meta.step for s in run.snapshots] == [10, 20, 30]
+    assert run.snapshots[0].meta.epoch == 1.5
+
+
+def test_directory_of_files_ordered_by_name(tmp_path):
+    model = small_mlp()
+    for step in (200, 1000, 30):
+        save_file(model.state_dict(), tmp_path / f"global_step{step}.safetensors")
+    run = open_run(tmp_path)
+    assert run.ordering == ORDER_FILENAME
+    assert [s.meta.step for s in run.snapshots] == [30, 200, 1000]
+
+
+def test_prefixes_cleaned(tmp_path):
+    model = small_mlp()
+    save_file(
+        {"module." + k: v for k, v in model.state_dict().items()},
+        tmp_path / "m.safetensors",
+    )
+    (snap,) = open_run(tmp_path / "m.safetensors").snapshots
+    assert set(snap.tensors) == set(model.state_dict())
