@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from normscope.check.findings import CheckResult
-from normscope.check.runner import run_check
+from normscope.check.runner import build_rules, run_check
 from normscope.config import ResolvedConfig, load_config
 
 
@@ -33,11 +33,12 @@ def check_path(
     config = resolved.config
     options = {"include": config.include, "exclude": config.exclude, "every": config.every,
                "device": config.device}
+    rules = build_rules(config.check, with_baseline=bool(config.check.baseline))  # config errors first
     trajectory = load_trajectory(path, **options)
     baseline = None
     if config.check.baseline:
         baseline = load_trajectory(config.check.baseline, **options)
-    result = run_check(trajectory, config.check, baseline=baseline, run_path=str(path),
+    result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
                        baseline_path=config.check.baseline,
                        config_file=str(resolved.file) if resolved.file else None)
     notes = list(trajectory.warnings) + [f"baseline: {w}" for w in (baseline.warnings if baseline else [])]
