@@ -1,0 +1,1 @@
+"""Small real training runs on scikit-learn's bundled digits, and the code that trained them."""

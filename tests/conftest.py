@@ -1,0 +1,77 @@
+"""Shared fixtures: the committed sample runs, and a fresh tiny run trained by the same code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLE_RUNS = REPO_ROOT / "sample_runs"
+TINY_RUN_EPOCHS = 3  # epoch_000.pt … epoch_003.pt, 23 steps per epoch, LR ×0.1 after epoch 2
+
+
+@pytest.fixture(scope="session")
+def sample_runs_dir() -> Path:
+    return SAMPLE_RUNS
+
+
+@pytest.fixture(scope="session")
+def sample_manifest() -> dict:
+    """``sample_runs/manifest.json``: hyper-parameters, checkpoint names and per-epoch measurements."""
+    return json.loads((SAMPLE_RUNS / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def sgd_run_dir() -> Path:
+    """BN CNN + SGD (momentum 0.9, wd 1e-3, lr 0.2 → 0.02 at epoch 45): ``epoch_000.pt`` … ``epoch_060.pt``."""
+    return SAMPLE_RUNS / "digits_bn_cnn_sgd"
+
+
+@pytest.fixture(scope="session")
+def adamw_run_dir() -> Path:
+    """Pre-LN transformer + AdamW via the real HF Trainer: ``checkpoint-23/`` … ``checkpoint-460/``."""
+    return SAMPLE_RUNS / "digits_ln_transformer_adamw"
+
+
+@pytest.fixture(scope="session")
+def lightning_run_dir() -> Path:
+    """BN CNN via a real Lightning Trainer, 5 epochs: ``epoch=0-step=23.ckpt`` … ``epoch=4-step=115.ckpt``
+    and ``last.ckpt``; state_dict keys carry the ``model.`` prefix."""
+    return SAMPLE_RUNS / "digits_bn_cnn_lightning"
+
+
+@pytest.fixture(scope="session")
+def _digits_split():
+    pytest.importorskip("sklearn", reason="the sample runs need scikit-learn (normscope[samples])")
+    from sample_runs.digits import load_digits_split
+
+    return load_digits_split()
+
+
+@pytest.fixture
+def make_tiny_run(_digits_split) -> Callable[..., Path]:
+    """Factory: ``make_tiny_run(directory, epochs=3)`` trains a real BN CNN + SGD run there (≈ 1 s)
+    with ``sample_runs.sgd_run.train_sgd_run`` — the code ``train.py`` uses — and returns the directory."""
+    from sample_runs.sgd_run import SGDRunConfig, train_sgd_run
+
+    def make(directory: Path, epochs: int = TINY_RUN_EPOCHS) -> Path:
+        config = SGDRunConfig(epochs=epochs, decay_epochs=(max(1, epochs - 1),))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the committed runs were trained on one thread; match them bit for bit
+        try:
+            train_sgd_run(directory, config, _digits_split)
+        finally:
+            torch.set_num_threads(threads)
+        return directory
+
+    return make
+
+
+@pytest.fixture
+def tiny_trained_run(tmp_path, make_tiny_run) -> Path:
+    """A fresh 3-epoch BN CNN run in ``tmp_path / "tiny_run"`` (4 checkpoints, steps 0/23/46/69)."""
+    return make_tiny_run(tmp_path / "tiny_run")
