@@ -20,6 +20,10 @@ def test_help_does_not_import_torch_or_pandas():
 
 
 def test_version():
-    out = subprocess.run([sys.executable, "-m", "normscope", "--version"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "normscope", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.startswith("normscope ")

@@ -160,7 +160,9 @@ def test_unreadable_file_as_root(tmp_path, monkeypatch):
     before = fingerprint(tmp_path)
     monkeypatch.setattr(builtins, "open", guarded_open)
     for path in (tmp_path / "a.pt", tmp_path):
-        with pytest.raises(BadInputError, match=f"cannot read {locked}: permission denied"):
+        with pytest.raises(
+            BadInputError, match=f"cannot read {locked}: permission denied"
+        ):
             open_run(path)
     monkeypatch.undo()
     assert fingerprint(tmp_path) == before
@@ -192,3 +194,16 @@ def test_every_must_be_positive(tmp_path):
     torch.save(small_mlp().state_dict(), tmp_path / "w.pt")
     with pytest.raises(BadInputError, match="at least 1"):
         open_run(tmp_path, every=0)
+
+
+def test_torch_file_with_a_safetensors_name(tmp_path):
+    torch.save(small_mlp().state_dict(), tmp_path / "w.safetensors")
+    assert "rename it to .pt" in _refused(tmp_path / "w.safetensors")
+
+
+def test_index_naming_a_shard_outside_its_directory(tmp_path):
+    save_file({"w": torch.ones(4)}, tmp_path / "elsewhere.safetensors")
+    (tmp_path / "model").mkdir()
+    index = {"metadata": {}, "weight_map": {"w": "../elsewhere.safetensors"}}
+    (tmp_path / "model" / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert "points outside its directory" in _refused(tmp_path / "model")

@@ -26,9 +26,8 @@ from normscope.sources._refs import ChunkedTensorRef
 
 
 def _save(state, directory):  # type: ignore[no-untyped-def]
-    with (
-        warnings.catch_warnings()
-    ):  # "assuming the intent is to save in a single process"
+    # dcp.save warns "assuming the intent is to save in a single process"
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         dcp.save(state, checkpoint_id=str(directory))
 
@@ -126,3 +125,93 @@ def test_incomplete_save_without_metadata_is_skipped(tmp_path):
     run = open_run(tmp_path)
     assert [s.meta.step for s in run.snapshots] == [1]
     assert any("incomplete" in w for w in run.warnings)
+
+
+def test_name_keyed_optimizer_state_from_distributed_state_dict(tmp_path):
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model = small_mlp()
+    opt = adamw(model)
+    train(model, opt, 2)
+    model_sd, optim_sd = get_state_dict(model, opt)
+    assert isinstance(
+        optim_sd["param_groups"][0]["params"][0], str
+    )  # keyed by name, not position
+    _save({"model": model_sd, "optim": optim_sd, "step": 2}, tmp_path / "ckpt")
+    run = open_run(tmp_path / "ckpt")
+    (snap,) = run.snapshots
+    assert snap.meta.param_groups[0].params == tuple(
+        n for n, _ in model.named_parameters()
+    )
+    for name, param in model.named_parameters():
+        assert torch.equal(
+            snap.optimizer_state[name]["exp_avg"].load(), opt.state[param]["exp_avg"]
+        )
+    assert run.warnings == []
+
+
+_TWO_RANK_SAVE = """
+import os, sys, torch, torch.distributed as dist, torch.multiprocessing as mp
+import torch.distributed.checkpoint as dcp
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+
+def worker(rank, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    mesh = init_device_mesh("cpu", (2,))
+    torch.manual_seed(0)
+    w, b = torch.randn(6, 5), torch.randn(7)
+    model = {"w": distribute_tensor(w, mesh, [Shard(0)]), "b": distribute_tensor(b, mesh, [Shard(0)]),
+             "r": distribute_tensor(torch.ones(3), mesh, [Replicate()])}
+    dcp.save({"model": model, "step": 9}, checkpoint_id=out)
+    dist.destroy_process_group()
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(sys.argv[1], int(sys.argv[2])), nprocs=2)
+"""
+
+
+@pytest.mark.slow
+def test_tensors_sharded_across_two_ranks_are_assembled(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "save.py"
+    script.write_text(_TWO_RANK_SAVE)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "ckpt"), str(port)], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    assert sorted(
+        p for p in os.listdir(tmp_path / "ckpt") if p.endswith(".distcp")
+    ) == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    (snap,) = open_run(tmp_path / "ckpt").snapshots
+    torch.manual_seed(0)
+    w, b = torch.randn(6, 5), torch.randn(7)
+    ref = snap.tensors["w"]
+    assert [(c[0], c[1]) for c in ref.chunks] == [((0, 0), (3, 5)), ((3, 0), (3, 5))]
+    assert torch.equal(ref.load(), w) and torch.equal(ref.load_rows(2, 5), w[2:5])
+    assert torch.equal(snap.tensors["b"].load(), b)
+    assert torch.equal(snap.tensors["r"].load(), torch.ones(3))
+    assert snap.meta.step == 9
+
+
+def test_metadata_naming_a_file_outside_the_checkpoint(tmp_path):
+    import dataclasses
+
+    _save({"model": small_mlp().state_dict()}, tmp_path / "ckpt")
+    # our own, trusted file: rewrite its storage paths to escape the directory
+    metadata = dcp.FileSystemReader(str(tmp_path / "ckpt")).read_metadata()
+    metadata.storage_data = {
+        k: dataclasses.replace(v, relative_path="../../outside.distcp")
+        for k, v in metadata.storage_data.items()
+    }
+    (tmp_path / "ckpt" / ".metadata").write_bytes(pickle.dumps(metadata))
+    with pytest.raises(BadInputError, match="points outside its directory"):
+        open_run(tmp_path / "ckpt")

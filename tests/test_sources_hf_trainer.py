@@ -87,7 +87,9 @@ def test_checkpoint_dirs_ordered_by_trainer_state_with_adamw_state(tmp_path):
         )
         assert last.optimizer_state[name]["step"] == 30.0
     assert set(last.optimizer_state) == {"0.weight", "3.weight", "3.bias"}
-    assert sum("dropped for 3 others" in w for w in run.warnings) == 3
+    # one note for the whole run, not one per checkpoint
+    (note,) = [w for w in run.warnings if "dropped for 3 others" in w]
+    assert note.endswith("(checkpoint-10, checkpoint-20, … 3 snapshots)")
 
 
 def test_pytorch_model_bin_keeps_order_so_interleaved_groups_map_fully(tmp_path):
@@ -150,3 +152,21 @@ def test_nothing_in_the_run_is_modified(tmp_path):
     before = fingerprint(tmp_path / "out")
     load_all(open_run(tmp_path / "out"))
     assert fingerprint(tmp_path / "out") == before
+
+
+def test_model_sharded_into_bin_files_is_one_snapshot(tmp_path):
+    model = small_mlp()
+    sd = model.state_dict()
+    keys = list(sd)
+    weight_map = {}
+    for i, part in enumerate((keys[:2], keys[2:])):
+        shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({k: sd[k] for k in part}, tmp_path / shard)
+        weight_map |= dict.fromkeys(part, shard)
+    (tmp_path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    run = open_run(tmp_path)
+    (snap,) = run.snapshots
+    assert set(snap.tensors) == set(sd)
+    assert torch.equal(snap.tensors["3.weight"].load(), sd["3.weight"])

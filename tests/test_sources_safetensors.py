@@ -100,3 +100,11 @@ def test_prefixes_cleaned(tmp_path):
     )
     (snap,) = open_run(tmp_path / "m.safetensors").snapshots
     assert set(snap.tensors) == set(model.state_dict())
+
+
+def test_other_files_beside_safetensors_are_reported(tmp_path):
+    save_file(small_mlp().state_dict(), tmp_path / "a.safetensors")
+    torch.save(small_mlp().state_dict(), tmp_path / "b.pt")
+    run = open_run(tmp_path)
+    assert len(run.snapshots) == 1
+    assert any("not safetensors: b.pt" in w for w in run.warnings)

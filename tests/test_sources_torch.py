@@ -262,3 +262,37 @@ def test_non_checkpoint_files_in_the_directory_are_ignored(tmp_path):
     run = open_run(tmp_path)
     assert len(run.snapshots) == 1
     assert any("notes.txt" in w for w in run.warnings)
+
+
+def test_repeated_embedded_steps_fall_back_to_names(tmp_path):
+    model = small_mlp()
+    for step in (20, 100, 3):
+        torch.save(
+            {"model": model.state_dict(), "step": 0}, tmp_path / f"step_{step}.pt"
+        )
+    run = open_run(tmp_path)
+    assert run.ordering == ORDER_FILENAME
+    assert [os.path.basename(s.meta.path) for s in run.snapshots] == [
+        "step_3.pt",
+        "step_20.pt",
+        "step_100.pt",
+    ]
+    assert [s.meta.step for s in run.snapshots] == [3, 20, 100]
+    assert any(
+        "embedded positions repeat (0/0.0); ordered by filename instead" in w
+        for w in run.warnings
+    )
+
+
+def test_a_model_that_grows_step_by_step_stays_one_run(tmp_path):
+    layers: list[nn.Module] = [nn.Linear(4, 4)]
+    # each save adds one layer: the first and the last share only 1/4 of their names
+    for step in range(1, 5):
+        torch.save(
+            {"model": nn.Sequential(*layers).state_dict(), "step": step},
+            tmp_path / f"s{step}.pt",
+        )
+        layers.append(nn.Linear(4, 4))
+    run = open_run(tmp_path)
+    assert len(run.snapshots) == 4
+    assert "2 parameter(s) appear at step 4: 3.bias, 3.weight" in run.warnings

@@ -13,21 +13,34 @@ from normscope.trajectory import build_trajectory
 
 
 def _snapshot_stats(i, norms, nonfinite=None):
-    meta = SnapshotMeta(path=f"e{i}.pt", step=i * 5, epoch=float(i), order_source="embedded")
+    meta = SnapshotMeta(
+        path=f"e{i}.pt", step=i * 5, epoch=float(i), order_source="embedded"
+    )
     params = {
-        name: ParamStats(numel=4, norm_sq=n * n, nonfinite=(nonfinite or {}).get(name, 0),
-                         dot_prev=None if i == 0 else 0.5 * n * n,
-                         diff_sq=None if i == 0 else 0.1)
+        name: ParamStats(
+            numel=4,
+            norm_sq=n * n,
+            nonfinite=(nonfinite or {}).get(name, 0),
+            dot_prev=None if i == 0 else 0.5 * n * n,
+            diff_sq=None if i == 0 else 0.1,
+        )
         for name, n in norms.items()
     }
     shapes = {name: ((2, 2) if name.endswith("weight") else (4,)) for name in norms}
-    return SnapshotStats(meta=meta, params=params, shapes=shapes, dtypes={n: "float32" for n in norms})
+    return SnapshotStats(
+        meta=meta, params=params, shapes=shapes, dtypes={n: "float32" for n in norms}
+    )
 
 
 def _traj():
     series = [3.0, 2.0, 1.5, 1.8, 2.5]
-    stats = [_snapshot_stats(i, {"conv.weight": w, "conv.bias": 1.0}) for i, w in enumerate(series)]
-    stats[-1] = _snapshot_stats(4, {"conv.weight": 2.5, "conv.bias": 1.0}, nonfinite={"conv.bias": 2})
+    stats = [
+        _snapshot_stats(i, {"conv.weight": w, "conv.bias": 1.0})
+        for i, w in enumerate(series)
+    ]
+    stats[-1] = _snapshot_stats(
+        4, {"conv.weight": 2.5, "conv.bias": 1.0}, nonfinite={"conv.bias": 2}
+    )
     return build_trajectory(stats, layout="test", root="/run", ordering="embedded")
 
 
@@ -59,7 +72,9 @@ def test_name_filter_globs():
 
 
 def test_select_on_stats_runs_and_empty_selection_is_an_error():
-    stats = [_snapshot_stats(i, {"conv.weight": 1.0, "conv.bias": 1.0}) for i in range(3)]
+    stats = [
+        _snapshot_stats(i, {"conv.weight": 1.0, "conv.bias": 1.0}) for i in range(3)
+    ]
     run = Run(root="/r", layout="jsonl", snapshots=[], ordering="log", stats=stats)
     picked = select(run, include=["*.weight"])
     assert all(set(s.params) == {"conv.weight"} for s in picked.stats)

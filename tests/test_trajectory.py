@@ -6,31 +6,53 @@ import numpy as np
 import pytest
 
 from normscope.snapshot import ParamGroup, ParamStats, SnapshotMeta, SnapshotStats
-from normscope.trajectory import COLUMNS, angle_between, build_trajectory, kind_of, layer_of
+from normscope.trajectory import (
+    COLUMNS,
+    angle_between,
+    build_trajectory,
+    kind_of,
+    layer_of,
+)
 
 
 def _stats(index, vectors, prev=None, groups=()):
     params, shapes, dtypes = {}, {}, {}
     for name, v in vectors.items():
         v = np.asarray(v, dtype=np.float64)
-        p = None if prev is None or name not in prev else np.asarray(prev[name], dtype=np.float64)
+        p = (
+            None
+            if prev is None or name not in prev
+            else np.asarray(prev[name], dtype=np.float64)
+        )
         params[name] = ParamStats(
-            numel=v.size, norm_sq=float(v @ v), nonfinite=int((~np.isfinite(v)).sum()),
+            numel=v.size,
+            norm_sq=float(v @ v),
+            nonfinite=int((~np.isfinite(v)).sum()),
             dot_prev=None if p is None else float(v @ p),
             diff_sq=None if p is None else float((v - p) @ (v - p)),
         )
         shapes[name] = (v.size,) if not name.endswith("weight") else (1, v.size)
         dtypes[name] = "float32"
-    meta = SnapshotMeta(path=f"ckpt{index}.pt", step=10 * index, epoch=float(index),
-                        order_source="embedded", optimizer="SGD", param_groups=tuple(groups))
+    meta = SnapshotMeta(
+        path=f"ckpt{index}.pt",
+        step=10 * index,
+        epoch=float(index),
+        order_source="embedded",
+        optimizer="SGD",
+        param_groups=tuple(groups),
+    )
     return SnapshotStats(meta=meta, params=params, shapes=shapes, dtypes=dtypes)
 
 
 def test_columns_norms_and_angles_from_stats():
     a0 = {"fc.weight": [3.0, 4.0], "fc.bias": [1.0, 0.0]}
     a1 = {"fc.weight": [4.0, 3.0], "fc.bias": [0.0, 2.0]}
-    group = ParamGroup(params=("fc.weight", "fc.bias"), lr=0.1, weight_decay=5e-4, momentum=0.9)
-    traj = build_trajectory([_stats(0, a0, groups=[group]), _stats(1, a1, a0, groups=[group])])
+    group = ParamGroup(
+        params=("fc.weight", "fc.bias"), lr=0.1, weight_decay=5e-4, momentum=0.9
+    )
+    traj = build_trajectory(
+        [_stats(0, a0, groups=[group]), _stats(1, a1, a0, groups=[group])]
+    )
     t = traj.table
     assert list(t.columns) == list(COLUMNS)
     assert len(t) == 4
@@ -58,7 +80,9 @@ def test_angle_is_accurate_for_tiny_rotations():
 
 def test_appearing_and_vanishing_params_are_noted_not_fatal():
     s0 = _stats(0, {"a.weight": [1.0, 2.0]})
-    s1 = _stats(1, {"a.weight": [1.0, 2.0], "b.weight": [1.0, 1.0]}, {"a.weight": [1.0, 2.0]})
+    s1 = _stats(
+        1, {"a.weight": [1.0, 2.0], "b.weight": [1.0, 1.0]}, {"a.weight": [1.0, 2.0]}
+    )
     s2 = _stats(2, {"b.weight": [1.0, 1.0]}, {"b.weight": [1.0, 1.0]})
     traj = build_trajectory([s0, s1, s2])
     assert any("appear" in w and "b.weight" in w for w in traj.warnings)
@@ -66,15 +90,18 @@ def test_appearing_and_vanishing_params_are_noted_not_fatal():
     assert len(traj.table) == 4
 
 
-@pytest.mark.parametrize("name,shape,kind", [
-    ("conv1.weight", (8, 3, 3, 3), "weight"),
-    ("bn1.weight", (8,), "norm"),
-    ("bn1.bias", (8,), "bias"),
-    ("bn1.running_var", (8,), "buffer"),
-    ("ln.weight", (32,), "norm"),
-    ("pos_embedding", (1, 8, 32), "weight"),
-    ("logit_scale", (), "other"),
-])
+@pytest.mark.parametrize(
+    "name,shape,kind",
+    [
+        ("conv1.weight", (8, 3, 3, 3), "weight"),
+        ("bn1.weight", (8,), "norm"),
+        ("bn1.bias", (8,), "bias"),
+        ("bn1.running_var", (8,), "buffer"),
+        ("ln.weight", (32,), "norm"),
+        ("pos_embedding", (1, 8, 32), "weight"),
+        ("logit_scale", (), "other"),
+    ],
+)
 def test_kind_of(name, shape, kind):
     assert kind_of(name, shape) == kind
 

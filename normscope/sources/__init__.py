@@ -30,15 +30,19 @@ class Layout(Protocol):
     def open(self, path: str) -> Run: ...
 
 
-# Most specific first: a Lightning .ckpt is also a torch file, an HF checkpoint dir also holds
-# safetensors, so their sniffers must get the first look.
-LAYOUTS: tuple[Layout, ...] = (
-    DistributedCheckpoints(),
-    HFTrainerDirs(),
-    LightningCheckpoints(),
-    SafetensorsFiles(),
-    TorchFiles(),
-)
+def make_layouts(*, recover_unsafe: bool = False) -> tuple[Layout, ...]:
+    """The registry, most specific first: a Lightning .ckpt is also a torch file and an HF
+    checkpoint directory also holds safetensors, so their sniffers must get the first look."""
+    return (
+        DistributedCheckpoints(),
+        HFTrainerDirs(recover_unsafe=recover_unsafe),
+        LightningCheckpoints(recover_unsafe=recover_unsafe),
+        SafetensorsFiles(),
+        TorchFiles(recover_unsafe=recover_unsafe),
+    )
+
+
+LAYOUTS = make_layouts()
 
 
 def detect_layout(path: str, layouts: tuple[Layout, ...] = LAYOUTS) -> Layout:
@@ -61,17 +65,20 @@ def open_run(
     path: str | os.PathLike[str],
     *,
     every: int = 1,
-    layouts: tuple[Layout, ...] = LAYOUTS,
+    recover_unsafe: bool = False,
+    layouts: tuple[Layout, ...] | None = None,
 ) -> Run:
     """Open a checkpoint, a directory of checkpoints or of checkpoint directories, as one ordered run.
 
-    `every=N` keeps every N-th snapshot in time order, always keeping the last one.
+    `every=N` keeps every N-th snapshot in time order, always keeping the last one. Torch files
+    that need globals beyond tensors are refused unless `recover_unsafe=True`, which reads their
+    tensors with a restricted unpickler (nothing from the file runs; see `_restricted_torch`).
     """
     if every < 1:
         raise BadInputError(f"every must be at least 1, got {every}")
     path = os.fspath(path)
-    layout = detect_layout(path, layouts)
+    layout = detect_layout(path, layouts or make_layouts(recover_unsafe=recover_unsafe))
     return subsample(layout.open(path), every)
 
 
-__all__ = ["LAYOUTS", "Layout", "detect_layout", "open_run"]
+__all__ = ["LAYOUTS", "Layout", "detect_layout", "make_layouts", "open_run"]

@@ -17,7 +17,8 @@ def _overlap(a: set[str], b: set[str]) -> float:
     return len(a & b) / max(1, len(a | b))
 
 
-def _describe(snaps: list[Snapshot], names: set[str]) -> str:
+def _describe(snaps: list[Snapshot]) -> str:
+    names = set(snaps[0].tensors)
     shown = ", ".join(s.meta.path.rsplit("/", 1)[-1] for s in snaps[:3])
     more = f" and {len(snaps) - 3} more" if len(snaps) > 3 else ""
     example = ", ".join(sorted(names)[:2])
@@ -28,20 +29,22 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
     """Raise if the snapshots hold unrelated models; report parameters that appear or vanish."""
     if not snapshots:
         return []
-    first = set(snapshots[0].tensors)
-    groups: list[tuple[set[str], list[Snapshot]]] = [(first, [])]
+    # each group is compared through its latest member, so a model that grows step by step
+    # (progressive growing, added heads) stays one group while an unrelated model starts another
+    groups: list[tuple[list[set[str]], list[Snapshot]]] = []
     for snap in snapshots:
         names = set(snap.tensors)
-        for group_names, members in groups:
-            if _overlap(names, group_names) >= MIN_OVERLAP:
+        for latest, members in groups:
+            if _overlap(names, latest[0]) >= MIN_OVERLAP:
+                latest[0] = names
                 members.append(snap)
                 break
         else:
-            groups.append((names, [snap]))
+            groups.append(([names], [snap]))
     if len(groups) > 1:
-        (a_names, a), (b_names, b) = groups[0], groups[1]
+        a, b = groups[0][1], groups[1][1]
         raise BadInputError(
-            f"{root} mixes unrelated models: {_describe(a, a_names)} vs {_describe(b, b_names)} "
+            f"{root} mixes unrelated models: {_describe(a)} vs {_describe(b)} "
             "share few parameter names; point normscope at one run"
         )
     notes: list[str] = []
@@ -57,6 +60,34 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
     return notes
 
 
+def condense(warnings: list[str], labels: list[str]) -> list[str]:
+    """One line per distinct note: "label: text" repeated across snapshots becomes
+    "text (label1, label2, … N snapshots)", so a long run does not print the same line N times."""
+    by_text: dict[str, list[str]] = {}
+    order: list[str] = []
+    for line in warnings:
+        label = next((lb for lb in labels if line.startswith(f"{lb}: ")), None)
+        text = line[len(label) + 2 :] if label else line
+        if text not in by_text:
+            by_text[text] = []
+            order.append(text)
+        if label:
+            by_text[text].append(label)
+    out = []
+    for text in order:
+        where = by_text[text]
+        if not where:
+            out.append(text)
+        elif len(where) == 1:
+            out.append(f"{where[0]}: {text}")
+        else:
+            shown = ", ".join(where[:2]) + (
+                f", … {len(where)} snapshots" if len(where) > 2 else ""
+            )
+            out.append(f"{text} ({shown})")
+    return out
+
+
 def build_run(
     root: str, layout: str, pending: list[PendingSnapshot], warnings: list[str]
 ) -> Run:
@@ -69,7 +100,9 @@ def build_run(
         layout=layout,
         snapshots=snapshots,
         ordering=ordering,
-        warnings=[*warnings, *order_notes, *notes],
+        warnings=condense(
+            [*warnings, *order_notes, *notes], [p.label for p in pending]
+        ),
     )
 
 

@@ -39,3 +39,12 @@ def label_of(path: str, root: str) -> str:
     """The name a user knows a checkpoint by: its path relative to the run root (or its base name)."""
     rel = os.path.relpath(path, root)
     return os.path.basename(path) if rel == "." else rel
+
+
+def inside(directory: str, relative: str, where: str) -> str:
+    """`directory/relative`, refusing names (from an index or metadata file) that escape it."""
+    base = os.path.realpath(directory)
+    path = os.path.realpath(os.path.join(directory, relative))
+    if os.path.commonpath([base, path]) != base:
+        raise BadInputError(f"{where} points outside its directory: {relative}")
+    return os.path.join(directory, relative)

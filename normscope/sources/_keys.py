@@ -8,10 +8,7 @@ plain model may well have a sub-module called `model`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TypeVar
-
-V = TypeVar("V")
+from collections.abc import Iterable
 
 _ALWAYS = ("module.", "_orig_mod.")
 
@@ -37,8 +34,3 @@ def clean_names(names: Iterable[str]) -> dict[str, str]:
     if len(set(cleaned)) != len(cleaned):
         return {n: n for n in names}
     return dict(zip(names, cleaned))
-
-
-def clean_mapping(items: Mapping[str, V]) -> dict[str, V]:
-    mapping = clean_names(items)
-    return {mapping[k]: v for k, v in items.items()}

@@ -205,6 +205,9 @@ def read_optimizer(
 
     by_pos: dict[int, str] | None
     saved_names = [n for g in groups for n in (g.get("param_names") or [])]
+    if positions and all(isinstance(p, str) for p in positions):
+        # torch.distributed.checkpoint.state_dict keys optimizer state by parameter name
+        saved_names = list(positions)
     if saved_names and len(saved_names) == len(positions):
         cleaned = clean_names(saved_names)
         by_pos = dict(zip(positions, (cleaned[n] for n in saved_names)))

@@ -101,15 +101,41 @@ def _keys_at(level: str, pending: list[PendingSnapshot]) -> list[Any] | None:
     return [(os.stat(p.path).st_mtime_ns,) for p in pending]
 
 
+def _duplicates(keys: list[Any]) -> list[Any]:
+    seen: set[Any] = set()
+    return [k for k in keys if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+
+
 def order_snapshots(
     pending: list[PendingSnapshot],
 ) -> tuple[list[Snapshot], str, list[str]]:
-    """Snapshots in time order, the ORDER_* level used, and notes on anything ambiguous."""
+    """Snapshots in time order, the ORDER_* level used, and notes on anything ambiguous.
+
+    The strongest level every snapshot has is used, unless its positions repeat (a script that
+    saves `step=0` every time) and a weaker level other than mtime tells the snapshots apart.
+    """
     warnings: list[str] = []
-    for level in (ORDER_EMBEDDED, ORDER_TRAINER_STATE, ORDER_FILENAME, ORDER_MTIME):
-        keys = _keys_at(level, pending)
-        if keys is not None:
-            break
+    available = [
+        (level, keys)
+        for level in (ORDER_EMBEDDED, ORDER_TRAINER_STATE, ORDER_FILENAME, ORDER_MTIME)
+        if (keys := _keys_at(level, pending)) is not None
+    ]
+    level, keys = available[0]
+    if _duplicates(keys):
+        better = next(
+            (
+                (lv, ks)
+                for lv, ks in available[1:]
+                if lv != ORDER_MTIME and not _duplicates(ks)
+            ),
+            None,
+        )
+        if better is not None:
+            warnings.append(
+                f"{level} positions repeat ({', '.join(sorted({_show_key(k) for k in _duplicates(keys)}))}); "
+                f"ordered by {better[0]} instead"
+            )
+            level, keys = better
     # ties keep a stable, name-based order so the same directory always reads the same way
     ranked = sorted(
         zip(keys, pending),
@@ -136,14 +162,18 @@ def _show_key(key: Any) -> str:
 
 
 def _finish(p: PendingSnapshot, level: str) -> Snapshot:
+    """The snapshot with step/epoch taken from the evidence that ordered the run, then the rest."""
     name_step, name_epoch = name_numbers(p.label)
-    step = next(
-        (s for s in (p.embedded_step, p.trainer_step, name_step) if s is not None), None
-    )
-    epoch = next(
-        (e for e in (p.embedded_epoch, p.trainer_epoch, name_epoch) if e is not None),
-        None,
-    )
+    sources = {
+        ORDER_EMBEDDED: (p.embedded_step, p.embedded_epoch),
+        ORDER_TRAINER_STATE: (p.trainer_step, p.trainer_epoch),
+        ORDER_FILENAME: (name_step, name_epoch),
+    }
+    preference = [level, *(lv for lv in sources if lv != level)]
+    steps = [sources[lv][0] for lv in preference if lv in sources]
+    epochs = [sources[lv][1] for lv in preference if lv in sources]
+    step = next((s for s in steps if s is not None), None)
+    epoch = next((e for e in epochs if e is not None), None)
     meta = SnapshotMeta(
         path=p.path,
         step=None if step is None else int(step),

@@ -59,6 +59,18 @@ def sniff_torch_file(path: str) -> bool:
     return os.path.isfile(path) and (is_torch_zip(path) or is_pickle(path))
 
 
+def is_torchscript(path: str) -> bool:
+    """TorchScript archives hold code (`code/`, `constants.pkl`); torch.load would run them."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(
+                n.endswith("/constants.pkl") or n == "constants.pkl"
+                for n in zf.namelist()
+            )
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def zip_pickle_bytes(path: str) -> bytes | None:
     """The raw `data.pkl` of a torch zip (small: tensor data lives in other records), or None."""
     try:
@@ -76,9 +88,8 @@ def _legacy_globals(path: str) -> list[str]:
     allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
     found: set[str] = set()
     with open(path, "rb") as f:
-        for _ in range(
-            4
-        ):  # legacy torch files: magic, protocol, sys info, then the object
+        # legacy torch files: magic, protocol, sys info, then the object
+        for _ in range(4):
             strings: list[str] = []
             try:
                 for op, arg, _pos in pickletools.genops(f):
@@ -104,42 +115,73 @@ def unsafe_globals(path: str) -> list[str]:
         return []
 
 
-def load_torch_file(path: str) -> Any:
-    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise."""
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _recover(path: str, notes: list[str] | None) -> Any:
+    from ._restricted_torch import load_torch_zip_restricted
+
+    try:
+        obj, placeholders = load_torch_zip_restricted(path)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - corrupt in some other way: one line
+        raise BadInputError(
+            f"{path} could not be recovered with the restricted unpickler: {_first_line(exc)}"
+        ) from None
+    if notes is not None:
+        notes.append(
+            f"{path}: tensors read with the restricted unpickler; left inert: "
+            f"{', '.join(placeholders)}"
+        )
+    return obj
+
+
+def load_torch_file(
+    path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None
+) -> Any:
+    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
+
+    With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
+    unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
+    and a line in `notes` names what was not loaded.
+    """
     import torch
 
     read_head(path, 1)  # permission and existence errors as one line
-    mmap = read_head(path, 4) == ZIP_MAGIC
+    is_zip = read_head(path, 4) == ZIP_MAGIC
+    if is_zip and is_torchscript(path):
+        raise UnsafeCheckpointError(
+            f"{path} is a TorchScript archive (a program, not a checkpoint); normscope reads only "
+            "tensors — save the model's state_dict instead"
+        )
+    # torch.load would hand a file with this name to the safetensors reader
+    if path.endswith(".safetensors"):
+        raise BadInputError(
+            f"{path} is a torch.save file named .safetensors; rename it to .pt"
+        )
     try:
-        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for our users
+        # torch's notes on pickle protocols are not for our users
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, weights_only=True, mmap=mmap, map_location="cpu")
+            return torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
+        if names and recover_unsafe and is_zip:
+            return _recover(path, notes)
         if names:
             raise UnsafeCheckpointError(
-                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from a "
-                "checkpoint — re-save it as a plain state_dict or safetensors"
+                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
+                "a checkpoint — re-save it as a plain state_dict or safetensors"
             ) from None
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {first}"
+            f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
         ) from None
-    except (
-        RuntimeError,
-        EOFError,
-        ValueError,
-        OSError,
-        zipfile.BadZipFile,
-        KeyError,
-    ) as exc:
-        first = (
-            str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        )
+    except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {first}"
+            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}"
         ) from None
 
 
@@ -191,9 +233,8 @@ def split_checkpoint(
         if _tensor_dict(value):
             model = value
             break
-        if isinstance(
-            value, Mapping
-        ):  # one more level, e.g. {"model": {"state_dict": ...}}
+        # one more level, e.g. {"model": {"state_dict": ...}}
+        if isinstance(value, Mapping):
             inner = next(
                 (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
             )

@@ -17,7 +17,7 @@ from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
 from ._assemble import build_run
-from ._files import files_in, label_of, subdirs_in
+from ._files import files_in, inside, label_of, subdirs_in
 from ._refs import ChunkedTensorRef, dtype_name
 from ._restricted_pickle import load_dcp_metadata
 from ._torchio import split_checkpoint
@@ -68,7 +68,7 @@ def _storage_index(
             )
         offsets = tuple(key.offset) if key.offset is not None else None
         index[(key.fqn, offsets)] = (
-            os.path.join(directory, info.relative_path),
+            inside(directory, info.relative_path, os.path.join(directory, METADATA)),
             info.offset,
             info.length,
         )

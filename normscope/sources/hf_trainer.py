@@ -7,9 +7,10 @@ is a pickled arbitrary object and is never opened.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
@@ -65,16 +66,20 @@ def _trainer_state(directory: str) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def _read_sharded_bin(index: str, label: str, warnings: list[str]) -> PendingSnapshot:
+def _read_sharded_bin(
+    index: str, label: str, warnings: list[str], recover_unsafe: bool
+) -> PendingSnapshot:
     """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
     merged: dict[str, Any] = {}
     for shard in read_index(index):
-        merged.update(load_torch_file(shard))
+        merged.update(
+            load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings)
+        )
     return pending_from_parts(index, label, merged, None, None, None, "", warnings)
 
 
 def read_checkpoint_dir(
-    directory: str, label: str, warnings: list[str]
+    directory: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
@@ -86,9 +91,11 @@ def read_checkpoint_dir(
     elif weights.endswith(".safetensors"):
         pending = read_safetensors_snapshot(directory, label, {weights: []})
     elif weights.endswith(".bin.index.json"):
-        pending = _read_sharded_bin(weights, label, warnings)
+        pending = _read_sharded_bin(weights, label, warnings, recover_unsafe)
     else:
-        pending = read_torch_checkpoint(weights, label, warnings)
+        pending = read_torch_checkpoint(
+            weights, label, warnings, recover_unsafe=recover_unsafe
+        )
     pending.path = directory
     state = _trainer_state(directory)
     if isinstance(state.get("global_step"), int):
@@ -97,7 +104,9 @@ def read_checkpoint_dir(
         pending.trainer_epoch = float(state["epoch"])
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
-        optimizer = load_torch_file(optimizer_path)
+        optimizer = load_torch_file(
+            optimizer_path, recover_unsafe=recover_unsafe, notes=warnings
+        )
         if isinstance(optimizer, dict):
             tensors = pending.tensors
             info = read_optimizer(
@@ -118,16 +127,20 @@ def read_checkpoint_dir(
     return pending
 
 
+@dataclasses.dataclass(frozen=True)
 class HFTrainerDirs:
     """A directory of `checkpoint-N/` subdirectories, or one checkpoint directory."""
 
-    name = "hf-trainer"
+    recover_unsafe: bool = False
+    name: ClassVar[str] = "hf-trainer"
 
     def sniff(self, path: str) -> bool:
         if not os.path.isdir(path):
             return False
         if os.path.isfile(os.path.join(path, TRAINER_STATE)):
             return True
+        if os.path.isfile(os.path.join(path, "pytorch_model.bin.index.json")):
+            return True  # a saved model sharded into .bin files: one snapshot, not one per shard
         return any(os.path.isfile(os.path.join(d, TRAINER_STATE)) or
                    (_weights_file(d) is not None) for d in subdirs_in(path))  # fmt: skip
 
@@ -143,5 +156,10 @@ class HFTrainerDirs:
                     f"ignored the model saved at the top of {path} (usually the final or best model, "
                     "a copy of one checkpoint); analysing the checkpoint directories"
                 )
-        pending = [read_checkpoint_dir(d, label_of(d, root), warnings) for d in dirs]
+        pending = [
+            read_checkpoint_dir(
+                d, label_of(d, root), warnings, recover_unsafe=self.recover_unsafe
+            )
+            for d in dirs
+        ]
         return build_run(path, self.name, pending, warnings)

@@ -8,8 +8,10 @@ when they carry the same step, and are dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from typing import ClassVar
 
 from normscope.snapshot import Run
 
@@ -57,8 +59,10 @@ def drop_copies(
     return kept, notes
 
 
+@dataclasses.dataclass(frozen=True)
 class LightningCheckpoints:
-    name = "lightning"
+    recover_unsafe: bool = False
+    name: ClassVar[str] = "lightning"
 
     def sniff(self, path: str) -> bool:
         if os.path.isfile(path):
@@ -73,6 +77,11 @@ class LightningCheckpoints:
             files, root = [path], os.path.dirname(path) or "."
         else:
             files, root = [p for p in files_in(path) if sniff_lightning_file(p)], path
-        pending = [read_torch_checkpoint(p, label_of(p, root), warnings) for p in files]
+        pending = [
+            read_torch_checkpoint(
+                p, label_of(p, root), warnings, recover_unsafe=self.recover_unsafe
+            )
+            for p in files
+        ]
         pending, notes = drop_copies(pending)
         return build_run(path, self.name, pending, [*warnings, *notes])

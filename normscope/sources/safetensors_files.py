@@ -15,7 +15,7 @@ from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
 from ._assemble import build_run
-from ._files import files_in, label_of
+from ._files import files_in, inside, label_of
 from ._keys import clean_names
 from ._ordering import PendingSnapshot
 from ._refs import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsTensorRef
@@ -123,7 +123,7 @@ def read_index(index_path: str) -> dict[str, list[str]]:
     base = os.path.dirname(index_path)
     shards: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        shards.setdefault(os.path.join(base, shard), []).append(key)
+        shards.setdefault(inside(base, shard, index_path), []).append(key)
     for shard in shards:
         if not os.path.isfile(shard):
             raise BadInputError(
@@ -187,4 +187,19 @@ class SafetensorsFiles:
 
     def open(self, path: str) -> Run:
         root = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
-        return build_run(path, self.name, snapshots_in(path, root), [])
+        pending = snapshots_in(path, root)
+        warnings = []
+        if os.path.isdir(path):
+            used = {os.path.basename(p.path) for p in pending}
+            skipped = [
+                os.path.basename(f)
+                for f in files_in(path)
+                if os.path.basename(f) not in used
+                and not sniff_safetensors_file(f)
+                and not is_index(f)
+            ]
+            if skipped:
+                warnings.append(
+                    f"ignored {len(skipped)} file(s) that are not safetensors: {', '.join(skipped[:5])}"
+                )
+        return build_run(path, self.name, pending, warnings)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
@@ -95,9 +95,9 @@ def pending_from_parts(
 
 
 def read_torch_checkpoint(
-    path: str, label: str, warnings: list[str]
+    path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
-    obj = load_torch_file(path)
+    obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
     state_dict, optimizer, step, epoch = split_checkpoint(obj, path)
     return pending_from_parts(
         path,
@@ -111,10 +111,12 @@ def read_torch_checkpoint(
     )
 
 
+@dataclasses.dataclass(frozen=True)
 class TorchFiles:
     """A `torch.save` file, or a directory whose checkpoint files are `torch.save` files."""
 
-    name = "torch"
+    recover_unsafe: bool = False
+    name: ClassVar[str] = "torch"
 
     def sniff(self, path: str) -> bool:
         if os.path.isfile(path):
@@ -134,5 +136,10 @@ class TorchFiles:
                 warnings.append(
                     f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"
                 )
-        pending = [read_torch_checkpoint(p, label_of(p, root), warnings) for p in files]
+        pending = [
+            read_torch_checkpoint(
+                p, label_of(p, root), warnings, recover_unsafe=self.recover_unsafe
+            )
+            for p in files
+        ]
         return build_run(path, self.name, pending, warnings)

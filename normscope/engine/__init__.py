@@ -1,0 +1,71 @@
+"""The engine: reduce lazy snapshots to per-tensor float64 statistics, batched, bounded, read once.
+
+    compute_stats(snapshots)            the whole run, in time order
+    reduce_snapshot_pair(cur, prev)     one (snapshot, shard) work item, for distributed backends
+
+Modules: `plan` (buckets of parameter pieces), `loading` (refs → flat tensors), `prefetch` (reader
+thread), `staging` (CUDA pinned double buffering), `chunking` + `reduce` (the arithmetic),
+`accumulate` (totals → `SnapshotStats`), `driver` (the schedule), `device` (auto/cpu/cuda).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
+
+DEFAULT_BUCKET_BYTES = 256 * 2**20
+
+__all__ = ["DEFAULT_BUCKET_BYTES", "compute_stats", "reduce_snapshot_pair"]
+
+
+def compute_stats(
+    snapshots: Sequence[Snapshot],
+    *,
+    device: str = "auto",
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[SnapshotStats]:
+    """Per-snapshot, per-tensor stats in snapshot order (see `ParamStats`).
+
+    Memory stays within about `bucket_bytes` of tensor data whatever the run's size; every tensor
+    is read once. `progress(done_bytes, total_bytes)` is called after each bucket of each snapshot.
+    `device`: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; CPU and CUDA agree to 1e-6
+    relative (both sum fp32 rows of 4096 elements, then float64).
+    """
+    from normscope.engine.device import resolve_device
+    from normscope.engine.driver import run_engine
+
+    return run_engine(
+        snapshots,
+        device=resolve_device(device),
+        bucket_bytes=bucket_bytes,
+        progress=progress,
+    )
+
+
+def reduce_snapshot_pair(
+    current: Snapshot,
+    previous: Snapshot | None = None,
+    *,
+    names: Iterable[str] | None = None,
+    device: str = "auto",
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+) -> dict[str, ParamStats]:
+    """Stats of `current`'s parameters (those in `names`, default all), dot/diff against `previous`.
+
+    The unit of work for a distributed backend: one (checkpoint, shard) pair, with the previous
+    checkpoint's matching shard. Same arithmetic as `compute_stats`, so results are identical.
+    """
+    from normscope.engine.device import resolve_device
+    from normscope.engine.driver import run_engine
+
+    snapshots = [current] if previous is None else [previous, current]
+    stats = run_engine(
+        snapshots,
+        device=resolve_device(device),
+        bucket_bytes=bucket_bytes,
+        names=names,
+        report_from=len(snapshots) - 1,
+    )
+    return dict(stats[0].params)

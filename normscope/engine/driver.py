@@ -1,0 +1,167 @@
+"""The schedule: parameter-major walk over (bucket, snapshot) work items, read ahead on a thread.
+
+    for bucket in plan:                       # a few hundred MB of parameters
+        for snapshot in time order:           # read on the reader thread, one item ahead
+            reduce(bucket@snapshot, previous=bucket@snapshot-1)
+
+Peak memory is about three buckets (previous, current, read-ahead); each tensor is read once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from normscope.engine.accumulate import Accumulator
+from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
+from normscope.engine.plan import Piece, Plan, plan_buckets
+from normscope.engine.prefetch import Prefetcher
+from normscope.engine.reduce import GroupInput, reduce_group
+from normscope.engine.workers import CpuWorkers, Inline, Runner
+from normscope.errors import BadInputError
+from normscope.snapshot import Snapshot, SnapshotStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from normscope.engine.staging import CudaStager, Staged
+
+# Buffers alive at once: the previous snapshot's bucket, the current one, and the one read ahead.
+BUCKETS_IN_FLIGHT = 3
+
+
+def run_engine(
+    snapshots: Sequence[Snapshot],
+    *,
+    device: torch.device,
+    bucket_bytes: int,
+    progress: Callable[[int, int], None] | None = None,
+    names: Iterable[str] | None = None,
+    report_from: int = 0,
+) -> list[SnapshotStats]:
+    """Stats for `snapshots[report_from:]`; earlier snapshots serve only as the previous one.
+
+    `names` restricts the work to those parameters (a shard, for distributed backends).
+    """
+    if bucket_bytes < 1:
+        raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
+    snapshots = list(snapshots)
+    wanted = None if names is None else set(names)
+    plan = plan_buckets(
+        snapshots,
+        max(1, bucket_bytes // BUCKETS_IN_FLIGHT),
+        names=wanted,
+        state_from=report_from,
+    )
+    stager = _make_stager(device, plan)
+    items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
+
+    def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
+        b, t = item
+        work = load_work(snapshots, plan.buckets[b], b, t, with_state=t >= report_from)
+        return work, _stage(work, stager)
+
+    accumulator = Accumulator()
+    done = 0
+    previous: LoadedWork | None = None
+    runner = CpuWorkers() if device.type == "cpu" else Inline()
+    with runner_scope(runner), Prefetcher(items, read, depth=1) as loaded:
+        for (b, t), (work, staged) in loaded:
+            if staged is not None:
+                _use_device_tensors(work, staged.wait())
+            if previous is not None and previous.bucket != b:
+                previous = None
+            if t >= report_from:
+                _reduce_work(work, previous, accumulator, runner)
+            previous = work
+            done += plan.sizes[b][t]
+            if progress is not None:
+                progress(done, plan.total_bytes)
+    return accumulator.stats(snapshots, names=wanted, first=report_from)
+
+
+def _reduce_work(
+    work: LoadedWork,
+    previous: LoadedWork | None,
+    accumulator: Accumulator,
+    runner: Runner,
+) -> None:
+    """Reduce one (bucket, snapshot): group pieces by device, dtypes and the streams present."""
+    prev_weights: dict[Piece, LoadedPiece] = (
+        {p.piece: p for p in previous.pieces} if previous else {}
+    )
+    groups: dict[tuple, list[tuple[LoadedPiece, torch.Tensor | None]]] = {}
+    for loaded in work.pieces:
+        before = prev_weights.get(loaded.piece)
+        prev = (
+            before.weight
+            if before is not None and before.shape == loaded.shape
+            else None
+        )
+        dtypes = {
+            t.dtype
+            for t in (loaded.weight, prev, loaded.buf, loaded.sq)
+            if t is not None
+        }
+        key = (
+            loaded.weight.device,
+            frozenset(dtypes),
+            prev is not None,
+            loaded.buf is not None,
+            loaded.sq is not None,
+        )
+        groups.setdefault(key, []).append((loaded, prev))
+    for (_, _, has_prev, has_buf, has_sq), members in groups.items():
+        pieces = [m[0] for m in members]
+        result = reduce_group(
+            GroupInput(
+                weight=[p.weight for p in pieces],
+                prev=[m[1] for m in members] if has_prev else None,
+                buf=[p.buf for p in pieces] if has_buf else None,
+                sq=[p.sq for p in pieces] if has_sq else None,
+            ),
+            runner=runner,
+        )
+        for i, piece in enumerate(pieces):
+            sums = {q: result.sums[q][i] for q in result.quantities}
+            accumulator.add(work.snapshot, piece.piece.name, sums, result.nonfinite[i])
+
+
+@contextlib.contextmanager
+def runner_scope(runner: Runner) -> Iterator[Runner]:
+    try:
+        yield runner
+    finally:
+        if isinstance(runner, CpuWorkers):
+            runner.close()
+
+
+def _make_stager(device: torch.device, plan: Plan) -> CudaStager | None:
+    if device.type != "cuda":
+        return None
+    from normscope.engine.staging import CudaStager
+
+    largest = max((max(sizes, default=0) for sizes in plan.sizes), default=0)
+    # Packing aligns each tensor to 64 bytes; leave room for that on top of the bucket's bytes.
+    pieces = max((len(b) for b in plan.buckets), default=0)
+    return CudaStager(device, largest + 64 * 3 * pieces)
+
+
+def _tensors_of(work: LoadedWork) -> list[torch.Tensor]:
+    return [t for p in work.pieces for t in (p.weight, p.buf, p.sq) if t is not None]
+
+
+def _stage(work: LoadedWork, stager: CudaStager | None) -> Staged | None:
+    """On the reader thread: start the host→device copy of this item (CUDA only)."""
+    if stager is None or not work.pieces:
+        return None
+    return stager.to_device(_tensors_of(work))
+
+
+def _use_device_tensors(work: LoadedWork, tensors: list[torch.Tensor]) -> None:
+    it = iter(tensors)
+    for p in work.pieces:
+        p.weight = next(it)
+        p.buf = next(it) if p.buf is not None else None
+        p.sq = next(it) if p.sq is not None else None

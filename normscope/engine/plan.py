@@ -1,0 +1,184 @@
+"""Which tensors are read together: buckets of parameter pieces, bounded in bytes.
+
+The engine walks the run parameter-major: for one bucket of parameter names it reads every snapshot
+in time order, holding only the previous snapshot's bucket for the dot products, then moves on to
+the next bucket. Every tensor is read once, and memory is bounded by the bucket, not by the model
+or the run. A parameter larger than a bucket is split into pieces of whole rows (first dimension),
+read with the ref's `load_rows(start, stop)`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from normscope.errors import BadInputError
+from normscope.snapshot import Snapshot
+
+# Optimizer state keys the engine reduces, in the order it prefers for `buf`.
+BUF_KEYS = ("momentum_buffer", "exp_avg")
+SQ_KEY = "exp_avg_sq"
+
+_ITEMSIZE = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2,
+    "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows `start:stop` of parameter `name` (`whole` when the parameter is read in one go)."""
+
+    name: str
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.stop is None
+
+
+@dataclass(frozen=True)
+class Plan:
+    buckets: tuple[tuple[Piece, ...], ...]
+    sizes: tuple[
+        tuple[int, ...], ...
+    ]  # sizes[b][t]: bytes bucket b reads from snapshot t
+    total_bytes: (
+        int  # everything the run will read: weights and reduced optimizer state
+    )
+
+
+def itemsize(dtype: str, *, where: str = "") -> int:
+    try:
+        return _ITEMSIZE[dtype]
+    except KeyError:
+        raise BadInputError(
+            f"unsupported tensor dtype {dtype!r}{where}; normscope reduces floating-point tensors"
+        ) from None
+
+
+def shape_of(handle: Any) -> tuple[int, ...]:
+    return tuple(handle.shape)
+
+
+def dtype_of(handle: Any) -> str:
+    dtype = handle.dtype
+    return dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+
+
+def tensor_bytes(handle: Any) -> int:
+    return math.prod(shape_of(handle)) * itemsize(
+        dtype_of(handle), where=f" for {getattr(handle, 'name', '?')}"
+    )
+
+
+def optimizer_handles(
+    snapshot: Snapshot, name: str, *, with_state: bool = True
+) -> dict[str, Any]:
+    """The optimizer tensors the engine reduces for `name`: {'buf': ..., 'sq': ...} when present
+    with the parameter's shape (factored or scalar states of other optimizers are ignored)."""
+    if not with_state:
+        return {}
+    state: Mapping[str, Any] = snapshot.optimizer_state.get(name, {}) or {}
+    shape = shape_of(snapshot.tensors[name])
+    found: dict[str, Any] = {}
+    for key in BUF_KEYS:
+        handle = state.get(key)
+        if (
+            handle is not None
+            and hasattr(handle, "shape")
+            and shape_of(handle) == shape
+        ):
+            found["buf"] = handle
+            break
+    handle = state.get(SQ_KEY)
+    if handle is not None and hasattr(handle, "shape") and shape_of(handle) == shape:
+        found["sq"] = handle
+    return found
+
+
+def param_bytes(snapshot: Snapshot, name: str, *, with_state: bool = True) -> int:
+    handles = [
+        snapshot.tensors[name],
+        *optimizer_handles(snapshot, name, with_state=with_state).values(),
+    ]
+    return sum(tensor_bytes(h) for h in handles)
+
+
+@dataclass(frozen=True)
+class _Presence:
+    """A parameter in one snapshot: its shape and the bytes it reads there (weights + state)."""
+
+    snapshot: int
+    shape: tuple[int, ...]
+    nbytes: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0] if self.shape else 1
+
+
+def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
+    """One whole piece if the parameter fits the budget in every snapshot, else row slices."""
+    if max(p.nbytes for p in seen) <= budget or any(not p.shape for p in seen):
+        return [Piece(name)]
+    row_bytes = max(-(-p.nbytes // max(p.rows, 1)) for p in seen)
+    rows_per_piece = max(1, budget // max(row_bytes, 1))
+    max_rows = max(p.rows for p in seen)
+    return [
+        Piece(name, start, min(start + rows_per_piece, max_rows))
+        for start in range(0, max_rows, rows_per_piece)
+    ]
+
+
+def _piece_bytes(piece: Piece, p: _Presence) -> int:
+    """Bytes `piece` reads where the parameter is `p` (0 when that snapshot has too few rows)."""
+    if piece.whole:
+        return p.nbytes
+    present = max(0, min(piece.stop, p.rows) - piece.start)
+    return p.nbytes * present // max(p.rows, 1)
+
+
+def plan_buckets(
+    snapshots: Sequence[Snapshot],
+    budget: int,
+    *,
+    names: Iterable[str] | None = None,
+    state_from: int = 0,
+) -> Plan:
+    """Buckets of pieces, each at most `budget` bytes in any one snapshot (a single row may exceed it).
+
+    Parameters are taken in first-appearance order (file order), packed greedily. `state_from`:
+    snapshots before it are read only as the previous snapshot of the next one (no optimizer state).
+    """
+    if budget < 1:
+        raise BadInputError(f"bucket size must be positive, got {budget} bytes")
+    wanted = None if names is None else set(names)
+    seen: dict[str, list[_Presence]] = {}
+    for i, snap in enumerate(snapshots):
+        for name, ref in snap.tensors.items():
+            if wanted is None or name in wanted:
+                nbytes = param_bytes(snap, name, with_state=i >= state_from)
+                seen.setdefault(name, []).append(_Presence(i, shape_of(ref), nbytes))
+
+    buckets: list[tuple[Piece, ...]] = []
+    bucket_sizes: list[tuple[int, ...]] = []
+    current: list[Piece] = []
+    current_bytes = [0] * len(snapshots)
+    for name, presence in seen.items():
+        for piece in _pieces(name, presence, budget):
+            sizes = [(p.snapshot, _piece_bytes(piece, p)) for p in presence]
+            if current and any(current_bytes[i] + n > budget for i, n in sizes):
+                buckets.append(tuple(current))
+                bucket_sizes.append(tuple(current_bytes))
+                current, current_bytes = [], [0] * len(snapshots)
+            current.append(piece)
+            for i, n in sizes:
+                current_bytes[i] += n
+    if current:
+        buckets.append(tuple(current))
+        bucket_sizes.append(tuple(current_bytes))
+    return Plan(tuple(buckets), tuple(bucket_sizes), sum(map(sum, bucket_sizes)))
