@@ -57,7 +57,7 @@ def test_flag_overrides_the_file_and_fails_the_run(runs):
     assert result.exit_code == 1
     doc = json.loads(result.stdout)
     assert doc["settings_from"]["check.max_growth"] == "flag --max-growth"
-    assert doc["settings_from"]["check.min_growth"] == f"{runs / 'normscope.toml'}:4"
+    assert doc["settings_from"]["check.min_growth"] == f"{runs / 'normscope.toml'}:3"
 
 
 def test_baseline_flag_compares_two_runs(runs, tmp_path):
