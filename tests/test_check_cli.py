@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 import torch
+from reports_support import save_states, train_states, with_nan
 from typer.testing import CliRunner
 
 from normscope.cli import app
-from reports_support import save_states, train_states, with_nan
 
 
 @pytest.fixture(scope="module")

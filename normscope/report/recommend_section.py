@@ -30,14 +30,15 @@ def recommendation_view(rec) -> RecommendationView:
     facts = [
         f"verdict at epoch {rec.verdict.at_epoch}: {rec.verdict.status}",
         *(f"evidence: {e}" for e in rec.verdict.evidence),
-        f"recommended decay epochs (robust bounces + final decay): "
-        f"{', '.join(map(str, rec.decay_epochs)) or 'none'}; the literal ABEL rule would decay at "
-        f"{', '.join(map(str, rec.exact_decay_epochs)) or 'none'}",
-        f"schedule: base LR {_fmt(rec.base_lr)} ({rec.lr_source}), ×{_fmt(rec.decay_factor)} at each decay "
-        f"over {rec.total_epochs} epochs" + ("" if rec.budget_given else " (budget taken as the run's length)"),
+        ("recommended decay epochs (robust bounces + final decay): "
+         f"{', '.join(map(str, rec.decay_epochs)) or 'none'}; the literal ABEL rule would decay at "
+         f"{', '.join(map(str, rec.exact_decay_epochs)) or 'none'}"),
+        (f"schedule: base LR {_fmt(rec.base_lr)} ({rec.lr_source}), ×{_fmt(rec.decay_factor)} at each decay "
+         f"over {rec.total_epochs} epochs"
+         + ("" if rec.budget_given else " (budget taken as the run's length)")),
         f"as code: {rec.multistep}",
-        f"total norm over {', '.join(series.include_kinds)} tensors ({series.n_tensors}), one point per "
-        f"epoch from the {series.epoch_source}; noise σ(log N) = {_fmt(robust.noise, 3)} per epoch",
+        (f"total norm over {', '.join(series.include_kinds)} tensors ({series.n_tensors}), one point per "
+         f"epoch from the {series.epoch_source}; noise σ(log N) = {_fmt(robust.noise, 3)} per epoch"),
     ]
     if rec.relaxation is not None:
         epochs = f" ≈ {_fmt(rec.relaxation.epochs, 3)} epochs" if rec.relaxation.epochs is not None else ""
