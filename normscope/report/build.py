@@ -42,12 +42,15 @@ def _time(step: int | None, epoch: float | None) -> str:
 
 def _settings(meta: SnapshotMeta) -> tuple:
     return (meta.optimizer, tuple((g.lr, g.weight_decay, g.momentum, g.betas, g.eps, g.nesterov,
-                                   g.decoupled_weight_decay, len(g.params)) for g in meta.param_groups),
-            meta.hyperparams_source)
+                                   g.decoupled_weight_decay, len(g.params)) for g in meta.param_groups))
 
 
 def hyperparameter_table(snapshots: Sequence[SnapshotMeta]) -> Table | None:
-    """One row per param group per stretch of snapshots with the same optimizer settings."""
+    """One row per param group per stretch of snapshots with the same optimizer settings.
+
+    Where the settings were read from (`hyperparams_source`) names each file, so it does not split a
+    stretch; the first snapshot's source is shown.
+    """
     rows: list[tuple[str, ...]] = []
     start = 0
     for index in range(1, len(snapshots) + 1):

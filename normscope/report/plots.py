@@ -6,7 +6,6 @@ Each function returns PNG bytes, or None when the run has nothing to draw (e.g. 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,22 +126,21 @@ def heatmap_png(trajectory: Trajectory, *, kinds: Sequence[str] = ("weight", "no
     height = min(2.0 + 0.22 * norms.shape[0], 30.0)
     figure = Figure(figsize=(9, height))
     ax = figure.subplots()
-    image = ax.imshow(np.ma.masked_invalid(change), aspect="auto", interpolation="nearest", cmap="RdBu_r",
-                      norm=TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span))
-    ax.set_yticks(range(norms.shape[0]))
+    xs = x_of.loc[norms.columns].to_numpy(dtype=float)
+    # cell edges half-way between snapshots, so the x axis is in real epochs/steps even when uneven
+    mids = (xs[1:] + xs[:-1]) / 2 if len(xs) > 1 else np.array([])
+    first_gap = (xs[1] - xs[0]) / 2 if len(xs) > 1 else 0.5
+    last_gap = (xs[-1] - xs[-2]) / 2 if len(xs) > 1 else 0.5
+    edges = np.concatenate([[xs[0] - first_gap], mids, [xs[-1] + last_gap]])
+    image = ax.pcolormesh(edges, np.arange(norms.shape[0] + 1), np.ma.masked_invalid(change), cmap="RdBu_r",
+                          norm=TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span))
+    ax.invert_yaxis()
+    ax.set_yticks(np.arange(norms.shape[0]) + 0.5)
     ax.set_yticklabels([str(p) for p in norms.index], fontsize=max(4, min(8, int(400 / max(norms.shape[0], 1)))))
-    xs = x_of.loc[norms.columns].to_numpy()
-    ticks = np.unique(np.linspace(0, len(xs) - 1, min(len(xs), 10)).round().astype(int))
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([_tick(xs[i]) for i in ticks])
     ax.set_xlabel(axis)
     ax.set_title("log2 of norm relative to the first snapshot (red: grew, blue: shrank)")
     figure.colorbar(image, ax=ax, label="log2(|w_t| / |w_0|)")
     return to_png(figure)
-
-
-def _tick(value: float) -> str:
-    return str(int(value)) if math.isfinite(value) and float(value).is_integer() else f"{value:.3g}"
 
 
 def lr_schedule_png(trajectory: Trajectory, *, recommended: Sequence[tuple[float, float]] = (),
