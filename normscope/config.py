@@ -124,10 +124,15 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
+def _is_tool_file(path: Path, data: dict[str, Any]) -> bool:
+    """pyproject.toml, or any file (e.g. `--config ci.toml`) holding only a [tool...] table."""
+    return path.name == PYPROJECT or (bool(data) and set(data) == {"tool"})
+
+
 def read_config_table(path: Path) -> dict[str, Any]:
     """The normscope table of a config file ({} for a pyproject.toml without one)."""
     data = _read_toml(path)
-    if path.name == PYPROJECT:
+    if _is_tool_file(path, data):
         table = data.get("tool", {}).get("normscope", {})
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [tool.normscope] must be a table")
@@ -139,7 +144,7 @@ def _key_lines(path: Path) -> dict[str, int]:
     """Line number of each `key =` in the file, under its dotted table name (best effort, for pointers)."""
     lines: dict[str, int] = {}
     section = ""
-    prefix = "tool.normscope." if path.name == PYPROJECT else ""
+    prefix = "tool.normscope." if _is_tool_file(path, _read_toml(path)) else ""
     header = re.compile(r"^\s*\[\s*([^\]]+?)\s*\]")
     assignment = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=")
     try:

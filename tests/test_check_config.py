@@ -104,6 +104,13 @@ def test_bad_environment_and_flags_are_one_line_errors(tmp_path):
         load_config(tmp_path, config_file=tmp_path / "missing.toml", environ={})
 
 
+def test_explicit_config_file_may_use_the_pyproject_layout(tmp_path):
+    ci = write(tmp_path / "ci.toml", "[tool.normscope.check]\nmax_growth = 2.5\n")
+    resolved = load_config(tmp_path, config_file=ci, environ={})
+    assert resolved.config.check.max_growth == 2.5
+    assert resolved.origin("check.max_growth").line == 2
+
+
 def test_explicit_config_file_skips_discovery(tmp_path):
     write(tmp_path / "normscope.toml", "[check]\nmax_growth = 2\n")
     other = write(tmp_path / "ci" / "strict.toml", "[check]\nmax_growth = 1.5\n")

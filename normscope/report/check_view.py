@@ -38,8 +38,8 @@ def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
         f"{counts['warnings']} warnings, {counts['errors']} errors",
         style="bold green" if result.passed else "bold red",
     )
-    parts = [rules]
+    parts: list = [rules, Text("")]
     if shown:
-        parts.append(details)
+        parts += [details, Text("")]
     parts.append(verdict)
     return Group(*parts)
