@@ -18,6 +18,7 @@ _LAZY = {
     "build_trajectory": "normscope.trajectory",
     "Trajectory": "normscope.trajectory",
     "analyze_path": "normscope.api",
+    "ABEL": "normscope.schedulers",
 }
 
 

@@ -98,11 +98,17 @@ def load_trajectory(
     device: str = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    recover_unsafe: bool = False,
 ) -> Trajectory:
-    """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table."""
+    """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table.
+
+    `recover_unsafe=True` reads the tensors of torch files that need other globals through a
+    restricted unpickler that turns every non-tensor object into an inert placeholder (nothing in
+    the file runs); by default such files are refused.
+    """
     from normscope.sources import open_run
 
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    run = select(open_run(path, every=every), include, exclude)
+    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe), include, exclude)
     return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)

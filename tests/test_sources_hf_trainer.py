@@ -170,3 +170,25 @@ def test_model_sharded_into_bin_files_is_one_snapshot(tmp_path):
     (snap,) = run.snapshots
     assert set(snap.tensors) == set(sd)
     assert torch.equal(snap.tensors["3.weight"].load(), sd["3.weight"])
+
+
+def test_numbered_layers_of_one_shape_are_mapped_in_index_order(tmp_path):
+    model = torch.nn.Sequential(
+        *(torch.nn.Linear(8, 8) for _ in range(12))
+    )  # 10.weight sorts after 9
+    opt = _hf_optimizer(model)
+    train(model, opt, 2)
+    ckpt = tmp_path / "checkpoint-2"
+    ckpt.mkdir()
+    save_file(model.state_dict(), ckpt / "model.safetensors")
+    torch.save(opt.state_dict(), ckpt / "optimizer.pt")
+    (ckpt / "trainer_state.json").write_text(
+        json.dumps({"global_step": 2, "epoch": 1.0})
+    )
+    run = open_run(tmp_path)
+    (snap,) = run.snapshots
+    assert run.warnings == []  # every parameter mapped
+    for name, param in model.named_parameters():
+        assert torch.equal(
+            snap.optimizer_state[name]["exp_avg"].load(), opt.state[param]["exp_avg"]
+        ), name

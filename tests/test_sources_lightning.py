@@ -149,3 +149,12 @@ def test_real_lightning_trainer_checkpoints(tmp_path):
         "2.weight",
         "2.bias",
     }
+
+
+def test_lightning_epochs_count_completed_epochs_like_other_layouts(lightning_run_dir):
+    # Lightning stores the 0-based epoch in progress; an end-of-epoch save has completed one more.
+    from normscope.sources import open_run
+
+    run = open_run(lightning_run_dir)
+    assert [s.meta.epoch for s in run.snapshots] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert [s.meta.step for s in run.snapshots] == [23, 46, 69, 92, 115]

@@ -108,3 +108,16 @@ def test_other_files_beside_safetensors_are_reported(tmp_path):
     run = open_run(tmp_path)
     assert len(run.snapshots) == 1
     assert any("not safetensors: b.pt" in w for w in run.warnings)
+
+
+def test_refs_of_a_run_share_a_bounded_set_of_open_files(tmp_path):
+    model = small_mlp()
+    for step in range(12):
+        save_file(model.state_dict(), tmp_path / f"step_{step}.safetensors")
+    run = open_run(tmp_path)
+    refs = [ref for snap in run.snapshots for ref in snap.tensors.values()]
+    handles = {id(ref.handles) for ref in refs}
+    assert len(handles) == 1  # one cache for the whole run, not one open per tensor
+    for ref in refs:
+        assert torch.equal(ref.load(), model.state_dict()[ref.name])
+    assert len(refs[0].handles._open) == refs[0].handles.keep == 8

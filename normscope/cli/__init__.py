@@ -10,6 +10,7 @@ import typer
 
 from normscope.cli import analyze as _analyze
 from normscope.cli import check as _check
+from normscope.cli import recommend as _recommend
 from normscope.cli import report as _report
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ def _root(
 
 
 app.command("analyze")(_analyze.analyze)
+app.command("recommend")(_recommend.recommend)
 app.command("check")(_check.check)
 app.command("report")(_report.report)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +22,12 @@ def stderr_console() -> Console:
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """Console for reports on stdout. Piped output gets a wide page instead of rich's 80 columns,
+    so tables stay one row per line in logs and files."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 160))
+    return console
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
@@ -48,7 +55,7 @@ def handle_errors(func: F) -> F:
             raise typer.Exit(130) from None
         except BrokenPipeError:
             raise typer.Exit(0) from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
+        except Exception as exc:
             if os.environ.get("NORMSCOPE_DEBUG"):
                 raise
             raise fail(
@@ -58,3 +65,46 @@ def handle_errors(func: F) -> F:
             ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def progress_reporter():
+    """A rich progress bar on stderr (hidden when stderr is not a terminal) and its callback."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = stderr_console()
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    )
+    task = progress.add_task("reading tensors", total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return progress, update
+
+
+def emit_text(text: str, output: Path | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+def render_to_text(renderable, width: int = 160) -> str:
+    """Plain text of a rich renderable, for `-o FILE` with the table format."""
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, soft_wrap=False).print(renderable)
+    return buffer.getvalue()

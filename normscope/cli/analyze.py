@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import enum
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console
+from normscope.cli._common import (
+    emit_text,
+    handle_errors,
+    progress_reporter,
+    render_to_text,
+    stderr_console,
+)
 
 
 class Format(str, enum.Enum):
@@ -33,55 +38,28 @@ PathArg = Annotated[
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[
-    Optional[Path], typer.Option("--output", "-o", help="Write the output here instead of stdout.")
+    Path | None, typer.Option("--output", "-o", help="Write the output here instead of stdout.")
 ]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")]
 IncludeOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
 ]
 ExcludeOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
 ]
 EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
-
-
-def progress_reporter():
-    """A rich progress bar on stderr (hidden when stderr is not a terminal) and its callback."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
-    console = stderr_console()
-    progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(),
-        console=console, transient=True, disable=not console.is_terminal,
-    )
-    task = progress.add_task("reading tensors", total=None)
-
-    def update(done: int, total: int) -> None:
-        progress.update(task, completed=done, total=total)
-
-    return progress, update
-
-
-def emit_text(text: str, output: Path | None) -> None:
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        output.write_text(text, encoding="utf-8")
-
-
-def render_to_text(renderable, width: int = 160) -> str:
-    """Plain text of a rich renderable, for `-o FILE` with the table format."""
-    import io
-
-    from rich.console import Console
-
-    buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, soft_wrap=False).print(renderable)
-    return buffer.getvalue()
+StepsPerEpochOpt = Annotated[
+    float | None,
+    typer.Option(help="Group snapshots into epochs by step ÷ this, instead of the recorded epoch.",
+                 show_default=False),
+]
+RecoverOpt = Annotated[
+    bool,
+    typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
+                      "through a restricted unpickler that runs nothing; refused by default."),
+]
 
 
 @handle_errors
@@ -93,9 +71,11 @@ def analyze(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     every: EveryOpt = 1,
+    recover_unsafe: RecoverOpt = False,
+    steps_per_epoch: StepsPerEpochOpt = None,
 ) -> None:
-    """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved."""
-    from normscope.analysis.summary import summarize_params, summarize_run
+    """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
+    from normscope.analysis.overview import overview
     from normscope.api import load_trajectory
     from normscope.errors import BadInputError
 
@@ -105,20 +85,18 @@ def analyze(
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, include=include or (), exclude=exclude or (), every=every,
-                               device=device.value, progress=update)
-    run = summarize_run(traj)
-    params = summarize_params(traj)
+                               device=device.value, progress=update, recover_unsafe=recover_unsafe)
+    result = overview(traj, steps_per_epoch=steps_per_epoch)
 
     err = stderr_console()
-    for finding in run.nonfinite:
+    for finding in result.run.nonfinite:
         err.print(f"normscope: warning: {finding.param} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")
 
     if format is Format.table:
         from normscope.report.analyze_view import analyze_view
 
-        shown = [p for p in params if p.kind != "buffer"]
-        view = analyze_view(traj, run, shown)
+        view = analyze_view(traj, result)
         if output is None:
             from normscope.cli._common import stdout_console
 
@@ -128,7 +106,7 @@ def analyze(
     elif format is Format.json:
         from normscope.report.analyze_json import analyze_document
 
-        doc = analyze_document(traj, run, params)
+        doc = analyze_document(traj, result)
         emit_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", output)
     elif format is Format.csv:
         from normscope.report.table_export import to_csv_text

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from normscope import __version__
-from normscope.analysis.summary import ParamSummary, RunSummary
+from normscope.analysis.overview import Overview
 from normscope.report.jsonable import jsonable
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import SCHEMA_VERSION, Trajectory
@@ -38,13 +38,14 @@ def snapshot_record(index: int, meta: SnapshotMeta) -> dict[str, Any]:
     }
 
 
-def analyze_document(
-    traj: Trajectory,
-    run: RunSummary,
-    params: list[ParamSummary],
-    sections: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The whole analyze result. `sections` adds analyses (bounce, equilibrium, ...) by name."""
+def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
+    """The whole analyze result as JSON-safe data (NaN/Inf as null)."""
+    sections: dict[str, Any] = {}
+    if result.bounces is not None:
+        from normscope.report.recommend_view import bounce_analysis_json
+
+        sections["bounces"] = bounce_analysis_json(result.bounces)
+    sections["skipped"] = dict(result.skipped)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "normscope_version": __version__,
@@ -55,9 +56,8 @@ def analyze_document(
             "warnings": list(traj.warnings),
         },
         "snapshots": [snapshot_record(i, m) for i, m in enumerate(traj.snapshots)],
-        "totals": run,
-        "params": params,
+        "totals": result.run,
+        "params": result.params,
     }
-    for name, value in (sections or {}).items():
-        doc[name] = value
+    doc.update(sections)
     return jsonable(doc)

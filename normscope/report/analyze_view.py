@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 
+from rich.box import SIMPLE_HEAD
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
@@ -69,16 +71,13 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
 
 
 def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
-    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False)
-    table.add_column("parameter", overflow="fold")
-    table.add_column("kind")
-    table.add_column("shape")
-    table.add_column("first", justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("at", justify="right")
-    table.add_column("last", justify="right")
-    table.add_column("change", justify="right")
-    table.add_column("angle moved", justify="right")
+    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False,
+                  box=SIMPLE_HEAD)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("shape", no_wrap=True)
+    for name in ("first", "min", "at", "last", "change", "angle Σ"):
+        table.add_column(name, justify="right", no_wrap=True)
     for p in params:
         change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
         style = "red" if p.first_nonfinite_snapshot is not None else None
@@ -101,12 +100,23 @@ def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
     return Group(*lines) if lines else None
 
 
-def analyze_view(
-    traj: Trajectory, run: RunSummary, params: list[ParamSummary],
-    sections: list[RenderableType] = (),  # type: ignore[assignment]
-) -> RenderableType:
-    parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(params, traj)]
-    parts.extend(sections)
+def analyses_block(result: Overview) -> list[RenderableType]:
+    parts: list[RenderableType] = []
+    if result.bounces is not None:
+        from normscope.report.recommend_view import bounce_analysis_view
+
+        parts.extend([Text(""), bounce_analysis_view(result.bounces)])
+    for name, why in result.skipped.items():
+        parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
+    return parts
+
+
+def analyze_view(traj: Trajectory, result: Overview) -> RenderableType:
+    """The whole terminal view: run header, per-parameter table (buffers left out), analyses."""
+    run = result.run
+    shown = [p for p in result.params if p.kind != "buffer"]
+    parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(shown, traj)]
+    parts.extend(analyses_block(result))
     block = warnings_block(traj, run)
     if block is not None:
         parts.extend([Text(""), block])

@@ -8,6 +8,7 @@ torch saved `param_names` (optimizers built from `named_parameters()`) those are
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,29 +150,47 @@ def _map_positions(
     return mapping
 
 
-def _map_by_unique_shape(
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+def _numeric_order(name: str) -> tuple[Any, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+
+
+def _map_by_shape_classes(
     groups: Sequence[Sequence[int]],
     state: Mapping[int, Mapping[str, Any]],
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> dict[int, str]:
-    """For models whose parameter order is lost (safetensors sorts its keys): map only the positions
-    whose shape occurs once among the optimizer's positions and once among the model's tensors."""
-    wanted = {pos: _shape_of(state.get(pos, {})) for group in groups for pos in group}
-    position_count: dict[tuple[int, ...], int] = {}
-    for shape in wanted.values():
-        if shape is not None:
-            position_count[shape] = position_count.get(shape, 0) + 1
+    """For models whose parameter order is lost (safetensors sorts its keys).
+
+    Positions are grouped by the shape of their saved state, names by their tensor's shape. A
+    class is mapped when it has as many names as positions, all in one param group, and either
+    one of each, or names that differ only in their numbers (`blocks.0.qkv.weight`,
+    `blocks.1.qkv.weight`, …): children of a ModuleList/Sequential are registered in index order,
+    so numeric order is `model.parameters()` order. Anything else (e.g. `q_proj` and `k_proj` of
+    one shape) is left unmapped rather than guessed.
+    """
+    group_of = {pos: g for g, group in enumerate(groups) for pos in group}
+    positions_by_shape: dict[tuple[int, ...], list[int]] = {}
+    for group in groups:
+        for pos in group:
+            shape = _shape_of(state.get(pos, {}))
+            if shape is not None:
+                positions_by_shape.setdefault(shape, []).append(pos)
     names_by_shape: dict[tuple[int, ...], list[str]] = {}
     for name in candidates:
         names_by_shape.setdefault(shapes[name], []).append(name)
-    return {
-        pos: names_by_shape[shape][0]
-        for pos, shape in wanted.items()
-        if shape is not None
-        and position_count[shape] == 1
-        and len(names_by_shape.get(shape, ())) == 1
-    }
+    mapping: dict[int, str] = {}
+    for shape, positions in positions_by_shape.items():
+        names = names_by_shape.get(shape, [])
+        if len(names) != len(positions) or len({group_of[p] for p in positions}) != 1:
+            continue
+        if len(names) > 1 and len({_DIGIT_RUN.sub("#", n) for n in names}) != 1:
+            continue
+        mapping.update(zip(positions, sorted(names, key=_numeric_order)))
+    return mapping
 
 
 def read_optimizer(
@@ -218,13 +237,13 @@ def read_optimizer(
         if order_known:
             by_pos = _map_positions(group_positions, state, candidates, shapes)
         else:
-            by_pos = _map_by_unique_shape(group_positions, state, candidates, shapes)
+            by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
             missing = len(positions) - len(by_pos)
             if missing and by_pos:
                 warnings.append(
                     f"{where}: the weights file does not keep parameter order and the optimizer has "
-                    f"no param_names; state kept for the {len(by_pos)} parameters whose shape "
-                    f"identifies them, dropped for {missing} others"
+                    f"no param_names; state kept for the {len(by_pos)} parameters that shape and "
+                    f"layer numbering identify, dropped for {missing} others"
                 )
             by_pos = by_pos or None
     if by_pos is None:

@@ -19,7 +19,7 @@ from ._assemble import build_run
 from ._files import label_of, subdirs_in
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
-from ._refs import TorchTensorRef
+from ._refs import SafetensorsHandles, TorchTensorRef
 from ._torchio import load_torch_file
 from .safetensors_files import read_index, read_safetensors_snapshot
 from .torch_files import pending_from_parts, read_torch_checkpoint
@@ -79,7 +79,12 @@ def _read_sharded_bin(
 
 
 def read_checkpoint_dir(
-    directory: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
+    directory: str,
+    label: str,
+    warnings: list[str],
+    *,
+    recover_unsafe: bool = False,
+    handles: SafetensorsHandles | None = None,
 ) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
@@ -87,9 +92,11 @@ def read_checkpoint_dir(
             f"{directory} has no model weights (looked for {', '.join(_WEIGHT_FILES)})"
         )
     if weights.endswith(".safetensors.index.json"):
-        pending = read_safetensors_snapshot(directory, label, read_index(weights))
+        pending = read_safetensors_snapshot(
+            directory, label, read_index(weights), handles
+        )
     elif weights.endswith(".safetensors"):
-        pending = read_safetensors_snapshot(directory, label, {weights: []})
+        pending = read_safetensors_snapshot(directory, label, {weights: []}, handles)
     elif weights.endswith(".bin.index.json"):
         pending = _read_sharded_bin(weights, label, warnings, recover_unsafe)
     else:
@@ -156,9 +163,16 @@ class HFTrainerDirs:
                     f"ignored the model saved at the top of {path} (usually the final or best model, "
                     "a copy of one checkpoint); analysing the checkpoint directories"
                 )
+        handles = (
+            SafetensorsHandles()
+        )  # one bounded set of open files for the whole run
         pending = [
             read_checkpoint_dir(
-                d, label_of(d, root), warnings, recover_unsafe=self.recover_unsafe
+                d,
+                label_of(d, root),
+                warnings,
+                recover_unsafe=self.recover_unsafe,
+                handles=handles,
             )
             for d in dirs
         ]

@@ -11,15 +11,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import files_in, label_of
 from ._ordering import PendingSnapshot
-from ._torchio import is_torch_zip, zip_pickle_bytes
-from .torch_files import read_torch_checkpoint
+from ._torchio import is_torch_zip, load_torch_file, zip_pickle_bytes
+from .torch_files import pending_from_parts, split_checkpoint
 
 _MARKERS = (b"pytorch-lightning_version", b"optimizer_states")
 _COPY_NAME = re.compile(r"(^last(-v\d+)?\.ckpt$)|(-v\d+\.ckpt$)")
@@ -31,6 +32,31 @@ def sniff_lightning_file(path: str) -> bool:
         return False
     pickled = zip_pickle_bytes(path)
     return pickled is not None and any(marker in pickled for marker in _MARKERS)
+
+
+def epochs_completed(checkpoint: Mapping[str, Any], epoch: float | None) -> float | None:
+    """Lightning stores the 0-based index of the epoch in progress; normscope's `epoch` counts
+    epochs completed (as HF and plain torch saves do). A save at the end of an epoch (the default
+    for ModelCheckpoint; the fit loop marks it `is_last_batch`) has completed `epoch + 1` epochs."""
+    if epoch is None:
+        return None
+    loops = checkpoint.get("loops")
+    fit = loops.get("fit_loop") if isinstance(loops, Mapping) else None
+    batches = fit.get("epoch_loop.batch_progress") if isinstance(fit, Mapping) else None
+    if isinstance(batches, Mapping) and batches.get("is_last_batch") is True:
+        return float(epoch) + 1.0
+    return float(epoch)
+
+
+def read_lightning_checkpoint(
+    path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
+) -> PendingSnapshot:
+    checkpoint = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
+    state_dict, optimizer, step, epoch = split_checkpoint(checkpoint, path)
+    if isinstance(checkpoint, Mapping):
+        epoch = epochs_completed(checkpoint, epoch)
+    return pending_from_parts(path, label, state_dict, optimizer, step, epoch,
+                              f"{label} optimizer_states[0] param_groups", warnings)
 
 
 def drop_copies(
@@ -78,7 +104,7 @@ class LightningCheckpoints:
         else:
             files, root = [p for p in files_in(path) if sniff_lightning_file(p)], path
         pending = [
-            read_torch_checkpoint(
+            read_lightning_checkpoint(
                 p, label_of(p, root), warnings, recover_unsafe=self.recover_unsafe
             )
             for p in files

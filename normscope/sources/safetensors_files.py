@@ -18,7 +18,12 @@ from ._assemble import build_run
 from ._files import files_in, inside, label_of
 from ._keys import clean_names
 from ._ordering import PendingSnapshot
-from ._refs import FLOAT_DTYPES, SAFETENSORS_DTYPES, SafetensorsTensorRef
+from ._refs import (
+    FLOAT_DTYPES,
+    SAFETENSORS_DTYPES,
+    SafetensorsHandles,
+    SafetensorsTensorRef,
+)
 from ._torchio import read_head
 
 INDEX_SUFFIX = ".safetensors.index.json"
@@ -90,7 +95,7 @@ def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
 
 
 def safetensors_refs(
-    files: dict[str, list[str]],
+    files: dict[str, list[str]], handles: SafetensorsHandles
 ) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
     """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`."""
     raw: dict[str, tuple[str, str, tuple[int, ...], str]] = {}
@@ -105,7 +110,10 @@ def safetensors_refs(
             if dtype in FLOAT_DTYPES:
                 raw[key] = (path, key, tuple(int(d) for d in info["shape"]), dtype)
     names = clean_names(raw)
-    refs = {names[k]: SafetensorsTensorRef(names[k], *v) for k, v in raw.items()}
+    refs = {
+        names[k]: SafetensorsTensorRef(names[k], *v, handles=handles)
+        for k, v in raw.items()
+    }
     return refs, metadata
 
 
@@ -133,9 +141,13 @@ def read_index(index_path: str) -> dict[str, list[str]]:
 
 
 def read_safetensors_snapshot(
-    path: str, label: str, files: dict[str, list[str]]
+    path: str,
+    label: str,
+    files: dict[str, list[str]],
+    handles: SafetensorsHandles | None = None,
 ) -> PendingSnapshot:
-    tensors, metadata = safetensors_refs(files)
+    """One snapshot from `{file: [keys, or [] for all]}`; `handles` is shared across the run."""
+    tensors, metadata = safetensors_refs(files, handles or SafetensorsHandles())
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
     step = _metadata_number(metadata, "global_step", "step")
@@ -150,25 +162,28 @@ def read_safetensors_snapshot(
     )
 
 
-def snapshots_in(path: str, root: str) -> list[PendingSnapshot]:
+def snapshots_in(
+    path: str, root: str, handles: SafetensorsHandles
+) -> list[PendingSnapshot]:
     """One snapshot per index (its shards grouped) and per safetensors file not in an index."""
     if os.path.isfile(path):
-        if is_index(path):
-            return [
-                read_safetensors_snapshot(path, label_of(path, root), read_index(path))
-            ]
-        return [read_safetensors_snapshot(path, label_of(path, root), {path: []})]
+        files = read_index(path) if is_index(path) else {path: []}
+        return [read_safetensors_snapshot(path, label_of(path, root), files, handles)]
     listed = files_in(path)
     pending: list[PendingSnapshot] = []
     sharded: set[str] = set()
     for index in (p for p in listed if is_index(p)):
         shards = read_index(index)
         sharded.update(shards)
-        pending.append(read_safetensors_snapshot(index, label_of(index, root), shards))
+        pending.append(
+            read_safetensors_snapshot(index, label_of(index, root), shards, handles)
+        )
     for file in listed:
         if file not in sharded and not is_index(file) and sniff_safetensors_file(file):
             pending.append(
-                read_safetensors_snapshot(file, label_of(file, root), {file: []})
+                read_safetensors_snapshot(
+                    file, label_of(file, root), {file: []}, handles
+                )
             )
     return pending
 
@@ -187,7 +202,7 @@ class SafetensorsFiles:
 
     def open(self, path: str) -> Run:
         root = path if os.path.isdir(path) else (os.path.dirname(path) or ".")
-        pending = snapshots_in(path, root)
+        pending = snapshots_in(path, root, SafetensorsHandles())
         warnings = []
         if os.path.isdir(path):
             used = {os.path.basename(p.path) for p in pending}

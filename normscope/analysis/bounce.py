@@ -1,0 +1,338 @@
+"""Bounce points of the weight norm: the exact ABEL rule replayed, and a noise-robust detector.
+
+Both are pure functions of an end-of-epoch series (see `normscope.analysis.epochs`).
+
+The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`).
+On a noisy plateau the sign of Δ flips almost every epoch and the rule fires on noise; it is kept
+because it is what the paper (and the `ABEL` scheduler) does.
+
+The robust detector (`detect_bounces`) works on y = log N, in these steps:
+
+1. noise: σ = 1.4826·MAD(Δ²y)/√6 — the per-epoch level noise estimated from the run itself (second
+   differences cancel any smooth trend; the median ignores the few epochs where the bounce bends);
+2. smoothing: z = centred moving average of y over `smooth_window` epochs (one-sided at the ends);
+3. turning points: a zig-zag on z with threshold h = max(`depth_sigmas`·σ, `min_depth`); a minimum is
+   confirmed once z has risen h above it, a maximum once z has fallen h below it;
+4. a bounce is a confirmed minimum preceded by a decline of at least h, spanning at least `min_width`
+   epochs from the start of the decline to the confirmation of the rise;
+5. the rise ends (and the robust ABEL would decay) at the first epoch after confirmation whose smoothed
+   increase falls to max(`slope_sigmas`·(noise of a smoothed increment), `flat_fraction`·(the
+   fastest increase since the minimum)), or at the next confirmed maximum — whichever comes first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from normscope.analysis.abel_rule import (
+    EVENT_DECAY,
+    EVENT_MINIMUM,
+    AbelState,
+    abel_step,
+    final_decay_epoch,
+)
+from normscope.analysis.epochs import EpochSeries
+from normscope.errors import BadInputError
+
+REASON_BOUNCE = "bounce"
+REASON_BUDGET = "budget"
+_MAD_TO_SIGMA = 1.4826  # MAD of a normal sample → its standard deviation
+
+
+# ----------------------------------------------------------------------------------------------- exact
+@dataclass(frozen=True)
+class AbelDecay:
+    epoch: int  # completed epochs when the LR is multiplied (a MultiStepLR milestone)
+    reason: str  # "bounce" (second sign change) or "budget" (the final decay at ~85 %)
+    minimum_epoch: int | None = None  # for a bounce: where the rule took the bottom to be
+
+
+@dataclass(frozen=True)
+class AbelReplay:
+    decays: tuple[AbelDecay, ...]
+    minimum_epochs: tuple[int, ...]  # every extremum the rule took for a bounce's bottom
+    sign_changes: int
+    reached_minimum: bool  # the flag after the last epoch
+    final_decay_epoch: int | None  # None when the budget is unknown
+
+    @property
+    def decay_epochs(self) -> tuple[int, ...]:
+        return tuple(d.epoch for d in self.decays)
+
+
+def abel_replay(
+    epochs: Sequence[int],
+    norm_sq: Sequence[float],
+    *,
+    total_epochs: int | None = None,
+    final_fraction: float = 0.85,
+) -> AbelReplay:
+    """Replay ABEL's rule on end-of-epoch squared norms; add the budget decay when the budget is known."""
+    if len(epochs) != len(norm_sq):
+        raise ValueError("epochs and norm_sq differ in length")
+    state = AbelState()
+    decays: list[AbelDecay] = []
+    minima: list[int] = []
+    changes = 0
+    for i, (epoch, value) in enumerate(zip(epochs, norm_sq)):
+        state, event = abel_step(state, float(value))
+        if event is None:
+            continue
+        changes += 1
+        if event == EVENT_MINIMUM:
+            minima.append(int(epochs[i - 1]))
+        elif event == EVENT_DECAY:
+            decays.append(AbelDecay(int(epoch), REASON_BOUNCE, minima[-1] if minima else None))
+    final = None
+    if total_epochs is not None:
+        final = final_decay_epoch(total_epochs, final_fraction)
+        if final not in {d.epoch for d in decays}:
+            decays.append(AbelDecay(final, REASON_BUDGET))
+            decays.sort(key=lambda d: d.epoch)
+    return AbelReplay(tuple(decays), tuple(minima), changes, state.reached_minimum, final)
+
+
+# ---------------------------------------------------------------------------------------------- robust
+@dataclass(frozen=True)
+class RobustParams:
+    """Parameters of the robust detector (see the module docstring for where each enters)."""
+
+    smooth_window: int = 3  # epochs in the centred moving average of log N
+    depth_sigmas: float = 5.0  # decline and rise must each exceed this many noise σ ...
+    min_depth: float = 0.002  # ... and this much in log N (≈ 0.2 % of N), whatever the noise
+    min_width: int = 3  # epochs from the start of the decline to the confirmation of the rise
+    slope_sigmas: float = 2.0  # a smoothed increase within this many σ of noise is "flat"
+    flat_fraction: float = 0.2  # ... as is one below this fraction of the fastest increase
+
+    def __post_init__(self) -> None:
+        if self.smooth_window < 1 or self.min_width < 1:
+            raise BadInputError("smooth_window and min_width must be at least 1")
+        if self.depth_sigmas <= 0 or self.min_depth < 0 or not 0 <= self.flat_fraction < 1:
+            raise BadInputError("depth_sigmas must be > 0, min_depth ≥ 0 and flat_fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Bounce:
+    start_epoch: int  # where the decline began (previous peak, or the first epoch)
+    minimum_epoch: int  # bottom of the bounce (lowest raw value within the smoothing window)
+    confirmed_epoch: int  # first epoch at which the rise exceeded the threshold
+    rise_end_epoch: int | None  # top of the rise; None while the norm is still rising
+    decay_epoch: int | None  # where a robust ABEL decays (the epoch the end of the rise is seen)
+    depth: float  # fractional drop from the start to the minimum: 1 − N_min/N_start
+    rise: float  # fractional rise from the minimum to the rise's end (or the last epoch)
+    significance: float  # min(drop, rise) in units of the noise of a smoothed difference
+    confidence: float  # 1 − Bonferroni-corrected one-sided Gaussian p-value of `significance`
+
+
+@dataclass(frozen=True)
+class BounceDetection:
+    bounces: tuple[Bounce, ...]
+    noise: float  # σ of log N per epoch, estimated from the run
+    threshold: float  # h, in log N
+    noise_limited: bool  # True when h came from depth_sigmas·σ, False when from the min_depth floor
+    trend_at_end: str  # "rising", "falling" or "flat": smoothed move over the last epochs vs h/2
+    last_turn_epoch: int | None  # epoch of the last confirmed turning point
+    epochs: tuple[int, ...]
+    smoothed_log_norm_sq: tuple[float, ...]
+    params: RobustParams = field(default_factory=RobustParams)
+
+    @property
+    def decay_epochs(self) -> tuple[int, ...]:
+        return tuple(b.decay_epoch for b in self.bounces if b.decay_epoch is not None)
+
+
+def noise_level(log_norm_sq: np.ndarray) -> float:
+    """Per-epoch noise σ of a series around its smooth trend, from the MAD of second differences."""
+    if len(log_norm_sq) < 4:
+        return 0.0
+    d2 = np.diff(log_norm_sq, n=2)
+    return float(_MAD_TO_SIGMA * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6.0))
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average; the window shrinks at both ends instead of padding."""
+    half = window // 2
+    out = np.empty_like(values, dtype=float)
+    for i in range(len(values)):
+        lo, hi = max(0, i - half), min(len(values), i + half + 1)
+        out[i] = float(np.mean(values[lo:hi]))
+    return out
+
+
+def _turning_points(z: np.ndarray, h: float) -> tuple[list[tuple[str, int, int]], int]:
+    """Zig-zag turning points (kind, index, index where confirmed) and the trend after the last one."""
+    pivots: list[tuple[str, int, int]] = []
+    trend, hi, lo = 0, 0, 0
+    for i in range(1, len(z)):
+        if trend == 0:
+            hi = i if z[i] > z[hi] else hi
+            lo = i if z[i] < z[lo] else lo
+            if z[hi] - z[lo] >= h:
+                if hi > lo:
+                    pivots.append(("min", lo, i))
+                    trend = 1
+                else:
+                    pivots.append(("max", hi, i))
+                    trend = -1
+        elif trend == 1:
+            if z[i] > z[hi]:
+                hi = i
+            elif z[hi] - z[i] >= h:
+                pivots.append(("max", hi, i))
+                trend, lo = -1, i
+        else:
+            if z[i] < z[lo]:
+                lo = i
+            elif z[i] - z[lo] >= h:
+                pivots.append(("min", lo, i))
+                trend, hi = 1, i
+    return pivots, trend
+
+
+def detect_bounces(
+    epochs: Sequence[int], norm_sq: Sequence[float], params: RobustParams | None = None
+) -> BounceDetection:
+    """Find the bounces of a squared-norm series that stand out of its own noise."""
+    params = params or RobustParams()
+    values = np.asarray(norm_sq, dtype=float)
+    if len(values) != len(epochs):
+        raise ValueError("epochs and norm_sq differ in length")
+    if np.any(~np.isfinite(values)) or np.any(values <= 0):
+        raise BadInputError("the squared weight norm must be finite and positive at every epoch")
+    y = np.log(values)
+    sigma = noise_level(y)
+    w = params.smooth_window
+    z = smooth(y, w)
+    noise_h = params.depth_sigmas * sigma
+    h = max(noise_h, params.min_depth)
+    if h <= 0:  # a constant series: nothing can stand out
+        h = math.inf
+    pivots, _ = _turning_points(z, h)
+    sigma_diff = sigma * math.sqrt(2.0 / w)
+    step_noise = sigma * math.sqrt(2.0) / w
+    bounces: list[Bounce] = []
+    for k, (kind, m, confirmed) in enumerate(pivots):
+        if kind != "min":
+            continue
+        start = pivots[k - 1][1] if k > 0 else int(np.argmax(z[: m + 1]))
+        drop = float(z[start] - z[m])
+        if drop < h or confirmed - start < params.min_width:
+            continue
+        next_max = pivots[k + 1][1] if k + 1 < len(pivots) else None
+        end, decay = _rise_end(z, m, confirmed, next_max, step_noise, params)
+        # smoothing drags the bottom of an asymmetric V towards its gentler side: place the minimum
+        # at the lowest raw value inside the smoothing window (depth stays the smoothed, cautious one)
+        half = w // 2
+        bottom = max(start, m - half) + int(np.argmin(y[max(start, m - half) : m + half + 1]))
+        top = end if end is not None else int(len(z) - 1)
+        rise = float(np.max(z[m : top + 1]) - z[m])
+        significance = min(drop, rise) / sigma_diff if sigma_diff > 0 else math.inf
+        p_value = min(1.0, len(z) * 0.5 * math.erfc(significance / math.sqrt(2.0)))
+        bounces.append(Bounce(
+            start_epoch=int(epochs[start]),
+            minimum_epoch=int(epochs[bottom]),
+            confirmed_epoch=int(epochs[confirmed]),
+            rise_end_epoch=None if end is None else int(epochs[end]),
+            decay_epoch=None if decay is None else int(epochs[decay]),
+            depth=float(1.0 - math.exp(-drop)),
+            rise=float(math.expm1(rise)),
+            significance=float(significance),
+            confidence=float(1.0 - p_value),
+        ))
+    return BounceDetection(
+        bounces=tuple(bounces),
+        noise=sigma,
+        threshold=float(h),
+        noise_limited=noise_h >= params.min_depth,
+        trend_at_end=_recent_trend(z, h, max(3, w)),
+        last_turn_epoch=int(epochs[pivots[-1][1]]) if pivots else None,
+        epochs=tuple(int(e) for e in epochs),
+        smoothed_log_norm_sq=tuple(float(v) for v in z),
+        params=params,
+    )
+
+
+def _recent_trend(z: np.ndarray, h: float, span: int) -> str:
+    """Direction of the smoothed series over its last `span` epochs: a move of h/2 either way counts."""
+    if len(z) < 2:
+        return "flat"
+    move = float(z[-1] - z[-min(span, len(z))])
+    return "rising" if move > h / 2 else "falling" if move < -h / 2 else "flat"
+
+
+def _rise_end(
+    z: np.ndarray, m: int, confirmed: int, next_max: int | None, step_noise: float, params: RobustParams
+) -> tuple[int | None, int | None]:
+    """(index of the top of the rise, index where that is first seen), or (None, None) while rising."""
+    dz = np.diff(z, prepend=z[0])
+    fastest = 0.0
+    last = len(z) - 1 if next_max is None else next_max
+    for j in range(m + 1, len(z)):
+        if j > confirmed and j - 1 >= m:
+            tol = max(params.slope_sigmas * step_noise, params.flat_fraction * fastest)
+            if dz[j] <= tol:
+                return j - 1, j
+        fastest = max(fastest, dz[j])
+        if j >= last and next_max is not None:
+            return next_max, min(len(z) - 1, next_max + 1)
+    return None, None
+
+
+# ------------------------------------------------------------------------------------------- per layer
+@dataclass(frozen=True)
+class LayerBounces:
+    layer: str
+    exact: AbelReplay
+    robust: BounceDetection | None  # None when the layer's norm is zero somewhere
+    note: str = ""
+
+
+def layer_bounces(series: EpochSeries, params: RobustParams | None = None) -> tuple[LayerBounces, ...]:
+    """Both detectors on every layer's own end-of-epoch squared norm."""
+    out: list[LayerBounces] = []
+    for layer in series.layers:
+        values = np.asarray(layer.norm_sq, dtype=float)
+        if np.any(~np.isfinite(values)):
+            out.append(LayerBounces(layer.layer, abel_replay((), ()), None, "missing in some epochs"))
+            continue
+        exact = abel_replay(series.epochs, values)
+        if np.any(values <= 0):
+            out.append(LayerBounces(layer.layer, exact, None, "zero norm in some epoch"))
+            continue
+        out.append(LayerBounces(layer.layer, exact, detect_bounces(series.epochs, values, params)))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------- all of it
+@dataclass(frozen=True)
+class BounceAnalysis:
+    """Both detectors on the run's total norm and on each layer: what `normscope analyze` shows.
+    Unlike `recommend`, it needs no learning rate."""
+
+    series: EpochSeries
+    exact: AbelReplay
+    robust: BounceDetection
+    layers: tuple[LayerBounces, ...]
+
+
+def analyze_bounces(
+    table,
+    *,
+    include_kinds: tuple[str, ...] | str | None = None,
+    steps_per_epoch: float | None = None,
+    params: RobustParams | None = None,
+) -> BounceAnalysis:
+    """Bounces of the trajectory table's end-of-epoch norm (raises BadInputError below 3 epochs)."""
+    from normscope.analysis.epochs import epoch_series
+
+    series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
+    return BounceAnalysis(
+        series=series,
+        exact=abel_replay(series.epochs, series.norm_sq),
+        robust=detect_bounces(series.epochs, series.norm_sq, params),
+        layers=layer_bounces(series, params),
+    )

@@ -1,0 +1,100 @@
+"""`normscope recommend PATH`: when to decay the learning rate, from the weight norm (ABEL)."""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from normscope.cli._common import (
+    emit_text,
+    handle_errors,
+    progress_reporter,
+    render_to_text,
+    stderr_console,
+)
+
+
+class Format(str, enum.Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@handle_errors
+def recommend(
+    path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint file, or a live log.",
+                                         show_default=False)],
+    lr: Annotated[float | None, typer.Option("--lr", help="Base LR (default: the largest LR recorded).")] = None,
+    decay_factor: Annotated[float, typer.Option(help="LR multiplier at each decay.")] = 0.1,
+    min_lr: Annotated[float, typer.Option(help="Never decay below this LR.")] = 0.0,
+    steps_per_epoch: Annotated[float | None, typer.Option(
+        help="Aggregate snapshots to epochs by step ÷ this, instead of the epoch the checkpoints record.")] = None,
+    total_epochs: Annotated[int | None, typer.Option(
+        help="Training budget in epochs (default: the run's length; give it for a run in progress).")] = None,
+    include_kinds: Annotated[str, typer.Option(
+        help="Tensors in the norm: comma-separated of weight,bias,norm,other, or 'all'.")] = "weight",
+    format: Annotated[Format, typer.Option("--format", "-f", help="table, json, or csv (per-epoch LR table).")]
+    = Format.table,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    texp: Annotated[bool, typer.Option("--texp", help="Add Li & Arora's tapered-exponential equivalent.")] = False,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
+    = None,
+    device: Annotated[str, typer.Option(help="Where to reduce tensors: auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
+    from normscope.analysis.recommend import recommend_table
+    from normscope.api import load_trajectory
+
+    progress, update = progress_reporter()
+    with progress:
+        traj = load_trajectory(path, device=device, progress=update)
+    rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
+                          decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
+    texp_schedule = _texp(rec) if texp else None
+
+    err = stderr_console()
+    for warning in traj.warnings:
+        err.print(f"normscope: warning: {warning}")
+    if plot is not None:
+        from normscope.report.bounce_plot import plot_recommendation
+
+        plot_recommendation(rec, plot, title=Path(path).name)
+        err.print(f"normscope: plot written to {plot}")
+
+    if format is Format.json:
+        from normscope.report.recommend_view import to_json
+
+        emit_text(json.dumps(to_json(rec, texp_schedule), indent=2, allow_nan=False) + "\n", output)
+    elif format is Format.csv:
+        from normscope.report.recommend_view import schedule_csv
+
+        emit_text(schedule_csv(rec, texp_schedule), output)
+    else:
+        from normscope.report.recommend_view import recommend_view
+
+        view = recommend_view(rec, texp_schedule)
+        if output is None:
+            from normscope.cli._common import stdout_console
+
+            stdout_console().print(view)
+        else:
+            emit_text(render_to_text(view), output)
+
+
+def _texp(rec):
+    from normscope.errors import BadInputError
+    from normscope.schedules import texp_schedule
+
+    s = rec.series
+    if s.optimizer and not s.optimizer.upper().startswith("SGD"):
+        raise BadInputError(f"--texp holds for SGD (with momentum); this run used {s.optimizer}")
+    if not s.steps_per_epoch:
+        raise BadInputError("--texp needs steps per epoch: pass --steps-per-epoch N")
+    if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
+        raise BadInputError("--texp needs the run's weight decay, and the checkpoints record none")
+    momentum = s.momentum if s.momentum == s.momentum else 0.0
+    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum)

@@ -1,0 +1,231 @@
+"""`normscope recommend` rendered: rich renderables for the terminal, a JSON document, the per-epoch CSV.
+
+Nothing is computed here beyond formatting; every number comes from the `Recommendation`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from normscope.analysis.bounce import BounceAnalysis, BounceDetection, LayerBounces
+from normscope.analysis.recommend import (
+    VERDICT_DECAY_NOW,
+    VERDICT_NO_BOUNCE,
+    Recommendation,
+)
+from normscope.report.jsonable import jsonable
+from normscope.schedules import TexpSchedule
+
+SCHEMA_VERSION = 1
+_VERDICT_STYLE = {VERDICT_DECAY_NOW: "bold yellow", VERDICT_NO_BOUNCE: "bold cyan"}
+
+
+def _g(x: float | None, digits: int = 4) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def _epochs(values) -> str:
+    return ", ".join(str(v) for v in values) or "none"
+
+
+def run_header(rec: Recommendation) -> Text:
+    s = rec.series
+    lines = [
+        (f"norm: Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
+         f"{s.n_epochs} epochs ({s.epochs[0]}–{s.epochs[-1]}, from {s.epoch_source})"),
+        f"optimizer: {s.optimizer or 'unknown'}  wd={_g(s.weight_decay)}  momentum={_g(s.momentum)}  "
+        f"base lr={rec.base_lr:g} ({rec.lr_source})  decay factor={rec.decay_factor:g}"
+        + (f"  min lr={rec.min_lr:g}" if rec.min_lr > 0 else ""),
+    ]
+    if rec.relaxation is not None:
+        r = rec.relaxation
+        when = f"{r.steps:.0f} steps" + (f" ≈ {r.epochs:.1f} epochs" if r.epochs is not None else "")
+        lines.append(f"relaxation time at lr {r.lr:g}: {r.formula} = {when}")
+    return Text("\n".join(lines))
+
+
+def verdict_text(rec: Recommendation) -> Text:
+    v = rec.verdict
+    text = Text(f"At epoch {v.at_epoch}: ")
+    text.append(v.status.upper(), style=_VERDICT_STYLE.get(v.status, "bold green"))
+    for line in v.evidence:
+        text.append(f"\n  • {line}")
+    return text
+
+
+def decay_table(rec: Recommendation) -> Table:
+    table = Table(title="Where to decay the LR", title_justify="left")
+    table.add_column("method")
+    table.add_column("decay epochs")
+    table.add_column("final lr", justify="right")
+    table.add_row("recommended (robust bounces + budget, spaced)", _epochs(rec.decay_epochs), _g(rec.schedule[-1]))
+    table.add_row("exact ABEL rule (+ budget)", _epochs(rec.exact_decay_epochs), _g(rec.exact_schedule[-1]))
+    return table
+
+
+def bounce_table(found: BounceDetection, title: str = "Bounces (robust detector)") -> RenderableType:
+    p = found.params
+    caption = (f"noise σ = {found.noise:.2e} in log N per epoch; threshold h = {found.threshold:.2e} "
+               f"({'= ' + format(p.depth_sigmas, 'g') + 'σ' if found.noise_limited else 'the min-depth floor'}); "
+               f"smoothing {p.smooth_window} epochs; the norm is {found.trend_at_end} at the end")
+    if not found.bounces:
+        return Text(f"{title}: none. {caption}")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for name in ("decline from", "minimum", "rise confirmed", "rise ends", "decay at", "depth", "rise",
+                 "signif. (σ)", "confidence"):
+        table.add_column(name, justify="right")
+    for b in found.bounces:
+        table.add_row(str(b.start_epoch), str(b.minimum_epoch), str(b.confirmed_epoch),
+                      "rising" if b.rise_end_epoch is None else str(b.rise_end_epoch),
+                      "–" if b.decay_epoch is None else str(b.decay_epoch),
+                      f"{b.depth:.1%}", f"{b.rise:.1%}", f"{b.significance:.1f}", f"{b.confidence:.3f}")
+    return table
+
+
+def layer_table(layers: tuple[LayerBounces, ...]) -> Table:
+    table = Table(title="Per layer", title_justify="left")
+    table.add_column("layer")
+    table.add_column("robust bounces (min → decay)")
+    table.add_column("exact-rule decays", justify="right")
+    for lb in layers:
+        if lb.robust is None:
+            shown = lb.note
+        else:
+            shown = "; ".join(f"{b.minimum_epoch} → {b.decay_epoch if b.decay_epoch is not None else 'rising'}"
+                              for b in lb.robust.bounces) or "none"
+        table.add_row(lb.layer, shown, str(len(lb.exact.decay_epochs)))
+    return table
+
+
+def past_decay_table(rec: Recommendation) -> RenderableType:
+    if not rec.past_decays:
+        return Text("LR decays recorded in the run: none")
+    table = Table(title="LR decays recorded in the run", title_justify="left")
+    for name in ("epoch", "lr", "epochs since previous", "relaxation (epochs)", "verdict"):
+        table.add_column(name, justify="right")
+    for d in rec.past_decays:
+        verdict = {True: Text("too early", style="bold red"), False: Text("ok"), None: Text("unknown")}[d.premature]
+        table.add_row(str(d.epoch), f"{d.lr_before:g} → {d.lr_after:g}", str(d.epochs_since_previous),
+                      _g(d.relaxation_epochs, 3), verdict)
+    return table
+
+
+def texp_table(texp: TexpSchedule) -> Table:
+    table = Table(title=f"TEXP equivalent (no weight decay; momentum {texp.momentum:g}, "
+                        f"{texp.steps_per_epoch} steps/epoch)", title_justify="left",
+                  caption=f"start the momentum buffer at {texp.initial_buffer_factor:.3g}·w₀ for an exact match",
+                  caption_justify="left")
+    for name in ("epoch", "step lr (with wd)", "TEXP lr at epoch start", "× per epoch"):
+        table.add_column(name, justify="right")
+    for row in texp.epochs:
+        table.add_row(str(row.epoch), _g(row.step_lr), _g(row.texp_lr), f"{row.growth:.4g}")
+    return table
+
+
+def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Group:
+    parts: list[RenderableType] = [run_header(rec), Text(""), verdict_text(rec), Text(""), decay_table(rec),
+                                   Text(rec.multistep, style="bold")]
+    parts += [Text(f"skipped decay at epoch {s.epoch} — {s.reason}", style="dim") for s in rec.skipped]
+    parts += [Text(""), bounce_table(rec.robust), past_decay_table(rec), layer_table(rec.layers)]
+    if texp is not None:
+        parts.append(texp_table(texp))
+    parts += [Text(line, style="bold") for line in rec.advice]
+    parts += [Text(f"note: {n}", style="dim") for n in rec.notes]
+    return Group(*parts)
+
+
+def bounce_summary(rec: Recommendation) -> Group:
+    """The compact block `normscope analyze` can show: verdict, decay epochs and the bounce table."""
+    return Group(verdict_text(rec), decay_table(rec), bounce_table(rec.robust))
+
+
+def bounce_analysis_view(found: BounceAnalysis) -> Group:
+    """For `normscope analyze`: the exact rule's decays, the robust bounces, and the per-layer table."""
+    s = found.series
+    head = Text(f"Weight-norm bounces — Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
+                f"epochs {s.epochs[0]}–{s.epochs[-1]} ({s.epoch_source}); the exact ABEL rule would decay at "
+                f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
+    return Group(head, bounce_table(found.robust), layer_table(found.layers))
+
+
+def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
+    s = found.series
+    return jsonable({
+        "schema_version": SCHEMA_VERSION,
+        "include_kinds": list(s.include_kinds), "epoch_source": s.epoch_source,
+        "epochs": list(s.epochs), "norm_sq": list(s.norm_sq),
+        "exact_decay_epochs": list(found.exact.decay_epochs),
+        "robust_decay_epochs": list(found.robust.decay_epochs),
+        "exact": found.exact, "robust": found.robust,
+        "layers": [{"layer": lb.layer, "exact_decay_epochs": list(lb.exact.decay_epochs),
+                    "robust": None if lb.robust is None else lb.robust.bounces, "note": lb.note}
+                   for lb in found.layers],
+        "notes": list(s.notes),
+    })
+
+
+def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, Any]:
+    """The whole recommendation as JSON-safe values; `decay_epochs` are the recommended milestones."""
+    s = rec.series
+    doc: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "decay_epochs": list(rec.decay_epochs),
+        "exact_decay_epochs": list(rec.exact_decay_epochs),
+        "multistep": rec.multistep,
+        "verdict": jsonable(rec.verdict),
+        "advice": list(rec.advice),
+        "base_lr": rec.base_lr,
+        "lr_source": rec.lr_source,
+        "decay_factor": rec.decay_factor,
+        "min_lr": rec.min_lr,
+        "total_epochs": rec.total_epochs,
+        "budget_given": rec.budget_given,
+        "schedule": [{"epoch": e, "lr": lr, "lr_exact_abel": ex}
+                     for e, (lr, ex) in enumerate(zip(rec.schedule, rec.exact_schedule))],
+        "skipped": jsonable(rec.skipped),
+        "relaxation": jsonable(rec.relaxation),
+        "past_decays": jsonable(rec.past_decays),
+        "norm": {
+            "include_kinds": list(s.include_kinds), "n_tensors": s.n_tensors, "epoch_source": s.epoch_source,
+            "steps_per_epoch": s.steps_per_epoch, "optimizer": s.optimizer, "weight_decay": s.weight_decay,
+            "momentum": s.momentum, "epochs": list(s.epochs), "steps": list(s.steps),
+            "norm_sq": list(s.norm_sq), "lr_recorded": list(s.lr),
+        },
+        "exact": jsonable(rec.exact),
+        "robust": jsonable(rec.robust),
+        "layers": [{"layer": lb.layer, "exact_decay_epochs": list(lb.exact.decay_epochs),
+                    "robust": None if lb.robust is None else jsonable(lb.robust.bounces), "note": lb.note}
+                   for lb in rec.layers],
+        "notes": list(rec.notes),
+    }
+    if texp is not None:
+        doc["texp"] = jsonable(texp)
+    return jsonable(doc)
+
+
+def schedule_csv(rec: Recommendation, texp: TexpSchedule | None = None) -> str:
+    """Per-epoch LR table: epoch (0-based, being trained), recommended and exact-ABEL LR, what the run
+    recorded, the norm at the epoch's start (after `epoch` completed epochs), and TEXP's LR if asked."""
+    recorded = dict(zip(rec.series.epochs, zip(rec.series.lr, rec.series.norm_sq)))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["epoch", "lr", "lr_exact_abel", "lr_recorded", "norm_sq_at_start"]
+    writer.writerow(header + (["texp_lr"] if texp is not None else []))
+    for e in range(rec.total_epochs):
+        lr_rec, norm = recorded.get(e, (math.nan, math.nan))
+        row = [e, _csv(rec.schedule[e]), _csv(rec.exact_schedule[e]), _csv(lr_rec), _csv(norm)]
+        if texp is not None:
+            row.append(_csv(texp.epochs[e].texp_lr))
+        writer.writerow(row)
+    return out.getvalue()
+
+
+def _csv(x: float) -> str:
+    return "" if not math.isfinite(x) else format(float(x), ".12g")  # 12 digits: no 0.020000000000000004

@@ -1,0 +1,117 @@
+"""`normscope analyze` end to end on the committed sample runs and on damaged copies of them."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from normscope.cli import app
+from normscope.trajectory import COLUMNS
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, ["analyze", *map(str, args)])
+
+
+def test_table_names_every_weight_and_the_bounce(sgd_run_dir):
+    result = invoke(sgd_run_dir)
+    assert result.exit_code == 0, result.output
+    for name in ("block1.conv.weight", "block3.bn.weight", "head.weight"):
+        assert name in result.output
+    assert "running_mean" not in result.output  # buffers are not shown in the table
+    assert "61, ep 0 → ep 60, ordered by embedded" in result.output
+    assert "SGD lr=0.02 wd=0.001 momentum=0.9" in result.output
+    assert "Bounces (robust detector)" in result.output
+
+
+def test_json_document_matches_the_table(sgd_run_dir):
+    result = invoke(sgd_run_dir, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["schema_version"] == 1
+    assert len(doc["snapshots"]) == 61
+    assert doc["snapshots"][0]["order_source"] == "embedded"
+    assert doc["snapshots"][0]["param_groups"][0]["lr"] == pytest.approx(0.2)
+    params = {p["param"]: p for p in doc["params"]}
+    conv = params["block1.conv.weight"]
+    # the checkpoint itself is the reference, recomputed in float64; the engine's documented
+    # tolerance is 1e-6 relative (fp32 partial sums over rows of 4096, then float64)
+    first = torch.load(sgd_run_dir / "epoch_000.pt", weights_only=True)["model"]["block1.conv.weight"]
+    last = torch.load(sgd_run_dir / "epoch_060.pt", weights_only=True)["model"]["block1.conv.weight"]
+    assert conv["first_norm"] == pytest.approx(first.double().norm().item(), rel=1e-6)
+    assert conv["last_norm"] == pytest.approx(last.double().norm().item(), rel=1e-6)
+    assert doc["bounces"]["robust"]["bounces"], doc["bounces"]
+    assert doc["skipped"] == {}
+
+
+def test_csv_is_the_tidy_table(sgd_run_dir, tmp_path):
+    out = tmp_path / "traj.csv"
+    result = invoke(sgd_run_dir, "--format", "csv", "-o", out, "--include", "*.conv.weight")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out)
+    assert list(table.columns) == list(COLUMNS)
+    assert set(table["param"]) == {f"block{i}.conv.weight" for i in (1, 2, 3)}
+    assert len(table) == 3 * 61
+    assert table.loc[table.snapshot == 0, "angle_rad"].isna().all()
+    assert (table.loc[table.snapshot > 0, "angle_rad"] > 0).all()
+
+
+def test_parquet_needs_an_output_file_and_round_trips(sgd_run_dir, tmp_path):
+    result = invoke(sgd_run_dir, "--format", "parquet")
+    assert result.exit_code == 2
+    out = tmp_path / "traj.parquet"
+    result = invoke(sgd_run_dir, "--format", "parquet", "-o", out, "--every", "10")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(out)
+    assert sorted(table["epoch"].unique()) == [0, 10, 20, 30, 40, 50, 60]
+
+
+def test_hf_layout_and_its_hyperparameters(adamw_run_dir):
+    result = invoke(adamw_run_dir, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["run"]["layout"] == "hf-trainer"
+    assert doc["snapshots"][0]["order_source"] == "trainer_state"
+    assert doc["snapshots"][-1]["optimizer"] == "AdamW"
+
+
+def test_nonfinite_weights_are_analysed_and_flagged(tiny_trained_run, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_trained_run, damaged)
+    last = sorted(damaged.glob("*.pt"))[-1]
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["model"]["head.weight"][0, :3] = float("nan")
+    torch.save(checkpoint, last)
+    result = invoke(damaged, "--format", "json")
+    assert result.exit_code == 0
+    assert "head.weight holds 3 non-finite value(s)" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["totals"]["nonfinite"][0]["param"] == "head.weight"
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke(tmp_path / "empty")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("normscope: error:")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    result = invoke(tmp_path / "notes.txt")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+def test_a_filter_that_matches_nothing_is_a_usage_error(sgd_run_dir):
+    result = invoke(sgd_run_dir, "--include", "no.such.*")
+    assert result.exit_code == 2
+    assert "no parameter matches" in result.stderr
+
+
+def test_too_few_epochs_skip_the_bounce_analysis_with_the_reason(tiny_trained_run):
+    first_two = [p for p in sorted(tiny_trained_run.glob("*.pt"))[:2]]
+    result = invoke(first_two[0])
+    assert result.exit_code == 0, result.output
+    assert "bounces: not analysed" in result.output
