@@ -97,3 +97,36 @@ def test_config_file_beside_the_run_is_found_and_applied(sgd_run_dir, tmp_path):
     assert outcome.resolved.file == tmp_path / "project" / "pyproject.toml"
     assert result.passed and result.warnings  # growth failures are warnings here
     assert not any(f.param and f.param.startswith("head.") for f in result.findings)
+
+
+def test_bounce_rule_follows_the_detected_bounce(sgd):
+    from normscope.analysis.bounce import analyze_bounces
+
+    (bounce,) = analyze_bounces(sgd.table).robust.bounces  # the plateau bounce the sample README describes
+    assert 25 <= bounce.minimum_epoch <= 45
+    config = CheckConfig(nonfinite=False)
+    on_time = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch))
+    assert on_time.passed and on_time.findings[0].value == bounce.confirmed_epoch
+    early = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch - 1))
+    (late,) = early.errors
+    assert late.rule == "bounce" and f"minimum at epoch {bounce.minimum_epoch}" in late.message
+    never = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch="none"))
+    assert not never.passed and "expected no bounce, found 1" in never.errors[0].message
+    assert config.bounce_by_epoch is None and "bounce" not in run_check(sgd, config).rules
+
+
+def test_bounce_rule_on_a_copy_cut_before_the_bounce(sgd_run_dir, tmp_path):
+    run = copy_run(sgd_run_dir, tmp_path / "early", epochs=range(21))
+    not_due = check_path(run, environ={}, flags={"check.bounce_by_epoch": "30"}).result
+    assert not_due.passed
+    assert "only reached epoch 20 of the 30 allowed" in not_due.findings[-1].message
+    assert check_path(run, environ={}, flags={"check.bounce_by_epoch": "none"}).result.passed
+    assert not check_path(run, environ={}, flags={"check.bounce_by_epoch": "15"}).result.passed
+
+
+def test_bounce_rule_on_too_short_a_run_is_bad_input(sgd_run_dir, tmp_path):
+    from normscope.errors import BadInputError
+
+    run = copy_run(sgd_run_dir, tmp_path / "short", epochs=(0, 1))
+    with pytest.raises(BadInputError, match="at least 3"):
+        check_path(run, environ={}, flags={"check.bounce_by_epoch": "10"})

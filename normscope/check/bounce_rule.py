@@ -2,7 +2,7 @@
 
 Reads the noise-robust bounce detector (`normscope.analysis.bounce.detect_bounces`) on the
 end-of-epoch series (`normscope.analysis.epochs.epoch_series`), the same numbers `normscope
-recommend` uses. A bounce counts from the epoch its rise is confirmed.
+recommend` uses (via `analyze_bounces`). A bounce counts from the epoch its rise is confirmed.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ EXPECT_NONE = "none"
 
 
 def bounce_detection(trajectory: Trajectory, kinds: tuple[str, ...]):
-    """(EpochSeries, BounceDetection) for the selected kinds."""
-    from normscope.analysis.bounce import detect_bounces
-    from normscope.analysis.epochs import epoch_series
+    """(EpochSeries, BounceDetection) for the selected kinds (BadInputError below 3 epochs)."""
+    from normscope.analysis.bounce import analyze_bounces
 
-    series = epoch_series(trajectory.table, include_kinds=kinds or None)
-    return series, detect_bounces(series.epochs, series.norm_sq)
+    analysis = analyze_bounces(trajectory.table, include_kinds=kinds or None)
+    return analysis.series, analysis.robust
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from normscope.check.baseline_rule import BaselineDriftRule
+from normscope.check.bounce_rule import BounceRule
 from normscope.check.findings import CheckContext, CheckResult, Finding, Rule
 from normscope.check.weight_rules import GrowthRule, NonFiniteRule, TotalNormRule
 from normscope.errors import ConfigError
@@ -40,7 +41,10 @@ def build_rules(config: CheckConfig, *, with_baseline: bool) -> list[Rule]:
 
 def _analysis_rules(config: CheckConfig) -> list[Rule]:
     """Rules that read the bounce and equilibrium analyses."""
-    return []
+    rules: list[Rule] = []
+    if config.bounce_by_epoch is not None:
+        rules.append(BounceRule(config.bounce_by_epoch))
+    return rules
 
 
 def run_check(
