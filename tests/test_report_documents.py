@@ -107,3 +107,31 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert plot_band.std() > 0.1
     saturation = plot_band.max(axis=2) - plot_band.min(axis=2)
     assert (saturation > 0.3).mean() > 0.01  # coloured plot pixels, not only black text on white
+
+
+def test_report_of_the_sample_run_carries_the_recommendation(sgd_run_dir, tmp_path):
+    from normscope.analysis.recommend import recommend_table
+    from normscope.api import load_trajectory
+
+    trajectory = load_trajectory(sgd_run_dir)
+    rec = recommend_table(trajectory.table)
+    report = run_report(trajectory)
+    titles = [s.title for s in report.sections]
+    assert "Bounce and learning-rate recommendation" in titles and "Not shown" not in titles
+    assert "recommendation" in [f.name for f in report.figures]
+    text = write_report(report, tmp_path / "r.md")[-1].read_text(encoding="utf-8")
+    assert f"milestones=[{', '.join(map(str, rec.decay_epochs))}]" in text
+    assert f"verdict at epoch {rec.verdict.at_epoch}: {rec.verdict.status}" in text
+
+
+def test_analyses_that_cannot_run_are_listed_not_fatal(trained_short):
+    report = run_report(trained_short)
+    (skipped,) = [s for s in report.sections if s.title == "Not shown"]
+    assert "bounce and learning-rate recommendation" in skipped.blocks[0].items[0]
+    assert {"norms", "heatmap"} <= {f.name for f in report.figures}
+
+
+@pytest.fixture
+def trained_short():
+    states, group = train_states(epochs=6)
+    return reduce_states(states[:2], group)  # two snapshots: too short for the epoch analyses
