@@ -59,7 +59,9 @@ class EquilibriumRule:
             limit = self.minimum if low else self.maximum if high else (self.minimum or self.maximum)
             findings.append(Finding(
                 self.name, severity, ok,
-                f"settled angular update {ratio:.3g}x the prediction, {verdict} {bounds}; status {layer.status}",
-                param=layer.param, layer=layer.layer, value=ratio, limit=limit, config_key=key,
+                f"angular update {ratio:.3g}x the prediction (median over settled intervals), {verdict} "
+                f"{bounds}; now: {layer.status}",
+                param=layer.param, layer=layer.layer, value=ratio, limit=limit,
+                config_key="check.equilibrium_max_ratio" if high else "check.equilibrium_min_ratio" if low else key,
             ))
         return findings
