@@ -101,3 +101,14 @@ def test_json_document_carries_every_finding(result):
     assert doc["counts"]["errors"] == len(result.errors)
     statuses = {f["status"] for f in doc["findings"]}
     assert "error" in statuses and "pass" in statuses
+
+
+def test_junit_warnings_pass_with_their_message_in_system_out():
+    warned = Finding("collapse", "warning", False, "norm shrank x0.3", param="p", value=0.3, limit=0.5)
+    ok = Finding("collapse", "error", True, "norm shrank x0.9", param="q", value=0.9, limit=0.5)
+    root = ET.fromstring(junit_xml(CheckResult(findings=(warned, ok), rules=("collapse",))).split("\n", 1)[1])
+    cases = {c.get("name"): c for c in root.iter("testcase")}
+    assert root.get("failures") == "0" and root.get("tests") == "2"
+    assert cases["p"].find("failure") is None
+    assert cases["p"].find("system-out").text.startswith("warning: norm shrank x0.3")
+    assert list(cases["q"]) == []
