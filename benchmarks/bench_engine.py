@@ -76,7 +76,19 @@ def _tensor(name: str, shape: tuple[int, ...], step: int, dtype):
 def generate(shape: str, size_gb: float, snapshots: int, root: str) -> dict:
     import torch
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(
+        1
+    )  # a busy machine stalls torch's OpenMP regions (see docs/engine.md)
+    try:
+        return _generate(shape, size_gb, snapshots, root)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(shape: str, size_gb: float, snapshots: int, root: str) -> dict:
+    import torch
+
     os.makedirs(root, exist_ok=True)
     per = int(size_gb * GB / snapshots)
     shapes = (_llm_shapes if shape == "llm" else _resnet_shapes)(per)

@@ -115,3 +115,30 @@ def test_too_few_epochs_skip_the_bounce_analysis_with_the_reason(tiny_trained_ru
     result = invoke(first_two[0])
     assert result.exit_code == 0, result.output
     assert "bounces: not analysed" in result.output
+
+
+def test_scale_invariance_verdicts_are_in_the_json(sgd_run_dir):
+    doc = json.loads(invoke(sgd_run_dir, "--format", "json", "--every", "5").stdout)
+    flagged = sorted(p for p, inv in doc["scale_invariant"].items() if inv)
+    assert flagged == ["block1.conv.weight", "block2.conv.weight", "block3.conv.weight"]
+    assert doc["evidence"]["block1.conv.weight"]
+
+
+def test_equilibrium_report_and_plots(sgd_run_dir, tmp_path):
+    plots = tmp_path / "plots"
+    result = invoke(sgd_run_dir, "--format", "json", "--plots", plots)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    layers = {layer["param"] for layer in doc["equilibrium"]["layers"]}
+    assert layers == {"block1.conv.weight", "block2.conv.weight", "block3.conv.weight"}
+    assert (plots / "equilibrium.png").stat().st_size > 10_000
+    assert (plots / "equilibrium_heatmap.png").stat().st_size > 10_000
+
+
+def test_model_factory_decides_invariance_exactly(sgd_run_dir, monkeypatch):
+    monkeypatch.syspath_prepend(str(sgd_run_dir.parent.parent))
+    result = invoke(sgd_run_dir, "--model", "sample_runs.models:bn_cnn", "--every", "20")
+    assert result.exit_code == 0, result.output
+    assert "exact" in result.output
+    bad = invoke(sgd_run_dir, "--model", "no_such_module:factory", "--every", "20")
+    assert bad.exit_code == 2 and "Traceback" not in bad.stderr

@@ -177,3 +177,41 @@ def test_reduce_group_with_optimizer_streams_matches_float64():
                     "buf_dot": x @ m, "buf_norm_sq": m @ m, "sq_sum": v.sum()}  # fmt: skip
         for q, ref in expected.items():
             assert rel(out.sums[q][i], ref.item()) < 1e-6, (q, i)
+
+
+def test_small_tensors_count_nonfinite_and_survive_fp32_overflow():
+    bias = torch.tensor([1.0, float("nan"), 3e30, float("-inf"), 2.0])
+    scale = torch.tensor([3e30, 4e30])  # squares overflow float32, not float64
+    stats = compute_stats(
+        [
+            snapshot(0, {"bias": bias, "scale": scale}),
+            snapshot(1, {"bias": bias, "scale": scale * 2}),
+        ],
+        device="cpu",
+    )
+    b, s = stats[1].params["bias"], stats[1].params["scale"]
+    assert b.nonfinite == 2 and math.isnan(b.norm_sq)
+    assert s.nonfinite == 0
+    x, y = f64(scale * 2), f64(scale)
+    assert rel(s.norm_sq, (x @ x).item()) < 1e-12
+    assert rel(s.dot_prev, (x @ y).item()) < 1e-12
+    assert rel(s.diff_sq, ((x - y) @ (x - y)).item()) < 1e-12
+
+
+def test_rows_split_between_worker_threads_give_identical_sums():
+    from normscope.engine.reduce import split_rows
+    from normscope.engine.workers import CpuWorkers
+
+    assert split_rows(10, 4, 2) == [(0, 4), (4, 10)]  # whole 4-row blocks, 1 + 2 of them
+    assert split_rows(0, 4, 2) == []
+    g = torch.Generator().manual_seed(6)
+    group = GroupInput(
+        [torch.randn(300_000, generator=g).bfloat16(), torch.randn(9_000, generator=g)]
+    )
+    alone = reduce_group(group, block_rows=4)
+    workers = CpuWorkers(workers=3)
+    try:
+        split = reduce_group(group, block_rows=4, runner=workers)
+    finally:
+        workers.close()
+    assert split.sums == alone.sums and split.nonfinite == alone.nonfinite

@@ -44,20 +44,21 @@ def test_prefetcher_reraises_a_load_error_at_that_item():
         return i
 
     seen = []
-    with pytest.raises(ValueError, match="corrupt shard 3"):
-        with Prefetcher(range(10), load) as items:
-            for i, _ in items:
-                seen.append(i)
+    with (
+        pytest.raises(ValueError, match="corrupt shard 3"),
+        Prefetcher(range(10), load) as items,
+    ):
+        for i, _ in items:
+            seen.append(i)
     assert seen == [0, 1, 2]
 
 
 def test_prefetcher_stops_its_thread_when_the_consumer_leaves_early():
     before = threading.active_count()
-    with pytest.raises(RuntimeError):
-        with Prefetcher(range(1000), lambda i: i) as items:
-            for i, _ in items:
-                if i == 2:
-                    raise RuntimeError("consumer failed")
+    with pytest.raises(RuntimeError), Prefetcher(range(1000), lambda i: i) as items:
+        for i, _ in items:
+            if i == 2:
+                raise RuntimeError("consumer failed")
     assert threading.active_count() == before
 
 
@@ -84,7 +85,9 @@ class _SafetensorsRef:
         with safe_open(path, framework="pt") as f:
             s = f.get_slice(name)
             self.shape = tuple(s.get_shape())
-            self.dtype = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}[s.get_dtype()]
+            self.dtype = {"BF16": "bfloat16", "F32": "float32", "F16": "float16"}[
+                s.get_dtype()
+            ]
 
     def load(self) -> torch.Tensor:
         with safe_open(self.path, framework="pt") as f:
@@ -115,7 +118,10 @@ def test_real_safetensors_and_torch_files(tmp_path):
     }
     snaps, written = [], []
     for step in range(3):
-        model = {k: (v.float() * 0.9 + 0.1 * torch.randn(v.shape, generator=g)).to(v.dtype) for k, v in model.items()}
+        model = {
+            k: (v.float() * 0.9 + 0.1 * torch.randn(v.shape, generator=g)).to(v.dtype)
+            for k, v in model.items()
+        }
         written.append(model)
         st = tmp_path / f"step{step}.safetensors"
         save_file(model, str(st))

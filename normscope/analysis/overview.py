@@ -25,10 +25,24 @@ class Overview:
     run: RunSummary
     params: list[ParamSummary]
     bounces: Any | None = None  # normscope.analysis.bounce.BounceAnalysis
+    invariance: list[Any] = field(default_factory=list)  # InvarianceVerdict per parameter
+    equilibrium: Any | None = None  # EquilibriumReport, when asked for
     skipped: dict[str, str] = field(default_factory=dict)  # analysis name -> why it did not run
 
 
-def overview(traj: Trajectory, *, steps_per_epoch: float | None = None) -> Overview:
+def overview(
+    traj: Trajectory,
+    *,
+    steps_per_epoch: float | None = None,
+    equilibrium: bool = False,
+    model_spec: str | None = None,
+    overrides: Any | None = None,  # normscope.analysis.equilibrium.HyperparamOverrides
+) -> Overview:
+    """Summaries, bounces and scale-invariance verdicts; the equilibrium report when `equilibrium`.
+
+    `model_spec` ("package.module:factory") builds the user's model to decide invariance exactly
+    (torch.fx + a numerical probe): it imports and runs the user's code, by their choice.
+    """
     from normscope.analysis.bounce import analyze_bounces
 
     skipped: dict[str, str] = {}
@@ -37,5 +51,21 @@ def overview(traj: Trajectory, *, steps_per_epoch: float | None = None) -> Overv
         bounces = analyze_bounces(traj.table, steps_per_epoch=steps_per_epoch)
     except BadInputError as exc:
         skipped["bounces"] = exc.message
+    report = None
+    if equilibrium:
+        from normscope.analysis.equilibrium import (
+            HyperparamOverrides,
+            analyze_equilibrium,
+        )
+
+        if overrides is None:
+            overrides = HyperparamOverrides(steps_per_epoch=steps_per_epoch)
+        verdicts, report = analyze_equilibrium(traj, model_spec=model_spec, overrides=overrides)
+    else:
+        from normscope.analysis.invariance import classify_invariance
+        from normscope.analysis.user_model import build_model
+
+        model = build_model(model_spec) if model_spec else None
+        verdicts = classify_invariance(traj.table, model=model)
     return Overview(run=summarize_run(traj), params=summarize_params(traj), bounces=bounces,
-                    skipped=skipped)
+                    invariance=verdicts, equilibrium=report, skipped=skipped)

@@ -53,6 +53,8 @@ class RunSummary:
     total_norm_min: float
     total_norm_min_snapshot: int
     total_norm_last: float
+    total_norm_max: float
+    total_norm_max_snapshot: int
     first_step: int | None
     last_step: int | None
     first_epoch: float | None
@@ -135,6 +137,7 @@ def summarize_run(traj: Trajectory, kinds: tuple[str, ...] = DEFAULT_TOTAL_KINDS
     epochs = [m.epoch for m in traj.snapshots]
     finite_totals = totals[np.isfinite(totals)]
     i_min = int(finite_totals.idxmin()) if len(finite_totals) else 0
+    i_max = int(finite_totals.idxmax()) if len(finite_totals) else 0
     return RunSummary(
         snapshots=len(traj.snapshots),
         params=int(table["param"].nunique()),
@@ -144,6 +147,8 @@ def summarize_run(traj: Trajectory, kinds: tuple[str, ...] = DEFAULT_TOTAL_KINDS
         total_norm_min=float(totals.loc[i_min]) if len(totals) else math.nan,
         total_norm_min_snapshot=i_min,
         total_norm_last=float(totals.iloc[-1]) if len(totals) else math.nan,
+        total_norm_max=float(totals.loc[i_max]) if len(totals) else math.nan,
+        total_norm_max_snapshot=i_max,
         first_step=steps[0] if steps else None,
         last_step=steps[-1] if steps else None,
         first_epoch=epochs[0] if epochs else None,

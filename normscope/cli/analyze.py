@@ -55,6 +55,19 @@ StepsPerEpochOpt = Annotated[
     typer.Option(help="Group snapshots into epochs by step ÷ this, instead of the recorded epoch.",
                  show_default=False),
 ]
+EquilibriumOpt = Annotated[
+    bool, typer.Option(help="Add the equilibrium report for scale-invariant layers (predicted vs measured).")
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="package.module:factory building the model, to decide scale invariance exactly "
+                      "(torch.fx + a numerical probe). This imports and runs that code.", show_default=False),
+]
+PlotsOpt = Annotated[
+    Path | None,
+    typer.Option(help="Write the equilibrium plots (PNG) into this directory (implies --equilibrium).",
+                 show_default=False),
+]
 RecoverOpt = Annotated[
     bool,
     typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
@@ -73,6 +86,19 @@ def analyze(
     every: EveryOpt = 1,
     recover_unsafe: RecoverOpt = False,
     steps_per_epoch: StepsPerEpochOpt = None,
+    equilibrium: EquilibriumOpt = False,
+    model: ModelOpt = None,
+    plots: PlotsOpt = None,
+    optimizer: Annotated[str | None, typer.Option(help="Override the optimizer type (SGD, AdamW).",
+                                                  rich_help_panel="Hyper-parameter overrides")] = None,
+    lr: Annotated[float | None, typer.Option(help="Override the learning rate.",
+                                             rich_help_panel="Hyper-parameter overrides")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="Override the weight decay.",
+                                                       rich_help_panel="Hyper-parameter overrides")] = None,
+    momentum: Annotated[float | None, typer.Option(help="Override SGD momentum.",
+                                                   rich_help_panel="Hyper-parameter overrides")] = None,
+    beta1: Annotated[float | None, typer.Option(help="Override Adam's beta1.",
+                                                rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
     from normscope.analysis.overview import overview
@@ -81,12 +107,29 @@ def analyze(
 
     if format is Format.parquet and output is None:
         raise BadInputError("--format parquet writes a binary file: give it with -o FILE.parquet")
+    if plots is not None and plots.exists() and not plots.is_dir():
+        raise BadInputError(f"--plots wants a directory, and {plots} is a file")
 
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, include=include or (), exclude=exclude or (), every=every,
                                device=device.value, progress=update, recover_unsafe=recover_unsafe)
-    result = overview(traj, steps_per_epoch=steps_per_epoch)
+    from normscope.analysis.equilibrium import HyperparamOverrides
+
+    overrides = HyperparamOverrides(optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+                                    momentum=momentum, beta1=beta1, steps_per_epoch=steps_per_epoch)
+    result = overview(traj, steps_per_epoch=steps_per_epoch, equilibrium=equilibrium or plots is not None,
+                      model_spec=model, overrides=overrides)
+    if plots is not None:
+        from normscope.report.equilibrium_plots import (
+            plot_equilibrium,
+            plot_ratio_heatmap,
+        )
+
+        plots.mkdir(parents=True, exist_ok=True)
+        if result.equilibrium is not None and result.equilibrium.layers:
+            plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
+            plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
 
     err = stderr_console()
     for finding in result.run.nonfinite:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from normscope.engine.plan import dtype_of, shape_of
+from normscope.engine.plan import Entry
 from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
 
 
@@ -70,22 +70,22 @@ class Accumulator:
     def stats(
         self,
         snapshots: Sequence[Snapshot],
+        entries: Sequence[Mapping[str, Entry]],
         *,
-        names: set[str] | None = None,
         first: int = 0,
     ) -> list[SnapshotStats]:
-        """Stats for snapshots[first:], parameters in each snapshot's own order."""
+        """Stats for snapshots[first:], for the planned parameters (`entries[t]`, file order)."""
         out = []
         for t in range(first, len(snapshots)):
-            snap = snapshots[t]
-            kept = [n for n in snap.tensors if names is None or n in names]
-            shapes = {n: shape_of(snap.tensors[n]) for n in kept}
+            planned = entries[t]
             out.append(
                 SnapshotStats(
-                    meta=snap.meta,
-                    params={n: self.param_stats(t, n, shapes[n]) for n in kept},
-                    shapes=shapes,
-                    dtypes={n: dtype_of(snap.tensors[n]) for n in kept},
+                    meta=snapshots[t].meta,
+                    params={
+                        n: self.param_stats(t, n, e.shape) for n, e in planned.items()
+                    },
+                    shapes={n: e.shape for n, e in planned.items()},
+                    dtypes={n: e.dtype for n, e in planned.items()},
                 )
             )
         return out

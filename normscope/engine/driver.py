@@ -59,7 +59,7 @@ def run_engine(
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
-        work = load_work(snapshots, plan.buckets[b], b, t, with_state=t >= report_from)
+        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t])
         return work, _stage(work, stager)
 
     accumulator = Accumulator()
@@ -78,7 +78,7 @@ def run_engine(
             done += plan.sizes[b][t]
             if progress is not None:
                 progress(done, plan.total_bytes)
-    return accumulator.stats(snapshots, names=wanted, first=report_from)
+    return accumulator.stats(snapshots, plan.entries, first=report_from)
 
 
 def _reduce_work(

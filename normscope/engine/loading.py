@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from normscope.engine.plan import Piece, dtype_of, optimizer_handles, shape_of
+from normscope.engine.plan import Entry, Piece, dtype_of
 from normscope.errors import BadInputError, NormscopeError
 from normscope.snapshot import Snapshot
 
@@ -109,24 +110,22 @@ def load_work(
     bucket: tuple[Piece, ...],
     b: int,
     t: int,
-    *,
-    with_state: bool,
+    entries: Mapping[str, Entry],
 ) -> LoadedWork:
-    """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams."""
+    """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams
+    (`entries`: the plan's shapes and optimizer handles for this snapshot)."""
     snap = snapshots[t]
     work = LoadedWork(b, t)
     for piece in bucket:
-        ref = snap.tensors.get(piece.name)
-        if ref is None:
+        entry = entries.get(piece.name)
+        if entry is None:
             continue
-        shape = shape_of(ref)
+        ref, shape = snap.tensors[piece.name], entry.shape
         if not piece.whole and (not shape or piece.start >= shape[0]):
             continue
         where = f"tensor {piece.name!r} in {snap.meta.path}"
         loaded = LoadedPiece(piece, shape, _read(ref, piece, shape, where))
-        for stream, handle in optimizer_handles(
-            snap, piece.name, with_state=with_state
-        ).items():
+        for stream, handle in entry.state.items():
             tensor = _read(
                 handle,
                 piece,

@@ -41,14 +41,24 @@ class Piece:
 
 
 @dataclass(frozen=True)
+class Entry:
+    """What the engine needs to know about one parameter in one snapshot, looked up once."""
+
+    shape: tuple[int, ...]
+    dtype: str
+    state: Mapping[str, Any]  # {'buf': handle, 'sq': handle}, the streams present
+    nbytes: int  # weights + state
+
+
+@dataclass(frozen=True)
 class Plan:
+    """`sizes[b][t]`: bytes bucket b reads from snapshot t; `entries[t][name]`: the planned
+    parameters of snapshot t; `total_bytes`: everything the run reads (weights and state)."""
+
     buckets: tuple[tuple[Piece, ...], ...]
-    sizes: tuple[
-        tuple[int, ...], ...
-    ]  # sizes[b][t]: bytes bucket b reads from snapshot t
-    total_bytes: (
-        int  # everything the run will read: weights and reduced optimizer state
-    )
+    sizes: tuple[tuple[int, ...], ...]
+    entries: tuple[Mapping[str, Entry], ...]
+    total_bytes: int
 
 
 def itemsize(dtype: str, *, where: str = "") -> int:
@@ -76,14 +86,13 @@ def tensor_bytes(handle: Any) -> int:
 
 
 def optimizer_handles(
-    snapshot: Snapshot, name: str, *, with_state: bool = True
+    snapshot: Snapshot, name: str, shape: tuple[int, ...], *, with_state: bool = True
 ) -> dict[str, Any]:
     """The optimizer tensors the engine reduces for `name`: {'buf': ..., 'sq': ...} when present
-    with the parameter's shape (factored or scalar states of other optimizers are ignored)."""
+    with the parameter's `shape` (factored or scalar states of other optimizers are ignored)."""
     if not with_state:
         return {}
     state: Mapping[str, Any] = snapshot.optimizer_state.get(name, {}) or {}
-    shape = shape_of(snapshot.tensors[name])
     found: dict[str, Any] = {}
     for key in BUF_KEYS:
         handle = state.get(key)
@@ -100,12 +109,14 @@ def optimizer_handles(
     return found
 
 
-def param_bytes(snapshot: Snapshot, name: str, *, with_state: bool = True) -> int:
-    handles = [
-        snapshot.tensors[name],
-        *optimizer_handles(snapshot, name, with_state=with_state).values(),
-    ]
-    return sum(tensor_bytes(h) for h in handles)
+def entry_of(snapshot: Snapshot, name: str, *, with_state: bool = True) -> Entry:
+    ref = snapshot.tensors[name]
+    shape, dtype = shape_of(ref), dtype_of(ref)
+    state = optimizer_handles(snapshot, name, shape, with_state=with_state)
+    where = f" for {name}"
+    nbytes = math.prod(shape) * itemsize(dtype, where=where)
+    nbytes += sum(tensor_bytes(h) for h in state.values())
+    return Entry(shape, dtype, state, nbytes)
 
 
 @dataclass(frozen=True)
@@ -158,11 +169,17 @@ def plan_buckets(
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
     wanted = None if names is None else set(names)
     seen: dict[str, list[_Presence]] = {}
+    entries: list[dict[str, Entry]] = []
     for i, snap in enumerate(snapshots):
-        for name, ref in snap.tensors.items():
+        entries.append({})
+        for name in snap.tensors:
             if wanted is None or name in wanted:
-                nbytes = param_bytes(snap, name, with_state=i >= state_from)
-                seen.setdefault(name, []).append(_Presence(i, shape_of(ref), nbytes))
+                entry = entries[i][name] = entry_of(
+                    snap, name, with_state=i >= state_from
+                )
+                seen.setdefault(name, []).append(
+                    _Presence(i, entry.shape, entry.nbytes)
+                )
 
     buckets: list[tuple[Piece, ...]] = []
     bucket_sizes: list[tuple[int, ...]] = []
@@ -181,4 +198,6 @@ def plan_buckets(
     if current:
         buckets.append(tuple(current))
         bucket_sizes.append(tuple(current_bytes))
-    return Plan(tuple(buckets), tuple(bucket_sizes), sum(map(sum, bucket_sizes)))
+    return Plan(
+        tuple(buckets), tuple(bucket_sizes), tuple(entries), sum(map(sum, bucket_sizes))
+    )

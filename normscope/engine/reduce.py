@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
+from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -43,6 +44,14 @@ class GroupInput:
     prev: Sequence[torch.Tensor] | None = None
     buf: Sequence[torch.Tensor] | None = None
     sq: Sequence[torch.Tensor] | None = None
+
+    def subset(self, indices: Sequence[int]) -> GroupInput:
+        def pick(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+            return None if stream is None else [stream[i] for i in indices]
+
+        return GroupInput(
+            pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq)
+        )
 
     def quantities(self) -> tuple[str, ...]:
         names = ["norm_sq"]
@@ -93,11 +102,37 @@ def reduce_group(
 ) -> GroupSums:
     """Reduce one group; see the module docstring for the scheme and its accuracy.
 
+    Tensors shorter than a chunk row go through `small.reduce_small` instead of the row blocks.
     `runner` spreads the rows over worker threads (`workers.CpuWorkers`); default: this thread.
     """
+    runner = runner or Inline()
+    small = [i for i, t in enumerate(group.weight) if t.numel() < CHUNK]
+    if not small:
+        return _reduce_blocks(group, block_rows, runner)
+    if len(small) == len(group.weight):
+        return runner.call(reduce_small, group)
+    large = [i for i, t in enumerate(group.weight) if t.numel() >= CHUNK]
+    parts = [
+        (large, _reduce_blocks(group.subset(large), block_rows, runner)),
+        (small, runner.call(reduce_small, group.subset(small))),
+    ]
+    quantities = group.quantities()
+    sums: dict[str, list[float]] = {q: [0.0] * len(group.weight) for q in quantities}
+    nonfinite = [0] * len(group.weight)
+    for indices, part in parts:
+        for j, i in enumerate(indices):
+            for q in quantities:
+                sums[q][i] = part.sums[q][j]
+            nonfinite[i] = part.nonfinite[j]
+    return GroupSums(sums, nonfinite, quantities)
+
+
+def _reduce_blocks(
+    group: GroupInput, block_rows: int | None, runner: Runner
+) -> GroupSums:
+    """The row-block path: pack, reduce row-wise, sum rows per tensor in float64."""
     import torch
 
-    runner = runner or Inline()
     device = group.weight[0].device
     work_dtype = work_dtype_for(group)
     if block_rows is None:

@@ -45,6 +45,12 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         from normscope.report.recommend_view import bounce_analysis_json
 
         sections["bounces"] = bounce_analysis_json(result.bounces)
+    if result.invariance:
+        from normscope.report.equilibrium_view import to_json
+
+        found = to_json(result.invariance, result.equilibrium)
+        found.pop("schema_version", None)  # the document's own schema_version covers it
+        sections.update(found)
     sections["skipped"] = dict(result.skipped)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -60,11 +60,15 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     )
     grid.add_row("parameters", f"{run.params} tensors, {run.numel:,} elements")
     grid.add_row("optimizer", hyperparams_line(last))
-    min_meta = traj.snapshots[run.total_norm_min_snapshot]
+    def at(snapshot: int) -> str:
+        meta = traj.snapshots[snapshot]
+        return fmt_when(meta.step, meta.epoch)
+
     grid.add_row(
         "total norm",
-        f"{fmt(run.total_norm_first)} → min {fmt(run.total_norm_min)} "
-        f"({fmt_when(min_meta.step, min_meta.epoch)}) → {fmt(run.total_norm_last)}  "
+        f"first {fmt(run.total_norm_first)} · max {fmt(run.total_norm_max)} "
+        f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
+        f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  "
         f"[dim](√Σ|w|² over kinds: {', '.join(run.total_kinds)})[/dim]",
     )
     return grid
@@ -106,6 +110,14 @@ def analyses_block(result: Overview) -> list[RenderableType]:
         from normscope.report.recommend_view import bounce_analysis_view
 
         parts.extend([Text(""), bounce_analysis_view(result.bounces)])
+    if result.invariance:
+        from normscope.report.equilibrium_view import render_invariance
+
+        parts.extend([Text(""), render_invariance(result.invariance)])
+    if result.equilibrium is not None:
+        from normscope.report.equilibrium_view import render_equilibrium
+
+        parts.extend([Text(""), render_equilibrium(result.equilibrium)])
     for name, why in result.skipped.items():
         parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
     return parts

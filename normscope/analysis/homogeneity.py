@@ -1,0 +1,435 @@
+"""Exact scale invariance from the model's graph: degrees of homogeneity (Li & Arora 2019, SCIENCE.md §2).
+
+For one candidate parameter P, every value in the traced graph gets a `Degree`: the network value
+v(c) computed with P replaced by c·P satisfies v(c) = c^d · v(1) for all c > 0 (HOMOGENEOUS, degree d),
+or that plus a term that is constant over the batch and spatial dimensions (OFFSET — what a conv or
+linear bias adds, and what BatchNorm's mean subtraction removes), or neither (MIXED), or we do not
+model the operation (UNKNOWN). P is scale-invariant iff every network output is HOMOGENEOUS of
+degree 0.
+
+Rules: inputs 0; a linear/conv whose weight is P adds 1; ReLU/pooling/reshapes keep the degree;
+adding unequal degrees is MIXED, except a bias computed from parameters only, which gives OFFSET;
+normalization maps any HOMOGENEOUS input to 0 (BatchNorm/InstanceNorm also accept OFFSET: the
+per-channel mean removes it; LayerNorm/GroupNorm do not); an affine normalization then takes the
+degree of its scale and shift. Normalization is analysed as in train mode (batch statistics) and
+without its eps, which is how invariance is meant in training dynamics.
+
+Values that do not depend on P at all are degree 0 whatever the operation, so unknown operations
+only matter where P's influence flows through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import fx, nn
+
+HOMOGENEOUS = "homogeneous"
+OFFSET = "offset"
+MIXED = "mixed"
+UNKNOWN = "unknown"
+
+INVARIANT = "invariant"
+NOT_INVARIANT = "not invariant"
+VERDICT_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Degree:
+    """What scaling the candidate by c does to one value of the graph."""
+
+    status: str  # HOMOGENEOUS, OFFSET, MIXED or UNKNOWN
+    value: int = 0  # the degree d (HOMOGENEOUS / OFFSET)
+    depends: bool = False  # the value depends on the candidate at all
+    input_free: bool = True  # computed from parameters and constants only (no network input)
+    why: str = ""  # where and why homogeneity broke (MIXED / UNKNOWN)
+
+    @property
+    def clean(self) -> bool:
+        return self.status == HOMOGENEOUS
+
+
+CONSTANT = Degree(HOMOGENEOUS, 0)
+
+
+@dataclass(frozen=True)
+class HomogeneityVerdict:
+    """The graph analysis' answer for one parameter."""
+
+    param: str
+    verdict: str  # INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
+    output_degree: int | None
+    reason: str
+
+
+# --------------------------------------------------------------------------- combining degrees
+
+
+def _broken(*degrees: Degree) -> Degree | None:
+    """The first MIXED (else UNKNOWN) input, which the result inherits."""
+    for status in (MIXED, UNKNOWN):
+        for d in degrees:
+            if d.status == status:
+                return d
+    return None
+
+
+def add_degrees(a: Degree, b: Degree, where: str) -> Degree:
+    """a + b: equal degrees stay; an input-free term added to a degree-d value is an OFFSET."""
+    depends, free = a.depends or b.depends, a.input_free and b.input_free
+    if not depends:
+        return Degree(HOMOGENEOUS, 0, False, free)
+    bad = _broken(a, b)
+    if bad is not None:
+        return bad
+    if a.value == b.value:
+        status = OFFSET if OFFSET in (a.status, b.status) else HOMOGENEOUS
+        return Degree(status, a.value, True, free)
+    # unequal degrees: fine only when the odd one out is input-free, i.e. constant over the batch
+    for main, other in ((a, b), (b, a)):
+        if other.input_free and not main.input_free:
+            return Degree(OFFSET, main.value, True, False)
+    return Degree(MIXED, 0, True, free, f"{where}: adds terms of degree {a.value} and {b.value}")
+
+
+def multiply_degrees(a: Degree, b: Degree, where: str, sign: int = 1) -> Degree:
+    """a * b (sign=+1) or a / b (sign=-1): degrees add (subtract)."""
+    depends, free = a.depends or b.depends, a.input_free and b.input_free
+    if not depends:
+        return Degree(HOMOGENEOUS, 0, False, free)
+    bad = _broken(a, b)
+    if bad is not None:
+        return bad
+    if OFFSET in (a.status, b.status):
+        return Degree(MIXED, 0, True, free, f"{where}: multiplies a biased value")
+    return Degree(HOMOGENEOUS, a.value + sign * b.value, True, free)
+
+
+def keep_degree(x: Degree, where: str, *, keeps_offset: bool) -> Degree:
+    """Positively homogeneous, shape-only or linear pooling operations."""
+    if x.status == OFFSET and not keeps_offset:
+        return Degree(MIXED, 0, True, x.input_free, f"{where}: applied to a biased value")
+    return x
+
+
+def zero_degree_only(x: Degree, where: str) -> Degree:
+    """Nonlinearities that are not positively homogeneous (GELU, softmax, tanh, ...)."""
+    if not x.depends:
+        return x
+    if x.clean and x.value == 0:
+        return x
+    bad = _broken(x)
+    if bad is not None:
+        return bad
+    what = "a biased value" if x.status == OFFSET else f"a degree-{x.value} value"
+    return Degree(MIXED, 0, True, x.input_free, f"{where}: nonlinearity of {what}")
+
+
+def normalize(x: Degree, where: str, *, removes_offset: bool) -> Degree:
+    """Normalization without affine: any homogeneous input becomes degree 0."""
+    if not x.depends:
+        return Degree(HOMOGENEOUS, 0, False, x.input_free)
+    bad = _broken(x)
+    if bad is not None:
+        return bad
+    if x.status == OFFSET and not removes_offset:
+        return Degree(MIXED, 0, True, x.input_free, f"{where}: a bias before this normalization does not cancel")
+    return Degree(HOMOGENEOUS, 0, True, False)
+
+
+def affine(x: Degree, weight: Degree | None, bias: Degree | None, where: str) -> Degree:
+    out = x
+    if weight is not None:
+        out = multiply_degrees(out, weight, where)
+    if bias is not None:
+        out = add_degrees(out, bias, where)
+    return out
+
+
+# --------------------------------------------------------------------------- the graph walk
+
+_KEEP_MODULES = (
+    "ReLU", "ReLU6", "LeakyReLU", "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d",
+    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+    "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
+    "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Flatten", "Unflatten",
+)
+# which of those also carry a per-channel constant through unchanged
+_OFFSET_SAFE_MODULES = (
+    "Identity", "Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
+    "MaxPool1d", "MaxPool2d", "MaxPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d", "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "Flatten",
+)
+_ZERO_ONLY_MODULES = (
+    "GELU", "Tanh", "Sigmoid", "SiLU", "Mish", "ELU", "SELU", "CELU", "Softplus", "Softmax",
+    "LogSoftmax", "Hardswish", "Hardsigmoid", "Hardtanh",
+)
+_LINEAR_MODULES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d",
+                   "ConvTranspose3d", "LazyLinear")
+_BATCH_NORMS = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+                "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")
+_FEATURE_NORMS = ("LayerNorm", "GroupNorm", "RMSNorm", "LocalResponseNorm")
+
+_KEEP_FUNCS = {
+    "relu", "relu_", "relu6", "leaky_relu", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d",
+    "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d", "flatten", "reshape", "view",
+    "permute", "transpose", "contiguous", "squeeze", "unsqueeze", "expand", "expand_as", "dropout",
+    "getitem", "chunk", "split", "unbind", "neg", "pad", "clone", "flip", "roll", "narrow",
+    "sum", "mean", "t", "float", "to", "type_as", "repeat", "tile", "movedim", "swapaxes", "mT",
+}
+_OFFSET_SAFE_FUNCS = {"flatten", "reshape", "view", "dropout", "getitem", "contiguous", "clone",
+                      "chunk", "split", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                      "adaptive_avg_pool2d", "adaptive_avg_pool3d", "float", "to", "neg", "mean"}
+_ZERO_ONLY_FUNCS = {
+    "gelu", "tanh", "sigmoid", "silu", "mish", "elu", "selu", "softplus", "softmax", "log_softmax",
+    "exp", "log", "sqrt", "rsqrt", "sin", "cos", "erf", "hardswish", "abs", "pow", "square",
+}
+_ADD_FUNCS = {"add", "add_", "iadd", "sub", "sub_", "isub", "rsub", "cat", "stack", "concat"}
+_MUL_FUNCS = {"mul", "mul_", "imul", "matmul", "bmm", "mm", "einsum", "outer"}
+_DIV_FUNCS = {"truediv", "div", "div_", "itruediv"}
+_SHAPE_FUNCS = {"size", "dim", "numel", "getattr", "len", "arange", "ones", "zeros", "full",
+                "new_ones", "new_zeros", "ones_like", "zeros_like", "tril", "triu"}
+
+
+def _target_name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", str(target))
+
+
+def _flatten_args(args: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            out.extend(_flatten_args(a))
+        elif isinstance(a, dict):
+            out.extend(_flatten_args(a.values()))
+        else:
+            out.append(a)
+    return out
+
+
+class _Walker:
+    """One pass over a traced graph for one candidate parameter."""
+
+    def __init__(self, gm: fx.GraphModule, candidate: torch.Tensor) -> None:
+        self.gm = gm
+        self.candidate = candidate
+        self.env: dict[str, Degree] = {}
+
+    def degree_of(self, arg: Any) -> Degree:
+        from torch import fx
+
+        if isinstance(arg, fx.Node):
+            return self.env[arg.name]
+        return CONSTANT
+
+    def _param_degree(self, tensor: Any) -> Degree | None:
+        if tensor is None:
+            return None
+        return Degree(HOMOGENEOUS, 1, True, True) if tensor is self.candidate else CONSTANT
+
+    def run(self) -> Degree:
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                return self._output(node)
+            self.env[node.name] = self._node(node)
+        return CONSTANT
+
+    def _output(self, node: fx.Node) -> Degree:
+        degrees = [self.degree_of(a) for a in _flatten_args(node.args)]
+        bad = _broken(*degrees)
+        if bad is not None:
+            return bad
+        for d in degrees:
+            if d.depends and (d.status != HOMOGENEOUS or d.value != 0):
+                if d.status == OFFSET:
+                    return Degree(MIXED, 0, True, False, "the output carries a bias added to a P-dependent value")
+                return d
+        return Degree(HOMOGENEOUS, 0, any(d.depends for d in degrees), False)
+
+    def _node(self, node: fx.Node) -> Degree:
+        if node.op == "placeholder":
+            return Degree(HOMOGENEOUS, 0, False, False)
+        if node.op == "get_attr":
+            obj = _resolve_attr(self.gm, node.target)
+            return self._param_degree(obj) or CONSTANT
+        inputs = [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))]
+        where = _describe(self.gm, node)
+        if node.op == "call_module":
+            module = self.gm.get_submodule(node.target)
+            owns = any(p is self.candidate for p in module.parameters(recurse=True))
+            if not owns and not any(d.depends for d in inputs):
+                return Degree(HOMOGENEOUS, 0, False, all(d.input_free for d in inputs))
+            return self._module(module, inputs, where)
+        if not any(d.depends for d in inputs):
+            return Degree(HOMOGENEOUS, 0, False, all(d.input_free for d in inputs))
+        return self._function(_target_name(node.target).strip("_"), node, where)
+
+    # -- modules -------------------------------------------------------------------------------
+
+    def _module(self, module: nn.Module, inputs: list[Degree], where: str) -> Degree:
+        kind = type(module).__name__
+        x = inputs[0] if inputs else CONSTANT
+        weight = self._param_degree(getattr(module, "weight", None))
+        bias = self._param_degree(getattr(module, "bias", None))
+        if kind in _LINEAR_MODULES:
+            out = multiply_degrees(x, weight or CONSTANT, where)
+            if kind.startswith("Conv") and x.status == OFFSET:
+                return Degree(MIXED, 0, True, False, f"{where}: convolution of a biased value (padding breaks it)")
+            if x.status == OFFSET and out.status == MIXED:  # linear maps carry the constant along
+                out = Degree(OFFSET, x.value + (weight.value if weight else 0), True, False)
+            return add_degrees(out, bias, where) if bias is not None else out
+        if kind in _BATCH_NORMS:
+            return affine(normalize(x, where, removes_offset=True), weight, bias, where)
+        if kind in _FEATURE_NORMS:
+            return affine(normalize(x, where, removes_offset=False), weight, bias, where)
+        if kind == "Embedding" or kind == "EmbeddingBag":
+            return weight or CONSTANT
+        if kind in _KEEP_MODULES:
+            return keep_degree(x, where, keeps_offset=kind in _OFFSET_SAFE_MODULES)
+        if kind in _ZERO_ONLY_MODULES:
+            return zero_degree_only(x, where)
+        bad = _broken(*inputs)
+        if bad is not None:
+            return bad
+        return Degree(UNKNOWN, 0, True, False, f"{where}: module {kind} is not modelled")
+
+    # -- functions and methods ------------------------------------------------------------------
+
+    def _function(self, name: str, node: fx.Node, where: str) -> Degree:
+        args = [self.degree_of(a) for a in node.args]
+        kw = {k: self.degree_of(v) for k, v in node.kwargs.items()}
+        all_in = [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))]
+        first = args[0] if args else CONSTANT
+
+        def arg(i: int, key: str) -> Degree | None:
+            if key in kw:
+                return kw[key]
+            if i < len(node.args) and node.args[i] is not None:
+                return args[i]
+            return None
+
+        if name in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"):
+            out = multiply_degrees(first, arg(1, "weight") or CONSTANT, where)
+            b = arg(2, "bias")
+            return add_degrees(out, b, where) if b is not None else out
+        if name in ("batch_norm", "instance_norm"):  # (input, running_mean, running_var, weight, bias, ...)
+            return affine(normalize(first, where, removes_offset=True), arg(3, "weight"), arg(4, "bias"), where)
+        if name in ("layer_norm", "group_norm"):  # (input, shape or groups, weight, bias, eps)
+            return affine(normalize(first, where, removes_offset=False), arg(2, "weight"), arg(3, "bias"), where)
+        if name == "rms_norm":  # (input, normalized_shape, weight, eps): no shift
+            return affine(normalize(first, where, removes_offset=False), arg(2, "weight"), None, where)
+        if name == "scaled_dot_product_attention":
+            q, k, v = (args + [CONSTANT] * 3)[:3]
+            if q.depends or k.depends:
+                return zero_degree_only(multiply_degrees(q, k, where), where)
+            return v
+        if name in _ADD_FUNCS:
+            out = all_in[0]
+            for d in all_in[1:]:
+                out = add_degrees(out, d, where)
+            return out
+        if name in _MUL_FUNCS:
+            out = all_in[0]
+            for d in all_in[1:]:
+                out = multiply_degrees(out, d, where)
+            return out
+        if name in _DIV_FUNCS:
+            return multiply_degrees(first, args[1] if len(args) > 1 else CONSTANT, where, sign=-1)
+        if name in _KEEP_FUNCS:
+            return keep_degree(first, where, keeps_offset=name in _OFFSET_SAFE_FUNCS)
+        if name in _ZERO_ONLY_FUNCS:
+            return zero_degree_only(first, where)
+        if name in _SHAPE_FUNCS:
+            return Degree(HOMOGENEOUS, 0, False, first.input_free)
+        bad = _broken(*all_in)
+        if bad is not None:
+            return bad
+        return Degree(UNKNOWN, 0, True, False, f"{where}: operation {name} is not modelled")
+
+
+def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
+    """Where in the model a node sits, for reasons shown to the user: `layer1.0.bn1 (BatchNorm2d)`, `add_3`."""
+    if node.op == "call_module":
+        return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
+    target = _target_name(node.target)
+    return node.name if node.name.rstrip("_0123456789") == target.strip("_") else f"{node.name} ({target})"
+
+
+def _resolve_attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace the model (torch.fx); standard torch.nn layers stay leaf modules."""
+    from torch import fx
+
+    return fx.symbolic_trace(model)
+
+
+def verdict_from_degree(param: str, degree: Degree) -> HomogeneityVerdict:
+    if degree.status == HOMOGENEOUS and degree.value == 0:
+        why = "every output has degree 0 in this parameter" if degree.depends else \
+            "the outputs do not depend on this parameter"
+        return HomogeneityVerdict(param, INVARIANT, 0, why)
+    if degree.status == HOMOGENEOUS:
+        return HomogeneityVerdict(param, NOT_INVARIANT, degree.value,
+                                  f"the output has degree {degree.value}: scaling by c scales it by c^{degree.value}")
+    if degree.status == UNKNOWN:
+        return HomogeneityVerdict(param, VERDICT_UNKNOWN, None, degree.why)
+    return HomogeneityVerdict(param, NOT_INVARIANT, None, degree.why or "the output is not homogeneous")
+
+
+def analyze_homogeneity(
+    model: nn.Module,
+    params: Iterable[str] | None = None,
+    *,
+    tracer: Callable[[nn.Module], fx.GraphModule] = trace,
+) -> dict[str, HomogeneityVerdict]:
+    """Per parameter name (default: every parameter), the exact verdict from the traced graph.
+
+    A model torch.fx cannot trace gets VERDICT_UNKNOWN for every parameter, with the tracer's
+    complaint as the reason (the numerical probe still works on such models).
+    """
+    named = dict(model.named_parameters())
+    names = list(named) if params is None else [p for p in params if p in named]
+    try:
+        gm = tracer(model)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot decide from the graph"
+        reason = f"torch.fx could not trace the model: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+        return {p: HomogeneityVerdict(p, VERDICT_UNKNOWN, None, reason) for p in names}
+    traced = dict(gm.named_parameters())
+    out: dict[str, HomogeneityVerdict] = {}
+    for name in names:
+        candidate = traced.get(name)
+        if candidate is None:
+            out[name] = HomogeneityVerdict(name, VERDICT_UNKNOWN, None, "parameter not found in the traced graph")
+            continue
+        out[name] = verdict_from_degree(name, _Walker(gm, candidate).run())
+    return out
+
+
+__all__ = [
+    "INVARIANT",
+    "NOT_INVARIANT",
+    "VERDICT_UNKNOWN",
+    "Degree",
+    "HomogeneityVerdict",
+    "add_degrees",
+    "affine",
+    "analyze_homogeneity",
+    "multiply_degrees",
+    "normalize",
+    "trace",
+    "verdict_from_degree",
+]
