@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from normscope.check.baseline_rule import BaselineDriftRule
 from normscope.check.bounce_rule import BounceRule
+from normscope.check.equilibrium_rule import EquilibriumRule
 from normscope.check.findings import CheckContext, CheckResult, Finding, Rule
 from normscope.check.weight_rules import GrowthRule, NonFiniteRule, TotalNormRule
 from normscope.errors import ConfigError
@@ -44,6 +45,8 @@ def _analysis_rules(config: CheckConfig) -> list[Rule]:
     rules: list[Rule] = []
     if config.bounce_by_epoch is not None:
         rules.append(BounceRule(config.bounce_by_epoch))
+    if config.equilibrium_min_ratio is not None or config.equilibrium_max_ratio is not None:
+        rules.append(EquilibriumRule(config.equilibrium_min_ratio, config.equilibrium_max_ratio))
     return rules
 
 

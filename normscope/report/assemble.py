@@ -26,6 +26,22 @@ def _recommendation_png(rec, title: str) -> bytes:
         return path.read_bytes()
 
 
+def _invariance_sections(trajectory: Trajectory, skipped: list[str]) -> list[Section]:
+    """Scale-invariance verdicts (with evidence) and the equilibrium of the invariant layers."""
+    from normscope.check.equilibrium_rule import equilibrium_analysis
+    from normscope.report.equilibrium_section import (
+        equilibrium_section,
+        invariance_section,
+    )
+
+    try:
+        verdicts, report = equilibrium_analysis(trajectory)
+    except BadInputError as exc:
+        skipped.append(f"scale invariance and equilibrium: {exc.message}")
+        return []
+    return [invariance_section(verdicts), equilibrium_section(report)]
+
+
 def run_report(trajectory: Trajectory) -> Report:
     """Build the report `normscope report` writes (callable from Python)."""
     from normscope.analysis.recommend import recommend_table
@@ -49,6 +65,7 @@ def run_report(trajectory: Trajectory) -> Report:
                               _recommendation_png(rec, name),
                               "Σ‖w‖² at the end of each epoch, the bounces found, where ABEL (exact and robust) "
                               "would decay, and the LR schedule that makes."))
+    sections.extend(_invariance_sections(trajectory, skipped))
     if skipped:
         sections.append(Section("Not shown", (Bullets(tuple(skipped)),)))
     return build_report(trajectory, analysis_sections=sections, extra_figures=figures, markers=markers,
