@@ -9,7 +9,9 @@ from __future__ import annotations
 import typer
 
 from normscope.cli import analyze as _analyze
+from normscope.cli import check as _check
 from normscope.cli import recommend as _recommend
+from normscope.cli import report as _report
 from normscope.cli import watch as _watch
 
 app = typer.Typer(
@@ -21,7 +23,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
-
 
 
 def _print_version(value: bool) -> None:
@@ -42,6 +43,8 @@ def _root(
 
 app.command("analyze")(_analyze.analyze)
 app.command("recommend")(_recommend.recommend)
+app.command("check")(_check.check)
+app.command("report")(_report.report)
 app.command("watch")(_watch.watch)
 
 

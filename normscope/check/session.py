@@ -1,0 +1,45 @@
+"""From a path and settings to a check result: what `normscope check` does, callable from Python."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from normscope.check.findings import CheckResult
+from normscope.check.runner import build_rules, run_check
+from normscope.config import ResolvedConfig, load_config
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    result: CheckResult
+    resolved: ResolvedConfig
+    notes: list[str] = field(default_factory=list)  # the runs' own warnings (ordering, vanished params)
+
+
+def check_path(
+    path: str | os.PathLike[str],
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CheckOutcome:
+    """Resolve the configuration for `path`, load the run (and baseline) and run the rules."""
+    from normscope.api import load_trajectory
+
+    resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
+    config = resolved.config
+    options = {"include": config.include, "exclude": config.exclude, "every": config.every,
+               "device": config.device}
+    rules = build_rules(config.check, with_baseline=bool(config.check.baseline))  # config errors first
+    trajectory = load_trajectory(path, **options)
+    baseline = None
+    if config.check.baseline:
+        baseline = load_trajectory(config.check.baseline, **options)
+    result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
+                       baseline_path=config.check.baseline,
+                       config_file=str(resolved.file) if resolved.file else None)
+    notes = list(trajectory.warnings) + [f"baseline: {w}" for w in (baseline.warnings if baseline else [])]
+    return CheckOutcome(result=result, resolved=resolved, notes=notes)

@@ -1,0 +1,44 @@
+"""`normscope report PATH -o report.html|report.md`: one document to open or attach to a pull request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from normscope.cli._common import handle_errors, stderr_console
+
+
+@handle_errors
+def report(
+    path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint, or a live log.",
+                                         show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="report.html (self-contained) or report.md "
+                                         "(PNGs written beside it).", show_default=False)],
+    config: Annotated[Path | None, typer.Option("--config", help="Config file (default: found upward).",
+                                                   show_default=False)] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only parameters matching this glob.",
+                                                         show_default=False)] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Drop parameters matching this glob.",
+                                                         show_default=False)] = None,
+    every: Annotated[int | None, typer.Option("--every", help="Keep every N-th snapshot.", min=1,
+                                                 show_default=False)] = None,
+) -> None:
+    """Write an HTML or Markdown report: run summary, per-layer table, plots, verdicts, advice."""
+    from normscope.api import load_trajectory
+    from normscope.config import load_config
+    from normscope.report.assemble import run_report
+    from normscope.report.write import report_format, write_report
+
+    report_format(output)  # refuse a bad name before reading any checkpoint
+    flags = {"include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
+             "every": every}
+    settings = load_config(path, config_file=config, flags=flags).config
+    trajectory = load_trajectory(path, include=settings.include, exclude=settings.exclude, every=settings.every,
+                                 device=settings.device)
+    written = write_report(run_report(trajectory), output)
+    for file in written:
+        print(file)  # machine output: the files written, one per line
+    for note in trajectory.warnings:
+        stderr_console().print(f"normscope: note: {note}")

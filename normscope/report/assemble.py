@@ -1,0 +1,72 @@
+"""The full report of a run: the trajectory sections plus every analysis that applies to it.
+
+An analysis that cannot run on this run (too few epochs, no epochs recorded, no invariant layer) is
+left out with its one-line reason in a "Not shown" section, instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from normscope.errors import BadInputError
+from normscope.report.build import build_report
+from normscope.report.document import Bullets, Figure, Report, Section
+from normscope.report.plots import Marker
+from normscope.trajectory import Trajectory
+
+
+def _recommendation_png(rec, title: str) -> bytes:
+    """The bounce owner's plot (it writes a file), read back as PNG bytes."""
+    from normscope.report.bounce_plot import plot_recommendation
+
+    with tempfile.TemporaryDirectory(prefix="normscope-report-") as tmp:
+        path = Path(tmp) / "recommendation.png"
+        plot_recommendation(rec, path, title=title, dpi=100)
+        return path.read_bytes()
+
+
+def _invariance_sections(trajectory: Trajectory, skipped: list[str]) -> list[Section]:
+    """Scale-invariance verdicts (with evidence) and the equilibrium of the invariant layers."""
+    from normscope.check.equilibrium_rule import equilibrium_analysis
+    from normscope.report.equilibrium_section import (
+        equilibrium_section,
+        invariance_section,
+    )
+
+    try:
+        verdicts, report = equilibrium_analysis(trajectory)
+    except BadInputError as exc:
+        skipped.append(f"scale invariance and equilibrium: {exc.message}")
+        return []
+    return [invariance_section(verdicts), equilibrium_section(report)]
+
+
+def run_report(trajectory: Trajectory) -> Report:
+    """Build the report `normscope report` writes (callable from Python)."""
+    from normscope.analysis.recommend import recommend_table
+    from normscope.report.recommend_section import recommendation_view
+
+    sections: list[Section] = []
+    figures: list[Figure] = []
+    markers: tuple[Marker, ...] = ()
+    schedule: tuple[tuple[float, float], ...] = ()
+    skipped: list[str] = []
+    name = Path(trajectory.root).name or trajectory.root
+    try:
+        rec = recommend_table(trajectory.table)
+    except BadInputError as exc:
+        skipped.append(f"bounce and learning-rate recommendation: {exc.message}")
+    else:
+        view = recommendation_view(rec)
+        sections.append(view.section)
+        markers, schedule = view.markers, view.schedule
+        figures.append(Figure("recommendation", "Weight norm, bounces and the recommended decays",
+                              _recommendation_png(rec, name),
+                              "Σ‖w‖² at the end of each epoch, the bounces found, where ABEL (exact and robust) "
+                              "would decay, and the LR schedule that makes."))
+    sections.extend(_invariance_sections(trajectory, skipped))
+    if skipped:
+        sections.append(Section("Not shown", (Bullets(tuple(skipped)),)))
+    return build_report(trajectory, analysis_sections=sections, extra_figures=figures, markers=markers,
+                        recommended_lr=schedule)

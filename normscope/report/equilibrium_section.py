@@ -1,0 +1,80 @@
+"""The report's scale-invariance and equilibrium sections, from the invariance/equilibrium analyses.
+
+Verdicts come with their evidence (every source that spoke, with its number); the equilibrium plots
+are the equilibrium owner's (`normscope.report.equilibrium_plots`), read back as PNG bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from normscope.report.document import Block, Bullets, Figure, Paragraph, Section, Table
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
+
+
+def invariance_section(verdicts: Sequence) -> Section:
+    """One row per parameter: verdict, basis, reason, and each piece of evidence with its value."""
+    rows = tuple(
+        (v.param, v.kind, v.verdict, v.basis, v.reason,
+         "; ".join(f"{e.source}: {e.verdict}" + (f" ({_fmt(e.value)})" if e.value is not None else "")
+                   for e in v.evidence))
+        for v in verdicts
+    )
+    blocks: list[Block] = [
+        Paragraph("Scale invariance (L(c·w) = L(w)) decided per parameter from the checkpoints: structure "
+                  "(a normalization layer follows), and the dynamics (cos of the weight with its gradient "
+                  "estimate, radial updates). 'exact' and 'measured' verdicts rest on numbers, 'guess' on "
+                  "names and shapes only."),
+        Table(("parameter", "kind", "verdict", "basis", "reason", "evidence"), rows) if rows
+        else Paragraph("No parameters to classify."),
+    ]
+    return Section("Scale-invariant layers", tuple(blocks))
+
+
+def _plot_png(plot, report, name: str) -> bytes | None:
+    """Run one of the equilibrium owner's path-writing plot functions and return its PNG bytes."""
+    with tempfile.TemporaryDirectory(prefix="normscope-report-") as tmp:
+        path = Path(tmp) / f"{name}.png"
+        try:
+            plot(report, str(path))
+        except ValueError:  # nothing to plot (no invariant layer)
+            return None
+        return path.read_bytes() if path.is_file() else None
+
+
+def equilibrium_section(report) -> Section:
+    """Measured vs predicted equilibrium per invariant layer, the hyper-parameters used, and the plots."""
+    from normscope.report.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
+
+    low, high = report.tolerance
+    blocks: list[Block] = [Bullets(tuple(f"{h.name} = {h.value} ({h.source})" for h in report.hyperparams))]
+    if report.layers:
+        rows = tuple(
+            (layer.param, layer.optimizer, layer.status, _fmt(layer.ratio), _fmt(layer.settled_ratio),
+             _fmt(layer.grad_ratio), _fmt(layer.predicted_angle_per_step_rad * 1e3),
+             _fmt(layer.angle_per_step_rad * 1e3), _fmt(layer.relaxations_since_lr_change, 2))
+            for layer in report.layers
+        )
+        blocks.append(Table(
+            ("parameter", "optimizer", "status", "angle ratio (latest)", "angle ratio (settled)",
+             "η|g|/|w| ratio", "predicted mrad/step", "measured mrad/step", "τ since LR change"),
+            rows, numeric=(False, False, False, True, True, True, True, True, True),
+            caption=f"ratio = measured / predicted; 'at equilibrium' within {low:g}–{high:g} once 3 relaxation "
+                    "times have passed in the LR phase"))
+        blocks.append(Bullets(tuple(f"{layer.param}: {layer.reason}" for layer in report.layers)))
+    else:
+        blocks.append(Paragraph("No scale-invariant layer: the equilibrium theory does not apply to this run."))
+    for plot, name, title in ((plot_equilibrium, "equilibrium", "Equilibrium: measured vs predicted"),
+                              (plot_ratio_heatmap, "equilibrium_ratio", "Equilibrium ratio, layers × time")):
+        png = _plot_png(plot, report, name)
+        if png is not None:
+            blocks.append(Figure(name, title, png))
+    if report.notes:
+        blocks.append(Bullets(tuple(f"note: {n}" for n in report.notes)))
+    return Section("Equilibrium of scale-invariant layers", tuple(blocks))
