@@ -43,8 +43,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from normscope.analysis import theory
 from normscope.analysis.invariance import INVARIANT, InvarianceVerdict
-from normscope.analysis.invariance_dynamics import optimizer_family
+from normscope.analysis.theory import optimizer_family
 from normscope.trajectory import Trajectory
 
 # Band on the angle ratio for "at equilibrium". The prediction assumes successive gradients are
@@ -195,19 +196,18 @@ def _steps(rows: pd.DataFrame, overrides: HyperparamOverrides) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Theory:
-    """Per-interval predictions for one optimizer family."""
+    """Per-interval predictions for one optimizer family (formulas in `analysis.theory`)."""
 
     family: str
 
     def lambda_eff(self, lam: np.ndarray, mom: np.ndarray) -> np.ndarray:
-        return lam / (1 - mom) if self.family == "sgd" else lam
+        return theory.effective_weight_decay(self.family, lam, mom)
 
     def angle_per_step(self, eta: np.ndarray, lam: np.ndarray, mom: np.ndarray) -> np.ndarray:
-        return np.sqrt(2 * eta * lam * (1 - mom) / (1 + mom)) if self.family == "adamw" else np.sqrt(2 * eta * lam / (1 + mom))
+        return theory.angle_per_step(self.family, eta, lam, mom)
 
     def relaxation(self, eta: np.ndarray, lam: np.ndarray, mom: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore"):
-            return (1 - mom) / (4 * eta * lam) if self.family == "sgd" else 1 / (2 * eta * lam)
+        return theory.relaxation_steps(self.family, eta, lam, mom)
 
 
 def effective_steps(k: np.ndarray, mom: np.ndarray) -> np.ndarray:
@@ -270,7 +270,7 @@ def _grad_ratio(rows: pd.DataFrame, eta: np.ndarray, lam: np.ndarray, mom: np.nd
     live = rows["grad_norm"].to_numpy(dtype=float)
     b_sq = rows["buf_norm"].to_numpy(dtype=float) ** 2
     b_dot = rows["buf_dot"].to_numpy(dtype=float)
-    predicted = np.sqrt(2 * eta * lam * (1 - mom)) if family == "sgd" else np.full(len(rows), math.nan)
+    predicted = theory.grad_to_weight_ratio(eta, lam, mom) if family == "sgd" else np.full(len(rows), math.nan)
     measured = np.full(len(rows), math.nan)
     sources = [""] * len(rows)
     for i in range(len(rows)):
@@ -303,21 +303,21 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     eta = _interval(_column(rows, "lr", overrides.lr), overrides.lr_at)
     lam = _interval(lam_row, overrides.lr_at)
     mom = _interval(mom_row, overrides.lr_at)
-    theory = _Theory(family)
+    predict = _Theory(family)
     k = np.concatenate([[math.nan], np.diff(steps)])
-    lam_eff = theory.lambda_eff(lam, mom)
+    lam_eff = predict.lambda_eff(lam, mom)
     with np.errstate(invalid="ignore", divide="ignore"):
         predicted_angle = np.arccos(np.clip((1 - eta * lam_eff) ** effective_steps(k, mom), -1, 1))
         ratio = rows["angle_rad"].to_numpy(dtype=float) / predicted_angle
-    per_step = theory.angle_per_step(eta, lam, mom)
+    per_step = predict.angle_per_step(eta, lam, mom)
     ratio = np.where(predicted_angle > 0, ratio, math.nan)
-    tau = theory.relaxation(eta, lam, mom)
+    tau = predict.relaxation(eta, lam, mom)
     starts = _phase_starts(eta)
     since = np.array([steps[i] - steps[max(starts[i] - 1, 0)] for i in range(len(rows))])
     relax_in_phase = since / tau
     grad_meas, grad_pred, grad_src = _grad_ratio(rows, eta, lam, mom, family)
     numel = rows["numel"].to_numpy(dtype=float)
-    pred_norm = np.sqrt(eta * numel / (2 * lam)) if family == "adamw" else np.full(len(rows), math.nan)
+    pred_norm = theory.adamw_equilibrium_norm(eta, lam, numel) if family == "adamw" else np.full(len(rows), math.nan)
     points = tuple(
         EquilibriumPoint(
             snapshot=int(rows["snapshot"].iloc[i]), step=float(steps[i]),

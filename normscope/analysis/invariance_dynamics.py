@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
+from normscope.analysis.theory import optimizer_family
 
 GRAD_COS_INVARIANT = 1e-4
 GRAD_COS_NOT_INVARIANT = 3e-3
@@ -46,18 +47,6 @@ class Evidence:
     verdict: str  # what this evidence alone says: INVARIANT / NOT_INVARIANT / VERDICT_UNKNOWN
     value: float | None
     detail: str
-
-
-def optimizer_family(name: str) -> str:
-    """"sgd", "adamw" (decoupled decay), "adam" (coupled L2) or "" from the optimizer column."""
-    low = (name or "").lower()
-    if "adamw" in low:
-        return "adamw"
-    if "adam" in low:
-        return "adam"
-    if "sgd" in low:
-        return "sgd"
-    return ""
 
 
 def _later_half(values: pd.Series) -> pd.Series:

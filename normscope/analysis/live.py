@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from normscope.analysis import theory
 from normscope.trajectory import Trajectory
 
 UPDATE_ANGLE = "update_angle_rad"
@@ -33,12 +34,11 @@ def equilibrium_angle(optimizer: str, lr: float, weight_decay: float, momentum: 
     """Predicted per-step angular update of a scale-invariant weight at equilibrium (NaN: unknown)."""
     if not (lr > 0 and weight_decay > 0):
         return math.nan
-    name = optimizer.lower()
-    if name.startswith("sgd"):
-        mu = momentum if math.isfinite(momentum) else 0.0
-        return math.sqrt(2 * lr * weight_decay / (1 + mu))
-    if name == "adamw" and math.isfinite(beta1):
-        return math.sqrt(2 * lr * weight_decay * (1 - beta1) / (1 + beta1))
+    family = theory.optimizer_family(optimizer)
+    if family == theory.SGD:
+        return float(theory.angle_per_step(family, lr, weight_decay, momentum if math.isfinite(momentum) else 0.0))
+    if family == theory.ADAMW and math.isfinite(beta1):
+        return float(theory.angle_per_step(family, lr, weight_decay, beta1))
     return math.nan  # Adam with coupled decay, Lion, ...: no formula here
 
 

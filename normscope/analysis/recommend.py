@@ -25,6 +25,7 @@ from normscope.analysis.bounce import (
     layer_bounces,
 )
 from normscope.analysis.epochs import EpochSeries, epoch_series
+from normscope.analysis.theory import ADAMW, SGD, relaxation_steps
 from normscope.errors import BadInputError
 from normscope.schedules import multistep_line, step_schedule
 
@@ -102,10 +103,12 @@ def relaxation_time(
         return None
     adam = optimizer.lower().startswith("adam") or (not optimizer and math.isfinite(beta1))
     if adam:
-        steps, formula = 1.0 / (2.0 * lr * weight_decay), "1/(2·lr·wd)"
+        steps = float(relaxation_steps(ADAMW, lr, weight_decay, 0.0))
+        formula = "1/(2·lr·wd)"
     else:
         mu = momentum if math.isfinite(momentum) else 0.0
-        steps, formula = (1.0 - mu) / (4.0 * lr * weight_decay), "1/(4·lr·wd/(1−μ))"
+        steps = float(relaxation_steps(SGD, lr, weight_decay, mu))
+        formula = "1/(4·lr·wd/(1−μ))"
     epochs = steps / steps_per_epoch if steps_per_epoch else None
     return RelaxationTime(steps, epochs, lr, formula)
 
