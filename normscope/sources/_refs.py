@@ -56,10 +56,12 @@ class TorchTensorRef:
 
     name: str
     tensor: torch.Tensor = field(repr=False)
+    # Read once: the engine plans with the shapes of tens of thousands of refs, and building a
+    # tuple from a torch.Size costs microseconds each time.
+    shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.tensor.shape)
 
     @property
     def dtype(self) -> str:
