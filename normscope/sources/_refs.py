@@ -56,16 +56,14 @@ class TorchTensorRef:
 
     name: str
     tensor: torch.Tensor = field(repr=False)
-    # Read once: the engine plans with the shapes of tens of thousands of refs, and building a
-    # tuple from a torch.Size costs microseconds each time.
+    # Read once: the engine plans with the shapes and dtypes of tens of thousands of refs, and
+    # converting a torch.Size or torch.dtype costs microseconds each time.
     shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    dtype: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.shape = tuple(self.tensor.shape)
-
-    @property
-    def dtype(self) -> str:
-        return dtype_name(self.tensor.dtype)
+        self.dtype = dtype_name(self.tensor.dtype)
 
     @property
     def numel(self) -> int:
