@@ -57,14 +57,17 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             pickle_name = next((n for n in names if n.endswith("data.pkl")), None)
             try:
                 pickled = zf.read(pickle_name) if pickle_name else None
-            except (zipfile.BadZipFile, OSError, KeyError):  # a corrupt record, not directory
+            # a corrupt record in a readable directory: the sniffers still see the names
+            except (zipfile.BadZipFile, OSError, KeyError):
                 pickled = None
     except (zipfile.BadZipFile, OSError):
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
     return ZipFacts(
         readable=True,
         has_pickle=any(n.endswith("/data.pkl") or n == "data.pkl" for n in names),
-        torchscript=any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in names),
+        torchscript=any(
+            n.endswith("/constants.pkl") or n == "constants.pkl" for n in names
+        ),
         pickle=pickled,
     )
 
