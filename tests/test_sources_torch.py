@@ -9,9 +9,11 @@ import torch
 from _sources_helpers import adamw, load_all, sgd, small_cnn, small_mlp, train
 from torch import nn
 
+from normscope.errors import UnsafeCheckpointError
 from normscope.snapshot import ORDER_EMBEDDED, ORDER_FILENAME, ORDER_MTIME, Snapshot
 from normscope.sources import open_run
 from normscope.sources._refs import TorchTensorRef
+from normscope.sources._torchio import is_torch_zip, is_torchscript, zip_pickle_bytes
 
 
 def _save_epochs(tmp_path, n=3, name="epoch_{e}.pt", embed=True):  # type: ignore[no-untyped-def]
@@ -296,3 +298,19 @@ def test_a_model_that_grows_step_by_step_stays_one_run(tmp_path):
     run = open_run(tmp_path)
     assert len(run.snapshots) == 4
     assert "2 parameter(s) appear at step 4: 3.bias, 3.weight" in run.warnings
+
+
+def test_a_rewritten_torch_file_is_sniffed_again(tmp_path):
+    # The zip directory is parsed once per file and remembered by the file's identity, size
+    # and mtime: a file replaced in place must not be judged by its old contents.
+    path = tmp_path / "model.pt"
+    torch.save(small_mlp().state_dict(), path)
+    assert is_torch_zip(str(path)) and not is_torchscript(str(path))
+    assert zip_pickle_bytes(str(path))
+    scripted = torch.jit.script(nn.Linear(2, 2))
+    scripted.save(str(path))
+    assert is_torchscript(str(path))
+    with pytest.raises(UnsafeCheckpointError, match="TorchScript"):
+        open_run(path)
+    path.write_bytes(b"not a checkpoint at all")
+    assert not is_torch_zip(str(path)) and zip_pickle_bytes(str(path)) is None

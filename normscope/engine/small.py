@@ -28,7 +28,8 @@ def reduce_small(group: GroupInput) -> GroupSums:
     n = len(group.weight)
 
     def flat(stream: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([t.reshape(-1).double() for t in stream])
+        # one conversion for the stream, not one per tensor (cat promotes mixed dtypes exactly)
+        return torch.cat([t.reshape(-1) for t in stream]).double()
 
     def per_entry(values: torch.Tensor) -> list[float]:
         out = torch.zeros(n, dtype=values.dtype, device=device)

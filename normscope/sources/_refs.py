@@ -56,14 +56,14 @@ class TorchTensorRef:
 
     name: str
     tensor: torch.Tensor = field(repr=False)
+    # Read once: the engine plans with the shapes and dtypes of tens of thousands of refs, and
+    # converting a torch.Size or torch.dtype costs microseconds each time.
+    shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    dtype: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.tensor.shape)
-
-    @property
-    def dtype(self) -> str:
-        return dtype_name(self.tensor.dtype)
+    def __post_init__(self) -> None:
+        self.shape = tuple(self.tensor.shape)
+        self.dtype = dtype_name(self.tensor.dtype)
 
     @property
     def numel(self) -> int:
@@ -85,10 +85,14 @@ class SafetensorsHandles:
 
     Opening parses the whole JSON header, so reopening per tensor costs O(tensors in the file) each
     time (15 ms per tensor measured on a 2,000-tensor file, against 0.3 ms with one handle).
-    Thread-safe: the engine reads from a prefetch thread.
+    The engine reads one bucket of parameters from every snapshot in turn, so the pool must hold
+    a handle per snapshot (times the shards a bucket spans), or each bucket reopens every file:
+    `keep` is sized for runs of a hundred or so sharded checkpoints (an open handle is a file
+    descriptor and a mapping, no memory of its own). Thread-safe: the engine reads from a
+    prefetch thread.
     """
 
-    def __init__(self, keep: int = 8) -> None:
+    def __init__(self, keep: int = 256) -> None:
         self.keep = keep
         self._open: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()

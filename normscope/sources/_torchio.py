@@ -7,12 +7,14 @@ not a tensor, container or primitive, and we name the refused globals by disasse
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import pickletools
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
@@ -34,19 +36,58 @@ def read_head(path: str, n: int = 16) -> bytes:
         raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
+@dataclass(frozen=True)
+class ZipFacts:
+    """What the sniffers and the loader ask of a zip archive, from one read of its directory."""
+
+    readable: bool  # False: not a zip, or its central directory is missing (truncated)
+    has_pickle: bool  # a `data.pkl` record: a torch.save archive
+    torchscript: bool  # a `constants.pkl` record: code, not a checkpoint
+    pickle: bytes | None = field(default=None, repr=False)  # the `data.pkl` record
+
+
+# Sniffing a directory of torch files asks each file the same questions several times (one
+# layout after another, then the loader); parsing a zip directory of thousands of tensors takes
+# ~50 ms. The key holds the file's identity, size and mtime, so a rewritten file is read again.
+@functools.lru_cache(maxsize=32)
+def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            pickle_name = next((n for n in names if n.endswith("data.pkl")), None)
+            try:
+                pickled = zf.read(pickle_name) if pickle_name else None
+            # a corrupt record in a readable directory: the sniffers still see the names
+            except (zipfile.BadZipFile, OSError, KeyError):
+                pickled = None
+    except (zipfile.BadZipFile, OSError):
+        return ZipFacts(readable=False, has_pickle=False, torchscript=False)
+    return ZipFacts(
+        readable=True,
+        has_pickle=any(n.endswith("/data.pkl") or n == "data.pkl" for n in names),
+        torchscript=any(
+            n.endswith("/constants.pkl") or n == "constants.pkl" for n in names
+        ),
+        pickle=pickled,
+    )
+
+
+def zip_facts(path: str) -> ZipFacts:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ZipFacts(readable=False, has_pickle=False, torchscript=False)
+    return _zip_facts(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
 def is_torch_zip(path: str) -> bool:
     """A `torch.save` zip archive: zip magic and a `<archive>/data.pkl` record."""
     if read_head(path, 4) != ZIP_MAGIC:
         return False
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(
-                n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()
-            )
-    except (zipfile.BadZipFile, OSError):
-        # A truncated torch zip loses its central directory; still claim it so the user hears
-        # "truncated torch checkpoint" rather than "unknown file type".
-        return True
+    facts = zip_facts(path)
+    # A truncated torch zip loses its central directory; still claim it so the user hears
+    # "truncated torch checkpoint" rather than "unknown file type".
+    return facts.has_pickle or not facts.readable
 
 
 def is_pickle(path: str) -> bool:
@@ -61,24 +102,12 @@ def sniff_torch_file(path: str) -> bool:
 
 def is_torchscript(path: str) -> bool:
     """TorchScript archives hold code (`code/`, `constants.pkl`); torch.load would run them."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(
-                n.endswith("/constants.pkl") or n == "constants.pkl"
-                for n in zf.namelist()
-            )
-    except (zipfile.BadZipFile, OSError):
-        return False
+    return zip_facts(path).torchscript
 
 
 def zip_pickle_bytes(path: str) -> bytes | None:
     """The raw `data.pkl` of a torch zip (small: tensor data lives in other records), or None."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            name = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-            return zf.read(name) if name else None
-    except (zipfile.BadZipFile, OSError, KeyError):
-        return None
+    return zip_facts(path).pickle
 
 
 def _legacy_globals(path: str) -> list[str]:
