@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import sys
@@ -15,6 +16,14 @@ from rich.console import Console
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, NormscopeError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Device(str, enum.Enum):
+    """Where tensors are reduced: `auto` takes CUDA when present, else the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
 
 
 def stderr_console() -> Console:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from normscope.cli._common import (
+    Device,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -23,12 +24,6 @@ class Format(str, enum.Enum):
     json = "json"
     csv = "csv"
     parquet = "parquet"
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 PathArg = Annotated[

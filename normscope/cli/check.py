@@ -11,18 +11,12 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console, stdout_console
+from normscope.cli._common import Device, handle_errors, stderr_console, stdout_console
 
 
 class CheckFormat(str, enum.Enum):
     table = "table"
     json = "json"
-
-
-class Device(str, enum.Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 def _opt(flag: str, help: str, **kw):

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from normscope.cli._common import (
+    Device,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -43,7 +44,7 @@ def recommend(
     texp: Annotated[bool, typer.Option("--texp", help="Add Li & Arora's tapered-exponential equivalent.")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
     = None,
-    device: Annotated[str, typer.Option(help="Where to reduce tensors: auto, cpu or cuda.")] = "auto",
+    device: Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")] = Device.auto,
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
     from normscope.analysis.recommend import recommend_table
@@ -51,7 +52,7 @@ def recommend(
 
     progress, update = progress_reporter()
     with progress:
-        traj = load_trajectory(path, device=device, progress=update)
+        traj = load_trajectory(path, device=device.value, progress=update)
     rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
                           decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
     texp_schedule = _texp(rec) if texp else None
