@@ -6,7 +6,7 @@ left out with its one-line reason in a "Not shown" section, instead of failing t
 
 from __future__ import annotations
 
-import tempfile
+import io
 from pathlib import Path
 
 from normscope.errors import BadInputError
@@ -17,13 +17,11 @@ from normscope.trajectory import Trajectory
 
 
 def _recommendation_png(rec, title: str) -> bytes:
-    """The bounce owner's plot (it writes a file), read back as PNG bytes."""
     from normscope.report.bounce_plot import plot_recommendation
 
-    with tempfile.TemporaryDirectory(prefix="normscope-report-") as tmp:
-        path = Path(tmp) / "recommendation.png"
-        plot_recommendation(rec, path, title=title, dpi=100)
-        return path.read_bytes()
+    buffer = io.BytesIO()
+    plot_recommendation(rec, buffer, title=title, dpi=100)
+    return buffer.getvalue()
 
 
 def _invariance_sections(trajectory: Trajectory, skipped: list[str]) -> list[Section]:

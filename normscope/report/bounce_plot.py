@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -11,7 +12,8 @@ from normscope.analysis.recommend import Recommendation
 _NORM, _SMOOTH, _REC, _EXACT, _LR, _LR_REC = "#1f4e79", "#6fa8dc", "#d9480f", "#868e96", "#2b8a3e", "#8ce99a"
 
 
-def plot_recommendation(rec: Recommendation, path: str | Path, *, title: str = "", dpi: int = 150) -> Path:
+def plot_recommendation(rec: Recommendation, path: str | Path | BinaryIO, *, title: str = "",
+                        dpi: int = 150) -> Path | BinaryIO:
     """Write the picture to `path` (PNG, matplotlib's Agg backend) and return the path."""
     import matplotlib
 
@@ -75,8 +77,8 @@ def plot_recommendation(rec: Recommendation, path: str | Path, *, title: str = "
     milestones = ", ".join(map(str, rec.decay_epochs)) or "none"
     ax.set_title(f"{title or 'run'} — decay at epoch {milestones} (×{rec.decay_factor:g}); "
                  f"{verdict}", fontsize=11)
-    out = Path(path)
-    fig.savefig(out, dpi=dpi)
+    out = path if hasattr(path, "write") else Path(path)  # a file object (the report's buffer) or a path
+    fig.savefig(out, dpi=dpi, format="png")
     plt.close(fig)
     return out
 

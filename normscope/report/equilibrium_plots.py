@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import BinaryIO
 
 from normscope.analysis.equilibrium import EquilibriumReport, LayerEquilibrium
 
@@ -67,7 +68,7 @@ def _plot_measured(ax, xs: list[float], values: list[float]) -> None:
     ax.plot(xs, smooth.to_numpy(), color=_MEASURED, lw=1.6, label=f"measured (rolling median of {window})")
 
 
-def plot_equilibrium(report: EquilibriumReport, path: str) -> str:
+def plot_equilibrium(report: EquilibriumReport, path: str | BinaryIO) -> str | BinaryIO:
     """One row per invariant layer: per-step angular update, and η|g|/|w| where known (Myrtle-style)."""
     plt = _pyplot()
     layers = list(report.layers)
@@ -107,7 +108,7 @@ def plot_equilibrium(report: EquilibriumReport, path: str) -> str:
     return _save(fig, plt, path)
 
 
-def plot_ratio_heatmap(report: EquilibriumReport, path: str) -> str:
+def plot_ratio_heatmap(report: EquilibriumReport, path: str | BinaryIO) -> str | BinaryIO:
     """Layers × time, colour = log2(measured / predicted angle); white = on the prediction."""
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
@@ -147,10 +148,10 @@ def plot_ratio_heatmap(report: EquilibriumReport, path: str) -> str:
     return _save(fig, plt, path)
 
 
-def _save(fig, plt, path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, dpi=130)
+def _save(fig, plt, path: str | BinaryIO) -> str | BinaryIO:
+    if not hasattr(path, "write"):  # a path, not the report's in-memory buffer
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=130, format="png")
     plt.close(fig)
     return path
 

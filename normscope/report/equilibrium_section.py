@@ -6,10 +6,9 @@ are the equilibrium owner's (`normscope.report.equilibrium_plots`), read back as
 
 from __future__ import annotations
 
+import io
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 from normscope.report.document import Block, Bullets, Figure, Paragraph, Section, Table
 
@@ -37,15 +36,14 @@ def invariance_section(verdicts: Sequence) -> Section:
     return Section("Scale-invariant layers", tuple(blocks))
 
 
-def _plot_png(plot, report, name: str) -> bytes | None:
-    """Run one of the equilibrium owner's path-writing plot functions and return its PNG bytes."""
-    with tempfile.TemporaryDirectory(prefix="normscope-report-") as tmp:
-        path = Path(tmp) / f"{name}.png"
-        try:
-            plot(report, str(path))
-        except ValueError:  # nothing to plot (no invariant layer)
-            return None
-        return path.read_bytes() if path.is_file() else None
+def _plot_png(plot, report) -> bytes | None:
+    """PNG bytes of one equilibrium plot, None when there is nothing to plot (no invariant layer)."""
+    buffer = io.BytesIO()
+    try:
+        plot(report, buffer)
+    except ValueError:
+        return None
+    return buffer.getvalue()
 
 
 def equilibrium_section(report) -> Section:
@@ -72,7 +70,7 @@ def equilibrium_section(report) -> Section:
         blocks.append(Paragraph("No scale-invariant layer: the equilibrium theory does not apply to this run."))
     for plot, name, title in ((plot_equilibrium, "equilibrium", "Equilibrium: measured vs predicted"),
                               (plot_ratio_heatmap, "equilibrium_ratio", "Equilibrium ratio, layers × time")):
-        png = _plot_png(plot, report, name)
+        png = _plot_png(plot, report)
         if png is not None:
             blocks.append(Figure(name, title, png))
     if report.notes:
