@@ -110,8 +110,23 @@ class SafetensorsHandles:
             return handle
 
 
+class SizedByHeader:
+    """`numel` and `nbytes` from the header's shape and dtype, for refs that hold no tensor yet."""
+
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def numel(self) -> int:
+        return _numel(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * _ITEMSIZE.get(self.dtype, 4)
+
+
 @dataclass(frozen=True)
-class SafetensorsTensorRef:
+class SafetensorsTensorRef(SizedByHeader):
     """A tensor in a safetensors file, read through `safe_open` only when asked."""
 
     name: str
@@ -122,14 +137,6 @@ class SafetensorsTensorRef:
     handles: SafetensorsHandles = field(
         default_factory=SafetensorsHandles, repr=False, compare=False
     )
-
-    @property
-    def numel(self) -> int:
-        return _numel(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * _ITEMSIZE.get(self.dtype, 4)
 
     def load(self) -> torch.Tensor:
         return self.handles.get(self.path).get_tensor(self.key)
@@ -142,7 +149,7 @@ class SafetensorsTensorRef:
 
 
 @dataclass(frozen=True)
-class ChunkedTensorRef:
+class ChunkedTensorRef(SizedByHeader):
     """A tensor stored as chunks (torch.distributed.checkpoint shards), assembled on `load()`.
 
     `chunks` are (offsets, sizes, reader) triples; each reader returns that chunk's tensor. The
@@ -155,14 +162,6 @@ class ChunkedTensorRef:
     chunks: tuple[
         tuple[tuple[int, ...], tuple[int, ...], Callable[[], torch.Tensor]], ...
     ] = field(repr=False)
-
-    @property
-    def numel(self) -> int:
-        return _numel(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * _ITEMSIZE.get(self.dtype, 4)
 
     def load(self) -> torch.Tensor:
         import torch

@@ -20,8 +20,7 @@ from ._assemble import build_run
 from ._files import files_in, inside, label_of, subdirs_in
 from ._refs import ChunkedTensorRef, dtype_name
 from ._restricted_pickle import load_dcp_metadata
-from ._torchio import split_checkpoint
-from .torch_files import pending_from_parts
+from .torch_files import pending_from_checkpoint
 
 METADATA = ".metadata"
 
@@ -141,20 +140,8 @@ def _is_tensor_like(value: Any) -> bool:
 
 
 def read_dcp_snapshot(directory: str, label: str, warnings: list[str]):  # type: ignore[no-untyped-def]
-    tree = read_dcp_tree(directory)
-    state_dict, optimizer, step, epoch = split_checkpoint(
-        tree, directory, is_tensor=_is_tensor_like
-    )
-    return pending_from_parts(
-        directory,
-        label,
-        state_dict,
-        optimizer,
-        step,
-        epoch,
-        f"{label} optimizer param_groups",
-        warnings,
-    )
+    return pending_from_checkpoint(read_dcp_tree(directory), directory, label, warnings,
+                                   is_tensor=_is_tensor_like)
 
 
 class DistributedCheckpoints:

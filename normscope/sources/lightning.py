@@ -20,7 +20,7 @@ from ._assemble import build_run
 from ._files import files_in, label_of
 from ._ordering import PendingSnapshot
 from ._torchio import is_torch_zip, load_torch_file, zip_pickle_bytes
-from .torch_files import pending_from_parts, split_checkpoint
+from .torch_files import pending_from_checkpoint
 
 _MARKERS = (b"pytorch-lightning_version", b"optimizer_states")
 _COPY_NAME = re.compile(r"(^last(-v\d+)?\.ckpt$)|(-v\d+\.ckpt$)")
@@ -52,11 +52,11 @@ def read_lightning_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
     checkpoint = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
-    state_dict, optimizer, step, epoch = split_checkpoint(checkpoint, path)
+    pending = pending_from_checkpoint(checkpoint, path, label, warnings,
+                                      optimizer_where="optimizer_states[0]")
     if isinstance(checkpoint, Mapping):
-        epoch = epochs_completed(checkpoint, epoch)
-    return pending_from_parts(path, label, state_dict, optimizer, step, epoch,
-                              f"{label} optimizer_states[0] param_groups", warnings)
+        pending.embedded_epoch = epochs_completed(checkpoint, pending.embedded_epoch)
+    return pending
 
 
 def drop_copies(

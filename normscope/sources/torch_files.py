@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
@@ -94,21 +94,28 @@ def pending_from_parts(
     return pending
 
 
+def pending_from_checkpoint(
+    checkpoint: Any,
+    path: str,
+    label: str,
+    warnings: list[str],
+    *,
+    optimizer_where: str = "optimizer",
+    is_tensor: Callable[[Any], bool] | None = None,
+) -> PendingSnapshot:
+    """A loaded checkpoint object (torch, Lightning, DCP) → the pending snapshot its layout builds on."""
+    split = split_checkpoint(checkpoint, path) if is_tensor is None else split_checkpoint(
+        checkpoint, path, is_tensor=is_tensor)
+    state_dict, optimizer, step, epoch = split
+    return pending_from_parts(path, label, state_dict, optimizer, step, epoch,
+                              f"{label} {optimizer_where} param_groups", warnings)
+
+
 def read_torch_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
     obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
-    state_dict, optimizer, step, epoch = split_checkpoint(obj, path)
-    return pending_from_parts(
-        path,
-        label,
-        state_dict,
-        optimizer,
-        step,
-        epoch,
-        f"{label} optimizer param_groups",
-        warnings,
-    )
+    return pending_from_checkpoint(obj, path, label, warnings)
 
 
 @dataclasses.dataclass(frozen=True)
