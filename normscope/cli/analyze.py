@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.cli._common import (
     Device,
     emit_text,
@@ -55,8 +56,7 @@ EquilibriumOpt = Annotated[
 ]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(help="package.module:factory building the model, to decide scale invariance exactly "
-                      "(torch.fx + a numerical probe). This imports and runs that code.", show_default=False),
+    typer.Option(help=MODEL_OPTION_HELP, show_default=False),
 ]
 PlotsOpt = Annotated[
     Path | None,

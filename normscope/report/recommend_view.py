@@ -141,11 +141,6 @@ def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Gro
     return Group(*parts)
 
 
-def bounce_summary(rec: Recommendation) -> Group:
-    """The compact block `normscope analyze` can show: verdict, decay epochs and the bounce table."""
-    return Group(verdict_text(rec), decay_table(rec), bounce_table(rec.robust))
-
-
 def bounce_analysis_view(found: BounceAnalysis) -> Group:
     """For `normscope analyze`: the exact rule's decays, the robust bounces, and the per-layer table."""
     s = found.series
