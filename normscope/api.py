@@ -114,12 +114,6 @@ def load_trajectory(
 
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    if tag_pattern is not None:
-        from normscope.sources._assemble import subsample
-        from normscope.sources.tensorboard_log import read_tensorboard
-
-        run = subsample(read_tensorboard(path, tag_pattern), every)
-    else:
-        run = open_run(path, every=every, recover_unsafe=recover_unsafe)
-    run = select(run, include, exclude)
+    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern),
+                 include, exclude)
     return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)

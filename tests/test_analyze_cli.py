@@ -154,3 +154,21 @@ def test_local_dask_cluster_gives_the_same_document(sgd_run_dir):
 def test_cluster_and_workers_together_is_a_usage_error(sgd_run_dir):
     result = invoke(sgd_run_dir, "--workers", "2", "--cluster", "tcp://127.0.0.1:1")
     assert result.exit_code == 2 and "Traceback" not in result.stderr
+
+
+def test_tensorboard_events_with_a_user_tag_pattern(tmp_path):
+    SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(5):
+        writer.add_scalar("norms/fc.weight", 2.0 + step, step)
+        writer.add_scalar("norms/conv.weight", 1.0, step)
+    writer.close()
+    result = invoke(tmp_path, "--format", "json", "--tag-pattern", r"^norms/(?P<param>.+)$")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["run"]["layout"] == "tensorboard"
+    params = {p["param"]: p for p in doc["params"]}
+    assert params["fc.weight"]["first_norm"] == pytest.approx(2.0)
+    assert params["fc.weight"]["last_norm"] == pytest.approx(6.0)
+    bad = invoke(tmp_path, "--tag-pattern", "no_named_group")
+    assert bad.exit_code == 2 and "(?P<param>" in bad.stderr

@@ -70,6 +70,7 @@ def open_run(
     *,
     every: int = 1,
     recover_unsafe: bool = False,
+    tag_pattern: str | None = None,
     layouts: tuple[Layout, ...] | None = None,
 ) -> Run:
     """Open a checkpoint, a directory of checkpoints or of checkpoint directories, as one ordered run.
@@ -77,11 +78,16 @@ def open_run(
     `every=N` keeps every N-th snapshot in time order, always keeping the last one. Torch files
     that need globals beyond tensors are refused unless `recover_unsafe=True`, which reads their
     tensors with a restricted unpickler (nothing from the file runs; see `_restricted_torch`).
+    `tag_pattern` says the path is TensorBoard event files whose per-layer norm tags match that
+    regex, and reads it as such.
     """
     if every < 1:
         raise BadInputError(f"every must be at least 1, got {every}")
     path = os.fspath(path)
-    layout = detect_layout(path, layouts or make_layouts(recover_unsafe=recover_unsafe))
+    if layouts is None:
+        layouts = ((TensorBoardEvents(tag_pattern),) if tag_pattern is not None
+                   else make_layouts(recover_unsafe=recover_unsafe))
+    layout = detect_layout(path, layouts)
     return subsample(layout.open(path), every)
 
 

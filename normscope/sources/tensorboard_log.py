@@ -185,12 +185,16 @@ def points_to_stats(points: list[NormPoint], path: str, *, epochs: dict[int, flo
 
 
 class TensorBoardEvents:
-    """The registry's entry for TensorBoard event files (built-in tag patterns only)."""
+    """The registry's entry for TensorBoard event files: the built-in tag patterns, plus the user's
+    `tag_pattern` (a regex with a named group `param`) when given."""
 
     name = LAYOUT
+
+    def __init__(self, tag_pattern: str | None = None) -> None:
+        self.tag_pattern = tag_pattern
 
     def sniff(self, path: str) -> bool:
         return has_event_files(path)
 
     def open(self, path: str) -> Run:
-        return read_tensorboard(path)
+        return read_tensorboard(path, self.tag_pattern)
