@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from normscope.analysis.equilibrium import analyze_equilibrium
 from normscope.api import load_trajectory
 from normscope.check import run_check
-from normscope.check.equilibrium_rule import equilibrium_analysis
 from normscope.check.session import check_path
 from normscope.config import CheckConfig
 
@@ -20,7 +20,7 @@ def sgd(sgd_run_dir):
 
 @pytest.fixture(scope="module")
 def settled(sgd):
-    _, report = equilibrium_analysis(sgd)
+    _, report = analyze_equilibrium(sgd)
     ratios = {layer.param: layer.settled_ratio for layer in report.layers}
     assert ratios and all(math.isfinite(r) for r in ratios.values())  # the three BN-followed convs
     return ratios

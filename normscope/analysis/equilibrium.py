@@ -393,6 +393,14 @@ def analyze_equilibrium(
 
     `model_spec` ('package.module:factory') imports and runs the user's code — their explicit choice.
     """
+    verdicts = scale_invariance(traj, model_spec=model_spec, probe=probe)
+    return verdicts, equilibrium_for(traj, verdicts, overrides)
+
+
+def scale_invariance(traj: Trajectory, *, model_spec: str | None = None, probe: bool = True
+                     ) -> list[InvarianceVerdict]:
+    """Per-parameter invariance verdicts: exact when `model_spec` names the model (imports and runs it),
+    from the checkpoints alone otherwise."""
     from normscope.analysis.invariance import classify_invariance
 
     model = None
@@ -400,8 +408,7 @@ def analyze_equilibrium(
         from normscope.analysis.user_model import build_model
 
         model = build_model(model_spec)
-    verdicts = classify_invariance(traj.table, model=model, probe=probe)
-    return verdicts, equilibrium_for(traj, verdicts, overrides)
+    return classify_invariance(traj.table, model=model, probe=probe)
 
 
 def equilibrium_for(

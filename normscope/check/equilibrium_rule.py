@@ -19,15 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from normscope.trajectory import Trajectory
 
 
-def equilibrium_analysis(trajectory: Trajectory):
-    """(invariance verdicts, EquilibriumReport) from the checkpoints alone (no model code is run)."""
-    from normscope.analysis.equilibrium import equilibrium_for
-    from normscope.analysis.invariance import classify_invariance
-
-    verdicts = classify_invariance(trajectory.table)
-    return verdicts, equilibrium_for(trajectory, verdicts)
-
-
 @dataclass(frozen=True)
 class EquilibriumRule:
     minimum: float | None
@@ -35,7 +26,9 @@ class EquilibriumRule:
     name: str = "equilibrium"
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
-        _, report = context.analysis("equilibrium", lambda: equilibrium_analysis(trajectory))
+        from normscope.analysis.equilibrium import analyze_equilibrium
+
+        _, report = context.analysis("equilibrium", lambda: analyze_equilibrium(trajectory))
         severity = context.severity_of(self.name)
         key = "check.equilibrium_min_ratio" if self.minimum is not None else "check.equilibrium_max_ratio"
         bounds = f"[{'-' if self.minimum is None else f'{self.minimum:g}'}, " \

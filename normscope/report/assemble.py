@@ -26,14 +26,14 @@ def _recommendation_png(rec, title: str) -> bytes:
 
 def _invariance_sections(trajectory: Trajectory, skipped: list[str]) -> list[Section]:
     """Scale-invariance verdicts (with evidence) and the equilibrium of the invariant layers."""
-    from normscope.check.equilibrium_rule import equilibrium_analysis
+    from normscope.analysis.equilibrium import analyze_equilibrium
     from normscope.report.equilibrium_section import (
         equilibrium_section,
         invariance_section,
     )
 
     try:
-        verdicts, report = equilibrium_analysis(trajectory)
+        verdicts, report = analyze_equilibrium(trajectory)
     except BadInputError as exc:
         skipped.append(f"scale invariance and equilibrium: {exc.message}")
         return []
