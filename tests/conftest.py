@@ -75,3 +75,17 @@ def make_tiny_run(_digits_split) -> Callable[..., Path]:
 def tiny_trained_run(tmp_path, make_tiny_run) -> Path:
     """A fresh 3-epoch BN CNN run in ``tmp_path / "tiny_run"`` (4 checkpoints, steps 0/23/46/69)."""
     return make_tiny_run(tmp_path / "tiny_run")
+
+
+@pytest.fixture(params=["fused", "torch"])
+def each_cpu_kernel(request, monkeypatch):
+    """Run a test once with the fused C kernel and once with the torch row-block kernels."""
+    from normscope.engine.fused import fused_kernel
+
+    if request.param == "torch":
+        monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    else:
+        monkeypatch.delenv("NORMSCOPE_FUSED", raising=False)
+        if fused_kernel() is None:
+            pytest.skip("no C compiler: the fused kernel cannot be built here")
+    return request.param

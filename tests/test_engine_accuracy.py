@@ -12,6 +12,9 @@ from normscope.engine import compute_stats
 from normscope.engine.chunking import CHUNK, fill_rows, row_layout
 from normscope.engine.reduce import GroupInput, reduce_group
 
+# The CPU engine has two kernels (fused C, torch row blocks); both must meet every test here.
+pytestmark = pytest.mark.usefixtures("each_cpu_kernel")
+
 
 @pytest.fixture(autouse=True)
 def _single_threaded_references():

@@ -11,6 +11,9 @@ from normscope.engine import compute_stats, reduce_snapshot_pair
 from normscope.errors import BadInputError
 from normscope.snapshot import Snapshot, SnapshotMeta
 
+# The CPU engine has two kernels (fused C, torch row blocks); both must meet every test here.
+pytestmark = pytest.mark.usefixtures("each_cpu_kernel")
+
 
 @pytest.fixture(autouse=True)
 def _single_threaded_torch():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
+from normscope.engine.fused import reduce_fused
 from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
@@ -105,10 +106,15 @@ def reduce_group(
 ) -> GroupSums:
     """Reduce one group; see the module docstring for the scheme and its accuracy.
 
-    Tensors shorter than a chunk row go through `small.reduce_small` instead of the row blocks.
+    On CPU the fused kernel (`fused.reduce_fused`) does the whole group when it can; otherwise
+    tensors shorter than a chunk row go through `small.reduce_small` instead of the row blocks.
     `runner` spreads the rows over worker threads (`workers.CpuWorkers`); default: this thread.
     """
     runner = runner or Inline()
+    if group.weight and group.weight[0].device.type == "cpu":
+        fused = reduce_fused(group, runner)
+        if fused is not None:
+            return fused
     small = [i for i, t in enumerate(group.weight) if t.numel() < CHUNK]
     if not small:
         return _reduce_blocks(group, block_rows, runner)

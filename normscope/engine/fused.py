@@ -1,0 +1,221 @@
+"""The fused CPU kernel: all of a group's sums in one pass per tensor, float64, built on first use.
+
+torch has no single kernel for "sum x², x·y, (y−x)², x·m, m², v in float64 from bf16 inputs": the
+row-block path (`reduce._reduce_blocks`) spends ~9 passes over each block to get them, which makes
+the engine compute-bound below the page-cache read rate on 2 cores. `_fused.c` reads each element
+once; the engine's worker threads call it through ctypes, which releases the GIL.
+
+The library is compiled with the system C compiler the first time it is needed (~0.4 s) into
+normscope's cache directory, under a name hashed from the source, flags and compiler, so an
+upgrade never loads a stale build. No compiler, a failed build, an unsupported dtype or a non-CPU
+tensor: the caller gets None and uses the torch path, which gives the same sums to 1e-6.
+`NORMSCOPE_FUSED=0` turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from normscope.engine.workers import Runner
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from normscope.engine.reduce import GroupInput, GroupSums
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_fused.c")
+ABI = 1
+FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared")
+# Columns of the kernel's output rows, in `_fused.c`'s order.
+COLUMNS = ("norm_sq", "dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
+# Longer tensors are cut into pieces so both workers get work from a single large matrix.
+PIECE_ELEMENTS = 1 << 22
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NORMSCOPE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normscope"
+    )
+    return Path(root)
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build(compiler: str, target: Path) -> None:
+    """Compile into a temporary file beside `target`, then rename: concurrent first uses (Dask
+    workers, parallel tests) never load a half-written library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        subprocess.run(
+            [compiler, *FLAGS, str(SOURCE), "-o", tmp],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class FusedKernel:
+    """The loaded library; `reduce` runs one call over arrays describing many tensors."""
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        self._reduce = library.normscope_reduce
+        self._reduce.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 10
+        self._reduce.restype = None
+
+    def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
+               out: int) -> None:
+        """`numel`, `out` and each stream's (pointers, dtype codes) are addresses of arrays."""
+        args: list[int | None] = []
+        for stream in streams:
+            args.extend(stream if stream is not None else (None, None))
+        self._reduce(count, numel, *args, out)
+
+
+@functools.lru_cache(maxsize=1)
+def _load(disabled: bool) -> FusedKernel | None:
+    if disabled or not sys.platform.startswith(("linux", "darwin")):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        log.debug("no C compiler found; using the torch kernels")
+        return None
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+        digest = hashlib.sha256(
+            b"\0".join(
+                [SOURCE.read_bytes(), " ".join(FLAGS).encode(), version.encode(),
+                 os.uname().machine.encode()]
+            )
+        ).hexdigest()[:16]
+        target = _cache_dir() / f"fused-{digest}.so"
+        if not target.exists():
+            try:
+                _build(compiler, target)
+            except OSError:  # cache directory not writable: build into a private temp dir
+                target = Path(tempfile.mkdtemp(prefix="normscope-")) / target.name
+                _build(compiler, target)
+        library = ctypes.CDLL(str(target))
+        if library.normscope_fused_abi() != ABI:
+            return None
+        return FusedKernel(library)
+    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
+        log.debug("fused kernel unavailable (%s); using the torch kernels", exc)
+        return None
+
+
+def fused_kernel() -> FusedKernel | None:
+    """The kernel, built on first call; None where it cannot be (see the module docstring)."""
+    return _load(os.environ.get("NORMSCOPE_FUSED", "1").strip().lower() in ("0", "false", "no"))
+
+
+def _dtype_codes() -> dict[torch.dtype, int]:
+    import torch
+
+    return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+
+
+def reduce_fused(group: GroupInput, runner: Runner) -> GroupSums | None:
+    """The group's per-entry float64 sums from the fused kernel, or None where it does not apply."""
+    import torch
+
+    from normscope.engine.reduce import GroupSums
+
+    kernel = fused_kernel()
+    if kernel is None:
+        return None
+    codes = _dtype_codes()
+    streams = [group.weight, group.prev, group.buf, group.sq]
+    present = [s for s in streams if s is not None]
+    for stream in present:
+        for t in stream:
+            if t.device.type != "cpu" or t.dtype not in codes:
+                return None
+    # Contiguous flat views; the kernel reads raw memory. Kept referenced until the calls return.
+    flat = [
+        None if s is None else [t if t.is_contiguous() else t.contiguous() for t in s]
+        for s in streams
+    ]
+    entries = len(group.weight)
+    numels = [t.numel() for t in flat[0]]
+    # Pieces: (entry, start, length); one per tensor, long tensors cut in PIECE_ELEMENTS.
+    owner: list[int] = []
+    starts: list[int] = []
+    lengths: list[int] = []
+    for i, n in enumerate(numels):
+        for lo in range(0, max(n, 1), PIECE_ELEMENTS):
+            owner.append(i)
+            starts.append(lo)
+            lengths.append(min(PIECE_ELEMENTS, n - lo))
+    count = len(owner)
+    arrays: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    for stream in flat:
+        if stream is None:
+            arrays.append(None)
+            continue
+        base = [t.data_ptr() for t in stream]
+        size = [t.element_size() for t in stream]
+        code = [codes[t.dtype] for t in stream]
+        arrays.append((
+            torch.tensor([base[e] + s * size[e] for e, s in zip(owner, starts)], dtype=torch.int64),
+            torch.tensor([code[e] for e in owner], dtype=torch.int32),
+        ))
+    numel = torch.tensor(lengths, dtype=torch.int64)
+    out = torch.zeros(count, len(COLUMNS), dtype=torch.float64)
+
+    def run(lo: int, hi: int) -> None:
+        kernel.reduce(
+            hi - lo,
+            numel.data_ptr() + 8 * lo,
+            [None if a is None else (a[0].data_ptr() + 8 * lo, a[1].data_ptr() + 4 * lo)
+             for a in arrays],
+            out.data_ptr() + 8 * len(COLUMNS) * lo,
+        )
+
+    runner.map(run, _balanced_spans(lengths, runner.workers))
+    sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
+    sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
+    nonfinite = [0] * entries
+    for i in (~torch.isfinite(sums[:, 0])).nonzero().flatten().tolist():
+        nonfinite[i] = int((~torch.isfinite(flat[0][i])).sum())
+    quantities = group.quantities()
+    columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
+    return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
+
+
+def _balanced_spans(lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:
+    """Contiguous ranges of pieces with about equal element counts, at most `parts` of them."""
+    total = sum(lengths)
+    if parts <= 1 or total == 0:
+        return [(0, len(lengths))]
+    spans, lo, done = [], 0, 0
+    for i, n in enumerate(lengths):
+        done += n
+        if done * parts >= total * (len(spans) + 1) and len(spans) < parts - 1:
+            spans.append((lo, i + 1))
+            lo = i + 1
+    if lo < len(lengths):
+        spans.append((lo, len(lengths)))
+    return spans

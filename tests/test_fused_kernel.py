@@ -1,0 +1,173 @@
+"""The fused C kernel against float64 references: every dtype path, specials, pieces, fallbacks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from normscope.engine import fused
+from normscope.engine.fused import PIECE_ELEMENTS, fused_kernel, reduce_fused
+from normscope.engine.reduce import GroupInput
+from normscope.engine.workers import CpuWorkers, Inline
+
+
+@pytest.fixture(autouse=True)
+def _kernel_built(monkeypatch):
+    monkeypatch.delenv("NORMSCOPE_FUSED", raising=False)
+    if fused_kernel() is None:
+        pytest.skip("no C compiler: the fused kernel cannot be built here")
+
+
+def _reference(group: GroupInput) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {q: [] for q in group.quantities()}
+    for i, w in enumerate(group.weight):
+        x = w.double()
+        out["norm_sq"].append(float(x.dot(x)))
+        if group.prev is not None:
+            y = group.prev[i].double()
+            out["dot"].append(float(x.dot(y)))
+            out["diff_sq"].append(float((y - x).dot(y - x)))
+        if group.buf is not None:
+            m = group.buf[i].double()
+            out["buf_dot"].append(float(x.dot(m)))
+            out["buf_norm_sq"].append(float(m.dot(m)))
+        if group.sq is not None:
+            out["sq_sum"].append(float(group.sq[i].double().sum()))
+    return out
+
+
+def _assert_close(got: dict[str, list[float]], want: dict[str, list[float]]) -> None:
+    assert got.keys() == want.keys()
+    for q in want:
+        for g, w in zip(got[q], want[q], strict=True):
+            assert g == pytest.approx(w, rel=1e-12, abs=1e-300), q
+
+
+def _tensors(numels: list[int], dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(n, generator=g) + 0.25).to(dtype) for n in numels]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("streams", ["weight", "prev", "optimizer", "adam"])
+def test_same_dtype_streams_match_float64(dtype, streams):
+    numels = [0, 1, 7, 513, 4096, 100_003]
+    weight = _tensors(numels, dtype, 1)
+    group = GroupInput(
+        weight=weight,
+        prev=_tensors(numels, dtype, 2) if streams in ("prev", "optimizer", "adam") else None,
+        buf=_tensors(numels, dtype, 3) if streams in ("optimizer", "adam") else None,
+        sq=[t.abs() for t in _tensors(numels, dtype, 4)] if streams == "adam" else None,
+    )
+    result = reduce_fused(group, Inline())
+    assert result is not None
+    _assert_close(result.sums, _reference(group))
+    assert result.nonfinite == [0] * len(numels)
+
+
+def test_mixed_dtypes_bf16_weights_with_fp32_optimizer_state():
+    numels = [5, 600, 70_001]
+    group = GroupInput(
+        weight=_tensors(numels, torch.bfloat16, 1),
+        prev=_tensors(numels, torch.float16, 2),
+        buf=_tensors(numels, torch.float32, 3),
+        sq=[t.abs() for t in _tensors(numels, torch.float32, 4)],
+    )
+    result = reduce_fused(group, Inline())
+    _assert_close(result.sums, _reference(group))
+
+
+def test_adam_second_moment_without_momentum_uses_the_general_path():
+    numels = [3, 9000]
+    group = GroupInput(
+        weight=_tensors(numels, torch.float32, 1),
+        sq=[t.abs() for t in _tensors(numels, torch.float32, 2)],
+    )
+    _assert_close(reduce_fused(group, Inline()).sums, _reference(group))
+
+
+def test_half_conversion_of_subnormals_extremes_and_signed_zero():
+    # every finite fp16 bit pattern, subnormals and ±65504 included
+    bits = torch.arange(0, 1 << 16, dtype=torch.int32)
+    finite = bits[((bits >> 10) & 0x1F) != 0x1F].to(torch.int16)
+    values = finite.view(torch.float16)
+    group = GroupInput(weight=[values], prev=[values.flip(0)])
+    result = reduce_fused(group, Inline())
+    _assert_close(result.sums, _reference(group))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nonfinite_values_are_counted(dtype):
+    x = torch.ones(10_000, dtype=dtype)
+    x[[3, 500, 9999]] = torch.tensor([float("nan"), float("inf"), float("-inf")], dtype=dtype)
+    clean = torch.ones(10, dtype=dtype)
+    result = reduce_fused(GroupInput(weight=[x, clean], prev=[x.clone(), clean]), Inline())
+    assert result.nonfinite == [3, 0]
+    assert result.sums["norm_sq"][1] == 10.0
+    assert not torch.isfinite(torch.tensor(result.sums["norm_sq"][0]))
+
+
+def test_non_contiguous_input_is_read_by_value():
+    base = torch.randn(20_000)
+    strided = base[::2]
+    assert not strided.is_contiguous()
+    group = GroupInput(weight=[strided], prev=[base[1::2]])
+    _assert_close(reduce_fused(group, Inline()).sums, _reference(group))
+
+
+def test_long_tensor_cut_into_pieces_over_two_workers_matches():
+    n = 2 * PIECE_ELEMENTS + 12_345
+    weight = _tensors([n, 10, n // 3], torch.bfloat16, 5)
+    prev = _tensors([n, 10, n // 3], torch.bfloat16, 6)
+    group = GroupInput(weight=weight, prev=prev)
+    workers = CpuWorkers(2)
+    try:
+        split = reduce_fused(group, workers)
+    finally:
+        workers.close()
+    inline = reduce_fused(group, Inline())
+    _assert_close(split.sums, _reference(group))
+    for q in inline.sums:  # same pieces, same order within each: bit-identical
+        assert split.sums[q] == inline.sums[q]
+
+
+def test_balanced_spans_cover_every_piece_once():
+    lengths = [5, 1, 100, 3, 3, 3, 50, 0, 7]
+    for parts in (1, 2, 3, 8):
+        spans = fused._balanced_spans(lengths, parts)
+        assert len(spans) <= parts
+        covered = [i for lo, hi in spans for i in range(lo, hi)]
+        assert covered == list(range(len(lengths)))
+
+
+def test_unsupported_inputs_are_left_to_the_torch_kernels():
+    assert reduce_fused(GroupInput(weight=[torch.ones(4, dtype=torch.float8_e4m3fn)]),
+                        Inline()) is None
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    assert fused_kernel() is None
+    assert reduce_fused(GroupInput(weight=[torch.ones(4)]), Inline()) is None
+
+
+def test_no_compiler_means_torch_kernels_not_an_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("NORMSCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    fused._load.cache_clear()
+    try:
+        assert fused_kernel() is None
+    finally:
+        fused._load.cache_clear()
+
+
+def test_build_lands_in_the_cache_directory_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("NORMSCOPE_CACHE_DIR", str(tmp_path))
+    fused._load.cache_clear()
+    try:
+        assert fused_kernel() is not None
+        built = list(tmp_path.glob("fused-*.so"))
+        assert len(built) == 1
+        assert not [p for p in tmp_path.iterdir() if p not in built]  # no temp files left
+    finally:
+        fused._load.cache_clear()
