@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
+from normscope._gc import older_objects_frozen
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
 from normscope.engine.plan import Piece, Plan, plan_buckets
@@ -44,6 +45,20 @@ def run_engine(
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
     """
+    with older_objects_frozen():
+        return _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
+                    names=names, report_from=report_from)
+
+
+def _run(
+    snapshots: Sequence[Snapshot],
+    *,
+    device: torch.device,
+    bucket_bytes: int,
+    progress: Callable[[int, int], None] | None,
+    names: Iterable[str] | None,
+    report_from: int,
+) -> list[SnapshotStats]:
     if bucket_bytes < 1:
         raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
     snapshots = list(snapshots)

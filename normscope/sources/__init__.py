@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from normscope._gc import older_objects_frozen
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
@@ -87,8 +88,9 @@ def open_run(
     if layouts is None:
         layouts = ((TensorBoardEvents(tag_pattern),) if tag_pattern is not None
                    else make_layouts(recover_unsafe=recover_unsafe))
-    layout = detect_layout(path, layouts)
-    return subsample(layout.open(path), every)
+    with older_objects_frozen():
+        layout = detect_layout(path, layouts)
+        return subsample(layout.open(path), every)
 
 
 __all__ = ["LAYOUTS", "Layout", "detect_layout", "make_layouts", "open_run"]
