@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from normscope.engine.plan import Entry
+from normscope.engine.reduce import GroupSums
 from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
 
 
@@ -50,6 +51,17 @@ class Accumulator:
             totals.buf_norm_sq = _add(totals.buf_norm_sq, sums["buf_norm_sq"])
         if "sq_sum" in sums:
             totals.sq_sum = _add(totals.sq_sum, sums["sq_sum"])
+
+    def add_group(self, snapshot: int, names: Sequence[str], result: GroupSums) -> None:
+        """`add` for every entry of a reduced group (`names` in entry order)."""
+        columns = [result.sums[q] for q in result.quantities]
+        for i, name in enumerate(names):
+            self.add(
+                snapshot,
+                name,
+                {q: column[i] for q, column in zip(result.quantities, columns)},
+                result.nonfinite[i],
+            )
 
     def param_stats(
         self, snapshot: int, name: str, shape: tuple[int, ...]

@@ -114,33 +114,27 @@ def _reduce_work(
             if before is not None and before.shape == loaded.shape
             else None
         )
-        dtypes = {
-            t.dtype
-            for t in (loaded.weight, prev, loaded.buf, loaded.sq)
-            if t is not None
-        }
+        # one group per (device, dtype of each stream): tens of thousands of pieces pass here
         key = (
             loaded.weight.device,
-            frozenset(dtypes),
-            prev is not None,
-            loaded.buf is not None,
-            loaded.sq is not None,
+            loaded.weight.dtype,
+            None if prev is None else prev.dtype,
+            None if loaded.buf is None else loaded.buf.dtype,
+            None if loaded.sq is None else loaded.sq.dtype,
         )
         groups.setdefault(key, []).append((loaded, prev))
-    for (_, _, has_prev, has_buf, has_sq), members in groups.items():
+    for (_, _, prev_dtype, buf_dtype, sq_dtype), members in groups.items():
         pieces = [m[0] for m in members]
         result = reduce_group(
             GroupInput(
                 weight=[p.weight for p in pieces],
-                prev=[m[1] for m in members] if has_prev else None,
-                buf=[p.buf for p in pieces] if has_buf else None,
-                sq=[p.sq for p in pieces] if has_sq else None,
+                prev=[m[1] for m in members] if prev_dtype is not None else None,
+                buf=[p.buf for p in pieces] if buf_dtype is not None else None,
+                sq=[p.sq for p in pieces] if sq_dtype is not None else None,
             ),
             runner=runner,
         )
-        for i, piece in enumerate(pieces):
-            sums = {q: result.sums[q][i] for q in result.quantities}
-            accumulator.add(work.snapshot, piece.piece.name, sums, result.nonfinite[i])
+        accumulator.add_group(work.snapshot, [p.piece.name for p in pieces], result)
 
 
 @contextlib.contextmanager
