@@ -4,8 +4,9 @@
     reduce_snapshot_pair(cur, prev)     one (snapshot, shard) work item, for distributed backends
 
 Modules: `plan` (buckets of parameter pieces), `loading` (refs → flat tensors), `prefetch` (reader
-thread), `staging` (CUDA pinned double buffering), `chunking` + `reduce` (the arithmetic),
-`accumulate` (totals → `SnapshotStats`), `driver` (the schedule), `device` (auto/cpu/cuda).
+thread), `staging` (CUDA pinned double buffering), `fused` (the CPU's one-pass C kernel),
+`chunking` + `reduce` (the torch arithmetic), `accumulate` (totals → `SnapshotStats`), `driver`
+(the schedule), `device` (auto/cpu/cuda).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def compute_stats(
     Memory stays within about `bucket_bytes` of tensor data whatever the run's size; every tensor
     is read once. `progress(done_bytes, total_bytes)` is called after each bucket of each snapshot.
     `device`: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"; CPU and CUDA agree to 1e-6
-    relative (both sum fp32 rows of 4096 elements, then float64).
+    relative (the CPU's fused kernel sums in float64, CUDA sums fp32 rows of 4096 elements, then
+    float64).
     """
     from normscope.engine.device import resolve_device
     from normscope.engine.driver import run_engine
