@@ -13,6 +13,7 @@ import pickle
 import pickletools
 import warnings
 import zipfile
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,22 @@ class ZipFacts:
     has_pickle: bool  # a `data.pkl` record: a torch.save archive
     torchscript: bool  # a `constants.pkl` record: code, not a checkpoint
     pickle: bytes | None = field(default=None, repr=False)  # the `data.pkl` record
+    records: TorchRecords | None = field(default=None, repr=False)  # for `_fast_torch_zip`
+
+
+@dataclass(frozen=True)
+class TorchRecords:
+    """Where a torch.save archive keeps its tensor data, as its zip directory says.
+
+    torch names storage records `<archive>/data/0` … `data/<n-1>`; record `data/i` has its local
+    header at `header_offsets[i]` (-1: missing, compressed or encrypted) and `sizes[i]` bytes.
+    Two flat arrays: a dict of tuples would cost ~200 bytes a tensor in every cached entry.
+    """
+
+    archive: str  # the records' prefix, "<archive>/"
+    byteorder: bytes | None  # the `byteorder` record; older torch versions wrote none
+    header_offsets: array[int]
+    sizes: array[int]
 
 
 # Sniffing a directory of torch files asks each file the same questions several times (one
@@ -51,6 +68,7 @@ class ZipFacts:
 # ~50 ms. The key holds the file's identity, size and mtime, so a rewritten file is read again.
 @functools.lru_cache(maxsize=32)
 def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
+    records = None
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -60,6 +78,13 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             # a corrupt record in a readable directory: the sniffers still see the names
             except (zipfile.BadZipFile, OSError, KeyError):
                 pickled = None
+            # torch names its records "<archive>/data.pkl", "<archive>/data/<key>", …
+            prefix = pickle_name.removesuffix("data.pkl") if pickle_name else ""
+            if pickled is not None and (prefix == "" or prefix.endswith("/")):
+                try:
+                    records = _torch_records(zf, prefix)
+                except (zipfile.BadZipFile, OSError):
+                    pass  # the fast loader declines; torch.load names what is wrong
     except (zipfile.BadZipFile, OSError):
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
     return ZipFacts(
@@ -69,7 +94,30 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             n.endswith("/constants.pkl") or n == "constants.pkl" for n in names
         ),
         pickle=pickled,
+        records=records,
     )
+
+
+def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
+    """The `data/<i>` records of a torch.save archive, or None if they are not numbered 0…n-1."""
+    try:
+        byteorder: bytes | None = zf.read(zf.getinfo(archive + "byteorder"))
+    except KeyError:
+        byteorder = None
+    prefix = archive + "data/"
+    infos = [info for info in zf.infolist() if info.filename.startswith(prefix)]
+    header_offsets = array("q", [-1]) * len(infos)
+    sizes = array("q", [0]) * len(infos)
+    for info in infos:
+        key = info.filename[len(prefix) :]
+        index = int(key) if key.isdecimal() else -1
+        if not 0 <= index < len(infos) or str(index) != key:
+            return None
+        # torch writes records stored (uncompressed), never encrypted
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+            header_offsets[index] = info.header_offset
+        sizes[index] = info.file_size
+    return TorchRecords(archive, byteorder, header_offsets, sizes)
 
 
 def zip_facts(path: str) -> ZipFacts:
