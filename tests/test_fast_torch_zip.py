@@ -124,6 +124,47 @@ def test_a_training_checkpoint_reads_as_torch_load_reads_it(checkpoint_file):
     assert (cols[1] == -1.0).all()
 
 
+def test_load_torch_file_takes_the_fast_path(checkpoint_file, monkeypatch):
+    expected = _torch_load(checkpoint_file)
+
+    def not_called(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", not_called)
+    assert_same(load_torch_file(str(checkpoint_file)), expected)
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int, int]]:
+    """(start, stop, resident bytes) of each mapping of `path` in this process."""
+    found: list[tuple[int, int, int]] = []
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                named = len(fields) >= 6 and os.path.exists(fields[-1])
+                if named and os.path.samefile(fields[-1], path):
+                    start, stop = (int(x, 16) for x in fields[0].split("-"))
+                    found.append((start, stop, 0))
+                else:
+                    found.append((0, 0, -1))  # not ours: its Rss is skipped
+            elif fields[0] == "Rss:" and found and found[-1][2] == 0:
+                found[-1] = (found[-1][0], found[-1][1], int(fields[1]) * 1024)
+    return [m for m in found if m[2] >= 0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_opening_maps_the_file_and_reads_no_tensor_data(tmp_path):
+    path = tmp_path / "big.pt"
+    torch.save({f"w{i}": torch.ones(1024, 1024) for i in range(4)}, path)  # 16 MiB
+    checkpoint = load_torch_file(str(path))
+    mappings = _mappings_of(path)
+    for tensor in checkpoint.values():  # the tensors live in a mapping of the file
+        assert any(start <= tensor.data_ptr() < stop for start, stop, _ in mappings)
+    assert sum(rss for _, _, rss in mappings) < 2**20  # mapped, not read
+    assert checkpoint["w0"].sum() == 2**20  # touching a tensor reads its pages
+    assert sum(rss for _, _, rss in _mappings_of(path)) >= 4 * 2**20
+
+
 def test_parameters_come_back_as_parameters(tmp_path):
     params = {"w": torch.nn.Parameter(torch.randn(3)),
               "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False)}  # fmt: skip

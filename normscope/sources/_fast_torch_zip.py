@@ -6,6 +6,10 @@ lazily anyway. Here the C `pickle.Unpickler` runs the same pickle, and the tenso
 way `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds them: one private
 (MAP_PRIVATE, copy-on-write) mapping of the whole file, one storage slice per `data/<key>` record,
 `set_` on it with the pickled offset, size and stride. Tensors naming the same key share a storage.
+`load_torch_file` on an 8,495-tensor ResNet-shaped file (252 MB, page cache, zip directory already
+parsed by the sniffers; best to median of 5-7 runs, 2-core VM shared with other jobs): torch.load
+1.0-1.5 s (120-175 µs a tensor), this path 0.10-0.13 s (12-15 µs a tensor). Opening it cold, the
+directory parse included: 1.1-1.7 s against 0.28-0.36 s.
 
 Security: the "Restricting Globals" pattern of the `pickle` docs. A pickle can only call what
 `find_class` hands it, and here that is a closed allow-list of small functions defined below

@@ -7,6 +7,7 @@ not a tensor, container or primitive, and we name the refused globals by disasse
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
@@ -221,6 +222,9 @@ def load_torch_file(
 ) -> Any:
     """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
 
+    A torch.save zip is first read by `_fast_torch_zip` (the same object, ~10x sooner); whatever
+    that path declines or fails on goes to torch.load, which then decides alone.
+
     With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
     unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
     and a line in `notes` names what was not loaded.
@@ -239,6 +243,13 @@ def load_torch_file(
         raise BadInputError(
             f"{path} is a torch.save file named .safetensors; rename it to .pt"
         )
+    if is_zip:
+        # Declined, or failed in any way: torch.load reads it, or refuses it in its own words
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            from ._fast_torch_zip import load_torch_zip_fast
+
+            return load_torch_zip_fast(path)
     try:
         # torch's notes on pickle protocols are not for our users
         with warnings.catch_warnings():
