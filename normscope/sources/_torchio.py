@@ -7,12 +7,14 @@ not a tensor, container or primitive, and we name the refused globals by disasse
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pickle
 import pickletools
 import warnings
 import zipfile
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +46,22 @@ class ZipFacts:
     has_pickle: bool  # a `data.pkl` record: a torch.save archive
     torchscript: bool  # a `constants.pkl` record: code, not a checkpoint
     pickle: bytes | None = field(default=None, repr=False)  # the `data.pkl` record
+    records: TorchRecords | None = field(default=None, repr=False)  # for `_fast_torch_zip`
+
+
+@dataclass(frozen=True)
+class TorchRecords:
+    """Where a torch.save archive keeps its tensor data, as its zip directory says.
+
+    torch names storage records `<archive>/data/0` … `data/<n-1>`; record `data/i` has its local
+    header at `header_offsets[i]` (-1: missing, compressed or encrypted) and `sizes[i]` bytes.
+    Two flat arrays: a dict of tuples would cost ~200 bytes a tensor in every cached entry.
+    """
+
+    archive: str  # the records' prefix, "<archive>/"
+    byteorder: bytes | None  # the `byteorder` record; older torch versions wrote none
+    header_offsets: array[int]
+    sizes: array[int]
 
 
 # Sniffing a directory of torch files asks each file the same questions several times (one
@@ -51,6 +69,7 @@ class ZipFacts:
 # ~50 ms. The key holds the file's identity, size and mtime, so a rewritten file is read again.
 @functools.lru_cache(maxsize=32)
 def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
+    records = None
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -60,6 +79,13 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             # a corrupt record in a readable directory: the sniffers still see the names
             except (zipfile.BadZipFile, OSError, KeyError):
                 pickled = None
+            # torch names its records "<archive>/data.pkl", "<archive>/data/<key>", …
+            prefix = pickle_name.removesuffix("data.pkl") if pickle_name else ""
+            if pickled is not None and (prefix == "" or prefix.endswith("/")):
+                try:
+                    records = _torch_records(zf, prefix)
+                except (zipfile.BadZipFile, OSError):
+                    pass  # the fast loader declines; torch.load names what is wrong
     except (zipfile.BadZipFile, OSError):
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
     return ZipFacts(
@@ -69,7 +95,30 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             n.endswith("/constants.pkl") or n == "constants.pkl" for n in names
         ),
         pickle=pickled,
+        records=records,
     )
+
+
+def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
+    """The `data/<i>` records of a torch.save archive, or None if they are not numbered 0…n-1."""
+    try:
+        byteorder: bytes | None = zf.read(zf.getinfo(archive + "byteorder"))
+    except KeyError:
+        byteorder = None
+    prefix = archive + "data/"
+    infos = [info for info in zf.infolist() if info.filename.startswith(prefix)]
+    header_offsets = array("q", [-1]) * len(infos)
+    sizes = array("q", [0]) * len(infos)
+    for info in infos:
+        key = info.filename[len(prefix) :]
+        index = int(key) if key.isdecimal() else -1
+        if not 0 <= index < len(infos) or str(index) != key:
+            return None
+        # torch writes records stored (uncompressed), never encrypted
+        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+            header_offsets[index] = info.header_offset
+        sizes[index] = info.file_size
+    return TorchRecords(archive, byteorder, header_offsets, sizes)
 
 
 def zip_facts(path: str) -> ZipFacts:
@@ -173,6 +222,9 @@ def load_torch_file(
 ) -> Any:
     """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
 
+    A torch.save zip is first read by `_fast_torch_zip` (the same object, ~10x sooner); whatever
+    that path declines or fails on goes to torch.load, which then decides alone.
+
     With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
     unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
     and a line in `notes` names what was not loaded.
@@ -191,6 +243,13 @@ def load_torch_file(
         raise BadInputError(
             f"{path} is a torch.save file named .safetensors; rename it to .pt"
         )
+    if is_zip:
+        # Declined, or failed in any way: torch.load reads it, or refuses it in its own words
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            from ._fast_torch_zip import load_torch_zip_fast
+
+            return load_torch_zip_fast(path)
     try:
         # torch's notes on pickle protocols are not for our users
         with warnings.catch_warnings():

@@ -1,0 +1,335 @@
+"""The fast torch.save reader: the same objects as torch.load, and torch.load for anything else."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import pickle
+import struct
+import zipfile
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from _sources_helpers import adamw, sgd, small_cnn, small_mlp, train
+from test_sources_bad_input import Exploit
+from test_sources_restricted import RunsOpen, RunsShell
+
+from normscope.errors import BadInputError, UnsafeCheckpointError
+from normscope.sources._fast_torch_zip import Declined, load_torch_zip_fast
+from normscope.sources._torchio import ZIP_MAGIC, load_torch_file, read_head
+
+SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
+
+
+def _torch_load(path: Path) -> Any:
+    return torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+
+
+def assert_same(
+    fast: Any, slow: Any, storages: dict[tuple[str, int], int] | None = None
+) -> None:
+    """Equal types, values and tensor layouts, and storages shared exactly where torch shares."""
+    storages = {} if storages is None else storages
+    assert type(fast) is type(slow)
+    if isinstance(fast, torch.Tensor):
+        assert (fast.dtype, fast.shape, fast.stride(), fast.storage_offset()) == (
+            slow.dtype, slow.shape, slow.stride(), slow.storage_offset())  # fmt: skip
+        assert fast.requires_grad == slow.requires_grad and fast._base is slow._base is None
+        assert fast._backward_hooks == slow._backward_hooks
+        fs, ss = fast.untyped_storage(), slow.untyped_storage()
+        # bitwise (NaNs included), over the whole storage
+        assert torch.equal(torch.empty(0, dtype=torch.uint8).set_(fs),
+                           torch.empty(0, dtype=torch.uint8).set_(ss))  # fmt: skip
+        if ss.nbytes():  # each storage of torch's (not only its memory) is one of ours
+            mine, theirs = fs._cdata, ss._cdata
+            assert storages.setdefault(("torch", theirs), mine) == mine
+            assert storages.setdefault(("ours", mine), theirs) == theirs  # and never two
+    elif isinstance(fast, dict):
+        assert list(fast) == list(slow)
+        for key in fast:
+            assert_same(fast[key], slow[key], storages)
+        if hasattr(slow, "__dict__"):  # a state_dict's `_metadata`
+            assert_same(vars(fast), vars(slow), storages)
+    elif isinstance(fast, (list, tuple)):
+        assert len(fast) == len(slow)
+        for a, b in zip(fast, slow):
+            assert_same(a, b, storages)
+    elif isinstance(fast, float) and math.isnan(fast):
+        assert math.isnan(slow)
+    else:
+        assert fast == slow
+
+
+def _checkpoint() -> dict[str, Any]:
+    """A training checkpoint with every kind of value torch.save writes for one."""
+    cnn, mlp = small_cnn(), small_mlp()
+    cnn_opt, mlp_opt = sgd(cnn), adamw(mlp)
+    train(cnn, cnn_opt, 3)
+    train(mlp, mlp_opt, 2)
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    return {
+        "model": cnn.state_dict(),  # an OrderedDict with `_metadata`, int64 num_batches_tracked
+        "optimizer": cnn_opt.state_dict(),  # SGD momentum buffers
+        "ema": {"model": mlp.state_dict(), "optimizer": mlp_opt.state_dict()},  # AdamW, 0-d steps
+        "tensors": {
+            "bf16": torch.randn(5, 3).to(torch.bfloat16),
+            "fp16": torch.randn(7).half(),
+            "int64": torch.arange(10),
+            "bool": torch.tensor([True, False]),
+            "scalar": torch.tensor(2.5),
+            "transposed": torch.randn(3, 5).t(),
+            "row": base[1],  # two views of one storage
+            "cols": base[:, 2:4],
+            "empty": torch.empty(0, 3),
+            "nan": torch.tensor([float("nan"), float("inf")]),
+            "grad": torch.ones(2, requires_grad=True),
+            "float8": torch.ones(4).to(torch.float8_e4m3fn),  # rebuilt by _rebuild_tensor_v3
+        },
+        "epoch": 3,
+        "step": 100,
+        "lr": 0.1,
+        "name": "run α",
+        "losses": [0.5, 0.25, None],
+        "pair": (1, "x"),
+        "done": False,
+        "tags": {"a", "b"},
+        "blob": b"\x00\xff",
+        "milestones": Counter({30: 1, 60: 1}),
+        "ordered": OrderedDict(b=1, a=2),
+        "size": torch.Size([2, 3]),
+        "device": torch.device("cuda", 1),
+        "dtype": torch.bfloat16,
+        "layout": torch.strided,
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint_file(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    path = tmp_path_factory.mktemp("fast") / "ckpt.pt"
+    torch.save(_checkpoint(), path)
+    return path
+
+
+def test_a_training_checkpoint_reads_as_torch_load_reads_it(checkpoint_file):
+    fast = load_torch_zip_fast(str(checkpoint_file))
+    assert_same(fast, _torch_load(checkpoint_file))
+    row, cols = fast["tensors"]["row"], fast["tensors"]["cols"]
+    assert row.untyped_storage().data_ptr() == cols.untyped_storage().data_ptr()
+    row.fill_(-1.0)  # one memory: the write shows through the other view
+    assert (cols[1] == -1.0).all()
+
+
+def test_load_torch_file_takes_the_fast_path(checkpoint_file, monkeypatch):
+    expected = _torch_load(checkpoint_file)
+
+    def not_called(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", not_called)
+    assert_same(load_torch_file(str(checkpoint_file)), expected)
+
+
+def _mappings_of(path: Path) -> list[tuple[int, int, int]]:
+    """(start, stop, resident bytes) of each mapping of `path` in this process."""
+    found: list[tuple[int, int, int]] = []
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line
+                named = len(fields) >= 6 and os.path.exists(fields[-1])
+                if named and os.path.samefile(fields[-1], path):
+                    start, stop = (int(x, 16) for x in fields[0].split("-"))
+                    found.append((start, stop, 0))
+                else:
+                    found.append((0, 0, -1))  # not ours: its Rss is skipped
+            elif fields[0] == "Rss:" and found and found[-1][2] == 0:
+                found[-1] = (found[-1][0], found[-1][1], int(fields[1]) * 1024)
+    return [m for m in found if m[2] >= 0]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_opening_maps_the_file_and_reads_no_tensor_data(tmp_path):
+    path = tmp_path / "big.pt"
+    torch.save({f"w{i}": torch.ones(1024, 1024) for i in range(4)}, path)  # 16 MiB
+    checkpoint = load_torch_file(str(path))
+    mappings = _mappings_of(path)
+    for tensor in checkpoint.values():  # the tensors live in a mapping of the file
+        assert any(start <= tensor.data_ptr() < stop for start, stop, _ in mappings)
+    assert sum(rss for _, _, rss in mappings) < 2**20  # mapped, not read
+    assert checkpoint["w0"].sum() == 2**20  # touching a tensor reads its pages
+    assert sum(rss for _, _, rss in _mappings_of(path)) >= 4 * 2**20
+
+
+def test_parameters_come_back_as_parameters(tmp_path):
+    params = {"w": torch.nn.Parameter(torch.randn(3)),
+              "frozen": torch.nn.Parameter(torch.randn(2), requires_grad=False)}  # fmt: skip
+    torch.save(params, tmp_path / "params.pt")
+    fast = load_torch_zip_fast(str(tmp_path / "params.pt"))
+    assert_same(fast, _torch_load(tmp_path / "params.pt"))
+    assert type(fast["w"]) is torch.nn.Parameter and not fast["frozen"].requires_grad
+
+
+def _zip_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and read_head(str(p), 4) == ZIP_MAGIC)
+
+
+def test_every_sample_run_file_reads_as_torch_load_reads_it():
+    files = _zip_files(SAMPLE_RUNS)
+    assert len(files) > 100  # torch, Lightning and HF Trainer runs
+    for path in files:
+        assert_same(load_torch_zip_fast(str(path)), _torch_load(path))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_writing_to_a_tensor_never_reaches_the_file(checkpoint_file):
+    before = _sha256(checkpoint_file)
+    weight = load_torch_zip_fast(str(checkpoint_file))["model"]["0.weight"]
+    original = weight.clone()
+    weight.add_(1.0)  # the mapping is private: copy-on-write, in this process only
+    assert _sha256(checkpoint_file) == before
+    again = load_torch_zip_fast(str(checkpoint_file))["model"]["0.weight"]
+    assert torch.equal(again, original)
+
+
+def _pickle_of(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as zf:
+        return zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+
+
+def _base(tmp_path: Path) -> Path:
+    """A real torch.save archive: `w`, 4 floats in record data/0."""
+    torch.save({"w": torch.ones(4)}, tmp_path / "base.pt")
+    return tmp_path / "base.pt"
+
+
+def _with_pickle(tmp_path: Path, pickled: bytes, name: str = "crafted.pt") -> Path:
+    """The `_base` archive with `pickled` for its `data.pkl`."""
+    out = tmp_path / name
+    with zipfile.ZipFile(_base(tmp_path)) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = pickled if info.filename.endswith("/data.pkl") else zin.read(info)
+            zout.writestr(info.filename, data)
+    return out
+
+
+def _unicode(text: str) -> bytes:
+    """A BINUNICODE opcode."""
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def _crafted_shell_pickles(marker: str) -> dict[str, bytes]:
+    """`os.system("touch marker")` reached by each opcode that names a global, after torch's
+    protocol-2 header (the C unpickler runs protocol-4 opcodes whatever the header says)."""
+    module, command = os.system.__module__, _unicode(f"touch {marker}")  # posix on Linux
+    name = module.encode() + b"\nsystem\n"
+    return {
+        "reduce": pickle.dumps(RunsShell(marker), protocol=2),
+        "inst": b"\x80\x02(" + command + b"i" + name + b".",
+        "obj": b"\x80\x02(c" + name + command + b"o.",
+        "stack_global": (
+            b"\x80\x02" + _unicode(module) + _unicode("system") + b"\x93" + command + b"\x85R."
+        ),
+    }
+
+
+@pytest.mark.parametrize("exploit", [RunsShell, RunsOpen, Exploit])
+def test_code_in_a_torch_save_never_runs(tmp_path, exploit):
+    marker = tmp_path / "code_ran"
+    torch.save({"model": small_cnn().state_dict(), "payload": exploit(str(marker))},
+               tmp_path / "c.pt")  # fmt: skip
+    with pytest.raises(Declined):
+        load_torch_zip_fast(str(tmp_path / "c.pt"))
+    # torch.load then refuses it, in the words the user has always seen
+    with pytest.raises(UnsafeCheckpointError, match="never runs code"):
+        load_torch_file(str(tmp_path / "c.pt"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("opcode", ["reduce", "inst", "obj", "stack_global"])
+def test_crafted_pickles_never_run_code(tmp_path, opcode):
+    marker = tmp_path / "code_ran"
+    path = _with_pickle(tmp_path, _crafted_shell_pickles(str(marker))[opcode])
+    with pytest.raises(Declined, match="system"):
+        load_torch_zip_fast(str(path))
+    with pytest.raises(BadInputError) as info:
+        load_torch_file(str(path))
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+
+
+def test_what_a_pickle_does_to_a_stub_does_not_outlive_its_load(tmp_path):
+    # BUILD sets `__defaults__` on the tensor stub (metadata = conj bit), then returns the stub
+    poison = (b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nN}" + _unicode("__defaults__")
+              + b"}" + _unicode("conj") + b"\x88s\x85s\x86b.")  # fmt: skip
+    with pytest.raises(Declined, match="bare function"):
+        load_torch_zip_fast(str(_with_pickle(tmp_path, poison)))
+    torch.save({"w": torch.ones(3)}, tmp_path / "next.pt")
+    assert_same(load_torch_zip_fast(str(tmp_path / "next.pt")), _torch_load(tmp_path / "next.pt"))
+
+
+def test_a_tensor_reaching_past_its_record_is_refused(tmp_path):
+    pickled = _pickle_of(_base(tmp_path))
+    # size (4,) -> (40,): 160 bytes over a 16-byte record
+    path = _with_pickle(tmp_path, pickled.replace(b"K\x04\x85", b"K(\x85", 1), "past.pt")
+    with pytest.raises(Exception, match="not resizable"):
+        load_torch_zip_fast(str(path))
+    with pytest.raises(BadInputError, match="truncated or corrupt"):
+        load_torch_file(str(path))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [argparse.Namespace(lr=0.1), Exploit("never-called")],
+    ids=["namespace", "class-instance"],
+)
+def test_refused_globals_keep_torchs_refusal(tmp_path, payload):
+    torch.save({"state_dict": small_cnn().state_dict(), "hp": payload}, tmp_path / "a.ckpt")
+    with pytest.raises(Declined, match="global"):
+        load_torch_zip_fast(str(tmp_path / "a.ckpt"))
+    with pytest.raises(UnsafeCheckpointError, match="needs code to load"):
+        load_torch_file(str(tmp_path / "a.ckpt"))
+
+
+def test_files_the_fast_path_declines_read_as_torch_reads_them(tmp_path):
+    sd = {"w": torch.arange(12.0).reshape(3, 4)}
+    torch.save({"s": sd["w"].untyped_storage()}, tmp_path / "storage.pt")
+    torch.save(sd, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    base = tmp_path / "plain.pt"
+    torch.save(sd, base)
+    deflated = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(base) as zin, zipfile.ZipFile(deflated, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info), compress_type=zipfile.ZIP_DEFLATED)
+    for path in (tmp_path / "storage.pt", deflated):
+        with pytest.raises(Declined):
+            load_torch_zip_fast(str(path))
+        expected = _torch_load(path)
+        assert type(load_torch_file(str(path))) is type(expected)
+    assert torch.equal(load_torch_file(str(tmp_path / "legacy.pt"))["w"], sd["w"])
+
+
+def test_other_pickle_protocols_keep_torchs_answer(tmp_path):
+    torch.save({"w": torch.ones(2)}, tmp_path / "p4.pt", pickle_protocol=4)
+    with pytest.raises(Declined, match="protocol"):
+        load_torch_zip_fast(str(tmp_path / "p4.pt"))
+    with pytest.raises(BadInputError, match="not a readable torch checkpoint"):
+        load_torch_file(str(tmp_path / "p4.pt"))
+
+
+def test_truncated_and_corrupt_files_keep_their_one_line_errors(tmp_path):
+    torch.save(small_cnn().state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) * 2 // 3])
+    path = _with_pickle(tmp_path, b"\x80\x02}q\x00(X", "corrupt.pt")
+    for bad in (tmp_path / "cut.pt", path):
+        with pytest.raises(BadInputError) as info:
+            load_torch_file(str(bad))
+        assert "\n" not in str(info.value) and "not a readable torch checkpoint" in str(info.value)
