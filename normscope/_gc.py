@@ -1,11 +1,11 @@
-"""Keeping the cyclic garbage collector off the objects that were alive before a bulk job began.
+"""Pausing the cyclic garbage collector while a bulk job builds objects it does not need to scan.
 
-The engine and the sources allocate tens of thousands of small objects (refs, pieces, stats) next
-to the ~170k that importing torch leaves behind. Each of the oldest-generation collections those
-allocations trigger walks all of them: ~120 ms per collection on the benchmark VM, a quarter of
-analysing a 1 GB run. `gc.freeze()` moves the objects alive at entry to the permanent generation,
-so collections only look at what the job itself creates; they are returned on exit. Garbage is
-still collected; only the scanning of older objects is skipped.
+Opening a run and reducing it allocate hundreds of thousands of small objects that hold no
+reference cycles (refs, tensors, pieces, stats): on a 1 GB run of 8.4k-tensor torch files, the
+few full collections those allocations trigger cost 0.3 s of a 1.1 s open and 0.7 s of a 2.0 s
+reduce on the benchmark VM. (Freezing the objects that existed before the job, tried first, only
+spared the ~170k objects importing torch leaves behind: the job's own objects were still rescanned.)
+Reference counting still frees everything as usual; cycles made meanwhile are collected after.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from collections.abc import Iterator
 
 
 @contextlib.contextmanager
-def older_objects_frozen() -> Iterator[None]:
-    """Freeze for the duration; a no-op inside another freeze (the outer one unfreezes)."""
-    if gc.get_freeze_count() > 0 or not gc.isenabled():
-        yield
-        return
-    gc.freeze()
+def collector_paused() -> Iterator[None]:
+    """`gc.disable()` for the duration, re-enabled on exit if it was enabled at entry (so nested
+    uses and callers that manage the collector themselves are left as they were)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if was_enabled:
+            gc.enable()

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from normscope._gc import older_objects_frozen
+from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
 from normscope.engine.plan import Piece, Plan, plan_buckets
@@ -45,7 +45,7 @@ def run_engine(
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
     """
-    with older_objects_frozen():
+    with collector_paused():
         return _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
                     names=names, report_from=report_from)
 

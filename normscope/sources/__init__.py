@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from normscope._gc import older_objects_frozen
+from normscope._gc import collector_paused
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
@@ -88,7 +88,7 @@ def open_run(
     if layouts is None:
         layouts = ((TensorBoardEvents(tag_pattern),) if tag_pattern is not None
                    else make_layouts(recover_unsafe=recover_unsafe))
-    with older_objects_frozen():
+    with collector_paused():
         layout = detect_layout(path, layouts)
         return subsample(layout.open(path), every)
 

@@ -31,7 +31,6 @@ refusals and error messages stay torch's, and torch alone decides about every fi
 from __future__ import annotations
 
 import copyreg
-import gc
 import io
 import mmap
 import pickle
@@ -43,6 +42,8 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+
+from normscope._gc import collector_paused
 
 from ._torchio import TorchRecords, zip_facts
 
@@ -318,12 +319,7 @@ def load_torch_zip_fast(path: str) -> Any:
         records = _Records(path, facts.records, headers)
         # Thousands of new containers trigger full collections that walk everything alive: half
         # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with collector_paused():
             result = _Unpickler(facts.pickle, records).load()
             _check_plain(result)
             return result
-        finally:
-            if collecting:
-                gc.enable()
