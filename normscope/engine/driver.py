@@ -4,7 +4,8 @@
         for snapshot in time order:           # read on the reader thread, one item ahead
             reduce(bucket@snapshot, previous=bucket@snapshot-1)
 
-Peak memory is about three buckets (previous, current, read-ahead); each tensor is read once.
+Peak memory is about four buckets (the one before the previous, still read by kernels finishing
+in the background, previous, current, read-ahead); each tensor is read once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from normscope.engine.accumulate import Accumulator
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
 from normscope.engine.plan import Piece, Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
-from normscope.engine.reduce import GroupInput, reduce_group
+from normscope.engine.reduce import GroupInput, start_group
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.snapshot import Snapshot, SnapshotStats
@@ -28,8 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from normscope.engine.staging import CudaStager, Staged
 
-# Buffers alive at once: the previous snapshot's bucket, the current one, and the one read ahead.
-BUCKETS_IN_FLIGHT = 3
+# Buffers alive at once: the current snapshot's bucket, the previous one, the one before it (its
+# pair's kernels may still be running while the current item starts), and the one read ahead.
+BUCKETS_IN_FLIGHT = 4
 
 
 def run_engine(
@@ -80,29 +82,44 @@ def _run(
     accumulator = Accumulator()
     done = 0
     previous: LoadedWork | None = None
+    # The item whose kernels are running: it is collected after the next item's kernels start,
+    # so the Python-side work of one overlaps the arithmetic of the other. It holds `previous`
+    # and the bucket before it (its kernels read both): the fourth bucket in flight.
+    in_flight: Callable[[Accumulator], None] | None = None
     runner = CpuWorkers() if device.type == "cpu" else Inline()
+
+    def collect() -> None:
+        nonlocal in_flight, done
+        if in_flight is not None:
+            in_flight(accumulator)
+            in_flight = None
+            if progress is not None:
+                progress(done, plan.total_bytes)
+
     with runner_scope(runner), Prefetcher(items, read, depth=1) as loaded:
         for (b, t), (work, staged) in loaded:
             if staged is not None:
                 _use_device_tensors(work, staged.wait())
             if previous is not None and previous.bucket != b:
                 previous = None
-            if t >= report_from:
-                _reduce_work(work, previous, accumulator, runner)
+            started = _start_work(work, previous, runner) if t >= report_from else None
+            collect()
+            in_flight = started
             previous = work
             done += plan.sizes[b][t]
-            if progress is not None:
+            if in_flight is None and progress is not None:
                 progress(done, plan.total_bytes)
+        collect()
     return accumulator.stats(snapshots, plan.entries, first=report_from)
 
 
-def _reduce_work(
+def _start_work(
     work: LoadedWork,
     previous: LoadedWork | None,
-    accumulator: Accumulator,
     runner: Runner,
-) -> None:
-    """Reduce one (bucket, snapshot): group pieces by device, dtypes and the streams present."""
+) -> Callable[[Accumulator], None]:
+    """Start reducing one (bucket, snapshot), its pieces grouped by device and stream dtypes;
+    the returned function waits for the sums and adds them to the accumulator."""
     prev_weights: dict[Piece, LoadedPiece] = (
         {p.piece: p for p in previous.pieces} if previous else {}
     )
@@ -123,18 +140,25 @@ def _reduce_work(
             None if loaded.sq is None else loaded.sq.dtype,
         )
         groups.setdefault(key, []).append((loaded, prev))
+    started = []
     for (_, _, prev_dtype, buf_dtype, sq_dtype), members in groups.items():
         pieces = [m[0] for m in members]
-        result = reduce_group(
+        finish = start_group(
             GroupInput(
                 weight=[p.weight for p in pieces],
                 prev=[m[1] for m in members] if prev_dtype is not None else None,
                 buf=[p.buf for p in pieces] if buf_dtype is not None else None,
                 sq=[p.sq for p in pieces] if sq_dtype is not None else None,
             ),
-            runner=runner,
+            runner,
         )
-        accumulator.add_group(work.snapshot, [p.piece.name for p in pieces], result)
+        started.append(([p.piece.name for p in pieces], finish))
+
+    def collect(accumulator: Accumulator) -> None:
+        for names, finish in started:
+            accumulator.add_group(work.snapshot, names, finish())
+
+    return collect
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,6 +139,14 @@ def _dtype_codes() -> dict[torch.dtype, int]:
 
 def reduce_fused(group: GroupInput, runner: Runner) -> GroupSums | None:
     """The group's per-entry float64 sums from the fused kernel, or None where it does not apply."""
+    finish = start_fused(group, runner)
+    return None if finish is None else finish()
+
+
+def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
+    """Start the kernel on the runner's threads and return what waits for and collects its sums
+    (None where the kernel does not apply). The caller's thread is free meanwhile: the engine
+    does the next item's Python-side bookkeeping while the kernel runs."""
     import torch
 
     from normscope.engine.reduce import GroupSums
@@ -194,15 +202,21 @@ def reduce_fused(group: GroupInput, runner: Runner) -> GroupSums | None:
             out.data_ptr() + 8 * len(COLUMNS) * lo,
         )
 
-    runner.map(run, _balanced_spans(lengths, runner.workers))
-    sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
-    sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
-    nonfinite = [0] * entries
-    for i in (~torch.isfinite(sums[:, 0])).nonzero().flatten().tolist():
-        nonfinite[i] = int((~torch.isfinite(flat[0][i])).sum())
-    quantities = group.quantities()
-    columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
-    return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
+    running = [runner.submit(run, lo, hi) for lo, hi in _balanced_spans(lengths, runner.workers)]
+
+    def finish() -> GroupSums:
+        for future in running:
+            future.result()
+        sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
+        sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
+        nonfinite = [0] * entries
+        for i in (~torch.isfinite(sums[:, 0])).nonzero().flatten().tolist():
+            nonfinite[i] = int((~torch.isfinite(flat[0][i])).sum())
+        quantities = group.quantities()
+        columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
+        return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
+
+    return finish
 
 
 def _balanced_spans(lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:

@@ -19,12 +19,12 @@ recomputed in float64.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
-from normscope.engine.fused import reduce_fused
+from normscope.engine.fused import reduce_fused, start_fused
 from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
@@ -99,6 +99,17 @@ def work_dtype_for(group: GroupInput) -> torch.dtype:
     if has_dot and any(t.dtype.itemsize > 2 for t in inputs):
         return torch.float64
     return torch.float32
+
+
+def start_group(group: GroupInput, runner: Runner) -> Callable[[], GroupSums]:
+    """`reduce_group`, started: the fused CPU kernel runs on the runner's threads while the caller
+    goes on; the torch kernels run now. Call the result for the sums."""
+    if group.weight and group.weight[0].device.type == "cpu":
+        finish = start_fused(group, runner)
+        if finish is not None:
+            return finish
+    result = reduce_group(group, runner=runner)
+    return lambda: result
 
 
 def reduce_group(

@@ -11,7 +11,7 @@ restored when the workers stop. On CUDA the kernels run inline (`Inline`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol, TypeVar
 
 T = TypeVar("T")
@@ -24,6 +24,8 @@ class Runner(Protocol):
 
     def call(self, fn: Callable[..., T], *args: object) -> T: ...
 
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]: ...
+
 
 class Inline:
     """Run in the calling thread (CUDA: kernels are asynchronous anyway)."""
@@ -35,6 +37,14 @@ class Inline:
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
         return fn(*args)
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        done: Future[T] = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - delivered through the future, as a pool would
+            done.set_exception(exc)
+        return done
 
 
 def _single_threaded() -> None:
@@ -69,3 +79,6 @@ class CpuWorkers:
 
     def call(self, fn: Callable[..., T], *args: object) -> T:
         return self._pool.submit(fn, *args).result()
+
+    def submit(self, fn: Callable[..., T], *args: object) -> Future[T]:
+        return self._pool.submit(fn, *args)
