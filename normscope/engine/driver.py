@@ -89,7 +89,7 @@ def _run(
     runner = CpuWorkers() if device.type == "cpu" else Inline()
 
     def collect() -> None:
-        nonlocal in_flight, done
+        nonlocal in_flight
         if in_flight is not None:
             in_flight(accumulator)
             in_flight = None

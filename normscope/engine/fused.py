@@ -155,40 +155,41 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     if kernel is None:
         return None
     codes = _dtype_codes()
-    streams = [group.weight, group.prev, group.buf, group.sq]
-    present = [s for s in streams if s is not None]
-    for stream in present:
-        for t in stream:
-            if t.device.type != "cpu" or t.dtype not in codes:
-                return None
-    # Contiguous flat views; the kernel reads raw memory. Kept referenced until the calls return.
-    flat = [
-        None if s is None else [t if t.is_contiguous() else t.contiguous() for t in s]
-        for s in streams
-    ]
+    # Contiguous tensors per stream; the kernel reads raw memory, so these stay referenced (by
+    # `finish`) until the calls have returned.
+    flat: list[list[torch.Tensor] | None] = []
+    for stream in (group.weight, group.prev, group.buf, group.sq):
+        if stream is None:
+            flat.append(None)
+            continue
+        if any(not t.is_cpu or t.dtype not in codes for t in stream):
+            return None
+        flat.append([t if t.is_contiguous() else t.contiguous() for t in stream])
     entries = len(group.weight)
     numels = [t.numel() for t in flat[0]]
     # Pieces: (entry, start, length); one per tensor, long tensors cut in PIECE_ELEMENTS.
-    owner: list[int] = []
-    starts: list[int] = []
-    lengths: list[int] = []
-    for i, n in enumerate(numels):
-        for lo in range(0, max(n, 1), PIECE_ELEMENTS):
-            owner.append(i)
-            starts.append(lo)
-            lengths.append(min(PIECE_ELEMENTS, n - lo))
+    owner: Sequence[int] = range(entries)
+    starts: Sequence[int] = [0] * entries
+    lengths: Sequence[int] = numels
+    if max(numels, default=0) > PIECE_ELEMENTS:
+        owner, starts, lengths = [], [], []
+        for i, n in enumerate(numels):
+            for lo in range(0, max(n, 1), PIECE_ELEMENTS):
+                owner.append(i)
+                starts.append(lo)
+                lengths.append(min(PIECE_ELEMENTS, n - lo))
     count = len(owner)
     arrays: list[tuple[torch.Tensor, torch.Tensor] | None] = []
     for stream in flat:
         if stream is None:
             arrays.append(None)
             continue
-        base = [t.data_ptr() for t in stream]
-        size = [t.element_size() for t in stream]
-        code = [codes[t.dtype] for t in stream]
+        pointers = [t.data_ptr() for t in stream]
+        if count != entries:
+            pointers = [pointers[e] + s * stream[e].element_size() for e, s in zip(owner, starts)]
         arrays.append((
-            torch.tensor([base[e] + s * size[e] for e, s in zip(owner, starts)], dtype=torch.int64),
-            torch.tensor([code[e] for e in owner], dtype=torch.int32),
+            torch.tensor(pointers, dtype=torch.int64),
+            torch.tensor([codes[stream[e].dtype] for e in owner], dtype=torch.int32),
         ))
     numel = torch.tensor(lengths, dtype=torch.int64)
     out = torch.zeros(count, len(COLUMNS), dtype=torch.float64)
