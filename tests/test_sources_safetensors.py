@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from _sources_helpers import small_mlp
 from safetensors.torch import save_file
@@ -134,7 +135,53 @@ def test_a_bucket_walk_over_many_snapshots_keeps_each_file_open(tmp_path):
     handles = next(iter(run.snapshots[0].tensors.values())).handles
     stats = compute_stats(run.snapshots, device="cpu", bucket_bytes=3 * 64)
     assert len(stats) == 12
-    opened = dict(handles._open)
-    assert len(opened) == 12
+    mapped = dict(handles._mapped)
+    assert len(mapped) == 12 and all(m is not None for m in mapped.values())
     compute_stats(run.snapshots, device="cpu", bucket_bytes=3 * 64)
-    assert all(handles._open[p] is h for p, h in opened.items())  # none reopened
+    assert all(handles._mapped[p] is m for p, m in mapped.items())  # none remapped
+    assert not handles._open  # every tensor was a view of the mapping: safe_open never needed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_mapped_views_equal_safe_open_reads_bit_for_bit(tmp_path, dtype):
+    from safetensors import safe_open
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {"a": torch.randn(7, 5, generator=g).to(dtype), "b": torch.randn(3, generator=g).to(dtype),
+               "c": torch.tensor(2.5).to(dtype)}
+    save_file(tensors, tmp_path / "m.safetensors")
+    run = open_run(tmp_path / "m.safetensors")
+    refs = run.snapshots[0].tensors
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        for key in tensors:
+            want = f.get_tensor(key)
+            got = refs[key].load()
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(got.view(-1).view(torch.uint8), want.view(-1).view(torch.uint8))
+    assert torch.equal(refs["a"].load_rows(2, 5), tensors["a"][2:5])
+    assert torch.equal(refs["a"].load_rows(6, 10), tensors["a"][6:7])
+
+
+def test_a_write_to_a_mapped_view_never_reaches_the_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+    tensor = open_run(path).snapshots[0].tensors["w"].load()
+    tensor.add_(1.0)  # private mapping: the page is copied, the file untouched
+    assert path.read_bytes() == before
+    assert float(open_run(path).snapshots[0].tensors["w"].load().sum()) == 1000.0
+
+
+def test_data_not_aligned_to_its_dtype_is_read_by_safe_open(tmp_path):
+    # A hand-written file whose float32 tensor starts at an odd byte: no typed view is possible.
+    import json
+    import struct
+
+    values = torch.arange(4, dtype=torch.float32)
+    header = json.dumps({"pad": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]},
+                         "w": {"dtype": "F32", "shape": [4], "data_offsets": [1, 17]}}).encode()
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x07" + values.numpy().tobytes())
+    ref = open_run(path).snapshots[0].tensors["w"]
+    assert ref.offset is not None and ref.offset % 4 != 0
+    assert torch.equal(ref.load(), values)

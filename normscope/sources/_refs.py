@@ -36,7 +36,7 @@ SAFETENSORS_DTYPES = {
 FLOAT_DTYPES = frozenset(
     {"float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"}
 )
-_ITEMSIZE = {
+ITEMSIZE = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1,
     "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1,
 }  # fmt: skip
@@ -95,7 +95,32 @@ class SafetensorsHandles:
     def __init__(self, keep: int = 256) -> None:
         self.keep = keep
         self._open: OrderedDict[str, Any] = OrderedDict()
+        self._mapped: OrderedDict[str, torch.Tensor | None] = OrderedDict()
         self._lock = threading.Lock()
+
+    def mapped(self, path: str) -> torch.Tensor | None:
+        """The whole file as a uint8 tensor over a private (copy-on-write) mapping, or None where
+        it cannot be mapped. Views of it are the tensors, with no copy: `get_tensor` costs ~40 µs
+        and a storage per call, half again the time of paging the data in (0.8 GB run: 0.12–0.24 s
+        against 0.075 s). MAP_PRIVATE: nothing done to a view can reach the user's file."""
+        import mmap
+
+        import torch
+
+        with self._lock:
+            if path in self._mapped:
+                self._mapped.move_to_end(path)
+                return self._mapped[path]
+            try:
+                with open(path, "rb") as f:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+                whole: torch.Tensor | None = torch.frombuffer(mapping, dtype=torch.uint8)
+            except (OSError, ValueError):  # empty or unreadable file: safe_open says what is wrong
+                whole = None
+            self._mapped[path] = whole
+            while len(self._mapped) > self.keep:
+                self._mapped.popitem(last=False)
+            return whole
 
     def get(self, path: str) -> Any:
         from safetensors import safe_open
@@ -122,12 +147,18 @@ class SizedByHeader:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * _ITEMSIZE.get(self.dtype, 4)
+        return self.numel * ITEMSIZE.get(self.dtype, 4)
 
 
 @dataclass(frozen=True)
 class SafetensorsTensorRef(SizedByHeader):
-    """A tensor in a safetensors file, read through `safe_open` only when asked."""
+    """A tensor in a safetensors file, read only when asked.
+
+    With `offset` (where its bytes start in the file, from a header whose entry was checked
+    against the file size, dtype and shape), `load` is a view of the file's shared private
+    mapping; without it, or if the view cannot be made (e.g. data not aligned to the dtype),
+    `safe_open` reads it.
+    """
 
     name: str
     path: str
@@ -137,15 +168,38 @@ class SafetensorsTensorRef(SizedByHeader):
     handles: SafetensorsHandles = field(
         default_factory=SafetensorsHandles, repr=False, compare=False
     )
+    offset: int | None = field(default=None, repr=False, compare=False)
+
+    def _view(self, start: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        if self.offset is None:
+            return None
+        whole = self.handles.mapped(self.path)
+        if whole is None:
+            return None
+        import torch
+
+        first = self.offset + start * ITEMSIZE[self.dtype]
+        size = _numel(shape) * ITEMSIZE[self.dtype]
+        if first + size > whole.numel():  # the file shrank since its header was read
+            return None
+        try:
+            return whole[first : first + size].view(getattr(torch, self.dtype)).view(shape)
+        except RuntimeError:  # an offset not aligned to the dtype's size
+            return None
 
     def load(self) -> torch.Tensor:
-        return self.handles.get(self.path).get_tensor(self.key)
+        view = self._view(0, self.shape)
+        return view if view is not None else self.handles.get(self.path).get_tensor(self.key)
 
     def load_rows(self, start: int, stop: int) -> torch.Tensor:
-        handle = self.handles.get(self.path)
         if not self.shape:
-            return handle.get_tensor(self.key)
-        return handle.get_slice(self.key)[start:stop]
+            return self.load()
+        stop = min(stop, self.shape[0])
+        rows = (max(0, stop - start), *self.shape[1:])
+        view = self._view(start * _numel(self.shape[1:]), rows)
+        if view is not None:
+            return view
+        return self.handles.get(self.path).get_slice(self.key)[start:stop]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ A step or epoch in the header's `__metadata__` counts as embedded ordering evide
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from typing import Any
@@ -20,6 +21,7 @@ from ._keys import clean_names
 from ._ordering import PendingSnapshot
 from ._refs import (
     FLOAT_DTYPES,
+    ITEMSIZE,
     SAFETENSORS_DTYPES,
     SafetensorsHandles,
     SafetensorsTensorRef,
@@ -47,6 +49,11 @@ def is_index(path: str) -> bool:
 
 def read_header(path: str) -> dict[str, Any]:
     """The parsed header; a one-line BadInputError if it is not a valid safetensors header."""
+    return read_header_and_start(path)[0]
+
+
+def read_header_and_start(path: str) -> tuple[dict[str, Any], int]:
+    """`read_header`, and where the data region starts (8 + the header's length)."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -82,7 +89,7 @@ def read_header(path: str) -> dict[str, Any]:
             raise BadInputError(
                 f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)"
             )
-    return header
+    return header, 8 + n
 
 
 def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
@@ -99,19 +106,25 @@ def safetensors_refs(
 ) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
     """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`."""
     raw: dict[str, tuple[str, str, tuple[int, ...], str]] = {}
+    offsets: dict[str, int | None] = {}
     metadata: dict[str, Any] = {}
     for path, wanted in files.items():
-        header = read_header(path)
+        header, data_start = read_header_and_start(path)
         metadata.update(header.get("__metadata__") or {})
         for key, info in header.items():
             if key == "__metadata__" or (wanted and key not in wanted):
                 continue
             dtype = SAFETENSORS_DTYPES[info["dtype"]]
             if dtype in FLOAT_DTYPES:
-                raw[key] = (path, key, tuple(int(d) for d in info["shape"]), dtype)
+                shape = tuple(int(d) for d in info["shape"])
+                raw[key] = (path, key, shape, dtype)
+                start, stop = info["data_offsets"]
+                # a size that disagrees with the shape: safe_open gets to say so on load
+                consistent = stop - start == math.prod(shape) * ITEMSIZE[dtype]
+                offsets[key] = data_start + start if consistent else None
     names = clean_names(raw)
     refs = {
-        names[k]: SafetensorsTensorRef(names[k], *v, handles=handles)
+        names[k]: SafetensorsTensorRef(names[k], *v, handles=handles, offset=offsets[k])
         for k, v in raw.items()
     }
     return refs, metadata
