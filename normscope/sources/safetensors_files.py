@@ -142,9 +142,11 @@ def read_index(index_path: str) -> dict[str, list[str]]:
             f"{index_path} is not a valid safetensors index: {exc}"
         ) from None
     base = os.path.dirname(index_path)
-    shards: dict[str, list[str]] = {}
+    by_name: dict[str, list[str]] = {}
     for key, shard in weight_map.items():
-        shards.setdefault(inside(base, shard, index_path), []).append(key)
+        by_name.setdefault(shard, []).append(key)
+    # checked once per shard file, not per tensor: `inside` resolves symlinks (lstat per part)
+    shards = {inside(base, shard, index_path): keys for shard, keys in by_name.items()}
     for shard in shards:
         if not os.path.isfile(shard):
             raise BadInputError(
