@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
+from normscope.engine.fused import fused_kernel
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
 from normscope.engine.plan import Piece, Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
@@ -74,9 +75,16 @@ def _run(
     stager = _make_stager(device, plan)
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
 
+    # Paging mapped files in on the reader thread helps the torch CPU kernels, which would stall
+    # on faults between blocks; the fused kernel's threads take the faults in parallel (0.8 GB
+    # LLM run: 0.157 s without the reader's touch, 0.174 s with it), and on CUDA the staging copy
+    # on the reader thread touches the pages anyway.
+    touch_pages = device.type == "cpu" and fused_kernel() is None
+
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
-        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t])
+        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t],
+                         touch_pages=touch_pages)
         return work, _stage(work, stager)
 
     accumulator = Accumulator()

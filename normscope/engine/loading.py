@@ -111,9 +111,12 @@ def load_work(
     b: int,
     t: int,
     entries: Mapping[str, Entry],
+    *,
+    touch_pages: bool = True,
 ) -> LoadedWork:
     """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams
-    (`entries`: the plan's shapes and optimizer handles for this snapshot)."""
+    (`entries`: the plan's shapes and optimizer handles for this snapshot). `touch_pages`:
+    `prefault` the pieces here, on the reader thread."""
     snap = snapshots[t]
     work = LoadedWork(b, t)
     for piece in bucket:
@@ -133,8 +136,9 @@ def load_work(
                 f"optimizer {stream} of {piece.name!r} in {snap.meta.path}",
             )
             setattr(loaded, stream, tensor)
-        for tensor in (loaded.weight, loaded.buf, loaded.sq):
-            if tensor is not None:
-                prefault(tensor)
+        if touch_pages:
+            for tensor in (loaded.weight, loaded.buf, loaded.sq):
+                if tensor is not None:
+                    prefault(tensor)
         work.pieces.append(loaded)
     return work
