@@ -15,11 +15,13 @@ import pickletools
 import warnings
 import zipfile
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
+
+from ._zipdir import Member, central_directory, read_member
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80  # protocol >= 2 pickles start with PROTO
@@ -69,6 +71,14 @@ class TorchRecords:
 # ~50 ms. The key holds the file's identity, size and mtime, so a rewritten file is read again.
 @functools.lru_cache(maxsize=32)
 def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
+    try:
+        with open(path, "rb") as f:
+            members = central_directory(f)
+            facts = None if members is None else _facts_from_directory(f, members)
+        if facts is not None:
+            return facts
+    except OSError:
+        pass  # zipfile below says what is wrong
     records = None
     try:
         with zipfile.ZipFile(path) as zf:
@@ -88,6 +98,10 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
                     pass  # the fast loader declines; torch.load names what is wrong
     except (zipfile.BadZipFile, OSError):
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
+    return _facts(names, pickled, records)
+
+
+def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None) -> ZipFacts:
     return ZipFacts(
         readable=True,
         has_pickle=any(n.endswith("/data.pkl") or n == "data.pkl" for n in names),
@@ -99,25 +113,65 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
     )
 
 
+def _facts_from_directory(f: BinaryIO, members: list[Member]) -> ZipFacts | None:
+    """`ZipFacts` from `_zipdir`'s reading; None where `zipfile` must decide (a member that is
+    compressed, or whose bytes do not match the directory)."""
+    names = [m.name for m in members]
+    by_name = {m.name: m for m in members}
+    pickle_member = next((m for m in members if m.name.endswith("data.pkl")), None)
+    if pickle_member is None:
+        return _facts(names, None, None)
+    pickled = read_member(f, pickle_member)
+    if pickled is None:
+        return None
+    prefix = pickle_member.name.removesuffix("data.pkl")
+    if prefix and not prefix.endswith("/"):
+        return _facts(names, pickled, None)
+    byteorder_member = by_name.get(prefix + "byteorder")
+    byteorder = None
+    if byteorder_member is not None:
+        byteorder = read_member(f, byteorder_member)
+        if byteorder is None:
+            return None
+    records = _records(
+        prefix,
+        byteorder,
+        ((m.name, m.method, m.flags, m.header_offset, m.size) for m in members),
+    )
+    return _facts(names, pickled, records)
+
+
 def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
     """The `data/<i>` records of a torch.save archive, or None if they are not numbered 0…n-1."""
     try:
         byteorder: bytes | None = zf.read(zf.getinfo(archive + "byteorder"))
     except KeyError:
         byteorder = None
+    return _records(
+        archive,
+        byteorder,
+        ((i.filename, i.compress_type, i.flag_bits, i.header_offset, i.file_size)
+         for i in zf.infolist()),
+    )
+
+
+def _records(
+    archive: str, byteorder: bytes | None, members: Iterable[tuple[str, int, int, int, int]]
+) -> TorchRecords | None:
+    """From (name, method, flags, local header offset, size) per member."""
     prefix = archive + "data/"
-    infos = [info for info in zf.infolist() if info.filename.startswith(prefix)]
+    infos = [m for m in members if m[0].startswith(prefix)]
     header_offsets = array("q", [-1]) * len(infos)
     sizes = array("q", [0]) * len(infos)
-    for info in infos:
-        key = info.filename[len(prefix) :]
+    for name, method, flags, offset, size in infos:
+        key = name[len(prefix) :]
         index = int(key) if key.isdecimal() else -1
         if not 0 <= index < len(infos) or str(index) != key:
             return None
         # torch writes records stored (uncompressed), never encrypted
-        if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
-            header_offsets[index] = info.header_offset
-        sizes[index] = info.file_size
+        if method == zipfile.ZIP_STORED and not flags & 0x1:
+            header_offsets[index] = offset
+        sizes[index] = size
     return TorchRecords(archive, byteorder, header_offsets, sizes)
 
 

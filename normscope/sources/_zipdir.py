@@ -1,0 +1,135 @@
+"""A zip archive's central directory, read in one pass for the archives `torch.save` writes.
+
+`zipfile.ZipFile` builds a `ZipInfo` object per member: ~8 µs each, 0.17 s for a checkpoint of
+21k tensors, paid again for every file of a run. Sniffing and the fast torch reader only need
+each member's name, method, flags, sizes, CRC and local-header offset, which this reads with one
+`struct` call per member (~1.5 µs).
+
+It handles exactly what torch writes: a single-disk archive, no archive comment, a zip64 end
+record (torch always writes one), zip64 extra fields where sizes or offsets overflow 32 bits, and
+no data before the first member. Anything else (or anything inconsistent) returns None and the
+caller reads the archive with `zipfile`, which then decides what is readable and what is corrupt.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from typing import BinaryIO, NamedTuple
+
+_END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
+_END_SIG = b"PK\x05\x06"
+_LOCATOR = struct.Struct("<4sLQL")  # zip64 end of central directory locator, 20 bytes
+_LOCATOR_SIG = b"PK\x06\x07"
+_END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record, 56 bytes
+_END64_SIG = b"PK\x06\x06"
+_MEMBER = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
+_MEMBER_SIG = b"PK\x01\x02"
+_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
+_LOCAL_SIG = b"PK\x03\x04"
+_ZIP64_EXTRA = 0x0001
+_MAX32 = 0xFFFFFFFF
+STORED = 0
+
+
+class Member(NamedTuple):
+    name: str
+    flags: int
+    method: int
+    crc: int
+    compressed_size: int
+    size: int
+    header_offset: int
+
+
+def central_directory(f: BinaryIO) -> list[Member] | None:
+    """The members of the open archive `f`, in directory order; None: read it with `zipfile`."""
+    size = os.fstat(f.fileno()).st_size
+    if size < _END.size + _LOCATOR.size:
+        return None
+    f.seek(size - _END.size - _LOCATOR.size)
+    tail = f.read(_END.size + _LOCATOR.size)
+    sig, disk, cd_disk, _, count, cd_size, cd_offset, comment = _END.unpack_from(tail, _LOCATOR.size)
+    if sig != _END_SIG or disk or cd_disk or comment:
+        return None
+    end_at = size - _END.size
+    lsig, _, end64_at, _ = _LOCATOR.unpack_from(tail)
+    if lsig == _LOCATOR_SIG:
+        f.seek(end64_at)
+        record = f.read(_END64.size)
+        if len(record) != _END64.size:
+            return None
+        sig64, _, _, _, disk, cd_disk, _, count, cd_size, cd_offset = _END64.unpack(record)
+        if sig64 != _END64_SIG or disk or cd_disk:
+            return None
+        end_at = end64_at
+    # the directory must end where the end records begin: no data prepended to the archive
+    if cd_offset + cd_size != end_at:
+        return None
+    f.seek(cd_offset)
+    directory = f.read(cd_size)
+    if len(directory) != cd_size:
+        return None
+    members: list[Member] = []
+    pos = 0
+    try:
+        for _ in range(count):
+            (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len,
+             comment_len, _, _, _, offset) = _MEMBER.unpack_from(directory, pos)
+            if sig != _MEMBER_SIG:
+                return None
+            start = pos + _MEMBER.size
+            raw_name = directory[start : start + name_len]
+            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
+            if _MAX32 in (csize, usize, offset):
+                extra = directory[start + name_len : start + name_len + extra_len]
+                found = _zip64_values(extra, usize == _MAX32, csize == _MAX32, offset == _MAX32)
+                if found is None:
+                    return None
+                usize, csize, offset = (
+                    found.pop(0) if usize == _MAX32 else usize,
+                    found.pop(0) if csize == _MAX32 else csize,
+                    found.pop(0) if offset == _MAX32 else offset,
+                )
+            members.append(Member(name, flags, method, crc, csize, usize, offset))
+            pos = start + name_len + extra_len + comment_len
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return members if pos == cd_size else None
+
+
+def _zip64_values(extra: bytes, *wanted: bool) -> list[int] | None:
+    """The 8-byte values of the zip64 extra field, in the order zip defines, for those `wanted`."""
+    pos = 0
+    while pos + 4 <= len(extra):
+        kind, length = struct.unpack_from("<2H", extra, pos)
+        if kind == _ZIP64_EXTRA:
+            need = sum(wanted)
+            if length < 8 * need:
+                return None
+            return list(struct.unpack_from(f"<{need}Q", extra, pos + 4))
+        pos += 4 + length
+    return None
+
+
+def read_member(f: BinaryIO, member: Member) -> bytes | None:
+    """A stored member's bytes, checked against its local header and CRC; None: use `zipfile`
+    (compressed, encrypted, or not what the directory says)."""
+    if member.method != STORED or member.flags & 0x1:
+        return None
+    f.seek(member.header_offset)
+    header = f.read(_LOCAL.size)
+    if len(header) != _LOCAL.size:
+        return None
+    sig, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(header)
+    if sig != _LOCAL_SIG:
+        return None
+    name = f.read(name_len)
+    if name.decode("utf-8" if member.flags & 0x800 else "cp437", "replace") != member.name:
+        return None
+    f.seek(extra_len, os.SEEK_CUR)
+    data = f.read(member.size)
+    if len(data) != member.size or zlib.crc32(data) != member.crc:
+        return None
+    return data
