@@ -38,8 +38,8 @@ def _reference(group: GroupInput) -> dict[str, list[float]]:
 
 def _assert_close(got: dict[str, list[float]], want: dict[str, list[float]]) -> None:
     assert got.keys() == want.keys()
-    for q in want:
-        for g, w in zip(got[q], want[q], strict=True):
+    for q, expected in want.items():
+        for g, w in zip(got[q], expected, strict=True):
             assert g == pytest.approx(w, rel=1e-12, abs=1e-300), q
 
 

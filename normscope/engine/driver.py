@@ -18,7 +18,7 @@ from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import fused_kernel
 from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
-from normscope.engine.plan import Piece, Plan, plan_buckets
+from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
 from normscope.engine.workers import CpuWorkers, Inline, Runner
@@ -128,12 +128,14 @@ def _start_work(
 ) -> Callable[[Accumulator], None]:
     """Start reducing one (bucket, snapshot), its pieces grouped by device and stream dtypes;
     the returned function waits for the sums and adds them to the accumulator."""
-    prev_weights: dict[Piece, LoadedPiece] = (
-        {p.piece: p for p in previous.pieces} if previous else {}
+    # Both items read the same bucket of the plan, so their pieces are the same objects: keyed by
+    # identity, not by the dataclass's field hash (tens of thousands of lookups per run).
+    prev_weights: dict[int, LoadedPiece] = (
+        {id(p.piece): p for p in previous.pieces} if previous else {}
     )
     groups: dict[tuple, list[tuple[LoadedPiece, torch.Tensor | None]]] = {}
     for loaded in work.pieces:
-        before = prev_weights.get(loaded.piece)
+        before = prev_weights.get(id(loaded.piece))
         prev = (
             before.weight
             if before is not None and before.shape == loaded.shape
