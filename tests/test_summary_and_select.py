@@ -86,3 +86,44 @@ def test_angles_are_radians_in_table():
     t = _traj().table
     assert t["angle_rad"].dropna().between(0, math.pi).all()
     assert np.isnan(t.loc[t.snapshot == 0, "angle_rad"]).all()
+
+
+def _summaries_one_parameter_at_a_time(traj):
+    """The plain per-parameter reading of the table that `summarize_params` vectorises."""
+    out = {}
+    for param, rows in traj.table.groupby("param", sort=False):
+        rows = rows.sort_values("snapshot", kind="stable")
+        norms = rows["norm"].to_numpy(dtype=np.float64)
+        finite = np.isfinite(norms)
+        low = int(np.nanargmin(np.where(finite, norms, np.nan))) if finite.any() else 0
+        bad = rows[rows["nonfinite"] > 0]
+        out[param] = (
+            float(norms[0]), float(norms[low]), int(rows["snapshot"].iloc[low]),
+            float(norms[-1]), float(np.nansum(rows["angle_rad"].to_numpy(dtype=np.float64))),
+            int(rows["nonfinite"].iloc[-1]),
+            int(bad["snapshot"].iloc[0]) if len(bad) else None,
+        )
+    return out
+
+
+@pytest.mark.parametrize("which", ["sample", "nonfinite"])
+def test_column_wise_summaries_match_a_per_parameter_reading(which, sgd_run_dir):
+    if which == "sample":
+        from normscope.api import load_trajectory
+
+        traj = load_trajectory(sgd_run_dir, every=5)
+    else:  # NaN and Inf norms, a parameter with no finite norm at all, counts in the middle
+        stats = [
+            _snapshot_stats(i, {"a.weight": w, "b.weight": v, "c.bias": u},
+                            nonfinite={"b.weight": i % 2, "c.bias": 1})
+            for i, (w, v, u) in enumerate([(3.0, 2.0, math.nan), (math.nan, 1.0, math.inf),
+                                           (1.0, math.inf, math.nan), (2.0, 1.0, math.nan)])
+        ]
+        traj = build_trajectory(stats, layout="test", root="/run", ordering="embedded")
+    want = _summaries_one_parameter_at_a_time(traj)
+    got = summarize_params(traj)
+    assert [p.param for p in got] == list(want)
+    for p in got:
+        assert (p.first_norm, p.min_norm, p.min_snapshot, p.last_norm, p.total_angle_rad,
+                p.nonfinite, p.first_nonfinite_snapshot) == pytest.approx(want[p.param],
+                                                                         nan_ok=True), p.param

@@ -71,40 +71,60 @@ def _opt_float(x: object) -> float | None:
 
 
 def summarize_params(traj: Trajectory, kinds: tuple[str, ...] | None = None) -> list[ParamSummary]:
-    """One summary per parameter, in first-seen order. `kinds` restricts (None: all kinds)."""
+    """One summary per parameter, in first-seen order. `kinds` restricts (None: all kinds).
+
+    Column-wise over the whole table (one sort, a few grouped reductions): a loop of pandas
+    operations per parameter took ~4 ms each, half a minute on checkpoints of 8k tensors."""
     table = traj.table
     if kinds is not None:
         table = table[table["kind"].isin(kinds)]
+    if table.empty:
+        return []
+    order = pd.unique(table["param"])
+    rows = table.sort_values("snapshot", kind="stable").reset_index(drop=True)
+    codes, names = pd.factorize(rows["param"], sort=False)
+    positions = np.arange(len(rows))
+    # per code: the first and last row (rows are in snapshot order within each parameter)
+    _, first_at = np.unique(codes, return_index=True)
+    _, last_from_end = np.unique(codes[::-1], return_index=True)
+    last_at = len(rows) - 1 - last_from_end
+    # the row of the smallest finite norm; a parameter with none points at its first row
+    norms = rows["norm"].to_numpy(dtype=np.float64)
+    key = np.where(np.isfinite(norms), norms, np.inf)
+    ranked = np.lexsort((positions, key, codes))
+    min_at = ranked[np.r_[0, np.flatnonzero(np.diff(codes[ranked])) + 1]]
+    angles = rows["angle_rad"].to_numpy(dtype=np.float64)
+    angle_sums = np.bincount(codes, weights=np.where(np.isnan(angles), 0.0, angles),
+                             minlength=len(names))
+    bad = rows["nonfinite"].to_numpy() > 0
+    first_bad = dict(zip(*np.unique(codes[bad], return_index=True)))
+    bad_positions = positions[bad]
+    columns = {c: rows[c].to_numpy() for c in
+               ("layer", "kind", "shape", "numel", "dtype", "snapshot", "step", "epoch", "nonfinite")}
+    code_of = {name: i for i, name in enumerate(names)}
     out: list[ParamSummary] = []
-    for param, rows in table.groupby("param", sort=False):
-        rows = rows.sort_values("snapshot")
-        norms = rows["norm"].to_numpy(dtype=np.float64)
-        finite = np.isfinite(norms)
-        if finite.any():
-            i_min = int(np.nanargmin(np.where(finite, norms, np.nan)))
-        else:
-            i_min = 0
-        at_min = rows.iloc[i_min]
-        last, first = rows.iloc[-1], rows.iloc[0]
-        bad = rows[rows["nonfinite"] > 0]
-        first_norm, last_norm = float(first["norm"]), float(last["norm"])
+    for param in order:
+        c = code_of[param]
+        first, last, low = first_at[c], last_at[c], min_at[c]
+        first_norm, last_norm = float(norms[first]), float(norms[last])
         out.append(ParamSummary(
             param=str(param),
-            layer=str(last["layer"]),
-            kind=str(last["kind"]),
-            shape=str(last["shape"]),
-            numel=int(last["numel"]),
-            dtype=str(last["dtype"]),
+            layer=str(columns["layer"][last]),
+            kind=str(columns["kind"][last]),
+            shape=str(columns["shape"][last]),
+            numel=int(columns["numel"][last]),
+            dtype=str(columns["dtype"][last]),
             first_norm=first_norm,
-            min_norm=float(norms[i_min]),
-            min_snapshot=int(at_min["snapshot"]),
-            min_step=_opt_int(at_min["step"]),
-            min_epoch=_opt_float(at_min["epoch"]),
+            min_norm=float(norms[low]),
+            min_snapshot=int(columns["snapshot"][low]),
+            min_step=_opt_int(columns["step"][low]),
+            min_epoch=_opt_float(columns["epoch"][low]),
             last_norm=last_norm,
             rel_change=(last_norm / first_norm - 1.0) if first_norm > 0 else math.nan,
-            total_angle_rad=float(np.nansum(rows["angle_rad"].to_numpy(dtype=np.float64))),
-            nonfinite=int(last["nonfinite"]),
-            first_nonfinite_snapshot=int(bad["snapshot"].iloc[0]) if len(bad) else None,
+            total_angle_rad=float(angle_sums[c]),
+            nonfinite=int(columns["nonfinite"][last]),
+            first_nonfinite_snapshot=(int(columns["snapshot"][bad_positions[first_bad[c]]])
+                                      if c in first_bad else None),
         ))
     return out
 
