@@ -172,3 +172,16 @@ def test_tensorboard_events_with_a_user_tag_pattern(tmp_path):
     assert params["fc.weight"]["last_norm"] == pytest.approx(6.0)
     bad = invoke(tmp_path, "--tag-pattern", "no_named_group")
     assert bad.exit_code == 2 and "(?P<param>" in bad.stderr
+
+
+def test_rows_limits_the_terminal_tables_and_says_what_is_left_out(sgd_run_dir):
+    # 11 parameters besides buffers: 5 rows shown and 6 left out, in each per-parameter table
+    short = runner.invoke(app, ["analyze", str(sgd_run_dir), "--every", "10", "--rows", "5"])
+    assert short.exit_code == 0, short.output
+    params_table = short.output.split("… 6 more parameters not shown (--rows 0 shows all")[0]
+    assert "block2.bn.weight" in params_table and "head.weight" not in params_table
+    assert "… 6 more verdicts not shown" in short.output
+    full = runner.invoke(app, ["analyze", str(sgd_run_dir), "--every", "10", "--rows", "0"])
+    assert full.exit_code == 0 and "more parameters not shown" not in full.output
+    default = runner.invoke(app, ["analyze", str(sgd_run_dir), "--every", "10"])
+    assert default.output == full.output  # 200 rows by default: a model this size is shown whole

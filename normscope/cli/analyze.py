@@ -45,6 +45,11 @@ ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
 ]
+RowsOpt = Annotated[
+    int,
+    typer.Option("--rows", help="Table format: rows per per-parameter table (0: all); csv, json and "
+                 "parquet always hold every parameter.", min=0),
+]
 EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
 StepsPerEpochOpt = Annotated[
     float | None,
@@ -94,6 +99,7 @@ def analyze(
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
     every: EveryOpt = 1,
+    rows: RowsOpt = 200,
     recover_unsafe: RecoverOpt = False,
     steps_per_epoch: StepsPerEpochOpt = None,
     cluster: ClusterOpt = None,
@@ -158,7 +164,7 @@ def analyze(
     if format is Format.table:
         from normscope.report.analyze_view import analyze_view
 
-        view = analyze_view(traj, result)
+        view = analyze_view(traj, result, max_rows=rows)
         if output is None:
             from normscope.cli._common import stdout_console
 

@@ -104,16 +104,34 @@ def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
     return Group(*lines) if lines else None
 
 
-def analyses_block(result: Overview) -> list[RenderableType]:
+# Rows per table in the terminal view: a table of thousands of tensors takes rich seconds to lay
+# out and nobody reads it there; the CSV/JSON/Parquet outputs always have every row.
+DEFAULT_ROWS = 200
+
+
+def _truncated(rows: list, max_rows: int | None, what: str,
+               formats: str = "--format csv or json") -> tuple[list, Text | None]:
+    if max_rows is None or max_rows <= 0 or len(rows) <= max_rows:
+        return rows, None
+    hidden = len(rows) - max_rows
+    return rows[:max_rows], Text(
+        f"… {hidden:,} more {what} not shown (--rows 0 shows all; {formats} has every row)",
+        style="dim")
+
+
+def analyses_block(result: Overview, max_rows: int | None = None) -> list[RenderableType]:
     parts: list[RenderableType] = []
     if result.bounces is not None:
         from normscope.report.recommend_view import bounce_analysis_view
 
-        parts.extend([Text(""), bounce_analysis_view(result.bounces)])
+        parts.extend([Text(""), bounce_analysis_view(result.bounces, max_rows)])
     if result.invariance:
         from normscope.report.equilibrium_view import render_invariance
 
-        parts.extend([Text(""), render_invariance(result.invariance)])
+        verdicts, more = _truncated(list(result.invariance), max_rows, "verdicts", "--format json")
+        parts.extend([Text(""), render_invariance(verdicts)])
+        if more is not None:
+            parts.append(more)
     if result.equilibrium is not None:
         from normscope.report.equilibrium_view import render_equilibrium
 
@@ -123,12 +141,16 @@ def analyses_block(result: Overview) -> list[RenderableType]:
     return parts
 
 
-def analyze_view(traj: Trajectory, result: Overview) -> RenderableType:
-    """The whole terminal view: run header, per-parameter table (buffers left out), analyses."""
+def analyze_view(traj: Trajectory, result: Overview,
+                 max_rows: int | None = DEFAULT_ROWS) -> RenderableType:
+    """The whole terminal view: run header, per-parameter table (buffers left out), analyses.
+    Per-parameter tables show their first `max_rows` rows (None or 0: all) and say how many more."""
     run = result.run
-    shown = [p for p in result.params if p.kind != "buffer"]
+    shown, more = _truncated([p for p in result.params if p.kind != "buffer"], max_rows, "parameters")
     parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(shown, traj)]
-    parts.extend(analyses_block(result))
+    if more is not None:
+        parts.append(more)
+    parts.extend(analyses_block(result, max_rows))
     block = warnings_block(traj, run)
     if block is not None:
         parts.extend([Text(""), block])

@@ -141,13 +141,19 @@ def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Gro
     return Group(*parts)
 
 
-def bounce_analysis_view(found: BounceAnalysis) -> Group:
-    """For `normscope analyze`: the exact rule's decays, the robust bounces, and the per-layer table."""
+def bounce_analysis_view(found: BounceAnalysis, max_rows: int | None = None) -> Group:
+    """For `normscope analyze`: the exact rule's decays, the robust bounces, and the per-layer table
+    (its first `max_rows` layers; None or 0: all)."""
     s = found.series
     head = Text(f"Weight-norm bounces — Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
                 f"epochs {s.epochs[0]}–{s.epochs[-1]} ({s.epoch_source}); the exact ABEL rule would decay at "
                 f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
-    return Group(head, bounce_table(found.robust), layer_table(found.layers))
+    layers = list(found.layers)
+    if not max_rows or len(layers) <= max_rows:
+        return Group(head, bounce_table(found.robust), layer_table(tuple(layers)))
+    more = Text(f"… {len(layers) - max_rows:,} more layers not shown (--rows 0 shows all; --format json "
+                "has every layer)", style="dim")
+    return Group(head, bounce_table(found.robust), layer_table(tuple(layers[:max_rows])), more)
 
 
 def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
