@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
-from normscope.analysis.invariance_dynamics import Evidence, dynamic_evidence, optimizer_family
+from normscope.analysis.invariance_dynamics import (
+    Evidence,
+    dynamic_evidence,
+    optimizer_family,
+)
 from normscope.analysis.invariance_structure import StructuralGuess, structural_guesses
 
 if TYPE_CHECKING:  # pragma: no cover
