@@ -137,12 +137,6 @@ def _dtype_codes() -> dict[torch.dtype, int]:
     return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
-def reduce_fused(group: GroupInput, runner: Runner) -> GroupSums | None:
-    """The group's per-entry float64 sums from the fused kernel, or None where it does not apply."""
-    finish = start_fused(group, runner)
-    return None if finish is None else finish()
-
-
 def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
     """Start the kernel on the runner's threads and return what waits for and collects its sums
     (None where the kernel does not apply). The caller's thread is free meanwhile: the engine

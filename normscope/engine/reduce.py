@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
-from normscope.engine.fused import reduce_fused, start_fused
+from normscope.engine.fused import start_fused
 from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
@@ -101,14 +101,19 @@ def work_dtype_for(group: GroupInput) -> torch.dtype:
     return torch.float32
 
 
-def start_group(group: GroupInput, runner: Runner) -> Callable[[], GroupSums]:
-    """`reduce_group`, started: the fused CPU kernel runs on the runner's threads while the caller
-    goes on; the torch kernels run now. Call the result for the sums."""
+def start_group(
+    group: GroupInput, runner: Runner, *, block_rows: int | None = None
+) -> Callable[[], GroupSums]:
+    """Start reducing one group; call the result for its sums.
+
+    On CPU the fused kernel (`fused.start_fused`) takes the whole group when it can and runs on
+    the runner's threads while the caller goes on; otherwise the torch kernels run now.
+    """
     if group.weight and group.weight[0].device.type == "cpu":
         finish = start_fused(group, runner)
         if finish is not None:
             return finish
-    result = reduce_group(group, runner=runner)
+    result = _reduce_torch(group, block_rows, runner)
     return lambda: result
 
 
@@ -117,15 +122,15 @@ def reduce_group(
 ) -> GroupSums:
     """Reduce one group; see the module docstring for the scheme and its accuracy.
 
-    On CPU the fused kernel (`fused.reduce_fused`) does the whole group when it can; otherwise
-    tensors shorter than a chunk row go through `small.reduce_small` instead of the row blocks.
-    `runner` spreads the rows over worker threads (`workers.CpuWorkers`); default: this thread.
+    `runner` spreads the work over worker threads (`workers.CpuWorkers`); default: this thread.
+    `block_rows` sizes the torch kernels' blocks (the fused kernel has none).
     """
-    runner = runner or Inline()
-    if group.weight and group.weight[0].device.type == "cpu":
-        fused = reduce_fused(group, runner)
-        if fused is not None:
-            return fused
+    return start_group(group, runner or Inline(), block_rows=block_rows)()
+
+
+def _reduce_torch(group: GroupInput, block_rows: int | None, runner: Runner) -> GroupSums:
+    """The torch kernels: row blocks, and tensors shorter than a chunk row through
+    `small.reduce_small` instead."""
     small = [i for i, t in enumerate(group.weight) if t.numel() < CHUNK]
     if not small:
         return _reduce_blocks(group, block_rows, runner)
