@@ -91,13 +91,9 @@ def tensor_bytes(handle: Any) -> int:
     )
 
 
-def optimizer_handles(
-    snapshot: Snapshot, name: str, shape: tuple[int, ...], *, with_state: bool = True
-) -> dict[str, Any]:
+def optimizer_handles(snapshot: Snapshot, name: str, shape: tuple[int, ...]) -> dict[str, Any]:
     """The optimizer tensors the engine reduces for `name`: {'buf': ..., 'sq': ...} when present
     with the parameter's `shape` (factored or scalar states of other optimizers are ignored)."""
-    if not with_state:
-        return {}
     state: Mapping[str, Any] = snapshot.optimizer_state.get(name, {}) or {}
     found: dict[str, Any] = {}
     for key in BUF_KEYS:

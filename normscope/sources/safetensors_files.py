@@ -1,6 +1,7 @@
 """safetensors: single files, sharded models (`*.safetensors.index.json`), or directories of them.
 
-Only the JSON header is read when opening; tensors are read by `safe_open` when the engine asks.
+Only the JSON header is read when opening; when the engine asks, tensors are views of a private
+mapping of the file (`_refs.SafetensorsHandles.mapped`), or `safe_open` reads where no view can be made.
 A step or epoch in the header's `__metadata__` counts as embedded ordering evidence.
 """
 
@@ -47,13 +48,9 @@ def is_index(path: str) -> bool:
     return path.endswith(INDEX_SUFFIX) and os.path.isfile(path)
 
 
-def read_header(path: str) -> dict[str, Any]:
-    """The parsed header; a one-line BadInputError if it is not a valid safetensors header."""
-    return read_header_and_start(path)[0]
-
-
-def read_header_and_start(path: str) -> tuple[dict[str, Any], int]:
-    """`read_header`, and where the data region starts (8 + the header's length)."""
+def read_header(path: str) -> tuple[dict[str, Any], int]:
+    """The parsed header and where the data region starts (8 + the header's length); a one-line
+    BadInputError if it is not a valid safetensors header."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -109,7 +106,7 @@ def safetensors_refs(
     offsets: dict[str, int | None] = {}
     metadata: dict[str, Any] = {}
     for path, wanted in files.items():
-        header, data_start = read_header_and_start(path)
+        header, data_start = read_header(path)
         metadata.update(header.get("__metadata__") or {})
         for key, info in header.items():
             if key == "__metadata__" or (wanted and key not in wanted):
