@@ -34,7 +34,6 @@ import copyreg
 import io
 import mmap
 import pickle
-import struct
 import sys
 import types
 from collections import Counter, OrderedDict
@@ -46,12 +45,8 @@ import torch
 from normscope._gc import collector_paused
 
 from ._torchio import TorchRecords, zip_facts
+from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED
 
-# A zip local file header: signature, version, flags, method, time, date, crc, sizes, then the
-# lengths of the name and of the extra field that come before the record's data.
-_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")
-_LOCAL_MAGIC = b"PK\x03\x04"
-_STORED = 0
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
 # `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
 # storages; ours is a CPU mapping): 0.5 µs a slice instead of 1.3 µs.
@@ -210,14 +205,14 @@ class _Records:
             raise Declined(f"data/{key} is not the size its tensor needs")
         header_offset = records.header_offsets[index]
         magic, _v, _flags, method, _t, _d, _crc, _cs, _us, name_len, extra_len = (
-            _LOCAL_HEADER.unpack_from(self._headers, header_offset)
+            LOCAL_HEADER.unpack_from(self._headers, header_offset)
         )
-        name_start = header_offset + _LOCAL_HEADER.size
+        name_start = header_offset + LOCAL_HEADER.size
         # the central directory and the local header must agree on the record they describe
         name = f"{records.archive}data/{key}".encode()
         if (
-            magic != _LOCAL_MAGIC
-            or method != _STORED
+            magic != LOCAL_SIG
+            or method != STORED
             or self._headers[name_start : name_start + name_len] != name
         ):
             raise Declined(f"data/{key} has a bad local header")

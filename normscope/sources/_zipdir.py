@@ -26,8 +26,8 @@ _END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record, 5
 _END64_SIG = b"PK\x06\x06"
 _MEMBER = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
 _MEMBER_SIG = b"PK\x01\x02"
-_LOCAL = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
-_LOCAL_SIG = b"PK\x03\x04"
+LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
+LOCAL_SIG = b"PK\x03\x04"
 _ZIP64_EXTRA = 0x0001
 _MAX32 = 0xFFFFFFFF
 STORED = 0
@@ -119,11 +119,11 @@ def read_member(f: BinaryIO, member: Member) -> bytes | None:
     if member.method != STORED or member.flags & 0x1:
         return None
     f.seek(member.header_offset)
-    header = f.read(_LOCAL.size)
-    if len(header) != _LOCAL.size:
+    header = f.read(LOCAL_HEADER.size)
+    if len(header) != LOCAL_HEADER.size:
         return None
-    sig, _, _, _, _, _, _, _, _, name_len, extra_len = _LOCAL.unpack(header)
-    if sig != _LOCAL_SIG:
+    sig, _, _, _, _, _, _, _, _, name_len, extra_len = LOCAL_HEADER.unpack(header)
+    if sig != LOCAL_SIG:
         return None
     name = f.read(name_len)
     if name.decode("utf-8" if member.flags & 0x800 else "cp437", "replace") != member.name:
