@@ -89,3 +89,16 @@ def each_cpu_kernel(request, monkeypatch):
         if fused_kernel() is None:
             pytest.skip("no C compiler: the fused kernel cannot be built here")
     return request.param
+
+
+@pytest.fixture
+def single_threaded_torch():
+    """torch with one intra-op thread for the test. The float64 references are big torch ops; on a
+    busy machine torch's OpenMP regions stall for a scheduler slice each, so the references (not
+    the engine under test) would dominate the test's time."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,17 +13,7 @@ from normscope.engine.chunking import CHUNK, fill_rows, row_layout
 from normscope.engine.reduce import GroupInput, reduce_group
 
 # The CPU engine has two kernels (fused C, torch row blocks); both must meet every test here.
-pytestmark = pytest.mark.usefixtures("each_cpu_kernel")
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded_references():
-    # The float64 references are big torch ops; on a busy machine torch's OpenMP regions stall for
-    # a scheduler slice each, so the references (not the engine) would dominate the test's time.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("each_cpu_kernel", "single_threaded_torch")
 
 
 def _pair(

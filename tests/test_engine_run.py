@@ -12,15 +12,7 @@ from normscope.errors import BadInputError
 from normscope.snapshot import Snapshot, SnapshotMeta
 
 # The CPU engine has two kernels (fused C, torch row blocks); both must meet every test here.
-pytestmark = pytest.mark.usefixtures("each_cpu_kernel")
-
-
-@pytest.fixture(autouse=True)
-def _single_threaded_torch():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("each_cpu_kernel", "single_threaded_torch")
 
 
 def _run(steps: int = 5, seed: int = 0) -> list[dict[str, torch.Tensor]]:
