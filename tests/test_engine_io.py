@@ -12,6 +12,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from normscope.engine import compute_stats
+from normscope.engine.loading import LoadedWork
+from normscope.engine.plan import Piece
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.staging import layout, pack, unpack
 from normscope.snapshot import Snapshot, SnapshotMeta
@@ -75,6 +77,23 @@ def test_staging_pack_unpack_round_trip_with_mixed_dtypes():
     pack(buffer, tensors, slots)
     for original, view in zip(tensors, unpack(buffer, slots), strict=True):
         assert view.dtype == original.dtype and torch.equal(view, original)
+
+
+def test_loaded_work_hands_its_tensors_to_staging_and_takes_the_copies_back_in_order():
+    # The CUDA path: every tensor of an item goes to the stager piece by piece (weight, then the
+    # optimizer streams present), and the device copies come back into the same columns.
+    pieces = [Piece("a"), Piece("b"), Piece("c")]
+    weight = [torch.randn(3), torch.randn(2, 2), torch.randn(1)]
+    buf = [torch.randn(3), None, torch.randn(1)]
+    sq = [None, None, torch.rand(1)]
+    work = LoadedWork(0, 0, pieces, [(3,), (2, 2), (1,)], list(weight), list(buf), list(sq))
+    tensors = work.tensors()
+    assert [id(t) for t in tensors] == [id(t) for t in
+                                        (weight[0], buf[0], weight[1], weight[2], buf[2], sq[2])]
+    work.replace_tensors([t * 2 for t in tensors])
+    assert all(torch.equal(w, 2 * x) for w, x in zip(work.weight, weight, strict=True))
+    assert work.buf[1] is None and work.sq[0] is None and work.sq[1] is None
+    assert torch.equal(work.buf[2], 2 * buf[2]) and torch.equal(work.sq[2], 2 * sq[2])
 
 
 class _SafetensorsRef:

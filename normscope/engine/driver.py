@@ -11,13 +11,15 @@ in the background, previous, current, read-ahead); each tensor is read once.
 from __future__ import annotations
 
 import contextlib
+import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import fused_kernel
-from normscope.engine.loading import LoadedPiece, LoadedWork, load_work
+from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
@@ -107,7 +109,7 @@ def _run(
     with runner_scope(runner), Prefetcher(items, read, depth=1) as loaded:
         for (b, t), (work, staged) in loaded:
             if staged is not None:
-                _use_device_tensors(work, staged.wait())
+                work.replace_tensors(staged.wait())
             if previous is not None and previous.bucket != b:
                 previous = None
             started = _start_work(work, previous, runner) if t >= report_from else None
@@ -128,47 +130,75 @@ def _start_work(
 ) -> Callable[[Accumulator], None]:
     """Start reducing one (bucket, snapshot), its pieces grouped by device and stream dtypes;
     the returned function waits for the sums and adds them to the accumulator."""
-    # Both items read the same bucket of the plan, so their pieces are the same objects: keyed by
-    # identity, not by the dataclass's field hash (tens of thousands of lookups per run).
-    prev_weights: dict[int, LoadedPiece] = (
-        {id(p.piece): p for p in previous.pieces} if previous else {}
-    )
-    groups: dict[tuple, list[tuple[LoadedPiece, torch.Tensor | None]]] = {}
-    for loaded in work.pieces:
-        before = prev_weights.get(id(loaded.piece))
-        prev = (
-            before.weight
-            if before is not None and before.shape == loaded.shape
-            else None
-        )
-        # one group per (device, dtype of each stream): tens of thousands of pieces pass here
-        key = (
-            loaded.weight.device,
-            loaded.weight.dtype,
-            None if prev is None else prev.dtype,
-            None if loaded.buf is None else loaded.buf.dtype,
-            None if loaded.sq is None else loaded.sq.dtype,
-        )
-        groups.setdefault(key, []).append((loaded, prev))
+    streams = {
+        "weight": work.weight,
+        "prev": _previous_weights(work, previous),
+        "buf": work.buf,
+        "sq": work.sq,
+    }
     started = []
-    for (_, _, prev_dtype, buf_dtype, sq_dtype), members in groups.items():
-        pieces = [m[0] for m in members]
-        finish = start_group(
-            GroupInput(
-                weight=[p.weight for p in pieces],
-                prev=[m[1] for m in members] if prev_dtype is not None else None,
-                buf=[p.buf for p in pieces] if buf_dtype is not None else None,
-                sq=[p.sq for p in pieces] if sq_dtype is not None else None,
-            ),
-            runner,
-        )
-        started.append(([p.piece.name for p in pieces], finish))
+    for indices, group in _groups(streams, len(work.pieces)):
+        pieces = work.pieces if indices is None else [work.pieces[i] for i in indices]
+        started.append(([p.name for p in pieces], start_group(group, runner)))
 
     def collect(accumulator: Accumulator) -> None:
         for names, finish in started:
             accumulator.add_group(work.snapshot, names, finish())
 
     return collect
+
+
+def _previous_weights(work: LoadedWork, previous: LoadedWork | None) -> list[torch.Tensor | None]:
+    """Each piece's counterpart in the previous snapshot (same bucket, so the same Piece objects),
+    None where that snapshot lacks it or had another shape."""
+    if previous is None:
+        return [None] * len(work.pieces)
+    if previous.pieces == work.pieces and previous.shapes == work.shapes:  # the common case
+        return previous.weight
+    where = {id(piece): i for i, piece in enumerate(previous.pieces)}
+    found: list[torch.Tensor | None] = []
+    for piece, shape in zip(work.pieces, work.shapes):
+        i = where.get(id(piece))
+        found.append(previous.weight[i] if i is not None and previous.shapes[i] == shape else None)
+    return found
+
+
+_PLACE = operator.attrgetter("device", "dtype")
+
+
+def _groups(
+    streams: dict[str, list[torch.Tensor | None]], count: int
+) -> list[tuple[list[int] | None, GroupInput]]:
+    """The pieces split into groups of one device and one dtype per stream, a stream absent from
+    every member or present in all. Indices None: every piece, in order (the usual case). Whole
+    columns are compared at once; tens of thousands of pieces pass here."""
+    places = [_places(column, count) for column in streams.values()]
+    keys = list(zip(*places))
+    if len(set(keys)) == 1:
+        return [(None, _group_input(streams, keys[0]))] if count else []
+    members: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    return [
+        (indices, _group_input({s: [c[i] for i in indices] for s, c in streams.items()}, key))
+        for key, indices in members.items()
+    ]
+
+
+def _places(column: list[torch.Tensor | None], count: int) -> list[tuple | None]:
+    # by identity: list.count(None) would call Tensor.__eq__ on every tensor
+    absent = sum(map(operator.is_, column, repeat(None)))
+    if absent == count:
+        return [None] * count
+    if absent == 0:
+        return list(map(_PLACE, column))
+    return [None if t is None else _PLACE(t) for t in column]
+
+
+def _group_input(streams: dict[str, list[torch.Tensor | None]], key: tuple) -> GroupInput:
+    present = {s: column if place is not None else None
+               for (s, column), place in zip(streams.items(), key)}  # fmt: skip
+    return GroupInput(**present)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -191,20 +221,8 @@ def _make_stager(device: torch.device, plan: Plan) -> CudaStager | None:
     return CudaStager(device, largest + 64 * 3 * pieces)
 
 
-def _tensors_of(work: LoadedWork) -> list[torch.Tensor]:
-    return [t for p in work.pieces for t in (p.weight, p.buf, p.sq) if t is not None]
-
-
 def _stage(work: LoadedWork, stager: CudaStager | None) -> Staged | None:
     """On the reader thread: start the host→device copy of this item (CUDA only)."""
     if stager is None or not work.pieces:
         return None
-    return stager.to_device(_tensors_of(work))
-
-
-def _use_device_tensors(work: LoadedWork, tensors: list[torch.Tensor]) -> None:
-    it = iter(tensors)
-    for p in work.pieces:
-        p.weight = next(it)
-        p.buf = next(it) if p.buf is not None else None
-        p.sq = next(it) if p.sq is not None else None
+    return stager.to_device(work.tensors())

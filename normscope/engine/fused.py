@@ -14,10 +14,13 @@ tensor: the caller gets None and uses the torch path, which gives the same sums 
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import functools
 import hashlib
+import itertools
 import logging
+import operator
 import os
 import shutil
 import subprocess
@@ -150,22 +153,26 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         return None
     codes = _dtype_codes()
     # Contiguous tensors per stream; the kernel reads raw memory, so these stay referenced (by
-    # `finish`) until the calls have returned.
+    # `finish`) until the calls have returned. Whole columns at a time (map over C methods): a
+    # group can hold tens of thousands of small tensors.
     flat: list[list[torch.Tensor] | None] = []
     for stream in (group.weight, group.prev, group.buf, group.sq):
         if stream is None:
             flat.append(None)
             continue
-        if any(not t.is_cpu or t.dtype not in codes for t in stream):
+        if not all(map(_IS_CPU, stream)) or not set(map(_DTYPE, stream)) <= codes.keys():
             return None
-        flat.append([t if t.is_contiguous() else t.contiguous() for t in stream])
+        if not all(map(_IS_CONTIGUOUS, stream)):
+            stream = [t if t.is_contiguous() else t.contiguous() for t in stream]
+        flat.append(list(stream))
     entries = len(group.weight)
-    numels = [t.numel() for t in flat[0]]
+    numels = list(map(_NUMEL, flat[0]))
     # Pieces: (entry, start, length); one per tensor, long tensors cut in PIECE_ELEMENTS.
+    split = max(numels, default=0) > PIECE_ELEMENTS
     owner: Sequence[int] = range(entries)
     starts: Sequence[int] = [0] * entries
     lengths: Sequence[int] = numels
-    if max(numels, default=0) > PIECE_ELEMENTS:
+    if split:
         owner, starts, lengths = [], [], []
         for i, n in enumerate(numels):
             for lo in range(0, max(n, 1), PIECE_ELEMENTS):
@@ -178,13 +185,17 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         if stream is None:
             arrays.append(None)
             continue
-        pointers = [t.data_ptr() for t in stream]
-        if count != entries:
+        pointers = list(map(_DATA_PTR, stream))
+        dtypes = list(map(_DTYPE, stream))
+        if split:
             pointers = [pointers[e] + s * stream[e].element_size() for e, s in zip(owner, starts)]
-        arrays.append((
-            torch.tensor(pointers, dtype=torch.int64),
-            torch.tensor([codes[stream[e].dtype] for e in owner], dtype=torch.int32),
-        ))
+            dtypes = [dtypes[e] for e in owner]
+        first = codes[dtypes[0]] if dtypes else 0
+        if dtypes.count(dtypes[0] if dtypes else None) == count:  # one dtype: no per-tensor list
+            type_codes = torch.full((count,), first, dtype=torch.int32)
+        else:
+            type_codes = torch.tensor([codes[d] for d in dtypes], dtype=torch.int32)
+        arrays.append((torch.tensor(pointers, dtype=torch.int64), type_codes))
     numel = torch.tensor(lengths, dtype=torch.int64)
     out = torch.zeros(count, len(COLUMNS), dtype=torch.float64)
 
@@ -202,8 +213,10 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     def finish() -> GroupSums:
         for future in running:
             future.result()
-        sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
-        sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
+        sums = out
+        if split:
+            sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
+            sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
         nonfinite = [0] * entries
         for i in (~torch.isfinite(sums[:, 0])).nonzero().flatten().tolist():
             nonfinite[i] = int((~torch.isfinite(flat[0][i])).sum())
@@ -214,17 +227,24 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     return finish
 
 
+_IS_CPU = operator.attrgetter("is_cpu")
+_DTYPE = operator.attrgetter("dtype")
+_IS_CONTIGUOUS = operator.methodcaller("is_contiguous")
+_NUMEL = operator.methodcaller("numel")
+_DATA_PTR = operator.methodcaller("data_ptr")
+
+
 def _balanced_spans(lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:
     """Contiguous ranges of pieces with about equal element counts, at most `parts` of them."""
-    total = sum(lengths)
+    ends = list(itertools.accumulate(lengths))
+    total = ends[-1] if ends else 0
     if parts <= 1 or total == 0:
         return [(0, len(lengths))]
-    spans, lo, done = [], 0, 0
-    for i, n in enumerate(lengths):
-        done += n
-        if done * parts >= total * (len(spans) + 1) and len(spans) < parts - 1:
-            spans.append((lo, i + 1))
-            lo = i + 1
-    if lo < len(lengths):
-        spans.append((lo, len(lengths)))
-    return spans
+    # the k-th span ends after the first piece whose running total reaches k/parts of the whole
+    cuts = [0]
+    for k in range(1, parts):
+        cut = bisect.bisect_left(ends, -(-total * k // parts)) + 1
+        if cuts[-1] < cut < len(lengths):
+            cuts.append(cut)
+    cuts.append(len(lengths))
+    return list(itertools.pairwise(cuts))

@@ -20,42 +20,47 @@ _PREFAULT_MIN_BYTES = (
 
 
 @dataclass
-class LoadedPiece:
-    """One piece of one parameter as flat tensors: the weights and the optimizer streams present."""
-
-    piece: Piece
-    shape: tuple[int, ...]  # the parameter's full shape in this snapshot
-    weight: torch.Tensor
-    buf: torch.Tensor | None = None
-    sq: torch.Tensor | None = None
-
-    @property
-    def nbytes(self) -> int:
-        return sum(
-            t.numel() * t.element_size()
-            for t in (self.weight, self.buf, self.sq)
-            if t is not None
-        )
-
-
-@dataclass
 class LoadedWork:
-    """Everything read for (bucket, snapshot); `pieces` in bucket order."""
+    """Everything read for (bucket, snapshot), as columns in bucket order: the pieces this
+    snapshot has, each parameter's full shape in it, and the tensors (weights; optimizer streams,
+    None where a piece has none). Columns, not an object per piece: the reader and the driver
+    handle tens of thousands of pieces on a ResNet-shaped run, and lists let them compare and
+    group whole columns at once. Tensors keep their shapes; the torch kernels flatten them."""
 
     bucket: int
     snapshot: int
-    pieces: list[LoadedPiece] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    shapes: list[tuple[int, ...]] = field(default_factory=list)
+    weight: list[torch.Tensor] = field(default_factory=list)
+    buf: list[torch.Tensor | None] = field(default_factory=list)
+    sq: list[torch.Tensor | None] = field(default_factory=list)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.pieces)
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor, piece by piece: weight, then buf and sq where present."""
+        return [t for ts in zip(self.weight, self.buf, self.sq) for t in ts if t is not None]
+
+    def replace_tensors(self, tensors: list[torch.Tensor]) -> None:
+        """Put `tensors` (in `tensors()`'s order, e.g. device copies) in place of the loaded ones."""
+        it = iter(tensors)
+        weight: list[torch.Tensor] = []
+        buf: list[torch.Tensor | None] = []
+        sq: list[torch.Tensor | None] = []
+        for had_buf, had_sq in zip(self.buf, self.sq):
+            weight.append(next(it))
+            buf.append(None if had_buf is None else next(it))
+            sq.append(None if had_sq is None else next(it))
+        self.weight, self.buf, self.sq = weight, buf, sq
 
 
-def _read(
-    handle: Any, piece: Piece, shape: tuple[int, ...], where: str
-) -> torch.Tensor:
-    """The piece's rows of one handle (a TensorRef, or an already-loaded tensor) as a flat tensor."""
+def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: str
+          ) -> torch.Tensor:  # fmt: skip
+    """The piece's rows of one handle (a TensorRef, or an already-loaded tensor), checked against
+    the header's `shape`. Errors name it as `what` (e.g. "tensor") of the piece's parameter in
+    `path` (formatted only then: this runs per tensor)."""
     import torch
+
+    def where() -> str:
+        return f"{what} {piece.name!r} in {path}"
 
     try:
         if isinstance(handle, torch.Tensor):
@@ -68,14 +73,12 @@ def _read(
             tensor = handle.load()[piece.start : piece.stop]
     except NormscopeError:
         raise
-    except (
-        Exception
-    ) as exc:  # a reader's own failure on corrupt data: one line for the user
+    except Exception as exc:  # a reader's own failure on corrupt data: one line for the user
         detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise BadInputError(f"cannot read {where}: {detail}") from exc
+        raise BadInputError(f"cannot read {where()}: {detail}") from exc
     if not isinstance(tensor, torch.Tensor):
         raise BadInputError(
-            f"cannot read {where}: the reader returned {type(tensor).__name__}, not a tensor"
+            f"cannot read {where()}: the reader returned {type(tensor).__name__}, not a tensor"
         )
     expected = (
         shape
@@ -84,13 +87,13 @@ def _read(
     )
     if tuple(tensor.shape) != tuple(expected):
         raise BadInputError(
-            f"{where} has shape {tuple(tensor.shape)} but its header says {tuple(expected)}"
+            f"{where()} has shape {tuple(tensor.shape)} but its header says {tuple(expected)}"
         )
-    if not (tensor.is_floating_point()):
+    if not tensor.is_floating_point():
         raise BadInputError(
-            f"{where} holds {dtype_of(tensor)} values; normscope reduces floating-point tensors"
+            f"{where()} holds {dtype_of(tensor)} values; normscope reduces floating-point tensors"
         )
-    return tensor.reshape(-1)
+    return tensor
 
 
 def prefault(tensor: torch.Tensor) -> None:
@@ -102,7 +105,7 @@ def prefault(tensor: torch.Tensor) -> None:
         tensor.numel() * tensor.element_size() >= _PREFAULT_MIN_BYTES
         and tensor.is_contiguous()
     ):
-        tensor.view(torch.uint8)[::_PAGE].sum()
+        tensor.reshape(-1).view(torch.uint8)[::_PAGE].sum()
 
 
 def load_work(
@@ -117,28 +120,44 @@ def load_work(
     """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams
     (`entries`: the plan's shapes and optimizer handles for this snapshot). `touch_pages`:
     `prefault` the pieces here, on the reader thread."""
+    import torch
+
     snap = snapshots[t]
+    tensors, path = snap.tensors, snap.meta.path
     work = LoadedWork(b, t)
+    pieces, shapes, weights, bufs, sqs = work.pieces, work.shapes, work.weight, work.buf, work.sq
     for piece in bucket:
         entry = entries.get(piece.name)
         if entry is None:
             continue
-        ref, shape = snap.tensors[piece.name], entry.shape
-        if not piece.whole and (not shape or piece.start >= shape[0]):
-            continue
-        where = f"tensor {piece.name!r} in {snap.meta.path}"
-        loaded = LoadedPiece(piece, shape, _read(ref, piece, shape, where))
-        for stream, handle in entry.state.items():
-            tensor = _read(
-                handle,
-                piece,
-                shape,
-                f"optimizer {stream} of {piece.name!r} in {snap.meta.path}",
-            )
-            setattr(loaded, stream, tensor)
+        name, shape = piece.name, entry.shape
+        ref = tensors[name]
+        held = getattr(ref, "held", None) if piece.stop is None else None
+        if (  # a ref with its tensor in hand (snapshot.TensorRef): no call
+            held is not None
+            and isinstance(held, torch.Tensor)
+            and held.shape == shape
+            and held.is_floating_point()
+        ):
+            weight = held
+        else:
+            if piece.stop is not None and (not shape or piece.start >= shape[0]):
+                continue
+            weight = _read(ref, piece, shape, "tensor", path)
+        buf = sq = None
+        state = entry.state
+        if state:
+            if "buf" in state:
+                buf = _read(state["buf"], piece, shape, "optimizer buf of", path)
+            if "sq" in state:
+                sq = _read(state["sq"], piece, shape, "optimizer sq of", path)
         if touch_pages:
-            for tensor in (loaded.weight, loaded.buf, loaded.sq):
+            for tensor in (weight, buf, sq):
                 if tensor is not None:
                     prefault(tensor)
-        work.pieces.append(loaded)
+        pieces.append(piece)
+        shapes.append(shape)
+        weights.append(weight)
+        bufs.append(buf)
+        sqs.append(sq)
     return work

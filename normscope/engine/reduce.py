@@ -57,6 +57,16 @@ class GroupInput:
             pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq)
         )
 
+    def flat(self) -> GroupInput:
+        """The same group with every tensor flattened (the torch kernels work on 1-D tensors)."""
+
+        def flatten(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+            return None if stream is None else [t.reshape(-1) for t in stream]
+
+        return GroupInput(
+            flatten(self.weight), flatten(self.prev), flatten(self.buf), flatten(self.sq)
+        )
+
     def quantities(self) -> tuple[str, ...]:
         names = ["norm_sq"]
         if self.prev is not None:
@@ -113,7 +123,7 @@ def start_group(
         finish = start_fused(group, runner)
         if finish is not None:
             return finish
-    result = _reduce_torch(group, block_rows, runner)
+    result = _reduce_torch(group.flat(), block_rows, runner)
     return lambda: result
 
 

@@ -52,32 +52,34 @@ def _numel(shape: Sequence[int]) -> int:
 
 @dataclass
 class TorchTensorRef:
-    """A tensor from `torch.load(..., mmap=True)`: its storage is mapped, pages are read on use."""
+    """A tensor from `torch.load(..., mmap=True)`: its storage is mapped, pages are read on use.
+
+    `held` is the tensor `load()` returns (see `snapshot.TensorRef`: the engine takes it as it is)."""
 
     name: str
-    tensor: torch.Tensor = field(repr=False)
+    held: torch.Tensor = field(repr=False)
     # Read once: the engine plans with the shapes and dtypes of tens of thousands of refs, and
     # converting a torch.Size or torch.dtype costs microseconds each time.
     shape: tuple[int, ...] = field(init=False, repr=False, compare=False)
     dtype: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.shape = tuple(self.tensor.shape)
-        self.dtype = dtype_name(self.tensor.dtype)
+        self.shape = tuple(self.held.shape)
+        self.dtype = dtype_name(self.held.dtype)
 
     @property
     def numel(self) -> int:
-        return self.tensor.numel()
+        return self.held.numel()
 
     @property
     def nbytes(self) -> int:
-        return self.tensor.numel() * self.tensor.element_size()
+        return self.held.numel() * self.held.element_size()
 
     def load(self) -> torch.Tensor:
-        return self.tensor
+        return self.held
 
     def load_rows(self, start: int, stop: int) -> torch.Tensor:
-        return self.tensor[start:stop]
+        return self.held[start:stop]
 
 
 class SafetensorsHandles:
