@@ -1,70 +1,50 @@
 """Per (snapshot, parameter) float64 totals, summed over a parameter's pieces, and the final stats.
 
-Totals are plain lists indexed by the `_NORM_SQ`… constants rather than objects: the engine
-adds one per (tensor, snapshot), 84k on a 10 GB ResNet-shaped run, on the thread that also
-starts the kernels, so each costs what a few list stores cost.
+A parameter's totals are one tuple `(norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq,
+sq_sum, missing_prev)`, kept per snapshot under its name: the engine adds one per (tensor,
+snapshot), 34k on a 1 GB ResNet-shaped run, on the thread that also starts the kernels, so a
+group's rows are made column-wise (`zip` over its sums) and stored with one `dict.update` where no
+parameter of the group was seen before (every parameter read in one piece). A stream's slot is None
+until a piece brings it; `missing_prev` is set when some piece of the parameter had no previous
+counterpart (then no dot/diff at all).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from normscope.engine.plan import Entry
 from normscope.engine.reduce import GroupSums
 from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
 
-# Slots of a totals list. A stream's slot stays None until a piece brings it; MISSING_PREV is
-# set when some piece of the parameter had no previous counterpart (then no dot/diff at all).
-_NORM_SQ, _NONFINITE, _DOT, _DIFF_SQ, _BUF_DOT, _BUF_NORM_SQ, _SQ_SUM, _MISSING_PREV = range(8)
-_OPTIONAL = (("dot", _DOT), ("diff_sq", _DIFF_SQ), ("buf_dot", _BUF_DOT),
-             ("buf_norm_sq", _BUF_NORM_SQ), ("sq_sum", _SQ_SUM))  # fmt: skip
+# The optional quantities, in their slots' order after norm_sq and nonfinite.
+_OPTIONAL = ("dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
+_MISSING_PREV = 7
 
 
 class Accumulator:
     """Collects `GroupSums` group by group; `stats()` turns them into `SnapshotStats`."""
 
     def __init__(self) -> None:
-        self._totals: dict[tuple[int, str], list[Any]] = {}
+        self._totals: dict[int, dict[str, tuple[Any, ...]]] = {}
 
     def add_group(self, snapshot: int, names: Sequence[str], result: GroupSums) -> None:
         """Add every entry of a reduced group (`names` in entry order)."""
         sums = result.sums
-        norm_sq, nonfinite = sums["norm_sq"], result.nonfinite
-        present = [(column, sums[q]) for q, column in _OPTIONAL if q in sums]
-        has_prev = "dot" in sums
-        totals = self._totals
-        for i, name in enumerate(names):
-            key = (snapshot, name)
-            row = totals.get(key)
-            if row is None:  # the common case: a parameter read in one piece
-                row = totals[key] = [norm_sq[i], nonfinite[i], None, None, None, None, None,
-                                     not has_prev]  # fmt: skip
-                for column, values in present:
-                    row[column] = values[i]
-                continue
-            row[_NORM_SQ] += norm_sq[i]
-            row[_NONFINITE] += nonfinite[i]
-            row[_MISSING_PREV] = row[_MISSING_PREV] or not has_prev
-            for column, values in present:
-                row[column] = values[i] if row[column] is None else row[column] + values[i]
-
-    def param_stats(self, snapshot: int, name: str, shape: tuple[int, ...]) -> ParamStats:
-        row = self._totals.get((snapshot, name))
-        if row is None:
-            return ParamStats(math.prod(shape), 0.0)
-        has_prev = row[_DOT] is not None and not row[_MISSING_PREV]
-        return ParamStats(
-            math.prod(shape),
-            row[_NORM_SQ],
-            row[_NONFINITE],
-            row[_DOT] if has_prev else None,
-            row[_DIFF_SQ] if has_prev else None,
-            row[_BUF_DOT],
-            row[_BUF_NORM_SQ],
-            row[_SQ_SUM],
-        )
+        columns = [sums["norm_sq"], result.nonfinite]
+        columns += [sums[q] if q in sums else repeat(None) for q in _OPTIONAL]
+        columns.append(repeat("dot" not in sums))
+        rows = list(zip(*columns))
+        totals = self._totals.setdefault(snapshot, {})
+        fresh = dict(zip(names, rows))
+        if len(fresh) == len(rows) and totals.keys().isdisjoint(fresh):
+            totals.update(fresh)
+            return
+        for name, row in zip(names, rows):  # pieces of a parameter read in row slices
+            before = totals.get(name)
+            totals[name] = row if before is None else _merge(before, row)
 
     def stats(
         self,
@@ -77,12 +57,31 @@ class Accumulator:
         out = []
         for t in range(first, len(snapshots)):
             planned = entries[t]
+            totals = self._totals.get(t, {})
             out.append(
                 SnapshotStats(
                     meta=snapshots[t].meta,
-                    params={n: self.param_stats(t, n, e.shape) for n, e in planned.items()},
+                    params={n: _param_stats(totals.get(n), e.numel) for n, e in planned.items()},
                     shapes={n: e.shape for n, e in planned.items()},
                     dtypes={n: e.dtype for n, e in planned.items()},
                 )
             )
         return out
+
+
+def _merge(before: tuple[Any, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Two pieces' totals of one parameter: sums add, a stream is None until a piece brings it."""
+    merged = [
+        b if r is None else r if b is None else b + r
+        for b, r in zip(before[:_MISSING_PREV], row[:_MISSING_PREV])
+    ]
+    return (*merged, before[_MISSING_PREV] or row[_MISSING_PREV])
+
+
+def _param_stats(row: tuple[Any, ...] | None, numel: int) -> ParamStats:
+    if row is None:  # planned but never read: a parameter of zero rows
+        return ParamStats(numel, 0.0)
+    norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum, missing_prev = row
+    if missing_prev:
+        dot = diff_sq = None
+    return ParamStats(numel, norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum)

@@ -51,6 +51,7 @@ class Entry(NamedTuple):
     dtype: str
     state: Mapping[str, Any]  # {'buf': handle, 'sq': handle}, the streams present
     nbytes: int  # weights + state
+    numel: int  # of the weights
 
 
 _NO_STATE: Mapping[str, Any] = MappingProxyType({})
@@ -121,12 +122,12 @@ def _entry(snapshot: Snapshot, name: str, ref: Any, with_state: bool) -> Entry:
         shape = tuple(shape)
     dtype = dtype_of(ref)
     size = _ITEMSIZE.get(dtype) or itemsize(dtype, where=f" for {name}")
-    nbytes = math.prod(shape) * size
+    numel = math.prod(shape)
     if not with_state:
-        return Entry(shape, dtype, _NO_STATE, nbytes)
+        return Entry(shape, dtype, _NO_STATE, numel * size, numel)
     state = optimizer_handles(snapshot, name, shape)
-    nbytes += sum(tensor_bytes(h) for h in state.values())
-    return Entry(shape, dtype, state, nbytes)
+    nbytes = numel * size + sum(tensor_bytes(h) for h in state.values())
+    return Entry(shape, dtype, state, nbytes, numel)
 
 
 class _Presence(NamedTuple):
