@@ -112,6 +112,22 @@ class ParamStats:
     update_norm_sq: float | None = None  # |Δw|^2 of the logged step
     norm_sq_before: float | None = None  # |w|^2 just before the logged step (norm_sq is after it)
 
+    @classmethod
+    def from_sums(cls, numel: int, norm_sq: float, nonfinite: int, dot_prev: float | None,
+                  diff_sq: float | None, buf_dot: float | None, buf_norm_sq: float | None,
+                  exp_avg_sq_sum: float | None) -> ParamStats:  # fmt: skip
+        """The engine's stats (checkpoint fields only), equal to `ParamStats(...)` with the same
+        arguments. The engine makes one per (tensor, snapshot), 34k on a 1 GB ResNet-shaped run,
+        and the frozen `__init__`'s per-field `object.__setattr__` is 1.4 of its 2 µs."""
+        stats = object.__new__(cls)
+        object.__setattr__(stats, "__dict__", {
+            "numel": numel, "norm_sq": norm_sq, "nonfinite": nonfinite, "dot_prev": dot_prev,
+            "diff_sq": diff_sq, "buf_dot": buf_dot, "buf_norm_sq": buf_norm_sq,
+            "exp_avg_sq_sum": exp_avg_sq_sum, "grad_norm_sq": None, "grad_dot": None,
+            "update_norm_sq": None, "norm_sq_before": None,
+        })  # fmt: skip
+        return stats
+
 
 @dataclass
 class SnapshotStats:

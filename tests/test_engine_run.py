@@ -266,3 +266,18 @@ def test_torch_thread_setting_is_restored():
     torch.set_num_threads(2)
     compute_stats([snapshot(0, {"w": torch.ones(10)})], device="cpu")
     assert torch.get_num_threads() == 2
+
+
+def test_engine_stats_constructor_equals_the_dataclass_one_and_stays_frozen():
+    # `from_sums` fills __dict__ directly; it must set every field, as the dataclass would
+    import dataclasses
+
+    from normscope.snapshot import ParamStats
+
+    args = (12, 3.5, 1, 2.0, 0.25, -1.0, 4.0, 0.5)
+    fast = ParamStats.from_sums(*args)
+    assert fast == ParamStats(*args)
+    assert vars(fast).keys() == {f.name for f in dataclasses.fields(ParamStats)}
+    assert hash(fast) == hash(ParamStats(*args))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.norm_sq = 0.0  # type: ignore[misc]

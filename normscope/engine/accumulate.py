@@ -84,4 +84,4 @@ def _param_stats(row: tuple[Any, ...] | None, numel: int) -> ParamStats:
     norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum, missing_prev = row
     if missing_prev:
         dot = diff_sq = None
-    return ParamStats(numel, norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum)
+    return ParamStats.from_sums(numel, norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum)

@@ -10,6 +10,7 @@ read with the ref's `load_rows(start, stop)`.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -120,7 +121,9 @@ def _entry(snapshot: Snapshot, name: str, ref: Any, with_state: bool) -> Entry:
     shape = ref.shape
     if type(shape) is not tuple:
         shape = tuple(shape)
-    dtype = dtype_of(ref)
+    dtype = ref.dtype
+    if type(dtype) is not str:
+        dtype = dtype_of(ref)
     size = _ITEMSIZE.get(dtype) or itemsize(dtype, where=f" for {name}")
     numel = math.prod(shape)
     if not with_state:
@@ -144,7 +147,7 @@ class _Presence(NamedTuple):
 
 def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
     """One whole piece if the parameter fits the budget in every snapshot, else row slices."""
-    if max(p.nbytes for p in seen) <= budget or any(not p.shape for p in seen):
+    if max(map(_NBYTES, seen)) <= budget or not all(map(_SHAPE, seen)):
         return [Piece(name)]
     row_bytes = max(-(-p.nbytes // max(p.rows, 1)) for p in seen)
     rows_per_piece = max(1, budget // max(row_bytes, 1))
@@ -153,6 +156,10 @@ def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
         Piece(name, start, min(start + rows_per_piece, max_rows))
         for start in range(0, max_rows, rows_per_piece)
     ]
+
+
+_NBYTES = operator.attrgetter("nbytes")
+_SHAPE = operator.attrgetter("shape")
 
 
 def _piece_bytes(piece: Piece, p: _Presence) -> int:
@@ -178,16 +185,23 @@ def plan_buckets(
     if budget < 1:
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
     wanted = None if names is None else set(names)
+    # name -> (snapshot, shape, bytes) of each snapshot holding it, in first-appearance order
     seen: dict[str, list[_Presence]] = {}
     entries: list[dict[str, Entry]] = []
     for i, snap in enumerate(snapshots):
-        planned: dict[str, Entry] = {}
-        entries.append(planned)
         with_state = i >= state_from and bool(snap.optimizer_state)
-        for name, ref in snap.tensors.items():
-            if wanted is None or name in wanted:
-                entry = planned[name] = _entry(snap, name, ref, with_state)
-                seen.setdefault(name, []).append(_Presence(i, entry.shape, entry.nbytes))
+        planned = {
+            name: _entry(snap, name, ref, with_state)
+            for name, ref in snap.tensors.items()
+            if wanted is None or name in wanted
+        }
+        entries.append(planned)
+        for name, entry in planned.items():
+            presence = seen.get(name)
+            if presence is None:
+                seen[name] = [_Presence(i, entry.shape, entry.nbytes)]
+            else:
+                presence.append(_Presence(i, entry.shape, entry.nbytes))
 
     buckets: list[tuple[Piece, ...]] = []
     bucket_sizes: list[tuple[int, ...]] = []
@@ -195,7 +209,10 @@ def plan_buckets(
     current_bytes = [0] * len(snapshots)
     for name, presence in seen.items():
         for piece in _pieces(name, presence, budget):
-            sizes = [(p.snapshot, _piece_bytes(piece, p)) for p in presence]
+            if piece.stop is None:
+                sizes = [(p.snapshot, p.nbytes) for p in presence]
+            else:
+                sizes = [(p.snapshot, _piece_bytes(piece, p)) for p in presence]
             if current and any(current_bytes[i] + n > budget for i, n in sizes):
                 buckets.append(tuple(current))
                 bucket_sizes.append(tuple(current_bytes))

@@ -14,6 +14,8 @@ _ALWAYS = ("module.", "_orig_mod.")
 
 
 def _strip_wrappers(name: str) -> str:
+    if "module." not in name and "_orig_mod." not in name:  # most names: two substring scans
+        return name
     name = name.replace("._orig_mod.", ".")
     changed = True
     while changed:

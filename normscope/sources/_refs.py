@@ -8,6 +8,7 @@ can chunk a tensor larger than its bucket (for safetensors only those bytes are 
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from collections import OrderedDict
@@ -42,6 +43,7 @@ ITEMSIZE = {
 }  # fmt: skip
 
 
+@functools.cache  # a handful of dtypes, asked once per tensor of every checkpoint
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 

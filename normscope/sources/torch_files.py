@@ -39,19 +39,28 @@ def as_ref(name: str, value: Any) -> Any:
     return dataclasses.replace(value, name=name)
 
 
-def _is_float(value: Any) -> bool:
+def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Floating-point tensors under clean names; integer/bool buffers (num_batches_tracked) skipped.
+
+    Written for checkpoints of tens of thousands of tensors: one pass per step, no call per
+    tensor beyond the ref itself."""
     import torch
 
-    if isinstance(value, torch.Tensor):
-        return value.is_floating_point()
-    return isinstance(value, ChunkedTensorRef) and value.dtype in FLOAT_DTYPES
-
-
-def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Floating-point tensors under clean names; integer/bool buffers (num_batches_tracked) skipped."""
-    floats = {k: v for k, v in state_dict.items() if _is_float(v)}
+    tensor = torch.Tensor
+    floats = {
+        k: v
+        for k, v in state_dict.items()
+        if (
+            v.is_floating_point()
+            if isinstance(v, tensor)
+            else isinstance(v, ChunkedTensorRef) and v.dtype in FLOAT_DTYPES
+        )
+    }
     names = clean_names(floats)
-    return {names[k]: as_ref(names[k], v) for k, v in floats.items()}
+    return {
+        clean: TorchTensorRef(clean, v) if isinstance(v, tensor) else as_ref(clean, v)
+        for (clean, v) in zip(names.values(), floats.values())
+    }
 
 
 def pending_from_parts(
