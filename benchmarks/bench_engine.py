@@ -3,7 +3,9 @@
     python benchmarks/bench_engine.py --size-gb 1 --shape llm --dir /tmp/normscope-bench
 
 Shapes: `llm` — HF Trainer `checkpoint-N/` dirs of sharded bf16 safetensors, a few hundred large
-tensors; `resnet` — `epoch_N.pt` torch files of thousands of small fp32 tensors (conv + BN).
+tensors; `resnet` — `epoch_N.pt` torch files of thousands of small fp32 tensors (conv + BN);
+`resnet152` — the same files holding torchvision's ResNet-152 (777 float tensors, 241 MB), as many
+snapshots as the size holds.
 Each measurement runs in its own process (peak memory is per process):
 
     raw     read every file with 16 MiB `readinto` from the page cache (what `cat` does)
@@ -64,10 +66,42 @@ def _resnet_shapes(snapshot_bytes: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def resnet152_shapes() -> dict[str, tuple[int, ...]]:
+    """torchvision's ResNet-152 state_dict: 60.2M parameters, 241 MB in fp32, 777 floating-point
+    tensors (conv, BN weight/bias/running stats, fc) plus 155 int64 `num_batches_tracked`."""
+    shapes: dict[str, tuple[int, ...]] = {"conv1.weight": (64, 3, 7, 7)}
+
+    def bn(prefix: str, channels: int) -> None:
+        for leaf in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{prefix}.{leaf}"] = (channels,)
+        shapes[f"{prefix}.num_batches_tracked"] = ()
+
+    bn("bn1", 64)
+    inplanes = 64
+    for layer, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 8, 36, 3)), 1):
+        for block in range(blocks):
+            p = f"layer{layer}.{block}."
+            shapes[p + "conv1.weight"] = (planes, inplanes, 1, 1)
+            bn(p + "bn1", planes)
+            shapes[p + "conv2.weight"] = (planes, planes, 3, 3)
+            bn(p + "bn2", planes)
+            shapes[p + "conv3.weight"] = (planes * 4, planes, 1, 1)
+            bn(p + "bn3", planes * 4)
+            if block == 0:
+                shapes[p + "downsample.0.weight"] = (planes * 4, inplanes, 1, 1)
+                bn(p + "downsample.1", planes * 4)
+            inplanes = planes * 4
+    shapes["fc.weight"] = (1000, 2048)
+    shapes["fc.bias"] = (1000,)
+    return shapes
+
+
 def _tensor(name: str, shape: tuple[int, ...], step: int, dtype):
     """Deterministic per name; drifts a little each snapshot, like a training run."""
     import torch
 
+    if name.endswith("num_batches_tracked"):
+        return torch.tensor(100 * step)
     g = torch.Generator().manual_seed(hash(name) % 2**31)
     t = torch.empty(shape).uniform_(-1.0, 1.0, generator=g)
     return t.mul_(1.0 - 0.01 * step).add_(1e-3 * step).to(dtype)
@@ -91,10 +125,14 @@ def _generate(shape: str, size_gb: float, snapshots: int, root: str) -> dict:
 
     os.makedirs(root, exist_ok=True)
     per = int(size_gb * GB / snapshots)
-    shapes = (_llm_shapes if shape == "llm" else _resnet_shapes)(per)
+    if shape == "resnet152":
+        shapes = resnet152_shapes()
+    else:
+        shapes = (_llm_shapes if shape == "llm" else _resnet_shapes)(per)
     dtype = torch.bfloat16 if shape == "llm" else torch.float32
     itemsize = 2 if shape == "llm" else 4
-    tensor_bytes = sum(math.prod(s) * itemsize for s in shapes.values()) * snapshots
+    floats = {n: s for n, s in shapes.items() if not n.endswith("num_batches_tracked")}
+    tensor_bytes = sum(math.prod(s) * itemsize for s in floats.values()) * snapshots
     for step in range(1, snapshots + 1):
         if shape == "llm":
             _write_hf_checkpoint(
@@ -108,7 +146,7 @@ def _generate(shape: str, size_gb: float, snapshots: int, root: str) -> dict:
     manifest = {
         "shape": shape,
         "snapshots": snapshots,
-        "tensors": len(shapes),
+        "tensors": len(floats),
         "tensor_bytes": tensor_bytes,
     }
     with open(os.path.join(root, "manifest.json"), "w") as f:
@@ -226,8 +264,9 @@ def measure_naive(root: str) -> dict:
         else:
             tensors = torch.load(path, weights_only=True)["model"]
         for t in tensors.values():
-            t.float().norm().item()
-            norms += 1
+            if t.is_floating_point():  # as normscope: integer buffers are not weights
+                t.float().norm().item()
+                norms += 1
         del tensors
     return {"seconds": time.perf_counter() - start, "norms": norms}
 
@@ -282,8 +321,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--size-gb", type=float, default=1.0)
-    ap.add_argument("--shape", choices=("llm", "resnet"), default="llm")
-    ap.add_argument("--snapshots", type=int, default=4)
+    ap.add_argument("--shape", choices=("llm", "resnet", "resnet152"), default="llm")
+    ap.add_argument(
+        "--snapshots", type=int, default=4,
+        help="llm/resnet: snapshots the size is spread over; resnet152 (a fixed model of 241 MB)"
+        " takes as many snapshots as the size holds",
+    )
     ap.add_argument("--dir", default="/tmp/normscope-bench")
     ap.add_argument("--device", default="cpu")
     ap.add_argument(
@@ -297,6 +340,10 @@ def main() -> None:
         child(args.child, args.dir, args.device)
         return
     root = os.path.join(args.dir, f"{args.shape}-{args.size_gb:g}gb")
+    if args.shape == "resnet152":
+        model_bytes = 4 * sum(math.prod(s) for n, s in resnet152_shapes().items()
+                              if not n.endswith("num_batches_tracked"))  # fmt: skip
+        args.snapshots = max(2, round(args.size_gb * GB / model_bytes))
 
     manifest_path = os.path.join(root, "manifest.json")
     if os.path.exists(manifest_path):

@@ -36,3 +36,13 @@ def test_generated_run_is_read_by_sources_and_engine(bench, shape, tmp_path):
     assert naive["norms"] == 2 * manifest["tensors"]
     with open(tmp_path / "manifest.json") as f:
         assert json.load(f) == manifest
+
+
+def test_resnet152_shape_is_torchvisions_model(bench):
+    import math
+
+    shapes = bench.resnet152_shapes()
+    learned = {n: s for n, s in shapes.items() if not n.endswith(("running_mean", "running_var",
+                                                                    "num_batches_tracked"))}
+    assert sum(math.prod(s) for s in learned.values()) == 60_192_808  # torchvision's count
+    assert sum(not n.endswith("num_batches_tracked") for n in shapes) == 777
