@@ -13,6 +13,7 @@ import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -133,6 +134,21 @@ def _entry(snapshot: Snapshot, name: str, ref: Any, with_state: bool) -> Entry:
     return Entry(shape, dtype, state, nbytes, numel)
 
 
+def _plain_entries(snapshot: Snapshot) -> dict[str, Entry] | None:
+    """`_entry` for every tensor of a snapshot without optimizer state, column by column (no call
+    per tensor); None where some ref needs `_entry`'s conversions or its error message."""
+    refs = list(snapshot.tensors.values())
+    shapes = list(map(_SHAPE, refs))
+    dtypes = list(map(_DTYPE, refs))
+    if set(map(type, shapes)) - {tuple} or not set(dtypes) <= _ITEMSIZE.keys():
+        return None
+    numels = list(map(math.prod, shapes))
+    nbytes = map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes))
+    return dict(
+        zip(snapshot.tensors, map(Entry, shapes, dtypes, repeat(_NO_STATE), nbytes, numels))
+    )
+
+
 class _Presence(NamedTuple):
     """A parameter in one snapshot: its shape and the bytes it reads there (weights + state)."""
 
@@ -160,6 +176,7 @@ def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
 
 _NBYTES = operator.attrgetter("nbytes")
 _SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _piece_bytes(piece: Piece, p: _Presence) -> int:
@@ -190,11 +207,13 @@ def plan_buckets(
     entries: list[dict[str, Entry]] = []
     for i, snap in enumerate(snapshots):
         with_state = i >= state_from and bool(snap.optimizer_state)
-        planned = {
-            name: _entry(snap, name, ref, with_state)
-            for name, ref in snap.tensors.items()
-            if wanted is None or name in wanted
-        }
+        planned = None if with_state or wanted is not None else _plain_entries(snap)
+        if planned is None:
+            planned = {
+                name: _entry(snap, name, ref, with_state)
+                for name, ref in snap.tensors.items()
+                if wanted is None or name in wanted
+            }
         entries.append(planned)
         for name, entry in planned.items():
             presence = seen.get(name)
