@@ -89,3 +89,34 @@ def test_zip64_extra_values_in_order(wanted, expected):
     extra = struct.pack("<2H", 0x9901, 2) + b"ab" + struct.pack(f"<2H{len(values)}Q", 1, 8 * len(values), *values)
     assert _zip64_values(extra, *wanted) == expected
     assert _zip64_values(b"", *wanted) is None
+
+
+def test_the_numpy_reading_takes_real_archives_and_agrees_with_the_walk():
+    from normscope.sources._zipdir import _columns, _walk
+
+    for path in ARCHIVES[:20]:
+        data = path.read_bytes()
+        with zipfile.ZipFile(path) as zf:
+            count = len(zf.infolist())
+            start = min(i.header_offset for i in zf.infolist())
+        assert start == 0
+        cd_at = data.rindex(b"PK\x05\x06")
+        cd_size, cd_offset = struct.unpack_from("<2L", data, cd_at + 12)
+        if cd_offset == 0xFFFFFFFF:  # zip64 end record: take the directory from zipfile's view
+            continue
+        directory = data[cd_offset : cd_offset + cd_size]
+        fast = _columns(directory, count)
+        assert fast is not None, path
+        assert fast == _walk(directory, count), path
+
+
+def test_a_member_signature_inside_a_name_falls_back_to_the_walk(tmp_path):
+    # a name holding the central-directory signature makes a false candidate: the numpy reading
+    # must notice (its chain no longer matches) and the walk must still read every member
+    path = tmp_path / "odd.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", b"x")
+        zf.writestr("archive/PK\x01\x02odd", b"y")
+    with open(path, "rb") as f:
+        members = central_directory(f)
+    assert [tuple(m) for m in members] == _as_zipfile_sees_it(path)

@@ -15,13 +15,13 @@ import pickletools
 import warnings
 import zipfile
 from array import array
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
 
-from ._zipdir import Member, central_directory, read_member
+from ._zipdir import Directory, read_directory, read_member
 
 ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80  # protocol >= 2 pickles start with PROTO
@@ -73,8 +73,8 @@ class TorchRecords:
 def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
     try:
         with open(path, "rb") as f:
-            members = central_directory(f)
-            facts = None if members is None else _facts_from_directory(f, members)
+            directory = read_directory(f)
+            facts = None if directory is None else _facts_from_directory(f, directory)
         if facts is not None:
             return facts
     except OSError:
@@ -113,32 +113,28 @@ def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None
     )
 
 
-def _facts_from_directory(f: BinaryIO, members: list[Member]) -> ZipFacts | None:
+def _facts_from_directory(f: BinaryIO, directory: Directory) -> ZipFacts | None:
     """`ZipFacts` from `_zipdir`'s reading; None where `zipfile` must decide (a member that is
     compressed, or whose bytes do not match the directory)."""
-    names = [m.name for m in members]
-    by_name = {m.name: m for m in members}
-    pickle_member = next((m for m in members if m.name.endswith("data.pkl")), None)
-    if pickle_member is None:
+    names = directory.names
+    pickle_at = next((i for i, n in enumerate(names) if n.endswith("data.pkl")), None)
+    if pickle_at is None:
         return _facts(names, None, None)
-    pickled = read_member(f, pickle_member)
+    pickled = read_member(f, directory.member(pickle_at))
     if pickled is None:
         return None
-    prefix = pickle_member.name.removesuffix("data.pkl")
+    prefix = names[pickle_at].removesuffix("data.pkl")
     if prefix and not prefix.endswith("/"):
         return _facts(names, pickled, None)
-    byteorder_member = by_name.get(prefix + "byteorder")
+    byteorder_at = max(
+        (i for i, n in enumerate(names) if n == prefix + "byteorder"), default=None
+    )  # the last of equal names, as a dict by name would keep
     byteorder = None
-    if byteorder_member is not None:
-        byteorder = read_member(f, byteorder_member)
+    if byteorder_at is not None:
+        byteorder = read_member(f, directory.member(byteorder_at))
         if byteorder is None:
             return None
-    records = _records(
-        prefix,
-        byteorder,
-        ((m.name, m.method, m.flags, m.header_offset, m.size) for m in members),
-    )
-    return _facts(names, pickled, records)
+    return _facts(names, pickled, _records(prefix, byteorder, directory))
 
 
 def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
@@ -147,31 +143,39 @@ def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
         byteorder: bytes | None = zf.read(zf.getinfo(archive + "byteorder"))
     except KeyError:
         byteorder = None
+    infos = zf.infolist()
     return _records(
         archive,
         byteorder,
-        ((i.filename, i.compress_type, i.flag_bits, i.header_offset, i.file_size)
-         for i in zf.infolist()),
-    )
+        Directory(
+            [i.filename for i in infos], [i.flag_bits for i in infos],
+            [i.compress_type for i in infos], [i.CRC for i in infos],
+            [i.compress_size for i in infos], [i.file_size for i in infos],
+            [i.header_offset for i in infos],
+        ),
+    )  # fmt: skip
 
 
-def _records(
-    archive: str, byteorder: bytes | None, members: Iterable[tuple[str, int, int, int, int]]
-) -> TorchRecords | None:
-    """From (name, method, flags, local header offset, size) per member."""
+def _records(archive: str, byteorder: bytes | None, directory: Directory) -> TorchRecords | None:
+    """Record `data/<i>`'s local header offset and size, for i = 0…n-1 exactly."""
     prefix = archive + "data/"
-    infos = [m for m in members if m[0].startswith(prefix)]
-    header_offsets = array("q", [-1]) * len(infos)
-    sizes = array("q", [0]) * len(infos)
-    for name, method, flags, offset, size in infos:
-        key = name[len(prefix) :]
-        index = int(key) if key.isdecimal() else -1
-        if not 0 <= index < len(infos) or str(index) != key:
+    names = directory.names
+    picked = [i for i, name in enumerate(names) if name.startswith(prefix)]
+    # the canonical names: "data/7" is record 7, "data/07" or "data/x" make the archive unusual
+    index_of = {f"{prefix}{k}": k for k in range(len(picked))}
+    header_offsets = array("q", [-1]) * len(picked)
+    sizes = array("q", [0]) * len(picked)
+    methods, flags, offsets, member_sizes = (
+        directory.methods, directory.flags, directory.header_offsets, directory.sizes
+    )
+    for i in picked:
+        index = index_of.get(names[i])
+        if index is None:
             return None
         # torch writes records stored (uncompressed), never encrypted
-        if method == zipfile.ZIP_STORED and not flags & 0x1:
-            header_offsets[index] = offset
-        sizes[index] = size
+        if methods[i] == zipfile.ZIP_STORED and not flags[i] & 0x1:
+            header_offsets[index] = offsets[i]
+        sizes[index] = member_sizes[i]
     return TorchRecords(archive, byteorder, header_offsets, sizes)
 
 

@@ -43,8 +43,35 @@ class Member(NamedTuple):
     header_offset: int
 
 
+class Directory(NamedTuple):
+    """The members' fields as columns, in directory order (`Member`'s fields, in its order).
+
+    Columns rather than a `Member` per entry: the torch source reads the directories of runs of
+    tens of thousands of records, and only two or three members are ever needed one by one."""
+
+    names: list[str]
+    flags: list[int]
+    methods: list[int]
+    crcs: list[int]
+    compressed_sizes: list[int]
+    sizes: list[int]
+    header_offsets: list[int]
+
+    def member(self, i: int) -> Member:
+        return Member(*(column[i] for column in self))
+
+    def members(self) -> list[Member]:
+        return list(map(Member, *self))
+
+
 def central_directory(f: BinaryIO) -> list[Member] | None:
     """The members of the open archive `f`, in directory order; None: read it with `zipfile`."""
+    directory = read_directory(f)
+    return None if directory is None else directory.members()
+
+
+def read_directory(f: BinaryIO) -> Directory | None:
+    """`central_directory` as columns; None: read the archive with `zipfile`."""
     size = os.fstat(f.fileno()).st_size
     if size < _END.size + _LOCATOR.size:
         return None
@@ -71,6 +98,57 @@ def central_directory(f: BinaryIO) -> list[Member] | None:
     directory = f.read(cd_size)
     if len(directory) != cd_size:
         return None
+    return _columns(directory, count) or _walk(directory, count)
+
+
+# The central directory file header (`_MEMBER`) as a numpy record, for `_columns`.
+_MEMBER_FIELDS = [
+    ("sig", "S4"), ("made_by", "<u2"), ("needed", "<u2"), ("flags", "<u2"), ("method", "<u2"),
+    ("time", "<u2"), ("date", "<u2"), ("crc", "<u4"), ("csize", "<u4"), ("usize", "<u4"),
+    ("name_len", "<u2"), ("extra_len", "<u2"), ("comment_len", "<u2"), ("disk", "<u2"),
+    ("internal", "<u2"), ("external", "<u4"), ("offset", "<u4"),
+]  # fmt: skip
+
+
+def _columns(directory: bytes, count: int) -> Directory | None:
+    """All members at once with numpy (~0.5 µs a member against the walk's ~1.5): each is found
+    by its signature and the chain of lengths must lead from the first to the end of the
+    directory through exactly those. None where that does not hold (a signature inside a name,
+    a zip64 field, a name that does not decode): the walk then decides."""
+    import numpy as np
+
+    raw = np.frombuffer(directory, dtype=np.uint8)
+    if count == 0 or len(raw) < _MEMBER.size:
+        return None
+    sig = np.frombuffer(_MEMBER_SIG, dtype=np.uint8)
+    found = (raw[:-3] == sig[0]) & (raw[1:-2] == sig[1]) & (raw[2:-1] == sig[2]) & (raw[3:] == sig[3])
+    starts = np.flatnonzero(found)
+    if len(starts) != count or starts[0] != 0 or starts[-1] + _MEMBER.size > len(raw):
+        return None
+    rows = raw[starts[:, None] + np.arange(_MEMBER.size)]
+    fields = rows.view(np.dtype(_MEMBER_FIELDS)).reshape(count)
+    name_len = fields["name_len"].astype(np.int64)
+    ends = starts + _MEMBER.size + name_len + fields["extra_len"] + fields["comment_len"]
+    if not (np.array_equal(ends[:-1], starts[1:]) and ends[-1] == len(raw)):
+        return None
+    csize, usize, offset = fields["csize"], fields["usize"], fields["offset"]
+    if (csize == _MAX32).any() or (usize == _MAX32).any() or (offset == _MAX32).any():
+        return None
+    flags = fields["flags"].tolist()
+    try:
+        names = [
+            directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
+            for at, n, flag in zip((starts + _MEMBER.size).tolist(), name_len.tolist(), flags)
+        ]
+    except UnicodeDecodeError:
+        return None
+    return Directory(names, flags, fields["method"].tolist(), fields["crc"].tolist(),
+                     csize.tolist(), usize.tolist(), offset.tolist())  # fmt: skip
+
+
+def _walk(directory: bytes, count: int) -> Directory | None:
+    """The members one after another, zip64 extra fields included."""
+    cd_size = len(directory)
     members: list[Member] = []
     pos = 0
     try:
@@ -96,7 +174,9 @@ def central_directory(f: BinaryIO) -> list[Member] | None:
             pos = start + name_len + extra_len + comment_len
     except (struct.error, UnicodeDecodeError):
         return None
-    return members if pos == cd_size else None
+    if pos != cd_size:
+        return None
+    return Directory(*map(list, zip(*members))) if members else Directory([], [], [], [], [], [], [])
 
 
 def _zip64_values(extra: bytes, *wanted: bool) -> list[int] | None:
