@@ -333,3 +333,26 @@ def test_truncated_and_corrupt_files_keep_their_one_line_errors(tmp_path):
         with pytest.raises(BadInputError) as info:
             load_torch_file(str(bad))
         assert "\n" not in str(info.value) and "not a readable torch checkpoint" in str(info.value)
+
+
+@pytest.mark.parametrize("change", ["signature", "method", "name"])
+def test_a_local_header_that_disagrees_with_the_directory_is_declined(tmp_path, change):
+    # The data start comes from each record's local header; the fast reader checks every one
+    # (all at once) against what the central directory says, and leaves any mismatch to torch.
+    path = tmp_path / "m.pt"
+    torch.save({f"w{i}": torch.full((16,), float(i)) for i in range(12)}, path)
+    assert load_torch_zip_fast(str(path))["w11"][0] == 11.0  # two-digit records read fine
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(next(n for n in zf.namelist() if n.endswith("/data/11")))
+    data = bytearray(path.read_bytes())
+    at = info.header_offset
+    if change == "signature":
+        data[at] = ord("X")
+    elif change == "method":
+        struct.pack_into("<H", data, at + 8, 8)  # deflated
+    else:  # ".../data/11" -> ".../data/12" in the local header only
+        name_end = at + 30 + struct.unpack_from("<H", data, at + 26)[0]
+        data[name_end - 1] = ord("2")
+    path.write_bytes(bytes(data))
+    with pytest.raises(Declined):
+        load_torch_zip_fast(str(path))

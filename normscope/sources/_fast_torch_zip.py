@@ -185,40 +185,75 @@ def _stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     }
 
 
+# The zip local file header (`LOCAL_HEADER`) as a numpy record, to read all of them at once.
+_LOCAL_FIELDS = [
+    ("sig", "S4"), ("needed", "<u2"), ("flags", "<u2"), ("method", "<u2"), ("time", "<u2"),
+    ("date", "<u2"), ("crc", "<u4"), ("csize", "<u4"), ("usize", "<u4"), ("name_len", "<u2"),
+    ("extra_len", "<u2"),
+]  # fmt: skip
+
+
 class _Records:
     """The archive's `data/<key>` records as slices of one private mapping of the file."""
 
     def __init__(self, path: str, records: TorchRecords, headers: mmap.mmap) -> None:
-        self._records = records
-        self._headers = headers
+        self._sizes = records.sizes
         self._size = len(headers)
         # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (writes to a tensor stay
         # in this process, never reach the file), pages read only when a tensor is touched.
         self._whole = torch.UntypedStorage.from_file(path, False, self._size)
+        # the local headers are read through a mapping of their own, closed after the load, so
+        # the tensors' mapping keeps no page it was not asked for
+        self._starts = self._data_starts(records, headers)
+
+    def _data_starts(self, records: TorchRecords, headers: mmap.mmap) -> list[int]:
+        """Where each record's bytes begin, from its local header; -1 where the record is not
+        plain (stored) or its local header disagrees with the central directory (signature,
+        method, name) or its bytes would run past the end of the file.
+
+        All headers at once with numpy: one Python call per record was ~2 µs, for 34k records
+        on a 1 GB ResNet-shaped run."""
+        import numpy as np
+
+        data = np.frombuffer(headers, dtype=np.uint8)
+        count = len(records.sizes)
+        starts = np.full(count, -1, dtype=np.int64)
+        offsets = np.frombuffer(records.header_offsets, dtype=np.int64)
+        sizes = np.frombuffer(records.sizes, dtype=np.int64)
+        prefix = f"{records.archive}data/".encode()
+        index = np.arange(count, dtype=np.int64)
+        digits = 1 + sum((index >= 10**k).astype(np.int64) for k in range(1, 19))
+        name_at = offsets + LOCAL_HEADER.size
+        # the header and the name it should hold lie inside the file
+        keep = (offsets >= 0) & (name_at + len(prefix) + digits <= self._size)
+        index, at, name_at, digits = index[keep], offsets[keep], name_at[keep], digits[keep]
+        head = data[at[:, None] + np.arange(LOCAL_HEADER.size)].view(np.dtype(_LOCAL_FIELDS))
+        head = head.reshape(-1)
+        first = name_at + head["name_len"] + head["extra_len"]
+        ok = (
+            (head["sig"] == LOCAL_SIG)
+            & (head["method"] == STORED)
+            & (head["name_len"] == len(prefix) + digits)
+            & (first + sizes[index] <= self._size)
+            & (data[name_at[:, None] + np.arange(len(prefix))] == np.frombuffer(prefix, np.uint8)).all(axis=1)
+        )
+        for d in range(int(digits.max(initial=0))):  # "data/<i>": the decimal digits of i
+            has = digits > d
+            place = 10 ** np.maximum(digits - 1 - d, 0)
+            digit = data[np.where(has, name_at + len(prefix) + d, 0)]
+            ok &= ~has | (digit == (index // place) % 10 + ord("0"))
+        starts[index[ok]] = first[ok]
+        return starts.tolist()
 
     def get(self, key: str, nbytes: int) -> torch.UntypedStorage:
-        records = self._records
         index = int(key) if key.isdecimal() else -1
-        if not 0 <= index < len(records.sizes) or records.header_offsets[index] < 0:
-            raise Declined(f"no plain (stored) record data/{key}")
-        if records.sizes[index] != nbytes:
+        if not 0 <= index < len(self._starts) or str(index) != key:
+            raise Declined(f"no record data/{key}")
+        start = self._starts[index]
+        if start < 0:
+            raise Declined(f"data/{key} is not a stored record that matches its local header")
+        if self._sizes[index] != nbytes:
             raise Declined(f"data/{key} is not the size its tensor needs")
-        header_offset = records.header_offsets[index]
-        magic, _v, _flags, method, _t, _d, _crc, _cs, _us, name_len, extra_len = (
-            LOCAL_HEADER.unpack_from(self._headers, header_offset)
-        )
-        name_start = header_offset + LOCAL_HEADER.size
-        # the central directory and the local header must agree on the record they describe
-        name = f"{records.archive}data/{key}".encode()
-        if (
-            magic != LOCAL_SIG
-            or method != STORED
-            or self._headers[name_start : name_start + name_len] != name
-        ):
-            raise Declined(f"data/{key} has a bad local header")
-        start = name_start + name_len + extra_len
-        if start + nbytes > self._size:
-            raise Declined(f"data/{key} runs past the end of the file")
         return _slice(self._whole, slice(start, start + nbytes))
 
 
@@ -312,9 +347,9 @@ def load_torch_zip_fast(path: str) -> Any:
     _check_environment(facts.records.byteorder)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as headers:
         records = _Records(path, facts.records, headers)
-        # Thousands of new containers trigger full collections that walk everything alive: half
-        # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
-        with collector_paused():
-            result = _Unpickler(facts.pickle, records).load()
-            _check_plain(result)
-            return result
+    # Thousands of new containers trigger full collections that walk everything alive: half
+    # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
+    with collector_paused():
+        result = _Unpickler(facts.pickle, records).load()
+        _check_plain(result)
+        return result
