@@ -11,7 +11,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from sample_runs.digits import DigitsSplit, load_digits_split, random_affine, steps_per_epoch
+from sample_runs.digits import (
+    DigitsSplit,
+    load_digits_split,
+    random_affine,
+    steps_per_epoch,
+)
 from sample_runs.models import bn_cnn
 from sample_runs.sgd_run import weight_norm_sq
 
