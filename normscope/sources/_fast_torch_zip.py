@@ -261,7 +261,7 @@ class _Unpickler(pickle.Unpickler):
     def __init__(self, pickled: bytes, records: _Records) -> None:
         # BufferedReader: the C unpickler prefetches through `peek` instead of a call per opcode
         super().__init__(io.BufferedReader(io.BytesIO(pickled)), encoding="utf-8")
-        self._records = records
+        self._get = records.get  # bound once: called for every storage
         self._storages: dict[str, _Storage] = {}
         self._globals: dict[tuple[str, str], object] = {**_CONSTANTS, **_stubs()}
 
@@ -287,7 +287,7 @@ class _Unpickler(pickle.Unpickler):
         storage = self._storages.get(key)
         if storage is None:
             nbytes = numel * storage_type.itemsize
-            storage = _Storage(self._records.get(key, nbytes), storage_type.dtype)
+            storage = _Storage(self._get(key, nbytes), storage_type.dtype)
             if nbytes:  # torch.load does not share empty storages either
                 self._storages[key] = storage
         return storage
