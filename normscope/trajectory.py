@@ -124,15 +124,17 @@ def build_trajectory(
     """Assemble per-snapshot stats (already in time order) into the tidy table.
 
     Parameters that appear or vanish between snapshots are noted in `warnings`, not fatal.
+    Built column by column (a ResNet-shaped run has 34k rows and a dict per row cost ~30 µs);
+    each value is what the per-row formulas in the module docstring give.
     """
-    rows: list[dict] = []
+    columns: dict[str, list] = {name: [] for name in COLUMNS}
     metas: list[SnapshotMeta] = []
     notes = list(warnings)
     prev_norms: dict[str, float] = {}
     prev_names: set[str] | None = None
+    described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
     for index, snap in enumerate(stats):
         metas.append(snap.meta)
-        groups = _group_of(snap.meta)
         names = set(snap.params)
         if prev_names is not None:
             appeared, vanished = sorted(names - prev_names), sorted(prev_names - names)
@@ -142,56 +144,8 @@ def build_trajectory(
             if vanished:
                 notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
         prev_names = names
-        norms_now: dict[str, float] = {}
-        for param, ps in snap.params.items():
-            shape = tuple(snap.shapes.get(param, ()))
-            norm = math.sqrt(ps.norm_sq) if ps.norm_sq >= 0 else math.nan
-            norms_now[param] = norm
-            prev = prev_norms.get(param)
-            if prev is not None and (ps.dot_prev is not None or ps.diff_sq is not None):
-                angle = angle_between(prev, norm, ps.dot_prev, ps.diff_sq)
-            else:
-                angle = math.nan
-            if ps.norm_sq_before is not None and ps.update_norm_sq is not None:
-                update_angle = angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)), norm, None,
-                                             ps.update_norm_sq)
-            else:
-                update_angle = math.nan
-            group = groups.get(param)
-            betas = group.betas if group is not None and group.betas is not None else (None, None)
-            rows.append({
-                "snapshot": index,
-                "step": snap.meta.step,
-                "epoch": snap.meta.epoch,
-                "path": snap.meta.path,
-                "param": param,
-                "layer": layer_of(param),
-                "kind": kind_of(param, shape),
-                "shape": "x".join(str(d) for d in shape) if shape else "",
-                "numel": ps.numel,
-                "dtype": snap.dtypes.get(param, ""),
-                "norm": norm,
-                "norm_sq": ps.norm_sq,
-                "dot_prev": _opt(ps.dot_prev),
-                "delta_norm": math.sqrt(ps.diff_sq) if ps.diff_sq is not None else math.nan,
-                "angle_rad": angle,
-                "nonfinite": ps.nonfinite,
-                "buf_dot": _opt(ps.buf_dot),
-                "buf_norm": math.sqrt(ps.buf_norm_sq) if ps.buf_norm_sq is not None else math.nan,
-                "exp_avg_sq_sum": _opt(ps.exp_avg_sq_sum),
-                "grad_norm": math.sqrt(ps.grad_norm_sq) if ps.grad_norm_sq is not None else math.nan,
-                "grad_dot": _opt(ps.grad_dot),
-                "update_norm": math.sqrt(ps.update_norm_sq) if ps.update_norm_sq is not None else math.nan,
-                "update_angle_rad": update_angle,
-                "optimizer": snap.meta.optimizer or "",
-                "lr": _opt(group.lr if group else None),
-                "weight_decay": _opt(group.weight_decay if group else None),
-                "momentum": _opt(group.momentum if group else None),
-                "beta1": _opt(betas[0]),
-                "beta2": _opt(betas[1]),
-            })
-        prev_norms = norms_now
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
+        prev_norms = _add_snapshot(columns, index, snap, prev_norms, described)
+    table = pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
     if not table.empty:
         table["step"] = table["step"].astype("Int64")
         table["epoch"] = table["epoch"].astype("float64")
@@ -201,6 +155,93 @@ def build_trajectory(
             table[col] = table[col].astype(np.float64)
     return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
                       warnings=notes)
+
+
+def _add_snapshot(
+    columns: dict[str, list],
+    index: int,
+    snap: SnapshotStats,
+    prev_norms: dict[str, float],
+    described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]],
+) -> dict[str, float]:
+    """Append one snapshot's rows to `columns`; return its norms by parameter (for the next
+    snapshot's angles). `described` caches layer, kind and shape text per (param, shape)."""
+    params = list(snap.params)
+    stats = list(snap.params.values())
+    count = len(params)
+    meta = snap.meta
+    norm_sq = [ps.norm_sq for ps in stats]
+    norms = [math.sqrt(x) if x >= 0 else math.nan for x in norm_sq]
+    dot_prev = [ps.dot_prev for ps in stats]
+    diff_sq = [ps.diff_sq for ps in stats]
+    angles = [
+        angle_between(prev, norm, dot, diff)
+        if prev is not None and (dot is not None or diff is not None)
+        else math.nan
+        for prev, norm, dot, diff in zip(map(prev_norms.get, params), norms, dot_prev, diff_sq)
+    ]
+    update_sq = [ps.update_norm_sq for ps in stats]
+    update_angles = [
+        angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)), norm, None, update)
+        if ps.norm_sq_before is not None and update is not None
+        else math.nan
+        for ps, norm, update in zip(stats, norms, update_sq)
+    ]
+    shapes = snap.shapes
+    texts = []
+    for param in params:
+        shape = tuple(shapes.get(param, ()))
+        text = described.get((param, shape))
+        if text is None:
+            text = described[(param, shape)] = (
+                layer_of(param), kind_of(param, shape), "x".join(map(str, shape))
+            )
+        texts.append(text)
+    groups = _group_of(meta)
+    in_group = [groups.get(param) for param in params]
+    betas = [g.betas if g is not None and g.betas is not None else (None, None) for g in in_group]
+    added = {
+        "snapshot": [index] * count,
+        "step": [meta.step] * count,
+        "epoch": [meta.epoch] * count,
+        "path": [meta.path] * count,
+        "param": params,
+        "layer": [t[0] for t in texts],
+        "kind": [t[1] for t in texts],
+        "shape": [t[2] for t in texts],
+        "numel": [ps.numel for ps in stats],
+        "dtype": [snap.dtypes.get(param, "") for param in params],
+        "norm": norms,
+        "norm_sq": norm_sq,
+        "dot_prev": _floats(dot_prev),
+        "delta_norm": _roots(diff_sq),
+        "angle_rad": angles,
+        "nonfinite": [ps.nonfinite for ps in stats],
+        "buf_dot": _floats([ps.buf_dot for ps in stats]),
+        "buf_norm": _roots([ps.buf_norm_sq for ps in stats]),
+        "exp_avg_sq_sum": _floats([ps.exp_avg_sq_sum for ps in stats]),
+        "grad_norm": _roots([ps.grad_norm_sq for ps in stats]),
+        "grad_dot": _floats([ps.grad_dot for ps in stats]),
+        "update_norm": _roots(update_sq),
+        "update_angle_rad": update_angles,
+        "optimizer": [meta.optimizer or ""] * count,
+        "lr": _floats([g.lr if g else None for g in in_group]),
+        "weight_decay": _floats([g.weight_decay if g else None for g in in_group]),
+        "momentum": _floats([g.momentum if g else None for g in in_group]),
+        "beta1": _floats([b[0] for b in betas]),
+        "beta2": _floats([b[1] for b in betas]),
+    }
+    for name, values in added.items():
+        columns[name].extend(values)
+    return dict(zip(params, norms))
+
+
+def _floats(values: list[float | None]) -> list[float]:
+    return [math.nan if x is None else float(x) for x in values]
+
+
+def _roots(values: list[float | None]) -> list[float]:
+    return [math.nan if x is None else math.sqrt(x) for x in values]
 
 
 def _preview(names: list[str], limit: int = 3) -> str:

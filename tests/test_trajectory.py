@@ -109,3 +109,106 @@ def test_kind_of(name, shape, kind):
 def test_layer_of():
     assert layer_of("layer1.0.conv1.weight") == "layer1.0.conv1"
     assert layer_of("scale") == "scale"
+
+
+def _rows_reference(stats):
+    """The table as the row-by-row build made it (a dict per row), kept to check the column-wise
+    build against: every value and dtype must come out the same."""
+    import pandas as pd
+
+    from normscope.trajectory import _group_of
+
+    rows, prev_norms = [], {}
+    for index, snap in enumerate(stats):
+        groups = _group_of(snap.meta)
+        norms_now = {}
+        for param, ps in snap.params.items():
+            shape = tuple(snap.shapes.get(param, ()))
+            norm = math.sqrt(ps.norm_sq) if ps.norm_sq >= 0 else math.nan
+            norms_now[param] = norm
+            prev = prev_norms.get(param)
+            if prev is not None and (ps.dot_prev is not None or ps.diff_sq is not None):
+                angle = angle_between(prev, norm, ps.dot_prev, ps.diff_sq)
+            else:
+                angle = math.nan
+            if ps.norm_sq_before is not None and ps.update_norm_sq is not None:
+                update_angle = angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)), norm, None,
+                                             ps.update_norm_sq)  # fmt: skip
+            else:
+                update_angle = math.nan
+            group = groups.get(param)
+            betas = group.betas if group is not None and group.betas is not None else (None, None)
+
+            def opt(x):
+                return math.nan if x is None else float(x)
+
+            def root(x):
+                return math.nan if x is None else math.sqrt(x)
+
+            rows.append({
+                "snapshot": index, "step": snap.meta.step, "epoch": snap.meta.epoch,
+                "path": snap.meta.path, "param": param, "layer": layer_of(param),
+                "kind": kind_of(param, shape),
+                "shape": "x".join(str(d) for d in shape) if shape else "",
+                "numel": ps.numel, "dtype": snap.dtypes.get(param, ""), "norm": norm,
+                "norm_sq": ps.norm_sq, "dot_prev": opt(ps.dot_prev),
+                "delta_norm": root(ps.diff_sq), "angle_rad": angle,
+                "nonfinite": ps.nonfinite, "buf_dot": opt(ps.buf_dot),
+                "buf_norm": root(ps.buf_norm_sq), "exp_avg_sq_sum": opt(ps.exp_avg_sq_sum),
+                "grad_norm": root(ps.grad_norm_sq), "grad_dot": opt(ps.grad_dot),
+                "update_norm": root(ps.update_norm_sq), "update_angle_rad": update_angle,
+                "optimizer": snap.meta.optimizer or "",
+                "lr": opt(group.lr if group else None),
+                "weight_decay": opt(group.weight_decay if group else None),
+                "momentum": opt(group.momentum if group else None),
+                "beta1": opt(betas[0]), "beta2": opt(betas[1]),
+            })  # fmt: skip
+        prev_norms = norms_now
+    table = pd.DataFrame(rows, columns=list(COLUMNS))
+    if not table.empty:
+        table["step"] = table["step"].astype("Int64")
+        table["epoch"] = table["epoch"].astype("float64")
+        table["numel"] = table["numel"].astype("int64")
+        table["nonfinite"] = table["nonfinite"].astype("int64")
+        for col in ("norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad"):
+            table[col] = table[col].astype(np.float64)
+    return table
+
+
+def _sample_stats(path):
+    from normscope.engine import compute_stats
+    from normscope.sources import open_run
+
+    run = open_run(str(path))
+    return list(run.stats) if run.stats is not None else compute_stats(run.snapshots, device="cpu")
+
+
+@pytest.mark.parametrize("run", ["digits_bn_cnn_sgd", "digits_ln_transformer_adamw",
+                                 "digits_bn_cnn_lightning", "digits_bn_cnn_live"])  # fmt: skip
+def test_column_wise_build_equals_the_row_wise_one_on_the_sample_runs(sample_runs_dir, run):
+    import pandas as pd
+
+    path = sample_runs_dir / run
+    if run == "digits_bn_cnn_live":
+        path = next(p for p in path.iterdir() if p.suffix == ".jsonl")
+    stats = _sample_stats(path)
+    pd.testing.assert_frame_equal(build_trajectory(stats).table, _rows_reference(stats))
+
+
+def test_column_wise_build_equals_the_row_wise_one_on_odd_stats():
+    import pandas as pd
+
+    group = ParamGroup(params=("a",), lr=0.1, weight_decay=5e-4, momentum=0.9,
+                       betas=(0.9, 0.99))  # fmt: skip
+    first = _stats(0, {"a": [1.0, 2.0], "b.weight": [3.0, math.nan]}, groups=(group,))
+    second = _stats(1, {"a": [1.5, 2.0], "c.bias": [1.0]}, prev={"a": [1.0, 2.0]})
+    live = SnapshotStats(
+        meta=SnapshotMeta(path="log", step=None, epoch=None, order_source="log"),
+        params={"a": ParamStats(numel=2, norm_sq=-1.0, grad_norm_sq=4.0, grad_dot=0.5,
+                                update_norm_sq=0.01, norm_sq_before=6.0, buf_dot=1.0,
+                                buf_norm_sq=2.0, exp_avg_sq_sum=3.0)},  # fmt: skip
+        shapes={},
+        dtypes={},
+    )
+    for stats in ([first, second, live], [], [live]):
+        pd.testing.assert_frame_equal(build_trajectory(stats).table, _rows_reference(stats))
