@@ -1,4 +1,4 @@
-"""Reading one bucket of one snapshot: lazy refs → flat CPU tensors, checked against their headers."""
+"""Reading one bucket of one snapshot: lazy refs → CPU tensors, checked against their headers."""
 
 from __future__ import annotations
 
