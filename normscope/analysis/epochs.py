@@ -125,9 +125,13 @@ def epoch_series(
     layer_sums = rows[rows["snapshot"].isin(chosen)].pivot_table(
         index="snapshot", columns="layer", values="norm_sq", aggfunc="sum", sort=False
     )
+    # one reindex of the whole table, not one per layer (thousands of layers on a ResNet-sized
+    # model); a layer absent from every chosen snapshot gets NaN, which the detectors report
+    names = list(dict.fromkeys(rows["layer"]))
+    sums = layer_sums.reindex(index=chosen, columns=names).to_numpy(dtype=float)
     layers = tuple(
-        LayerSeries(layer=str(name), norm_sq=tuple(float(v) for v in layer_sums[name].reindex(chosen)))
-        for name in dict.fromkeys(rows["layer"])
+        LayerSeries(layer=str(name), norm_sq=tuple(column))
+        for name, column in zip(names, sums.T.tolist())
     )
     steps = tuple(None if pd.isna(s) else int(s) for s in last_of_bucket["step"])
     source = f"steps_per_epoch={steps_per_epoch:g}" if steps_per_epoch else "recorded epoch"
