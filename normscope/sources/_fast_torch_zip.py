@@ -185,14 +185,6 @@ def _stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     }
 
 
-# The zip local file header (`LOCAL_HEADER`) as a numpy record, to read all of them at once.
-_LOCAL_FIELDS = [
-    ("sig", "S4"), ("needed", "<u2"), ("flags", "<u2"), ("method", "<u2"), ("time", "<u2"),
-    ("date", "<u2"), ("crc", "<u4"), ("csize", "<u4"), ("usize", "<u4"), ("name_len", "<u2"),
-    ("extra_len", "<u2"),
-]  # fmt: skip
-
-
 class _Records:
     """The archive's `data/<key>` records as slices of one private mapping of the file."""
 
@@ -227,17 +219,24 @@ class _Records:
         # the header and the name it should hold lie inside the file
         keep = (offsets >= 0) & (name_at + len(prefix) + digits <= self._size)
         index, at, name_at, digits = index[keep], offsets[keep], name_at[keep], digits[keep]
-        head = data[at[:, None] + np.arange(LOCAL_HEADER.size)].view(np.dtype(_LOCAL_FIELDS))
-        head = head.reshape(-1)
-        first = name_at + head["name_len"] + head["extra_len"]
+
+        def field(offset: int, size: int) -> np.ndarray:  # a little-endian field of each header
+            value = data[at + offset].astype(np.int64)
+            for k in range(1, size):
+                value |= data[at + offset + k].astype(np.int64) << (8 * k)
+            return value
+
+        name_len = field(26, 2)
+        first = name_at + name_len + field(28, 2)
         ok = (
-            (head["sig"] == LOCAL_SIG)
-            & (head["method"] == STORED)
-            & (head["name_len"] == len(prefix) + digits)
+            (field(0, 4) == int.from_bytes(LOCAL_SIG, "little"))
+            & (field(8, 2) == STORED)
+            & (name_len == len(prefix) + digits)
             & (first + sizes[index] <= self._size)
-            & (data[name_at[:, None] + np.arange(len(prefix))] == np.frombuffer(prefix, np.uint8)).all(axis=1)
         )
-        for d in range(int(digits.max(initial=0))):  # "data/<i>": the decimal digits of i
+        for k, byte in enumerate(prefix):  # "<archive>/data/" ...
+            ok &= data[name_at + k] == byte
+        for d in range(int(digits.max(initial=0))):  # ... then the decimal digits of i
             has = digits > d
             place = 10 ** np.maximum(digits - 1 - d, 0)
             digit = data[np.where(has, name_at + len(prefix) + d, 0)]

@@ -101,40 +101,42 @@ def read_directory(f: BinaryIO) -> Directory | None:
     return _columns(directory, count) or _walk(directory, count)
 
 
-# The central directory file header (`_MEMBER`) as a numpy record, for `_columns`.
-_MEMBER_FIELDS = [
-    ("sig", "S4"), ("made_by", "<u2"), ("needed", "<u2"), ("flags", "<u2"), ("method", "<u2"),
-    ("time", "<u2"), ("date", "<u2"), ("crc", "<u4"), ("csize", "<u4"), ("usize", "<u4"),
-    ("name_len", "<u2"), ("extra_len", "<u2"), ("comment_len", "<u2"), ("disk", "<u2"),
-    ("internal", "<u2"), ("external", "<u4"), ("offset", "<u4"),
-]  # fmt: skip
+# Past this the walk reads the directory: the numpy reading holds a few byte masks of its size.
+_COLUMNS_MAX_BYTES = 64 << 20  # over a million members of the names torch writes
 
 
 def _columns(directory: bytes, count: int) -> Directory | None:
     """All members at once with numpy (~0.5 µs a member against the walk's ~1.5): each is found
     by its signature and the chain of lengths must lead from the first to the end of the
     directory through exactly those. None where that does not hold (a signature inside a name,
-    a zip64 field, a name that does not decode): the walk then decides."""
+    a zip64 field, a name that does not decode) or the directory is huge: the walk then decides.
+    Memory: a few bytes per byte of directory and per member, whatever the input claims."""
     import numpy as np
 
-    raw = np.frombuffer(directory, dtype=np.uint8)
-    if count == 0 or len(raw) < _MEMBER.size:
+    if not 0 < count * _MEMBER.size <= len(directory) <= _COLUMNS_MAX_BYTES:
         return None
-    sig = np.frombuffer(_MEMBER_SIG, dtype=np.uint8)
-    found = (raw[:-3] == sig[0]) & (raw[1:-2] == sig[1]) & (raw[2:-1] == sig[2]) & (raw[3:] == sig[3])
+    raw = np.frombuffer(directory, dtype=np.uint8)
+    found = raw[:-3] == _MEMBER_SIG[0]
+    for k in (1, 2, 3):
+        found &= raw[k : len(raw) - 3 + k] == _MEMBER_SIG[k]
     starts = np.flatnonzero(found)
     if len(starts) != count or starts[0] != 0 or starts[-1] + _MEMBER.size > len(raw):
         return None
-    rows = raw[starts[:, None] + np.arange(_MEMBER.size)]
-    fields = rows.view(np.dtype(_MEMBER_FIELDS)).reshape(count)
-    name_len = fields["name_len"].astype(np.int64)
-    ends = starts + _MEMBER.size + name_len + fields["extra_len"] + fields["comment_len"]
+
+    def field(offset: int, size: int) -> np.ndarray:  # a little-endian field of every member
+        value = raw[starts + offset].astype(np.int64)
+        for k in range(1, size):
+            value |= raw[starts + offset + k].astype(np.int64) << (8 * k)
+        return value
+
+    name_len = field(28, 2)
+    ends = starts + _MEMBER.size + name_len + field(30, 2) + field(32, 2)
     if not (np.array_equal(ends[:-1], starts[1:]) and ends[-1] == len(raw)):
         return None
-    csize, usize, offset = fields["csize"], fields["usize"], fields["offset"]
+    csize, usize, offset = field(20, 4), field(24, 4), field(42, 4)
     if (csize == _MAX32).any() or (usize == _MAX32).any() or (offset == _MAX32).any():
         return None
-    flags = fields["flags"].tolist()
+    flags = field(8, 2).tolist()
     try:
         names = [
             directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
@@ -142,7 +144,7 @@ def _columns(directory: bytes, count: int) -> Directory | None:
         ]
     except UnicodeDecodeError:
         return None
-    return Directory(names, flags, fields["method"].tolist(), fields["crc"].tolist(),
+    return Directory(names, flags, field(10, 2).tolist(), field(16, 4).tolist(),
                      csize.tolist(), usize.tolist(), offset.tolist())  # fmt: skip
 
 
