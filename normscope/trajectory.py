@@ -109,10 +109,6 @@ def _group_of(meta: SnapshotMeta) -> dict[str, ParamGroup]:
     return {p: g for g in meta.param_groups for p in g.params}
 
 
-def _opt(x: float | None) -> float:
-    return math.nan if x is None else float(x)
-
-
 def build_trajectory(
     stats: Iterable[SnapshotStats],
     *,

@@ -45,7 +45,7 @@ import torch
 from normscope._gc import collector_paused
 
 from ._torchio import TorchRecords, zip_facts
-from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED
+from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
 # `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
@@ -220,11 +220,8 @@ class _Records:
         keep = (offsets >= 0) & (name_at + len(prefix) + digits <= self._size)
         index, at, name_at, digits = index[keep], offsets[keep], name_at[keep], digits[keep]
 
-        def field(offset: int, size: int) -> np.ndarray:  # a little-endian field of each header
-            value = data[at + offset].astype(np.int64)
-            for k in range(1, size):
-                value |= data[at + offset + k].astype(np.int64) << (8 * k)
-            return value
+        def field(offset: int, size: int) -> np.ndarray:  # of each header
+            return le_field(data, at + offset, size)
 
         name_len = field(26, 2)
         first = name_at + name_len + field(28, 2)

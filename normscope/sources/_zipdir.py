@@ -16,7 +16,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 _END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
 _END_SIG = b"PK\x05\x06"
@@ -101,6 +104,17 @@ def read_directory(f: BinaryIO) -> Directory | None:
     return _columns(directory, count) or _walk(directory, count)
 
 
+def le_field(data: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
+    """The little-endian unsigned field of `size` bytes at each position `at` of the byte array
+    `data`, as int64: one gather per byte, so memory stays O(len(at)) whatever the header."""
+    import numpy as np
+
+    value = data[at].astype(np.int64)
+    for k in range(1, size):
+        value |= data[at + k].astype(np.int64) << (8 * k)
+    return value
+
+
 # Past this the walk reads the directory: the numpy reading holds a few byte masks of its size.
 _COLUMNS_MAX_BYTES = 64 << 20  # over a million members of the names torch writes
 
@@ -111,10 +125,10 @@ def _columns(directory: bytes, count: int) -> Directory | None:
     directory through exactly those. None where that does not hold (a signature inside a name,
     a zip64 field, a name that does not decode) or the directory is huge: the walk then decides.
     Memory: a few bytes per byte of directory and per member, whatever the input claims."""
-    import numpy as np
-
     if not 0 < count * _MEMBER.size <= len(directory) <= _COLUMNS_MAX_BYTES:
         return None
+    import numpy as np
+
     raw = np.frombuffer(directory, dtype=np.uint8)
     found = raw[:-3] == _MEMBER_SIG[0]
     for k in (1, 2, 3):
@@ -123,11 +137,8 @@ def _columns(directory: bytes, count: int) -> Directory | None:
     if len(starts) != count or starts[0] != 0 or starts[-1] + _MEMBER.size > len(raw):
         return None
 
-    def field(offset: int, size: int) -> np.ndarray:  # a little-endian field of every member
-        value = raw[starts + offset].astype(np.int64)
-        for k in range(1, size):
-            value |= raw[starts + offset + k].astype(np.int64) << (8 * k)
-        return value
+    def field(offset: int, size: int) -> np.ndarray:  # of every member
+        return le_field(raw, starts + offset, size)
 
     name_len = field(28, 2)
     ends = starts + _MEMBER.size + name_len + field(30, 2) + field(32, 2)
