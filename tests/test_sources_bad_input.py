@@ -207,3 +207,71 @@ def test_index_naming_a_shard_outside_its_directory(tmp_path):
     index = {"metadata": {}, "weight_map": {"w": "../elsewhere.safetensors"}}
     (tmp_path / "model" / "model.safetensors.index.json").write_text(json.dumps(index))
     assert "points outside its directory" in _refused(tmp_path / "model")
+
+
+def _patch_central_entry(data: bytearray, suffix: bytes, offset: int, value: bytes) -> None:
+    """Overwrite bytes at `offset` of the central-directory entry of the member named *`suffix`."""
+    at = data.rindex(b"PK\x01\x02", 0, data.rindex(suffix))
+    data[at + offset : at + offset + len(value)] = value
+
+
+@pytest.mark.parametrize("damage", ["version", "utf8-name", "size-past-end"])
+def test_a_zip_directory_that_zipfile_cannot_read_is_one_line(tmp_path, damage):
+    # zipfile raises NotImplementedError, UnicodeDecodeError or EOFError for these, not
+    # BadZipFile; each must still end as a one-line bad-input error, never an internal error
+    torch.save(small_mlp().state_dict(), tmp_path / "w.pt")
+    data = bytearray((tmp_path / "w.pt").read_bytes())
+    if damage == "version":  # "version needed to extract": 20.8
+        _patch_central_entry(data, b"data.pkl", 6, struct.pack("<H", 208))
+    elif damage == "utf8-name":  # the UTF-8 flag on a name that is not UTF-8
+        _patch_central_entry(data, b"data.pkl", 8, struct.pack("<H", 0x800))
+        name_at = data.rindex(b"data.pkl")
+        data[name_at] = 0xD7
+    else:  # the pickle's sizes claim more bytes than the file holds
+        _patch_central_entry(data, b"data.pkl", 20, struct.pack("<2L", 1 << 30, 1 << 30))
+    (tmp_path / "w.pt").write_bytes(bytes(data))
+    _loads_as_torch_or_is_refused(tmp_path / "w.pt")
+
+
+def _loads_as_torch_or_is_refused(path) -> str:  # type: ignore[no-untyped-def]
+    """normscope refuses `path` in one line, or reads the very bytes torch.load reads in the mode
+    normscope uses (mapped, to the CPU: record CRCs are not checked); "refused" or "loaded"."""
+    from normscope.errors import NormscopeError
+
+    try:
+        run = open_run(path)
+        load_all(run)
+    except NormscopeError as exc:
+        assert "\n" not in str(exc) and str(exc)
+        return "refused"
+    try:
+        expected = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except Exception:  # noqa: BLE001
+        # torch's zip reader refuses a few directory-level damages that leave every tensor's
+        # record intact (the fast reader reads those; see _fast_torch_zip's docstring)
+        return "loaded"
+    tensors = run.snapshots[0].tensors
+    assert set(tensors) == set(expected)
+    for name, ref in tensors.items():  # bit for bit: damaged bytes may well be NaNs
+        ours, theirs = ref.load(), expected[name]
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        assert torch.equal(ours.contiguous().view(torch.uint8), theirs.contiguous().view(torch.uint8))
+    return "loaded"
+
+
+def test_randomly_damaged_torch_files_load_as_torch_would_or_are_one_line(tmp_path):
+    # A seeded fuzz: a few bytes changed anywhere in a real torch.save file. Every outcome must be
+    # the tensors torch.load itself gives, or a one-line refusal; never another exception.
+    torch.manual_seed(0)
+    torch.save({f"w{i}": torch.randn(i % 5 + 1, 3) for i in range(25)}, tmp_path / "src.pt")
+    original = (tmp_path / "src.pt").read_bytes()
+    rng = __import__("random").Random(7)
+    outcomes = {"loaded": 0, "refused": 0}
+    for trial in range(300):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        path = tmp_path / f"d{trial}.pt"
+        path.write_bytes(bytes(data))
+        outcomes[_loads_as_torch_or_is_refused(path)] += 1
+    assert outcomes["loaded"] and outcomes["refused"]  # both kinds of damage were met

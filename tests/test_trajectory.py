@@ -206,7 +206,7 @@ def test_column_wise_build_equals_the_row_wise_one_on_odd_stats():
         meta=SnapshotMeta(path="log", step=None, epoch=None, order_source="log"),
         params={"a": ParamStats(numel=2, norm_sq=-1.0, grad_norm_sq=4.0, grad_dot=0.5,
                                 update_norm_sq=0.01, norm_sq_before=6.0, buf_dot=1.0,
-                                buf_norm_sq=2.0, exp_avg_sq_sum=3.0)},  # fmt: skip
+                                buf_norm_sq=2.0, exp_avg_sq_sum=3.0)},
         shapes={},
         dtypes={},
     )

@@ -79,7 +79,12 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             return facts
     except OSError:
         pass  # zipfile below says what is wrong
-    records = None
+    # An archive `_zipdir` does not read is read by zipfile for the sniffers, but without records:
+    # the fast loader then declines it, and torch.load decides.
+    # zipfile on a corrupt archive raises more than BadZipFile: EOFError from a short member,
+    # NotImplementedError from a garbled version or method, UnicodeDecodeError from a name,
+    # zlib.error, struct.error... Each means the same here: this part of the archive is unreadable
+    # (torch.load then says so in one line).
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -87,18 +92,11 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
             try:
                 pickled = zf.read(pickle_name) if pickle_name else None
             # a corrupt record in a readable directory: the sniffers still see the names
-            except (zipfile.BadZipFile, OSError, KeyError):
+            except Exception:  # noqa: BLE001 - see above
                 pickled = None
-            # torch names its records "<archive>/data.pkl", "<archive>/data/<key>", …
-            prefix = pickle_name.removesuffix("data.pkl") if pickle_name else ""
-            if pickled is not None and (prefix == "" or prefix.endswith("/")):
-                try:
-                    records = _torch_records(zf, prefix)
-                except (zipfile.BadZipFile, OSError):
-                    pass  # the fast loader declines; torch.load names what is wrong
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # noqa: BLE001 - see above
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
-    return _facts(names, pickled, records)
+    return _facts(names, pickled, None)
 
 
 def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None) -> ZipFacts:
@@ -134,26 +132,49 @@ def _facts_from_directory(f: BinaryIO, directory: Directory) -> ZipFacts | None:
         byteorder = read_member(f, directory.member(byteorder_at))
         if byteorder is None:
             return None
+    if not _small_records_as_torch_reads_them(f, directory, prefix):
+        return _facts(names, pickled, None)  # the fast loader declines; torch.load decides
     return _facts(names, pickled, _records(prefix, byteorder, directory))
 
 
-def _torch_records(zf: zipfile.ZipFile, archive: str) -> TorchRecords | None:
-    """The `data/<i>` records of a torch.save archive, or None if they are not numbered 0…n-1."""
+def _small_records_as_torch_reads_them(f: BinaryIO, directory: Directory, prefix: str) -> bool:
+    """torch.load also reads the archive's small records (`version`, `.format_version`,
+    `.storage_alignment`, the serialization id as UTF-8 text...) and refuses the file if one is
+    missing or damaged. The fast loader reads only archives where each of them is whole (local
+    header and CRC as the directory says), `version` exists and every member lies in the
+    archive's directory, so it does not read a file torch would refuse for them."""
+    data = prefix + "data/"
+    found_version = False
+    names = directory.names
+    if not all(map(str.isascii, names)) and not _all_utf8(names, directory.flags):
+        return False  # torch hands every record name to Python as UTF-8 text
+    for i, name in enumerate(names):
+        if not name.startswith(prefix):
+            return False  # torch wants every record in the archive's one directory
+        if name.startswith(data) or name.endswith("data.pkl"):
+            continue
+        content = read_member(f, directory.member(i))
+        if content is None:
+            return False
+        if name == prefix + "version":
+            found_version = True
+        if name.endswith("serialization_id"):
+            try:
+                content.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
+    return found_version
+
+
+def _all_utf8(names: list[str], flags: list[int]) -> bool:
+    """Whether every name's bytes, as the archive stores them, are UTF-8 text."""
     try:
-        byteorder: bytes | None = zf.read(zf.getinfo(archive + "byteorder"))
-    except KeyError:
-        byteorder = None
-    infos = zf.infolist()
-    return _records(
-        archive,
-        byteorder,
-        Directory(
-            [i.filename for i in infos], [i.flag_bits for i in infos],
-            [i.compress_type for i in infos], [i.CRC for i in infos],
-            [i.compress_size for i in infos], [i.file_size for i in infos],
-            [i.header_offset for i in infos],
-        ),
-    )  # fmt: skip
+        for name, flag in zip(names, flags):
+            if not flag & 0x800:  # decoded as cp437 by the reader: check the original bytes
+                name.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def _records(archive: str, byteorder: bytes | None, directory: Directory) -> TorchRecords | None:

@@ -32,6 +32,9 @@ _MEMBER_SIG = b"PK\x01\x02"
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 LOCAL_SIG = b"PK\x03\x04"
 _ZIP64_EXTRA = 0x0001
+# general-purpose flags torch's reader (miniz) refuses: encrypted, strong encryption, masked
+# local headers; and compressed patched data, which nothing here reads either
+_UNSUPPORTED_FLAGS = 0x0001 | 0x0020 | 0x0040 | 0x2000
 _MAX32 = 0xFFFFFFFF
 STORED = 0
 
@@ -80,18 +83,22 @@ def read_directory(f: BinaryIO) -> Directory | None:
         return None
     f.seek(size - _END.size - _LOCATOR.size)
     tail = f.read(_END.size + _LOCATOR.size)
-    sig, disk, cd_disk, _, count, cd_size, cd_offset, comment = _END.unpack_from(tail, _LOCATOR.size)
-    if sig != _END_SIG or disk or cd_disk or comment:
+    sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = _END.unpack_from(
+        tail, _LOCATOR.size
+    )
+    if sig != _END_SIG or disk or cd_disk or on_disk != count or comment:
         return None
     end_at = size - _END.size
     lsig, _, end64_at, _ = _LOCATOR.unpack_from(tail)
     if lsig == _LOCATOR_SIG:
+        if not 0 <= end64_at <= size - _END64.size:
+            return None
         f.seek(end64_at)
         record = f.read(_END64.size)
         if len(record) != _END64.size:
             return None
-        sig64, _, _, _, disk, cd_disk, _, count, cd_size, cd_offset = _END64.unpack(record)
-        if sig64 != _END64_SIG or disk or cd_disk:
+        sig64, _, _, _, disk, cd_disk, on_disk, count, cd_size, cd_offset = _END64.unpack(record)
+        if sig64 != _END64_SIG or disk or cd_disk or on_disk != count:
             return None
         end_at = end64_at
     # the directory must end where the end records begin: no data prepended to the archive
@@ -101,7 +108,23 @@ def read_directory(f: BinaryIO) -> Directory | None:
     directory = f.read(cd_size)
     if len(directory) != cd_size:
         return None
-    return _columns(directory, count) or _walk(directory, count)
+    return _columns(directory, count, size) or _walk(directory, count, size)
+
+
+def _refused_by_torch(flags: int, method: int, csize: int, usize: int, disk: int, offset: int,
+                      archive_size: int) -> bool:  # fmt: skip
+    """What torch's zip reader (miniz) refuses in any member of an archive: encryption (or another
+    flag in `_UNSUPPORTED_FLAGS`), another
+    disk, a stored member whose two sizes differ, data without compressed bytes, compressed bytes
+    past the end of the file. Such an archive is left to `zipfile` and `torch.load`, so that
+    torch decides about it. `_columns` checks the same, column-wise."""
+    return bool(
+        flags & _UNSUPPORTED_FLAGS
+        or disk
+        or (method == STORED and csize != usize)
+        or (usize and not csize)
+        or offset + LOCAL_HEADER.size + csize > archive_size
+    )
 
 
 def le_field(data: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
@@ -119,7 +142,7 @@ def le_field(data: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
 _COLUMNS_MAX_BYTES = 64 << 20  # over a million members of the names torch writes
 
 
-def _columns(directory: bytes, count: int) -> Directory | None:
+def _columns(directory: bytes, count: int, archive_size: int) -> Directory | None:
     """All members at once with numpy (~0.5 µs a member against the walk's ~1.5): each is found
     by its signature and the chain of lengths must lead from the first to the end of the
     directory through exactly those. None where that does not hold (a signature inside a name,
@@ -147,7 +170,16 @@ def _columns(directory: bytes, count: int) -> Directory | None:
     csize, usize, offset = field(20, 4), field(24, 4), field(42, 4)
     if (csize == _MAX32).any() or (usize == _MAX32).any() or (offset == _MAX32).any():
         return None
-    flags = field(8, 2).tolist()
+    flag_bits, method = field(8, 2), field(10, 2)
+    if (  # `_refused_by_torch`, for every member at once
+        (flag_bits & _UNSUPPORTED_FLAGS).any()
+        or field(34, 2).any()
+        or ((method == STORED) & (csize != usize)).any()
+        or ((usize != 0) & (csize == 0)).any()
+        or (offset + LOCAL_HEADER.size + csize > archive_size).any()
+    ):
+        return None
+    flags = flag_bits.tolist()
     try:
         names = [
             directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
@@ -155,11 +187,11 @@ def _columns(directory: bytes, count: int) -> Directory | None:
         ]
     except UnicodeDecodeError:
         return None
-    return Directory(names, flags, field(10, 2).tolist(), field(16, 4).tolist(),
+    return Directory(names, flags, method.tolist(), field(16, 4).tolist(),
                      csize.tolist(), usize.tolist(), offset.tolist())  # fmt: skip
 
 
-def _walk(directory: bytes, count: int) -> Directory | None:
+def _walk(directory: bytes, count: int, archive_size: int) -> Directory | None:
     """The members one after another, zip64 extra fields included."""
     cd_size = len(directory)
     members: list[Member] = []
@@ -167,7 +199,7 @@ def _walk(directory: bytes, count: int) -> Directory | None:
     try:
         for _ in range(count):
             (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len,
-             comment_len, _, _, _, offset) = _MEMBER.unpack_from(directory, pos)
+             comment_len, disk, _, _, offset) = _MEMBER.unpack_from(directory, pos)
             if sig != _MEMBER_SIG:
                 return None
             start = pos + _MEMBER.size
@@ -183,6 +215,8 @@ def _walk(directory: bytes, count: int) -> Directory | None:
                     found.pop(0) if csize == _MAX32 else csize,
                     found.pop(0) if offset == _MAX32 else offset,
                 )
+            if _refused_by_torch(flags, method, csize, usize, disk, offset, archive_size):
+                return None
             members.append(Member(name, flags, method, crc, csize, usize, offset))
             pos = start + name_len + extra_len + comment_len
     except (struct.error, UnicodeDecodeError):
