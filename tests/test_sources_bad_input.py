@@ -275,3 +275,33 @@ def test_randomly_damaged_torch_files_load_as_torch_would_or_are_one_line(tmp_pa
         path.write_bytes(bytes(data))
         outcomes[_loads_as_torch_or_is_refused(path)] += 1
     assert outcomes["loaded"] and outcomes["refused"]  # both kinds of damage were met
+
+
+def test_randomly_damaged_safetensors_files_are_analysed_or_one_line(tmp_path):
+    # A seeded fuzz biased to the JSON header, where the structure is: opening and reducing
+    # either works or ends in one NormscopeError line (a missing "shape" once raised KeyError).
+    import random
+
+    from normscope.engine import compute_stats
+    from normscope.errors import NormscopeError
+
+    torch.manual_seed(0)
+    save_file({f"w{i}": torch.randn(i % 5 + 1, 3) for i in range(25)}, tmp_path / "src.safetensors")
+    original = (tmp_path / "src.safetensors").read_bytes()
+    rng = random.Random(3)
+    outcomes = {"analysed": 0, "refused": 0}
+    for trial in range(200):
+        data = bytearray(original)
+        for _ in range(rng.randint(1, 4)):
+            header = rng.random() < 0.7
+            data[rng.randrange(2000 if header else len(data))] = rng.randrange(256)
+        path = tmp_path / f"d{trial}.safetensors"
+        path.write_bytes(bytes(data))
+        try:
+            compute_stats(open_run(path).snapshots, device="cpu")
+        except NormscopeError as exc:
+            assert "\n" not in str(exc) and str(exc)
+            outcomes["refused"] += 1
+            continue
+        outcomes["analysed"] += 1
+    assert outcomes["analysed"] and outcomes["refused"]

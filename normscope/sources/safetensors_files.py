@@ -79,7 +79,13 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
             continue
         try:
             start, stop = info["data_offsets"]
-            ok = info["dtype"] in SAFETENSORS_DTYPES and 0 <= start <= stop <= data_len
+            shape = info["shape"]
+            ok = (
+                info["dtype"] in SAFETENSORS_DTYPES
+                and 0 <= start <= stop <= data_len
+                and type(shape) is list
+                and all(type(d) is int and d >= 0 for d in shape)
+            )
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
