@@ -132,17 +132,20 @@ def _facts_from_directory(f: BinaryIO, directory: Directory) -> ZipFacts | None:
         byteorder = read_member(f, directory.member(byteorder_at))
         if byteorder is None:
             return None
-    if not _small_records_as_torch_reads_them(f, directory, prefix):
+    if not _small_records_as_torch_reads_them(f, directory, prefix, read={byteorder_at}):
         return _facts(names, pickled, None)  # the fast loader declines; torch.load decides
     return _facts(names, pickled, _records(prefix, byteorder, directory))
 
 
-def _small_records_as_torch_reads_them(f: BinaryIO, directory: Directory, prefix: str) -> bool:
+def _small_records_as_torch_reads_them(
+    f: BinaryIO, directory: Directory, prefix: str, *, read: set[int | None]
+) -> bool:
     """torch.load also reads the archive's small records (`version`, `.format_version`,
     `.storage_alignment`, the serialization id as UTF-8 text...) and refuses the file if one is
     missing or damaged. The fast loader reads only archives where each of them is whole (local
     header and CRC as the directory says), `version` exists and every member lies in the
-    archive's directory, so it does not read a file torch would refuse for them."""
+    archive's directory, so it does not read a file torch would refuse for them. `read`: members
+    the caller has checked already."""
     data = prefix + "data/"
     found_version = False
     names = directory.names
@@ -151,13 +154,13 @@ def _small_records_as_torch_reads_them(f: BinaryIO, directory: Directory, prefix
     for i, name in enumerate(names):
         if not name.startswith(prefix):
             return False  # torch wants every record in the archive's one directory
-        if name.startswith(data) or name.endswith("data.pkl"):
+        if name == prefix + "version":
+            found_version = True
+        if name.startswith(data) or name.endswith("data.pkl") or i in read:
             continue
         content = read_member(f, directory.member(i))
         if content is None:
             return False
-        if name == prefix + "version":
-            found_version = True
         if name.endswith("serialization_id"):
             try:
                 content.decode("utf-8")
