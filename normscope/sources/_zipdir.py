@@ -114,10 +114,10 @@ def read_directory(f: BinaryIO) -> Directory | None:
 def _refused_by_torch(flags: int, method: int, csize: int, usize: int, disk: int, offset: int,
                       archive_size: int) -> bool:  # fmt: skip
     """What torch's zip reader (miniz) refuses in any member of an archive: encryption (or another
-    flag in `_UNSUPPORTED_FLAGS`), another
-    disk, a stored member whose two sizes differ, data without compressed bytes, compressed bytes
-    past the end of the file. Such an archive is left to `zipfile` and `torch.load`, so that
-    torch decides about it. `_columns` checks the same, column-wise."""
+    flag in `_UNSUPPORTED_FLAGS`), another disk, a stored member whose two sizes differ, data
+    without compressed bytes, compressed bytes past the end of the file. Such an archive is left
+    to `zipfile` and `torch.load`, so that torch decides about it. `_columns` checks the same,
+    column-wise."""
     return bool(
         flags & _UNSUPPORTED_FLAGS
         or disk
