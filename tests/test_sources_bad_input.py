@@ -215,7 +215,7 @@ def _patch_central_entry(data: bytearray, suffix: bytes, offset: int, value: byt
     data[at + offset : at + offset + len(value)] = value
 
 
-@pytest.mark.parametrize("damage", ["version", "utf8-name", "size-past-end"])
+@pytest.mark.parametrize("damage", ["version", "utf8-name", "size-past-end", "zip64-locator"])
 def test_a_zip_directory_that_zipfile_cannot_read_is_one_line(tmp_path, damage):
     # zipfile raises NotImplementedError, UnicodeDecodeError or EOFError for these, not
     # BadZipFile; each must still end as a one-line bad-input error, never an internal error
@@ -227,8 +227,11 @@ def test_a_zip_directory_that_zipfile_cannot_read_is_one_line(tmp_path, damage):
         _patch_central_entry(data, b"data.pkl", 8, struct.pack("<H", 0x800))
         name_at = data.rindex(b"data.pkl")
         data[name_at] = 0xD7
-    else:  # the pickle's sizes claim more bytes than the file holds
+    elif damage == "size-past-end":  # the pickle's sizes claim more bytes than the file holds
         _patch_central_entry(data, b"data.pkl", 20, struct.pack("<2L", 1 << 30, 1 << 30))
+    else:  # the zip64 locator points far past the end of the file (seek raised ValueError)
+        locator = data.rindex(b"PK\x06\x07")
+        data[locator + 8 : locator + 16] = struct.pack("<Q", 1 << 62)
     (tmp_path / "w.pt").write_bytes(bytes(data))
     _loads_as_torch_or_is_refused(tmp_path / "w.pt")
 
