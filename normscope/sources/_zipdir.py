@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
@@ -66,18 +66,10 @@ class Directory(NamedTuple):
     def member(self, i: int) -> Member:
         return Member(*(column[i] for column in self))
 
-    def members(self) -> list[Member]:
-        return list(map(Member, *self))
-
-
-def central_directory(f: BinaryIO) -> list[Member] | None:
-    """The members of the open archive `f`, in directory order; None: read it with `zipfile`."""
-    directory = read_directory(f)
-    return None if directory is None else directory.members()
-
 
 def read_directory(f: BinaryIO) -> Directory | None:
-    """`central_directory` as columns; None: read the archive with `zipfile`."""
+    """The members of the open archive `f`, in directory order, as columns; None: read it with
+    `zipfile`."""
     size = os.fstat(f.fileno()).st_size
     if size < _END.size + _LOCATOR.size:
         return None
@@ -111,19 +103,19 @@ def read_directory(f: BinaryIO) -> Directory | None:
     return _columns(directory, count, size) or _walk(directory, count, size)
 
 
-def _refused_by_torch(flags: int, method: int, csize: int, usize: int, disk: int, offset: int,
-                      archive_size: int) -> bool:  # fmt: skip
+def _refused_by_torch(flags: Any, method: Any, csize: Any, usize: Any, disk: Any, offset: Any,
+                      archive_size: int) -> Any:  # fmt: skip
     """What torch's zip reader (miniz) refuses in any member of an archive: encryption (or another
     flag in `_UNSUPPORTED_FLAGS`), another disk, a stored member whose two sizes differ, data
     without compressed bytes, compressed bytes past the end of the file. Such an archive is left
-    to `zipfile` and `torch.load`, so that torch decides about it. `_columns` checks the same,
-    column-wise."""
-    return bool(
-        flags & _UNSUPPORTED_FLAGS
-        or disk
-        or (method == STORED and csize != usize)
-        or (usize and not csize)
-        or offset + LOCAL_HEADER.size + csize > archive_size
+    to `zipfile` and `torch.load`, so that torch decides about it. Written with `&`, `|` and
+    comparisons only, so one member's ints give a bool and `_columns`' arrays give one per member."""
+    return (
+        ((flags & _UNSUPPORTED_FLAGS) != 0)
+        | (disk != 0)
+        | ((method == STORED) & (csize != usize))
+        | ((usize != 0) & (csize == 0))
+        | (offset + LOCAL_HEADER.size + csize > archive_size)
     )
 
 
@@ -171,13 +163,7 @@ def _columns(directory: bytes, count: int, archive_size: int) -> Directory | Non
     if (csize == _MAX32).any() or (usize == _MAX32).any() or (offset == _MAX32).any():
         return None
     flag_bits, method = field(8, 2), field(10, 2)
-    if (  # `_refused_by_torch`, for every member at once
-        (flag_bits & _UNSUPPORTED_FLAGS).any()
-        or field(34, 2).any()
-        or ((method == STORED) & (csize != usize)).any()
-        or ((usize != 0) & (csize == 0)).any()
-        or (offset + LOCAL_HEADER.size + csize > archive_size).any()
-    ):
+    if _refused_by_torch(flag_bits, method, csize, usize, field(34, 2), offset, archive_size).any():
         return None
     flags = flag_bits.tolist()
     try:
