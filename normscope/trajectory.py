@@ -141,7 +141,15 @@ def build_trajectory(
                 notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
         prev_names = names
         prev_norms = _add_snapshot(columns, index, snap, prev_norms, described)
-    table = pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
+    table = with_column_types(
+        pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
+    )
+    return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
+                      warnings=notes)
+
+
+def with_column_types(table: pd.DataFrame) -> pd.DataFrame:
+    """The schema's column types (module docstring) on a freshly built table, in place."""
     if not table.empty:
         table["step"] = table["step"].astype("Int64")
         table["epoch"] = table["epoch"].astype("float64")
@@ -149,8 +157,7 @@ def build_trajectory(
         table["nonfinite"] = table["nonfinite"].astype("int64")
         for col in ("norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad"):
             table[col] = table[col].astype(np.float64)
-    return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
-                      warnings=notes)
+    return table
 
 
 def _add_snapshot(

@@ -116,7 +116,7 @@ def _rows_reference(stats):
     build against: every value and dtype must come out the same."""
     import pandas as pd
 
-    from normscope.trajectory import _group_of
+    from normscope.trajectory import _group_of, with_column_types
 
     rows, prev_norms = [], {}
     for index, snap in enumerate(stats):
@@ -164,15 +164,9 @@ def _rows_reference(stats):
                 "beta1": opt(betas[0]), "beta2": opt(betas[1]),
             })  # fmt: skip
         prev_norms = norms_now
-    table = pd.DataFrame(rows, columns=list(COLUMNS))
-    if not table.empty:
-        table["step"] = table["step"].astype("Int64")
-        table["epoch"] = table["epoch"].astype("float64")
-        table["numel"] = table["numel"].astype("int64")
-        table["nonfinite"] = table["nonfinite"].astype("int64")
-        for col in ("norm", "norm_sq", "dot_prev", "delta_norm", "angle_rad"):
-            table[col] = table[col].astype(np.float64)
-    return table
+    # the same schema types as the build: what is checked is the values and the types pandas
+    # infers for the columns the schema leaves alone
+    return with_column_types(pd.DataFrame(rows, columns=list(COLUMNS)))
 
 
 def _sample_stats(path):
