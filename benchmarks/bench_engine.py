@@ -96,6 +96,11 @@ def resnet152_shapes() -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def float_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The weights of `shapes`: without BN's integer step counters, which normscope skips too."""
+    return {n: s for n, s in shapes.items() if not n.endswith("num_batches_tracked")}
+
+
 def _tensor(name: str, shape: tuple[int, ...], step: int, dtype):
     """Deterministic per name; drifts a little each snapshot, like a training run."""
     import torch
@@ -131,7 +136,7 @@ def _generate(shape: str, size_gb: float, snapshots: int, root: str) -> dict:
         shapes = (_llm_shapes if shape == "llm" else _resnet_shapes)(per)
     dtype = torch.bfloat16 if shape == "llm" else torch.float32
     itemsize = 2 if shape == "llm" else 4
-    floats = {n: s for n, s in shapes.items() if not n.endswith("num_batches_tracked")}
+    floats = float_shapes(shapes)
     tensor_bytes = sum(math.prod(s) * itemsize for s in floats.values()) * snapshots
     for step in range(1, snapshots + 1):
         if shape == "llm":
@@ -341,8 +346,7 @@ def main() -> None:
         return
     root = os.path.join(args.dir, f"{args.shape}-{args.size_gb:g}gb")
     if args.shape == "resnet152":
-        model_bytes = 4 * sum(math.prod(s) for n, s in resnet152_shapes().items()
-                              if not n.endswith("num_batches_tracked"))  # fmt: skip
+        model_bytes = 4 * sum(math.prod(s) for s in float_shapes(resnet152_shapes()).values())
         args.snapshots = max(2, round(args.size_gb * GB / model_bytes))
 
     manifest_path = os.path.join(root, "manifest.json")

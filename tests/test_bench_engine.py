@@ -45,4 +45,4 @@ def test_resnet152_shape_is_torchvisions_model(bench):
     learned = {n: s for n, s in shapes.items() if not n.endswith(("running_mean", "running_var",
                                                                     "num_batches_tracked"))}
     assert sum(math.prod(s) for s in learned.values()) == 60_192_808  # torchvision's count
-    assert sum(not n.endswith("num_batches_tracked") for n in shapes) == 777
+    assert len(bench.float_shapes(shapes)) == 777
