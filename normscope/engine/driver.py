@@ -175,7 +175,7 @@ def _groups(
     places = [_places(column, count) for column in streams.values()]
     keys = list(zip(*places))
     if len(set(keys)) == 1:
-        return [(None, _group_input(streams, keys[0]))] if count else []
+        return [(None, _group_input(streams, keys[0]))]
     members: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
         members.setdefault(key, []).append(i)

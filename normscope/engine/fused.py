@@ -190,9 +190,8 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         if split:
             pointers = [pointers[e] + s * stream[e].element_size() for e, s in zip(owner, starts)]
             dtypes = [dtypes[e] for e in owner]
-        first = codes[dtypes[0]] if dtypes else 0
-        if dtypes.count(dtypes[0] if dtypes else None) == count:  # one dtype: no per-tensor list
-            type_codes = torch.full((count,), first, dtype=torch.int32)
+        if len(set(dtypes)) <= 1:  # one dtype: no per-tensor list
+            type_codes = torch.full((count,), codes[dtypes[0]] if dtypes else 0, dtype=torch.int32)
         else:
             type_codes = torch.tensor([codes[d] for d in dtypes], dtype=torch.int32)
         arrays.append((torch.tensor(pointers, dtype=torch.int64), type_codes))
