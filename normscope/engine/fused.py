@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -134,10 +135,15 @@ def fused_kernel() -> FusedKernel | None:
     return _load(os.environ.get("NORMSCOPE_FUSED", "1").strip().lower() in ("0", "false", "no"))
 
 
-def _dtype_codes() -> dict[torch.dtype, int]:
+def _dtype_codes() -> dict[torch.dtype | str, int]:
+    """The kernel's dtype codes, by torch dtype (tensors) and by name (refs)."""
     import torch
 
-    return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+    return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3,
+            "float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}  # fmt: skip
+
+
+_ITEMSIZE = (4, 8, 2, 2)  # by dtype code
 
 
 def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
@@ -152,21 +158,37 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     if kernel is None:
         return None
     codes = _dtype_codes()
-    # Contiguous tensors per stream; the kernel reads raw memory, so these stay referenced (by
-    # `finish`) until the calls have returned. Whole columns at a time (map over C methods): a
-    # group can hold tens of thousands of small tensors.
-    flat: list[list[torch.Tensor] | None] = []
+    # Per stream: its entries' addresses, dtypes and lengths, whole columns at a time (map over
+    # C methods): a group can hold tens of thousands of small tensors. `keep` holds what owns the
+    # memory (tensors, made contiguous where needed; refs, which keep their mapping) until the
+    # calls have returned: the kernel reads raw memory.
+    described: list[tuple[list[int], list[torch.dtype | str], list[int]] | None] = []
+    keep: list[list[torch.Tensor] | None] = []
     for stream in (group.weight, group.prev, group.buf, group.sq):
         if stream is None:
-            flat.append(None)
+            described.append(None)
+            keep.append(None)
             continue
+        stream = list(stream)
+        tensors = sum(map(isinstance, stream, repeat(torch.Tensor)))
+        if tensors == 0:  # refs read in place (see `snapshot.TensorRef`)
+            dtypes = list(map(_DTYPE, stream))
+            if not set(dtypes) <= codes.keys():
+                return None
+            described.append((list(map(_ADDRESS, stream)), dtypes, list(map(_NUMEL_FIELD, stream))))
+            keep.append(stream)
+            continue
+        if tensors < len(stream):  # tensors and refs in one stream: rare, so build tensors
+            stream = [t if isinstance(t, torch.Tensor) else t.load() for t in stream]
         if not all(map(_IS_CPU, stream)) or not set(map(_DTYPE, stream)) <= codes.keys():
             return None
         if not all(map(_IS_CONTIGUOUS, stream)):
             stream = [t if t.is_contiguous() else t.contiguous() for t in stream]
-        flat.append(list(stream))
+        described.append((list(map(_DATA_PTR, stream)), list(map(_DTYPE, stream)),
+                          list(map(_NUMEL, stream))))  # fmt: skip
+        keep.append(stream)
     entries = len(group.weight)
-    numels = list(map(_NUMEL, flat[0]))
+    numels = described[0][2]
     # Pieces: (entry, start, length); one per tensor, long tensors cut in PIECE_ELEMENTS.
     split = max(numels, default=0) > PIECE_ELEMENTS
     owner: Sequence[int] = range(entries)
@@ -181,14 +203,14 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
                 lengths.append(min(PIECE_ELEMENTS, n - lo))
     count = len(owner)
     arrays: list[tuple[torch.Tensor, torch.Tensor] | None] = []
-    for stream in flat:
-        if stream is None:
+    for description in described:
+        if description is None:
             arrays.append(None)
             continue
-        pointers = list(map(_DATA_PTR, stream))
-        dtypes = list(map(_DTYPE, stream))
+        pointers, dtypes, _ = description
         if split:
-            pointers = [pointers[e] + s * stream[e].element_size() for e, s in zip(owner, starts)]
+            pointers = [pointers[e] + s * _ITEMSIZE[codes[dtypes[e]]]
+                        for e, s in zip(owner, starts)]  # fmt: skip
             dtypes = [dtypes[e] for e in owner]
         if len(set(dtypes)) <= 1:  # one dtype: no per-tensor list
             type_codes = torch.full((count,), codes[dtypes[0]] if dtypes else 0, dtype=torch.int32)
@@ -217,8 +239,12 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
             sums = torch.zeros(entries, len(COLUMNS), dtype=torch.float64)
             sums.index_add_(0, torch.tensor(owner, dtype=torch.int64), out)
         nonfinite = [0] * entries
+        weights = keep[0]
         for i in (~torch.isfinite(sums[:, 0])).nonzero().flatten().tolist():
-            nonfinite[i] = int((~torch.isfinite(flat[0][i])).sum())
+            weight = weights[i]
+            if not isinstance(weight, torch.Tensor):
+                weight = weight.load()
+            nonfinite[i] = int((~torch.isfinite(weight)).sum())
         quantities = group.quantities()
         columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
         return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
@@ -231,6 +257,8 @@ _DTYPE = operator.attrgetter("dtype")
 _IS_CONTIGUOUS = operator.methodcaller("is_contiguous")
 _NUMEL = operator.methodcaller("numel")
 _DATA_PTR = operator.methodcaller("data_ptr")
+_ADDRESS = operator.attrgetter("address")
+_NUMEL_FIELD = operator.attrgetter("numel")  # a ref's numel is a field, a tensor's a method
 
 
 def _balanced_spans(lengths: Sequence[int], parts: int) -> list[tuple[int, int]]:

@@ -31,6 +31,7 @@ class LoadedWork:
     snapshot: int
     pieces: list[Piece] = field(default_factory=list)
     shapes: list[tuple[int, ...]] = field(default_factory=list)
+    # tensors, or refs the fused kernel reads in place (`in_place` of `load_work`)
     weight: list[torch.Tensor] = field(default_factory=list)
     buf: list[torch.Tensor | None] = field(default_factory=list)
     sq: list[torch.Tensor | None] = field(default_factory=list)
@@ -116,10 +117,13 @@ def load_work(
     entries: Mapping[str, Entry],
     *,
     touch_pages: bool = True,
+    in_place: bool = False,
 ) -> LoadedWork:
     """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams
     (`entries`: the plan's shapes and optimizer handles for this snapshot). `touch_pages`:
-    `prefault` the pieces here, on the reader thread."""
+    `prefault` the pieces here, on the reader thread. `in_place`: the fused CPU kernel will
+    reduce this work, so a whole ref with an `address` (see `snapshot.TensorRef`) goes into the
+    columns as it is, for the kernel to read there; no tensor is built for it."""
     import torch
 
     snap = snapshots[t]
@@ -132,8 +136,11 @@ def load_work(
             continue
         name, shape = piece.name, entry.shape
         ref = tensors[name]
-        held = getattr(ref, "held", None) if piece.stop is None else None
-        if (  # a ref with its tensor in hand (snapshot.TensorRef): no call
+        whole = piece.stop is None
+        held = getattr(ref, "held", None) if whole else None
+        if in_place and whole and getattr(ref, "address", None) is not None:
+            weight = ref  # its shape and dtype are the entry's: the plan read them off it
+        elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
             held is not None
             and isinstance(held, torch.Tensor)
             and held.shape == shape
@@ -148,9 +155,13 @@ def load_work(
         state = entry.state
         if state:
             if "buf" in state:
-                buf = _read(state["buf"], piece, shape, "optimizer buf of", path)
+                buf = state["buf"]
+                if not (in_place and whole and getattr(buf, "address", None) is not None):
+                    buf = _read(buf, piece, shape, "optimizer buf of", path)
             if "sq" in state:
-                sq = _read(state["sq"], piece, shape, "optimizer sq of", path)
+                sq = state["sq"]
+                if not (in_place and whole and getattr(sq, "address", None) is not None):
+                    sq = _read(sq, piece, shape, "optimizer sq of", path)
         if touch_pages:
             for tensor in (weight, buf, sq):
                 if tensor is not None:

@@ -42,7 +42,8 @@ CUDA_BLOCK_ROWS = 4096
 
 @dataclass
 class GroupInput:
-    """Flat tensors of one group; companion streams are None or hold one tensor per entry."""
+    """Tensors of one group; companion streams are None or hold one tensor per entry. Before
+    `loaded()`, an entry may also be a ref the fused kernel reads in place (`address`)."""
 
     weight: Sequence[torch.Tensor]
     prev: Sequence[torch.Tensor] | None = None
@@ -56,6 +57,17 @@ class GroupInput:
         return GroupInput(
             pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq)
         )
+
+    def loaded(self) -> GroupInput:
+        """The same group with tensors for refs the fused kernel would have read in place."""
+
+        def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+            tensor = _tensor_type()
+            return None if stream is None else [
+                t if isinstance(t, tensor) else t.load() for t in stream
+            ]
+
+        return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
 
     def flat(self) -> GroupInput:
         """The same group with every tensor flattened (the torch kernels work on 1-D tensors)."""
@@ -76,6 +88,12 @@ class GroupInput:
         if self.sq is not None:
             names.append("sq_sum")
         return tuple(names)
+
+
+def _tensor_type() -> type:
+    import torch
+
+    return torch.Tensor
 
 
 @dataclass
@@ -119,11 +137,12 @@ def start_group(
     On CPU the fused kernel (`fused.start_fused`) takes the whole group when it can and runs on
     the runner's threads while the caller goes on; otherwise the torch kernels run now.
     """
-    if group.weight and group.weight[0].device.type == "cpu":
+    first = group.weight[0] if group.weight else None
+    if first is not None and (not isinstance(first, _tensor_type()) or first.device.type == "cpu"):
         finish = start_fused(group, runner)
         if finish is not None:
             return finish
-    result = _reduce_torch(group.flat(), block_rows, runner)
+    result = _reduce_torch(group.loaded().flat(), block_rows, runner)
     return lambda: result
 
 

@@ -14,7 +14,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -82,6 +82,50 @@ class TorchTensorRef:
 
     def load_rows(self, start: int, stop: int) -> torch.Tensor:
         return self.held[start:stop]
+
+
+class TensorMaker(Protocol):
+    """What a `MappedTensorRef` builds its tensor with: the archive that maps its file."""
+
+    def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
+               stride: tuple[int, ...]) -> torch.Tensor: ...  # fmt: skip
+
+
+class MappedTensorRef(NamedTuple):
+    """A tensor of a `torch.save` zip whose bytes lie, contiguous and checked in bounds, at
+    `address` in a private mapping of the file (`_fast_torch_zip.scan_torch_zip`).
+
+    Nothing is built on open: the engine's CPU kernel reads the bytes at `address` (see
+    `snapshot.TensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)` would.
+    A NamedTuple, made from columns: a ResNet-shaped checkpoint holds thousands of them, and a
+    tensor over a mapped storage costs ~3 µs to build where this costs ~0.3.
+    `archive` keeps the mapping alive as long as a ref (or a tensor it built) is.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    address: int
+    archive: TensorMaker
+    record: int  # the storage record `data/<record>`
+    offset: int  # in elements, into that record
+    stride: tuple[int, ...]
+
+    held = None  # no tensor in hand (see `snapshot.TensorRef`)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * ITEMSIZE[self.dtype]
+
+    def named(self, name: str) -> MappedTensorRef:
+        return tuple.__new__(MappedTensorRef, (name, *self[1:]))
+
+    def load(self) -> torch.Tensor:
+        return self.archive.tensor(self.record, self.dtype, self.offset, self.shape, self.stride)
+
+    def load_rows(self, start: int, stop: int) -> torch.Tensor:
+        return self.load()[start:stop]
 
 
 class SafetensorsHandles:

@@ -300,12 +300,16 @@ def _recover(path: str, notes: list[str] | None) -> Any:
 
 
 def load_torch_file(
-    path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None
+    path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None,
+    refs: bool = False,
 ) -> Any:
     """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
 
     A torch.save zip is first read by `_fast_torch_zip` (the same object, ~10x sooner); whatever
-    that path declines or fails on goes to torch.load, which then decides alone.
+    that path declines or fails on goes to torch.load, which then decides alone. With `refs`,
+    that path first tries to leave the floating-point tensors as unnamed `MappedTensorRef`s
+    (`scan_torch_zip`: nothing built, read in place by the engine); callers that ask for them
+    must take refs wherever they take tensors.
 
     With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
     unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
@@ -329,8 +333,11 @@ def load_torch_file(
         # Declined, or failed in any way: torch.load reads it, or refuses it in its own words
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            from ._fast_torch_zip import load_torch_zip_fast
+            from ._fast_torch_zip import load_torch_zip_fast, scan_torch_zip
 
+            if refs:
+                with contextlib.suppress(Exception):
+                    return scan_torch_zip(path)
             return load_torch_zip_fast(path)
     try:
         # torch's notes on pickle protocols are not for our users

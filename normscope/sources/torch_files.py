@@ -20,7 +20,7 @@ from ._files import files_in, label_of
 from ._keys import clean_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
-from ._refs import FLOAT_DTYPES, ChunkedTensorRef, TorchTensorRef
+from ._refs import FLOAT_DTYPES, ChunkedTensorRef, MappedTensorRef, TorchTensorRef
 from ._torchio import (
     ZIP_MAGIC,
     load_torch_file,
@@ -36,7 +36,16 @@ def as_ref(name: str, value: Any) -> Any:
 
     if isinstance(value, torch.Tensor):
         return TorchTensorRef(name, value)
+    if type(value) is MappedTensorRef:
+        return value.named(name)
     return dataclasses.replace(value, name=name)
+
+
+def is_tensor_or_ref(value: Any) -> bool:
+    """A tensor, or a ref standing for one (what `load_torch_file(refs=True)` leaves)."""
+    import torch
+
+    return isinstance(value, (torch.Tensor, MappedTensorRef))
 
 
 def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,14 +60,21 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         k: v
         for k, v in state_dict.items()
         if (
-            v.is_floating_point()
-            if isinstance(v, tensor)
-            else isinstance(v, ChunkedTensorRef) and v.dtype in FLOAT_DTYPES
+            type(v) is MappedTensorRef  # made for floating-point tensors only
+            or (
+                v.is_floating_point()
+                if isinstance(v, tensor)
+                else isinstance(v, ChunkedTensorRef) and v.dtype in FLOAT_DTYPES
+            )
         )
     }
     names = clean_names(floats)
     return {
-        clean: TorchTensorRef(clean, v) if isinstance(v, tensor) else as_ref(clean, v)
+        clean: (
+            v.named(clean) if type(v) is MappedTensorRef
+            else TorchTensorRef(clean, v) if isinstance(v, tensor)
+            else as_ref(clean, v)
+        )
         for (clean, v) in zip(names.values(), floats.values())
     }
 
@@ -123,8 +139,8 @@ def pending_from_checkpoint(
 def read_torch_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
-    obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
-    return pending_from_checkpoint(obj, path, label, warnings)
+    obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
+    return pending_from_checkpoint(obj, path, label, warnings, is_tensor=is_tensor_or_ref)
 
 
 @dataclasses.dataclass(frozen=True)
