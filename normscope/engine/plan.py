@@ -9,6 +9,7 @@ read with the ref's `load_rows(start, stop)`.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from collections.abc import Iterable, Mapping, Sequence
@@ -144,9 +145,11 @@ def _plain_entries(snapshot: Snapshot) -> dict[str, Entry] | None:
         return None
     numels = list(map(math.prod, shapes))
     nbytes = map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes))
-    return dict(
-        zip(snapshot.tensors, map(Entry, shapes, dtypes, repeat(_NO_STATE), nbytes, numels))
-    )
+    fields = zip(shapes, dtypes, repeat(_NO_STATE), nbytes, numels)
+    return dict(zip(snapshot.tensors, map(_new_entry, fields)))
+
+
+_new_entry = functools.partial(tuple.__new__, Entry)  # Entry(*fields) without its Python __new__
 
 
 class _Presence(NamedTuple):
@@ -202,8 +205,6 @@ def plan_buckets(
     if budget < 1:
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
     wanted = None if names is None else set(names)
-    # name -> (snapshot, shape, bytes) of each snapshot holding it, in first-appearance order
-    seen: dict[str, list[_Presence]] = {}
     entries: list[dict[str, Entry]] = []
     for i, snap in enumerate(snapshots):
         with_state = i >= state_from and bool(snap.optimizer_state)
@@ -215,17 +216,36 @@ def plan_buckets(
                 if wanted is None or name in wanted
             }
         entries.append(planned)
+    packed = _uniform_buckets(entries, budget)
+    if packed is None:
+        packed = _greedy_buckets(_presences(entries), budget, len(snapshots))
+    buckets, bucket_sizes = packed
+    return Plan(buckets, bucket_sizes, tuple(entries), sum(map(sum, bucket_sizes)))
+
+
+def _presences(entries: Sequence[Mapping[str, Entry]]) -> dict[str, list[_Presence]]:
+    """name -> (snapshot, shape, bytes) of each snapshot holding it, in first-appearance order."""
+    seen: dict[str, list[_Presence]] = {}
+    for i, planned in enumerate(entries):
         for name, entry in planned.items():
             presence = seen.get(name)
             if presence is None:
                 seen[name] = [_Presence(i, entry.shape, entry.nbytes)]
             else:
                 presence.append(_Presence(i, entry.shape, entry.nbytes))
+    return seen
 
+
+_Packed = tuple[tuple[tuple[Piece, ...], ...], tuple[tuple[int, ...], ...]]
+
+
+def _greedy_buckets(seen: Mapping[str, Sequence[_Presence]], budget: int, snapshots: int
+                    ) -> _Packed:  # fmt: skip
+    """Pieces packed greedily in first-appearance order; (buckets, bytes per snapshot of each)."""
     buckets: list[tuple[Piece, ...]] = []
     bucket_sizes: list[tuple[int, ...]] = []
     current: list[Piece] = []
-    current_bytes = [0] * len(snapshots)
+    current_bytes = [0] * snapshots
     for name, presence in seen.items():
         for piece in _pieces(name, presence, budget):
             if piece.stop is None:
@@ -235,13 +255,38 @@ def plan_buckets(
             if current and any(current_bytes[i] + n > budget for i, n in sizes):
                 buckets.append(tuple(current))
                 bucket_sizes.append(tuple(current_bytes))
-                current, current_bytes = [], [0] * len(snapshots)
+                current, current_bytes = [], [0] * snapshots
             current.append(piece)
             for i, n in sizes:
                 current_bytes[i] += n
     if current:
         buckets.append(tuple(current))
         bucket_sizes.append(tuple(current_bytes))
-    return Plan(
-        tuple(buckets), tuple(bucket_sizes), tuple(entries), sum(map(sum, bucket_sizes))
-    )
+    return tuple(buckets), tuple(bucket_sizes)
+
+
+def _uniform_buckets(entries: Sequence[Mapping[str, Entry]], budget: int) -> _Packed | None:
+    """`plan_buckets`'s buckets where every snapshot plans the same parameters, in the same order,
+    with the same bytes, none over the budget (a run of one model, the usual case): the greedy
+    packing of one column of sizes, with no per-snapshot bookkeeping. None otherwise."""
+    if not entries:
+        return None
+    names = list(entries[0])
+    nbytes = list(map(_NBYTES, entries[0].values()))
+    if max(nbytes, default=0) > budget or any(
+        list(other) != names or list(map(_NBYTES, other.values())) != nbytes
+        for other in entries[1:]
+    ):
+        return None
+    ends, total = [], 0
+    for i, n in enumerate(nbytes):
+        if total + n > budget and i:  # greedy: a bucket closes before the piece that overflows it
+            ends.append(i)
+            total = 0
+        total += n
+    bounds = list(zip([0, *ends], [*ends, len(names)]))
+    pieces = list(map(Piece, names))
+    buckets = tuple(tuple(pieces[lo:hi]) for lo, hi in bounds if hi > lo)
+    snapshots = len(entries)
+    sizes = tuple((sum(nbytes[lo:hi]),) * snapshots for lo, hi in bounds if hi > lo)
+    return buckets, sizes

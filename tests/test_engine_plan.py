@@ -1,0 +1,35 @@
+"""The plan's two packings agree: the column-wise one for runs of one model, the general one."""
+
+from __future__ import annotations
+
+import random
+
+from normscope.engine.plan import Entry, _greedy_buckets, _presences, _uniform_buckets
+
+
+def _entries(nbytes: list[int], snapshots: int) -> list[dict[str, Entry]]:
+    one = {f"p{i}": Entry((n,), "uint8", {}, n, n) for i, n in enumerate(nbytes)}
+    return [dict(one) for _ in range(snapshots)]
+
+
+def test_uniform_packing_equals_the_general_greedy_one():
+    rng = random.Random(3)
+    for _ in range(300):
+        nbytes = [rng.choice([0, 1, 7, 64, 300, 1000]) for _ in range(rng.randint(1, 60))]
+        budget = rng.randint(max(nbytes) or 1, 3000)
+        entries = _entries(nbytes, rng.randint(1, 5))
+        uniform = _uniform_buckets(entries, budget)
+        assert uniform is not None
+        assert uniform == _greedy_buckets(_presences(entries), budget, len(entries))
+
+
+def test_uniform_packing_declines_runs_it_does_not_cover():
+    # a tensor over the budget (row slices), a model that changes, and no snapshot at all
+    assert _uniform_buckets(_entries([10, 500], 2), 100) is None
+    changed = _entries([10, 20], 2)
+    changed[1]["p1"] = Entry((30,), "uint8", {}, 30, 30)
+    assert _uniform_buckets(changed, 100) is None
+    grown = _entries([10, 20], 2)
+    grown[1]["p2"] = Entry((5,), "uint8", {}, 5, 5)
+    assert _uniform_buckets(grown, 100) is None
+    assert _uniform_buckets([], 100) is None
