@@ -482,11 +482,11 @@ class _RecordUnpickler(_Unpickler):
 _IN_PLACE_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
 
 
-def _record_places(result: Any) -> list[tuple[Any, Any]]:
-    """(container, key) of every `_Rebuilt` in the result: dict values only (state dicts and
+def _record_places(result: Any) -> list[tuple[Any, list[Any]]]:
+    """(container, keys) of every `_Rebuilt` in the result: dict values only (state dicts and
     optimizer states keep tensors there); Declined for one elsewhere, or for a bare storage id,
     token or stub (what `_check_plain` refuses)."""
-    places: list[tuple[Any, Any]] = []
+    places: list[tuple[Any, list[Any]]] = []
     stack, seen = [result], set()
     while stack:
         value = stack.pop()
@@ -497,11 +497,12 @@ def _record_places(result: Any) -> list[tuple[Any, Any]]:
             seen.add(id(value))
             if kind is dict or kind is OrderedDict or kind is Counter:
                 stack.extend(value.keys())
-                for key, item in value.items():
-                    if type(item) is _Rebuilt:
-                        places.append((value, key))
-                    else:
-                        stack.append(item)
+                keys = [key for key, item in value.items() if type(item) is _Rebuilt]
+                if keys:
+                    places.append((value, keys))
+                    stack.extend(item for item in value.values() if type(item) is not _Rebuilt)
+                else:
+                    stack.extend(value.values())
                 attributes = getattr(value, "__dict__", None)
                 if attributes:
                     stack.append(attributes)
@@ -522,8 +523,8 @@ def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _resolve(rebuilt: list[_Rebuilt], records: _Records) -> list[Any]:
-    """A `MappedTensorRef` (unnamed) or a tensor for each `_Rebuilt`, every argument checked as
+def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> list[Any]:
+    """A `MappedTensorRef` or a tensor for each `_Rebuilt`, every argument checked as
     `_new_tensor` and `persistent_load` check them, a column at a time: one Python call per
     tensor costs more than the unpickle. Refs for contiguous tensors of a dtype the engine reads
     in place and more than one element; tensors, built as torch.load builds them, for the rest
@@ -571,10 +572,12 @@ def _resolve(rebuilt: list[_Rebuilt], records: _Records) -> list[Any]:
     mask = np.array(in_place, dtype=bool)
     if np.any(mask & (np_offsets + np_counts > np.array(numels, dtype=np.int64))):
         raise Declined("a tensor past the end of its record")
-    names = list(map(dtype_name, dtypes))
-    itemsizes = np.array(list(map(ITEMSIZE.__getitem__, names)), dtype=np.int64)
+    dtype_names = list(map(dtype_name, dtypes))
+    itemsizes = np.array(list(map(ITEMSIZE.__getitem__, dtype_names)), dtype=np.int64)
     addresses = (records.base + records.starts(rows) + np_offsets * itemsizes).tolist()
-    refs = map(_new_ref, zip(repeat(""), sizes, names, counts, addresses, repeat(records), rows,
+    # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
+    labels = [key if type(key) is str else "" for key in names]
+    refs = map(_new_ref, zip(labels, sizes, dtype_names, counts, addresses, repeat(records), rows,
                              offsets, strides))  # fmt: skip
     if all(in_place):
         return list(refs)
@@ -599,7 +602,7 @@ def _reads_in_place(count: int, contiguous: bool, dtype: torch.dtype) -> bool:
 
 
 def scan_torch_zip(path: str) -> Any:
-    """What `load_torch_zip_fast` returns, with an unnamed `MappedTensorRef` in place of each
+    """What `load_torch_zip_fast` returns, with a `MappedTensorRef` (named by its key) in place of each
     contiguous floating-point tensor (see `_resolve`): nothing is built for them, and the engine
     reads their bytes in place. Declined (or another exception) where `load_torch_zip_fast`
     should read the file instead; the checks are that path's, and torch.load's through it."""
@@ -607,7 +610,9 @@ def scan_torch_zip(path: str) -> Any:
     with collector_paused():
         result = _RecordUnpickler(pickled).load()
         places = _record_places(result)
-        refs = _resolve([container[key] for container, key in places], records)
-        for (container, key), ref in zip(places, refs):
-            container[key] = ref
+        keys = [key for _, keys in places for key in keys]
+        rebuilt = [container[key] for container, keys in places for key in keys]
+        refs = iter(_resolve(rebuilt, keys, records))
+        for container, keys in places:
+            container.update(zip(keys, refs))
         return result

@@ -307,7 +307,7 @@ def load_torch_file(
 
     A torch.save zip is first read by `_fast_torch_zip` (the same object, ~10x sooner); whatever
     that path declines or fails on goes to torch.load, which then decides alone. With `refs`,
-    that path first tries to leave the floating-point tensors as unnamed `MappedTensorRef`s
+    that path first tries to leave the floating-point tensors as `MappedTensorRef`s
     (`scan_torch_zip`: nothing built, read in place by the engine); callers that ask for them
     must take refs wherever they take tensors.
 

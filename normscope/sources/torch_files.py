@@ -71,7 +71,7 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     names = clean_names(floats)
     return {
         clean: (
-            v.named(clean) if type(v) is MappedTensorRef
+            (v if v.name == clean else v.named(clean)) if type(v) is MappedTensorRef
             else TorchTensorRef(clean, v) if isinstance(v, tensor)
             else as_ref(clean, v)
         )
