@@ -174,6 +174,9 @@ def _groups(
     """The pieces split into groups of one device and one dtype per stream, a stream absent from
     every member or present in all. Indices None: every piece, in order (the usual case). Whole
     columns are compared at once; tens of thousands of pieces pass here."""
+    shared = [_uniform_place(column, count) for column in streams.values()]
+    if False not in shared:  # a place is a tuple or None, and neither equals False
+        return [(None, _group_input(streams, tuple(shared)))]
     places = [_places(column, count) for column in streams.values()]
     keys = list(zip(*places))
     if len(set(keys)) == 1:
@@ -185,6 +188,25 @@ def _groups(
         (indices, _group_input({s: [c[i] for i in indices] for s, c in streams.items()}, key))
         for key, indices in members.items()
     ]
+
+
+def _uniform_place(column: list[torch.Tensor | None], count: int) -> tuple | None | bool:
+    """The one place every entry of the column shares (None: absent from all); False where the
+    entries differ. Whole columns at once: a ResNet-shaped bucket holds thousands of pieces."""
+    import torch
+
+    kinds = set(map(type, column))
+    if kinds == {type(None)}:
+        return None
+    if type(None) in kinds:
+        return False
+    if not any(issubclass(kind, torch.Tensor) for kind in kinds):  # refs read in place
+        dtypes = set(map(_DTYPE, column))
+        return (_IN_PLACE, dtypes.pop()) if len(dtypes) == 1 else False
+    if all(issubclass(kind, torch.Tensor) for kind in kinds):
+        places = set(map(_PLACE, column))
+        return places.pop() if len(places) == 1 else False
+    return False
 
 
 def _places(column: list[torch.Tensor | None], count: int) -> list[tuple | None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
+from itertools import repeat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +130,10 @@ def load_work(
 
     snap = snapshots[t]
     tensors, path = snap.tensors, snap.meta.path
+    if in_place:
+        work = _in_place_work(tensors, bucket, b, t, entries)
+        if work is not None:
+            return work
     work = LoadedWork(b, t)
     pieces, shapes, weights, bufs, sqs = work.pieces, work.shapes, work.weight, work.buf, work.sq
     for piece in bucket:
@@ -172,3 +178,34 @@ def load_work(
         bufs.append(buf)
         sqs.append(sq)
     return work
+
+
+_ADDRESS = operator.attrgetter("address")
+_SHAPE = operator.attrgetter("shape")
+_STATE = operator.attrgetter("state")
+_WHOLE = operator.attrgetter("whole")
+_NAME = operator.attrgetter("name")
+
+
+def _in_place_work(
+    tensors: Mapping[str, Any], bucket: tuple[Piece, ...], b: int, t: int,
+    entries: Mapping[str, Entry],
+) -> LoadedWork | None:  # fmt: skip
+    """`load_work(in_place=True)` where every piece is a whole parameter this snapshot has, with
+    no optimizer state, as a ref with an `address`: the columns are the refs themselves, made a
+    column at a time (a ResNet-shaped bucket holds thousands). None where that is not so."""
+    if not all(map(_WHOLE, bucket)):
+        return None
+    names = list(map(_NAME, bucket))
+    planned = list(map(entries.get, names))
+    if any(map(operator.is_, planned, repeat(None))) or any(map(_STATE, planned)):
+        return None
+    try:
+        refs = list(map(tensors.__getitem__, names))
+        addresses = list(map(_ADDRESS, refs))
+    except (KeyError, AttributeError):  # refs of another kind
+        return None
+    if None in addresses:  # ints and None only: no tensor's __eq__ runs here
+        return None
+    absent: list[Any] = [None] * len(refs)
+    return LoadedWork(b, t, list(bucket), list(map(_SHAPE, planned)), refs, absent, list(absent))
