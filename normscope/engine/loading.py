@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping
-from itertools import repeat
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from normscope.engine.plan import Entry, Piece, dtype_of

@@ -58,7 +58,7 @@ import torch
 
 from normscope._gc import collector_paused
 
-from ._refs import ITEMSIZE, MappedTensorRef, dtype_name
+from ._refs import MappedTensorRef, dtype_name
 from ._torchio import TorchRecords, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
@@ -555,7 +555,8 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
         or min(steps, default=0) < 0
         or list(map(len, sizes)) != list(map(len, strides))
         or set(map(type, grads)) != {bool}
-        or any(h is not None and (type(h) is not OrderedDict or h) for h in hooks)
+        or not set(map(type, hooks)) <= {type(None), OrderedDict}
+        or any(hooks)  # only empty OrderedDicts
     ):
         raise Declined("tensor arguments torch.save does not write")
     # torch.load lets the first id of a key fix its dtype and size; torch.save writes one
@@ -565,21 +566,29 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
     index = records.indices(storages)
     layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(sizes)}
     counts, contiguous = zip(*map(layouts.__getitem__, sizes))
-    dtypes = list(map(_DTYPE_OF, kinds))
-    in_place = list(map(_reads_in_place, counts, map(operator.eq, strides, contiguous), dtypes))
-    rows = list(map(index.__getitem__, keys))
+    # per storage type (a handful): its dtype's name, item size, and whether it is read in place
+    facts = {kind: (dtype_name(kind.dtype), kind.itemsize, kind.dtype in _IN_PLACE_DTYPES)
+             for kind in set(kinds)}  # fmt: skip
+    dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, kinds))
     np_offsets, np_counts = np.array(offsets, dtype=np.int64), np.array(counts, dtype=np.int64)
-    mask = np.array(in_place, dtype=bool)
-    if np.any(mask & (np_offsets + np_counts > np.array(numels, dtype=np.int64))):
+    in_place = (
+        (np_counts > 1)
+        & np.array(list(map(operator.eq, strides, contiguous)), dtype=bool)
+        & np.array(in_place_dtype, dtype=bool)
+    )
+    if np.any(in_place & (np_offsets + np_counts > np.array(numels, dtype=np.int64))):
         raise Declined("a tensor past the end of its record")
-    dtype_names = list(map(dtype_name, dtypes))
-    itemsizes = np.array(list(map(ITEMSIZE.__getitem__, dtype_names)), dtype=np.int64)
-    addresses = (records.base + records.starts(rows) + np_offsets * itemsizes).tolist()
+    rows = list(map(index.__getitem__, keys))
+    addresses = (
+        records.base + records.starts(rows) + np_offsets * np.array(itemsizes, dtype=np.int64)
+    ).tolist()
     # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
-    labels = [key if type(key) is str else "" for key in names]
+    labels = names if set(map(type, names)) == {str} else [
+        key if type(key) is str else "" for key in names
+    ]
     refs = map(_new_ref, zip(labels, sizes, dtype_names, counts, addresses, repeat(records), rows,
                              offsets, strides))  # fmt: skip
-    if all(in_place):
+    if in_place.all():
         return list(refs)
     return [
         ref if mapped else _tensor_over(
@@ -587,18 +596,13 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
             grad, hook,
         )
         for ref, mapped, kind, key, storage_numel, offset, size, stride, grad, hook in zip(
-            refs, in_place, kinds, keys, numels, offsets, sizes, strides, grads, hooks
+            refs, in_place.tolist(), kinds, keys, numels, offsets, sizes, strides, grads, hooks
         )
     ]
 
 
-_DTYPE_OF = operator.attrgetter("dtype")
 _ITEMSIZE_OF = operator.attrgetter("itemsize")
 _new_ref = functools.partial(tuple.__new__, MappedTensorRef)  # a ref from its fields, no call
-
-
-def _reads_in_place(count: int, contiguous: bool, dtype: torch.dtype) -> bool:
-    return count > 1 and contiguous and dtype in _IN_PLACE_DTYPES
 
 
 def scan_torch_zip(path: str) -> Any:

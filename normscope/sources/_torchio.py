@@ -17,6 +17,7 @@ import zipfile
 from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any, BinaryIO
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
@@ -100,12 +101,13 @@ def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
 
 
 def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None) -> ZipFacts:
+    def has(member: str) -> bool:  # a column at a time: thousands of names
+        return member in names or any(map(str.endswith, names, repeat("/" + member)))
+
     return ZipFacts(
         readable=True,
-        has_pickle=any(n.endswith("/data.pkl") or n == "data.pkl" for n in names),
-        torchscript=any(
-            n.endswith("/constants.pkl") or n == "constants.pkl" for n in names
-        ),
+        has_pickle=has("data.pkl"),
+        torchscript=has("constants.pkl"),
         pickle=pickled,
         records=records,
     )
@@ -124,9 +126,12 @@ def _facts_from_directory(f: BinaryIO, directory: Directory) -> ZipFacts | None:
     prefix = names[pickle_at].removesuffix("data.pkl")
     if prefix and not prefix.endswith("/"):
         return _facts(names, pickled, None)
-    byteorder_at = max(
-        (i for i, n in enumerate(names) if n == prefix + "byteorder"), default=None
-    )  # the last of equal names, as a dict by name would keep
+    # the last of equal names, as a dict by name would keep
+    byteorder_at = (
+        len(names) - 1 - names[::-1].index(prefix + "byteorder")
+        if prefix + "byteorder" in names
+        else None
+    )
     byteorder = None
     if byteorder_at is not None:
         byteorder = read_member(f, directory.member(byteorder_at))
@@ -147,16 +152,17 @@ def _small_records_as_torch_reads_them(
     archive's directory, so it does not read a file torch would refuse for them. `read`: members
     the caller has checked already."""
     data = prefix + "data/"
-    found_version = False
     names = directory.names
     if not all(map(str.isascii, names)) and not _all_utf8(names, directory.flags):
         return False  # torch hands every record name to Python as UTF-8 text
-    for i, name in enumerate(names):
-        if not name.startswith(prefix):
-            return False  # torch wants every record in the archive's one directory
-        if name == prefix + "version":
-            found_version = True
-        if name.startswith(data) or name.endswith("data.pkl") or i in read:
+    if not all(map(str.startswith, names, repeat(prefix))):
+        return False  # torch wants every record in the archive's one directory
+    found_version = prefix + "version" in names
+    # whole columns first: a ResNet-shaped checkpoint has thousands of data/ records to pass over
+    small = [i for i, name in enumerate(names) if not name.startswith(data)]
+    for i in small:
+        name = names[i]
+        if name.endswith("data.pkl") or i in read:
             continue
         content = read_member(f, directory.member(i))
         if content is None:
@@ -181,26 +187,40 @@ def _all_utf8(names: list[str], flags: list[int]) -> bool:
 
 
 def _records(archive: str, byteorder: bytes | None, directory: Directory) -> TorchRecords | None:
-    """Record `data/<i>`'s local header offset and size, for i = 0…n-1 exactly."""
+    """Record `data/<i>`'s local header offset and size, for i = 0…n-1 exactly: a column at a
+    time (a loop over the members cost ~3 µs each, 25 ms for a ResNet-shaped checkpoint)."""
+    import numpy as np
+
     prefix = archive + "data/"
     names = directory.names
     picked = [i for i, name in enumerate(names) if name.startswith(prefix)]
+    keys = [names[i][len(prefix) :] for i in picked]
     # the canonical names: "data/7" is record 7, "data/07" or "data/x" make the archive unusual
-    index_of = {f"{prefix}{k}": k for k in range(len(picked))}
-    header_offsets = array("q", [-1]) * len(picked)
-    sizes = array("q", [0]) * len(picked)
-    methods, flags, offsets, member_sizes = (
-        directory.methods, directory.flags, directory.header_offsets, directory.sizes
-    )
-    for i in picked:
-        index = index_of.get(names[i])
-        if index is None:
-            return None
-        # torch writes records stored (uncompressed), never encrypted
-        if methods[i] == zipfile.ZIP_STORED and not flags[i] & 0x1:
-            header_offsets[index] = offsets[i]
-        sizes[index] = member_sizes[i]
-    return TorchRecords(archive, byteorder, header_offsets, sizes)
+    try:
+        numbers = list(map(int, keys))
+    except ValueError:
+        return None
+    if list(map(str, numbers)) != keys:
+        return None
+    index = np.array(numbers, dtype=np.int64)
+    count = len(picked)
+    if count and (index.min() < 0 or index.max() >= count):
+        return None
+    if len(np.unique(index)) != count:
+        return None
+    at = np.array(picked, dtype=np.int64)
+
+    def column(values: list[int]) -> np.ndarray:
+        return np.array(values, dtype=np.int64)[at]
+
+    # torch writes records stored (uncompressed), never encrypted
+    plain = (column(directory.methods) == zipfile.ZIP_STORED) & (column(directory.flags) & 0x1 == 0)
+    header_offsets = np.full(count, -1, dtype=np.int64)
+    header_offsets[index] = np.where(plain, column(directory.header_offsets), -1)
+    sizes = np.zeros(count, dtype=np.int64)
+    sizes[index] = column(directory.sizes)
+    return TorchRecords(archive, byteorder, array("q", header_offsets.tobytes()),
+                        array("q", sizes.tobytes()))  # fmt: skip
 
 
 def zip_facts(path: str) -> ZipFacts:

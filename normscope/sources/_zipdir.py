@@ -166,15 +166,37 @@ def _columns(directory: bytes, count: int, archive_size: int) -> Directory | Non
     if _refused_by_torch(flag_bits, method, csize, usize, field(34, 2), offset, archive_size).any():
         return None
     flags = flag_bits.tolist()
-    try:
-        names = [
-            directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
-            for at, n, flag in zip((starts + _MEMBER.size).tolist(), name_len.tolist(), flags)
-        ]
-    except UnicodeDecodeError:
-        return None
+    names = _ascii_names(raw, starts + _MEMBER.size, name_len)
+    if names is None:
+        try:
+            names = [
+                directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
+                for at, n, flag in zip((starts + _MEMBER.size).tolist(), name_len.tolist(), flags)
+            ]
+        except UnicodeDecodeError:
+            return None
     return Directory(names, flags, method.tolist(), field(16, 4).tolist(),
                      csize.tolist(), usize.tolist(), offset.tolist())  # fmt: skip
+
+
+def _ascii_names(raw: np.ndarray, at: np.ndarray, lengths: np.ndarray) -> list[str] | None:
+    """The names, where all are ASCII (the same text in UTF-8 and cp437, whatever the flags say):
+    their bytes gathered and decoded at once, then cut; a decode per name cost ~1 µs, 8 ms for a
+    ResNet-shaped checkpoint. None where some name is not ASCII."""
+    import numpy as np
+
+    total = int(lengths.sum())
+    if total > len(raw):
+        return None
+    ends = np.cumsum(lengths)
+    # byte j of the blob comes from its name's start plus its place in that name
+    gather = np.repeat(at - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
+    blob = raw[gather].tobytes()
+    if not blob.isascii():
+        return None
+    text = blob.decode("ascii")
+    cuts = [0, *ends.tolist()]
+    return list(map(text.__getitem__, map(slice, cuts[:-1], cuts[1:])))
 
 
 def _walk(directory: bytes, count: int, archive_size: int) -> Directory | None:
