@@ -13,7 +13,7 @@ This module must stay importable without torch (the CLI's start-up path imports 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -115,21 +115,77 @@ class ParamStats:
     update_norm_sq: float | None = None  # |Δw|^2 of the logged step
     norm_sq_before: float | None = None  # |w|^2 just before the logged step (norm_sq is after it)
 
-    @classmethod
-    def from_sums(cls, numel: int, norm_sq: float, nonfinite: int, dot_prev: float | None,
-                  diff_sq: float | None, buf_dot: float | None, buf_norm_sq: float | None,
-                  exp_avg_sq_sum: float | None) -> ParamStats:  # fmt: skip
-        """The engine's stats (checkpoint fields only), equal to `ParamStats(...)` with the same
-        arguments. The engine makes one per (tensor, snapshot), 34k on a 1 GB ResNet-shaped run,
-        and the frozen `__init__`'s per-field `object.__setattr__` is 1.4 of its 2 µs."""
-        stats = object.__new__(cls)
+
+_PARAM_FIELDS = (
+    "numel", "norm_sq", "nonfinite", "dot_prev", "diff_sq", "buf_dot", "buf_norm_sq",
+    "exp_avg_sq_sum", "grad_norm_sq", "grad_dot", "update_norm_sq", "norm_sq_before",
+)  # fmt: skip
+_DEFAULT = {"nonfinite": 0}  # the others default to None
+
+
+class ParamTable(Mapping[str, ParamStats]):
+    """One snapshot's `ParamStats` by name, kept as columns (the engine's output): a ResNet-shaped
+    run has 34k (parameter, snapshot) pairs, and an object each cost more than the reduction's
+    own bookkeeping. A `ParamStats` is made when one is asked for; `column()` (and
+    `param_column`) give a field for every parameter without making any.
+
+    `columns` maps `ParamStats` field names to lists in `names` order; absent fields are None
+    for every parameter."""
+
+    __slots__ = ("_columns", "_index", "_names")
+
+    def __init__(self, names: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> None:
+        unknown = set(columns) - set(_PARAM_FIELDS)
+        if unknown or "numel" not in columns or "norm_sq" not in columns:
+            raise ValueError(f"ParamTable columns must include numel and norm_sq; got {sorted(columns)}")
+        self._names = list(names)
+        if any(len(values) != len(self._names) for values in columns.values()):
+            raise ValueError("every ParamTable column needs one value per name")
+        self._columns = {field: list(values) for field, values in columns.items()}
+        self._index: dict[str, int] | None = None
+
+    def column(self, name: str) -> list[Any]:
+        """Field `name` of every parameter, in order (its default where the table lacks it)."""
+        if name not in _PARAM_FIELDS:
+            raise KeyError(name)
+        values = self._columns.get(name)
+        return list(values) if values is not None else [_DEFAULT.get(name)] * len(self._names)
+
+    def __getitem__(self, name: str) -> ParamStats:
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self._names)}
+        i = self._index[name]
+        columns = self._columns
+        stats = object.__new__(ParamStats)
         object.__setattr__(stats, "__dict__", {
-            "numel": numel, "norm_sq": norm_sq, "nonfinite": nonfinite, "dot_prev": dot_prev,
-            "diff_sq": diff_sq, "buf_dot": buf_dot, "buf_norm_sq": buf_norm_sq,
-            "exp_avg_sq_sum": exp_avg_sq_sum, "grad_norm_sq": None, "grad_dot": None,
-            "update_norm_sq": None, "norm_sq_before": None,
+            key: columns[key][i] if key in columns else _DEFAULT.get(key) for key in _PARAM_FIELDS
         })  # fmt: skip
         return stats
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        if self._index is None:
+            self._index = {n: i for i, n in enumerate(self._names)}
+        return name in self._index
+
+    def __repr__(self) -> str:
+        return f"ParamTable({len(self._names)} parameters)"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled as its columns (Dask sends results)
+        return (ParamTable, (self._names, self._columns))
+
+
+def param_column(params: Mapping[str, ParamStats], field: str) -> list[Any]:
+    """`field` of every parameter of `params`, in iteration order: a table's column as it is,
+    or read off each `ParamStats` of another mapping."""
+    if isinstance(params, ParamTable):
+        return params.column(field)
+    return [getattr(ps, field) for ps in params.values()]
 
 
 @dataclass

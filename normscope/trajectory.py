@@ -34,11 +34,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats
+from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column
 
 SCHEMA_VERSION = 1
 
@@ -170,25 +171,28 @@ def _add_snapshot(
     """Append one snapshot's rows to `columns`; return its norms by parameter (for the next
     snapshot's angles). `described` caches layer, kind and shape text per (param, shape)."""
     params = list(snap.params)
-    stats = list(snap.params.values())
+
+    def column(field: str) -> list[Any]:  # columns as the engine keeps them (`ParamTable`)
+        return param_column(snap.params, field)
+
     count = len(params)
     meta = snap.meta
-    norm_sq = [ps.norm_sq for ps in stats]
+    norm_sq = column("norm_sq")
     norms = [math.sqrt(x) if x >= 0 else math.nan for x in norm_sq]
-    dot_prev = [ps.dot_prev for ps in stats]
-    diff_sq = [ps.diff_sq for ps in stats]
+    dot_prev = column("dot_prev")
+    diff_sq = column("diff_sq")
     angles = [
         angle_between(prev, norm, dot, diff)
         if prev is not None and (dot is not None or diff is not None)
         else math.nan
         for prev, norm, dot, diff in zip(map(prev_norms.get, params), norms, dot_prev, diff_sq)
     ]
-    update_sq = [ps.update_norm_sq for ps in stats]
+    update_sq = column("update_norm_sq")
     update_angles = [
-        angle_between(math.sqrt(max(ps.norm_sq_before, 0.0)), norm, None, update)
-        if ps.norm_sq_before is not None and update is not None
+        angle_between(math.sqrt(max(before, 0.0)), norm, None, update)
+        if before is not None and update is not None
         else math.nan
-        for ps, norm, update in zip(stats, norms, update_sq)
+        for before, norm, update in zip(column("norm_sq_before"), norms, update_sq)
     ]
     shapes = snap.shapes
     texts = []
@@ -212,19 +216,19 @@ def _add_snapshot(
         "layer": [t[0] for t in texts],
         "kind": [t[1] for t in texts],
         "shape": [t[2] for t in texts],
-        "numel": [ps.numel for ps in stats],
+        "numel": column("numel"),
         "dtype": [snap.dtypes.get(param, "") for param in params],
         "norm": norms,
         "norm_sq": norm_sq,
         "dot_prev": _floats(dot_prev),
         "delta_norm": _roots(diff_sq),
         "angle_rad": angles,
-        "nonfinite": [ps.nonfinite for ps in stats],
-        "buf_dot": _floats([ps.buf_dot for ps in stats]),
-        "buf_norm": _roots([ps.buf_norm_sq for ps in stats]),
-        "exp_avg_sq_sum": _floats([ps.exp_avg_sq_sum for ps in stats]),
-        "grad_norm": _roots([ps.grad_norm_sq for ps in stats]),
-        "grad_dot": _floats([ps.grad_dot for ps in stats]),
+        "nonfinite": column("nonfinite"),
+        "buf_dot": _floats(column("buf_dot")),
+        "buf_norm": _roots(column("buf_norm_sq")),
+        "exp_avg_sq_sum": _floats(column("exp_avg_sq_sum")),
+        "grad_norm": _roots(column("grad_norm_sq")),
+        "grad_dot": _floats(column("grad_dot")),
         "update_norm": _roots(update_sq),
         "update_angle_rad": update_angles,
         "optimizer": [meta.optimizer or ""] * count,

@@ -268,16 +268,30 @@ def test_torch_thread_setting_is_restored():
     assert torch.get_num_threads() == 2
 
 
-def test_engine_stats_constructor_equals_the_dataclass_one_and_stays_frozen():
-    # `from_sums` fills __dict__ directly; it must set every field, as the dataclass would
+def test_param_table_gives_the_dataclass_stats_and_columns():
+    # the engine's stats are columns; each ParamStats made from them must equal the dataclass's
     import dataclasses
+    import pickle
 
-    from normscope.snapshot import ParamStats
+    from normscope.snapshot import ParamStats, ParamTable, param_column
 
-    args = (12, 3.5, 1, 2.0, 0.25, -1.0, 4.0, 0.5)
-    fast = ParamStats.from_sums(*args)
-    assert fast == ParamStats(*args)
+    rows = {"a": (12, 3.5, 1, 2.0, 0.25, -1.0, 4.0, 0.5), "b": (3, 1.0, 0, None, None, None, None, None)}
+    fields = ("numel", "norm_sq", "nonfinite", "dot_prev", "diff_sq", "buf_dot", "buf_norm_sq",
+              "exp_avg_sq_sum")  # fmt: skip
+    table = ParamTable(list(rows), dict(zip(fields, zip(*rows.values()))))
+    expected = {name: ParamStats(*row) for name, row in rows.items()}
+    assert table == expected and dict(table) == expected
+    assert list(table) == ["a", "b"] and len(table) == 2 and "a" in table and "c" not in table
+    fast = table["a"]
     assert vars(fast).keys() == {f.name for f in dataclasses.fields(ParamStats)}
-    assert hash(fast) == hash(ParamStats(*args))
+    assert hash(fast) == hash(expected["a"])
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.norm_sq = 0.0  # type: ignore[misc]
+    assert param_column(table, "dot_prev") == [2.0, None]
+    assert param_column(table, "grad_norm_sq") == [None, None]  # not in the table: its default
+    assert param_column(expected, "numel") == [12, 3]  # any mapping of ParamStats
+    assert pickle.loads(pickle.dumps(table)) == expected
+    with pytest.raises(KeyError):
+        table["c"]
+    with pytest.raises(ValueError):
+        ParamTable(["a"], {"numel": [1]})  # no norm_sq

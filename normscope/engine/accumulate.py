@@ -11,13 +11,14 @@ counterpart (then no dot/diff at all).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
 from normscope.engine.plan import Entry
 from normscope.engine.reduce import GroupSums
-from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
+from normscope.snapshot import ParamTable, Snapshot, SnapshotStats
 
 # The optional quantities, in their slots' order after norm_sq and nonfinite.
 _OPTIONAL = ("dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
@@ -53,20 +54,40 @@ class Accumulator:
         *,
         first: int = 0,
     ) -> list[SnapshotStats]:
-        """Stats for snapshots[first:], for the planned parameters (`entries[t]`, file order)."""
+        """Stats for snapshots[first:], for the planned parameters (`entries[t]`, file order),
+        as `ParamTable`s: columns straight from the rows, no object per parameter."""
         out = []
         for t in range(first, len(snapshots)):
             planned = entries[t]
             totals = self._totals.get(t, {})
+            names = list(planned)
+            rows = [_NEVER_READ if row is None else row for row in map(totals.get, names)]
+            columns = dict(zip(_ROW_FIELDS, zip(*rows))) if rows else {f: () for f in _ROW_FIELDS}
+            missing_prev = columns.pop("missing_prev")
+            if any(missing_prev):  # no dot/diff for a parameter some piece had no counterpart of
+                for key in ("dot_prev", "diff_sq"):
+                    columns[key] = [None if m else v for v, m in zip(columns[key], missing_prev)]
+            values = list(planned.values())
+            columns["numel"] = list(map(_NUMEL, values))
             out.append(
                 SnapshotStats(
                     meta=snapshots[t].meta,
-                    params={n: _param_stats(totals.get(n), e.numel) for n, e in planned.items()},
-                    shapes={n: e.shape for n, e in planned.items()},
-                    dtypes={n: e.dtype for n, e in planned.items()},
+                    params=ParamTable(names, columns),
+                    shapes=dict(zip(names, map(_SHAPE, values))),
+                    dtypes=dict(zip(names, map(_DTYPE, values))),
                 )
             )
         return out
+
+
+# A totals row's slots as `ParamStats` fields; a planned parameter never read (zero rows) has
+# `_NEVER_READ`'s: no elements, nothing known against the previous snapshot.
+_ROW_FIELDS = ("norm_sq", "nonfinite", "dot_prev", "diff_sq", "buf_dot", "buf_norm_sq",
+               "exp_avg_sq_sum", "missing_prev")  # fmt: skip
+_NEVER_READ = (0.0, 0, None, None, None, None, None, False)
+_NUMEL = operator.attrgetter("numel")
+_SHAPE = operator.attrgetter("shape")
+_DTYPE = operator.attrgetter("dtype")
 
 
 def _merge(before: tuple[Any, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -76,12 +97,3 @@ def _merge(before: tuple[Any, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:
         for b, r in zip(before[:_MISSING_PREV], row[:_MISSING_PREV])
     ]
     return (*merged, before[_MISSING_PREV] or row[_MISSING_PREV])
-
-
-def _param_stats(row: tuple[Any, ...] | None, numel: int) -> ParamStats:
-    if row is None:  # planned but never read: a parameter of zero rows
-        return ParamStats(numel, 0.0)
-    norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum, missing_prev = row
-    if missing_prev:
-        dot = diff_sq = None
-    return ParamStats.from_sums(numel, norm_sq, nonfinite, dot, diff_sq, buf_dot, buf_norm_sq, sq_sum)
