@@ -126,3 +126,19 @@ def test_a_member_signature_inside_a_name_falls_back_to_the_walk(tmp_path):
     with open(path, "rb") as f:
         members = central_directory(f)
     assert [tuple(m) for m in members] == _as_zipfile_sees_it(path)
+
+
+def test_le_field_reads_little_endian_fields_at_every_position():
+    import struct
+
+    import numpy as np
+
+    from normscope.sources._zipdir import le_field
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 4096, dtype=np.uint8)
+    at = rng.integers(0, 4096 - 8, 500)
+    for size, code in ((1, "<B"), (2, "<H"), (4, "<I"), (8, "<q")):
+        got = le_field(data, at, size)
+        assert got.dtype == np.int64
+        assert got.tolist() == [struct.unpack_from(code, data.tobytes(), a)[0] for a in at.tolist()]

@@ -206,7 +206,7 @@ def _records(archive: str, byteorder: bytes | None, directory: Directory) -> Tor
     count = len(picked)
     if count and (index.min() < 0 or index.max() >= count):
         return None
-    if len(np.unique(index)) != count:
+    if count and np.bincount(index, minlength=count).max() > 1:  # a record named twice
         return None
     at = np.array(picked, dtype=np.int64)
 
