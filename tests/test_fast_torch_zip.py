@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import math
 import os
@@ -20,7 +21,13 @@ from test_sources_bad_input import Exploit
 from test_sources_restricted import RunsOpen, RunsShell
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
-from normscope.sources._fast_torch_zip import Declined, load_torch_zip_fast
+from normscope.sources import _fast_torch_zip as fast_torch_zip
+from normscope.sources._fast_torch_zip import (
+    Declined,
+    load_torch_zip_fast,
+    scan_torch_zip,
+)
+from normscope.sources._refs import MappedTensorRef
 from normscope.sources._torchio import ZIP_MAGIC, load_torch_file, read_head
 
 SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
@@ -356,3 +363,135 @@ def test_a_local_header_that_disagrees_with_the_directory_is_declined(tmp_path, 
     path.write_bytes(bytes(data))
     with pytest.raises(Declined):
         load_torch_zip_fast(str(path))
+
+
+# ---- scan_torch_zip: refs in place of the tensors the engine reduces ---------------------------
+
+
+def _loaded(value: Any) -> Any:
+    """`value` with each MappedTensorRef replaced by the tensor it loads."""
+    if type(value) is MappedTensorRef:
+        return value.load()
+    if isinstance(value, dict):
+        out = value.copy()  # of its type (a Counter counts what it is built from)
+        for key, item in value.items():
+            out[key] = _loaded(item)
+        if hasattr(value, "__dict__"):
+            vars(out).update(vars(value))
+        return out
+    if type(value) in (list, tuple):
+        return type(value)(map(_loaded, value))
+    return value
+
+
+def _refs_in(value: Any) -> list[tuple[Any, MappedTensorRef]]:
+    found: list[tuple[Any, MappedTensorRef]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if type(item) is MappedTensorRef:
+                found.append((key, item))
+            else:
+                found.extend(_refs_in(item))
+    elif type(value) in (list, tuple):
+        for item in value:
+            found.extend(_refs_in(item))
+    return found
+
+
+def assert_scan_reads_as_torch(path: Path) -> list[tuple[Any, MappedTensorRef]]:
+    """The scan's object, refs loaded, holds torch.load's values, dtypes and layouts; each ref's
+    bytes at its address are its tensor's."""
+    scanned, expected = scan_torch_zip(str(path)), _torch_load(path)
+    refs = _refs_in(scanned)
+    for key, ref in refs:
+        assert ref.name == key and ref.numel > 1 and ref.nbytes == ref.numel * ref.load().element_size()
+        tensor = ref.load()
+        assert tensor.is_contiguous() and tensor.dtype in (torch.float32, torch.float64,
+                                                           torch.bfloat16, torch.float16)  # fmt: skip
+        assert tensor.data_ptr() == ref.address
+        assert ctypes.string_at(ref.address, ref.nbytes) == tensor.reshape(-1).view(
+            torch.uint8).numpy().tobytes()  # fmt: skip
+    _assert_values(_loaded(scanned), expected)
+    return refs
+
+
+def _assert_values(got: Any, expected: Any) -> None:
+    """What the engine needs to agree on: types (a Parameter may come back a tensor), values bit
+    for bit, dtypes and layouts."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor)
+        assert (got.dtype, got.shape, got.stride(), got.storage_offset()) == (
+            expected.dtype, expected.shape, expected.stride(), expected.storage_offset())  # fmt: skip
+        assert torch.equal(got.reshape(-1).view(torch.uint8) if got.is_contiguous() else
+                           got.contiguous().reshape(-1).view(torch.uint8),
+                           expected.contiguous().reshape(-1).view(torch.uint8))  # fmt: skip
+    elif isinstance(expected, dict):
+        assert type(got) is type(expected) and list(got) == list(expected)
+        for key in expected:
+            _assert_values(got[key], expected[key])
+    elif isinstance(expected, (list, tuple)):
+        assert type(got) is type(expected) and len(got) == len(expected)
+        for a, b in zip(got, expected):
+            _assert_values(a, b)
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == expected
+
+
+def test_scan_leaves_refs_for_the_float_tensors_and_builds_the_rest(checkpoint_file):
+    refs = dict(assert_scan_reads_as_torch(checkpoint_file))
+    scanned = scan_torch_zip(str(checkpoint_file))
+    tensors = scanned["tensors"]
+    # refs: contiguous float tensors of more than one element, views of a shared storage included
+    for key in ("bf16", "fp16", "row", "nan", "grad"):
+        assert type(tensors[key]) is MappedTensorRef, key
+    assert type(scanned["model"]["0.weight"]) is MappedTensorRef
+    # built: integers, scalars (an optimizer's `step`), strided views, empty and float8 tensors
+    for key in ("int64", "bool", "scalar", "transposed", "cols", "empty", "float8"):
+        assert isinstance(tensors[key], torch.Tensor), key
+    assert isinstance(scanned["model"]["1.num_batches_tracked"], torch.Tensor)
+    assert len(refs) >= 10
+
+
+def test_scan_reads_every_sample_run_file_as_torch_load_reads_it():
+    files = _zip_files(SAMPLE_RUNS)
+    assert sum(len(assert_scan_reads_as_torch(path)) for path in files) > 1000
+
+
+def test_scan_with_many_records_reads_the_same(checkpoint_file, monkeypatch):
+    # archives past the table of record names convert each key instead
+    monkeypatch.setattr(fast_torch_zip, "_NUMBERED_MAX", 0)
+    assert_scan_reads_as_torch(checkpoint_file)
+
+
+@pytest.mark.parametrize("opcode", ["reduce", "inst", "obj", "stack_global"])
+def test_scan_never_runs_code(tmp_path, opcode):
+    marker = tmp_path / "code_ran"
+    path = _with_pickle(tmp_path, _crafted_shell_pickles(str(marker))[opcode])
+    with pytest.raises(Declined, match="system"):
+        scan_torch_zip(str(path))
+    with pytest.raises(BadInputError):
+        load_torch_file(str(path), refs=True)
+    assert not marker.exists()
+
+
+def test_scan_refuses_a_tensor_past_its_record(tmp_path):
+    pickled = _pickle_of(_base(tmp_path))
+    path = _with_pickle(tmp_path, pickled.replace(b"K\x04\x85", b"K(\x85", 1), "past.pt")
+    with pytest.raises(Declined, match="past the end"):
+        scan_torch_zip(str(path))
+    with pytest.raises(BadInputError, match="truncated or corrupt"):
+        load_torch_file(str(path), refs=True)
+
+
+def test_what_a_pickle_does_to_a_storage_type_does_not_outlive_its_load(tmp_path):
+    # BUILD sets the FloatStorage token's slots (itemsize 8, the dtype of a double)
+    poison = b"\x80\x02ctorch\nFloatStorage\nN}" + _unicode("itemsize") + b"K\x08s\x86b."
+    path = _with_pickle(tmp_path, poison)
+    for read in (scan_torch_zip, load_torch_zip_fast):
+        with pytest.raises(Declined, match="bare _StorageType"):
+            read(str(path))
+    torch.save({"w": torch.ones(3)}, tmp_path / "next.pt")
+    assert_scan_reads_as_torch(tmp_path / "next.pt")
+    assert_same(load_torch_zip_fast(str(tmp_path / "next.pt")), _torch_load(tmp_path / "next.pt"))

@@ -456,9 +456,9 @@ def load_torch_zip_fast(path: str) -> Any:
 
 
 class _Rebuilt(NamedTuple):
-    """What a pickled `_rebuild_tensor_v2(...)` call makes in `scan_torch_zip`: its arguments,
-    unchecked; `_resolve` checks all of a file's at once. A NamedTuple: its constructor is the
-    cheapest callable that takes torch's six arguments (and refuses any other count)."""
+    """What a pickled `_rebuild_tensor_v2/v3(...)` call makes in `scan_torch_zip`: its arguments,
+    unchecked (`dtype`: v3's, None for v2, whose tensors take their storage's); `_resolve` checks
+    all of a file's at once."""
 
     storage: Any
     offset: Any
@@ -466,21 +466,34 @@ class _Rebuilt(NamedTuple):
     stride: Any
     requires_grad: Any
     hooks: Any
+    dtype: Any
+
+
+_new_rebuilt = functools.partial(tuple.__new__, _Rebuilt)
 
 
 def _scan_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     stubs = _stubs()
+
+    # torch writes the optional `metadata` only when there is some (conj/neg bits): left to
+    # load_torch_zip_fast, which leaves it to torch
+    def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                          hooks: Any) -> _Rebuilt:  # fmt: skip
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, None))
+
+    def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                          hooks: Any, dtype: Any) -> _Rebuilt:  # fmt: skip
+        if type(dtype) is not torch.dtype:
+            raise Declined("tensor arguments torch.save does not write")
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype))
 
     def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> _Rebuilt:
         if type(data) is not _Rebuilt or type(requires_grad) is not bool or hooks:
             raise Declined("parameter arguments torch.save does not write")
         return data
 
-    def declined(*args: Any) -> None:
-        raise Declined("a tensor rebuilt with its dtype (v3): left to load_torch_zip_fast")
-
-    stubs[("torch._utils", "_rebuild_tensor_v2")] = _Rebuilt
-    stubs[("torch._utils", "_rebuild_tensor_v3")] = declined
+    stubs[("torch._utils", "_rebuild_tensor_v2")] = rebuild_tensor_v2
+    stubs[("torch._utils", "_rebuild_tensor_v3")] = rebuild_tensor_v3
     stubs[("torch._utils", "_rebuild_parameter")] = rebuild_parameter
     return stubs
 
@@ -549,7 +562,7 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
     (integer buffers, scalars such as an optimizer's `step`, views)."""
     if not rebuilt:
         return []
-    pids, offsets, sizes, strides, grads, hooks = zip(*rebuilt)
+    pids, offsets, sizes, strides, grads, hooks, tensor_dtypes = zip(*rebuilt)
     if set(map(type, pids)) != {tuple} or set(map(len, pids)) != {5}:
         raise Declined("a persistent id other than a storage")
     tags, kinds, keys, locations, numels = zip(*pids)
@@ -584,22 +597,31 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
     index = records.indices(storages)
     layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(sizes)}
     counts, contiguous = zip(*map(layouts.__getitem__, sizes))
-    # per storage type (a handful): its dtype's name, item size, and whether it is read in place
-    facts = {kind: (dtype_name(kind.dtype), kind.itemsize, kind.dtype in _IN_PLACE_DTYPES)
-             for kind in set(kinds)}  # fmt: skip
-    dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, kinds))
+    # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
+    if set(tensor_dtypes) == {None}:
+        dtypes = list(map(_DTYPE_OF, kinds))
+    elif not set(map(type, tensor_dtypes)) <= {type(None), torch.dtype}:
+        raise Declined("tensor arguments torch.save does not write")
+    else:
+        dtypes = [k.dtype if d is None else d for k, d in zip(kinds, tensor_dtypes)]
+    # per dtype (a handful): its name, item size, and whether the engine reads it in place
+    facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype in _IN_PLACE_DTYPES)
+             for dtype in set(dtypes)}  # fmt: skip
+    dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, dtypes))
     np_offsets, np_counts = np.array(offsets, dtype=np.int64), np.array(counts, dtype=np.int64)
+    np_itemsizes = np.array(itemsizes, dtype=np.int64)
     in_place = (
         (np_counts > 1)
         & np.array(list(map(operator.eq, strides, contiguous)), dtype=bool)
         & np.array(in_place_dtype, dtype=bool)
     )
-    if np.any(in_place & (np_offsets + np_counts > np.array(numels, dtype=np.int64))):
+    record_bytes = np.array(numels, dtype=np.int64) * np.array(
+        list(map(_ITEMSIZE_OF, kinds)), dtype=np.int64
+    )
+    if np.any(in_place & ((np_offsets + np_counts) * np_itemsizes > record_bytes)):
         raise Declined("a tensor past the end of its record")
     rows = list(map(index.__getitem__, keys))
-    addresses = (
-        records.base + records.starts(rows) + np_offsets * np.array(itemsizes, dtype=np.int64)
-    ).tolist()
+    addresses = (records.base + records.starts(rows) + np_offsets * np_itemsizes).tolist()
     # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
     labels = names if set(map(type, names)) == {str} else [
         key if type(key) is str else "" for key in names
@@ -610,15 +632,17 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> li
         return list(refs)
     return [
         ref if mapped else _tensor_over(
-            records.get(key, storage_numel * kind.itemsize), kind.dtype, offset, size, stride,
-            grad, hook,
+            records.get(key, storage_numel * kind.itemsize), dtype, offset, size, stride, grad,
+            hook,
         )
-        for ref, mapped, kind, key, storage_numel, offset, size, stride, grad, hook in zip(
-            refs, in_place.tolist(), kinds, keys, numels, offsets, sizes, strides, grads, hooks
+        for ref, mapped, kind, dtype, key, storage_numel, offset, size, stride, grad, hook in zip(
+            refs, in_place.tolist(), kinds, dtypes, keys, numels, offsets, sizes, strides, grads,
+            hooks,
         )
     ]
 
 
+_DTYPE_OF = operator.attrgetter("dtype")
 _ITEMSIZE_OF = operator.attrgetter("itemsize")
 _new_ref = functools.partial(tuple.__new__, MappedTensorRef)  # a ref from its fields, no call
 
