@@ -162,14 +162,16 @@ def _mappings_of(path: Path) -> list[tuple[int, int, int]]:
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
 def test_opening_maps_the_file_and_reads_no_tensor_data(tmp_path):
     path = tmp_path / "big.pt"
-    torch.save({f"w{i}": torch.ones(1024, 1024) for i in range(4)}, path)  # 16 MiB
+    torch.save({f"w{i}": torch.ones(4096, 1024) for i in range(4)}, path)  # 64 MiB
     checkpoint = load_torch_file(str(path))
     mappings = _mappings_of(path)
     for tensor in checkpoint.values():  # the tensors live in a mapping of the file
         assert any(start <= tensor.data_ptr() < stop for start, stop, _ in mappings)
-    assert sum(rss for _, _, rss in mappings) < 2**20  # mapped, not read
-    assert checkpoint["w0"].sum() == 2**20  # touching a tensor reads its pages
-    assert sum(rss for _, _, rss in _mappings_of(path)) >= 4 * 2**20
+    # mapped, not read: only the pages around each record's local header (read through the
+    # same mapping; the kernel maps a few hundred KiB around each page touched)
+    assert sum(rss for _, _, rss in mappings) < 8 * 2**20
+    assert checkpoint["w0"].sum() == 2**22  # touching a tensor reads its pages
+    assert sum(rss for _, _, rss in _mappings_of(path)) >= 16 * 2**20
 
 
 def test_parameters_come_back_as_parameters(tmp_path):

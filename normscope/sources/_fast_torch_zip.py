@@ -45,6 +45,7 @@ import io
 import math
 import mmap
 import operator
+import os
 import pickle
 import sys
 import types
@@ -215,19 +216,21 @@ def _stubs() -> dict[tuple[str, str], Callable[..., Any]]:
 class _Records:
     """The archive's `data/<key>` records as slices of one private mapping of the file."""
 
-    def __init__(self, path: str, records: TorchRecords, headers: mmap.mmap) -> None:
+    def __init__(self, path: str, records: TorchRecords, size: int) -> None:
         self._sizes = records.sizes
-        self._size = len(headers)
+        self._size = size
         # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (writes to a tensor stay
         # in this process, never reach the file), pages read only when a tensor is touched.
         self._whole = torch.UntypedStorage.from_file(path, False, self._size)
-        # the local headers are read through a mapping of their own, closed after the load, so
-        # the tensors' mapping keeps no page it was not asked for
-        self._np_starts = self._data_starts(records, headers)
+        # The local headers are read through that same mapping: each sits just before its
+        # record's bytes, on a page the engine maps anyway. A mapping of their own cost a fault
+        # per header and an unmap, ~15 ms for a file of 8.4k records.
+        whole = torch.empty(0, dtype=torch.uint8).set_(self._whole).numpy()
+        self._np_starts = self._data_starts(records, whole)
         self._np_sizes = np.frombuffer(records.sizes, dtype=np.int64)
         self._starts = self._np_starts.tolist()
 
-    def _data_starts(self, records: TorchRecords, headers: mmap.mmap) -> np.ndarray:
+    def _data_starts(self, records: TorchRecords, data: np.ndarray) -> np.ndarray:
         """Where each record's bytes begin, from its local header; -1 where the record is not
         plain (stored) or its local header disagrees with the central directory (signature,
         method, name) or its bytes would run past the end of the file.
@@ -235,7 +238,6 @@ class _Records:
         All headers at once with numpy: one Python call per record was ~2 µs, for 34k records
         on a 1 GB ResNet-shaped run."""
 
-        data = np.frombuffer(headers, dtype=np.uint8)
         count = len(records.sizes)
         starts = np.full(count, -1, dtype=np.int64)
         offsets = np.frombuffer(records.header_offsets, dtype=np.int64)
@@ -436,8 +438,10 @@ def _open_archive(path: str) -> tuple[bytes, _Records]:
     if not facts.pickle.startswith(_TORCH_PROTOCOL):
         raise Declined("pickle protocol other than torch's 2")
     _check_environment(facts.records.byteorder)
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as headers:
-        return facts.pickle, _Records(path, facts.records, headers)
+    size = os.path.getsize(path)
+    if size == 0:  # nothing to map; zip_facts said otherwise, so the file changed under us
+        raise Declined("an empty file")
+    return facts.pickle, _Records(path, facts.records, size)
 
 
 def load_torch_zip_fast(path: str) -> Any:
