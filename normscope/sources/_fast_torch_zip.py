@@ -60,7 +60,7 @@ import torch
 from normscope._gc import collector_paused
 
 from ._refs import MappedTensorRef, dtype_name
-from ._torchio import TorchRecords, zip_facts
+from ._torchio import NUMBERED_MAX, TorchRecords, record_numbers, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
@@ -292,9 +292,9 @@ class _Records:
         """`index()` for every key of {key: (storage type, numel)}, a column at a time."""
         keys = list(storages)
         # only the canonical names: "007", " 7", "+7", "7_0" name no record
-        if len(self._starts) <= _NUMBERED_MAX:
+        if len(self._starts) <= NUMBERED_MAX:
             try:
-                found = list(map(_record_numbers(len(self._starts)).__getitem__, keys))
+                found = list(map(record_numbers(len(self._starts)).__getitem__, keys))
             except KeyError:
                 raise Declined("a storage key that names no record") from None
         else:  # a table that large would cost more memory than the conversions cost time
@@ -329,17 +329,6 @@ class _Records:
         start = self._starts[record]
         untyped = _slice(self._whole, slice(start, start + self._sizes[record]))
         return _tensor_over(untyped, getattr(torch, dtype), offset, shape, stride, False, None)
-
-
-_NUMBERED_MAX = 1 << 18  # records; ~25 MB for the table of names
-
-
-@functools.lru_cache(maxsize=4)
-def _record_numbers(count: int) -> dict[str, int]:
-    """{"0": 0, …, str(count - 1): count - 1}: the keys of an archive of `count` records. Made once
-    per record count (a run's checkpoints share theirs): converting each key both ways cost
-    ~0.5 µs a tensor."""
-    return {str(i): i for i in range(count)}
 
 
 class _Unpickler(pickle.Unpickler):
