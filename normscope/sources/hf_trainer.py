@@ -19,10 +19,10 @@ from ._assemble import build_run
 from ._files import label_of, subdirs_in
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
-from ._refs import SafetensorsHandles, TorchTensorRef
+from ._refs import SafetensorsHandles
 from ._torchio import load_torch_file
 from .safetensors_files import read_index, read_safetensors_snapshot
-from .torch_files import pending_from_parts, read_torch_checkpoint
+from .torch_files import as_ref, pending_from_parts, read_torch_checkpoint
 
 TRAINER_STATE = "trainer_state.json"
 _WEIGHT_FILES = (
@@ -73,7 +73,7 @@ def _read_sharded_bin(
     merged: dict[str, Any] = {}
     for shard in read_index(index):
         merged.update(
-            load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings)
+            load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
         )
     return pending_from_parts(index, label, merged, None, None, None, "", warnings)
 
@@ -112,7 +112,7 @@ def read_checkpoint_dir(
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
         optimizer = load_torch_file(
-            optimizer_path, recover_unsafe=recover_unsafe, notes=warnings
+            optimizer_path, recover_unsafe=recover_unsafe, notes=warnings, refs=True
         )
         if isinstance(optimizer, dict):
             tensors = pending.tensors
@@ -120,7 +120,7 @@ def read_checkpoint_dir(
                 optimizer,
                 list(tensors),
                 {n: tuple(r.shape) for n, r in tensors.items()},
-                lambda name, t: TorchTensorRef(name, t),
+                as_ref,
                 label,
                 # safetensors sorts its keys: the model's parameter order is gone
                 order_known=not weights.endswith(

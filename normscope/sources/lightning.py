@@ -20,7 +20,7 @@ from ._assemble import build_run
 from ._files import files_in, label_of
 from ._ordering import PendingSnapshot
 from ._torchio import is_torch_zip, load_torch_file, zip_pickle_bytes
-from .torch_files import pending_from_checkpoint
+from .torch_files import is_tensor_or_ref, pending_from_checkpoint
 
 _MARKERS = (b"pytorch-lightning_version", b"optimizer_states")
 _COPY_NAME = re.compile(r"(^last(-v\d+)?\.ckpt$)|(-v\d+\.ckpt$)")
@@ -51,9 +51,10 @@ def epochs_completed(checkpoint: Mapping[str, Any], epoch: float | None) -> floa
 def read_lightning_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
-    checkpoint = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings)
+    checkpoint = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
     pending = pending_from_checkpoint(checkpoint, path, label, warnings,
-                                      optimizer_where="optimizer_states[0]")
+                                      optimizer_where="optimizer_states[0]",
+                                      is_tensor=is_tensor_or_ref)
     if isinstance(checkpoint, Mapping):
         pending.embedded_epoch = epochs_completed(checkpoint, pending.embedded_epoch)
     return pending
