@@ -6,7 +6,8 @@ snapshot), 34k on a 1 GB ResNet-shaped run, on the thread that also starts the k
 group's rows are made column-wise (`zip` over its sums) and stored with one `dict.update` where no
 parameter of the group was seen before (every parameter read in one piece). A stream's slot is None
 until a piece brings it; `missing_prev` is set when some piece of the parameter had no previous
-counterpart (then no dot/diff at all).
+counterpart (then no dot/diff at all). `stats()` hands the rows over as columns
+(`snapshot.ParamTable`): no object per parameter.
 """
 
 from __future__ import annotations
