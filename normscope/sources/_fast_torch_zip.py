@@ -387,28 +387,6 @@ _CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset
 _PRIVATE = (_Storage, _StorageType, types.FunctionType)  # no real function is reachable
 
 
-def _check_plain(result: Any) -> None:
-    """Decline a result holding our own objects: a storage or storage type pickled on its own
-    (torch.load gives a torch storage there), a stub. Containers are walked once each."""
-    stack, seen = [result], set()
-    while stack:
-        value = stack.pop()
-        kind = type(value)
-        if kind in _CONTAINERS:
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if kind is dict or kind is OrderedDict or kind is Counter:
-                stack.extend(value.keys())
-                stack.extend(value.values())
-                # attributes a BUILD gave it, like a state_dict's `_metadata`
-                stack.extend(getattr(value, "__dict__", {}).values())
-            else:
-                stack.extend(value)
-        elif isinstance(value, _PRIVATE):
-            raise Declined(f"the checkpoint holds a bare {kind.__name__}")
-
-
 def _check_environment(byteorder: bytes | None) -> None:
     """Settings under which torch.load would build something else than what we build."""
     if sys.byteorder != "little":
@@ -448,7 +426,7 @@ def load_torch_zip_fast(path: str) -> Any:
     # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
     with collector_paused():
         result = _TensorUnpickler(pickled, records).load()
-        _check_plain(result)
+        _record_places(result)  # checks it holds none of our own objects (and finds no records)
         return result
 
 
@@ -515,8 +493,10 @@ _IN_PLACE_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torc
 
 def _record_places(result: Any) -> list[tuple[Any, list[Any]]]:
     """(container, keys) of every `_Rebuilt` in the result: dict values only (state dicts and
-    optimizer states keep tensors there); Declined for one elsewhere, or for a bare storage id,
-    token or stub (what `_check_plain` refuses)."""
+    optimizer states keep tensors there); Declined for one elsewhere. Declined too for a result
+    holding our own objects — a storage or storage type pickled on its own (torch.load gives a
+    torch storage there), a stub — which is all the check the eager loader needs. Containers
+    (and the attributes a BUILD gave a dict, like a state_dict's `_metadata`) are walked once."""
     places: list[tuple[Any, list[Any]]] = []
     stack, seen = [result], set()
     while stack:
