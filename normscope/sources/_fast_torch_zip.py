@@ -11,12 +11,8 @@ parsed by the sniffers; best to median of 5-7 runs, 2-core VM shared with other 
 1.0-1.5 s (120-175 µs a tensor), this path 0.10-0.13 s (12-15 µs a tensor). Opening it cold, the
 directory parse included: 1.1-1.7 s against 0.28-0.36 s.
 
-`scan_torch_zip` goes one step further for the engine: the same unpickle, with records instead of
-tensors (the rebuild stubs keep their arguments), every record then checked a column at a time
-and left as a `MappedTensorRef` — an address in the private mapping, checked in bounds, with
-shape, dtype and numel — for each contiguous float tensor of more than one element; the rest are
-built as above. Nothing is built for the tensors the engine reduces: its CPU kernel reads them in
-place. The same 8.4k-tensor file: ~45 ms cold (directory parse included), ~5 µs a tensor.
+`_scan_torch_zip` goes one step further for the engine: the same archive checks, allow-list and
+unpickle, with refs that point into the mapping in place of the tensors the engine reduces.
 
 Security: the "Restricting Globals" pattern of the `pickle` docs. A pickle can only call what
 `find_class` hands it, and here that is a closed allow-list of small functions defined below
@@ -49,7 +45,6 @@ from __future__ import annotations
 import copyreg
 import functools
 import io
-import math
 import mmap
 import operator
 import os
@@ -58,15 +53,13 @@ import sys
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from itertools import chain, repeat
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
 from normscope._gc import collector_paused
 
-from ._refs import MappedTensorRef, dtype_name
 from ._torchio import NUMBERED_MAX, TorchRecords, record_numbers, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
@@ -80,7 +73,7 @@ class Declined(Exception):
     """Not a file this path reads the way torch.load would: let torch.load decide."""
 
 
-class _StorageType:
+class StorageType:
     """The token `find_class` gives for `torch.FloatStorage` & co: a dtype, nothing callable."""
 
     __slots__ = ("dtype", "itemsize")
@@ -114,12 +107,12 @@ def _constant_names() -> tuple[dict[tuple[str, str], torch.dtype], dict[tuple[st
     return dtypes, storages
 
 
-def _constants() -> dict[tuple[str, str], object]:
+def constants() -> dict[tuple[str, str], object]:
     """Globals that are plain values: dtypes, and storage-type tokens. The tokens are made anew
     for each load: a pickle can BUILD attributes onto what `find_class` gave it, and a token
     shared between loads would carry that into the next file."""
     dtypes, storages = _constant_names()
-    return {**dtypes, **{key: _StorageType(dtype) for key, dtype in storages.items()}}
+    return {**dtypes, **{key: StorageType(dtype) for key, dtype in storages.items()}}
 
 
 _EMPTY: dict[torch.dtype, torch.Tensor] = {}  # per dtype, to make new tensors from cheaply
@@ -136,10 +129,10 @@ def _new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
         or metadata  # conj/neg bits: rare, left to torch
     ):
         raise Declined("tensor arguments torch.save does not write")
-    return _tensor_over(storage.untyped, dtype, offset, size, stride, requires_grad, hooks)
+    return tensor_over(storage.untyped, dtype, offset, size, stride, requires_grad, hooks)
 
 
-def _tensor_over(untyped: torch.UntypedStorage, dtype: torch.dtype, offset: Any, size: Any,
+def tensor_over(untyped: torch.UntypedStorage, dtype: torch.dtype, offset: Any, size: Any,
                  stride: Any, requires_grad: bool, hooks: Any) -> torch.Tensor:  # fmt: skip
     empty = _EMPTY.get(dtype)
     if empty is None:
@@ -153,7 +146,7 @@ def _tensor_over(untyped: torch.UntypedStorage, dtype: torch.dtype, offset: Any,
     return tensor
 
 
-def _stubs() -> dict[tuple[str, str], Callable[..., Any]]:
+def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     """The callables a pickle may reach, made fresh per load (see the module docstring)."""
 
     def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any,
@@ -220,7 +213,10 @@ def _stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     }
 
 
-class _Records:
+ITEMSIZE_OF = operator.attrgetter("itemsize")  # of storage types
+
+
+class Records:
     """The archive's `data/<key>` records as slices of one private mapping of the file."""
 
     def __init__(self, path: str, records: TorchRecords, size: int) -> None:
@@ -295,7 +291,7 @@ class _Records:
             raise Declined(f"data/{key} is not the size its tensor needs")
         return index
 
-    def indices(self, storages: dict[str, tuple[_StorageType, int]]) -> dict[str, int]:
+    def indices(self, storages: dict[str, tuple[StorageType, int]]) -> dict[str, int]:
         """`index()` for every key of {key: (storage type, numel)}, a column at a time."""
         keys = list(storages)
         # only the canonical names: "007", " 7", "+7", "7_0" name no record
@@ -312,7 +308,7 @@ class _Records:
                 raise Declined("a storage key that names no record")
         at = np.array(found, dtype=np.int64)
         kinds, numels = zip(*storages.values()) if storages else ((), ())
-        nbytes = np.array(list(map(_ITEMSIZE_OF, kinds)), dtype=np.int64) * np.array(
+        nbytes = np.array(list(map(ITEMSIZE_OF, kinds)), dtype=np.int64) * np.array(
             numels, dtype=np.int64
         )
         if len(at) and (
@@ -335,10 +331,10 @@ class _Records:
         """The tensor of a `MappedTensorRef` (record checked by `index()` when it was made)."""
         start = self._starts[record]
         untyped = _slice(self._whole, slice(start, start + self._sizes[record]))
-        return _tensor_over(untyped, getattr(torch, dtype), offset, shape, stride, False, None)
+        return tensor_over(untyped, getattr(torch, dtype), offset, shape, stride, False, None)
 
 
-class _Unpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle.Unpickler):
     """The C unpickler, reaching only `globals_` (see the module docstring)."""
 
     def __init__(self, pickled: bytes, globals_: dict[tuple[str, str], object]) -> None:
@@ -353,11 +349,11 @@ class _Unpickler(pickle.Unpickler):
         return found
 
 
-class _TensorUnpickler(_Unpickler):
+class _TensorUnpickler(RestrictedUnpickler):
     """Builds the tensors as it goes, as torch.load does."""
 
-    def __init__(self, pickled: bytes, records: _Records) -> None:
-        super().__init__(pickled, {**_constants(), **_stubs()})
+    def __init__(self, pickled: bytes, records: Records) -> None:
+        super().__init__(pickled, {**constants(), **stubs()})
         self._get = records.get  # bound once: called for every storage
         self._storages: dict[str, _Storage] = {}
 
@@ -366,7 +362,7 @@ class _TensorUnpickler(_Unpickler):
             raise Declined("a persistent id other than a storage")
         _, storage_type, key, location, numel = pid
         if (
-            type(storage_type) is not _StorageType
+            type(storage_type) is not StorageType
             or type(key) is not str
             or type(location) is not str  # ignored: everything is mapped to the CPU
             or type(numel) is not int
@@ -384,7 +380,7 @@ class _TensorUnpickler(_Unpickler):
 
 
 _CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
-_PRIVATE = (_Storage, _StorageType, types.FunctionType)  # no real function is reachable
+_PRIVATE = (_Storage, StorageType, types.FunctionType)  # no real function is reachable
 
 
 def _check_environment(byteorder: bytes | None) -> None:
@@ -404,7 +400,7 @@ def _check_environment(byteorder: bytes | None) -> None:
         raise Declined("copyreg extensions are registered")
 
 
-def _open_archive(path: str) -> tuple[bytes, _Records]:
+def open_archive(path: str) -> tuple[bytes, Records]:
     """The pickle and the records of a torch.save zip this module reads; Declined otherwise."""
     facts = zip_facts(path)
     if facts.pickle is None or facts.records is None:
@@ -415,85 +411,24 @@ def _open_archive(path: str) -> tuple[bytes, _Records]:
     size = os.path.getsize(path)
     if size == 0:  # nothing to map; zip_facts said otherwise, so the file changed under us
         raise Declined("an empty file")
-    return facts.pickle, _Records(path, facts.records, size)
+    return facts.pickle, Records(path, facts.records, size)
 
 
 def load_torch_zip_fast(path: str) -> Any:
     """What `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` returns, or
     `Declined` (or another exception) when this file is for torch.load to read."""
-    pickled, records = _open_archive(path)
+    pickled, records = open_archive(path)
     # Thousands of new containers trigger full collections that walk everything alive: half
     # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
     with collector_paused():
         result = _TensorUnpickler(pickled, records).load()
-        _record_places(result)  # checks it holds none of our own objects (and finds no records)
+        record_places(result)  # checks it holds none of our own objects
         return result
 
 
-# ---- Scanning: the same object with refs in place of the tensors the engine reduces ----------
-
-
-class _Rebuilt(NamedTuple):
-    """What a pickled `_rebuild_tensor_v2/v3(...)` call makes in `scan_torch_zip`: its arguments,
-    unchecked (`dtype`: v3's, None for v2, whose tensors take their storage's); `_resolve` checks
-    all of a file's at once."""
-
-    storage: Any
-    offset: Any
-    size: Any
-    stride: Any
-    requires_grad: Any
-    hooks: Any
-    dtype: Any
-
-
-_new_rebuilt = functools.partial(tuple.__new__, _Rebuilt)
-
-
-def _scan_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
-    stubs = _stubs()
-
-    # torch writes the optional `metadata` only when there is some (conj/neg bits): left to
-    # load_torch_zip_fast, which leaves it to torch
-    def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any) -> _Rebuilt:  # fmt: skip
-        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, None))
-
-    def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any, dtype: Any) -> _Rebuilt:  # fmt: skip
-        if type(dtype) is not torch.dtype:
-            raise Declined("tensor arguments torch.save does not write")
-        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype))
-
-    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> _Rebuilt:
-        if type(data) is not _Rebuilt or type(requires_grad) is not bool or hooks:
-            raise Declined("parameter arguments torch.save does not write")
-        return data
-
-    stubs[("torch._utils", "_rebuild_tensor_v2")] = rebuild_tensor_v2
-    stubs[("torch._utils", "_rebuild_tensor_v3")] = rebuild_tensor_v3
-    stubs[("torch._utils", "_rebuild_parameter")] = rebuild_parameter
-    return stubs
-
-
-class _RecordUnpickler(_Unpickler):
-    """Leaves storage ids and tensor arguments as they are pickled (tuples, `_Rebuilt`)."""
-
-    def __init__(self, pickled: bytes) -> None:
-        super().__init__(pickled, {**_constants(), **_scan_stubs()})
-
-    @staticmethod
-    def persistent_load(pid: Any) -> Any:
-        return pid
-
-
-# The dtypes the engine's CPU kernel reads in place (`engine/fused.py`).
-_IN_PLACE_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
-
-
-def _record_places(result: Any) -> list[tuple[Any, list[Any]]]:
-    """(container, keys) of every `_Rebuilt` in the result: dict values only (state dicts and
-    optimizer states keep tensors there); Declined for one elsewhere. Declined too for a result
+def record_places(result: Any, record: type | None = None) -> list[tuple[Any, list[Any]]]:
+    """(container, keys) of every instance of `record` in the result: dict values only (state
+    dicts and optimizer states keep tensors there); Declined for one elsewhere. Declined too for a result
     holding our own objects — a storage or storage type pickled on its own (torch.load gives a
     torch storage there), a stub — which is all the check the eager loader needs. Containers
     (and the attributes a BUILD gave a dict, like a state_dict's `_metadata`) are walked once."""
@@ -508,10 +443,10 @@ def _record_places(result: Any) -> list[tuple[Any, list[Any]]]:
             seen.add(id(value))
             if kind is dict or kind is OrderedDict or kind is Counter:
                 stack.extend(value.keys())
-                keys = [key for key, item in value.items() if type(item) is _Rebuilt]
+                keys = [key for key, item in value.items() if type(item) is record]
                 if keys:
                     places.append((value, keys))
-                    stack.extend(item for item in value.values() if type(item) is not _Rebuilt)
+                    stack.extend(item for item in value.values() if type(item) is not record)
                 else:
                     stack.extend(value.values())
                 attributes = getattr(value, "__dict__", None)
@@ -519,126 +454,8 @@ def _record_places(result: Any) -> list[tuple[Any, list[Any]]]:
                     stack.append(attributes)
             else:
                 stack.extend(value)
-        elif kind is _Rebuilt:
+        elif kind is record:
             raise Declined("a tensor outside a dict's values")
         elif isinstance(value, _PRIVATE):
             raise Declined(f"the checkpoint holds a bare {kind.__name__}")
     return places
-
-
-def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
-    strides, step = [], 1
-    for dim in reversed(size):
-        strides.append(step)
-        step *= max(dim, 1)
-    return tuple(reversed(strides))
-
-
-def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: _Records) -> list[Any]:
-    """A `MappedTensorRef` or a tensor for each `_Rebuilt`, every argument checked as
-    `_new_tensor` and `persistent_load` check them, a column at a time: one Python call per
-    tensor costs more than the unpickle. Refs for contiguous tensors of a dtype the engine reads
-    in place and more than one element; tensors, built as torch.load builds them, for the rest
-    (integer buffers, scalars such as an optimizer's `step`, views)."""
-    if not rebuilt:
-        return []
-    pids, offsets, sizes, strides, grads, hooks, tensor_dtypes = zip(*rebuilt)
-    if set(map(type, pids)) != {tuple} or set(map(len, pids)) != {5}:
-        raise Declined("a persistent id other than a storage")
-    tags, kinds, keys, locations, numels = zip(*pids)
-    dims, steps = list(chain.from_iterable(sizes)), list(chain.from_iterable(strides))
-    if (
-        set(tags) != {"storage"}
-        or set(map(type, kinds)) != {_StorageType}
-        or set(map(type, keys)) != {str}
-        or set(map(type, locations)) != {str}  # ignored: everything is mapped to the CPU
-        or set(map(type, numels)) != {int}
-        or min(numels) < 0
-    ):
-        raise Declined("a storage id torch.save does not write")
-    if (
-        set(map(type, offsets)) != {int}
-        or min(offsets) < 0
-        or set(map(type, sizes)) != {tuple}
-        or set(map(type, strides)) != {tuple}
-        or not set(map(type, dims)) | set(map(type, steps)) <= {int}
-        or min(dims, default=0) < 0
-        or min(steps, default=0) < 0
-        or list(map(len, sizes)) != list(map(len, strides))
-        or set(map(type, grads)) != {bool}
-        or not set(map(type, hooks)) <= {type(None), OrderedDict}
-        or any(hooks)  # only empty OrderedDicts
-    ):
-        raise Declined("tensor arguments torch.save does not write")
-    # torch.load lets the first id of a key fix its dtype and size; torch.save writes one
-    storages = dict(zip(keys, zip(kinds, numels)))
-    if len(storages) != len(keys) and len(set(zip(keys, kinds, numels))) != len(storages):
-        raise Declined("a storage named with two dtypes or sizes")
-    index = records.indices(storages)
-    layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(sizes)}
-    counts, contiguous = zip(*map(layouts.__getitem__, sizes))
-    # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
-    if set(tensor_dtypes) == {None}:
-        dtypes = list(map(_DTYPE_OF, kinds))
-    elif not set(map(type, tensor_dtypes)) <= {type(None), torch.dtype}:
-        raise Declined("tensor arguments torch.save does not write")
-    else:
-        dtypes = [k.dtype if d is None else d for k, d in zip(kinds, tensor_dtypes)]
-    # per dtype (a handful): its name, item size, and whether the engine reads it in place
-    facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype in _IN_PLACE_DTYPES)
-             for dtype in set(dtypes)}  # fmt: skip
-    dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, dtypes))
-    np_offsets, np_counts = np.array(offsets, dtype=np.int64), np.array(counts, dtype=np.int64)
-    np_itemsizes = np.array(itemsizes, dtype=np.int64)
-    in_place = (
-        (np_counts > 1)
-        & np.array(list(map(operator.eq, strides, contiguous)), dtype=bool)
-        & np.array(in_place_dtype, dtype=bool)
-    )
-    record_bytes = np.array(numels, dtype=np.int64) * np.array(
-        list(map(_ITEMSIZE_OF, kinds)), dtype=np.int64
-    )
-    if np.any(in_place & ((np_offsets + np_counts) * np_itemsizes > record_bytes)):
-        raise Declined("a tensor past the end of its record")
-    rows = list(map(index.__getitem__, keys))
-    addresses = (records.base + records.starts(rows) + np_offsets * np_itemsizes).tolist()
-    # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
-    labels = names if set(map(type, names)) == {str} else [
-        key if type(key) is str else "" for key in names
-    ]
-    refs = map(_new_ref, zip(labels, sizes, dtype_names, counts, addresses, repeat(records), rows,
-                             offsets, strides))  # fmt: skip
-    if in_place.all():
-        return list(refs)
-    return [
-        ref if mapped else _tensor_over(
-            records.get(key, storage_numel * kind.itemsize), dtype, offset, size, stride, grad,
-            hook,
-        )
-        for ref, mapped, kind, dtype, key, storage_numel, offset, size, stride, grad, hook in zip(
-            refs, in_place.tolist(), kinds, dtypes, keys, numels, offsets, sizes, strides, grads,
-            hooks,
-        )
-    ]
-
-
-_DTYPE_OF = operator.attrgetter("dtype")
-_ITEMSIZE_OF = operator.attrgetter("itemsize")
-_new_ref = functools.partial(tuple.__new__, MappedTensorRef)  # a ref from its fields, no call
-
-
-def scan_torch_zip(path: str) -> Any:
-    """What `load_torch_zip_fast` returns, with a `MappedTensorRef` (named by its key) in place of each
-    contiguous floating-point tensor (see `_resolve`): nothing is built for them, and the engine
-    reads their bytes in place. Declined (or another exception) where `load_torch_zip_fast`
-    should read the file instead; the checks are that path's, and torch.load's through it."""
-    pickled, records = _open_archive(path)
-    with collector_paused():
-        result = _RecordUnpickler(pickled).load()
-        places = _record_places(result)
-        keys = [key for _, keys in places for key in keys]
-        rebuilt = [container[key] for container, keys in places for key in keys]
-        refs = iter(_resolve(rebuilt, keys, records))
-        for container, keys in places:
-            container.update(zip(keys, refs))
-        return result

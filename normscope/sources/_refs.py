@@ -93,7 +93,7 @@ class TensorMaker(Protocol):
 
 class MappedTensorRef(NamedTuple):
     """A tensor of a `torch.save` zip whose bytes lie, contiguous and checked in bounds, at
-    `address` in a private mapping of the file (`_fast_torch_zip.scan_torch_zip`).
+    `address` in a private mapping of the file (`_scan_torch_zip.scan_torch_zip`).
 
     Nothing is built on open: the engine's CPU kernel reads the bytes at `address` (see
     `snapshot.TensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)` would.

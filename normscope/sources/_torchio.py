@@ -368,7 +368,8 @@ def load_torch_file(
         # Declined, or failed in any way: torch.load reads it, or refuses it in its own words
         with contextlib.suppress(Exception), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            from ._fast_torch_zip import load_torch_zip_fast, scan_torch_zip
+            from ._fast_torch_zip import load_torch_zip_fast
+            from ._scan_torch_zip import scan_torch_zip
 
             if refs:
                 with contextlib.suppress(Exception):
