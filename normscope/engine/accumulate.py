@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
-from normscope.engine.plan import Entry
+import numpy as np
+
+from normscope.engine.in_place import BlockSums
+from normscope.engine.plan import Entry, Piece
 from normscope.engine.reduce import GroupSums
 from normscope.snapshot import ParamTable, Snapshot, SnapshotStats
 
@@ -31,6 +34,13 @@ class Accumulator:
 
     def __init__(self) -> None:
         self._totals: dict[int, dict[str, tuple[Any, ...]]] = {}
+        # per snapshot, the in-place path's sums, bucket by bucket, as the kernel left them
+        self._blocks: dict[int, list[tuple[Sequence[Piece], BlockSums]]] = {}
+
+    def add_block(self, snapshot: int, pieces: Sequence[Piece], block: BlockSums) -> None:
+        """Add a bucket's sums from the in-place path (`in_place.start_in_place`): kept as the
+        array it is, turned into columns by `stats()`."""
+        self._blocks.setdefault(snapshot, []).append((pieces, block))
 
     def add_group(self, snapshot: int, names: Sequence[str], result: GroupSums) -> None:
         """Add every entry of a reduced group (`names` in entry order)."""
@@ -60,15 +70,25 @@ class Accumulator:
         out = []
         for t in range(first, len(snapshots)):
             planned = entries[t]
-            totals = self._totals.get(t, {})
             names = list(planned)
+            values = list(planned.values())
+            params = self._block_table(t, names, values)
+            if params is not None:
+                out.append(SnapshotStats(
+                    meta=snapshots[t].meta,
+                    params=params,
+                    shapes=dict(zip(names, map(_SHAPE, values))),
+                    dtypes=dict(zip(names, map(_DTYPE, values))),
+                ))  # fmt: skip
+                continue
+            self._blocks_to_rows(t)
+            totals = self._totals.get(t, {})
             rows = [_NEVER_READ if row is None else row for row in map(totals.get, names)]
             columns = dict(zip(_ROW_FIELDS, zip(*rows))) if rows else {f: () for f in _ROW_FIELDS}
             missing_prev = columns.pop("missing_prev")
             if any(missing_prev):  # no dot/diff for a parameter some piece had no counterpart of
                 for key in ("dot_prev", "diff_sq"):
                     columns[key] = [None if m else v for v, m in zip(columns[key], missing_prev)]
-            values = list(planned.values())
             columns["numel"] = list(map(_NUMEL, values))
             out.append(
                 SnapshotStats(
@@ -79,6 +99,36 @@ class Accumulator:
                 )
             )
         return out
+
+
+    def _block_table(self, t: int, names: list[str], values: list[Entry]) -> ParamTable | None:
+        """Snapshot t's table straight from its blocks' arrays, where blocks alone cover its
+        planned parameters, each once and in plan order (a run of one model read in place);
+        None otherwise."""
+        blocks = self._blocks.get(t)
+        if not blocks or t in self._totals:
+            return None
+        if [piece.name for pieces, _ in blocks for piece in pieces] != names:
+            return None
+        if any(not piece.whole for pieces, _ in blocks for piece in pieces):
+            return None
+        columns: dict[str, list[Any]] = {"numel": list(map(_NUMEL, values))}
+        columns["norm_sq"] = np.concatenate([b.column("norm_sq") for _, b in blocks]).tolist()
+        columns["nonfinite"] = [n for _, b in blocks for n in b.nonfinite]
+        for name, source in (("dot_prev", "dot"), ("diff_sq", "diff_sq")):
+            columns[name] = [
+                value
+                for _, b in blocks
+                for value in (b.column(source).tolist() if b.with_prev else [None] * len(b.sums))
+            ]
+        return ParamTable(names, columns)
+
+    def _blocks_to_rows(self, t: int) -> None:
+        """Snapshot t's blocks as `add_group` rows, for the general `stats()`."""
+        for pieces, block in self._blocks.pop(t, []):
+            quantities = ("norm_sq", "dot", "diff_sq") if block.with_prev else ("norm_sq",)
+            sums = {q: block.column(q).tolist() for q in quantities}
+            self.add_group(t, [p.name for p in pieces], GroupSums(sums, block.nonfinite, quantities))
 
 
 # A totals row's slots as `ParamStats` fields; a planned parameter never read (zero rows) has

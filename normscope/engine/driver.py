@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import fused_kernel
+from normscope.engine.in_place import start_in_place
 from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
@@ -131,6 +132,9 @@ def _start_work(
 ) -> Callable[[Accumulator], None]:
     """Start reducing one (bucket, snapshot), its pieces grouped by device and stream dtypes;
     the returned function waits for the sums and adds them to the accumulator."""
+    in_place = _start_in_place(work, previous, runner)
+    if in_place is not None:
+        return in_place
     streams = {
         "weight": work.weight,
         "prev": _previous_weights(work, previous),
@@ -145,6 +149,31 @@ def _start_work(
     def collect(accumulator: Accumulator) -> None:
         for names, finish in started:
             accumulator.add_group(work.snapshot, names, finish())
+
+    return collect
+
+
+def _start_in_place(
+    work: LoadedWork, previous: LoadedWork | None, runner: Runner
+) -> Callable[[Accumulator], None] | None:
+    """`_start_work` for a bucket of refs read in place whose previous snapshot (if any) is one
+    too, with the same pieces and shapes: arrays from reader to accumulator (`in_place`)."""
+    columns = work.columns
+    if columns is None:
+        return None
+    prev = None
+    if previous is not None:
+        if previous.columns is None or previous.pieces != work.pieces or (
+            previous.shapes != work.shapes
+        ):
+            return None
+        prev = previous.columns
+    started = start_in_place(columns, prev, work.weight, runner)
+    if started is None:
+        return None
+
+    def collect(accumulator: Accumulator) -> None:
+        accumulator.add_block(work.snapshot, work.pieces, started())
 
     return collect
 

@@ -34,6 +34,9 @@ from typing import TYPE_CHECKING
 from normscope.engine.workers import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
+    from concurrent.futures import Future
+
+    import numpy as np
     import torch
 
     from normscope.engine.reduce import GroupInput, GroupSums
@@ -145,7 +148,7 @@ def fused_kernel() -> FusedKernel | None:
     return _load(os.environ.get("NORMSCOPE_FUSED", "1").strip().lower() in ("0", "false", "no"))
 
 
-def _dtype_codes() -> dict[torch.dtype | str, int]:
+def dtype_codes() -> dict[torch.dtype | str, int]:
     """The kernel's dtype codes, by torch dtype (tensors) and by name (refs)."""
     import torch
 
@@ -168,7 +171,7 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     kernel = fused_kernel()
     if kernel is None:
         return None
-    codes = _dtype_codes()
+    codes = dtype_codes()
     # Per stream: its entries' addresses, dtypes and lengths, whole columns at a time (map over
     # C methods): a group can hold tens of thousands of small tensors. `keep` holds what owns the
     # memory (tensors, made contiguous where needed; refs, which keep their mapping) until the
@@ -232,17 +235,7 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         arrays.append((np.array(pointers, dtype=np.int64), type_codes))
     numel = np.array(lengths, dtype=np.int64)
     out = np.zeros((count, len(COLUMNS)), dtype=np.float64)
-
-    def run(lo: int, hi: int) -> None:
-        kernel.reduce(
-            hi - lo,
-            numel.ctypes.data + 8 * lo,
-            [None if a is None else (a[0].ctypes.data + 8 * lo, a[1].ctypes.data + 4 * lo)
-             for a in arrays],
-            out.ctypes.data + 8 * len(COLUMNS) * lo,
-        )
-
-    running = [runner.submit(run, lo, hi) for lo, hi in _balanced_spans(lengths, runner.workers)]
+    running = launch(kernel, runner, numel, arrays, out)
 
     def finish() -> GroupSums:
         for future in running:
@@ -263,6 +256,27 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
 
     return finish
+
+
+def launch(kernel: FusedKernel, runner: Runner, numel: np.ndarray,
+           streams: Sequence[tuple[np.ndarray, np.ndarray] | None], out: np.ndarray
+           ) -> list[Future[None]]:  # fmt: skip
+    """Run the kernel over all pieces on the runner's threads, in spans of about equal length.
+    `numel` (int64), each stream's (addresses int64, dtype codes int32) and `out` (float64,
+    pieces x COLUMNS) are contiguous arrays the caller keeps alive, with what they point to,
+    until every future is done."""
+
+    def run(lo: int, hi: int) -> None:
+        kernel.reduce(
+            hi - lo,
+            numel.ctypes.data + 8 * lo,
+            [None if a is None else (a[0].ctypes.data + 8 * lo, a[1].ctypes.data + 4 * lo)
+             for a in streams],
+            out.ctypes.data + 8 * len(COLUMNS) * lo,
+        )
+
+    spans = _balanced_spans(numel.tolist(), runner.workers)
+    return [runner.submit(run, lo, hi) for lo, hi in spans]
 
 
 _IS_CPU = operator.attrgetter("is_cpu")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from normscope.engine.in_place import InPlaceColumns, in_place_columns
 from normscope.engine.plan import Entry, Piece, dtype_of
 from normscope.errors import BadInputError, NormscopeError
 from normscope.snapshot import Snapshot
@@ -37,6 +38,8 @@ class LoadedWork:
     weight: list[torch.Tensor] = field(default_factory=list)
     buf: list[torch.Tensor | None] = field(default_factory=list)
     sq: list[torch.Tensor | None] = field(default_factory=list)
+    # where every piece is such a ref (and no optimizer state): the kernel's arrays for them
+    columns: InPlaceColumns | None = None
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor, piece by piece: weight, then buf and sq where present."""
@@ -208,4 +211,5 @@ def _in_place_work(
     if None in addresses:  # ints and None only: no tensor's __eq__ runs here
         return None
     absent: list[Any] = [None] * len(refs)
-    return LoadedWork(b, t, list(bucket), list(map(_SHAPE, planned)), refs, absent, list(absent))
+    return LoadedWork(b, t, list(bucket), list(map(_SHAPE, planned)), refs, absent, list(absent),
+                      in_place_columns(refs))  # fmt: skip

@@ -1,0 +1,82 @@
+"""The in-place path (refs with an address, as arrays from reader to accumulator) gives exactly
+the general path's stats, and takes the runs it is for."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from normscope.engine import compute_stats
+from normscope.engine import driver as engine_driver
+from normscope.engine.fused import fused_kernel
+from normscope.snapshot import ParamTable
+from normscope.sources import open_run
+
+pytestmark = pytest.mark.skipif(fused_kernel() is None, reason="needs the fused kernel")
+
+
+def _save_run(root: Path, shapes: list[dict[str, tuple[int, ...]]], seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for epoch, snapshot in enumerate(shapes):
+        state = {name: torch.randn(shape, generator=g) for name, shape in snapshot.items()}
+        if epoch == 2 and "a.weight" in state:
+            state["a.weight"][0, 0] = float("nan")  # counted through the ref
+        state["half.weight"] = torch.randn(40, generator=g).half()
+        torch.save({"model": state, "epoch": epoch}, root / f"epoch_{epoch}.pt")
+
+
+def _both(path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[list, list, int]:
+    """(in-place stats, general stats, buckets that took the in-place path)."""
+    run = open_run(path)
+    taken = []
+    start = engine_driver._start_in_place
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        started = start(*args)
+        taken.append(started is not None)
+        return started
+
+    monkeypatch.setattr(engine_driver, "_start_in_place", counting)
+    fast = compute_stats(run.snapshots, device="cpu", **kwargs)
+    monkeypatch.setattr(engine_driver, "_start_in_place", lambda *args: None)
+    general = compute_stats(run.snapshots, device="cpu", **kwargs)
+    return fast, general, sum(taken)
+
+
+def _same(fast: list, general: list) -> None:
+    assert len(fast) == len(general)
+    for a, b in zip(fast, general):
+        assert list(a.params) == list(b.params) and a.shapes == b.shapes and a.dtypes == b.dtypes
+        for name in b.params:
+            x, y = a.params[name], b.params[name]
+            assert x.nonfinite == y.nonfinite and x.numel == y.numel
+            for field in ("norm_sq", "dot_prev", "diff_sq"):
+                u, v = getattr(x, field), getattr(y, field)
+                assert (u is None) == (v is None)
+                assert u is None or u == v or (math.isnan(u) and math.isnan(v)), (name, field)
+
+
+def test_a_run_of_one_model_goes_in_place_bucket_by_bucket(tmp_path, monkeypatch):
+    model = {f"l{i}.weight": (16, 8, 3, 3) for i in range(30)} | {"a.weight": (4, 4)}
+    _save_run(tmp_path, [model] * 4)
+    # small buckets: several per snapshot, each with the previous snapshot's as its prev stream
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=64 << 10)
+    assert taken >= 8 and all(isinstance(s.params, ParamTable) for s in fast)
+    _same(fast, general)
+    assert fast[0].params["l0.weight"].dot_prev is None  # the first snapshot has none
+    assert fast[1].params["l0.weight"].dot_prev is not None
+    assert fast[2].params["a.weight"].nonfinite == 1 and math.isnan(fast[2].params["a.weight"].norm_sq)
+
+
+def test_snapshots_that_change_take_the_general_path_where_they_must(tmp_path, monkeypatch):
+    base = {f"l{i}.weight": (16, 8) for i in range(6)}
+    grown = base | {"l0.weight": (32, 8)}  # one parameter changes shape
+    fewer = {k: v for k, v in base.items() if k != "l3.weight"}  # one vanishes
+    _save_run(tmp_path, [base, base, grown, fewer, fewer])
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=2 << 10)
+    assert taken  # the snapshots that did not change
+    _same(fast, general)
+    assert fast[2].params["l0.weight"].dot_prev is None  # reshaped: no previous counterpart
