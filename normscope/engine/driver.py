@@ -172,8 +172,12 @@ def _start_in_place(
     if started is None:
         return None
 
+    # Both items' refs keep alive the memory the kernel reads, until `started()` has returned.
+    kept = (work, previous)
+
     def collect(accumulator: Accumulator) -> None:
-        accumulator.add_block(work.snapshot, work.pieces, started())
+        current = kept[0]
+        accumulator.add_block(current.snapshot, current.pieces, started())
 
     return collect
 
