@@ -73,33 +73,30 @@ class Accumulator:
             names = list(planned)
             values = list(planned.values())
             params = self._block_table(t, names, values)
-            if params is not None:
-                out.append(SnapshotStats(
-                    meta=snapshots[t].meta,
-                    params=params,
-                    shapes=dict(zip(names, map(_SHAPE, values))),
-                    dtypes=dict(zip(names, map(_DTYPE, values))),
-                ))  # fmt: skip
-                continue
-            self._blocks_to_rows(t)
-            totals = self._totals.get(t, {})
-            rows = [_NEVER_READ if row is None else row for row in map(totals.get, names)]
-            columns = dict(zip(_ROW_FIELDS, zip(*rows))) if rows else {f: () for f in _ROW_FIELDS}
-            missing_prev = columns.pop("missing_prev")
-            if any(missing_prev):  # no dot/diff for a parameter some piece had no counterpart of
-                for key in ("dot_prev", "diff_sq"):
-                    columns[key] = [None if m else v for v, m in zip(columns[key], missing_prev)]
-            columns["numel"] = list(map(_NUMEL, values))
+            if params is None:
+                params = self._row_table(t, names, values)
             out.append(
                 SnapshotStats(
                     meta=snapshots[t].meta,
-                    params=ParamTable(names, columns),
+                    params=params,
                     shapes=dict(zip(names, map(_SHAPE, values))),
                     dtypes=dict(zip(names, map(_DTYPE, values))),
                 )
             )
         return out
 
+    def _row_table(self, t: int, names: list[str], values: list[Entry]) -> ParamTable:
+        """Snapshot t's table from its rows of totals (its blocks made rows first)."""
+        self._blocks_to_rows(t)
+        totals = self._totals.get(t, {})
+        rows = [_NEVER_READ if row is None else row for row in map(totals.get, names)]
+        columns = dict(zip(_ROW_FIELDS, zip(*rows))) if rows else {f: () for f in _ROW_FIELDS}
+        missing_prev = columns.pop("missing_prev")
+        if any(missing_prev):  # no dot/diff for a parameter some piece had no counterpart of
+            for key in ("dot_prev", "diff_sq"):
+                columns[key] = [None if m else v for v, m in zip(columns[key], missing_prev)]
+        columns["numel"] = list(map(_NUMEL, values))
+        return ParamTable(names, columns)
 
     def _block_table(self, t: int, names: list[str], values: list[Entry]) -> ParamTable | None:
         """Snapshot t's table straight from its blocks' arrays, where blocks alone cover its
