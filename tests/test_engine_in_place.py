@@ -80,3 +80,21 @@ def test_snapshots_that_change_take_the_general_path_where_they_must(tmp_path, m
     assert taken  # the snapshots that did not change
     _same(fast, general)
     assert fast[2].params["l0.weight"].dot_prev is None  # reshaped: no previous counterpart
+
+
+def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):
+    # reduce_snapshot_pair reads the previous snapshot only as `prev`: the same numbers as the run
+    from normscope.engine import reduce_snapshot_pair
+
+    model = {f"l{i}.weight": (16, 8) for i in range(12)}
+    _save_run(tmp_path, [model] * 3)
+    snapshots = open_run(tmp_path).snapshots
+    whole = compute_stats(snapshots, device="cpu")
+    names = [f"l{i}.weight" for i in range(0, 12, 2)]  # a shard
+    taken = []
+    start = engine_driver._start_in_place
+    monkeypatch.setattr(engine_driver, "_start_in_place",
+                        lambda *args: taken.append(1) or start(*args))  # fmt: skip
+    pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
+    assert taken and list(pair) == names
+    assert all(pair[n] == whole[2].params[n] for n in names)
