@@ -102,3 +102,24 @@ def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):
     pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
     assert taken and all(t is not None for t in taken) and list(pair) == names
     assert all(pair[n] == whole[2].params[n] for n in names)
+
+
+def test_without_the_fused_kernel_refs_are_loaded_and_agree(tmp_path, monkeypatch):
+    # the torch kernels (and CUDA staging, which loads the same way) build tensors from the refs
+    model = {f"l{i}.weight": (16, 8, 3, 3) for i in range(8)} | {"a.weight": (4, 4)}
+    _save_run(tmp_path, [model] * 3)
+    snapshots = open_run(tmp_path).snapshots
+    fused = compute_stats(snapshots, device="cpu")
+    monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    assert fused_kernel() is None
+    loaded = compute_stats(snapshots, device="cpu")
+    for a, b in zip(fused, loaded, strict=True):
+        assert list(a.params) == list(b.params)
+        for name in a.params:
+            x, y = a.params[name], b.params[name]
+            assert x.nonfinite == y.nonfinite
+            for field in ("norm_sq", "dot_prev", "diff_sq"):
+                u, v = getattr(x, field), getattr(y, field)
+                assert (u is None) == (v is None)
+                if u is not None and math.isfinite(u):
+                    assert v == pytest.approx(u, rel=1e-6, abs=1e-9)
