@@ -14,7 +14,7 @@ This module must stay importable without torch (the CLI's start-up path imports 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,11 +116,9 @@ class ParamStats:
     norm_sq_before: float | None = None  # |w|^2 just before the logged step (norm_sq is after it)
 
 
-_PARAM_FIELDS = (
-    "numel", "norm_sq", "nonfinite", "dot_prev", "diff_sq", "buf_dot", "buf_norm_sq",
-    "exp_avg_sq_sum", "grad_norm_sq", "grad_dot", "update_norm_sq", "norm_sq_before",
-)  # fmt: skip
-_DEFAULT = {"nonfinite": 0}  # the others default to None
+# ParamStats's fields in order, and the defaults of those that have one (a table may lack them)
+_PARAM_FIELDS = tuple(f.name for f in fields(ParamStats))
+_DEFAULT = {f.name: f.default for f in fields(ParamStats) if f.default is not MISSING}
 
 
 class ParamTable(Mapping[str, ParamStats]):
@@ -135,9 +133,10 @@ class ParamTable(Mapping[str, ParamStats]):
     __slots__ = ("_columns", "_index", "_names")
 
     def __init__(self, names: Sequence[str], columns: Mapping[str, Sequence[Any]]) -> None:
-        unknown = set(columns) - set(_PARAM_FIELDS)
-        if unknown or "numel" not in columns or "norm_sq" not in columns:
-            raise ValueError(f"ParamTable columns must include numel and norm_sq; got {sorted(columns)}")
+        required = set(_PARAM_FIELDS) - _DEFAULT.keys()  # numel and norm_sq
+        if not required <= set(columns) <= set(_PARAM_FIELDS):
+            raise ValueError(f"ParamTable columns must be ParamStats fields including "
+                             f"{sorted(required)}; got {sorted(columns)}")  # fmt: skip
         self._names = list(names)
         if any(len(values) != len(self._names) for values in columns.values()):
             raise ValueError("every ParamTable column needs one value per name")
@@ -149,16 +148,19 @@ class ParamTable(Mapping[str, ParamStats]):
         if name not in _PARAM_FIELDS:
             raise KeyError(name)
         values = self._columns.get(name)
-        return list(values) if values is not None else [_DEFAULT.get(name)] * len(self._names)
+        return list(values) if values is not None else [_DEFAULT[name]] * len(self._names)
+
+    def _positions(self) -> dict[str, int]:
+        if self._index is None:  # made on the first lookup by name; columns need none
+            self._index = {n: i for i, n in enumerate(self._names)}
+        return self._index
 
     def __getitem__(self, name: str) -> ParamStats:
-        if self._index is None:
-            self._index = {n: i for i, n in enumerate(self._names)}
-        i = self._index[name]
+        i = self._positions()[name]
         columns = self._columns
         stats = object.__new__(ParamStats)
         object.__setattr__(stats, "__dict__", {
-            key: columns[key][i] if key in columns else _DEFAULT.get(key) for key in _PARAM_FIELDS
+            key: columns[key][i] if key in columns else _DEFAULT[key] for key in _PARAM_FIELDS
         })  # fmt: skip
         return stats
 
@@ -169,9 +171,7 @@ class ParamTable(Mapping[str, ParamStats]):
         return len(self._names)
 
     def __contains__(self, name: object) -> bool:
-        if self._index is None:
-            self._index = {n: i for i, n in enumerate(self._names)}
-        return name in self._index
+        return name in self._positions()
 
     def __repr__(self) -> str:
         return f"ParamTable({len(self._names)} parameters)"
