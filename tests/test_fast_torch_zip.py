@@ -21,7 +21,6 @@ from test_sources_bad_input import Exploit
 from test_sources_restricted import RunsOpen, RunsShell
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
-from normscope.sources import _fast_torch_zip as fast_torch_zip
 from normscope.sources import _torchio as torchio
 from normscope.sources._fast_torch_zip import Declined, load_torch_zip_fast
 from normscope.sources._refs import MappedTensorRef
@@ -465,7 +464,6 @@ def test_scan_reads_every_sample_run_file_as_torch_load_reads_it():
 def test_scan_with_many_records_reads_the_same(checkpoint_file, tmp_path, monkeypatch):
     # archives past the table of record names convert each key instead (a fresh copy: the zip
     # facts of a file already read are cached)
-    monkeypatch.setattr(fast_torch_zip, "NUMBERED_MAX", 0)
     monkeypatch.setattr(torchio, "NUMBERED_MAX", 0)
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint_file.read_bytes())

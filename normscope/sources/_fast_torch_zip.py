@@ -60,7 +60,7 @@ import torch
 
 from normscope._gc import collector_paused
 
-from ._torchio import NUMBERED_MAX, TorchRecords, record_numbers, zip_facts
+from ._torchio import TorchRecords, record_numbers, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
@@ -282,45 +282,32 @@ class Records:
     def index(self, key: str, nbytes: int) -> int:
         """The record `data/<key>`, checked: stored plain, where its local header says, and
         `nbytes` long (what its storage id says it holds)."""
-        index = int(key) if key.isdecimal() else -1
-        if not 0 <= index < len(self._starts) or str(index) != key:
+        found = record_numbers([key], len(self._starts))
+        if found is None:
             raise Declined(f"no record data/{key}")
+        index = found[0]
         if self._starts[index] < 0:
             raise Declined(f"data/{key} is not a stored record that matches its local header")
         if self._sizes[index] != nbytes:
             raise Declined(f"data/{key} is not the size its tensor needs")
         return index
 
-    def indices(self, storages: dict[str, tuple[StorageType, int]]) -> dict[str, int]:
-        """`index()` for every key of {key: (storage type, numel)}, a column at a time."""
-        keys = list(storages)
-        # only the canonical names: "007", " 7", "+7", "7_0" name no record
-        if len(self._starts) <= NUMBERED_MAX:
-            try:
-                found = list(map(record_numbers(len(self._starts)).__getitem__, keys))
-            except KeyError:
-                raise Declined("a storage key that names no record") from None
-        else:  # a table that large would cost more memory than the conversions cost time
-            found = list(map(int, keys))  # ValueError: declined, as every error here
-            if list(map(str, found)) != keys or min(found, default=0) < 0:
-                raise Declined("a storage key that names no record")
-            if max(found, default=0) >= len(self._starts):
-                raise Declined("a storage key that names no record")
+    def indices(self, keys: list[str], nbytes: list[int]) -> list[int]:
+        """`index()` for many keys, a column at a time."""
+        found = record_numbers(keys, len(self._starts))
+        if found is None:
+            raise Declined("a storage key that names no record")
         at = np.array(found, dtype=np.int64)
-        kinds, numels = zip(*storages.values()) if storages else ((), ())
-        nbytes = np.array(list(map(ITEMSIZE_OF, kinds)), dtype=np.int64) * np.array(
-            numels, dtype=np.int64
-        )
-        if len(at) and (
-            np.any(self._np_starts[at] < 0)
-            or np.any(self._np_sizes[at] != nbytes)
-        ):
-            raise Declined("a storage whose record is missing, compressed or of another size")
-        return dict(zip(keys, found))
+        if np.any(self._np_starts[at] < 0):
+            raise Declined("a record that is not stored where its local header says")
+        if np.any(self._np_sizes[at] != np.array(nbytes, dtype=np.int64)):
+            raise Declined("a record of another size than its storage needs")
+        return found
 
-    def starts(self, indices: list[int]) -> np.ndarray:
-        """Where records `indices` (checked by `indices()`) begin in the file."""
-        return self._np_starts[np.array(indices, dtype=np.int64)]
+    def extents(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Where records `indices` (checked by `indices()`) begin in the file, and their sizes."""
+        at = np.array(indices, dtype=np.int64)
+        return self._np_starts[at], self._np_sizes[at]
 
     def get(self, key: str, nbytes: int) -> torch.UntypedStorage:
         start = self._starts[self.index(key, nbytes)]

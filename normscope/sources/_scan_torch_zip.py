@@ -147,7 +147,10 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
     storages = dict(zip(keys, zip(kinds, numels)))
     if len(storages) != len(keys) and len(set(zip(keys, kinds, numels))) != len(storages):
         raise Declined("a storage named with two dtypes or sizes")
-    index = records.indices(storages)
+    kinds_of, numels_of = zip(*storages.values())
+    found = records.indices(list(storages), list(map(operator.mul, map(ITEMSIZE_OF, kinds_of),
+                                                     numels_of)))  # fmt: skip
+    index = dict(zip(storages, found))
     layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(sizes)}
     counts, contiguous = zip(*map(layouts.__getitem__, sizes))
     # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
@@ -168,13 +171,11 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
         & np.array(list(map(operator.eq, strides, contiguous)), dtype=bool)
         & np.array(in_place_dtype, dtype=bool)
     )
-    record_bytes = np.array(numels, dtype=np.int64) * np.array(
-        list(map(ITEMSIZE_OF, kinds)), dtype=np.int64
-    )
+    rows = list(map(index.__getitem__, keys))
+    starts, record_bytes = records.extents(rows)  # `indices` checked each against its storage id
     if np.any(in_place & ((np_offsets + np_counts) * np_itemsizes > record_bytes)):
         raise Declined("a tensor past the end of its record")
-    rows = list(map(index.__getitem__, keys))
-    addresses = (records.base + records.starts(rows) + np_offsets * np_itemsizes).tolist()
+    addresses = (records.base + starts + np_offsets * np_itemsizes).tolist()
     # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
     labels = names if set(map(type, names)) == {str} else [
         key if type(key) is str else "" for key in names

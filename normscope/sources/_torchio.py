@@ -190,11 +190,30 @@ NUMBERED_MAX = 1 << 18  # records; ~25 MB for the table of names
 
 
 @functools.lru_cache(maxsize=4)
-def record_numbers(count: int) -> dict[str, int]:
+def _record_table(count: int) -> dict[str, int]:
     """{"0": 0, …, str(count - 1): count - 1}: the keys of an archive of `count` records. Made once
     per record count (a run's checkpoints share theirs): converting each key both ways cost
     ~0.5 µs a tensor."""
     return {str(i): i for i in range(count)}
+
+
+def record_numbers(keys: list[str], count: int) -> list[int] | None:
+    """The record each key names among an archive's `count` records "0" … str(count - 1), in its
+    canonical spelling only ("07", " 7", "+7", "7_0" name none); None if some key names none.
+    Record names in the zip directory and storage keys in the pickle are both read this way."""
+    if count <= NUMBERED_MAX:
+        try:
+            return list(map(_record_table(count).__getitem__, keys))
+        except KeyError:
+            return None
+    # a table that large would cost more memory than converting each key costs time
+    try:
+        numbers = list(map(int, keys))
+    except ValueError:
+        return None
+    if list(map(str, numbers)) != keys or not 0 <= min(numbers, default=0):
+        return None
+    return numbers if max(numbers, default=0) < count else None
 
 
 def _records(archive: str, byteorder: bytes | None, directory: Directory) -> TorchRecords | None:
@@ -208,18 +227,9 @@ def _records(archive: str, byteorder: bytes | None, directory: Directory) -> Tor
     keys = [names[i][len(prefix) :] for i in picked]
     count = len(picked)
     # the canonical names: "data/7" is record 7, "data/07" or "data/x" make the archive unusual
-    if count <= NUMBERED_MAX:
-        try:
-            numbers = list(map(record_numbers(count).__getitem__, keys))
-        except KeyError:
-            return None
-    else:
-        try:
-            numbers = list(map(int, keys))
-        except ValueError:
-            return None
-        if list(map(str, numbers)) != keys or not 0 <= min(numbers) <= max(numbers) < count:
-            return None
+    numbers = record_numbers(keys, count)
+    if numbers is None:
+        return None
     index = np.array(numbers, dtype=np.int64)
     if count and np.bincount(index, minlength=count).max() > 1:  # a record named twice
         return None
