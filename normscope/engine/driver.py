@@ -207,7 +207,7 @@ def _groups(
     """The pieces split into groups of one device and one dtype per stream, a stream absent from
     every member or present in all. Indices None: every piece, in order (the usual case). Whole
     columns are compared at once; tens of thousands of pieces pass here."""
-    shared = [_uniform_place(column, count) for column in streams.values()]
+    shared = [_uniform_place(column) for column in streams.values()]
     if False not in shared:  # a place is a tuple or None, and neither equals False
         return [(None, _group_input(streams, tuple(shared)))]
     places = [_places(column, count) for column in streams.values()]
@@ -223,7 +223,7 @@ def _groups(
     ]
 
 
-def _uniform_place(column: list[torch.Tensor | None], count: int) -> tuple | None | bool:
+def _uniform_place(column: list[torch.Tensor | None]) -> tuple | None | bool:
     """The one place every entry of the column shares (None: absent from all); False where the
     entries differ. Whole columns at once: a ResNet-shaped bucket holds thousands of pieces."""
     import torch

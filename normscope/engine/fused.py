@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from normscope.engine.workers import Runner
 
@@ -244,18 +244,28 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
         if split:
             sums = np.zeros((entries, len(COLUMNS)), dtype=np.float64)
             np.add.at(sums, np.array(owner, dtype=np.int64), out)
-        nonfinite = [0] * entries
-        weights = keep[0]
-        for i in np.flatnonzero(~np.isfinite(sums[:, 0])).tolist():
-            weight = weights[i]
-            if not isinstance(weight, torch.Tensor):
-                weight = weight.load()
-            nonfinite[i] = int((~torch.isfinite(weight)).sum())
+        nonfinite = nonfinite_counts(sums[:, 0], keep[0])
         quantities = group.quantities()
         columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
         return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
 
     return finish
+
+
+def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
+    """Each entry's count of NaN/Inf weights: 0 where its sum of squares is finite (the kernel
+    accumulated it, so the entry holds none), counted in the rare others. `weights` are tensors
+    or refs (loaded for the count)."""
+    import numpy as np
+    import torch
+
+    counts = [0] * len(weights)
+    for i in np.flatnonzero(~np.isfinite(norm_sq)).tolist():
+        weight = weights[i]
+        if not isinstance(weight, torch.Tensor):
+            weight = weight.load()
+        counts[i] = int((~torch.isfinite(weight)).sum())
+    return counts
 
 
 def launch(kernel: FusedKernel, runner: Runner, numel: np.ndarray,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -25,13 +25,10 @@ from normscope.engine.fused import (
     dtype_codes,
     fused_kernel,
     launch,
+    nonfinite_counts,
 )
 from normscope.engine.workers import Runner
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
-_ADDRESS = operator.attrgetter("address")
 _DTYPE = operator.attrgetter("dtype")
 _NUMEL = operator.attrgetter("numel")
 
@@ -46,10 +43,10 @@ class InPlaceColumns:
     numels: np.ndarray
 
 
-def in_place_columns(refs: Sequence[Any]) -> InPlaceColumns | None:
-    """The columns of refs that all expose `address`, `dtype` (a name) and `numel`; None where a
-    dtype is not the kernel's or a ref is long enough that the kernel's pieces must split it
-    (the general path does that)."""
+def in_place_columns(refs: Sequence[Any], addresses: Sequence[int]) -> InPlaceColumns | None:
+    """The columns of refs that all expose `address` (`addresses`, read off them by the caller),
+    `dtype` (a name) and `numel`; None where a dtype is not the kernel's or a ref is long enough
+    that the kernel's pieces must split it (the general path does that)."""
     codes = dtype_codes()
     try:
         kinds = np.array(list(map(codes.__getitem__, map(_DTYPE, refs))), dtype=np.int32)
@@ -58,7 +55,7 @@ def in_place_columns(refs: Sequence[Any]) -> InPlaceColumns | None:
     numels = np.array(list(map(_NUMEL, refs)), dtype=np.int64)
     if len(numels) and int(numels.max()) > PIECE_ELEMENTS:
         return None
-    return InPlaceColumns(np.array(list(map(_ADDRESS, refs)), dtype=np.int64), kinds, numels)
+    return InPlaceColumns(np.array(addresses, dtype=np.int64), kinds, numels)
 
 
 @dataclass(frozen=True)
@@ -93,15 +90,6 @@ def start_in_place(
     def finish() -> BlockSums:
         for future in running:
             future.result()
-        nonfinite = [0] * len(refs)
-        for i in np.flatnonzero(~np.isfinite(out[:, 0])).tolist():
-            nonfinite[i] = _count_nonfinite(refs[i].load())
-        return BlockSums(out, nonfinite, prev is not None)
+        return BlockSums(out, nonfinite_counts(out[:, 0], refs), prev is not None)
 
     return finish
-
-
-def _count_nonfinite(tensor: torch.Tensor) -> int:
-    import torch
-
-    return int((~torch.isfinite(tensor)).sum())

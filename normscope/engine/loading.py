@@ -147,7 +147,7 @@ def load_work(
         ref = tensors[name]
         whole = piece.stop is None
         held = getattr(ref, "held", None) if whole else None
-        if in_place and whole and getattr(ref, "address", None) is not None:
+        if in_place and whole and _has_address(ref):
             weight = ref  # its shape and dtype are the entry's: the plan read them off it
         elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
             held is not None
@@ -163,13 +163,14 @@ def load_work(
         buf = sq = None
         state = entry.state
         if state:
+            # optimizer refs with an address go in as they are too (the plan checked their shape)
             if "buf" in state:
                 buf = state["buf"]
-                if not (in_place and whole and getattr(buf, "address", None) is not None):
+                if not (in_place and whole and _has_address(buf)):
                     buf = _read(buf, piece, shape, "optimizer buf of", path)
             if "sq" in state:
                 sq = state["sq"]
-                if not (in_place and whole and getattr(sq, "address", None) is not None):
+                if not (in_place and whole and _has_address(sq)):
                     sq = _read(sq, piece, shape, "optimizer sq of", path)
         if touch_pages:
             for tensor in (weight, buf, sq):
@@ -212,4 +213,9 @@ def _in_place_work(
         return None
     absent: list[Any] = [None] * len(refs)
     return LoadedWork(b, t, list(bucket), list(map(_SHAPE, planned)), refs, absent, list(absent),
-                      in_place_columns(refs))  # fmt: skip
+                      in_place_columns(refs, addresses))  # fmt: skip
+
+
+def _has_address(handle: Any) -> bool:
+    """A ref the fused kernel can read where it lies (see `snapshot.TensorRef`)."""
+    return getattr(handle, "address", None) is not None

@@ -280,8 +280,8 @@ def _uniform_buckets(entries: Sequence[Mapping[str, Entry]], budget: int) -> _Pa
         return None
     ends, total = [], 0
     for i, n in enumerate(nbytes):
-        if total + n > budget and i:  # greedy: a bucket closes before the piece that overflows it
-            ends.append(i)
+        if total + n > budget:  # greedy: a bucket closes before the piece that overflows it
+            ends.append(i)  # (i > 0: no single piece is over the budget here)
             total = 0
         total += n
     bounds = list(zip([0, *ends], [*ends, len(names)]))
