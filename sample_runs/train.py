@@ -20,7 +20,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``sample_runs`` importable from the repo root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch
+from sample_runs.cpu_kernels import pin_cpu_kernels
+
+pin_cpu_kernels()  # before torch runs anything: the committed runs use the AVX2 kernels
+
+import torch  # noqa: E402
 
 from sample_runs.digits import TEST_SIZE, load_digits_split
 from sample_runs.hf_run import AdamWRunConfig, AdamWRunResult, train_adamw_run

@@ -7,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import torch
+
+from sample_runs.cpu_kernels import pin_cpu_kernels
+
+# Before any tensor work: the fresh tiny run must reproduce the committed one bit for bit, and
+# torch's kernels depend on the CPU's instruction set unless pinned.
+pin_cpu_kernels()
+
+import torch  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RUNS = REPO_ROOT / "sample_runs"
