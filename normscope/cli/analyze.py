@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -156,9 +155,11 @@ def analyze(
             plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
             plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
 
+    from normscope.report.escape import printable
+
     err = stderr_console()
     for finding in result.run.nonfinite:
-        err.print(f"normscope: warning: {finding.param} holds {finding.count} non-finite value(s) "
+        err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")
 
     if format is Format.table:
@@ -175,7 +176,9 @@ def analyze(
         from normscope.report.analyze_json import analyze_document
 
         doc = analyze_document(traj, result)
-        emit_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", output)
+        from normscope.report.escape import json_text
+
+        emit_text(json_text(doc) + "\n", output)
     elif format is Format.csv:
         from normscope.report.table_export import to_csv_text
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import os
 import sys
 from pathlib import Path
@@ -90,9 +89,9 @@ def check(
         write_junit(result, junit)
     if format is CheckFormat.json:
         from normscope.report.check_json import check_document
+        from normscope.report.escape import json_text
 
-        sys.stdout.write(json.dumps(check_document(result, outcome.resolved.origins), indent=2,
-                                    allow_nan=False) + "\n")
+        sys.stdout.write(json_text(check_document(result, outcome.resolved.origins)) + "\n")
     else:
         from normscope.report.check_view import check_view
 
@@ -101,6 +100,8 @@ def check(
 
     # The runner reads workflow commands from stderr as well as stdout; stderr keeps JSON clean.
     publish(result, os.environ, lambda line: print(line, file=sys.stderr), origins=outcome.resolved.origins)
+    from normscope.report.escape import printable
+
     for note in outcome.notes:
-        stderr_console().print(f"normscope: note: {note}")
+        stderr_console().print(f"normscope: note: {printable(note)}")
     raise typer.Exit(result.exit_code)

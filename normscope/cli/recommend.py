@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -57,19 +56,21 @@ def recommend(
                           decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
     texp_schedule = _texp(rec) if texp else None
 
+    from normscope.report.escape import json_text, printable
+
     err = stderr_console()
     for warning in traj.warnings:
-        err.print(f"normscope: warning: {warning}")
+        err.print(f"normscope: warning: {printable(warning)}")
     if plot is not None:
         from normscope.report.bounce_plot import plot_recommendation
 
         plot_recommendation(rec, plot, title=Path(path).name)
-        err.print(f"normscope: plot written to {plot}")
+        err.print(f"normscope: plot written to {printable(plot)}")
 
     if format is Format.json:
         from normscope.report.recommend_view import to_json
 
-        emit_text(json.dumps(to_json(rec, texp_schedule), indent=2, allow_nan=False) + "\n", output)
+        emit_text(json_text(to_json(rec, texp_schedule)) + "\n", output)
     elif format is Format.csv:
         from normscope.report.recommend_view import schedule_csv
 

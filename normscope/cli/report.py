@@ -38,7 +38,9 @@ def report(
     trajectory = load_trajectory(path, include=settings.include, exclude=settings.exclude, every=settings.every,
                                  device=settings.device)
     written = write_report(run_report(trajectory), output)
+    from normscope.report.escape import printable
+
     for file in written:
-        print(file)  # machine output: the files written, one per line
+        print(printable(file))  # machine output: the files written, one per line
     for note in trajectory.warnings:
-        stderr_console().print(f"normscope: note: {note}")
+        stderr_console().print(f"normscope: note: {printable(note)}")

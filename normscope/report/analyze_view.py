@@ -11,6 +11,7 @@ from rich.text import Text
 
 from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
+from normscope.report.escape import printable
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -34,7 +35,7 @@ def hyperparams_line(meta: SnapshotMeta) -> str:
     if not meta.param_groups:
         return "no optimizer state found"
     g = meta.param_groups[0]
-    parts = [meta.optimizer or "optimizer"]
+    parts = [printable(meta.optimizer or "optimizer")]
     for label, value in (("lr", g.lr), ("wd", g.weight_decay), ("momentum", g.momentum)):
         if value is not None:
             parts.append(f"{label}={value:g}")
@@ -43,7 +44,7 @@ def hyperparams_line(meta: SnapshotMeta) -> str:
     if len(meta.param_groups) > 1:
         parts.append(f"(+{len(meta.param_groups) - 1} more group(s))")
     if meta.hyperparams_source:
-        parts.append(f"[from {meta.hyperparams_source}]")
+        parts.append(f"[from {printable(meta.hyperparams_source)}]")
     return " ".join(parts)
 
 
@@ -52,11 +53,11 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     grid.add_column(style="bold")
     grid.add_column()
     first, last = traj.snapshots[0], traj.snapshots[-1]
-    grid.add_row("run", f"{traj.root} ({traj.layout})")
+    grid.add_row("run", f"{printable(traj.root)} ({traj.layout})")
     grid.add_row(
         "snapshots",
         f"{run.snapshots}, {fmt_when(first.step, first.epoch)} → {fmt_when(last.step, last.epoch)}, "
-        f"ordered by {traj.ordering}",
+        f"ordered by {printable(traj.ordering)}",
     )
     grid.add_row("parameters", f"{run.params} tensors, {run.numel:,} elements")
     grid.add_row("optimizer", hyperparams_line(last))
@@ -66,10 +67,12 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
 
     grid.add_row(
         "total norm",
-        f"first {fmt(run.total_norm_first)} · max {fmt(run.total_norm_max)} "
-        f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
-        f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  "
-        f"[dim](√Σ|w|² over kinds: {', '.join(run.total_kinds)})[/dim]",
+        Text.assemble(
+            f"first {fmt(run.total_norm_first)} · max {fmt(run.total_norm_max)} "
+            f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
+            f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  ",
+            (f"(√Σ|w|² over kinds: {', '.join(run.total_kinds)})", "dim"),
+        ),
     )
     return grid
 
@@ -86,7 +89,7 @@ def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
         change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
         style = "red" if p.first_nonfinite_snapshot is not None else None
         table.add_row(
-            p.param, p.kind, p.shape, fmt(p.first_norm), fmt(p.min_norm),
+            printable(p.param), p.kind, printable(p.shape), fmt(p.first_norm), fmt(p.min_norm),
             fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), change,
             f"{math.degrees(p.total_angle_rad):.1f}°", style=style,
         )
@@ -97,10 +100,10 @@ def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
     lines: list[Text] = []
     for f in run.nonfinite:
         lines.append(Text(
-            f"non-finite values: {f.param} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
+            f"non-finite values: {printable(f.param)} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
             f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
     for w in traj.warnings:
-        lines.append(Text(f"note: {w}", style="yellow"))
+        lines.append(Text(f"note: {printable(w)}", style="yellow"))
     return Group(*lines) if lines else None
 
 
@@ -137,7 +140,7 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
 
         parts.extend([Text(""), render_equilibrium(result.equilibrium)])
     for name, why in result.skipped.items():
-        parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
+        parts.append(Text(f"{name}: not analysed — {printable(why)}", style="dim"))
     return parts
 
 

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from normscope.analysis.live import LiveFrame
+from normscope.report.escape import printable
 
 
 def _num(x: float, fmt: str = ".4g") -> str:
@@ -24,7 +25,7 @@ def _deg(rad: float) -> str:
 
 
 def _hyper(frame: LiveFrame) -> str:
-    parts = [frame.optimizer or "optimizer ?"]
+    parts = [printable(frame.optimizer or "optimizer ?")]
     for label, value in (("lr", frame.lr), ("wd", frame.weight_decay), ("μ", frame.momentum),
                          ("β1", frame.beta1)):
         if math.isfinite(value):
@@ -36,9 +37,9 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
     where = "step " + (str(frame.step) if frame.step is not None else "?")
     if frame.epoch is not None:
         where += f" · epoch {frame.epoch:g}"
-    title = Text.assemble(("normscope watch ", "bold"), frame.root, f"  ({frame.layout})")
+    title = Text.assemble(("normscope watch ", "bold"), printable(frame.root), f"  ({frame.layout})")
     status = Text(f"{where} · {frame.records} record(s) · {_hyper(frame)}"
-                  + (f" · {updated}" if updated else ""))
+                  + (f" · {printable(updated)}" if updated else ""))
     if not frame.layers:
         return Group(title, status, Text("waiting for the first record …", style="dim"))
     angle_head = "∠/step" if frame.layers[0].angle_is_per_step else "∠/snapshot"
@@ -49,7 +50,7 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
                          no_wrap=True)
     for layer in frame.layers:
         kind = layer.kind + (" s.i." if layer.scale_invariant else "")
-        table.add_row(layer.param, kind, _num(layer.norm), _pct(layer.norm_change),
+        table.add_row(printable(layer.param), kind, _num(layer.norm), _pct(layer.norm_change),
                       _num(layer.grad_norm), _num(layer.cos_wg, "+.3f"), _deg(layer.angle_rad),
                       _deg(layer.equilibrium_angle_rad), _num(layer.angle_ratio, ".2f"),
                       layer.equilibrium_status or "–")
@@ -59,6 +60,6 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
     total = Text(f"total weight norm {_num(frame.total_weight_norm)} "
                  f"(start {_num(frame.total_weight_norm_first)})")
     parts = [title, status, table, legend, total]
-    parts += [Text(line, style="bold") for line in frame.advice]
-    parts += [Text(f"warning: {w}", style="yellow") for w in frame.warnings]
+    parts += [Text(printable(line), style="bold") for line in frame.advice]
+    parts += [Text(f"warning: {printable(w)}", style="yellow") for w in frame.warnings]
     return Group(*parts)
