@@ -119,7 +119,6 @@ def analyze(
                                                 rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
-    from normscope.analysis.overview import overview
     from normscope.api import load_trajectory
     from normscope.errors import BadInputError
 
@@ -138,12 +137,12 @@ def analyze(
             traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
         else:
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
-    from normscope.analysis.equilibrium import HyperparamOverrides
+    from normscope.analysis.runner import RunOptions, analyze_run
 
-    overrides = HyperparamOverrides(optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                                    momentum=momentum, beta1=beta1, steps_per_epoch=steps_per_epoch)
-    result = overview(traj, steps_per_epoch=steps_per_epoch, equilibrium=equilibrium or plots is not None,
-                      model_spec=model, overrides=overrides)
+    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
+                         device=device.value, steps_per_epoch=steps_per_epoch, model_spec=model,
+                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, beta1=beta1)
+    result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
     if plots is not None:
         from normscope.report.equilibrium_plots import (
             plot_equilibrium,
