@@ -134,3 +134,65 @@ def test_reports_show_the_equilibrium_numbers_of_the_json(suffix, equilibrium_js
         cells = [cell.strip() for cell in row.split("|</", 1)[0].strip("| ").split(" | ")]
         expected = [_json_column(c)(layer) for c in quantities.EQUILIBRIUM_COLUMNS]
         assert cells[3:3 + len(expected)] == expected, (param, cells)
+
+
+# --- not measured is not 0; a NaN tensor marks the total; no relative change from ~0 -----------------
+
+def _json(*args: object) -> dict:
+    return json.loads(_normscope(*args, "-f", "json"))
+
+
+def test_angles_a_sparse_tracker_log_does_not_measure_are_not_shown_as_zero(tmp_path):
+    import torch
+    from torch import nn
+
+    import normscope
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    log = tmp_path / "track.jsonl"
+    with normscope.track(model, opt, log, every=10) as tracker:
+        for step in range(60):
+            tracker.set_epoch(step // 20)
+            x = torch.randn(32, 8)
+            loss = nn.functional.cross_entropy(model(x), (x[:, 0] > 0).long())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    document = _json("analyze", log)
+    assert document["params"] and all(p["total_angle_rad"] is None for p in document["params"])
+    text = _normscope("analyze", log)
+    table = text.split("Per-parameter norm trajectories", 1)[1].split("angle moved –", 1)[0]
+    rows = [line.split() for line in table.splitlines() if line.strip().startswith(("0.weight", "2.weight"))]
+    assert rows and all(row[-1] == "–" for row in rows), text
+    assert "angle moved –: not every interval" in text
+
+
+def test_a_tensor_that_goes_nan_marks_the_total(tmp_path, tiny_trained_run):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "nan_run"
+    shutil.copytree(tiny_trained_run, run)
+    last = torch.load(run / "epoch_003.pt", weights_only=True)
+    last["model"]["head.weight"][0, 0] = float("nan")
+    torch.save(last, run / "epoch_003.pt")
+    totals = _json("analyze", run)["totals"]
+    assert totals["total_norm_last"] is None and totals["total_norm_nonfinite_snapshots"] == 1
+    assert totals["total_norm_first"] is not None
+    text = _normscope("analyze", run)
+    assert "last – " in text and "not finite at 1 snapshot(s)" in text
+
+
+def test_relative_change_from_a_near_zero_start_is_not_shown():
+    if not LIVE.exists():
+        pytest.skip("no sample")
+    params = {p["param"]: p for p in _json("analyze", LIVE)["params"]}
+    # BatchNorm biases start at 0 and are 0.006 after the first logged step: +41603 % said nothing
+    assert params["block2.bn.bias"]["rel_change"] is None
+    assert params["block1.conv.weight"]["rel_change"] == pytest.approx(4.981 / 2.307 - 1, rel=1e-3)
+    watch = _rows(_normscope("watch", LIVE, "--once"), re.compile(r"[\w.]+\.(weight|bias)"))
+    assert watch["block2.bn.bias"][3] == "–" and watch["block1.conv.weight"][3] == "+115.9%"
+    assert "the norm starts near 0" in _normscope("analyze", LIVE)

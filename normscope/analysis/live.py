@@ -23,6 +23,7 @@ import pandas as pd
 
 from normscope.analysis import theory
 from normscope.analysis.runner import RunAnalysis, RunOptions, analyze_run
+from normscope.analysis.summary import relative_change
 from normscope.trajectory import Trajectory
 
 UPDATE_ANGLE = "update_angle_rad"
@@ -121,7 +122,7 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
         equilibrium = analysis.equilibrium_layer(str(param))
         layers.append(LayerLive(
             param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
-            norm_change=float(now["norm"]) / first - 1 if first > 0 else math.nan,
+            norm_change=relative_change(first, float(now["norm"]), float(history.max())),
             grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
             angle_rad=_recent_mean(angles), angle_is_per_step=bool(per_step),
             equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,

@@ -12,6 +12,7 @@ from rich.text import Text
 from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
 from normscope.report.escape import printable
+from normscope.report.quantities import angle, not_shown_notes, percent_change, when
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -22,12 +23,7 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_when(step: int | None, epoch: float | None) -> str:
-    if epoch is not None and not (isinstance(epoch, float) and math.isnan(epoch)):
-        return f"ep {round(epoch, 2):g}"
-    if step is not None:
-        return f"step {step}"
-    return "–"
+fmt_when = when
 
 
 def hyperparams_line(meta: SnapshotMeta) -> str:
@@ -65,6 +61,8 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
         meta = traj.snapshots[snapshot]
         return fmt_when(meta.step, meta.epoch)
 
+    broken = (f" · not finite at {run.total_norm_nonfinite_snapshots} snapshot(s): a tensor holds NaN/Inf"
+              if run.total_norm_nonfinite_snapshots else "")
     grid.add_row(
         "total norm",
         Text.assemble(
@@ -72,6 +70,7 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
             f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
             f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  ",
             (f"(√Σ|w|² over kinds: {', '.join(run.total_kinds)})", "dim"),
+            (broken, "bold red"),
         ),
     )
     return grid
@@ -83,15 +82,15 @@ def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
     table.add_column("parameter", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("shape", no_wrap=True)
-    for name in ("first", "min", "at", "last", "change", "angle Σ"):
+    for name in ("first", "min", "min at", "last", "change", "angle moved"):
         table.add_column(name, justify="right", no_wrap=True)
     for p in params:
-        change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
+        change = percent_change(p.rel_change)
         style = "red" if p.first_nonfinite_snapshot is not None else None
         table.add_row(
             printable(p.param), p.kind, printable(p.shape), fmt(p.first_norm), fmt(p.min_norm),
             fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), change,
-            f"{math.degrees(p.total_angle_rad):.1f}°", style=style,
+            angle(p.total_angle_rad), style=style,
         )
     return table
 
@@ -153,6 +152,7 @@ def analyze_view(traj: Trajectory, result: Overview,
     parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(shown, traj)]
     if more is not None:
         parts.append(more)
+    parts.extend(Text(note, style="dim") for note in not_shown_notes(shown))
     parts.extend(analyses_block(result, max_rows))
     block = warnings_block(traj, run)
     if block is not None:

@@ -21,12 +21,41 @@ def _finite(x: float | None) -> bool:
 
 def angle(rad: float | None) -> str:
     """An angle, shown in degrees (3 significant digits)."""
-    return f"{math.degrees(rad):.3g}°" if _finite(rad) else NOT_MEASURED
+    if not _finite(rad):
+        return NOT_MEASURED
+    degrees = math.degrees(rad)
+    return f"{degrees:.0f}°" if abs(degrees) >= 100 else f"{degrees:.3g}°"
 
 
 def ratio(x: float | None) -> str:
     """A dimensionless ratio (3 significant digits)."""
     return f"{x:.3g}" if _finite(x) else NOT_MEASURED
+
+
+def when(step: int | None, epoch: float | None) -> str:
+    """A point of the run: its epoch where known, else its step."""
+    if epoch is not None and not (isinstance(epoch, float) and math.isnan(epoch)):
+        return f"epoch {round(epoch, 2):g}"
+    if step is not None:
+        return f"step {step}"
+    return NOT_MEASURED
+
+
+def percent_change(x: float | None) -> str:
+    """A relative change (last / first − 1) in percent."""
+    return f"{100 * x:+.1f}%" if _finite(x) else NOT_MEASURED
+
+
+def not_shown_notes(params) -> list[str]:
+    """Why a per-parameter table shows `–` where one might expect a number (`ParamSummary` rows)."""
+    notes = []
+    if any(not _finite(p.rel_change) and _finite(p.first_norm) and p.first_norm > 0 for p in params):
+        notes.append("change –: the norm starts near 0 (below 5 % of its largest value), so a relative "
+                     "change says nothing")
+    if any(not _finite(p.total_angle_rad) for p in params):
+        notes.append("angle moved –: not every interval between snapshots has a measured angle (a tracker "
+                     "log at every > 1, TensorBoard, a single snapshot)")
+    return notes
 
 
 def steps(x: float | None) -> str:
