@@ -104,12 +104,33 @@ def progress_reporter():
     return progress, update
 
 
+def check_output_path(path: Path | None, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before any checkpoint is read: its directory
+    must exist and be writable, and the path must not be a directory."""
+    from normscope.errors import BadInputError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInputError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag} {path}: directory {parent} is not writable")
+
+
 def emit_text(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
+        return
+    from normscope.errors import BadInputError
+
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise BadInputError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def render_to_text(renderable, width: int = 160) -> str:

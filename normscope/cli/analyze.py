@@ -11,6 +11,7 @@ import typer
 from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.cli._common import (
     Device,
+    check_output_path,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -126,6 +127,7 @@ def analyze(
         raise BadInputError("--format parquet writes a binary file: give it with -o FILE.parquet")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise BadInputError(f"--plots wants a directory, and {plots} is a file")
+    check_output_path(output)
 
     progress, update = progress_reporter()
     selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,

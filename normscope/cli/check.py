@@ -10,7 +10,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import Device, handle_errors, stderr_console, stdout_console
+from normscope.cli._common import (
+    Device,
+    check_output_path,
+    handle_errors,
+    stderr_console,
+    stdout_console,
+)
 
 
 class CheckFormat(str, enum.Enum):
@@ -68,6 +74,7 @@ def check(
     """Check a run against rules from \\[tool.normscope.check]; exit 1 when one fails (CI gate)."""
     from normscope.check.session import check_path
 
+    check_output_path(junit, "--junit")
     flags = {
         "include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
         "every": every, "device": device.value if device else None,

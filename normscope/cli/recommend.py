@@ -10,6 +10,7 @@ import typer
 
 from normscope.cli._common import (
     Device,
+    check_output_path,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -49,18 +50,22 @@ def recommend(
     from normscope.analysis.recommend import recommend_table
     from normscope.api import load_trajectory
 
+    check_output_path(output)
+    check_output_path(plot, "--plot")
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, device=device.value, progress=update)
     rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
                           decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
-    texp_schedule = _texp(rec) if texp else None
+    texp_schedule, texp_skipped = _texp(rec) if texp else (None, None)
 
     from normscope.report.escape import json_text, printable
 
     err = stderr_console()
     for warning in traj.warnings:
         err.print(f"normscope: warning: {printable(warning)}")
+    if texp_skipped:
+        err.print(f"normscope: note: --texp skipped: {printable(texp_skipped)}")
     if plot is not None:
         from normscope.report.bounce_plot import plot_recommendation
 
@@ -88,15 +93,16 @@ def recommend(
 
 
 def _texp(rec):
-    from normscope.errors import BadInputError
+    """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
+    optional part of the answer: the recommendation stands without it)."""
     from normscope.schedules import texp_schedule
 
     s = rec.series
     if s.optimizer and not s.optimizer.upper().startswith("SGD"):
-        raise BadInputError(f"--texp holds for SGD (with momentum); this run used {s.optimizer}")
+        return None, f"the TEXP equivalence holds for SGD (with momentum); this run used {s.optimizer}"
     if not s.steps_per_epoch:
-        raise BadInputError("--texp needs steps per epoch: pass --steps-per-epoch N")
+        return None, "it needs steps per epoch: pass --steps-per-epoch N"
     if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
-        raise BadInputError("--texp needs the run's weight decay, and the checkpoints record none")
+        return None, "it needs the run's weight decay, and the checkpoints record none"
     momentum = s.momentum if s.momentum == s.momentum else 0.0
-    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum)
+    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum), None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console
+from normscope.cli._common import check_output_path, handle_errors, stderr_console
 
 
 @handle_errors
@@ -31,7 +31,8 @@ def report(
     from normscope.report.assemble import run_report
     from normscope.report.write import report_format, write_report
 
-    report_format(output)  # refuse a bad name before reading any checkpoint
+    report_format(output)  # refuse a bad name or place before reading any checkpoint
+    check_output_path(output)
     flags = {"include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
              "every": every}
     settings = load_config(path, config_file=config, flags=flags).config

@@ -43,4 +43,16 @@ def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
     if shown:
         parts += [details, Text("")]
     parts.append(verdict)
+    note = no_limits_note(result)
+    if note:
+        parts.append(Text(note, style="yellow"))
     return Group(*parts)
+
+
+def no_limits_note(result: CheckResult) -> str:
+    """A check whose only rule is the non-finite one has no limits: say so, or PASSED reads as more."""
+    if set(result.rules) - {"nonfinite"}:
+        return ""
+    return ("no limits are set: only NaN/Inf values were checked. Set limits in [tool.normscope.check] "
+            "(normscope.toml or pyproject.toml) or with flags such as --max-growth, --bounce-by-epoch, "
+            "--equilibrium-min")

@@ -83,6 +83,11 @@ def summary_markdown(result: CheckResult) -> str:
         mine = [f for f in result.findings if f.rule == rule]
         lines.append(f"| {rule} | {len(mine)} | {sum(f.passed for f in mine)} | "
                      f"{sum(f.status == 'warning' for f in mine)} | {sum(f.status == ERROR for f in mine)} |")
+    from normscope.report.check_view import no_limits_note
+
+    note = no_limits_note(result)
+    if note:
+        lines += ["", f"> {markdown_text(note)}"]
     failed = [f for f in result.findings if not f.passed]
     if failed:
         lines += ["", "| status | rule | parameter | value | limit | message |", "|---|---|---|---:|---:|---|"]

@@ -4,7 +4,8 @@ Views hand rich `Text` and `printable` strings, so names are already escaped whe
 table. This console is the net under that: markup and emoji codes are off (a tensor named `[/bold]` or
 `:x:` is text), and before rich writes a batch of segments, any control character that is not one of
 rich's own control codes is escaped, a line that would start with `::` gets its first colon escaped,
-and `##[` is broken — whatever view produced the text.
+and `##[` is broken — whatever view produced the text. Output that is not a terminal loses the
+trailing spaces rich pads lines with.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from rich.segment import Segment
 from normscope.report.escape import control_escaped
 
 _LINE_START_COMMAND = re.compile(r"^(\s*):(?=:)")
+_TRAILING_SPACES = re.compile(r" +$", re.MULTILINE)
 
 
 def _guard_lines(text: str, line_blank: bool) -> tuple[str, bool]:
@@ -54,7 +56,9 @@ class SafeConsole(Console):
                 continue
             text, line_blank = _guard_lines(segment.text, line_blank)
             guarded.append(Segment(text, segment.style, segment.control))
-        return super()._render_buffer(guarded)
+        text = super()._render_buffer(guarded)
+        # rich pads every table cell to the page width; in a pipe or file that is only trailing spaces
+        return text if self.is_terminal else _TRAILING_SPACES.sub("", text)
 
 
 __all__ = ["SafeConsole"]
