@@ -47,3 +47,32 @@ def test_piped_output_has_no_trailing_padding(command, lightning_run_dir):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines and not [line for line in lines if line.endswith(" ")]
+
+
+@pytest.fixture
+def run_without_epochs(tmp_path, make_tiny_run):
+    """A real tiny run (23 steps per epoch) whose checkpoints record the step but no epoch."""
+    import torch
+
+    run = make_tiny_run(tmp_path / "no_epochs", epochs=4)
+    for checkpoint in sorted(run.glob("epoch_*.pt")):
+        state = torch.load(checkpoint, weights_only=True)
+        del state["epoch"]
+        torch.save(state, checkpoint.with_name(checkpoint.name.replace("epoch_", "ckpt_")))
+        checkpoint.unlink()
+    return run
+
+
+def test_every_command_that_advises_steps_per_epoch_accepts_it(run_without_epochs, tmp_path):
+    advice = _normscope("analyze", run_without_epochs)
+    assert advice.returncode == 0 and "--steps-per-epoch" in advice.stdout
+    commands = [("analyze", "-f", "json"), ("recommend", "-f", "json"), ("watch", "--once"),
+                ("check", "--bounce-by-epoch", "none"), ("report", "-o", tmp_path / "r.md")]
+    for command in commands:
+        result = _normscope(command[0], run_without_epochs, *command[1:], "--steps-per-epoch", "23")
+        assert result.returncode in (0, 1), (command, result.stderr)
+        assert "steps-per-epoch" not in result.stdout + result.stderr, (command, result.stdout)
+    import json
+
+    document = json.loads(_normscope("analyze", run_without_epochs, "-f", "json", "--steps-per-epoch", "23").stdout)
+    assert document["bounces"]["epochs"] == [0, 1, 2, 3, 4]
