@@ -76,3 +76,34 @@ def test_every_command_that_advises_steps_per_epoch_accepts_it(run_without_epoch
 
     document = json.loads(_normscope("analyze", run_without_epochs, "-f", "json", "--steps-per-epoch", "23").stdout)
     assert document["bounces"]["epochs"] == [0, 1, 2, 3, 4]
+
+
+def _sample(name):
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parent.parent / "sample_runs" / name
+    return run if run.exists() else pytest.skip("no sample run")
+
+
+def test_recommend_states_the_premise_first_and_a_finished_run_gets_a_retrospective_verdict():
+    text = _normscope("recommend", _sample("digits_bn_cnn_sgd")).stdout
+    assert text.startswith("ABEL's premise: holds")
+    assert "Finished run: its 60 epochs are taken as the budget" in text
+    assert "It decayed the LR at epoch 45 (0.2 → 0.02); ABEL would have decayed at epoch 40." in text
+    assert "NOT YET" not in text.upper() and "reached_minimum" not in text
+    assert text.index("Finished run") < text.index("MultiStepLR")
+    in_progress = _normscope("recommend", _sample("digits_bn_cnn_sgd"), "--total-epochs", "100").stdout
+    assert "Finished run" not in in_progress and "At epoch 60: " in in_progress
+
+
+def test_recommend_where_abel_does_not_apply_says_so_before_any_schedule():
+    import json
+
+    run = _sample("digits_ln_transformer_adamw")
+    text = _normscope("recommend", run).stdout
+    assert text.startswith("ABEL's premise: does not hold")
+    assert "no weight tensor is scale-invariant" in text and "smooth anneal" in text
+    assert "keep the schedule you have" in text
+    assert "for reference only: torch.optim.lr_scheduler.MultiStepLR(" in text
+    document = json.loads(_normscope("recommend", run, "-f", "json").stdout)
+    assert document["premise"]["holds"] is False and document["finished"] is True

@@ -58,6 +58,12 @@ def recommend(
     rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
                           decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
     texp_schedule, texp_skipped = _texp(rec) if texp else (None, None)
+    from normscope.analysis.premise import abel_premise
+    from normscope.analysis.runner import RunOptions, analyze_run
+
+    analysis = analyze_run(traj, RunOptions(steps_per_epoch=steps_per_epoch, total_epochs=total_epochs),
+                           equilibrium=False, recommendation=False)
+    premise = abel_premise(rec, analysis.invariance)
 
     from normscope.report.escape import json_text, printable
 
@@ -75,7 +81,7 @@ def recommend(
     if format is Format.json:
         from normscope.report.recommend_view import to_json
 
-        emit_text(json_text(to_json(rec, texp_schedule)) + "\n", output)
+        emit_text(json_text(to_json(rec, texp_schedule, premise)) + "\n", output)
     elif format is Format.csv:
         from normscope.report.recommend_view import schedule_csv
 
@@ -83,7 +89,7 @@ def recommend(
     else:
         from normscope.report.recommend_view import recommend_view
 
-        view = recommend_view(rec, texp_schedule)
+        view = recommend_view(rec, texp_schedule, premise)
         if output is None:
             from normscope.cli._common import stdout_console
 

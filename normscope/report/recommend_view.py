@@ -130,9 +130,45 @@ def texp_table(texp: TexpSchedule) -> Table:
     return table
 
 
-def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Group:
-    parts: list[RenderableType] = [run_header(rec), Text(""), verdict_text(rec), Text(""), decay_table(rec),
-                                   Text(printable(rec.multistep), style="bold")]
+def retrospective_lines(rec: Recommendation) -> tuple[str, ...]:
+    """For a finished run (no budget given: its length is the budget): what it did against where ABEL
+    would have decayed. Empty for a run in progress."""
+    if rec.budget_given:
+        return ()
+    did = ", ".join(f"{d.epoch} ({d.lr_before:g} → {d.lr_after:g})" for d in rec.past_decays)
+    did = f"It decayed the LR at epoch {did}" if did else "It made no step decay of the LR"
+    early = [d.epoch for d in rec.past_decays if d.premature]
+    lines = [(f"Finished run: its {rec.total_epochs} epochs are taken as the budget (give --total-epochs for a "
+              "run in progress)."),
+             f"{did}; ABEL would have decayed at epoch {_epochs(rec.decay_epochs)}."]
+    if early:
+        lines.append(f"The decay at epoch {_epochs(early)} came before the norm could reach its equilibrium.")
+    return tuple(lines)
+
+
+def premise_text(premise) -> Text:
+    text = Text("ABEL's premise: ", style="bold")
+    text.append("holds" if premise.holds else "does not hold", style="bold green" if premise.holds else "bold yellow")
+    for check in premise.checks:
+        mark = {True: "✓", False: "✗", None: "?"}[check.holds]
+        text.append(f"\n  {mark} {check.name}: {printable(check.detail)}")
+    text.append(f"\n{premise.advice}", style="bold")
+    return text
+
+
+def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> Group:
+    """The answer first (the premise, then the verdict: retrospective for a finished run, decay now /
+    not yet for one in progress), then the details."""
+    first: list[RenderableType] = []
+    if premise is not None:
+        first += [premise_text(premise), Text("")]
+    retro = retrospective_lines(rec)
+    first.append(Text("\n".join(retro), style="bold") if retro else verdict_text(rec))
+    multistep = printable(rec.multistep)
+    if premise is not None and not premise.holds:
+        multistep = f"for reference only: {multistep}"
+    parts: list[RenderableType] = [*first, Text(""), run_header(rec), Text(""), decay_table(rec),
+                                   Text(multistep, style="bold")]
     parts += [Text(f"skipped decay at epoch {s.epoch} — {printable(s.reason)}", style="dim") for s in rec.skipped]
     parts += [Text(""), bounce_table(rec.robust), past_decay_table(rec), layer_table(rec.layers)]
     if texp is not None:
@@ -173,7 +209,7 @@ def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
     })
 
 
-def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, Any]:
+def to_json(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> dict[str, Any]:
     """The whole recommendation as JSON-safe values; `decay_epochs` are the recommended milestones."""
     s = rec.series
     doc: dict[str, Any] = {
@@ -209,6 +245,10 @@ def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, 
     }
     if texp is not None:
         doc["texp"] = jsonable(texp)
+    if premise is not None:
+        doc["premise"] = jsonable(premise)
+    doc["finished"] = not rec.budget_given
+    doc["retrospective"] = list(retrospective_lines(rec))
     return jsonable(doc)
 
 
