@@ -107,3 +107,9 @@ def test_recommend_where_abel_does_not_apply_says_so_before_any_schedule():
     assert "for reference only: torch.optim.lr_scheduler.MultiStepLR(" in text
     document = json.loads(_normscope("recommend", run, "-f", "json").stdout)
     assert document["premise"]["holds"] is False and document["finished"] is True
+
+
+def test_help_keeps_bracketed_text():
+    result = subprocess.run([sys.executable, "-m", "normscope", "analyze", "--help"], check=False,
+                            capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert "Needs normscope[dask]." in result.stdout

@@ -196,3 +196,42 @@ def test_relative_change_from_a_near_zero_start_is_not_shown():
     watch = _rows(_normscope("watch", LIVE, "--once"), re.compile(r"[\w.]+\.(weight|bias)"))
     assert watch["block2.bn.bias"][3] == "–" and watch["block1.conv.weight"][3] == "+115.9%"
     assert "the norm starts near 0" in _normscope("analyze", LIVE)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+@pytest.mark.parametrize("run", [SGD, LIVE, LIGHTNING], ids=lambda p: p.parent.name if p.suffix else p.name)
+def test_the_analyze_table_at_80_and_120_columns_shows_the_json_numbers_uncut(run, width):
+    import io
+
+    from normscope.analysis.runner import analyze_run
+    from normscope.api import load_trajectory
+    from normscope.report.analyze_json import analyze_document
+    from normscope.report.analyze_view import analyze_view, fmt
+    from normscope.report.safe_console import SafeConsole
+
+    if not run.exists():
+        pytest.skip("sample run missing")
+    trajectory = load_trajectory(run)
+    result = analyze_run(trajectory, equilibrium=False, recommendation=False)
+    document = analyze_document(trajectory, result)
+    buffer = io.StringIO()
+    SafeConsole(file=buffer, width=width).print(analyze_view(trajectory, result))
+    text = buffer.getvalue()
+    table = text.split("Per-parameter norm trajectories", 1)[1].split("Weight-norm bounces", 1)[0]
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= width
+    header = next(line.split("  ") for line in table.splitlines() if "parameter" in line)
+    columns = [c.strip() for c in header if c.strip()]
+    rows = {line.split()[0]: line.split() for line in table.splitlines()
+            if line.strip() and line.split()[0] in {p["param"] for p in document["params"]}}
+    params = {p["param"]: p for p in document["params"] if p["kind"] != "buffer"}
+    assert set(rows) == set(params)
+    for name, param in params.items():
+        expected = {"first": fmt(param["first_norm"]), "min": fmt(param["min_norm"]),
+                    "last": fmt(param["last_norm"]),
+                    "change": quantities.percent_change(param["rel_change"]),
+                    "angle moved": quantities.angle(param["total_angle_rad"])}
+        cells = rows[name]
+        for column, value in expected.items():
+            if column in columns:  # the narrowest pages drop low-value columns, never cut numbers
+                assert value in cells, (name, column, value, cells)
+        assert cells[-1] == expected["angle moved"] and cells[-2] == expected["change"], cells

@@ -71,7 +71,7 @@ PlotsOpt = Annotated[
 ClusterOpt = Annotated[
     str | None,
     typer.Option("--cluster", help="Reduce on the Dask scheduler at this address (tcp://HOST:8786); every "
-                 "worker must see PATH at the same path. Needs normscope[dask].", show_default=False),
+                 "worker must see PATH at the same path. Needs normscope\\[dask].", show_default=False),
 ]
 WorkersOpt = Annotated[
     int | None,
