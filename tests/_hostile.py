@@ -1,0 +1,124 @@
+"""Crafted hostile checkpoints, and running normscope on one where a crash cannot take pytest down.
+
+`save_forged` writes a real `torch.save` archive (torch's own writer, records and layout) in which
+chosen tensors are pickled with rebuild arguments of the test's choosing: a storage offset, size
+or stride that no tensor has, as a crafted file would hold them.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Forged:
+    """`tensor`'s storage, pickled with these rebuild arguments in place of its own."""
+
+    tensor: torch.Tensor
+    offset: int | None = None
+    size: tuple[int, ...] | None = None
+    stride: tuple[int, ...] | None = None
+
+
+class _ForgingPickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is not Forged:
+            return NotImplemented
+        rebuild, args = obj.tensor.__reduce_ex__(2)
+        args = list(args)
+        for at, value in ((1, obj.offset), (2, obj.size), (3, obj.stride)):
+            if value is not None:
+                args[at] = value
+        return rebuild, tuple(args)
+
+
+def _forging_pickle_module() -> types.ModuleType:
+    module = types.ModuleType("forging_pickle")
+    module.__dict__.update({k: v for k, v in vars(pickle).items() if not k.startswith("__")})
+    module.Pickler = _ForgingPickler  # type: ignore[attr-defined]
+    return module
+
+
+def save_forged(obj: Any, path: Path) -> Path:
+    torch.save(obj, path, pickle_module=_forging_pickle_module())
+    return path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def signalled(self) -> bool:
+        return self.returncode < 0
+
+
+def run_cli(*args: str, timeout: float = 120) -> Outcome:
+    """`normscope ARGS` in a child process: a fault ends the child, not the test run."""
+    done = subprocess.run([sys.executable, "-m", "normscope", *args], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+_API = """
+import sys
+from normscope.errors import NormscopeError
+from normscope.engine import compute_stats
+from normscope.sources import open_run
+for path in sys.argv[1:]:
+    try:
+        run = open_run(path)
+        compute_stats(run.snapshots, device="cpu")
+        result = ("ok", "", "")
+    except NormscopeError as exc:
+        result = ("NormscopeError", type(exc).__name__, str(exc))
+    except BaseException as exc:
+        result = ("other", type(exc).__name__, str(exc))
+    print(repr(result), flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class ApiResult:
+    kind: str  # "ok", "NormscopeError", "other"; "crashed" when the child died before answering
+    error: str
+    message: str
+
+
+def run_api(*paths: Path, timeout: float = 300) -> list[ApiResult]:
+    """`open_run(path)` and `compute_stats` for each path, in one child process (a fault ends
+    it: that path and the rest come back "crashed", with the signal in the message)."""
+    import ast
+
+    done = subprocess.run([sys.executable, "-c", _API, *map(str, paths)], capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+    results = [ApiResult(*ast.literal_eval(line)) for line in done.stdout.splitlines()]
+    why = f"exit {done.returncode}: {done.stderr[-500:]}"
+    return results + [ApiResult("crashed", "", why)] * (len(paths) - len(results))
+
+
+def assert_refused(outcome: Outcome) -> str:
+    """The CLI's refusal: exit 2, no signal, one line on stderr; that line."""
+    assert not outcome.signalled, f"killed by signal {-outcome.returncode}: {outcome.stderr[-2000:]}"
+    assert outcome.returncode == 2, (outcome.returncode, outcome.stdout[-2000:],
+                                     outcome.stderr[-2000:])  # fmt: skip
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1, outcome.stderr
+    return lines[0]
+
+
+def assert_api_refused(result: ApiResult) -> str:
+    """The API's refusal: a NormscopeError of one line; its message."""
+    assert result.kind == "NormscopeError", result
+    assert "\n" not in result.message and result.message
+    return result.message
