@@ -122,3 +122,44 @@ def assert_api_refused(result: ApiResult) -> str:
     assert result.kind == "NormscopeError", result
     assert "\n" not in result.message and result.message
     return result.message
+
+
+_TRUNCATED_BETWEEN_OPEN_AND_COMPUTE = """
+import os, sys
+import normscope.engine.driver as driver
+victim, how = sys.argv[1], sys.argv[2]
+engine = driver.run_engine
+
+def truncate_first(*args, **kwargs):
+    os.truncate(victim, os.path.getsize(victim) // 2)  # a rewrite in place, half done
+    return engine(*args, **kwargs)
+
+driver.run_engine = truncate_first
+if how == "api":
+    from normscope.errors import NormscopeError
+    from normscope.engine import compute_stats
+    from normscope.sources import open_run
+    run = open_run(sys.argv[3])
+    try:
+        compute_stats(run.snapshots, device="cpu")
+    except NormscopeError as exc:
+        print(type(exc).__name__, str(exc), sep="\\t")
+        sys.exit(2)
+    print("ok")
+else:
+    from normscope.cli import main
+    sys.argv = ["normscope", *sys.argv[3:]]
+    main()
+"""
+
+
+def truncated_while_mapped(victim: Path, how: str, *args: str, env: dict[str, str] | None = None,
+                           timeout: float = 300) -> Outcome:  # fmt: skip
+    """normscope (`how`: "api" with the run's path as `args`, or "cli" with its arguments)
+    opens the run, then `victim` is cut to half its size before the engine reads any tensor."""
+    import os
+
+    done = subprocess.run([sys.executable, "-c", _TRUNCATED_BETWEEN_OPEN_AND_COMPUTE, str(victim),
+                           how, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)

@@ -13,6 +13,7 @@ import os
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
@@ -111,9 +112,11 @@ def read_checkpoint_dir(
         pending.trainer_epoch = float(state["epoch"])
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
+        before = stamp_path(optimizer_path)  # before it is mapped
         optimizer = load_torch_file(
             optimizer_path, recover_unsafe=recover_unsafe, notes=warnings, refs=True
         )
+        pending.files = merge_stamps(pending.files, before)
         if isinstance(optimizer, dict):
             tensors = pending.tensors
             info = read_optimizer(

@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
@@ -165,6 +166,7 @@ def read_safetensors_snapshot(
     handles: SafetensorsHandles | None = None,
 ) -> PendingSnapshot:
     """One snapshot from `{file: [keys, or [] for all]}`; `handles` is shared across the run."""
+    before = tuple(s for f in files for s in stamp_path(f))  # before any of them is mapped
     tensors, metadata = safetensors_refs(files, handles or SafetensorsHandles())
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
@@ -177,6 +179,7 @@ def read_safetensors_snapshot(
         embedded_step=None if step is None else int(step),
         embedded_epoch=epoch,
         extra={"shards": len(files)} if len(files) > 1 else {},
+        files=before,
     )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import check_unchanged, merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
@@ -139,8 +140,12 @@ def pending_from_checkpoint(
 def read_torch_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
+    before = stamp_path(path)  # before the file is mapped: a change from here on is caught
     obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
-    return pending_from_checkpoint(obj, path, label, warnings, is_tensor=is_tensor_or_ref)
+    check_unchanged(before)
+    pending = pending_from_checkpoint(obj, path, label, warnings, is_tensor=is_tensor_or_ref)
+    pending.files = merge_stamps(pending.files, before)
+    return pending
 
 
 @dataclasses.dataclass(frozen=True)
