@@ -163,3 +163,27 @@ def truncated_while_mapped(victim: Path, how: str, *args: str, env: dict[str, st
                            how, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})  # fmt: skip
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def huge_zip64_sizes(data: bytes, member: bytes, value: int = (1 << 64) - 1) -> bytes:
+    """A torch.save zip with `member`'s sizes moved from its central-directory entry to a zip64
+    extra field that holds `value` (the end records adjusted to match)."""
+    import struct
+
+    data = bytearray(data)
+    at = data.rindex(b"PK\x01\x02", 0, data.rindex(member))
+    name_len, extra_len = struct.unpack_from("<2H", data, at + 28)
+    assert extra_len == 0  # torch writes none for small members
+    struct.pack_into("<2L", data, at + 20, 0xFFFFFFFF, 0xFFFFFFFF)
+    struct.pack_into("<H", data, at + 30, 20)
+    extra_at = at + 46 + name_len
+    data[extra_at:extra_at] = struct.pack("<2H2Q", 1, 16, value, value)
+    end64 = data.rindex(b"PK\x06\x06")
+    struct.pack_into("<Q", data, end64 + 40, struct.unpack_from("<Q", data, end64 + 40)[0] + 20)
+    locator = data.rindex(b"PK\x06\x07")
+    struct.pack_into("<Q", data, locator + 8, struct.unpack_from("<Q", data, locator + 8)[0] + 20)
+    end = data.rindex(b"PK\x05\x06")
+    cd_size = struct.unpack_from("<L", data, end + 12)[0]
+    if cd_size != 0xFFFFFFFF:
+        struct.pack_into("<L", data, end + 12, cd_size + 20)
+    return bytes(data)

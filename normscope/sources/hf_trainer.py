@@ -18,6 +18,7 @@ from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
+from ._bounds import check_declared
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -134,6 +135,7 @@ def read_checkpoint_dir(
             pending.optimizer_state = info.state
             pending.hyperparams_source = f"{label}/optimizer.pt param_groups"
             warnings.extend(info.warnings)
+    check_declared(directory, pending.tensors, pending.optimizer_state, pending.files)
     return pending
 
 

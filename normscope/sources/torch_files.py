@@ -17,6 +17,7 @@ from normscope.file_stamps import check_unchanged, merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
+from ._bounds import check_declared
 from ._files import files_in, label_of
 from ._keys import clean_names
 from ._optimizer import read_optimizer
@@ -112,6 +113,7 @@ def pending_from_parts(
         pending.optimizer_state = info.state
         pending.hyperparams_source = optimizer_where if info.param_groups else None
         warnings.extend(info.warnings)
+    check_declared(path, pending.tensors, pending.optimizer_state, stamp_path(path))
     if os.path.isfile(path) and read_head(path, 4) != ZIP_MAGIC:
         pending.extra["legacy_format"] = True
         warnings.append(
