@@ -187,3 +187,41 @@ def huge_zip64_sizes(data: bytes, member: bytes, value: int = (1 << 64) - 1) -> 
     if cd_size != 0xFFFFFFFF:
         struct.pack_into("<L", data, end + 12, cd_size + 20)
     return bytes(data)
+
+
+_TRUNCATED_WHILE_THE_KERNEL_READS = """
+import os, sys
+import normscope.engine.driver as driver
+victim = sys.argv[1]
+load_work = driver.load_work
+cut = []
+
+def load_then_truncate(snapshots, bucket, b, t, *args, **kwargs):
+    work = load_work(snapshots, bucket, b, t, *args, **kwargs)
+    if not cut and snapshots[t].meta.path == victim:  # read, checked, not yet reduced
+        os.truncate(victim, os.path.getsize(victim) // 2)
+        cut.append(t)
+    return work
+
+driver.load_work = load_then_truncate
+from normscope.errors import NormscopeError
+from normscope.engine import compute_stats
+from normscope.engine.fused import fused_kernel
+from normscope.sources import open_run
+assert fused_kernel() is not None, "no fused kernel"
+run = open_run(sys.argv[2])
+try:
+    compute_stats(run.snapshots, device="cpu")
+except NormscopeError as exc:
+    print(type(exc).__name__, str(exc), sep="\\t")
+    sys.exit(2)
+print("ok")
+"""
+
+
+def truncated_while_the_kernel_reads(victim: Path, run: Path, timeout: float = 300) -> Outcome:
+    """`compute_stats` on `run`, with `victim` cut to half its size after its first bucket was
+    read (and checked) and before the fused kernel reduces it."""
+    done = subprocess.run([sys.executable, "-c", _TRUNCATED_WHILE_THE_KERNEL_READS, str(victim),
+                           str(run)], capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from _hostile import assert_refused, truncated_while_mapped
+from _hostile import assert_refused, truncated_while_mapped, truncated_while_the_kernel_reads
 
 
 def _copy(source, tmp_path):  # type: ignore[no-untyped-def]
@@ -59,3 +59,12 @@ def test_an_optimizer_file_cut_short_while_mapped(adamw_run_dir, tmp_path):
     victim = root / "checkpoint-138" / "optimizer.pt"
     line = assert_refused(truncated_while_mapped(victim, "cli", "analyze", str(root)))
     assert "optimizer.pt" in line
+
+
+def test_a_file_cut_short_while_the_kernel_reads_it(sgd_run_dir, tmp_path):
+    # past every stamp check: only the kernel's SIGBUS guard stands between this and a crash
+    root, victim = _sgd_run(sgd_run_dir, tmp_path)
+    outcome = truncated_while_the_kernel_reads(victim, root)
+    assert not outcome.signalled, f"killed by signal {-outcome.returncode}: {outcome.stderr}"
+    assert outcome.returncode == 2, (outcome.stdout, outcome.stderr[-2000:])
+    assert outcome.stdout.startswith("BadInputError\t") and "epoch_001.pt" in outcome.stdout

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
-from normscope.engine.fused import fused_kernel
+from normscope.engine.fused import VanishedPage, fused_kernel
 from normscope.engine.in_place import start_in_place
 from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
@@ -107,7 +107,10 @@ def _run(
     def collect() -> None:
         nonlocal in_flight
         if in_flight is not None:
-            in_flight(accumulator)
+            try:
+                in_flight(accumulator)
+            except VanishedPage:  # a file cut short during the arithmetic: name it
+                raise _vanished(snapshots, in_flight_snapshot) from None
             in_flight = None
             # the sums are of the files as they were opened only if they still are
             check_unchanged(snapshots[in_flight_snapshot].files)
@@ -129,6 +132,19 @@ def _run(
                 progress(done, plan.total_bytes)
         collect()
     return accumulator.stats(snapshots, plan.entries, first=report_from)
+
+
+def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:
+    """The error for a page that vanished while the kernel read snapshot `t` (and `t - 1`, its
+    previous): the file that changed, named by its stamp."""
+    for snapshot in (snapshots[t], snapshots[t - 1] if t else None):
+        if snapshot is not None:
+            try:
+                check_unchanged(snapshot.files)
+            except BadInputError as exc:
+                return exc
+    return BadInputError(f"a file of {snapshots[t].meta.path} was cut short while normscope was "
+                         "reading it (a job still writing it?); run again once it is complete")
 
 
 def _start_work(
