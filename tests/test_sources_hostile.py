@@ -74,3 +74,22 @@ def test_tensors_reaching_past_their_records_are_refused_by_the_api(tmp_path):
 def test_the_cli_refuses_them_in_one_line(tmp_path, forgery):
     run = _forged_run(tmp_path / "run", torch.float32, FORGERIES[forgery], first_only=True)
     assert "epoch_0.pt" in assert_refused(run_cli("analyze", str(run)))
+
+
+def test_a_pickle_torch_refuses_is_reported_without_advice_to_run_it(tmp_path):
+    import struct
+    import zipfile
+
+    from normscope.errors import BadInputError
+    from normscope.sources import open_run
+
+    # a protocol-5 bytearray of 2 GiB in torch's protocol-2 pickle: refused, never allocated
+    pickled = b"\x80\x02\x96" + struct.pack("<Q", 1 << 31) + b"x" * 64 + b"."
+    with zipfile.ZipFile(tmp_path / "w.pt", "w", zipfile.ZIP_STORED) as archive:
+        for name, data in (("data.pkl", pickled), ("byteorder", b"little"), ("version", b"3\n"),
+                           (".data/serialization_id", b"0")):  # fmt: skip
+            archive.writestr(f"archive/{name}", data)
+    with pytest.raises(BadInputError) as info:
+        open_run(tmp_path / "w.pt")
+    message = str(info.value)
+    assert "safe loader" in message and "weights_only" not in message and "\n" not in message

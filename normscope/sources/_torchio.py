@@ -325,6 +325,17 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _weights_only_reason(exc: BaseException) -> str:
+    """What torch's safe unpickler found wrong, without its first line's advice to load the
+    file with `weights_only=False` (which would run whatever code the file holds)."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip()
+        return f"its pickle is refused by torch's safe loader ({_first_line(Exception(reason))})"
+    return _first_line(exc)
+
+
 def _recover(path: str, notes: list[str] | None) -> Any:
     from ._restricted_torch import load_torch_zip_restricted
 
@@ -400,7 +411,7 @@ def load_torch_file(
                 "a checkpoint — re-save it as a plain state_dict or safetensors"
             ) from None
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
+            f"{path} is not a readable torch checkpoint: {_weights_only_reason(exc)}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         raise BadInputError(

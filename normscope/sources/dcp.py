@@ -162,11 +162,11 @@ def _storage_index(
 ) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]]:
     index: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]] = {}
     for key, info in metadata.storage_data.items():
-        if getattr(info, "transform_descriptors", None):
-            raise BadInputError(
-                f"{directory} uses storage transforms ({', '.join(map(str, info.transform_descriptors))}); "
-                "not supported"
-            )
+        transforms = getattr(info, "transform_descriptors", None)
+        if transforms:
+            shown = ", ".join(map(str, transforms)) if isinstance(transforms, (list, tuple)) else (
+                repr(transforms))
+            raise BadInputError(f"{directory} uses storage transforms ({shown}); not supported")
         offsets = tuple(key.offset) if key.offset is not None else None
         index[(key.fqn, offsets)] = (
             inside(directory, info.relative_path, os.path.join(directory, METADATA)),
