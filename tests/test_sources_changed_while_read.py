@@ -10,12 +10,6 @@ import pytest
 from _hostile import assert_refused, truncated_while_mapped, truncated_while_the_kernel_reads
 
 
-def _copy(source, tmp_path):  # type: ignore[no-untyped-def]
-    root = tmp_path / "run"
-    shutil.copytree(source, root)
-    return root
-
-
 def _sgd_run(sgd_run_dir, tmp_path):  # type: ignore[no-untyped-def]
     root = tmp_path / "run"
     root.mkdir()

@@ -1,4 +1,4 @@
-"""Work bounded by the bytes present: a checkpoint may not declare far more tensor data than it holds.
+"""Work bounded by the bytes present: a checkpoint may not declare far more tensor bytes than it has.
 
 A tensor's size comes from the file (a pickled shape and stride, a metadata entry), and the engine
 reads every element its shape names. An "expanded" tensor saved with a stride of 0 names 2**40
