@@ -198,7 +198,8 @@ cut = []
 
 def load_then_truncate(snapshots, bucket, b, t, *args, **kwargs):
     work = load_work(snapshots, bucket, b, t, *args, **kwargs)
-    if not cut and snapshots[t].meta.path == victim:  # read, checked, not yet reduced
+    files = {stamp.path for stamp in snapshots[t].files}
+    if not cut and victim in files:  # read, checked, not yet reduced
         os.truncate(victim, os.path.getsize(victim) // 2)
         cut.append(t)
     return work

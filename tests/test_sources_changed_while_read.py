@@ -55,10 +55,14 @@ def test_an_optimizer_file_cut_short_while_mapped(adamw_run_dir, tmp_path):
     assert "optimizer.pt" in line
 
 
-def test_a_file_cut_short_while_the_kernel_reads_it(sgd_run_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["torch", "safetensors"])
+def test_a_file_cut_short_while_the_kernel_reads_it(sgd_run_dir, adamw_run_dir, tmp_path, layout):
     # past every stamp check: only the kernel's SIGBUS guard stands between this and a crash
-    root, victim = _sgd_run(sgd_run_dir, tmp_path)
+    if layout == "torch":
+        root, victim = _sgd_run(sgd_run_dir, tmp_path)
+    else:
+        root, victim = _hf_run(adamw_run_dir, tmp_path)
     outcome = truncated_while_the_kernel_reads(victim, root)
     assert not outcome.signalled, f"killed by signal {-outcome.returncode}: {outcome.stderr}"
     assert outcome.returncode == 2, (outcome.stdout, outcome.stderr[-2000:])
-    assert outcome.stdout.startswith("BadInputError\t") and "epoch_001.pt" in outcome.stdout
+    assert outcome.stdout.startswith("BadInputError\t") and victim.name in outcome.stdout
