@@ -117,6 +117,11 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
     if damage == "int-file-name":
         metadata.storage_data = {k: dataclasses.replace(v, relative_path=7)
                                  for k, v in metadata.storage_data.items()}  # fmt: skip
+    elif damage in ("offset-past-any-file", "missing-file"):
+        changed = {"offset": 1 << 63} if damage == "offset-past-any-file" else {
+            "relative_path": "missing.distcp"}
+        metadata.storage_data = {k: dataclasses.replace(v, **changed)
+                                 for k, v in metadata.storage_data.items()}  # fmt: skip
     elif damage == "unhashable-planner-path":
         metadata.planner_data = {k: [["model"], k] for k in metadata.state_dict_metadata}
     elif damage in ("chunk-past-size", "chunk-size-doubled", "huge-size"):
@@ -134,7 +139,8 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("damage", ["a-dict", "a-path", "int-file-name", "unhashable-planner-path",
-                                    "chunk-past-size", "chunk-size-doubled"])  # fmt: skip
+                                    "chunk-past-size", "chunk-size-doubled",
+                                    "offset-past-any-file", "missing-file"])  # fmt: skip
 def test_dcp_metadata_that_torch_does_not_write_is_refused(tmp_path, damage):
     metadata = _dcp_save(tmp_path / "ckpt")
     # our own, trusted file, rewritten as a crafted one would be

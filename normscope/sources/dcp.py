@@ -38,10 +38,17 @@ def _read_item(path: str, offset: int, length: int) -> Any:
 
     try:
         with open(path, "rb") as f:
+            # checked before seeking and allocating: the metadata's offsets can be any int
+            if offset + length > os.fstat(f.fileno()).st_size:
+                raise BadInputError(
+                    f"{path} is truncated (item at {offset} needs {length} bytes)"
+                )
             f.seek(offset)
             data = f.read(length)
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) != length:
         raise BadInputError(
             f"{path} is truncated (item at {offset} needs {length} bytes)"
