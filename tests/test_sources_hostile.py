@@ -76,7 +76,8 @@ def test_the_cli_refuses_them_in_one_line(tmp_path, forgery):
     assert "epoch_0.pt" in assert_refused(run_cli("analyze", str(run)))
 
 
-def test_a_pickle_torch_refuses_is_reported_without_advice_to_run_it(tmp_path):
+@pytest.mark.parametrize("before", [b"", b"cos\nsystem\n"], ids=["plain", "after-a-global"])
+def test_a_pickle_torch_refuses_is_reported_without_advice_to_run_it(tmp_path, before):
     import struct
     import zipfile
 
@@ -84,7 +85,7 @@ def test_a_pickle_torch_refuses_is_reported_without_advice_to_run_it(tmp_path):
     from normscope.sources import open_run
 
     # a protocol-5 bytearray of 2 GiB in torch's protocol-2 pickle: refused, never allocated
-    pickled = b"\x80\x02\x96" + struct.pack("<Q", 1 << 31) + b"x" * 64 + b"."
+    pickled = b"\x80\x02" + before + b"\x96" + struct.pack("<Q", 1 << 31) + b"x" * 64 + b"."
     with zipfile.ZipFile(tmp_path / "w.pt", "w", zipfile.ZIP_STORED) as archive:
         for name, data in (("data.pkl", pickled), ("byteorder", b"little"), ("version", b"3\n"),
                            (".data/serialization_id", b"0")):  # fmt: skip

@@ -326,14 +326,19 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _weights_only_reason(exc: BaseException) -> str:
-    """What torch's safe unpickler found wrong, without its first line's advice to load the
-    file with `weights_only=False` (which would run whatever code the file holds)."""
-    text = str(exc)
+    """What torch's safe unpickler found wrong, without its opening paragraph's advice to load
+    the file with `weights_only=False` (which would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return _first_line(exc)
     marker = "WeightsUnpickler error:"
+    text = "\n".join(lines)
     if marker in text:
-        reason = text.split(marker, 1)[1].strip()
-        return f"its pickle is refused by torch's safe loader ({_first_line(Exception(reason))})"
-    return _first_line(exc)
+        reason = text.split(marker, 1)[1].strip().split("\n", 1)[0]
+    else:
+        reason = lines[1] if len(lines) > 1 else ""
+    refused = "its pickle is refused by torch's safe loader"
+    return f"{refused} ({reason})" if reason else refused
 
 
 def _recover(path: str, notes: list[str] | None) -> Any:
