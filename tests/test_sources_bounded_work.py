@@ -171,3 +171,18 @@ def test_recover_unsafe_walks_a_shared_object_graph_once(tmp_path):
                     "extra": _NotAllowed(), "graph": shared}, tmp_path / f"epoch_{epoch}.pt")  # fmt: skip
     outcome = run_cli("analyze", "--recover-unsafe", str(tmp_path), timeout=120)
     assert outcome.returncode == 0, outcome.stderr[-2000:]
+
+
+def test_a_sharded_bin_checkpoint_counts_its_shards_bytes(tmp_path):
+    # the index file is tiny; the 4 MB the tensors declare are in the shards it names
+    root = tmp_path / "checkpoint-10"
+    root.mkdir()
+    weight_map = {}
+    for i, name in enumerate(("a.weight", "b.weight")):
+        shard = f"pytorch_model-0000{i + 1}-of-00002.bin"
+        torch.save({name: torch.randn(512, 1024)}, root / shard)
+        weight_map[name] = shard
+    (root / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (root / "trainer_state.json").write_text(json.dumps({"global_step": 10}))
+    run = open_run(tmp_path)
+    assert run.layout == "hf-trainer" and set(run.snapshots[0].tensors) == set(weight_map)

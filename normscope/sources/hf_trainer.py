@@ -73,11 +73,14 @@ def _read_sharded_bin(
 ) -> PendingSnapshot:
     """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
     merged: dict[str, Any] = {}
-    for shard in read_index(index):
+    shards = read_index(index)
+    before = tuple(stamp for shard in shards for stamp in stamp_path(shard))  # before mapping
+    for shard in shards:
         merged.update(
             load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
         )
-    return pending_from_parts(index, label, merged, None, None, None, "", warnings)
+    return pending_from_parts(index, label, merged, None, None, None, "", warnings,
+                              files=merge_stamps(before, stamp_path(index)))  # fmt: skip
 
 
 def read_checkpoint_dir(
