@@ -95,6 +95,85 @@ def _shape_of(state: Mapping[str, Any]) -> tuple[int, ...] | None:
 _MAX_STATES = (
     200_000  # give up (and keep only hyper-parameters) beyond this much search
 )
+_MAX_RULES = 4096  # role -> group assignments tried when order and shapes leave a tie
+
+
+def _solve(
+    wanted: Sequence[Sequence[tuple[int, ...] | None]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    allowed: Sequence[int | None] | None = None,
+) -> tuple[int, list[int] | None]:
+    """(number of assignments, capped at 2; the group each candidate goes to, -1 skipped).
+
+    Walk the model's tensors in order, giving each to the next open slot of a group whose saved
+    state has the same shape (a slot without state fits any shape) or skipping it. `allowed[i]`
+    restricts candidate i to one group. The choice list is returned when exactly one assignment
+    uses every slot.
+    """
+    total = sum(len(w) for w in wanted)
+    skips = len(candidates) - total
+    if skips < 0:
+        return 0, None
+    start = tuple(0 for _ in wanted)
+    # state: slots filled per group -> (number of ways, capped at 2; back-pointer; choice)
+    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
+        {start: (1, None, -1)}
+    ]
+    for i, name in enumerate(candidates):
+        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
+        only = None if allowed is None else allowed[i]
+        shape = shapes[name]
+        for filled, (ways, _prev, _choice) in layers[-1].items():
+            moves = []
+            if i - sum(filled) < skips:
+                moves.append((filled, -1))
+            for k, group in enumerate(wanted):
+                if only is not None and k != only:
+                    continue
+                j = filled[k]
+                if j < len(group) and (group[j] is None or group[j] == shape):
+                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
+            for nxt, choice in moves:
+                old = here.get(nxt)
+                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
+        if not here or len(here) > _MAX_STATES:
+            return 0, None
+        layers.append(here)
+    end = tuple(len(w) for w in wanted)
+    ways = layers[-1].get(end, (0,))[0]
+    if ways != 1:
+        return ways, None
+    choices = [-1] * len(candidates)
+    filled = end
+    for i in range(len(candidates), 0, -1):
+        _ways, prev, choice = layers[i][filled]
+        choices[i - 1] = choice
+        filled = prev  # type: ignore[assignment]
+    return 1, choices
+
+
+_NORM_MODULE = re.compile(r"(^|[._])(\w*norm\w*|ln\w*|bn\d*|gn\d*)$", re.IGNORECASE)
+
+
+def _role(name: str, names: set[str], shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, ...]:
+    """What optimizer recipes split parameter groups by: the parameter's own name (`bias`), whether
+    it is a vector, and whether its module is a normalisation layer (running statistics beside
+    it, or a norm-like module name)."""
+    parent, _, leaf = name.rpartition(".")
+    normish = f"{parent}.running_mean" in names or bool(_NORM_MODULE.search(parent))
+    return (leaf, len(shapes[name]) <= 1, normish)
+
+
+def _impurity(choices: Sequence[int], roles: Sequence[tuple[Any, ...]], n_groups: int) -> int:
+    """How many distinct values of each role feature the groups hold, summed: a recipe puts like
+    with like, so the assignment that mixes least is the one it made."""
+    seen: list[list[set[Any]]] = [[set(), set(), set()] for _ in range(n_groups)]
+    for choice, role in zip(choices, roles):
+        if choice >= 0:
+            for feature, value in zip(seen[choice], role):
+                feature.add(value)
+    return sum(len(f) for group in seen for f in group)
 
 
 def _map_positions(
@@ -103,51 +182,65 @@ def _map_positions(
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> dict[int, str] | None:
-    """Optimizer position -> parameter name, or None when no single mapping fits the shapes.
+    """Optimizer position -> parameter name, or None when the evidence does not single one out.
 
     Each param group lists its parameters in model order, but groups may interleave (the usual
-    decay / no-decay split), and the model may hold tensors the optimizer does not (frozen
-    parameters, float buffers). So: walk the model's tensors in order, giving each to the next open
-    slot of a group whose saved state has the same shape (a slot without state fits any shape) or
-    skipping it, and accept the result only if exactly one assignment uses every slot.
+    decay / no-decay split, torchvision's other / norm / bias), and the model may hold tensors the
+    optimizer does not (frozen parameters, float buffers). Order and shapes first; when they leave
+    several assignments (a BatchNorm's weight and bias have one shape, and sit in different
+    groups), the recipe's own logic decides: groups are made by a rule on each parameter's role
+    (`_role`), so only assignments where each role goes to one group are kept, and of those the
+    one whose groups mix the fewest roles is taken, if it is the only one.
     """
     wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
-    total = sum(len(w) for w in wanted)
-    skips = len(candidates) - total
-    if skips < 0:
-        return None
-    start = tuple(0 for _ in wanted)
-    # state: slots filled per group -> (number of ways, capped at 2; back-pointer)
-    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
-        {start: (1, None, -1)}
-    ]
-    for i, name in enumerate(candidates):
-        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
-        for filled, (ways, _prev, _choice) in layers[-1].items():
-            moves = []
-            if i - sum(filled) < skips:
-                moves.append((filled, -1))
-            for k, group in enumerate(wanted):
-                j = filled[k]
-                if j < len(group) and (group[j] is None or group[j] == shapes[name]):
-                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
-            for nxt, choice in moves:
-                old = here.get(nxt)
-                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
-        if not here or len(here) > _MAX_STATES:
-            return None
-        layers.append(here)
-    end = tuple(len(w) for w in wanted)
-    if layers[-1].get(end, (0,))[0] != 1:
+    ways, choices = _solve(wanted, candidates, shapes)
+    if ways == 2 and 1 < len(groups):
+        choices = _by_roles(wanted, candidates, shapes)
+    if choices is None:
         return None
     mapping: dict[int, str] = {}
-    filled = end
-    for i in range(len(candidates), 0, -1):
-        _ways, prev, choice = layers[i][filled]
+    slot = [0] * len(groups)
+    for name, choice in zip(candidates, choices):
         if choice >= 0:
-            mapping[groups[choice][filled[choice] - 1]] = candidates[i - 1]
-        filled = prev  # type: ignore[assignment]
+            mapping[groups[choice][slot[choice]]] = name
+            slot[choice] += 1
     return mapping
+
+
+def _by_roles(
+    wanted: Sequence[Sequence[tuple[int, ...] | None]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> list[int] | None:
+    import itertools
+
+    names = set(shapes)
+    roles = [_role(n, names, shapes) for n in candidates]
+    if len({role[0] for role in roles}) * 2 > len(candidates):
+        return None  # names that share no leaf (`weight`, `bias`) tell no roles apart
+    kinds = sorted(set(roles), key=repr)
+    n_groups = len(wanted)
+    if n_groups ** len(kinds) > _MAX_RULES:
+        return None
+    sizes = [len(w) for w in wanted]
+    per_kind = [roles.count(k) for k in kinds]
+    skips = len(candidates) - sum(sizes)
+    found: dict[tuple[int, ...], int] = {}
+    for rule in itertools.product(range(n_groups), repeat=len(kinds)):
+        given = [0] * n_groups
+        for kind_count, g in zip(per_kind, rule):
+            given[g] += kind_count
+        if any(h < s for h, s in zip(given, sizes)) or sum(given) - sum(sizes) > skips:
+            continue
+        group_of = dict(zip(kinds, rule))
+        ways, choices = _solve(wanted, candidates, shapes, [group_of[r] for r in roles])
+        if ways == 1 and choices is not None:
+            found.setdefault(tuple(choices), _impurity(choices, roles, n_groups))
+    if not found:
+        return None
+    best = min(found.values())
+    winners = [c for c, score in found.items() if score == best]
+    return list(winners[0]) if len(winners) == 1 else None
 
 
 _DIGIT_RUN = re.compile(r"\d+")
