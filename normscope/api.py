@@ -85,7 +85,8 @@ def trajectory_from_run(
 
         stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress)
     return build_trajectory(
-        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings
+        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings,
+        framework=run.framework,
     )
 
 

@@ -52,7 +52,8 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     grid.add_column(style="bold")
     grid.add_column()
     first, last = traj.snapshots[0], traj.snapshots[-1]
-    grid.add_row("run", f"{traj.root} ({traj.layout})")
+    saved_by = f", {traj.framework}" if traj.framework else ""
+    grid.add_row("run", f"{traj.root} ({traj.layout}{saved_by})")
     grid.add_row(
         "snapshots",
         f"{run.snapshots}, {fmt_when(first.step, first.epoch)} → {fmt_when(last.step, last.epoch)}, "

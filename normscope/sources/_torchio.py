@@ -413,7 +413,8 @@ def load_torch_file(
 MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
               "weights", "params", "params_ema")  # fmt: skip
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
-STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates")
+# nanoGPT's `iter_num`, DeepSpeed's `global_steps`
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "iter_num", "global_steps")
 EPOCH_KEYS = ("epoch",)
 
 

@@ -17,6 +17,8 @@ from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
+from ._hf_order import hf_parameter_order
+from ._keys import clean_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -64,6 +66,22 @@ def _trainer_state(directory: str) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise BadInputError(f"{path} is not valid JSON: {exc}") from None
     return state if isinstance(state, dict) else {}
+
+
+def model_order(directory: str, names: list[str]) -> tuple[list[str], bool]:
+    """`names` in the model's parameter order where its config rebuilds it (`_hf_order`), the
+    tensors it does not name (buffers, tied copies) last; else `names` as they are and False."""
+    order = hf_parameter_order(directory)
+    if not order:
+        return names, False
+    present = set(names)
+    cleaned = list(clean_names(order).values())
+    best = max((order, cleaned), key=lambda o: len(present.intersection(o)))
+    ordered = [n for n in best if n in present]
+    if len(ordered) * 2 < len(names):
+        return names, False
+    placed = set(ordered)
+    return ordered + [n for n in names if n not in placed], True
 
 
 def _read_sharded_bin(
@@ -116,16 +134,18 @@ def read_checkpoint_dir(
         )
         if isinstance(optimizer, dict):
             tensors = pending.tensors
+            names, order_known = list(tensors), True
+            if weights.endswith((".safetensors", ".safetensors.index.json")):
+                # safetensors sorts its keys: the model's parameter order is gone, unless the
+                # model's config can rebuild it
+                names, order_known = model_order(directory, names)
             info = read_optimizer(
                 optimizer,
-                list(tensors),
+                names,
                 {n: tuple(r.shape) for n, r in tensors.items()},
                 as_ref,
                 label,
-                # safetensors sorts its keys: the model's parameter order is gone
-                order_known=not weights.endswith(
-                    (".safetensors", ".safetensors.index.json")
-                ),
+                order_known=order_known,
             )
             pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
             pending.optimizer_state = info.state
@@ -176,4 +196,6 @@ class HFTrainerDirs:
             )
             for d in dirs
         ]
-        return build_run(path, self.name, pending, warnings)
+        trainer = any(os.path.isfile(os.path.join(d, TRAINER_STATE)) for d in dirs)
+        return build_run(path, self.name, pending, warnings,
+                         framework="transformers Trainer" if trainer else "transformers")
