@@ -16,6 +16,8 @@ from normscope.snapshot import Run
 
 from ._assemble import subsample
 from ._files import check_exists, list_dir
+from .accelerate_state import AccelerateStates
+from .deepspeed_zero import DeepSpeedCheckpoints
 from .dcp import DistributedCheckpoints
 from .hf_trainer import HFTrainerDirs
 from .jsonl_log import TrackerLogs
@@ -38,6 +40,8 @@ def make_layouts(*, recover_unsafe: bool = False) -> tuple[Layout, ...]:
     checkpoint directory also holds safetensors, so their sniffers must get the first look."""
     return (
         DistributedCheckpoints(),
+        DeepSpeedCheckpoints(),  # its optimizer files need its globals: before the torch reader
+        AccelerateStates(recover_unsafe=recover_unsafe),  # its directories hold HF-named weights
         HFTrainerDirs(recover_unsafe=recover_unsafe),
         LightningCheckpoints(recover_unsafe=recover_unsafe),
         SafetensorsFiles(),
