@@ -23,7 +23,8 @@ class Convention:
     keys: frozenset[str]  # top-level keys every checkpoint of this framework holds
     # a file name that numbers finished epochs by their 0-based index; group 1 is the number
     numbered_epochs: re.Pattern[str] | None = None
-    # a file name saved mid-epoch: group 1 the epoch in progress (= epochs completed)
+    # a file name whose group 1 counts epochs completed: saved mid-epoch (the epoch in
+    # progress), or a milestone (timm's `milestone-<completed epochs>`)
     mid_epoch: re.Pattern[str] | None = None
     epoch_is_index: bool = False  # the stored `epoch` is the finished epoch's 0-based index
     names_required: bool = False  # the keys alone are too common to tell the framework
@@ -31,12 +32,12 @@ class Convention:
 
 CONVENTIONS: tuple[Convention, ...] = (
     # timm's CheckpointSaver: `checkpoint-<epoch>.pth.tar`, `recovery-<epoch>-<batch>.pth.tar`;
-    # `last.pth.tar` / `model_best.pth.tar` are hard links or copies of one of them
+    # `last.pth.tar`, `model_best.pth.tar` and `milestone-<n>.pth.tar` are hard links or copies
     Convention(
         "timm",
         frozenset({"arch", "state_dict", "epoch", "version"}),
         numbered_epochs=re.compile(r"(?:^|/)checkpoint-(\d+)\.pth\.tar$"),
-        mid_epoch=re.compile(r"(?:^|/)recovery-(\d+)-\d+\.pth\.tar$"),
+        mid_epoch=re.compile(r"(?:^|/)(?:recovery-(\d+)-\d+|milestone-(\d+))\.pth\.tar$"),
         epoch_is_index=True,
     ),
     # torchvision's classification/detection/segmentation reference recipes:
@@ -78,14 +79,14 @@ def _read(convention: Convention, p: PendingSnapshot) -> PendingSnapshot:
     label = p.label.replace(os.sep, "/")
     epoch = p.embedded_epoch
     mid = convention.mid_epoch.search(label) if convention.mid_epoch else None
-    if epoch is not None and convention.epoch_is_index and mid is None:
+    if epoch is not None and convention.epoch_is_index and not (mid and mid.group(1)):
         epoch += 1
     named: tuple[int | None, float | None] = (None, None)
     numbered = convention.numbered_epochs.search(label) if convention.numbered_epochs else None
     if numbered:
         named = (None, float(int(numbered.group(1)) + 1))
     elif mid:
-        named = (None, float(mid.group(1)))
+        named = (None, float(mid.group(1) or mid.group(2)))
     return replace(p, embedded_epoch=epoch, named=named)
 
 

@@ -395,9 +395,14 @@ def load_torch_file(
         if names and recover_unsafe and is_zip:
             return _recover(path, notes)
         if names:
+            recover = (
+                "--recover-unsafe (recover_unsafe=True) reads its tensors with a restricted unpickler "
+                "that runs nothing and leaves those objects inert"
+                if is_zip else "re-save it as a zip torch.save file, a plain state_dict or safetensors"
+            )
             raise UnsafeCheckpointError(
                 f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
-                "a checkpoint — re-save it as a plain state_dict or safetensors"
+                f"a checkpoint — {recover}"
             ) from None
         raise BadInputError(
             f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
