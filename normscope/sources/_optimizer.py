@@ -2,12 +2,15 @@
 
 `Optimizer.state_dict()` numbers parameters by position, in the order they appear across
 `param_groups` (for a single group: `model.parameters()` order), not by name. We map positions to
-names through the model state_dict's order, leaving out buffers, and check every shape we can. When
-torch saved `param_names` (optimizers built from `named_parameters()`) those are used directly.
+names through the model state_dict's order, leaving out buffers, and check every shape we can;
+where shapes leave a tie, the group structure decides (recipes split groups by a parameter's role:
+bias, vector, normalisation layer). When torch saved `param_names` (optimizers built from
+`named_parameters()`) or a source names its parameters (DeepSpeed), those are used directly.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -212,8 +215,6 @@ def _by_roles(
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> list[int] | None:
-    import itertools
-
     names = set(shapes)
     roles = [_role(n, names, shapes) for n in candidates]
     if len({role[0] for role in roles}) * 2 > len(candidates):

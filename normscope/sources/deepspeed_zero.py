@@ -117,9 +117,9 @@ def _group_layouts(
 def _pieces(spec: list[tuple[int, int, int]], flats: Sequence[Any]) -> list[tuple[Any, int, int]]:
     """Where (rank, start, length) lies in the ranks' flat vectors; rank -1 is an offset into
     their concatenation (stage 1/2), cut here into the pieces each rank holds."""
-    (rank, start, length), = spec if spec[0][0] == -1 else [(None, 0, 0)]
     if spec[0][0] != -1:
         return [(flats[r], s, n) for r, s, n in spec]
+    ((_, start, length),) = spec
     pieces, base = [], 0
     for flat in flats:
         size = flat.numel()
