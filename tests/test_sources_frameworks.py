@@ -323,6 +323,41 @@ def test_accelerate_save_state(tmp_path, safe):
                     assert torch.equal(snap.optimizer_state[name][key].load(), value)
         else:
             check_optimizer(snap, wanted)
+    if safe:  # the model's own order (`--model`) maps every parameter
+        order = tuple(n for n, _ in model.named_parameters())
+        for snap in open_run(tmp_path, parameter_order=order).snapshots:
+            check_optimizer(snap, expected[snap.meta.step])
+
+
+def test_model_option_gives_the_order_safetensors_lost(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6), nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    train(model, optimizer, 2)
+    ckpt = tmp_path / "run" / "checkpoint_0"
+    ckpt.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file(model.state_dict(), ckpt / "model.safetensors")
+    torch.save(optimizer.state_dict(), ckpt / "optimizer.bin")
+    torch.save(torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0).state_dict(), ckpt / "scheduler.bin")
+    (tmp_path / "tiny_model.py").write_text(
+        "from torch import nn\n\n\ndef build():\n"
+        "    return nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6), nn.Linear(6, 6), nn.LayerNorm(6), "
+        "nn.Linear(6, 2))\n")  # fmt: skip
+
+    def analyze(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "normscope", "analyze", "run", "--format", "json", *extra],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
+
+    without = analyze()
+    assert without.returncode == 0, without.stderr
+    assert "--model gives the order" in without.stderr
+    with_model = analyze("--model", "tiny_model:build")
+    assert with_model.returncode == 0, with_model.stderr
+    assert "parameter order" not in with_model.stderr
+    (snap,) = open_run(tmp_path / "run", parameter_order=tuple(n for n, _ in model.named_parameters())).snapshots
+    check_optimizer(snap, expected_optimizer(model, optimizer))
 
 
 # -- DeepSpeed ZeRO ---------------------------------------------------------------------------------

@@ -132,6 +132,11 @@ def analyze(
     progress, update = progress_reporter()
     selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
                      "progress": update, "recover_unsafe": recover_unsafe}
+    if model is not None and not (cluster or workers):
+        from normscope.analysis.user_model import parameter_names
+
+        # the exact order for optimizer state whose weights file lost it (safetensors)
+        selection["parameter_order"] = parameter_names(model)
     with progress:
         if cluster or workers:
             from normscope.distributed import load_trajectory_distributed

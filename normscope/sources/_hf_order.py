@@ -13,6 +13,9 @@ import contextlib
 import json
 import os
 import warnings
+from collections.abc import Sequence
+
+from ._keys import clean_names
 
 CONFIG = "config.json"
 
@@ -53,3 +56,22 @@ def hf_parameter_order(directory: str) -> list[str] | None:
         finally:
             transformers.logging.set_verbosity(verbosity)
     return None
+
+
+def ordered_names(
+    directory: str, names: list[str], given: Sequence[str] | None = None
+) -> tuple[list[str], bool]:
+    """`names` in the model's parameter order — `given` (the user's model, `--model`), else the
+    one the directory's config rebuilds — with the tensors it does not name (buffers, tied copies)
+    last, and True; or `names` as they are and False."""
+    order = list(given) if given else hf_parameter_order(directory)
+    if not order:
+        return names, False
+    present = set(names)
+    cleaned = list(clean_names(order).values())
+    best = max((order, cleaned), key=lambda o: len(present.intersection(o)))
+    ordered = [n for n in best if n in present]
+    if len(ordered) * 2 < len(names):
+        return names, False
+    placed = set(ordered)
+    return ordered + [n for n in names if n not in placed], True

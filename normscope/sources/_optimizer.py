@@ -337,7 +337,7 @@ def read_optimizer(
                 warnings.append(
                     f"{where}: the weights file does not keep parameter order and the optimizer has "
                     f"no param_names; state kept for the {len(by_pos)} parameters that shape and "
-                    f"layer numbering identify, dropped for {missing} others"
+                    f"layer numbering identify, dropped for {missing} others (--model gives the order)"
                 )
             by_pos = by_pos or None
     if by_pos is None:

@@ -20,6 +20,7 @@ from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
+from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -83,7 +84,7 @@ def _scheduler_step(directory: str, warnings: list[str]) -> int | None:
 
 def read_state_dir(
     directory: str, label: str, warnings: list[str], *, recover_unsafe: bool,
-    handles: SafetensorsHandles,
+    handles: SafetensorsHandles, parameter_order: tuple[str, ...] | None = None,
 ) -> PendingSnapshot:
     weights = _model_file(directory)
     assert weights is not None  # is_state_dir said so
@@ -101,8 +102,11 @@ def read_state_dir(
                                 notes=warnings, refs=True)  # fmt: skip
     if isinstance(optimizer, Mapping):
         tensors = pending.tensors
-        info = read_optimizer(optimizer, list(tensors), {n: tuple(r.shape) for n, r in tensors.items()},
-                              as_ref, label, order_known=not weights.endswith(".safetensors"))  # fmt: skip
+        names, order_known = list(tensors), True
+        if weights.endswith(".safetensors"):  # sorted keys: the order only `--model` can give back
+            names, order_known = ordered_names(directory, names, parameter_order)
+        info = read_optimizer(optimizer, names, {n: tuple(r.shape) for n, r in tensors.items()},
+                              as_ref, label, order_known=order_known)  # fmt: skip
         pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
         pending.optimizer_state = info.state
         pending.hyperparams_source = f"{label}/{OPTIMIZER} param_groups"
@@ -126,6 +130,7 @@ def _as_number(value: Any) -> float | None:
 @dataclasses.dataclass(frozen=True)
 class AccelerateStates:
     recover_unsafe: bool = False
+    parameter_order: tuple[str, ...] | None = None  # the model's named_parameters(), if known
     name: ClassVar[str] = "accelerate"
 
     def sniff(self, path: str) -> bool:
@@ -139,7 +144,8 @@ class AccelerateStates:
         warnings: list[str] = []
         handles = SafetensorsHandles()
         pending = [read_state_dir(d, label_of(d, root), warnings, recover_unsafe=self.recover_unsafe,
-                                  handles=handles) for d in dirs]  # fmt: skip
+                                  handles=handles, parameter_order=self.parameter_order)
+                   for d in dirs]  # fmt: skip
         return build_run(path, self.name, pending, warnings, framework="accelerate")
 
 

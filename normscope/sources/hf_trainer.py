@@ -17,8 +17,7 @@ from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
-from ._hf_order import hf_parameter_order
-from ._keys import clean_names
+from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -68,22 +67,6 @@ def _trainer_state(directory: str) -> dict[str, Any]:
     return state if isinstance(state, dict) else {}
 
 
-def model_order(directory: str, names: list[str]) -> tuple[list[str], bool]:
-    """`names` in the model's parameter order where its config rebuilds it (`_hf_order`), the
-    tensors it does not name (buffers, tied copies) last; else `names` as they are and False."""
-    order = hf_parameter_order(directory)
-    if not order:
-        return names, False
-    present = set(names)
-    cleaned = list(clean_names(order).values())
-    best = max((order, cleaned), key=lambda o: len(present.intersection(o)))
-    ordered = [n for n in best if n in present]
-    if len(ordered) * 2 < len(names):
-        return names, False
-    placed = set(ordered)
-    return ordered + [n for n in names if n not in placed], True
-
-
 def _read_sharded_bin(
     index: str, label: str, warnings: list[str], recover_unsafe: bool
 ) -> PendingSnapshot:
@@ -103,6 +86,7 @@ def read_checkpoint_dir(
     *,
     recover_unsafe: bool = False,
     handles: SafetensorsHandles | None = None,
+    parameter_order: tuple[str, ...] | None = None,
 ) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
@@ -138,7 +122,7 @@ def read_checkpoint_dir(
             if weights.endswith((".safetensors", ".safetensors.index.json")):
                 # safetensors sorts its keys: the model's parameter order is gone, unless the
                 # model's config can rebuild it
-                names, order_known = model_order(directory, names)
+                names, order_known = ordered_names(directory, names, parameter_order)
             info = read_optimizer(
                 optimizer,
                 names,
@@ -159,6 +143,7 @@ class HFTrainerDirs:
     """A directory of `checkpoint-N/` subdirectories, or one checkpoint directory."""
 
     recover_unsafe: bool = False
+    parameter_order: tuple[str, ...] | None = None  # the model's named_parameters(), if known
     name: ClassVar[str] = "hf-trainer"
 
     def sniff(self, path: str) -> bool:
@@ -193,6 +178,7 @@ class HFTrainerDirs:
                 warnings,
                 recover_unsafe=self.recover_unsafe,
                 handles=handles,
+                parameter_order=self.parameter_order,
             )
             for d in dirs
         ]
