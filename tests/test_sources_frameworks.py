@@ -443,3 +443,50 @@ def test_warnings_on_stderr_once_in_every_format(tmp_path, fmt):
     assert line not in done.stdout or fmt == "json"  # the JSON document keeps its warnings too
     if fmt == "json":
         assert any(line in w for w in json.loads(done.stdout)["run"]["warnings"])
+
+
+# -- Lightning ModelCheckpoint ----------------------------------------------------------------------
+
+def test_lightning_model_checkpoint_with_decay_groups(tmp_path):
+    pl = pytest.importorskip("pytorch_lightning")
+    from torch.utils.data import DataLoader, TensorDataset
+
+    expected: dict[int, dict] = {}
+    weights: dict[int, dict] = {}
+
+    class Module(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8),
+                                     nn.LayerNorm(8), nn.Linear(8, 1))  # fmt: skip
+
+        def training_step(self, batch, _index):  # type: ignore[no-untyped-def]
+            x, y = batch
+            return ((self.net(x) - y) ** 2).mean()
+
+        def configure_optimizers(self):  # type: ignore[no-untyped-def]
+            decay = [p for n, p in self.named_parameters() if p.dim() > 1]
+            no_decay = [p for n, p in self.named_parameters() if p.dim() <= 1]
+            return torch.optim.AdamW([{"params": no_decay, "weight_decay": 0.0},
+                                      {"params": decay, "weight_decay": 0.05}], lr=1e-2)  # fmt: skip
+
+        def on_save_checkpoint(self, checkpoint):  # type: ignore[no-untyped-def]
+            optimizer = self.trainer.optimizers[0]
+            expected[self.global_step] = expected_optimizer(self.net, optimizer, prefix="net.")
+            weights[self.global_step] = {k: v.clone() for k, v in self.state_dict().items()}
+
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=8)
+    callback = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, save_last=True)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(Module(), data)
+    assert "last.ckpt" in os.listdir(tmp_path)
+    run = open_run(tmp_path)
+    assert run.framework == "Lightning"
+    assert [os.path.basename(s.meta.path) for s in run.snapshots] == ["epoch=0-step=4.ckpt", "epoch=1-step=8.ckpt"]
+    assert [(s.meta.step, s.meta.epoch) for s in run.snapshots] == [(4, 1.0), (8, 2.0)]
+    for snap in run.snapshots:
+        # the module's attribute (`net.`) is part of every key, so it stays in the names
+        check_tensors(snap, weights[snap.meta.step])
+        check_optimizer(snap, expected[snap.meta.step])
