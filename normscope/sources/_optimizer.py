@@ -19,6 +19,7 @@ from typing import Any
 from normscope.snapshot import ParamGroup
 
 from ._keys import clean_names
+from ._tree_order import order_from_tree
 
 # buffers that are never optimizer parameters
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -244,6 +245,59 @@ def _by_roles(
     return list(winners[0]) if len(winners) == 1 else None
 
 
+def _map_by_tree(
+    groups: Sequence[Sequence[int]],
+    state: Mapping[int, Mapping[str, Any]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[int, str] | None:
+    """For models whose parameter order is lost: the one order of the module tree the names
+    allow that fits the saved shapes (`_tree_order`), each group's members set by a role rule
+    when there are several groups."""
+    wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
+    sizes = [len(w) for w in wanted]
+    if len(candidates) != sum(sizes) or not candidates:
+        return None  # frozen parameters or float buffers: the tree walk cannot skip them
+    if len(groups) == 1:
+        rules: list[dict[str, int]] = [dict.fromkeys(candidates, 0)]
+        roles = [()] * len(candidates)
+    else:
+        names = set(shapes)
+        roles = [_role(n, names, shapes) for n in candidates]
+        kinds = sorted(set(roles), key=repr)
+        if len(groups) ** len(kinds) > _MAX_RULES:
+            return None
+        per_kind = [roles.count(k) for k in kinds]
+        rules = []
+        for rule in itertools.product(range(len(groups)), repeat=len(kinds)):
+            given = [0] * len(groups)
+            for count, g in zip(per_kind, rule):
+                given[g] += count
+            if given == sizes:
+                of = dict(zip(kinds, rule))
+                rules.append({n: of[r] for n, r in zip(candidates, roles)})
+    found: dict[tuple[tuple[int, str], ...], int] = {}
+    for rule in rules:
+        ways, order = order_from_tree(wanted, candidates, shapes, rule.__getitem__)
+        if ways != 1 or order is None:
+            if ways > 1 and len(groups) == 1:
+                return None
+            continue
+        slot = [0] * len(groups)
+        mapping = []
+        for name in order:
+            g = rule[name]
+            mapping.append((groups[g][slot[g]], name))
+            slot[g] += 1
+        choices = [rule[n] for n in candidates]
+        found.setdefault(tuple(sorted(mapping)), _impurity(choices, roles, len(groups)) if roles[0] else 0)
+    if not found:
+        return None
+    best = min(found.values())
+    winners = [m for m, score in found.items() if score == best]
+    return dict(winners[0]) if len(winners) == 1 else None
+
+
 _DIGIT_RUN = re.compile(r"\d+")
 
 
@@ -331,7 +385,9 @@ def read_optimizer(
         if order_known:
             by_pos = _map_positions(group_positions, state, candidates, shapes)
         else:
-            by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
+            by_pos = _map_by_tree(group_positions, state, candidates, shapes)
+            if by_pos is None:
+                by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
             missing = len(positions) - len(by_pos)
             if missing and by_pos:
                 warnings.append(
