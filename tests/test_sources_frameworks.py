@@ -497,3 +497,36 @@ def test_lightning_model_checkpoint_with_decay_groups(tmp_path):
         # the module's attribute (`net.`) is part of every key, so it stays in the names
         check_tensors(snap, weights[snap.meta.step])
         check_optimizer(snap, expected[snap.meta.step])
+
+
+class _WouldRunCode:
+    """Unpickling this creates a file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (open, (self.marker, "w"))
+
+
+def test_deepspeed_files_that_would_run_code_or_are_broken_are_one_line(tmp_path):
+    import shutil
+
+    from normscope.errors import BadInputError
+
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(FIXTURES, "zero3_world2"), run)
+    optim = run / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    marker = tmp_path / "code_ran"
+    torch.save({"optimizer_state_dict": _WouldRunCode(str(marker))}, optim)
+    with pytest.raises(UnsafeCheckpointError, match="never runs code"):
+        open_run(run)
+    assert not marker.exists()
+    optim.unlink()  # a save that did not finish on every rank
+    with pytest.raises(BadInputError, match="optimizer and 2 model files for 2 ranks"):
+        open_run(run)
+    shutil.rmtree(run / "global_step2")
+    model = run / "global_step3" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:1000])  # truncated
+    with pytest.raises(BadInputError, match="not a readable DeepSpeed checkpoint"):
+        open_run(run)
