@@ -530,3 +530,23 @@ def test_deepspeed_files_that_would_run_code_or_are_broken_are_one_line(tmp_path
     model.write_bytes(model.read_bytes()[:1000])  # truncated
     with pytest.raises(BadInputError, match="not a readable DeepSpeed checkpoint"):
         open_run(run)
+
+
+def test_a_mapping_left_partial_is_one_note_for_the_whole_run(tmp_path):
+    from safetensors.torch import save_file
+
+    model = blocks()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for i in range(2):
+        train(model, optimizer, 1, seed=i)
+        ckpt = tmp_path / f"checkpoint_{i}"
+        ckpt.mkdir()
+        save_file(model.state_dict(), ckpt / "model.safetensors")
+        torch.save(optimizer.state_dict(), ckpt / "optimizer.bin")
+        (ckpt / "random_states_0.pkl").write_bytes(b"never opened")
+    run = open_run(tmp_path)
+    (note,) = [w for w in run.warnings if "does not keep parameter order" in w]
+    assert note.endswith("(--model gives the order) (checkpoint_0, checkpoint_1)")
+    by_name = dict(model.named_parameters())
+    for name, entry in run.snapshots[-1].optimizer_state.items():  # what is mapped is right
+        assert torch.equal(entry["exp_avg"].load(), optimizer.state[by_name[name]]["exp_avg"])
