@@ -550,3 +550,19 @@ def test_a_mapping_left_partial_is_one_note_for_the_whole_run(tmp_path):
     by_name = dict(model.named_parameters())
     for name, entry in run.snapshots[-1].optimizer_state.items():  # what is mapped is right
         assert torch.equal(entry["exp_avg"].load(), optimizer.state[by_name[name]]["exp_avg"])
+
+
+def test_deepspeed_model_states_of_the_wrong_structure_are_one_line(tmp_path):
+    import shutil
+
+    from normscope.errors import BadInputError
+
+    run = tmp_path / "run"
+    shutil.copytree(os.path.join(FIXTURES, "zero3_world1"), run)
+    for step in (1, 2, 3):
+        path = run / f"global_step{step}" / "zero_pp_rank_0_mp_rank_00_model_states.pt"
+        saved = torch.load(path, weights_only=True)
+        saved["param_shapes"] = [["not", "a", "mapping"]]
+        torch.save(saved, path)
+    with pytest.raises(BadInputError, match="not laid out as a DeepSpeed checkpoint"):
+        open_run(run)

@@ -249,6 +249,17 @@ def _configured(model: Mapping[str, Any]) -> str | None:
     return str(kind) if kind else None
 
 
+def _read_or_say_why(directory: str, label: str, warnings: list[str]) -> PendingSnapshot:
+    """`read_zero_dir`, with files whose structure is not what DeepSpeed writes (lists where
+    mappings belong, missing groups) reported in one line."""
+    try:
+        return read_zero_dir(directory, label, warnings)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as exc:
+        raise BadInputError(
+            f"{directory} is not laid out as a DeepSpeed checkpoint: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 @dataclasses.dataclass(frozen=True)
 class DeepSpeedCheckpoints:
     """A DeepSpeed checkpoint directory (`latest`, `global_step<N>/`), or one tag directory."""
@@ -266,7 +277,7 @@ class DeepSpeedCheckpoints:
             dirs, root = [path], os.path.dirname(os.path.abspath(path))
         else:
             dirs, root = [d for d in subdirs_in(path) if is_zero_dir(d)], path
-        pending = [read_zero_dir(d, label_of(d, root), warnings) for d in dirs]
+        pending = [_read_or_say_why(d, label_of(d, root), warnings) for d in dirs]
         stages = sorted({p.extra.get("zero_stage", 0) for p in pending})
         framework = "DeepSpeed ZeRO-" + "/".join(str(s) for s in stages)
         return build_run(path, self.name, pending, warnings, framework=framework)
