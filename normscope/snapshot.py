@@ -214,3 +214,4 @@ class Run:
     # Live logs carry reduced numbers already: their sources fill `stats` (in time order) and leave
     # `snapshots` empty, and the engine is skipped.
     stats: Sequence[SnapshotStats] | None = None
+    framework: str | None = None  # the saver recognised (e.g. "timm", "DeepSpeed ZeRO-2"), if any
