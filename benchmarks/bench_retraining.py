@@ -176,7 +176,8 @@ def table(results: dict) -> str:
             continue
         accs = [100 * v["final_test_accuracy"] for _, v in done]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        decays = "; ".join(",".join(map(str, v["decay_epochs"])) or "–" for _, v in done)
+        decays = "every epoch" if kind == "cosine" else "; ".join(
+            ",".join(map(str, v["decay_epochs"])) or "–" for _, v in done)
         lines.append(f"| {LABELS[kind]} | {len(done)} | {statistics.mean(accs):.2f} ± {std:.2f} | {decays} |")
     return "\n".join(lines)
 

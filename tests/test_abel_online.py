@@ -109,3 +109,14 @@ def test_robust_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
             w.fill_(math.sqrt(value / 100))
         resumed.step()
     assert resumed.decay_epochs == full.decay_epochs
+
+
+def test_online_rule_on_the_real_seed_repeats_waits_for_the_budget():
+    """Until its first decay an online run is its constant-LR pilot (same seed, same bits), so the
+    rule's decisions on the pilots' prefixes are the ones it made in the retraining benchmark."""
+    import json
+    from pathlib import Path
+
+    data = json.loads((Path(__file__).parent / "data" / "bn_cnn_constant_lr_norms.json").read_text())
+    for norms in data["norm_sq"].values():
+        assert not any(robust_decay_due(norms[: now + 1], [], tau_epochs=TAU) for now in range(1, 51))
