@@ -96,3 +96,21 @@ def test_adamw_sample_run_rows_add_up_to_the_engines_tensor_angle():
         assert result.angle_ratio_p10 <= result.angle_ratio_median <= result.angle_ratio_p90
         checked += 1
     assert checked >= 8
+
+
+def test_row_report_from_the_engine_on_the_adamw_sample_run():
+    from normscope.analysis.row_equilibrium import row_report
+    from normscope.engine import compute_stats
+    from normscope.sources import open_run
+
+    stats = compute_stats(list(open_run(SAMPLES / "digits_ln_transformer_adamw").snapshots), device="cpu",
+                          granularity="row")
+    report = row_report(stats)
+    decayed = {r.result.param for r in report}
+    assert "blocks.0.attn.qkv.weight" in decayed and "embed.weight" in decayed
+    assert all(not name.endswith("bias") for name in decayed)  # rows need ndim ≥ 2 (and decay)
+    assert {r.snapshot for r in report} == set(range(1, 20))
+    qkv = [r.result for r in report if r.result.param == "blocks.0.attn.qkv.weight"]
+    assert all(r.rows == 96 and r.row_numel == 32 for r in qkv)
+    # far from equilibrium as the cosine schedule takes the LR to zero: the angle falls behind
+    assert qkv[-1].angle_ratio_p90 < 0.2 < qkv[8].angle_ratio_median

@@ -88,3 +88,37 @@ def row_equilibrium(param: str, sums: RowSums, *, family: str, lr: float, weight
         tensor_angle_ratio=tensor_ratio, norm_ratio_median=float(norm[0]), norm_ratio_p10=float(norm[1]),
         norm_ratio_p90=float(norm[2]),
     )
+
+
+@dataclass(frozen=True)
+class RowInterval:
+    """One tensor's rows over the interval that ends at snapshot `snapshot`."""
+
+    snapshot: int
+    step: float
+    result: RowEquilibrium
+
+
+def row_report(stats, *, optimizer: str | None = None) -> tuple[RowInterval, ...]:
+    """Per-row summaries for every tensor and interval of an engine run with `granularity="row"`.
+
+    The interval's LR, weight decay and momentum/β₁ are those recorded in its earlier snapshot (the
+    scheduler steps before the save, as `equilibrium` assumes by default); intervals without a known
+    step count, LR or weight decay, and optimizers other than SGD and AdamW, are left out."""
+    out: list[RowInterval] = []
+    for t in range(1, len(stats)):
+        before, after = stats[t - 1].meta, stats[t].meta
+        family = theory.optimizer_family(optimizer or after.optimizer or "")
+        if family not in (theory.SGD, theory.ADAMW) or before.step is None or after.step is None:
+            continue
+        steps = after.step - before.step
+        groups = {name: g for g in before.param_groups for name in g.params}
+        for name, sums in stats[t].rows.items():
+            group = groups.get(name)
+            if group is None or not (group.lr and group.weight_decay and steps > 0):
+                continue
+            momentum = (group.momentum or 0.0) if family == theory.SGD else (group.betas or (0.0,))[0]
+            out.append(RowInterval(t, float(after.step), row_equilibrium(
+                name, sums, family=family, lr=group.lr, weight_decay=group.weight_decay,
+                momentum=momentum, steps=steps)))
+    return tuple(out)

@@ -5,11 +5,16 @@ A row is everything but dim 0 (an output neuron of a linear or conv weight, as K
 it). Torch ops only, in float64, on whatever device the tensors are on — the CUDA path is the same
 ops on a CUDA tensor. Memory beyond the inputs: the float64 copies of one tensor pair and three
 arrays of length rows.
+
+With `granularity="row"` the engine's checkpoint pass (`driver.run_engine`) runs `row_sums` on every
+loaded piece of ndim ≥ 2 that has a previous snapshot, while the piece is in memory for the per-tensor
+sums (no second read), and `RowCollector` joins the row slices the planner cut a large tensor into.
+What it keeps is three float64 numbers per row per snapshot.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from typing import TYPE_CHECKING
 
@@ -43,3 +48,34 @@ def row_sums(weight: torch.Tensor, prev: torch.Tensor) -> RowSums:
     p = prev.detach().to(weight.device).reshape(weight.shape[0], -1).to(torch.float64)
     sums = torch.stack([(w * w).sum(1), (p * p).sum(1), (w * p).sum(1)]).cpu().numpy()
     return RowSums(sums[0], sums[1], sums[2], int(w.shape[1]))
+
+
+GRANULARITY_TENSOR = "tensor"
+GRANULARITY_ROW = "row"
+GRANULARITIES = (GRANULARITY_TENSOR, GRANULARITY_ROW)
+
+
+@dataclass
+class RowCollector:
+    """Row sums per (snapshot, parameter), gathered piece by piece (a piece is rows start:stop)."""
+
+    parts: dict[tuple[int, str], list[tuple[int, RowSums]]] = field(default_factory=dict)
+
+    def add(self, snapshot: int, name: str, start: int, weight, prev) -> None:
+        if prev is None or weight.ndim < 2 or tuple(prev.shape) != tuple(weight.shape):
+            return
+        self.parts.setdefault((snapshot, name), []).append((start, row_sums(weight, prev)))
+
+    def for_snapshot(self, snapshot: int) -> dict[str, RowSums]:
+        out: dict[str, RowSums] = {}
+        for (t, name), parts in self.parts.items():
+            if t != snapshot:
+                continue
+            parts = sorted(parts, key=lambda part: part[0])
+            out[name] = RowSums(
+                np.concatenate([p.norm_sq for _, p in parts]),
+                np.concatenate([p.prev_norm_sq for _, p in parts]),
+                np.concatenate([p.dot_prev for _, p in parts]),
+                parts[0][1].row_numel,
+            )
+        return out
