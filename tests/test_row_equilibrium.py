@@ -20,7 +20,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"
 
 def _adam_like_walk(rows=64, cols=48, steps=3000, lr=0.01, wd=0.1, frozen=0, seed=0):
     """Decoupled decay plus a unit-RMS update orthogonal to each row (Adam without momentum, β₁ = 0):
-    each row's norm settles at √(ηC/(2λ)) (per element 0.22 here; rows start at 0.05-0.6) and turns by √(2ηλ) per step. `frozen` rows get no update."""
+    each row's norm settles at √(ηC/(2λ)) (per element 0.22 here; rows start at 0.05-0.6) and turns
+    by √(2ηλ) per step. `frozen` rows get no update."""
     gen = torch.Generator().manual_seed(seed)
     w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) * torch.linspace(0.05, 0.6, rows)[:, None]
     snapshots = []

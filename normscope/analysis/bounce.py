@@ -4,20 +4,24 @@ Both are pure functions of an end-of-epoch series (see `normscope.analysis.epoch
 
 The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`).
 On a noisy plateau the sign of Δ flips almost every epoch and the rule fires on noise; it is kept
-because it is what the paper (and the `ABEL` scheduler) does.
+because it is what the paper (and `ABEL(rule="exact")`) does.
 
 The robust detector (`detect_bounces`) works on y = log N, in these steps:
 
-1. noise: σ = 1.4826·MAD(Δ²y)/√6 — the per-epoch level noise estimated from the run itself (second
-   differences cancel any smooth trend; the median ignores the few epochs where the bounce bends);
+1. noise: white noise plus a mean-reverting AR(1) part whose correlation time is the relaxation time
+   (`analysis.norm_noise`; docs/science-robust.md): the norm's slow wiggles are its own fluctuation,
+   not a trend;
 2. smoothing: z = centred moving average of y over `smooth_window` epochs (one-sided at the ends);
-3. turning points: a zig-zag on z with threshold h = max(`depth_sigmas`·σ, `min_depth`); a minimum is
-   confirmed once z has risen h above it, a maximum once z has fallen h below it;
+3. turning points: a zig-zag on z with threshold h, the rise that noise of the fitted model alone
+   exceeds in a run of this length with probability `false_alarm` (simulated, studentized), never
+   below `depth_sigmas`·(white σ) nor `min_depth`; a minimum is confirmed once z has risen h above
+   it, a maximum once z has fallen h below it;
 4. a bounce is a confirmed minimum preceded by a decline of at least h, spanning at least `min_width`
    epochs from the start of the decline to the confirmation of the rise;
 5. the rise ends (and the robust ABEL would decay) at the first epoch after confirmation whose smoothed
    increase falls to max(`slope_sigmas`·(noise of a smoothed increment), `flat_fraction`·(the
-   fastest increase since the minimum)), or at the next confirmed maximum — whichever comes first.
+   fastest increase since the minimum)), or at the next confirmed maximum — whichever comes first;
+6. the decay interval: where simulated repeats of the run (trend plus fresh noise) decay.
 """
 
 from __future__ import annotations
@@ -257,7 +261,8 @@ def detect_bounces(
         spread = intervals.get(m)
         interval = None
         if spread is not None and decay is not None:
-            interval = (min(int(epochs[spread[0]]), int(epochs[decay])), max(int(epochs[spread[1]]), int(epochs[decay])))
+            low, high = int(epochs[spread[0]]), int(epochs[spread[1]])
+            interval = (min(low, int(epochs[decay])), max(high, int(epochs[decay])))
         bounces.append(Bounce(
             start_epoch=int(epochs[start]),
             minimum_epoch=int(epochs[bottom]),
