@@ -25,7 +25,7 @@ from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
-from normscope.engine.rows import GRANULARITIES, GRANULARITY_TENSOR, GRANULARITY_ROW, RowCollector
+from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR, RowCollector
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.file_stamps import check_unchanged
