@@ -94,7 +94,7 @@ def each_cpu_kernel(request, monkeypatch):
     else:
         monkeypatch.delenv("NORMSCOPE_FUSED", raising=False)
         if fused_kernel() is None:
-            pytest.skip("no C compiler: the fused kernel cannot be built here")
+            pytest.skip("this install has no fused kernel (built without a C compiler)")
     return request.param
 
 
