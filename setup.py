@@ -14,7 +14,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 # GCC/Clang flags the kernel is tuned for; other compilers get their own defaults.
-UNIX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno"]
+UNIX_FLAGS = ["-O3", "-fopenmp-simd", "-fno-math-errno", "-g0"]
 
 
 class OptionalBuildExt(build_ext):
