@@ -2,11 +2,12 @@
 
 Both are pure functions of an end-of-epoch series (see `normscope.analysis.epochs`).
 
-The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`).
+The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`;
+docs/science.md §1.2).
 On a noisy plateau the sign of Δ flips almost every epoch and the rule fires on noise; it is kept
 because it is what the paper (and the `ABEL` scheduler) does.
 
-The robust detector (`detect_bounces`) works on y = log N, in these steps:
+The robust detector (`detect_bounces`; docs/science.md §6) works on y = log N, in these steps:
 
 1. noise: σ = 1.4826·MAD(Δ²y)/√6 — the per-epoch level noise estimated from the run itself (second
    differences cancel any smooth trend; the median ignores the few epochs where the bounce bends);

@@ -10,7 +10,7 @@ import pandas as pd
 
 from normscope.trajectory import Trajectory
 
-# Tensors that are weights in the ABEL sense (SCIENCE.md §1: matrices and kernels by default).
+# Tensors that are weights in the ABEL sense (docs/science.md §1.1: matrices and kernels by default).
 DEFAULT_TOTAL_KINDS = ("weight",)
 
 
