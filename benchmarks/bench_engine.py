@@ -285,7 +285,7 @@ def child(kind: str, root: str, device: str) -> None:
     import torch  # noqa: F401
 
     import normscope.engine
-    import normscope.sources  # noqa: F401
+    import normscope.sources
 
     mem = PeakMemory()
     mem.start()

@@ -14,7 +14,7 @@ from sample_runs.cpu_kernels import pin_cpu_kernels
 # torch's kernels depend on the CPU's instruction set unless pinned.
 pin_cpu_kernels()
 
-import torch  # noqa: E402
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RUNS = REPO_ROOT / "sample_runs"

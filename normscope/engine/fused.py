@@ -130,7 +130,7 @@ def kernel_status() -> KernelStatus:
     return _load(_disabled())[1]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _say_once(detail: str) -> None:
     log.info("fused CPU kernel %s; using the torch kernels (same results, slower)", detail)
 
