@@ -163,3 +163,14 @@ def test_documents_speak_to_users(path):
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
             if DEVELOPMENT_LOG.search(line)]
     assert not hits, "\n".join(hits)
+
+
+def test_the_readme_lists_every_exit_code():
+    from normscope import errors
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Exit codes"):]
+    section = section[: section.index("\n## ", 1)]
+    listed = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
+    defined = {errors.EXIT_OK, errors.EXIT_VIOLATIONS, errors.EXIT_BAD_INPUT, errors.EXIT_INTERNAL}
+    assert listed == defined | {130}  # 130: Ctrl-C, the shell's convention (cli/_common.py)
