@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from normscope.file_stamps import FileStamp
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -89,6 +91,8 @@ class Snapshot:
     meta: SnapshotMeta
     tensors: Mapping[str, TensorRef]
     optimizer_state: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the files its tensors are read from, as they were when opened (`file_stamps`)
+    files: tuple[FileStamp, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
-from normscope.engine.fused import fused_kernel
+from normscope.engine.fused import VanishedPage, fused_kernel
 from normscope.engine.in_place import start_in_place
 from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
@@ -26,6 +26,7 @@ from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
+from normscope.file_stamps import check_unchanged
 from normscope.snapshot import Snapshot, SnapshotStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,6 +88,8 @@ def _run(
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
+        # before any page of a file rewritten since it was opened is touched (`file_stamps`)
+        check_unchanged(snapshots[t].files)
         work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t],
                          touch_pages=touch_pages, in_place=fused)
         return work, _stage(work, stager)
@@ -98,13 +101,19 @@ def _run(
     # so the Python-side work of one overlaps the arithmetic of the other. It holds `previous`
     # and the bucket before it (its kernels read both): the fourth bucket in flight.
     in_flight: Callable[[Accumulator], None] | None = None
+    in_flight_snapshot = 0
     runner = CpuWorkers() if device.type == "cpu" else Inline()
 
     def collect() -> None:
         nonlocal in_flight
         if in_flight is not None:
-            in_flight(accumulator)
+            try:
+                in_flight(accumulator)
+            except VanishedPage:  # a file cut short during the arithmetic: name it
+                raise _vanished(snapshots, in_flight_snapshot) from None
             in_flight = None
+            # the sums are of the files as they were opened only if they still are
+            check_unchanged(snapshots[in_flight_snapshot].files)
             if progress is not None:
                 progress(done, plan.total_bytes)
 
@@ -116,13 +125,26 @@ def _run(
                 previous = None
             started = _start_work(work, previous, runner) if t >= report_from else None
             collect()
-            in_flight = started
+            in_flight, in_flight_snapshot = started, t
             previous = work
             done += plan.sizes[b][t]
             if in_flight is None and progress is not None:
                 progress(done, plan.total_bytes)
         collect()
     return accumulator.stats(snapshots, plan.entries, first=report_from)
+
+
+def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:
+    """The error for a page that vanished while the kernel read snapshot `t` (and `t - 1`, its
+    previous): the file that changed, named by its stamp."""
+    for snapshot in (snapshots[t], snapshots[t - 1] if t else None):
+        if snapshot is not None:
+            try:
+                check_unchanged(snapshot.files)
+            except BadInputError as exc:
+                return exc
+    return BadInputError(f"a file of {snapshots[t].meta.path} was cut short while normscope was "
+                         "reading it (a job still writing it?); run again once it is complete")
 
 
 def _start_work(

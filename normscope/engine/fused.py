@@ -42,19 +42,33 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MODULE = "normscope.engine._fused"
-ABI = 1
+ABI = 2
 # Columns of the kernel's output rows, in `_fused.c`'s order.
 COLUMNS = ("norm_sq", "dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
 # Longer tensors are cut into pieces so both workers get work from a single large matrix.
 PIECE_ELEMENTS = 1 << 22
-_SIGNATURE = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 10)
+# The kernel's entry points (`_fused.c`), called at the addresses its module publishes.
+_REDUCE = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 10)
+_REDUCE_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, *[ctypes.c_void_p] * 10)
+_GUARD_INSTALL = ctypes.CFUNCTYPE(ctypes.c_int)
+
+
+class VanishedPage(Exception):
+    """The kernel read a page of a mapped file that is no longer there: the file was cut short
+    while it was mapped (the caller names it, see `file_stamps`)."""
 
 
 class FusedKernel:
     """The kernel; `reduce` runs one call over arrays describing many tensors."""
 
-    def __init__(self, address: int) -> None:
-        self._reduce = _SIGNATURE(address)
+    def __init__(self, module: Any) -> None:
+        # guarded where the handler can be installed (see `_fused.c`): a vanished page of a mapped
+        # file raises VanishedPage instead of ending the process with SIGBUS
+        self._guarded = _GUARD_INSTALL(module.guard_install_address)() == 0
+        if self._guarded:
+            self._reduce = _REDUCE_GUARDED(module.reduce_guarded_address)
+        else:
+            self._reduce = _REDUCE(module.reduce_address)
 
     def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
                out: int) -> None:
@@ -62,7 +76,8 @@ class FusedKernel:
         args: list[int | None] = []
         for stream in streams:
             args.extend(stream if stream is not None else (None, None))
-        self._reduce(count, numel, *args, out)
+        if self._reduce(count, numel, *args, out) and self._guarded:
+            raise VanishedPage("a page of a mapped file vanished while the kernel read it")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +126,7 @@ def _load(disabled: bool) -> tuple[FusedKernel | None, KernelStatus]:
         return None, KernelStatus(False, f"cannot be loaded ({exc})")
     if getattr(_fused, "ABI", None) != ABI:
         return None, KernelStatus(False, "built from another version of normscope; reinstall it")
-    return FusedKernel(_fused.reduce_address), KernelStatus(True, f"active ({spec.origin})")
+    return FusedKernel(_fused), KernelStatus(True, f"active ({spec.origin})")
 
 
 def _disabled() -> bool:

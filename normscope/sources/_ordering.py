@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope.file_stamps import FileStamp, merge_stamps, stamp_path
 from normscope.snapshot import (
     ORDER_EMBEDDED,
     ORDER_FILENAME,
@@ -41,6 +42,8 @@ class PendingSnapshot:
     embedded_epoch: float | None = None
     trainer_step: int | None = None
     trainer_epoch: float | None = None
+    # stamps of the files read, taken before they were mapped; `_finish` adds those of `path`
+    files: tuple[FileStamp, ...] = ()
 
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -184,4 +187,5 @@ def _finish(p: PendingSnapshot, level: str) -> Snapshot:
         hyperparams_source=p.hyperparams_source,
         extra=dict(p.extra),
     )
-    return Snapshot(meta=meta, tensors=p.tensors, optimizer_state=p.optimizer_state)
+    return Snapshot(meta=meta, tensors=p.tensors, optimizer_state=p.optimizer_state,
+                    files=merge_stamps(p.files, stamp_path(p.path)))

@@ -325,6 +325,22 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _weights_only_reason(exc: BaseException) -> str:
+    """What torch's safe unpickler found wrong, without its opening paragraph's advice to load
+    the file with `weights_only=False` (which would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return _first_line(exc)
+    marker = "WeightsUnpickler error:"
+    text = "\n".join(lines)
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split("\n", 1)[0]
+    else:
+        reason = lines[1] if len(lines) > 1 else ""
+    refused = "its pickle is refused by torch's safe loader"
+    return f"{refused} ({reason})" if reason else refused
+
+
 def _recover(path: str, notes: list[str] | None) -> Any:
     from ._restricted_torch import load_torch_zip_restricted
 
@@ -400,7 +416,7 @@ def load_torch_file(
                 "a checkpoint — re-save it as a plain state_dict or safetensors"
             ) from None
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
+            f"{path} is not a readable torch checkpoint: {_weights_only_reason(exc)}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         raise BadInputError(

@@ -13,10 +13,12 @@ import os
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
+from ._bounds import check_declared
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -71,11 +73,14 @@ def _read_sharded_bin(
 ) -> PendingSnapshot:
     """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
     merged: dict[str, Any] = {}
-    for shard in read_index(index):
+    shards = read_index(index)
+    before = tuple(stamp for shard in shards for stamp in stamp_path(shard))  # before mapping
+    for shard in shards:
         merged.update(
             load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
         )
-    return pending_from_parts(index, label, merged, None, None, None, "", warnings)
+    return pending_from_parts(index, label, merged, None, None, None, "", warnings,
+                              files=merge_stamps(before, stamp_path(index)))  # fmt: skip
 
 
 def read_checkpoint_dir(
@@ -111,9 +116,11 @@ def read_checkpoint_dir(
         pending.trainer_epoch = float(state["epoch"])
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
+        before = stamp_path(optimizer_path)  # before it is mapped
         optimizer = load_torch_file(
             optimizer_path, recover_unsafe=recover_unsafe, notes=warnings, refs=True
         )
+        pending.files = merge_stamps(pending.files, before)
         if isinstance(optimizer, dict):
             tensors = pending.tensors
             info = read_optimizer(
@@ -131,6 +138,7 @@ def read_checkpoint_dir(
             pending.optimizer_state = info.state
             pending.hyperparams_source = f"{label}/optimizer.pt param_groups"
             warnings.extend(info.warnings)
+    check_declared(directory, pending.tensors, pending.optimizer_state, pending.files)
     return pending
 
 
