@@ -200,6 +200,9 @@ class SnapshotStats:
     params: Mapping[str, ParamStats]
     shapes: Mapping[str, tuple[int, ...]]
     dtypes: Mapping[str, str]
+    # per-row sums against the previous snapshot (`engine.rows.RowSums`), by parameter; only with
+    # the engine's row granularity, else empty
+    rows: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,3 +217,4 @@ class Run:
     # Live logs carry reduced numbers already: their sources fill `stats` (in time order) and leave
     # `snapshots` empty, and the engine is skipped.
     stats: Sequence[SnapshotStats] | None = None
+    framework: str | None = None  # the saver recognised (e.g. "timm", "DeepSpeed ZeRO-2"), if any

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from itertools import repeat
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
+from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR, RowCollector
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.file_stamps import check_unchanged
@@ -47,14 +49,20 @@ def run_engine(
     progress: Callable[[int, int], None] | None = None,
     names: Iterable[str] | None = None,
     report_from: int = 0,
+    granularity: str = GRANULARITY_TENSOR,
 ) -> list[SnapshotStats]:
     """Stats for `snapshots[report_from:]`; earlier snapshots serve only as the previous one.
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
+    `granularity="row"` adds per-row sums (`SnapshotStats.rows`, see `engine.rows`).
     """
+    if granularity not in GRANULARITIES:
+        raise BadInputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     with collector_paused():
-        return _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
-                    names=names, report_from=report_from)
+        stats = _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
+                     names=names, report_from=report_from,
+                     rows=RowCollector() if granularity == GRANULARITY_ROW else None)
+    return stats
 
 
 def _run(
@@ -65,6 +73,7 @@ def _run(
     progress: Callable[[int, int], None] | None,
     names: Iterable[str] | None,
     report_from: int,
+    rows: RowCollector | None = None,
 ) -> list[SnapshotStats]:
     if bucket_bytes < 1:
         raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
@@ -85,13 +94,15 @@ def _run(
     # anyway. Figures: docs/benchmarks.md, "Behind the design".
     fused = device.type == "cpu" and fused_kernel() is not None
     touch_pages = device.type == "cpu" and not fused
+    # row sums need the tensors themselves, not refs the fused kernel reads where they lie
+    in_place = fused and rows is None
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
         # before any page of a file rewritten since it was opened is touched (`file_stamps`)
         check_unchanged(snapshots[t].files)
         work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t],
-                         touch_pages=touch_pages, in_place=fused)
+                         touch_pages=touch_pages, in_place=in_place)
         return work, _stage(work, stager)
 
     accumulator = Accumulator()
@@ -124,6 +135,9 @@ def _run(
             if previous is not None and previous.bucket != b:
                 previous = None
             started = _start_work(work, previous, runner) if t >= report_from else None
+            if rows is not None and t >= report_from:
+                for piece, weight, prev in zip(work.pieces, work.weight, _previous_weights(work, previous)):
+                    rows.add(t, piece.name, piece.start, weight, prev)
             collect()
             in_flight, in_flight_snapshot = started, t
             previous = work
@@ -131,7 +145,10 @@ def _run(
             if in_flight is None and progress is not None:
                 progress(done, plan.total_bytes)
         collect()
-    return accumulator.stats(snapshots, plan.entries, first=report_from)
+    stats = accumulator.stats(snapshots, plan.entries, first=report_from)
+    if rows is not None:
+        stats = [replace(s, rows=rows.for_snapshot(report_from + i)) for i, s in enumerate(stats)]
+    return stats
 
 
 def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:

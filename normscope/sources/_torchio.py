@@ -411,9 +411,14 @@ def load_torch_file(
         if names and recover_unsafe and is_zip:
             return _recover(path, notes)
         if names:
+            recover = (
+                "--recover-unsafe (recover_unsafe=True) reads its tensors with a restricted unpickler "
+                "that runs nothing and leaves those objects inert"
+                if is_zip else "re-save it as a zip torch.save file, a plain state_dict or safetensors"
+            )
             raise UnsafeCheckpointError(
                 f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
-                "a checkpoint — re-save it as a plain state_dict or safetensors"
+                f"a checkpoint — {recover}"
             ) from None
         raise BadInputError(
             f"{path} is not a readable torch checkpoint: {_weights_only_reason(exc)}"
@@ -429,7 +434,8 @@ def load_torch_file(
 MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
               "weights", "params", "params_ema")  # fmt: skip
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
-STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates")
+# nanoGPT's `iter_num`, DeepSpeed's `global_steps`
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "iter_num", "global_steps")
 EPOCH_KEYS = ("epoch",)
 
 

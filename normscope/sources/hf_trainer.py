@@ -19,6 +19,7 @@ from normscope.snapshot import Run
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
 from ._bounds import check_declared
+from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -90,6 +91,7 @@ def read_checkpoint_dir(
     *,
     recover_unsafe: bool = False,
     handles: SafetensorsHandles | None = None,
+    parameter_order: tuple[str, ...] | None = None,
 ) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
@@ -123,16 +125,18 @@ def read_checkpoint_dir(
         pending.files = merge_stamps(pending.files, before)
         if isinstance(optimizer, dict):
             tensors = pending.tensors
+            names, order_known = list(tensors), True
+            if weights.endswith((".safetensors", ".safetensors.index.json")):
+                # safetensors sorts its keys: the model's parameter order is gone, unless the
+                # model's config can rebuild it
+                names, order_known = ordered_names(directory, names, parameter_order)
             info = read_optimizer(
                 optimizer,
-                list(tensors),
+                names,
                 {n: tuple(r.shape) for n, r in tensors.items()},
                 as_ref,
                 label,
-                # safetensors sorts its keys: the model's parameter order is gone
-                order_known=not weights.endswith(
-                    (".safetensors", ".safetensors.index.json")
-                ),
+                order_known=order_known,
             )
             pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
             pending.optimizer_state = info.state
@@ -147,6 +151,7 @@ class HFTrainerDirs:
     """A directory of `checkpoint-N/` subdirectories, or one checkpoint directory."""
 
     recover_unsafe: bool = False
+    parameter_order: tuple[str, ...] | None = None  # the model's named_parameters(), if known
     name: ClassVar[str] = "hf-trainer"
 
     def sniff(self, path: str) -> bool:
@@ -181,7 +186,10 @@ class HFTrainerDirs:
                 warnings,
                 recover_unsafe=self.recover_unsafe,
                 handles=handles,
+                parameter_order=self.parameter_order,
             )
             for d in dirs
         ]
-        return build_run(path, self.name, pending, warnings)
+        trainer = any(os.path.isfile(os.path.join(d, TRAINER_STATE)) for d in dirs)
+        return build_run(path, self.name, pending, warnings,
+                         framework="transformers Trainer" if trainer else "transformers")

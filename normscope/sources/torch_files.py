@@ -141,8 +141,10 @@ def pending_from_checkpoint(
     split = split_checkpoint(checkpoint, path) if is_tensor is None else split_checkpoint(
         checkpoint, path, is_tensor=is_tensor)
     state_dict, optimizer, step, epoch = split
-    return pending_from_parts(path, label, state_dict, optimizer, step, epoch,
-                              f"{label} {optimizer_where} param_groups", warnings)
+    pending = pending_from_parts(path, label, state_dict, optimizer, step, epoch,
+                                 f"{label} {optimizer_where} param_groups", warnings)
+    pending.top_keys = frozenset(str(k) for k in checkpoint)
+    return pending
 
 
 def read_torch_checkpoint(
