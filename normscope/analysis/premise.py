@@ -1,6 +1,6 @@
 """Does ABEL's premise hold on this run? Said before any schedule is proposed.
 
-ABEL (SCIENCE.md) decays the LR when the weight norm bounces. The bounce comes from scale-invariant
+ABEL (docs/science.md) decays the LR when the weight norm bounces. The bounce comes from scale-invariant
 weights under weight decay reaching their norm equilibrium, and the rule replaces step decays. So the
 advice applies when: some weight tensors are scale-invariant, weight decay is on, the norm can relax to
 its equilibrium within the budget (3 relaxation times: e^-3 ≈ 5 % left), and the run's LR schedule is
