@@ -19,6 +19,9 @@ _LAZY = {
     "Trajectory": "normscope.trajectory",
     "load_trajectory": "normscope.api",
     "overview": "normscope.analysis.overview",
+    "analyze_run": "normscope.analysis.runner",
+    "RunAnalysis": "normscope.analysis.runner",
+    "RunOptions": "normscope.analysis.runner",
     "ABEL": "normscope.schedulers",
     # the module is `tracker` so that `normscope.track` stays the function, not a submodule
     "track": "normscope.tracker",
@@ -39,9 +42,12 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ABEL",
+    "RunAnalysis",
+    "RunOptions",
     "Tracker",
     "Trajectory",
     "__version__",
+    "analyze_run",
     "build_trajectory",
     "compute_stats",
     "load_trajectory",

@@ -49,14 +49,14 @@ def test_junit_has_one_testcase_per_rule_and_parameter_and_parses_back(result, t
     assert props["run"] == "runs/exp 1" and "growth" in props["rules"]
 
 
-def test_junit_escapes_markup_and_drops_characters_xml_cannot_hold():
+def test_junit_escapes_markup_and_shows_control_characters_as_escapes():
     nasty = Finding("growth", "error", False, 'norm <grew> & "jumped"\x01 \u2192 x3', param="a<b>&c",
                     value=3.0, limit=2.0)
     text = junit_xml(CheckResult(findings=(nasty,), rules=("growth",), run_path="r&d"))
     case = ET.fromstring(text.split("\n", 1)[1]).find("testsuite/testcase")
     assert case.get("name") == "a<b>&c"
     failure = case.find("failure")
-    assert failure.get("message") == 'norm <grew> & "jumped"\ufffd \u2192 x3'
+    assert failure.get("message") == 'norm <grew> & "jumped"\\x01 \u2192 x3'
     assert "limit: 2.0" in failure.text
 
 

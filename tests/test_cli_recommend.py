@@ -51,7 +51,8 @@ def test_table_csv_texp_and_files(run_with, tmp_path):
     table = _invoke("--decay-factor", "0.2")
     assert table.exit_code == 0, table.output
     assert "MultiStepLR(optimizer, milestones=[26, 50], gamma=0.2)" in table.stdout
-    assert "DECAY NOW" in table.stdout
+    # no --total-epochs: the run is finished, and the answer is retrospective
+    assert "ABEL would have decayed at epoch 26, 50." in table.stdout and "DECAY NOW" not in table.stdout
 
     out = tmp_path / "lr.csv"
     csv = _invoke("--format", "csv", "--texp", "-o", str(out))
@@ -85,7 +86,6 @@ def test_plot_is_written(run_with, tmp_path):
         ({}, bounce_curve(), ("--lr", "0"), "--lr must be a positive number"),
         ({"lrs": 0.0}, bounce_curve(), (), "learning rate is zero"),
         ({}, bounce_curve(), ("--include-kinds", "kernels"), "unknown tensor kind"),
-        ({"optimizer": "AdamW"}, bounce_curve(), ("--texp",), "--texp holds for SGD"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(run_with, traj_kwargs, norms, args, message):
@@ -95,6 +95,15 @@ def test_bad_input_is_one_line_and_exit_2(run_with, traj_kwargs, norms, args, me
     assert result.stdout == ""
     assert result.stderr.startswith("normscope: error: ") and message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_texp_on_adamw_is_skipped_with_a_note_and_the_recommendation_stands(run_with):
+    run_with(trajectory_from_norms({"conv": bounce_curve()}, optimizer="AdamW"))
+    result = _invoke("--texp")
+    assert result.exit_code == 0, result.output
+    assert "Where to decay the LR" in result.stdout and "TEXP" not in result.stdout
+    assert result.stderr == ("normscope: note: --texp skipped: the TEXP equivalence holds for SGD (with "
+                             "momentum); this run used AdamW\n")
 
 
 def test_help_lists_recommend_without_heavy_imports():

@@ -88,6 +88,15 @@ def test_angles_are_radians_in_table():
     assert np.isnan(t.loc[t.snapshot == 0, "angle_rad"]).all()
 
 
+def _angle_total(rows) -> float:
+    """Σ angles, or NaN when an interval after the first snapshot has no dot product to measure it."""
+    angles = rows["angle_rad"].to_numpy(dtype=np.float64)
+    measured = np.isfinite(angles) | np.isfinite(rows["dot_prev"].to_numpy(dtype=np.float64))
+    if len(rows) < 2 or not measured[1:].all():
+        return math.nan
+    return float(np.nansum(angles))
+
+
 def _summaries_one_parameter_at_a_time(traj):
     """The plain per-parameter reading of the table that `summarize_params` vectorises."""
     out = {}
@@ -99,7 +108,7 @@ def _summaries_one_parameter_at_a_time(traj):
         bad = rows[rows["nonfinite"] > 0]
         out[param] = (
             float(norms[0]), float(norms[low]), int(rows["snapshot"].iloc[low]),
-            float(norms[-1]), float(np.nansum(rows["angle_rad"].to_numpy(dtype=np.float64))),
+            float(norms[-1]), _angle_total(rows),
             int(rows["nonfinite"].iloc[-1]),
             int(bad["snapshot"].iloc[0]) if len(bad) else None,
         )

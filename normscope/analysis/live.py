@@ -15,13 +15,15 @@ turns by (docs/science.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from normscope.analysis import theory
+from normscope.analysis.runner import RunAnalysis, RunOptions, analyze_run
+from normscope.analysis.summary import relative_change
 from normscope.trajectory import Trajectory
 
 UPDATE_ANGLE = "update_angle_rad"
@@ -52,16 +54,12 @@ class LayerLive:
     cos_wg: float  # mean over the recent records
     angle_rad: float  # mean per-step update angle over the recent records
     angle_is_per_step: bool  # False: angle since the previous snapshot (checkpoints)
-    equilibrium_angle_rad: float  # NaN where the prediction does not apply (not scale-invariant)
+    # From the equilibrium analysis (`analyze --equilibrium`), for the parameters it covers (those
+    # the invariance verdicts call scale-invariant); NaN / "" for every other parameter.
+    equilibrium_angle_rad: float  # predicted per-step angle at equilibrium
     scale_invariant: bool  # |cos(w, g)| < INVARIANT_COS on recent records
-    equilibrium_status: str = ""  # analysis.equilibrium's verdict for invariant weights, else ""
-
-    @property
-    def angle_ratio(self) -> float:
-        """Measured / predicted update angle: 1 at equilibrium."""
-        if not (self.equilibrium_angle_rad > 0 and math.isfinite(self.angle_rad)):
-            return math.nan
-        return self.angle_rad / self.equilibrium_angle_rad
+    equilibrium_status: str = ""
+    angle_ratio: float = math.nan  # measured / predicted angle over the latest interval ("ratio last")
 
 
 @dataclass(frozen=True)
@@ -95,9 +93,10 @@ def _first_finite(values: pd.Series) -> float:
 
 
 def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
-               equilibrium: Mapping[str, str] | None = None) -> LiveFrame:
-    """Summarise the latest `recent` records of each parameter; `equilibrium` maps parameters to
-    their equilibrium status (`equilibrium_status`)."""
+               analysis: RunAnalysis | None = None) -> LiveFrame:
+    """Summarise the latest `recent` records of each parameter. The prediction, ratio and status of
+    scale-invariant parameters come from `analysis` (computed here when not given), so `watch` shows
+    the numbers `analyze --equilibrium` shows; no other parameter gets any."""
     table = trajectory.table
     if table.empty:
         return LiveFrame(root=trajectory.root, layout=trajectory.layout, records=0, step=None,
@@ -105,6 +104,8 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
                          momentum=math.nan, beta1=math.nan, total_weight_norm=math.nan,
                          total_weight_norm_first=math.nan, layers=(),
                          warnings=tuple(trajectory.warnings), advice=tuple(advice))
+    if analysis is None:
+        analysis = analyze_run(trajectory, RunOptions(probe=False), recommendation=False)
     last_snapshot = int(table["snapshot"].max())
     window = table[table["snapshot"] > last_snapshot - recent]
     last = table[table["snapshot"] == last_snapshot]
@@ -118,18 +119,16 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
         angles = rows[UPDATE_ANGLE] if per_step else rows["angle_rad"]
         mean_cos = _recent_mean(cos)
         invariant = bool(abs(mean_cos) < INVARIANT_COS)
-        # the prediction assumes a scale-invariant weight; without gradients, trust the kind
-        applies = invariant or (math.isnan(mean_cos) and str(now["kind"]) == "weight")
+        equilibrium = analysis.equilibrium_layer(str(param))
         layers.append(LayerLive(
             param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
-            norm_change=float(now["norm"]) / first - 1 if first > 0 else math.nan,
+            norm_change=relative_change(first, float(now["norm"]), float(history.max())),
             grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
             angle_rad=_recent_mean(angles), angle_is_per_step=bool(per_step),
-            equilibrium_angle_rad=equilibrium_angle(
-                str(now["optimizer"]), float(now["lr"]), float(now["weight_decay"]),
-                float(now["momentum"]), float(now["beta1"])) if applies else math.nan,
+            equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,
             scale_invariant=invariant,
-            equilibrium_status=(equilibrium or {}).get(str(param), "")))
+            equilibrium_status="" if equilibrium is None else equilibrium.status,
+            angle_ratio=math.nan if equilibrium is None else equilibrium.ratio))
     weights = table[table["kind"] == "weight"]
     by_snapshot = weights.groupby("snapshot")["norm_sq"].sum()
     head = last.iloc[0]
@@ -145,17 +144,19 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
         layers=tuple(layers), warnings=tuple(trajectory.warnings), advice=tuple(advice))
 
 
-def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None) -> tuple[str, ...]:
-    """Bounce status and ABEL's advice on the run so far (`analysis.recommend`), as display lines."""
-    from normscope.analysis.recommend import recommend_table
-    from normscope.errors import NormscopeError
+def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None,
+                analysis: RunAnalysis | None = None) -> tuple[str, ...]:
+    """Bounce status and ABEL's advice on the run so far (the recommendation of `analysis`, computed
+    here when not given), as display lines."""
+    from normscope.analysis.runner import RECOMMENDATION
 
     if trajectory.table.empty:
         return ()
-    try:
-        rec = recommend_table(trajectory.table, total_epochs=total_epochs)
-    except NormscopeError as exc:  # e.g. no completed epoch yet, no epochs in the log
-        return (f"bounce: not assessed yet ({exc.message})",)
+    if analysis is None:
+        analysis = analyze_run(trajectory, RunOptions(total_epochs=total_epochs, probe=False), equilibrium=False)
+    rec = analysis.recommendation
+    if rec is None:  # e.g. no completed epoch yet, no epochs in the log
+        return (f"bounce: not assessed yet ({analysis.skipped.get(RECOMMENDATION, 'no recommendation')})",)
     verdict = rec.verdict
     head = f"bounce / ABEL at epoch {verdict.at_epoch}: {verdict.status}"
     if verdict.evidence:
@@ -166,17 +167,7 @@ def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None) -> t
 def equilibrium_status(trajectory: Trajectory) -> dict[str, str]:
     """`analysis.equilibrium`'s status ("approaching", "at equilibrium", "off", ...) per invariant
     parameter, from the measured invariance verdicts (no model, no probe)."""
-    from normscope.analysis.equilibrium import HyperparamOverrides, equilibrium_for
-    from normscope.analysis.invariance import classify_invariance
-    from normscope.errors import NormscopeError
-
     if trajectory.table.empty:
         return {}
-    # a tracker record holds the LR its own step used; a checkpoint usually the next epoch's
-    lr_at = "end" if trajectory.layout == "jsonl" else "start"
-    try:
-        verdicts = classify_invariance(trajectory.table, probe=False)
-        report = equilibrium_for(trajectory, verdicts, HyperparamOverrides(lr_at=lr_at))
-    except NormscopeError:
-        return {}
-    return {layer.param: layer.status for layer in report.layers}
+    analysis = analyze_run(trajectory, RunOptions(probe=False), recommendation=False)
+    return {} if analysis.equilibrium is None else {layer.param: layer.status for layer in analysis.equilibrium.layers}

@@ -1,33 +1,17 @@
-"""Everything `normscope analyze` shows, computed in one call from the trajectory table.
+"""Everything `normscope analyze` shows: `analyze_run` without the recommendation.
 
-The CLI renders an `Overview`; Python users get the same object from `overview(traj)`.
-An analysis that cannot run on this trajectory (too few epochs, no epoch information) is left
-out with the reason, rather than failing the whole analysis.
+Kept for the Python API (`overview(traj)`); the CLI and every other view go through
+`normscope.analysis.runner.analyze_run`, so they share one result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from normscope.analysis.summary import (
-    ParamSummary,
-    RunSummary,
-    summarize_params,
-    summarize_run,
-)
-from normscope.errors import BadInputError
+from normscope.analysis.runner import RunAnalysis, RunOptions, analyze_run
 from normscope.trajectory import Trajectory
 
-
-@dataclass(frozen=True)
-class Overview:
-    run: RunSummary
-    params: list[ParamSummary]
-    bounces: Any | None = None  # normscope.analysis.bounce.BounceAnalysis
-    invariance: list[Any] = field(default_factory=list)  # InvarianceVerdict per parameter
-    equilibrium: Any | None = None  # EquilibriumReport, when asked for
-    skipped: dict[str, str] = field(default_factory=dict)  # analysis name -> why it did not run
+Overview = RunAnalysis
 
 
 def overview(
@@ -37,35 +21,15 @@ def overview(
     equilibrium: bool = False,
     model_spec: str | None = None,
     overrides: Any | None = None,  # normscope.analysis.equilibrium.HyperparamOverrides
-) -> Overview:
+) -> RunAnalysis:
     """Summaries, bounces and scale-invariance verdicts; the equilibrium report when `equilibrium`.
 
     `model_spec` ("package.module:factory") builds the user's model to decide invariance exactly
     (torch.fx + a numerical probe): it imports and runs the user's code, by their choice.
     """
-    from normscope.analysis.bounce import analyze_bounces
-
-    skipped: dict[str, str] = {}
-    bounces = None
-    try:
-        bounces = analyze_bounces(traj.table, steps_per_epoch=steps_per_epoch)
-    except BadInputError as exc:
-        skipped["bounces"] = exc.message
-    report = None
-    if equilibrium:
-        from normscope.analysis.equilibrium import (
-            HyperparamOverrides,
-            analyze_equilibrium,
-        )
-
-        if overrides is None:
-            overrides = HyperparamOverrides(steps_per_epoch=steps_per_epoch)
-        verdicts, report = analyze_equilibrium(traj, model_spec=model_spec, overrides=overrides)
-    else:
-        from normscope.analysis.invariance import classify_invariance
-        from normscope.analysis.user_model import build_model
-
-        model = build_model(model_spec) if model_spec else None
-        verdicts = classify_invariance(traj.table, model=model)
-    return Overview(run=summarize_run(traj), params=summarize_params(traj), bounces=bounces,
-                    invariance=verdicts, equilibrium=report, skipped=skipped)
+    given = {} if overrides is None else {
+        name: getattr(overrides, name) for name in ("optimizer", "lr", "weight_decay", "momentum", "beta1")}
+    if overrides is not None and overrides.steps_per_epoch is not None:
+        steps_per_epoch = steps_per_epoch or overrides.steps_per_epoch
+    options = RunOptions(steps_per_epoch=steps_per_epoch, model_spec=model_spec, **given)
+    return analyze_run(traj, options, equilibrium=equilibrium, recommendation=False)

@@ -253,7 +253,8 @@ def _verdict(series, robust, exact, past, budget_given, final, relax_epochs) -> 
     if any(d.reason == "bounce" and d.epoch == last for d in exact.decays):
         evidence.append(f"the exact ABEL rule fires at epoch {last} (second sign change of ΔN)")
     elif exact.reached_minimum:
-        evidence.append("the exact ABEL rule has set reached_minimum and waits for the next sign change")
+        evidence.append("the exact ABEL rule has seen the norm's minimum and waits for the next sign change "
+                        "of ΔN (the end of the rise)")
     relax = relax_epochs(lr_now) if math.isfinite(lr_now) else None
     if past and relax is not None and last - phase_start < relax:
         evidence.append(f"the last LR decay was at epoch {phase_start}; the norm needs ≈{relax:.1f} epochs "

@@ -28,8 +28,8 @@ class ParamSummary:
     min_step: int | None
     min_epoch: float | None
     last_norm: float
-    rel_change: float  # last / first - 1
-    total_angle_rad: float  # sum of angles between consecutive snapshots
+    rel_change: float  # last / first - 1; NaN where the norm starts near 0 (`relative_change`)
+    total_angle_rad: float  # sum of angles between consecutive snapshots; NaN if any is not measured
     nonfinite: int  # in the last snapshot
     first_nonfinite_snapshot: int | None  # earliest snapshot with any non-finite value
 
@@ -60,6 +60,21 @@ class RunSummary:
     first_epoch: float | None
     last_epoch: float | None
     nonfinite: tuple[NonFiniteFinding, ...]
+    total_norm_nonfinite_snapshots: int = 0  # snapshots whose total is NaN: a tensor in it is not finite
+
+
+# A norm that starts below this fraction of its largest value starts "near 0": its relative change
+# (a bias trained from 0 by one step shows +41603 %) says nothing, so it is not shown.
+NEAR_ZERO_START = 0.05
+
+
+def relative_change(first: float, last: float, peak: float) -> float:
+    """last / first − 1, or NaN where the norm starts near 0 (below NEAR_ZERO_START × its peak)."""
+    if not (math.isfinite(first) and math.isfinite(last)) or first <= 0:
+        return math.nan
+    if math.isfinite(peak) and first < NEAR_ZERO_START * peak:
+        return math.nan
+    return last / first - 1.0
 
 
 def _opt_int(x: object) -> int | None:
@@ -94,8 +109,14 @@ def summarize_params(traj: Trajectory, kinds: tuple[str, ...] | None = None) -> 
     ranked = np.lexsort((positions, key, codes))
     min_at = ranked[np.r_[0, np.flatnonzero(np.diff(codes[ranked])) + 1]]
     angles = rows["angle_rad"].to_numpy(dtype=np.float64)
-    angle_sums = np.bincount(codes, weights=np.where(np.isnan(angles), 0.0, angles),
-                             minlength=len(names))
+    angle_sums = np.bincount(codes, weights=np.where(np.isfinite(angles), angles, 0.0), minlength=len(names))
+    # A parameter's angle sum is only a total when every interval between its snapshots was measured:
+    # tracker logs at every > 1 and TensorBoard sources measure none (no dot product with the previous
+    # snapshot). An interval that starts at the zero vector was measured; its angle just has no value.
+    unmeasured = ~np.isfinite(angles) & ~np.isfinite(rows["dot_prev"].to_numpy(dtype=np.float64))
+    rows_per_code = np.bincount(codes, minlength=len(names))
+    angle_sums[(np.bincount(codes, weights=unmeasured, minlength=len(names)) > 1) | (rows_per_code < 2)] = np.nan
+    peaks = pd.Series(np.where(np.isfinite(norms), norms, np.nan)).groupby(codes).max().to_numpy()
     bad = rows["nonfinite"].to_numpy() > 0
     first_bad = dict(zip(*np.unique(codes[bad], return_index=True)))
     bad_positions = positions[bad]
@@ -120,7 +141,7 @@ def summarize_params(traj: Trajectory, kinds: tuple[str, ...] | None = None) -> 
             min_step=_opt_int(columns["step"][low]),
             min_epoch=_opt_float(columns["epoch"][low]),
             last_norm=last_norm,
-            rel_change=(last_norm / first_norm - 1.0) if first_norm > 0 else math.nan,
+            rel_change=relative_change(first_norm, last_norm, float(peaks[c])),
             total_angle_rad=float(angle_sums[c]),
             nonfinite=int(columns["nonfinite"][last]),
             first_nonfinite_snapshot=(int(columns["snapshot"][bad_positions[first_bad[c]]])
@@ -130,9 +151,15 @@ def summarize_params(traj: Trajectory, kinds: tuple[str, ...] | None = None) -> 
 
 
 def total_norm_series(traj: Trajectory, kinds: tuple[str, ...] = DEFAULT_TOTAL_KINDS) -> pd.Series:
-    """sqrt(Σ|w|²) over the chosen kinds, per snapshot (index: snapshot)."""
+    """sqrt(Σ|w|²) over the chosen kinds, per snapshot (index: snapshot). NaN at a snapshot where a
+    tensor of those kinds is not finite: leaving it out would make the total seem to drop."""
     sel = traj.table[traj.table["kind"].isin(kinds)]
-    return np.sqrt(sel.groupby("snapshot")["norm_sq"].sum()).astype(np.float64)
+    by_snapshot = sel.groupby("snapshot")["norm_sq"]
+    totals = np.sqrt(by_snapshot.sum()).astype(np.float64)
+    broken = (~np.isfinite(sel["norm_sq"].to_numpy(dtype=np.float64))) | (sel["nonfinite"].to_numpy() > 0)
+    if broken.any():
+        totals[pd.Series(broken, index=sel.index).groupby(sel["snapshot"]).any()] = np.nan
+    return totals
 
 
 def nonfinite_findings(traj: Trajectory) -> list[NonFiniteFinding]:
@@ -174,4 +201,5 @@ def summarize_run(traj: Trajectory, kinds: tuple[str, ...] = DEFAULT_TOTAL_KINDS
         first_epoch=epochs[0] if epochs else None,
         last_epoch=epochs[-1] if epochs else None,
         nonfinite=tuple(nonfinite_findings(traj)),
+        total_norm_nonfinite_snapshots=int((~np.isfinite(totals)).sum()),
     )

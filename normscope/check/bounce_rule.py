@@ -18,11 +18,11 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPECT_NONE = "none"
 
 
-def bounce_detection(trajectory: Trajectory, kinds: tuple[str, ...]):
+def bounce_detection(trajectory: Trajectory, kinds: tuple[str, ...], steps_per_epoch: float | None = None):
     """(EpochSeries, BounceDetection) for the selected kinds (BadInputError below 3 epochs)."""
     from normscope.analysis.bounce import analyze_bounces
 
-    analysis = analyze_bounces(trajectory.table, include_kinds=kinds or None)
+    analysis = analyze_bounces(trajectory.table, include_kinds=kinds or None, steps_per_epoch=steps_per_epoch)
     return analysis.series, analysis.robust
 
 
@@ -35,7 +35,9 @@ class BounceRule:
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
         kinds = context.config.kinds
-        series, detection = context.analysis(f"bounce:{kinds}", lambda: bounce_detection(trajectory, kinds))
+        steps_per_epoch = context.options.steps_per_epoch if context.options is not None else None
+        series, detection = context.analysis(f"bounce:{kinds}",
+                                             lambda: bounce_detection(trajectory, kinds, steps_per_epoch))
         severity = context.severity_of(self.name)
         scope = f"bounce of total norm ({', '.join(series.include_kinds)})"
         confirmed = [b.confirmed_epoch for b in detection.bounces]

@@ -26,9 +26,12 @@ class EquilibriumRule:
     name: str = "equilibrium"
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
-        from normscope.analysis.equilibrium import analyze_equilibrium
+        from normscope.errors import BadInputError
 
-        _, report = context.analysis("equilibrium", lambda: analyze_equilibrium(trajectory))
+        analysis = context.run_analysis(trajectory)
+        report = analysis.equilibrium
+        if report is None:
+            raise BadInputError(f"the equilibrium rule cannot run: {analysis.skipped.get('equilibrium', '')}")
         severity = context.severity_of(self.name)
         key = "check.equilibrium_min_ratio" if self.minimum is not None else "check.equilibrium_max_ratio"
         bounds = f"[{'-' if self.minimum is None else f'{self.minimum:g}'}, " \

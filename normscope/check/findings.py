@@ -67,7 +67,15 @@ class CheckContext:
 
     config: CheckConfig
     baseline: Trajectory | None = None
+    options: Any = None  # normscope.analysis.runner.RunOptions: epochs, model, hyper-parameter overrides
     _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def run_analysis(self, trajectory: Trajectory) -> Any:
+        """`analyze_run` of the checked run, once per check: the numbers every other view shows."""
+        from normscope.analysis.runner import RunOptions, analyze_run
+
+        return self.analysis("run", lambda: analyze_run(trajectory, self.options or RunOptions(),
+                                                        recommendation=False))
 
     def severity_of(self, rule: str) -> str:
         return WARNING if rule in self.config.warn else ERROR

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from normscope.check.baseline_rule import BaselineDriftRule
 from normscope.check.bounce_rule import BounceRule
@@ -59,11 +59,12 @@ def run_check(
     run_path: str = "",
     baseline_path: str | None = None,
     config_file: str | None = None,
+    options: Any = None,  # normscope.analysis.runner.RunOptions
 ) -> CheckResult:
     """Evaluate every rule (those `config` switches on unless `rules` is given) on `trajectory`."""
     if rules is None:
         rules = build_rules(config, with_baseline=baseline is not None)
-    context = CheckContext(config=config, baseline=baseline)
+    context = CheckContext(config=config, baseline=baseline, options=options)
     findings: list[Finding] = []
     for rule in rules:
         findings.extend(rule.evaluate(trajectory, context))

@@ -25,8 +25,10 @@ def check_path(
     config_file: str | os.PathLike[str] | None = None,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    steps_per_epoch: float | None = None,
 ) -> CheckOutcome:
     """Resolve the configuration for `path`, load the run (and baseline) and run the rules."""
+    from normscope.analysis.runner import RunOptions
     from normscope.api import load_trajectory
 
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
@@ -40,6 +42,9 @@ def check_path(
         baseline = load_trajectory(config.check.baseline, **options)
     result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
                        baseline_path=config.check.baseline,
-                       config_file=str(resolved.file) if resolved.file else None)
+                       config_file=str(resolved.file) if resolved.file else None,
+                       options=RunOptions(include=tuple(config.include), exclude=tuple(config.exclude),
+                                          every=config.every, device=config.device,
+                                          steps_per_epoch=steps_per_epoch))
     notes = list(trajectory.warnings) + [f"baseline: {w}" for w in (baseline.warnings if baseline else [])]
     return CheckOutcome(result=result, resolved=resolved, notes=notes)

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, NormscopeError
+from normscope.report.escape import printable
+from normscope.report.safe_console import SafeConsole
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,22 +27,23 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
-def stderr_console() -> Console:
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+def stderr_console() -> SafeConsole:
+    return SafeConsole(stderr=True, soft_wrap=True)
 
 
-def stdout_console() -> Console:
+def stdout_console() -> SafeConsole:
     """Console for reports on stdout. Piped output gets a wide page instead of rich's 80 columns,
     so tables stay one row per line in logs and files."""
-    console = Console(highlight=False)
+    console = SafeConsole()
     if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 160))
+        console = SafeConsole(width=max(console.width, 160))
     return console
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    print(f"normscope: error: {message}", file=sys.stderr)
+    """Print one line on stderr and return the Exit to raise. The message often quotes a name from
+    the run, so it is printed escaped."""
+    print(f"normscope: error: {printable(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -82,13 +84,15 @@ def progress_reporter():
         BarColumn,
         DownloadColumn,
         Progress,
+        TextColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
     console = stderr_console()
     progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+        TextColumn("{task.description}", style="progress.description", markup=False), BarColumn(),
+        DownloadColumn(),
         TransferSpeedColumn(), TimeRemainingColumn(),
         console=console, transient=True, disable=not console.is_terminal,
     )
@@ -100,20 +104,39 @@ def progress_reporter():
     return progress, update
 
 
+def check_output_path(path: Path | None, flag: str = "--output") -> None:
+    """Refuse an output path that cannot be written, before any checkpoint is read: its directory
+    must exist and be writable, and the path must not be a directory."""
+    from normscope.errors import BadInputError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path} is a directory; give a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInputError(f"{flag} {path}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag} {path}: directory {parent} is not writable")
+
+
 def emit_text(text: str, output: Path | None) -> None:
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
+        return
+    from normscope.errors import BadInputError
+
+    try:
         output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise BadInputError(f"cannot write {output}: {exc.strerror or exc}") from None
 
 
 def render_to_text(renderable, width: int = 160) -> str:
     """Plain text of a rich renderable, for `-o FILE` with the table format."""
     import io
 
-    from rich.console import Console
-
     buffer = io.StringIO()
-    Console(file=buffer, width=width, color_system=None, soft_wrap=False).print(renderable)
+    SafeConsole(file=buffer, width=width, color_system=None, soft_wrap=False).print(renderable)
     return buffer.getvalue()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +11,7 @@ import typer
 from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.cli._common import (
     Device,
+    check_output_path,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -71,7 +71,7 @@ PlotsOpt = Annotated[
 ClusterOpt = Annotated[
     str | None,
     typer.Option("--cluster", help="Reduce on the Dask scheduler at this address (tcp://HOST:8786); every "
-                 "worker must see PATH at the same path. Needs normscope[dask].", show_default=False),
+                 "worker must see PATH at the same path. Needs normscope\\[dask].", show_default=False),
 ]
 WorkersOpt = Annotated[
     int | None,
@@ -120,7 +120,6 @@ def analyze(
                                                 rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
-    from normscope.analysis.overview import overview
     from normscope.api import load_trajectory
     from normscope.errors import BadInputError
 
@@ -128,6 +127,7 @@ def analyze(
         raise BadInputError("--format parquet writes a binary file: give it with -o FILE.parquet")
     if plots is not None and plots.exists() and not plots.is_dir():
         raise BadInputError(f"--plots wants a directory, and {plots} is a file")
+    check_output_path(output)
 
     progress, update = progress_reporter()
     selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
@@ -144,12 +144,12 @@ def analyze(
             traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
         else:
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
-    from normscope.analysis.equilibrium import HyperparamOverrides
+    from normscope.analysis.runner import RunOptions, analyze_run
 
-    overrides = HyperparamOverrides(optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-                                    momentum=momentum, beta1=beta1, steps_per_epoch=steps_per_epoch)
-    result = overview(traj, steps_per_epoch=steps_per_epoch, equilibrium=equilibrium or plots is not None,
-                      model_spec=model, overrides=overrides)
+    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
+                         device=device.value, steps_per_epoch=steps_per_epoch, model_spec=model,
+                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, beta1=beta1)
+    result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
     if plots is not None:
         from normscope.report.equilibrium_plots import (
             plot_equilibrium,
@@ -161,12 +161,14 @@ def analyze(
             plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
             plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
 
+    from normscope.report.escape import printable
+
     err = stderr_console()
     # on stderr in every format, once: the table view leaves them out, csv and parquet have no room
     for warning in traj.warnings:
-        err.print(f"normscope: warning: {warning}", markup=False)
+        err.print(f"normscope: warning: {printable(warning)}", markup=False)
     for finding in result.run.nonfinite:
-        err.print(f"normscope: warning: {finding.param} holds {finding.count} non-finite value(s) "
+        err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")
 
     if format is Format.table:
@@ -183,7 +185,9 @@ def analyze(
         from normscope.report.analyze_json import analyze_document
 
         doc = analyze_document(traj, result)
-        emit_text(json.dumps(doc, indent=2, allow_nan=False) + "\n", output)
+        from normscope.report.escape import json_text
+
+        emit_text(json_text(doc) + "\n", output)
     elif format is Format.csv:
         from normscope.report.table_export import to_csv_text
 

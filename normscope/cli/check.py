@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +10,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import Device, handle_errors, stderr_console, stdout_console
+from normscope.cli._common import (
+    Device,
+    check_output_path,
+    handle_errors,
+    stderr_console,
+    stdout_console,
+)
 
 
 class CheckFormat(str, enum.Enum):
@@ -40,6 +45,8 @@ def check(
     exclude: Annotated[list[str] | None, _opt("--exclude", "Drop parameters matching this glob.")] = None,
     every: Annotated[int | None, _opt("--every", "Keep every N-th snapshot.", min=1)] = None,
     device: Annotated[Device | None, _opt("--device", "Where to reduce tensors.")] = None,
+    steps_per_epoch: Annotated[float | None, _opt("--steps-per-epoch", "Group snapshots into epochs by "
+                                                  "step ÷ this, instead of the recorded epoch.")] = None,
     nonfinite: Annotated[bool | None, _opt("--nonfinite/--no-nonfinite", "Fail on NaN/Inf weights.",
                                               panel=RULES)] = None,
     kind: Annotated[list[str] | None, _opt("--kind", "Parameter kinds the norm rules read "
@@ -69,6 +76,7 @@ def check(
     """Check a run against rules from \\[tool.normscope.check]; exit 1 when one fails (CI gate)."""
     from normscope.check.session import check_path
 
+    check_output_path(junit, "--junit")
     flags = {
         "include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
         "every": every, "device": device.value if device else None,
@@ -81,7 +89,7 @@ def check(
         "check.baseline_rtol": baseline_rtol, "check.baseline_atol": baseline_atol,
         "check.warn": tuple(warn) if warn else None,
     }
-    outcome = check_path(path, config_file=config, flags=flags, environ=os.environ)
+    outcome = check_path(path, config_file=config, flags=flags, environ=os.environ, steps_per_epoch=steps_per_epoch)
     result = outcome.result
 
     if junit is not None:
@@ -90,9 +98,9 @@ def check(
         write_junit(result, junit)
     if format is CheckFormat.json:
         from normscope.report.check_json import check_document
+        from normscope.report.escape import json_text
 
-        sys.stdout.write(json.dumps(check_document(result, outcome.resolved.origins), indent=2,
-                                    allow_nan=False) + "\n")
+        sys.stdout.write(json_text(check_document(result, outcome.resolved.origins)) + "\n")
     else:
         from normscope.report.check_view import check_view
 
@@ -101,6 +109,8 @@ def check(
 
     # The runner reads workflow commands from stderr as well as stdout; stderr keeps JSON clean.
     publish(result, os.environ, lambda line: print(line, file=sys.stderr), origins=outcome.resolved.origins)
+    from normscope.report.escape import printable
+
     for note in outcome.notes:
-        stderr_console().print(f"normscope: note: {note}")
+        stderr_console().print(f"normscope: note: {printable(note)}")
     raise typer.Exit(result.exit_code)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +10,7 @@ import typer
 
 from normscope.cli._common import (
     Device,
+    check_output_path,
     emit_text,
     handle_errors,
     progress_reporter,
@@ -50,26 +50,38 @@ def recommend(
     from normscope.analysis.recommend import recommend_table
     from normscope.api import load_trajectory
 
+    check_output_path(output)
+    check_output_path(plot, "--plot")
     progress, update = progress_reporter()
     with progress:
         traj = load_trajectory(path, device=device.value, progress=update)
     rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
                           decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
-    texp_schedule = _texp(rec) if texp else None
+    texp_schedule, texp_skipped = _texp(rec) if texp else (None, None)
+    from normscope.analysis.premise import abel_premise
+    from normscope.analysis.runner import RunOptions, analyze_run
+
+    analysis = analyze_run(traj, RunOptions(steps_per_epoch=steps_per_epoch, total_epochs=total_epochs),
+                           equilibrium=False, recommendation=False)
+    premise = abel_premise(rec, analysis.invariance)
+
+    from normscope.report.escape import json_text, printable
 
     err = stderr_console()
     for warning in traj.warnings:
-        err.print(f"normscope: warning: {warning}")
+        err.print(f"normscope: warning: {printable(warning)}")
+    if texp_skipped:
+        err.print(f"normscope: note: --texp skipped: {printable(texp_skipped)}")
     if plot is not None:
         from normscope.report.bounce_plot import plot_recommendation
 
         plot_recommendation(rec, plot, title=Path(path).name)
-        err.print(f"normscope: plot written to {plot}")
+        err.print(f"normscope: plot written to {printable(plot)}")
 
     if format is Format.json:
         from normscope.report.recommend_view import to_json
 
-        emit_text(json.dumps(to_json(rec, texp_schedule), indent=2, allow_nan=False) + "\n", output)
+        emit_text(json_text(to_json(rec, texp_schedule, premise)) + "\n", output)
     elif format is Format.csv:
         from normscope.report.recommend_view import schedule_csv
 
@@ -77,7 +89,7 @@ def recommend(
     else:
         from normscope.report.recommend_view import recommend_view
 
-        view = recommend_view(rec, texp_schedule)
+        view = recommend_view(rec, texp_schedule, premise)
         if output is None:
             from normscope.cli._common import stdout_console
 
@@ -87,15 +99,16 @@ def recommend(
 
 
 def _texp(rec):
-    from normscope.errors import BadInputError
+    """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
+    optional part of the answer: the recommendation stands without it)."""
     from normscope.schedules import texp_schedule
 
     s = rec.series
     if s.optimizer and not s.optimizer.upper().startswith("SGD"):
-        raise BadInputError(f"--texp holds for SGD (with momentum); this run used {s.optimizer}")
+        return None, f"the TEXP equivalence holds for SGD (with momentum); this run used {s.optimizer}"
     if not s.steps_per_epoch:
-        raise BadInputError("--texp needs steps per epoch: pass --steps-per-epoch N")
+        return None, "it needs steps per epoch: pass --steps-per-epoch N"
     if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
-        raise BadInputError("--texp needs the run's weight decay, and the checkpoints record none")
+        return None, "it needs the run's weight decay, and the checkpoints record none"
     momentum = s.momentum if s.momentum == s.momentum else 0.0
-    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum)
+    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum), None

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console
+from normscope.cli._common import check_output_path, handle_errors, stderr_console
 
 
 @handle_errors
@@ -24,21 +24,33 @@ def report(
                                                          show_default=False)] = None,
     every: Annotated[int | None, typer.Option("--every", help="Keep every N-th snapshot.", min=1,
                                                  show_default=False)] = None,
+    steps_per_epoch: Annotated[float | None, typer.Option(
+        help="Group snapshots into epochs by step ÷ this, instead of the recorded epoch.",
+        show_default=False)] = None,
+    total_epochs: Annotated[int | None, typer.Option(
+        help="The run's epoch budget, for the recommendation (default: the run's length).", min=1,
+        show_default=False)] = None,
 ) -> None:
     """Write an HTML or Markdown report: run summary, per-layer table, plots, verdicts, advice."""
+    from normscope.analysis.runner import RunOptions
     from normscope.api import load_trajectory
     from normscope.config import load_config
     from normscope.report.assemble import run_report
     from normscope.report.write import report_format, write_report
 
-    report_format(output)  # refuse a bad name before reading any checkpoint
+    report_format(output)  # refuse a bad name or place before reading any checkpoint
+    check_output_path(output)
     flags = {"include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
              "every": every}
     settings = load_config(path, config_file=config, flags=flags).config
     trajectory = load_trajectory(path, include=settings.include, exclude=settings.exclude, every=settings.every,
                                  device=settings.device)
-    written = write_report(run_report(trajectory), output)
+    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
+                         device=settings.device, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs)
+    written = write_report(run_report(trajectory, options), output)
+    from normscope.report.escape import printable
+
     for file in written:
-        print(file)  # machine output: the files written, one per line
+        print(printable(file))  # machine output: the files written, one per line
     for note in trajectory.warnings:
-        stderr_console().print(f"normscope: note: {note}")
+        stderr_console().print(f"normscope: note: {printable(note)}")

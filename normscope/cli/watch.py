@@ -32,24 +32,33 @@ TagPatternOpt = Annotated[
 ]
 
 
+StepsPerEpochOpt = Annotated[
+    float | None,
+    typer.Option(help="Group records into epochs by step ÷ this, instead of the recorded epoch.",
+                 show_default=False),
+]
+
+
 @handle_errors
 def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
-          tag_pattern: TagPatternOpt = None) -> None:
+          steps_per_epoch: StepsPerEpochOpt = None, tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
-    from normscope.analysis.live import equilibrium_status, live_advice, live_frame
+    from normscope.analysis.live import live_advice, live_frame
+    from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.live_source import LiveSource
     from normscope.report.live_view import render_frame
 
     source = LiveSource(path, tag_pattern=tag_pattern)
+    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        frame_ = live_frame(trajectory, recent=recent,
-                            advice=live_advice(trajectory, total_epochs=total_epochs),
-                            equilibrium=equilibrium_status(trajectory))
+        analysis = analyze_run(trajectory, options)
+        frame_ = live_frame(trajectory, recent=recent, advice=live_advice(trajectory, analysis=analysis),
+                            analysis=analysis)
         return render_frame(frame_, updated=stamp)
 
     trajectory = source.poll()

@@ -11,6 +11,8 @@ from rich.text import Text
 
 from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
+from normscope.report.escape import printable
+from normscope.report.quantities import angle, not_shown_notes, percent_change, when
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -21,12 +23,7 @@ def fmt(x: float | None, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def fmt_when(step: int | None, epoch: float | None) -> str:
-    if epoch is not None and not (isinstance(epoch, float) and math.isnan(epoch)):
-        return f"ep {round(epoch, 2):g}"
-    if step is not None:
-        return f"step {step}"
-    return "–"
+fmt_when = when
 
 
 def hyperparams_line(meta: SnapshotMeta) -> str:
@@ -34,7 +31,7 @@ def hyperparams_line(meta: SnapshotMeta) -> str:
     if not meta.param_groups:
         return "no optimizer state found"
     g = meta.param_groups[0]
-    parts = [meta.optimizer or "optimizer"]
+    parts = [printable(meta.optimizer or "optimizer")]
     for label, value in (("lr", g.lr), ("wd", g.weight_decay), ("momentum", g.momentum)):
         if value is not None:
             parts.append(f"{label}={value:g}")
@@ -43,7 +40,7 @@ def hyperparams_line(meta: SnapshotMeta) -> str:
     if len(meta.param_groups) > 1:
         parts.append(f"(+{len(meta.param_groups) - 1} more group(s))")
     if meta.hyperparams_source:
-        parts.append(f"[from {meta.hyperparams_source}]")
+        parts.append(f"[from {printable(meta.hyperparams_source)}]")
     return " ".join(parts)
 
 
@@ -52,12 +49,12 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     grid.add_column(style="bold")
     grid.add_column()
     first, last = traj.snapshots[0], traj.snapshots[-1]
-    saved_by = f", {traj.framework}" if traj.framework else ""
-    grid.add_row("run", f"{traj.root} ({traj.layout}{saved_by})")
+    saved_by = f", {printable(traj.framework)}" if traj.framework else ""
+    grid.add_row("run", f"{printable(traj.root)} ({traj.layout}{saved_by})")
     grid.add_row(
         "snapshots",
         f"{run.snapshots}, {fmt_when(first.step, first.epoch)} → {fmt_when(last.step, last.epoch)}, "
-        f"ordered by {traj.ordering}",
+        f"ordered by {printable(traj.ordering)}",
     )
     grid.add_row("parameters", f"{run.params} tensors, {run.numel:,} elements")
     grid.add_row("optimizer", hyperparams_line(last))
@@ -65,33 +62,66 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
         meta = traj.snapshots[snapshot]
         return fmt_when(meta.step, meta.epoch)
 
+    broken = (f" · not finite at {run.total_norm_nonfinite_snapshots} snapshot(s): a tensor holds NaN/Inf"
+              if run.total_norm_nonfinite_snapshots else "")
     grid.add_row(
         "total norm",
-        f"first {fmt(run.total_norm_first)} · max {fmt(run.total_norm_max)} "
-        f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
-        f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  "
-        f"[dim](√Σ|w|² over kinds: {', '.join(run.total_kinds)})[/dim]",
+        Text.assemble(
+            f"first {fmt(run.total_norm_first)} · max {fmt(run.total_norm_max)} "
+            f"({at(run.total_norm_max_snapshot)}) · min {fmt(run.total_norm_min)} "
+            f"({at(run.total_norm_min_snapshot)}) · last {fmt(run.total_norm_last)}  ",
+            (f"(√Σ|w|² over kinds: {', '.join(run.total_kinds)})", "dim"),
+            (broken, "bold red"),
+        ),
     )
     return grid
 
 
-def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
-    table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False,
-                  box=SIMPLE_HEAD)
-    table.add_column("parameter", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("shape", no_wrap=True)
-    for name in ("first", "min", "at", "last", "change", "angle Σ"):
-        table.add_column(name, justify="right", no_wrap=True)
-    for p in params:
-        change = "–" if not math.isfinite(p.rel_change) else f"{100 * p.rel_change:+.1f}%"
-        style = "red" if p.first_nonfinite_snapshot is not None else None
-        table.add_row(
-            p.param, p.kind, p.shape, fmt(p.first_norm), fmt(p.min_norm),
-            fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), change,
-            f"{math.degrees(p.total_angle_rad):.1f}°", style=style,
-        )
-    return table
+# Columns a narrow terminal drops first, in this order; numbers are never cut.
+_DROP_ORDER = ("shape", "kind", "min at", "min", "first")
+_NAME_MIN_WIDTH = 18
+
+
+class ParamsTable:
+    """One row per parameter, laid out for the width it gets: numeric columns as wide as their widest
+    value, parameter names wrapped, and the lowest-value columns dropped where the page is narrow."""
+
+    COLUMNS = ("kind", "shape", "first", "min", "min at", "last", "change", "angle moved")
+
+    def __init__(self, params: list[ParamSummary]):
+        self.rows = [(printable(p.param), p.kind, printable(p.shape), fmt(p.first_norm), fmt(p.min_norm),
+                      fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), percent_change(p.rel_change),
+                      angle(p.total_angle_rad), "red" if p.first_nonfinite_snapshot is not None else None)
+                     for p in params]
+        self.widths = {name: max([len(name), *(len(row[i]) for row in self.rows)])
+                       for i, name in enumerate(self.COLUMNS, start=1)}
+
+    def table(self, width: int) -> Table:
+        shown = list(self.COLUMNS)
+        longest_name = max([len("parameter"), *(len(row[0]) for row in self.rows)])
+        def needed() -> int:  # cell padding of 2 per column, plus the table's edges
+            return sum(self.widths[c] + 2 for c in shown) + min(longest_name, _NAME_MIN_WIDTH) + 8
+        for name in _DROP_ORDER:
+            if needed() <= width:
+                break
+            shown.remove(name)
+        table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False,
+                      box=SIMPLE_HEAD)
+        table.add_column("parameter", overflow="fold")
+        for name in shown:
+            table.add_column(name, justify="left" if name in ("kind", "shape") else "right", no_wrap=True,
+                             min_width=self.widths[name])
+        index = {name: i for i, name in enumerate(self.COLUMNS, start=1)}
+        for row in self.rows:
+            table.add_row(row[0], *(row[index[name]] for name in shown), style=row[-1])
+        return table
+
+    def __rich_console__(self, console, options):
+        yield self.table(options.max_width)
+
+
+def params_table(params: list[ParamSummary], traj: Trajectory) -> ParamsTable:
+    return ParamsTable(params)
 
 
 def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> RenderableType | None:
@@ -100,10 +130,10 @@ def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> 
     lines: list[Text] = []
     for f in run.nonfinite:
         lines.append(Text(
-            f"non-finite values: {f.param} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
+            f"non-finite values: {printable(f.param)} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
             f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
     for w in traj.warnings if notes else ():
-        lines.append(Text(f"note: {w}", style="yellow"))
+        lines.append(Text(f"note: {printable(w)}", style="yellow"))
     return Group(*lines) if lines else None
 
 
@@ -140,7 +170,7 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
 
         parts.extend([Text(""), render_equilibrium(result.equilibrium)])
     for name, why in result.skipped.items():
-        parts.append(Text(f"{name}: not analysed — {why}", style="dim"))
+        parts.append(Text(f"{name}: not analysed — {printable(why)}", style="dim"))
     return parts
 
 
@@ -153,6 +183,7 @@ def analyze_view(traj: Trajectory, result: Overview,
     parts: list[RenderableType] = [run_header(traj, run), Text(""), params_table(shown, traj)]
     if more is not None:
         parts.append(more)
+    parts.extend(Text(note, style="dim") for note in not_shown_notes(shown))
     parts.extend(analyses_block(result, max_rows))
     block = warnings_block(traj, run, notes=notes)
     if block is not None:

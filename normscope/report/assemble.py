@@ -9,7 +9,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from normscope.errors import BadInputError
+from normscope.analysis.runner import (
+    EQUILIBRIUM,
+    RECOMMENDATION,
+    RunAnalysis,
+    RunOptions,
+    analyze_run,
+)
 from normscope.report.build import build_report
 from normscope.report.document import Bullets, Figure, Report, Section
 from normscope.report.plots import Marker
@@ -24,37 +30,37 @@ def _recommendation_png(rec, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def _invariance_sections(trajectory: Trajectory, skipped: list[str]) -> list[Section]:
+def _invariance_sections(analysis: RunAnalysis, skipped: list[str]) -> list[Section]:
     """Scale-invariance verdicts (with evidence) and the equilibrium of the invariant layers."""
-    from normscope.analysis.equilibrium import analyze_equilibrium
     from normscope.report.equilibrium_section import (
         equilibrium_section,
         invariance_section,
     )
 
-    try:
-        verdicts, report = analyze_equilibrium(trajectory)
-    except BadInputError as exc:
-        skipped.append(f"scale invariance and equilibrium: {exc.message}")
+    if analysis.equilibrium is None:
+        skipped.append(f"scale invariance and equilibrium: {analysis.skipped.get(EQUILIBRIUM, 'not analysed')}")
         return []
-    return [invariance_section(verdicts), equilibrium_section(report)]
+    return [invariance_section(analysis.invariance), equilibrium_section(analysis.equilibrium)]
 
 
-def run_report(trajectory: Trajectory) -> Report:
-    """Build the report `normscope report` writes (callable from Python)."""
-    from normscope.analysis.recommend import recommend_table
+def run_report(trajectory: Trajectory, options: RunOptions | None = None,
+               analysis: RunAnalysis | None = None) -> Report:
+    """Build the report `normscope report` writes (callable from Python), from `analysis` (the one
+    `analyze_run` gives; computed here when not given)."""
     from normscope.report.recommend_section import recommendation_view
 
+    if analysis is None:
+        analysis = analyze_run(trajectory, options or RunOptions())
     sections: list[Section] = []
     figures: list[Figure] = []
     markers: tuple[Marker, ...] = ()
     schedule: tuple[tuple[float, float], ...] = ()
     skipped: list[str] = []
     name = Path(trajectory.root).name or trajectory.root
-    try:
-        rec = recommend_table(trajectory.table)
-    except BadInputError as exc:
-        skipped.append(f"bounce and learning-rate recommendation: {exc.message}")
+    rec = analysis.recommendation
+    if rec is None:
+        skipped.append("bounce and learning-rate recommendation: "
+                       f"{analysis.skipped.get(RECOMMENDATION, 'not analysed')}")
     else:
         view = recommendation_view(rec)
         sections.append(view.section)
@@ -63,7 +69,7 @@ def run_report(trajectory: Trajectory) -> Report:
                               _recommendation_png(rec, name),
                               "Σ‖w‖² at the end of each epoch, the bounces found, where ABEL (exact and robust) "
                               "would decay, and the LR schedule that makes."))
-    sections.extend(_invariance_sections(trajectory, skipped))
+    sections.extend(_invariance_sections(analysis, skipped))
     if skipped:
         sections.append(Section("Not shown", (Bullets(tuple(skipped)),)))
     return build_report(trajectory, analysis_sections=sections, extra_figures=figures, markers=markers,

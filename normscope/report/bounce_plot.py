@@ -8,6 +8,7 @@ from typing import BinaryIO
 import numpy as np
 
 from normscope.analysis.recommend import Recommendation
+from normscope.report.escape import plot_label
 
 _NORM, _SMOOTH, _REC, _EXACT, _LR, _LR_REC = "#1f4e79", "#6fa8dc", "#d9480f", "#868e96", "#2b8a3e", "#8ce99a"
 
@@ -75,7 +76,7 @@ def plot_recommendation(rec: Recommendation, path: str | Path | BinaryIO, *, tit
     fig.legend(handles + h2, labels + l2, loc="outside lower center", fontsize=8, ncols=5, frameon=False)
     verdict = f"{rec.verdict.status} at epoch {rec.verdict.at_epoch}"
     milestones = ", ".join(map(str, rec.decay_epochs)) or "none"
-    ax.set_title(f"{title or 'run'} — decay at epoch {milestones} (×{rec.decay_factor:g}); "
+    ax.set_title(f"{plot_label(title or 'run')} — decay at epoch {milestones} (×{rec.decay_factor:g}); "
                  f"{verdict}", fontsize=11)
     out = path if hasattr(path, "write") else Path(path)  # a file object (the report's buffer) or a path
     fig.savefig(out, dpi=dpi, format="png")

@@ -21,6 +21,7 @@ from normscope.report.document import (
     Section,
     Table,
 )
+from normscope.report.quantities import angle, not_shown_notes, percent_change, when
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -99,14 +100,15 @@ def run_section(trajectory: Trajectory, run: RunSummary) -> Section:
 
 def layer_table(params: Sequence[ParamSummary]) -> Table:
     rows = tuple(
-        (p.param, p.kind, p.shape, _num(p.first_norm), _num(p.min_norm), str(p.min_snapshot), _num(p.last_norm),
-         f"{p.rel_change * 100:+.1f}%" if math.isfinite(p.rel_change) else "–",
-         _num(math.degrees(p.total_angle_rad), 3), str(p.nonfinite))
+        (p.param, p.kind, p.shape, _num(p.first_norm), _num(p.min_norm), when(p.min_step, p.min_epoch),
+         _num(p.last_norm),
+         percent_change(p.rel_change), angle(p.total_angle_rad), str(p.nonfinite))
         for p in params if p.kind != "buffer"
     )
     return Table(("parameter", "kind", "shape", "first |w|", "min |w|", "min at", "last |w|", "change",
-                  "angle moved (deg)", "non-finite"), rows,
-                 numeric=(False, False, False, True, True, True, True, True, True, True))
+                  "angle moved", "non-finite"), rows,
+                 numeric=(False, False, False, True, True, True, True, True, True, True),
+                 caption="; ".join(not_shown_notes([p for p in params if p.kind != "buffer"])))
 
 
 def plot_section(trajectory: Trajectory, extra: Sequence[Figure] = (),

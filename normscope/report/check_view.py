@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from normscope.check.findings import ERROR, CheckResult
+from normscope.report.escape import printable
 
 
 def _number(x: float | None) -> str:
@@ -31,8 +32,8 @@ def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
                            overflow="fold")
     styles = {"error": "bold red", "warning": "yellow", "pass": "green"}
     for f in shown:
-        details.add_row(Text(f.status, style=styles[f.status]), f.rule, f.subject, _number(f.value),
-                        _number(f.limit), f.message)
+        details.add_row(Text(f.status, style=styles[f.status]), f.rule, printable(f.subject), _number(f.value),
+                        _number(f.limit), printable(f.message))
     verdict = Text(
         f"{'PASSED' if result.passed else 'FAILED'}: {counts['checks']} checks, {counts['passed']} passed, "
         f"{counts['warnings']} warnings, {counts['errors']} errors",
@@ -42,4 +43,16 @@ def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
     if shown:
         parts += [details, Text("")]
     parts.append(verdict)
+    note = no_limits_note(result)
+    if note:
+        parts.append(Text(note, style="yellow"))
     return Group(*parts)
+
+
+def no_limits_note(result: CheckResult) -> str:
+    """A check whose only rule is the non-finite one has no limits: say so, or PASSED reads as more."""
+    if set(result.rules) - {"nonfinite"}:
+        return ""
+    return ("no limits are set: only NaN/Inf values were checked. Set limits in [tool.normscope.check] "
+            "(normscope.toml or pyproject.toml) or with flags such as --max-growth, --bounce-by-epoch, "
+            "--equilibrium-min")

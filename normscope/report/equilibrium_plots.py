@@ -10,6 +10,7 @@ import os
 from typing import BinaryIO
 
 from normscope.analysis.equilibrium import EquilibriumReport, LayerEquilibrium
+from normscope.report.escape import plot_label
 
 _MEASURED = "#1f77b4"
 _PREDICTED = "#d62728"
@@ -98,7 +99,7 @@ def plot_equilibrium(report: EquilibriumReport, path: str | BinaryIO) -> str | B
             ax.set_ylabel(ylabel, fontsize=8)
             ax.tick_params(labelsize=8)
             if col == 0:
-                ax.set_title(f"{layer.param}  ({layer.status})", fontsize=9, loc="left")
+                ax.set_title(f"{plot_label(layer.param)}  ({layer.status})", fontsize=9, loc="left")
             if row == len(layers) - 1:
                 ax.set_xlabel(xlabel, fontsize=8)
     axes[0][0].legend(fontsize=7, loc="upper right", frameon=False)
@@ -134,7 +135,7 @@ def plot_ratio_heatmap(report: EquilibriumReport, path: str | BinaryIO) -> str |
     image = ax.pcolormesh(edges, np.arange(len(layers) + 1) - 0.5, np.clip(grid, -lim, lim), cmap="RdBu_r",
                           norm=TwoSlopeNorm(vcenter=0.0, vmin=-lim, vmax=lim), shading="flat")
     ax.set_ylim(len(layers) - 0.5, -0.5)
-    ax.set_yticks(range(len(layers)), [layer.param for layer in layers], fontsize=8)
+    ax.set_yticks(range(len(layers)), [plot_label(layer.param) for layer in layers], fontsize=8)
     ax.tick_params(axis="x", labelsize=8)
     ax.set_xlabel(xlabel, fontsize=8)
     for boundary in _lr_changes(layers[0], list(edges[1:])):

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from normscope.report.document import Block, Bullets, Figure, Paragraph, Section, Table
+from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -53,17 +54,12 @@ def equilibrium_section(report) -> Section:
     low, high = report.tolerance
     blocks: list[Block] = [Bullets(tuple(f"{h.name} = {h.value} ({h.source})" for h in report.hyperparams))]
     if report.layers:
-        rows = tuple(
-            (layer.param, layer.optimizer, layer.status, _fmt(layer.ratio), _fmt(layer.settled_ratio),
-             _fmt(layer.grad_ratio), _fmt(layer.predicted_angle_per_step_rad * 1e3),
-             _fmt(layer.angle_per_step_rad * 1e3), _fmt(layer.relaxations_since_lr_change, 2))
-            for layer in report.layers
-        )
+        rows = tuple((layer.param, layer.optimizer, layer.status, *(c.value(layer) for c in EQUILIBRIUM_COLUMNS))
+                     for layer in report.layers)
         blocks.append(Table(
-            ("parameter", "optimizer", "status", "angle ratio (latest)", "angle ratio (settled)",
-             "η|g|/|w| ratio", "predicted mrad/step", "measured mrad/step", "τ since LR change"),
-            rows, numeric=(False, False, False, True, True, True, True, True, True),
-            caption=f"ratio = measured / predicted; 'at equilibrium' within {low:g}–{high:g} once 3 relaxation "
+            ("parameter", "optimizer", "status", *(c.header for c in EQUILIBRIUM_COLUMNS)),
+            rows, numeric=(False, False, False, *(True for _ in EQUILIBRIUM_COLUMNS)),
+            caption=f"{EQUILIBRIUM_LEGEND}; 'at equilibrium': ratio within {low:g}–{high:g} once 3 relaxation "
                     "times have passed in the LR phase"))
         blocks.append(Bullets(tuple(f"{layer.param}: {layer.reason}" for layer in report.layers)))
     else:

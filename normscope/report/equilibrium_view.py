@@ -11,7 +11,9 @@ from rich.text import Text
 
 from normscope.analysis.equilibrium import EquilibriumReport
 from normscope.analysis.invariance import INVARIANT, NOT_INVARIANT, InvarianceVerdict
+from normscope.report.escape import printable
 from normscope.report.jsonable import jsonable
+from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
 
 JSON_SCHEMA_VERSION = 1
 
@@ -32,7 +34,8 @@ def invariance_table(verdicts: Sequence[InvarianceVerdict]) -> Table:
     table.add_column("basis")
     table.add_column("why", overflow="fold")
     for v in verdicts:
-        table.add_row(v.param, Text(v.verdict, style=_VERDICT_STYLE.get(v.verdict, "")), v.basis, v.reason)
+        table.add_row(printable(v.param), Text(v.verdict, style=_VERDICT_STYLE.get(v.verdict, "")), printable(v.basis),
+                      printable(v.reason))
     return table
 
 
@@ -42,23 +45,19 @@ def hyperparams_table(report: EquilibriumReport) -> Table:
     table.add_column("value")
     table.add_column("from")
     for h in report.hyperparams:
-        table.add_row(h.name, h.value, h.source)
+        table.add_row(printable(h.name), printable(h.value), printable(h.source))
     return table
 
 
 def equilibrium_table(report: EquilibriumReport) -> Table:
     table = Table(title="Equilibrium of scale-invariant layers", title_justify="left", show_edge=False, pad_edge=False)
-    for name, justify in (("parameter", "left"), ("status", "left"), ("θ/step pred", "right"),
-                          ("θ/step meas", "right"), ("ratio last", "right"), ("ratio settled", "right"),
-                          ("η|g|/|w| settled", "right"), ("τ steps", "right"), ("τ since LR Δ", "right")):
-        table.add_column(name, justify=justify, overflow="fold", no_wrap=name == "parameter")
+    table.add_column("parameter", overflow="fold", no_wrap=True)
+    table.add_column("status")
+    for column in EQUILIBRIUM_COLUMNS:
+        table.add_column(column.header, justify="right", overflow="fold")
     for layer in report.layers:
-        table.add_row(
-            layer.param, Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
-            _fmt(layer.predicted_angle_per_step_rad), _fmt(layer.angle_per_step_rad), _fmt(layer.ratio),
-            _fmt(layer.settled_ratio), _fmt(layer.settled_grad_ratio),
-            _fmt(layer.relaxation_steps, 4), _fmt(layer.relaxations_since_lr_change, 2),
-        )
+        table.add_row(printable(layer.param), Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
+                      *(column.value(layer) for column in EQUILIBRIUM_COLUMNS))
     return table
 
 
@@ -66,9 +65,9 @@ def status_lines(report: EquilibriumReport) -> RenderableType:
     """One line per invariant layer: its status and the reason for it."""
     lines = Text()
     for layer in report.layers:
-        lines.append(f"{layer.param}: ")
+        lines.append(f"{printable(layer.param)}: ")
         lines.append(layer.status, style=_STATUS_STYLE.get(layer.status, ""))
-        lines.append(f" — {layer.reason}\n")
+        lines.append(f" — {printable(layer.reason)}\n")
     return lines
 
 
@@ -77,7 +76,7 @@ def not_applicable_table(report: EquilibriumReport) -> Table:
     table.add_column("parameter", overflow="fold")
     table.add_column("why", overflow="fold")
     for item in report.not_applicable:
-        table.add_row(item.param, item.reason)
+        table.add_row(printable(item.param), printable(item.reason))
     return table
 
 
@@ -92,14 +91,12 @@ def render_equilibrium(report: EquilibriumReport) -> RenderableType:
         parts.append(equilibrium_table(report))
         parts.append(status_lines(report))
         lo, hi = report.tolerance
-        parts.append(Text(f"ratio = measured / predicted angle between snapshots (at equilibrium within [{lo:g}, {hi:g}]); "
-                          "η|g|/|w| = measured / √(2ηλ(1−μ)) (SGD); settled = median over intervals ≥ 3 relaxation "
-                          "times into their LR phase; τ = relaxation time", style="dim"))
+        parts.append(Text(f"{EQUILIBRIUM_LEGEND}; at equilibrium: ratio within [{lo:g}, {hi:g}]", style="dim"))
     else:
         parts.append(Text("no scale-invariant layer: the equilibrium theory applies to none", style="yellow"))
     if report.not_applicable:
         parts.append(not_applicable_table(report))
-    parts.extend(Text(note, style="dim") for note in report.notes)
+    parts.extend(Text(printable(note), style="dim") for note in report.notes)
     return Group(*parts)
 
 

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from normscope.check.findings import ERROR, CheckResult, Finding
 from normscope.config import Origin
+from normscope.report.escape import (
+    github_data,
+    github_property,
+    markdown_code,
+    markdown_text,
+)
 
-
-def escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
-
-
-def escape_property(text: str) -> str:
-    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+escape_data = github_data
+escape_property = github_property
 
 
 def is_github_actions(environ: Mapping[str, str]) -> bool:
@@ -61,8 +62,6 @@ def annotations(result: CheckResult, origins: Mapping[str, Origin] | None = None
     return [annotation(f, origins, base) for f in result.findings if not f.passed]
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _number(x: float | None) -> str:
@@ -75,7 +74,8 @@ def summary_markdown(result: CheckResult) -> str:
     verdict = "passed" if result.passed else "failed"
     icon = ":white_check_mark:" if result.passed else ":x:"
     lines = [f"## {icon} normscope check {verdict}", "",
-             f"`{result.run_path}`" + (f" against baseline `{result.baseline_path}`" if result.baseline_path else ""),
+             markdown_code(result.run_path)
+             + (f" against baseline {markdown_code(result.baseline_path)}" if result.baseline_path else ""),
              "", (f"{counts['checks']} checks: {counts['passed']} passed, {counts['warnings']} warnings, "
                   f"{counts['errors']} errors."), "", "| rule | checked | passed | warnings | errors |",
              "|---|---:|---:|---:|---:|"]
@@ -83,12 +83,17 @@ def summary_markdown(result: CheckResult) -> str:
         mine = [f for f in result.findings if f.rule == rule]
         lines.append(f"| {rule} | {len(mine)} | {sum(f.passed for f in mine)} | "
                      f"{sum(f.status == 'warning' for f in mine)} | {sum(f.status == ERROR for f in mine)} |")
+    from normscope.report.check_view import no_limits_note
+
+    note = no_limits_note(result)
+    if note:
+        lines += ["", f"> {markdown_text(note)}"]
     failed = [f for f in result.findings if not f.passed]
     if failed:
         lines += ["", "| status | rule | parameter | value | limit | message |", "|---|---|---|---:|---:|---|"]
         for f in failed:
-            lines.append(f"| {f.status} | {f.rule} | `{_cell(f.subject)}` | {_number(f.value)} | "
-                         f"{_number(f.limit)} | {_cell(f.message)} |")
+            lines.append(f"| {f.status} | {f.rule} | {markdown_code(f.subject)} | {_number(f.value)} | "
+                         f"{_number(f.limit)} | {markdown_text(f.message)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-from html import escape
 
 from normscope.report.document import Bullets, Figure, Paragraph, Report, Table
+from normscope.report.escape import html_text as escape
 
 _STYLE = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;

@@ -11,21 +11,23 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 
 from normscope.check.findings import ERROR, WARNING, CheckResult, Finding
+from normscope.report.escape import printable
 
 # Characters XML 1.0 cannot hold at all, even escaped (control characters other than \t \n \r).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
 def _text(value: object) -> str:
-    return _NOT_XML.sub("\ufffd", str(value))
+    """One piece of text from the run (ElementTree then escapes it for XML)."""
+    return _NOT_XML.sub("\ufffd", printable(value))
 
 
 def _details(finding: Finding) -> str:
-    lines = [finding.message]
+    lines = [_text(finding.message)]
     for label, value in (("value", finding.value), ("limit", finding.limit), ("snapshot", finding.snapshot),
                          ("path", finding.path), ("config", finding.config_key)):
         if value is not None:
-            lines.append(f"{label}: {value}")
+            lines.append(f"{label}: {_text(value)}")
     return "\n".join(lines)
 
 
@@ -47,10 +49,10 @@ def junit_tree(result: CheckResult, *, suite_name: str = "normscope check") -> E
         })
         if finding.status == ERROR:
             failure = ET.SubElement(case, "failure", {"message": _text(finding.message), "type": finding.rule})
-            failure.text = _text(_details(finding))
+            failure.text = _details(finding)
         elif finding.status == WARNING:
             out = ET.SubElement(case, "system-out")
-            out.text = _text("warning: " + _details(finding))
+            out.text = "warning: " + _details(finding)
     ET.indent(root)
     return ET.ElementTree(root)
 

@@ -9,6 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from normscope.analysis.live import LiveFrame
+from normscope.report.escape import printable
+from normscope.report.quantities import angle, ratio
 
 
 def _num(x: float, fmt: str = ".4g") -> str:
@@ -19,12 +21,11 @@ def _pct(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:+.1%}"
 
 
-def _deg(rad: float) -> str:
-    return "–" if not math.isfinite(rad) else f"{math.degrees(rad):.3g}°"
+_deg = angle
 
 
 def _hyper(frame: LiveFrame) -> str:
-    parts = [frame.optimizer or "optimizer ?"]
+    parts = [printable(frame.optimizer or "optimizer ?")]
     for label, value in (("lr", frame.lr), ("wd", frame.weight_decay), ("μ", frame.momentum),
                          ("β1", frame.beta1)):
         if math.isfinite(value):
@@ -36,29 +37,29 @@ def render_frame(frame: LiveFrame, *, updated: str = "") -> Group:
     where = "step " + (str(frame.step) if frame.step is not None else "?")
     if frame.epoch is not None:
         where += f" · epoch {frame.epoch:g}"
-    title = Text.assemble(("normscope watch ", "bold"), frame.root, f"  ({frame.layout})")
+    title = Text.assemble(("normscope watch ", "bold"), printable(frame.root), f"  ({frame.layout})")
     status = Text(f"{where} · {frame.records} record(s) · {_hyper(frame)}"
-                  + (f" · {updated}" if updated else ""))
+                  + (f" · {printable(updated)}" if updated else ""))
     if not frame.layers:
         return Group(title, status, Text("waiting for the first record …", style="dim"))
     angle_head = "∠/step" if frame.layers[0].angle_is_per_step else "∠/snapshot"
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("param", "kind", "|w|", "vs start", "|g|", "cos(w,g)", angle_head, "∠ equil.",
-                 "ratio", "equilibrium"):
+    for name in ("param", "kind", "|w|", "vs start", "|g|", "cos(w,g)", angle_head, "∠/step predicted",
+                 "ratio last", "equilibrium"):
         table.add_column(name, justify="left" if name in ("param", "kind", "equilibrium") else "right",
                          no_wrap=True)
     for layer in frame.layers:
         kind = layer.kind + (" s.i." if layer.scale_invariant else "")
-        table.add_row(layer.param, kind, _num(layer.norm), _pct(layer.norm_change),
+        table.add_row(printable(layer.param), kind, _num(layer.norm), _pct(layer.norm_change),
                       _num(layer.grad_norm), _num(layer.cos_wg, "+.3f"), _deg(layer.angle_rad),
-                      _deg(layer.equilibrium_angle_rad), _num(layer.angle_ratio, ".2f"),
+                      _deg(layer.equilibrium_angle_rad), ratio(layer.angle_ratio),
                       layer.equilibrium_status or "–")
-    legend = Text("s.i.: scale-invariant (cos(w,g) ≈ 0); ∠ equil.: predicted update angle at "
-                  "equilibrium for such weights; ratio: measured / predicted; equilibrium: "
-                  "analysis.equilibrium's status", style="dim")
+    legend = Text("s.i.: scale-invariant (cos(w,g) ≈ 0); ∠/step predicted, ratio last (measured / predicted "
+                  "angle over the latest interval) and equilibrium (the status) are those of `analyze "
+                  "--equilibrium`, for the layers it calls scale-invariant", style="dim")
     total = Text(f"total weight norm {_num(frame.total_weight_norm)} "
                  f"(start {_num(frame.total_weight_norm_first)})")
     parts = [title, status, table, legend, total]
-    parts += [Text(line, style="bold") for line in frame.advice]
-    parts += [Text(f"warning: {w}", style="yellow") for w in frame.warnings]
+    parts += [Text(printable(line), style="bold") for line in frame.advice]
+    parts += [Text(f"warning: {printable(w)}", style="yellow") for w in frame.warnings]
     return Group(*parts)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from normscope.report.document import Bullets, Figure, Paragraph, Report, Table
+from normscope.report.escape import markdown_text
 
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+# The document holds plain text (names from the run among it), so every piece is escaped here.
+_cell = markdown_text
 
 
 def _table(table: Table) -> list[str]:
@@ -17,8 +17,16 @@ def _table(table: Table) -> list[str]:
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.rows]
     if table.caption:
-        lines += ["", f"*{table.caption}*"]
+        lines += ["", f"*{markdown_text(table.caption)}*"]
     return lines
+
+
+def _link_target(filename: str) -> str:
+    """A file name as a Markdown link target: percent-encoded, so `)`, spaces or `<` in the name of
+    the report file cannot end the link or start HTML."""
+    from urllib.parse import quote
+
+    return quote(filename)
 
 
 def figure_filename(stem: str, figure: Figure) -> str:
@@ -27,20 +35,22 @@ def figure_filename(stem: str, figure: Figure) -> str:
 
 def render_markdown(report: Report, *, image_stem: str) -> str:
     """The Markdown text; figure i is referenced as `<image_stem>_<name>.png` beside the file."""
-    lines = [f"# {report.title}", "", f"*{report.subtitle}*"]
+    md = markdown_text
+    lines = [f"# {md(report.title)}", "", f"*{md(report.subtitle)}*"]
     for section in report.sections:
-        lines += ["", f"## {section.title}", ""]
+        lines += ["", f"## {md(section.title)}", ""]
         for block in section.blocks:
             if isinstance(block, Paragraph):
-                lines += [block.text, ""]
+                lines += [md(block.text), ""]
             elif isinstance(block, Bullets):
-                lines += [f"- {item}" for item in block.items] + [""]
+                lines += [f"- {md(item)}" for item in block.items] + [""]
             elif isinstance(block, Table):
                 lines += _table(block) + [""]
             elif isinstance(block, Figure):
-                lines += [f"### {block.title}", "", f"![{block.title}]({figure_filename(image_stem, block)})", ""]
+                image = _link_target(figure_filename(image_stem, block))
+                lines += [f"### {md(block.title)}", "", f"![{md(block.title)}]({image})", ""]
                 if block.caption:
-                    lines += [block.caption, ""]
+                    lines += [md(block.caption), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -16,6 +16,7 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import ScalarFormatter
 
+from normscope.report.escape import plot_label
 from normscope.trajectory import Trajectory
 
 MAX_LEGEND_ENTRIES = 12
@@ -80,7 +81,7 @@ def norm_trajectories_png(trajectory: Trajectory, *, kinds: Sequence[str] = ("we
     colors = _palette(norms.shape[1])
     for (param, series), color in zip(relative.items(), colors):
         top.plot(x, series.to_numpy(), color=color, linewidth=1.0 if many else 1.6,
-                 label=None if many else str(param), marker=None if many or len(x) > 40 else "o", markersize=3)
+                 label=None if many else plot_label(param), marker=None if many or len(x) > 40 else "o", markersize=3)
     top.set_yscale("log")
     top.yaxis.set_major_formatter(ScalarFormatter())
     top.yaxis.set_minor_formatter(ScalarFormatter())
@@ -136,7 +137,7 @@ def heatmap_png(trajectory: Trajectory, *, kinds: Sequence[str] = ("weight", "no
                           norm=TwoSlopeNorm(vmin=-span, vcenter=0.0, vmax=span))
     ax.invert_yaxis()
     ax.set_yticks(np.arange(norms.shape[0]) + 0.5)
-    ax.set_yticklabels([str(p) for p in norms.index], fontsize=max(4, min(8, int(400 / max(norms.shape[0], 1)))))
+    ax.set_yticklabels([plot_label(p) for p in norms.index], fontsize=max(4, min(8, int(400 / max(norms.shape[0], 1)))))
     ax.set_xlabel(axis)
     ax.set_title("log2 of norm relative to the first snapshot (red: grew, blue: shrank)")
     figure.colorbar(image, ax=ax, label="log2(|w_t| / |w_0|)")

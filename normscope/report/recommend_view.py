@@ -20,6 +20,7 @@ from normscope.analysis.recommend import (
     VERDICT_NO_BOUNCE,
     Recommendation,
 )
+from normscope.report.escape import printable
 from normscope.report.jsonable import jsonable
 from normscope.schedules import TexpSchedule
 
@@ -39,9 +40,9 @@ def run_header(rec: Recommendation) -> Text:
     s = rec.series
     lines = [
         (f"norm: Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
-         f"{s.n_epochs} epochs ({s.epochs[0]}–{s.epochs[-1]}, from {s.epoch_source})"),
-        f"optimizer: {s.optimizer or 'unknown'}  wd={_g(s.weight_decay)}  momentum={_g(s.momentum)}  "
-        f"base lr={rec.base_lr:g} ({rec.lr_source})  decay factor={rec.decay_factor:g}"
+         f"{s.n_epochs} epochs ({s.epochs[0]}–{s.epochs[-1]}, from {printable(s.epoch_source)})"),
+        f"optimizer: {printable(s.optimizer or 'unknown')}  wd={_g(s.weight_decay)}  momentum={_g(s.momentum)}  "
+        f"base lr={rec.base_lr:g} ({printable(rec.lr_source)})  decay factor={rec.decay_factor:g}"
         + (f"  min lr={rec.min_lr:g}" if rec.min_lr > 0 else ""),
     ]
     if rec.relaxation is not None:
@@ -56,7 +57,7 @@ def verdict_text(rec: Recommendation) -> Text:
     text = Text(f"At epoch {v.at_epoch}: ")
     text.append(v.status.upper(), style=_VERDICT_STYLE.get(v.status, "bold green"))
     for line in v.evidence:
-        text.append(f"\n  • {line}")
+        text.append(f"\n  • {printable(line)}")
     return text
 
 
@@ -76,8 +77,8 @@ def bounce_table(found: BounceDetection, title: str = "Bounces (robust detector)
                f"({'= ' + format(p.depth_sigmas, 'g') + 'σ' if found.noise_limited else 'the min-depth floor'}); "
                f"smoothing {p.smooth_window} epochs; the norm is {found.trend_at_end} at the end")
     if not found.bounces:
-        return Text(f"{title}: none. {caption}")
-    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        return Text(f"{title}: none. {printable(caption)}")
+    table = Table(title=title, title_justify="left", caption=printable(caption), caption_justify="left")
     for name in ("decline from", "minimum", "rise confirmed", "rise ends", "decay at", "depth", "rise",
                  "signif. (σ)", "confidence"):
         table.add_column(name, justify="right")
@@ -100,7 +101,7 @@ def layer_table(layers: tuple[LayerBounces, ...]) -> Table:
         else:
             shown = "; ".join(f"{b.minimum_epoch} → {b.decay_epoch if b.decay_epoch is not None else 'rising'}"
                               for b in lb.robust.bounces) or "none"
-        table.add_row(lb.layer, shown, str(len(lb.exact.decay_epochs)))
+        table.add_row(printable(lb.layer), printable(shown), str(len(lb.exact.decay_epochs)))
     return table
 
 
@@ -129,15 +130,51 @@ def texp_table(texp: TexpSchedule) -> Table:
     return table
 
 
-def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None) -> Group:
-    parts: list[RenderableType] = [run_header(rec), Text(""), verdict_text(rec), Text(""), decay_table(rec),
-                                   Text(rec.multistep, style="bold")]
-    parts += [Text(f"skipped decay at epoch {s.epoch} — {s.reason}", style="dim") for s in rec.skipped]
+def retrospective_lines(rec: Recommendation) -> tuple[str, ...]:
+    """For a finished run (no budget given: its length is the budget): what it did against where ABEL
+    would have decayed. Empty for a run in progress."""
+    if rec.budget_given:
+        return ()
+    did = ", ".join(f"{d.epoch} ({d.lr_before:g} → {d.lr_after:g})" for d in rec.past_decays)
+    did = f"It decayed the LR at epoch {did}" if did else "It made no step decay of the LR"
+    early = [d.epoch for d in rec.past_decays if d.premature]
+    lines = [(f"Finished run: its {rec.total_epochs} epochs are taken as the budget (give --total-epochs for a "
+              "run in progress)."),
+             f"{did}; ABEL would have decayed at epoch {_epochs(rec.decay_epochs)}."]
+    if early:
+        lines.append(f"The decay at epoch {_epochs(early)} came before the norm could reach its equilibrium.")
+    return tuple(lines)
+
+
+def premise_text(premise) -> Text:
+    text = Text("ABEL's premise: ", style="bold")
+    text.append("holds" if premise.holds else "does not hold", style="bold green" if premise.holds else "bold yellow")
+    for check in premise.checks:
+        mark = {True: "✓", False: "✗", None: "?"}[check.holds]
+        text.append(f"\n  {mark} {check.name}: {printable(check.detail)}")
+    text.append(f"\n{premise.advice}", style="bold")
+    return text
+
+
+def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> Group:
+    """The answer first (the premise, then the verdict: retrospective for a finished run, decay now /
+    not yet for one in progress), then the details."""
+    first: list[RenderableType] = []
+    if premise is not None:
+        first += [premise_text(premise), Text("")]
+    retro = retrospective_lines(rec)
+    first.append(Text("\n".join(retro), style="bold") if retro else verdict_text(rec))
+    multistep = printable(rec.multistep)
+    if premise is not None and not premise.holds:
+        multistep = f"for reference only: {multistep}"
+    parts: list[RenderableType] = [*first, Text(""), run_header(rec), Text(""), decay_table(rec),
+                                   Text(multistep, style="bold")]
+    parts += [Text(f"skipped decay at epoch {s.epoch} — {printable(s.reason)}", style="dim") for s in rec.skipped]
     parts += [Text(""), bounce_table(rec.robust), past_decay_table(rec), layer_table(rec.layers)]
     if texp is not None:
         parts.append(texp_table(texp))
-    parts += [Text(line, style="bold") for line in rec.advice]
-    parts += [Text(f"note: {n}", style="dim") for n in rec.notes]
+    parts += [Text(printable(line), style="bold") for line in rec.advice]
+    parts += [Text(f"note: {printable(n)}", style="dim") for n in rec.notes]
     return Group(*parts)
 
 
@@ -146,7 +183,7 @@ def bounce_analysis_view(found: BounceAnalysis, max_rows: int | None = None) -> 
     (its first `max_rows` layers; None or 0: all)."""
     s = found.series
     head = Text(f"Weight-norm bounces — Σ‖w‖² over {s.n_tensors} tensor(s) of kind {'+'.join(s.include_kinds)}, "
-                f"epochs {s.epochs[0]}–{s.epochs[-1]} ({s.epoch_source}); the exact ABEL rule would decay at "
+                f"epochs {s.epochs[0]}–{s.epochs[-1]} ({printable(s.epoch_source)}); the exact ABEL rule would decay at "
                 f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
     layers = list(found.layers)
     if not max_rows or len(layers) <= max_rows:
@@ -172,7 +209,7 @@ def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
     })
 
 
-def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, Any]:
+def to_json(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> dict[str, Any]:
     """The whole recommendation as JSON-safe values; `decay_epochs` are the recommended milestones."""
     s = rec.series
     doc: dict[str, Any] = {
@@ -208,6 +245,10 @@ def to_json(rec: Recommendation, texp: TexpSchedule | None = None) -> dict[str, 
     }
     if texp is not None:
         doc["texp"] = jsonable(texp)
+    if premise is not None:
+        doc["premise"] = jsonable(premise)
+    doc["finished"] = not rec.budget_given
+    doc["retrospective"] = list(retrospective_lines(rec))
     return jsonable(doc)
 
 

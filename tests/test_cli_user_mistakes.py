@@ -1,0 +1,119 @@
+"""User mistakes the commands catch before any work, and answers that say what they did not check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _normscope(*args: object, cwd=None):
+    return subprocess.run([sys.executable, "-m", "normscope", *map(str, args)], check=False,
+                          capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+@pytest.mark.parametrize("command", [
+    ("analyze", "-f", "csv", "-o", "{missing}/out.csv"),
+    ("analyze", "-o", "{dir}"),
+    ("recommend", "-o", "{missing}/rec.json", "-f", "json"),
+    ("recommend", "--plot", "{missing}/plot.png"),
+    ("report", "-o", "{missing}/report.html"),
+    ("check", "--junit", "{missing}/junit.xml"),
+], ids=lambda c: " ".join(c[:2]))
+def test_a_bad_output_path_is_one_line_and_exit_2_before_the_run_is_read(command, tmp_path):
+    # the run does not exist either: the output path is refused first, so nothing was read
+    run = tmp_path / "no_such_run"
+    args = [a.format(missing=tmp_path / "missing", dir=tmp_path) for a in command]
+    result = _normscope(args[0], run, *args[1:])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("normscope: error: --"), result.stderr
+    assert "internal error" not in result.stderr and str(run) not in result.stderr
+    assert not (tmp_path / "missing").exists()
+
+
+def test_check_without_limits_says_so(lightning_run_dir, tmp_path):
+    result = _normscope("check", lightning_run_dir, cwd=tmp_path)  # no config file above tmp_path
+    assert result.returncode == 0, result.stderr
+    assert "PASSED" in result.stdout and "no limits are set: only NaN/Inf values were checked" in result.stdout
+    limited = _normscope("check", lightning_run_dir, "--max-growth", "100", cwd=tmp_path)
+    assert limited.returncode == 0 and "no limits are set" not in limited.stdout
+
+
+@pytest.mark.parametrize("command", [("analyze",), ("check",), ("recommend",), ("watch", "--once")],
+                         ids=" ".join)
+def test_piped_output_has_no_trailing_padding(command, lightning_run_dir):
+    result = _normscope(command[0], lightning_run_dir, *command[1:])
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and not [line for line in lines if line.endswith(" ")]
+
+
+@pytest.fixture
+def run_without_epochs(tmp_path, make_tiny_run):
+    """A real tiny run (23 steps per epoch) whose checkpoints record the step but no epoch."""
+    import torch
+
+    run = make_tiny_run(tmp_path / "no_epochs", epochs=4)
+    for checkpoint in sorted(run.glob("epoch_*.pt")):
+        state = torch.load(checkpoint, weights_only=True)
+        del state["epoch"]
+        torch.save(state, checkpoint.with_name(checkpoint.name.replace("epoch_", "ckpt_")))
+        checkpoint.unlink()
+    return run
+
+
+def test_every_command_that_advises_steps_per_epoch_accepts_it(run_without_epochs, tmp_path):
+    advice = _normscope("analyze", run_without_epochs)
+    assert advice.returncode == 0 and "--steps-per-epoch" in advice.stdout
+    commands = [("analyze", "-f", "json"), ("recommend", "-f", "json"), ("watch", "--once"),
+                ("check", "--bounce-by-epoch", "none"), ("report", "-o", tmp_path / "r.md")]
+    for command in commands:
+        result = _normscope(command[0], run_without_epochs, *command[1:], "--steps-per-epoch", "23")
+        assert result.returncode in (0, 1), (command, result.stderr)
+        assert "steps-per-epoch" not in result.stdout + result.stderr, (command, result.stdout)
+    import json
+
+    document = json.loads(_normscope("analyze", run_without_epochs, "-f", "json", "--steps-per-epoch", "23").stdout)
+    assert document["bounces"]["epochs"] == [0, 1, 2, 3, 4]
+
+
+def _sample(name):
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parent.parent / "sample_runs" / name
+    return run if run.exists() else pytest.skip("no sample run")
+
+
+def test_recommend_states_the_premise_first_and_a_finished_run_gets_a_retrospective_verdict():
+    text = _normscope("recommend", _sample("digits_bn_cnn_sgd")).stdout
+    assert text.startswith("ABEL's premise: holds")
+    assert "Finished run: its 60 epochs are taken as the budget" in text
+    import json
+
+    abel = json.loads(_normscope("recommend", _sample("digits_bn_cnn_sgd"), "-f", "json").stdout)["decay_epochs"]
+    assert (f"It decayed the LR at epoch 45 (0.2 → 0.02); ABEL would have decayed at epoch "
+            f"{', '.join(map(str, abel))}.") in text
+    assert "NOT YET" not in text.upper() and "reached_minimum" not in text
+    assert text.index("Finished run") < text.index("MultiStepLR")
+    in_progress = _normscope("recommend", _sample("digits_bn_cnn_sgd"), "--total-epochs", "100").stdout
+    assert "Finished run" not in in_progress and "At epoch 60: " in in_progress
+
+
+def test_recommend_where_abel_does_not_apply_says_so_before_any_schedule():
+    import json
+
+    run = _sample("digits_ln_transformer_adamw")
+    text = _normscope("recommend", run).stdout
+    assert text.startswith("ABEL's premise: does not hold")
+    assert "no weight tensor is scale-invariant" in text and "smooth anneal" in text
+    assert "keep the schedule you have" in text
+    assert "for reference only: torch.optim.lr_scheduler.MultiStepLR(" in text
+    document = json.loads(_normscope("recommend", run, "-f", "json").stdout)
+    assert document["premise"]["holds"] is False and document["finished"] is True
+
+
+def test_help_keeps_bracketed_text():
+    result = subprocess.run([sys.executable, "-m", "normscope", "analyze", "--help"], check=False,
+                            capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "300"})
+    assert "Needs normscope[dask]." in result.stdout
