@@ -58,6 +58,10 @@ def test_an_optimizer_file_cut_short_while_mapped(adamw_run_dir, tmp_path):
 @pytest.mark.parametrize("layout", ["torch", "safetensors"])
 def test_a_file_cut_short_while_the_kernel_reads_it(sgd_run_dir, adamw_run_dir, tmp_path, layout):
     # past every stamp check: only the kernel's SIGBUS guard stands between this and a crash
+    from normscope.engine.fused import fused_kernel
+
+    if fused_kernel() is None:
+        pytest.skip("the fused kernel is not built here (python setup.py build_ext --inplace)")
     if layout == "torch":
         root, victim = _sgd_run(sgd_run_dir, tmp_path)
     else:
