@@ -7,7 +7,6 @@ A step or epoch in the header's `__metadata__` counts as embedded ordering evide
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -16,6 +15,7 @@ from typing import Any
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
+from . import _json
 from ._assemble import build_run
 from ._files import files_in, inside, label_of
 from ._keys import clean_names
@@ -51,8 +51,14 @@ def is_index(path: str) -> bool:
 def read_header(path: str) -> tuple[dict[str, Any], int]:
     """The parsed header and where the data region starts (8 + the header's length); a one-line
     BadInputError if it is not a valid safetensors header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
         raw = f.read(8)
         if len(raw) < 8:
             raise BadInputError(
@@ -64,8 +70,8 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
                 f"{path} has a corrupt safetensors header (length {n} > file size)"
             )
         try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            header = _json.loads(f.read(n))
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too deep, not finite
             raise BadInputError(
                 f"{path} has a corrupt safetensors header: {exc}"
             ) from None
@@ -98,9 +104,11 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
 def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
     for key in keys:
         try:
-            return float(meta[key])
+            value = float(meta[key])
         except (KeyError, TypeError, ValueError):
             continue
+        if math.isfinite(value):
+            return value
     return None
 
 
@@ -113,7 +121,8 @@ def safetensors_refs(
     metadata: dict[str, Any] = {}
     for path, wanted in files.items():
         header, data_start = read_header(path)
-        metadata.update(header.get("__metadata__") or {})
+        if isinstance(header.get("__metadata__"), dict):  # the format says a str -> str map
+            metadata.update(header["__metadata__"])
         for key, info in header.items():
             if key == "__metadata__" or (wanted and key not in wanted):
                 continue
@@ -137,7 +146,9 @@ def read_index(index_path: str) -> dict[str, list[str]]:
     """`{shard file: [tensor keys]}` from a sharded model's index."""
     try:
         with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+            weight_map = _json.loads(f.read())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("its weight_map is not a map of tensor names to shard files")
     except PermissionError:
         raise BadInputError(f"cannot read {index_path}: permission denied") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
