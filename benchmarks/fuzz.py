@@ -742,6 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     from sample_runs.cpu_kernels import pin_cpu_kernels
 
     pin_cpu_kernels()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the scratch directory goes too
     scratch = Path(tempfile.mkdtemp(prefix="normscope-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
     try:
         bases_dir = scratch / "bases"
