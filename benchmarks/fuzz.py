@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import faulthandler
 import hashlib
 import io
 import json
@@ -375,7 +376,7 @@ def _pickle_int(data: bytes, rng: random.Random) -> bytes:
             for op, arg, pos in pickletools.genops(data[start:end]):
                 if op.name in ("BININT", "BININT1", "BININT2", "LONG1") and pos is not None:
                     sites.append((start + pos, op.name, arg))
-        except Exception:  # noqa: BLE001 - a pickle already damaged: use what was parsed
+        except Exception:  # noqa: BLE001, S110 - a pickle already damaged: use what was parsed
             pass
     if not sites:
         return bitflip(data, rng)
@@ -565,6 +566,7 @@ def _run_child(case: Case, path: str, workdir: str, timeout_s: float, memory_mib
         status = 70
         try:
             os.close(read_fd)
+            faulthandler.disable()  # a signal ends the child quietly; the parent reports it
             # fork leaves file-backed pages unmapped, so the child starts below the parent
             os.write(write_fd, f"{_rss_kib()}\n".encode())
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -668,13 +670,14 @@ def cases_for(fmt: str, bases: list[Base], n: int, seed: int, cli_every: int = 4
     out = []
     for i in range(n):
         base = bases[i % len(bases)]
-        mutator = MUTATORS[(i // len(bases)) % len(MUTATORS)]
+        mutator = MUTATORS[i % len(MUTATORS)]  # 7 mutators, < 7 bases: every pair in 7 x bases
         mode = "cli" if cli_every and i % cli_every == cli_every - 1 else "api"
         out.append((Case(fmt, base.name, rng.choice(base.targets), mutator, rng.randrange(2**63), mode), base))
     return out
 
 
-def warm_up(bases: dict[str, list[Base]], bases_dir: Path) -> None:
+def warm_up(bases: dict[str, list[Base]], bases_dir: Path,
+            cli_formats: tuple[str, ...] = ("table", "json", "csv")) -> None:
     """Import and build what every child would otherwise redo (the fused kernel, the lazy imports
     of each command), by reading every base once through the API and the CLI."""
     from normscope import load_trajectory
@@ -684,10 +687,10 @@ def warm_up(bases: dict[str, list[Base]], bases_dir: Path) -> None:
         for base in fmt_bases:
             path = str(bases_dir / base.root)
             load_trajectory(path, device="cpu")
-            for fmt in ("table", "json", "csv"):
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    with contextlib.suppress(SystemExit):
-                        app(args=["analyze", path, "--device", "cpu", "--format", fmt], prog_name="normscope")
+            for fmt in cli_formats:
+                with (contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()),
+                      contextlib.suppress(SystemExit)):
+                    app(args=["analyze", path, "--device", "cpu", "--format", fmt], prog_name="normscope")
 
 
 def interleaved(per_format: dict[str, list[tuple[Case, Base]]]) -> list[tuple[Case, Base]]:

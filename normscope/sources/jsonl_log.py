@@ -16,6 +16,7 @@ Readers produce `Run(stats=[SnapshotStats, ...], snapshots=[])`, so the analyses
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import stat
@@ -454,8 +455,8 @@ def is_jsonl_log(path: str | os.PathLike[str]) -> bool:
     try:
         with open(path, "rb") as f:
             first = f.read(_SNIFF_BYTES).split(b"\n", 1)[0]
-        obj = _json.loads(first)
-    except (OSError, ValueError):
+        obj = json.loads(first)  # lenient: a damaged header is still recognised, then refused
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and obj.get("schema") == SCHEMA_NAME
 
