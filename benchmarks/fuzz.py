@@ -20,8 +20,9 @@ SummaryWriter). Each input is a copy of one base with one file damaged by one mu
                 TensorBoard record lengths
 
 Each input is read in a forked child with a wall-clock limit and an address-space cap (the
-parent's size plus `--memory-mib`); the child calls `normscope.load_trajectory` (the API) or the
-`normscope analyze` command in-process (the CLI, stdout and stderr sent to files). An outcome is:
+parent's size plus `--memory-mib`); the child calls `normscope.load_trajectory` (the API) or runs
+`normscope analyze` (any format; for logs also `watch --once`) in-process (the CLI, stdout and
+stderr sent to files). An outcome is:
 
     ok        the API returned / the CLI exited 0
     error     a NormscopeError with a one-line message / exit 2 with exactly one stderr line
@@ -526,7 +527,15 @@ def _child_api(path: str) -> tuple[str, str]:
     return "ok", ""
 
 
-def _child_cli(path: str, workdir: str, fmt: str) -> tuple[str, str]:
+def cli_args(case: Case, path: str) -> list[str]:
+    """The command a CLI case runs: `analyze` in one of its formats, or for a log `watch --once`."""
+    rng = random.Random(case.seed)
+    if case.format in ("jsonl", "tensorboard") and rng.random() < 0.3:
+        return ["watch", "--once", path]
+    return ["analyze", path, "--device", "cpu", "--format", rng.choice(("table", "json", "csv"))]
+
+
+def _child_cli(args: list[str], workdir: str) -> tuple[str, str]:
     out_fd = os.open(os.path.join(workdir, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err_path = os.path.join(workdir, "stderr")
     err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -538,7 +547,7 @@ def _child_cli(path: str, workdir: str, fmt: str) -> tuple[str, str]:
 
     code: object = 0
     try:
-        app(args=["analyze", path, "--device", "cpu", "--format", fmt], prog_name="normscope")
+        app(args=args, prog_name="normscope")
     except SystemExit as exc:
         code = exc.code if exc.code is not None else 0
     except BaseException as exc:  # noqa: BLE001
@@ -573,7 +582,7 @@ def _run_child(case: Case, path: str, workdir: str, timeout_s: float, memory_mib
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if case.mode == "cli":
-                outcome, detail = _child_cli(path, workdir, random.Random(case.seed).choice(("table", "json", "csv")))
+                outcome, detail = _child_cli(cli_args(case, path), workdir)
             else:
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, 1)
@@ -687,10 +696,13 @@ def warm_up(bases: dict[str, list[Base]], bases_dir: Path,
         for base in fmt_bases:
             path = str(bases_dir / base.root)
             load_trajectory(path, device="cpu")
-            for fmt in cli_formats:
+            commands = [["analyze", path, "--device", "cpu", "--format", fmt] for fmt in cli_formats]
+            if base.format in ("jsonl", "tensorboard"):
+                commands.append(["watch", "--once", path])
+            for args in commands:
                 with (contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()),
                       contextlib.suppress(SystemExit)):
-                    app(args=["analyze", path, "--device", "cpu", "--format", fmt], prog_name="normscope")
+                    app(args=args, prog_name="normscope")
 
 
 def interleaved(per_format: dict[str, list[tuple[Case, Base]]]) -> list[tuple[Case, Base]]:

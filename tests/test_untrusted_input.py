@@ -232,22 +232,43 @@ def test_real_permission_denied_is_one_line_and_exit_2(hf_checkpoint, sgd_run_di
 # ---------------------------------------------------------------- pathological trees
 
 
-def _deep_tree(root, depth: int):  # type: ignore[no-untyped-def]
-    """root/d/d/…/d, `depth` levels, made one relative mkdir at a time (os.makedirs recurses)."""
-    root.mkdir()
-    here = os.getcwd()
-    try:
-        os.chdir(root)
-        for _ in range(depth):
-            os.mkdir("d")
-            os.chdir("d")
-        return os.getcwd()
-    finally:
-        os.chdir(here)
+@pytest.fixture
+def deep_tree(tmp_path):
+    """Factory: root/d/d/…/d, `depth` levels, made one relative mkdir at a time (os.makedirs
+    recurses); returns the bottom. Removed bottom-up afterwards: shutil.rmtree (pytest's cleanup
+    of old temporary directories) recurses too."""
+    made = []
+
+    def make(root, depth: int) -> str:
+        root.mkdir()
+        here = os.getcwd()
+        try:
+            os.chdir(root)
+            for _ in range(depth):
+                os.mkdir("d")
+                os.chdir("d")
+            made.append((os.fspath(root), os.getcwd()))
+            return os.getcwd()
+        finally:
+            os.chdir(here)
+
+    yield make
+    for root, bottom in made:
+        here = bottom
+        while True:
+            for name in os.listdir(here):
+                if not os.path.isdir(os.path.join(here, name)):
+                    os.remove(os.path.join(here, name))
+            if here == root:
+                break
+            parent = os.path.dirname(here)
+            os.rmdir(here)
+            here = parent
+        os.rmdir(root)
 
 
-def test_a_1500_deep_directory_tree_is_one_line(tmp_path):
-    bottom = _deep_tree(tmp_path / "deep", 1500)
+def test_a_1500_deep_directory_tree_is_one_line(tmp_path, deep_tree):
+    bottom = deep_tree(tmp_path / "deep", 1500)
     with open(os.path.join(bottom, "notes.txt"), "w") as f:
         f.write("nothing to analyse")
     assert "no checkpoints found" in _one_line_refusal(tmp_path / "deep")
@@ -255,9 +276,9 @@ def test_a_1500_deep_directory_tree_is_one_line(tmp_path):
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
 
 
-def test_event_files_at_the_bottom_of_a_1500_deep_tree_are_found(tmp_path):
+def test_event_files_at_the_bottom_of_a_1500_deep_tree_are_found(tmp_path, deep_tree):
     summary_writer = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
-    bottom = _deep_tree(tmp_path / "deep", 1500)
+    bottom = deep_tree(tmp_path / "deep", 1500)
     writer = summary_writer(bottom)
     for step in range(3):
         writer.add_scalar("grad_2.0_norm/fc.weight", 0.5 + step, step)
