@@ -732,6 +732,16 @@ def summarize(results: list[Result]) -> dict[str, dict[str, float]]:
     return table
 
 
+def load_results(path: Path) -> list[Result]:
+    results = []
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            case = Case(**{k: row[k] for k in ("format", "base", "target", "mutator", "seed", "mode")})
+            results.append(Result(case, row["outcome"], row["detail"], row["peak_mib"], row["seconds"]))
+    return results
+
+
 def format_table(table: dict[str, dict[str, float]]) -> str:
     cols = ("inputs", "cli", *OUTCOMES, "peak_mib", "slowest_s")
     lines = ["| format | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
@@ -751,7 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli-every", type=int, default=10, help="every N-th input goes through the CLI")
     parser.add_argument("--findings", type=Path, default=None, help="keep failing inputs here")
     parser.add_argument("--results", type=Path, default=None, help="append one JSON line per input")
+    parser.add_argument("--table-from", type=Path, default=None,
+                        help="only print the table of a --results file (of a run cut short, say)")
     args = parser.parse_args(argv)
+    if args.table_from:
+        print(format_table(summarize(load_results(args.table_from))))
+        return 0
     formats = tuple(f for f in args.formats.split(",") if f)
 
     from sample_runs.cpu_kernels import pin_cpu_kernels

@@ -366,7 +366,8 @@ def load_live_log(path: str | os.PathLike[str]) -> LiveLog:
         raise BadInputError(f"{path} is empty: no tracker log header")
     log = parse_log_bytes(data, str(path))
     if log.header is None:
-        raise BadInputError(f"{path} is not a normscope tracker log (no valid header line)")
+        why = f"; {log.first_corrupt}" if log.first_corrupt else ""
+        raise BadInputError(f"{path} is not a normscope tracker log (no valid header line{why})")
     return log
 
 
