@@ -113,7 +113,8 @@ def _torch_bases(out: Path) -> list[Base]:
         Base("torch", "pt-pair", "pt_pair", ("pt_pair/epoch_002.pt",)),
         Base("torch", "lightning-ckpt", "ckpt/epoch=1-step=46.ckpt", ("ckpt/epoch=1-step=46.ckpt",)),
         Base("torch", "hf-pytorch_model.bin", "hf_bin/checkpoint-23",
-             ("hf_bin/checkpoint-23/pytorch_model.bin", "hf_bin/checkpoint-23/optimizer.pt")),
+             ("hf_bin/checkpoint-23/pytorch_model.bin", "hf_bin/checkpoint-23/optimizer.pt",
+              "hf_bin/checkpoint-23/trainer_state.json")),
     ]
 
 
@@ -141,7 +142,8 @@ def _safetensors_bases(out: Path) -> list[Base]:
     return [
         Base("safetensors", "safetensors", "st/model.safetensors", ("st/model.safetensors",)),
         Base("safetensors", "hf-model.safetensors", "hf_st/checkpoint-46",
-             ("hf_st/checkpoint-46/model.safetensors",)),
+             ("hf_st/checkpoint-46/model.safetensors", "hf_st/checkpoint-46/model.safetensors",
+              "hf_st/checkpoint-46/trainer_state.json")),
         Base("safetensors", "sharded-index", "st_sharded",
              ("st_sharded/model.safetensors.index.json", "st_sharded/model-00001-of-00002.safetensors",
               "st_sharded/model-00002-of-00002.safetensors")),

@@ -286,3 +286,35 @@ def test_event_files_at_the_bottom_of_a_1500_deep_tree_are_found(tmp_path, deep_
     run = open_run(tmp_path / "deep")
     assert run.layout == "tensorboard" and [s.meta.step for s in run.stats] == [0, 1, 2]
     assert run.stats[2].params["fc.weight"].grad_norm_sq == pytest.approx(2.5**2)
+
+
+# ---------------------------------------------------------------- Hugging Face checkpoints
+
+
+def test_a_deeply_nested_trainer_state_is_one_line(hf_checkpoint):
+    (hf_checkpoint / "trainer_state.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert "trainer_state.json is not valid JSON: JSON nested too deeply" in _one_line_refusal(hf_checkpoint)
+
+
+def test_a_trainer_state_with_nan_losses_is_read_and_a_non_finite_epoch_ignored(hf_checkpoint):
+    # the HF Trainer writes NaN for a diverged loss; an infinite epoch can only be damage
+    path = hf_checkpoint / "trainer_state.json"
+    state = json.loads(path.read_text())
+    state["log_history"][0]["loss"] = float("nan")
+    state["epoch"] = float("inf")
+    path.write_text(json.dumps(state))
+    (snapshot,) = open_run(hf_checkpoint).snapshots
+    assert snapshot.meta.step == 23 and snapshot.meta.epoch is None
+
+
+def test_a_sharded_bin_whose_shard_is_not_a_state_dict_is_one_line(tmp_path, adamw_run_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    checkpoint = tmp_path / "checkpoint-23"
+    checkpoint.mkdir()
+    tensors = load_file(adamw_run_dir / "checkpoint-23" / "model.safetensors")
+    torch.save(list(tensors.values()), checkpoint / "pytorch_model-00001-of-00001.bin")
+    index = {"metadata": {}, "weight_map": {k: "pytorch_model-00001-of-00001.bin" for k in tensors}}
+    (checkpoint / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    assert "holds a list, not a state dict" in _one_line_refusal(checkpoint)

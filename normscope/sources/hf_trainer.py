@@ -8,13 +8,14 @@ is a pickled arbitrary object and is never opened.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
+from . import _json
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
 from ._optimizer import read_optimizer
@@ -58,7 +59,7 @@ def _trainer_state(directory: str) -> dict[str, Any]:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            state = json.load(f)
+            state = _json.loads(f.read(), non_finite=True)
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
     except (OSError, ValueError) as exc:
@@ -72,9 +73,10 @@ def _read_sharded_bin(
     """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
     merged: dict[str, Any] = {}
     for shard in read_index(index):
-        merged.update(
-            load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
-        )
+        tensors = load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
+        if not isinstance(tensors, dict):
+            raise BadInputError(f"{shard} holds a {type(tensors).__name__}, not a state dict")
+        merged.update(tensors)
     return pending_from_parts(index, label, merged, None, None, None, "", warnings)
 
 
@@ -105,10 +107,11 @@ def read_checkpoint_dir(
         )
     pending.path = directory
     state = _trainer_state(directory)
-    if isinstance(state.get("global_step"), int):
-        pending.trainer_step = state["global_step"]
-    if isinstance(state.get("epoch"), (int, float)):
-        pending.trainer_epoch = float(state["epoch"])
+    step, epoch = state.get("global_step"), state.get("epoch")
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        pending.trainer_step = step
+    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and math.isfinite(epoch):
+        pending.trainer_epoch = float(epoch)
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
         optimizer = load_torch_file(
