@@ -318,3 +318,16 @@ def test_a_sharded_bin_whose_shard_is_not_a_state_dict_is_one_line(tmp_path, ada
     index = {"metadata": {}, "weight_map": {k: "pytorch_model-00001-of-00001.bin" for k in tensors}}
     (checkpoint / "pytorch_model.bin.index.json").write_text(json.dumps(index))
     assert "holds a list, not a state dict" in _one_line_refusal(checkpoint)
+
+
+# ---------------------------------------------------------------- configuration found beside a run
+
+
+def test_a_deeply_nested_config_file_is_one_line(tmp_path, sgd_run_dir):
+    # a CI job on a pull request reads the normscope.toml the pull request brought
+    for name in ("epoch_001.pt", "epoch_002.pt"):
+        shutil.copyfile(sgd_run_dir / name, tmp_path / name)
+    (tmp_path / "normscope.toml").write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    result = CliRunner().invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output == f"normscope: error: {tmp_path / 'normscope.toml'}: not valid TOML: nested too deeply\n"
