@@ -32,7 +32,8 @@ stderr sent to files). An outcome is:
     crash     any other exception from the API, exit code, a traceback or a multi-line error
     modified  the input's files changed while normscope read them
 
-Peak memory is the child's largest resident set above the parent's at the fork. Inputs that fail
+Peak memory is the child's largest resident set (ru_maxrss) above what it had just after the fork,
+so it counts what reading the input allocated and touched, library pages included. Inputs that fail
 are written under `--findings` with a JSON line saying how to rebuild them.
 """
 
