@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "benchmarks" / "fuzz.py"
-PER_FORMAT = 21  # every mutator three times in each format
+PER_FORMAT = 14  # every mutator twice in each format
 CLI_EVERY = 4
 
 
