@@ -331,3 +331,52 @@ def test_a_deeply_nested_config_file_is_one_line(tmp_path, sgd_run_dir):
     result = CliRunner().invoke(app, ["check", str(tmp_path)])
     assert result.exit_code == 2, result.output
     assert result.output == f"normscope: error: {tmp_path / 'normscope.toml'}: not valid TOML: nested too deeply\n"
+
+
+# ---------------------------------------------------------------- safetensors indexes and metadata
+
+
+def _sharded(tmp_path, adamw_run_dir):  # type: ignore[no-untyped-def]
+    """The sample run's weights as two shards and an index, as `save_pretrained` writes them."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(adamw_run_dir / "checkpoint-23" / "model.safetensors")
+    names = sorted(tensors)
+    model = tmp_path / "model"
+    model.mkdir()
+    weight_map = {}
+    for i, part in enumerate((names[::2], names[1::2])):
+        shard = f"model-{i + 1:05d}-of-00002.safetensors"
+        save_file({k: tensors[k] for k in part}, model / shard)
+        weight_map.update(dict.fromkeys(part, shard))
+    return model, {"metadata": {}, "weight_map": weight_map}
+
+
+@pytest.mark.parametrize("shard", [["model-00001-of-00002.safetensors"], "model\x00.safetensors", 7])
+def test_an_index_whose_shard_names_are_not_file_names_is_one_line(tmp_path, adamw_run_dir, shard):
+    model, index = _sharded(tmp_path, adamw_run_dir)
+    index["weight_map"][next(iter(index["weight_map"]))] = shard
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    message = _one_line_refusal(model)
+    assert "model.safetensors.index.json" in message
+
+
+def test_a_deeply_nested_index_is_one_line(tmp_path, adamw_run_dir):
+    model, _ = _sharded(tmp_path, adamw_run_dir)
+    (model / "model.safetensors.index.json").write_text('{"weight_map": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    assert "not a valid safetensors index: JSON nested too deeply" in _one_line_refusal(model)
+
+
+@pytest.mark.parametrize("metadata", [{"step": "1e400"}, {"global_step": "nan"}, ["step", "3"], "3"])
+def test_safetensors_metadata_that_is_no_step_is_ignored(tmp_path, adamw_run_dir, metadata):
+    import struct
+
+    data = (adamw_run_dir / "checkpoint-23" / "model.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"] = metadata
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
+    (snapshot,) = open_run(tmp_path / "model.safetensors").snapshots
+    assert snapshot.meta.step is None and len(snapshot.tensors) == len(header) - 1
