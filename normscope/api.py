@@ -85,7 +85,8 @@ def trajectory_from_run(
 
         stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress)
     return build_trajectory(
-        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings
+        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings,
+        framework=run.framework,
     )
 
 
@@ -100,6 +101,7 @@ def load_trajectory(
     progress: Callable[[int, int], None] | None = None,
     recover_unsafe: bool = False,
     tag_pattern: str | None = None,
+    parameter_order: Sequence[str] | None = None,
 ) -> Trajectory:
     """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table.
 
@@ -109,11 +111,15 @@ def load_trajectory(
     `recover_unsafe=True` reads the tensors of torch files that need other globals through a
     restricted unpickler that turns every non-tensor object into an inert placeholder (nothing in
     the file runs); by default such files are refused.
+
+    `parameter_order` (the model's `named_parameters()` names) maps optimizer state to parameters
+    where the weights file does not keep their order (safetensors without a transformers config).
     """
     from normscope.sources import open_run
 
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern),
-                 include, exclude)
+    order = tuple(parameter_order) if parameter_order else None
+    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern,
+                          parameter_order=order), include, exclude)
     return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)

@@ -6,9 +6,17 @@
         scheduler.step()          # once per epoch, after the optimizer steps
 
 Each `step()` measures the squared total norm of the watched tensors (one batched `torch._foreach_norm`
-per device, accumulated in float64, one host sync per device) and feeds it to the same rule the
-offline replay uses (`normscope.analysis.abel_rule.abel_step`). The norm is also measured once at
-construction (epoch 0), as the offline replay sees an epoch-0 checkpoint when the run saved one.
+per device, accumulated in float64, one host sync per device) and feeds it to a decision rule. The
+norm is also measured once at construction (epoch 0), as the offline replay sees an epoch-0
+checkpoint when the run saved one. Rules:
+
+* ``rule="robust"`` (default): the noise-aware bounce detector run online
+  (`normscope.analysis.abel_online.robust_decay_due`): only the epochs seen so far, only the current
+  LR phase, never within max(8, 2τ) epochs of the start or of the previous decay (τ the relaxation
+  time at the current LR, from the optimizer's lr, weight decay and momentum/β1 and the optimizer
+  steps counted per epoch).
+* ``rule="exact"``: Algorithm 1 of the paper, step for step — the rule the offline replay
+  (`normscope.analysis.abel_rule.abel_step`) uses; it fires on noise on a noisy plateau.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from normscope.analysis.abel_online import MIN_PHASE_EPOCHS, robust_decay_due
 from normscope.analysis.abel_rule import (
     EVENT_DECAY,
     AbelState,
@@ -26,10 +35,14 @@ from normscope.analysis.abel_rule import (
     final_decay_epoch,
 )
 from normscope.analysis.epochs import DEFAULT_KINDS, parse_kinds
+from normscope.analysis.theory import correlation_epochs
 from normscope.trajectory import kind_of
 
-# Attributes that are not state: the optimizer (LRScheduler leaves it out itself) and the watched tensors.
-_NOT_STATE = ("optimizer", "_watched")
+# Attributes that are not state: the optimizer (LRScheduler leaves it out itself), the watched
+# tensors and the handle of the hook that counts optimizer steps.
+_NOT_STATE = ("optimizer", "_watched", "_step_hook")
+RULE_ROBUST = "robust"
+RULE_EXACT = "exact"
 
 
 def watched_tensors(
@@ -66,6 +79,11 @@ class ABEL(LRScheduler):
         total_epochs: the budget; when given, one extra decay happens after epoch
             round(`final_fraction`·total_epochs), as in the paper.
         include_kinds: which kinds of a module's parameters enter the norm ("weight", "norm", "bias", ...).
+        rule: "robust" (default; noise-aware, causal, waits out relaxation times) or "exact" (the
+            paper's sign-change rule).
+        steps_per_epoch: optimizer steps per epoch for the relaxation time; counted from the
+            optimizer's steps when not given.
+        min_phase_epochs: the robust rule's shortest LR phase, in epochs.
     """
 
     def __init__(
@@ -78,9 +96,20 @@ class ABEL(LRScheduler):
         final_fraction: float = 0.85,
         include_kinds: tuple[str, ...] | str = DEFAULT_KINDS,
         last_epoch: int = -1,
+        *,
+        rule: str = RULE_ROBUST,
+        steps_per_epoch: float | None = None,
+        min_phase_epochs: int = MIN_PHASE_EPOCHS,
     ) -> None:
         if not 0 < decay_factor < 1:
             raise ValueError(f"decay_factor must be in (0, 1), got {decay_factor}")
+        if rule not in (RULE_ROBUST, RULE_EXACT):
+            raise ValueError(f"rule must be {RULE_ROBUST!r} or {RULE_EXACT!r}, got {rule!r}")
+        self.rule_name = rule
+        self.steps_per_epoch = steps_per_epoch
+        self.min_phase_epochs = int(min_phase_epochs)
+        self.optimizer_steps = 0
+        self._step_hook = optimizer.register_step_post_hook(self._count_step)
         self._watched = watched_tensors(model_or_params, include_kinds)
         if not self._watched:
             raise ValueError("ABEL watches no tensors: the model has none of the requested kinds")
@@ -93,12 +122,32 @@ class ABEL(LRScheduler):
         self.decay_epochs: list[int] = []
         super().__init__(optimizer, last_epoch)
 
+    def _count_step(self, optimizer, args, kwargs) -> None:
+        self.optimizer_steps += 1
+
+    def relaxation_epochs(self) -> float | None:
+        """The relaxation time at the current LR, in epochs (None without weight decay or steps)."""
+        group = self.optimizer.param_groups[0]
+        epochs = max(self.last_epoch, 1)
+        spe = self.steps_per_epoch or (self.optimizer_steps / epochs if self.optimizer_steps else None)
+        betas = group.get("betas")
+        return correlation_epochs(
+            type(self.optimizer).__name__, float(group["lr"]), float(group.get("weight_decay", 0.0)),
+            float(group.get("momentum", 0.0) or 0.0), float(betas[0]) if betas else float("nan"),
+            float(spe) if spe else float("nan"))
+
     def get_lr(self) -> list[float]:  # called by step() exactly once per epoch, after last_epoch += 1
         norm_sq = squared_total_norm(self._watched)
         state, event = abel_step(AbelState.from_dict(self.rule), norm_sq)
         self.rule = state.to_dict()
         self.norm_history.append(norm_sq)
-        decay = event == EVENT_DECAY or (self.final_epoch is not None and self.last_epoch == self.final_epoch)
+        if self.rule_name == RULE_EXACT:
+            bounce = event == EVENT_DECAY
+        else:  # norm_history[0] is the construction-time norm, so index = completed epochs
+            bounce = self.last_epoch > 0 and robust_decay_due(
+                self.norm_history, self.decay_epochs, tau_epochs=self.relaxation_epochs(),
+                min_phase_epochs=self.min_phase_epochs)
+        decay = bounce or (self.final_epoch is not None and self.last_epoch == self.final_epoch)
         lrs = [float(group["lr"]) for group in self.optimizer.param_groups]
         if not decay:
             return lrs

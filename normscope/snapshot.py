@@ -17,6 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from normscope.file_stamps import FileStamp
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -89,6 +91,8 @@ class Snapshot:
     meta: SnapshotMeta
     tensors: Mapping[str, TensorRef]
     optimizer_state: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # the files its tensors are read from, as they were when opened (`file_stamps`)
+    files: tuple[FileStamp, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,9 @@ class SnapshotStats:
     params: Mapping[str, ParamStats]
     shapes: Mapping[str, tuple[int, ...]]
     dtypes: Mapping[str, str]
+    # per-row sums against the previous snapshot (`engine.rows.RowSums`), by parameter; only with
+    # the engine's row granularity, else empty
+    rows: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,3 +217,4 @@ class Run:
     # Live logs carry reduced numbers already: their sources fill `stats` (in time order) and leave
     # `snapshots` empty, and the engine is skipped.
     stats: Sequence[SnapshotStats] | None = None
+    framework: str | None = None  # the saver recognised (e.g. "timm", "DeepSpeed ZeRO-2"), if any

@@ -100,6 +100,7 @@ class Trajectory:
     root: str = ""
     ordering: str = "unknown"
     warnings: list[str] = field(default_factory=list)
+    framework: str | None = None  # the saver the source recognised, if any
 
     @property
     def params(self) -> list[str]:
@@ -117,6 +118,7 @@ def build_trajectory(
     root: str = "",
     ordering: str = "unknown",
     warnings: Iterable[str] = (),
+    framework: str | None = None,
 ) -> Trajectory:
     """Assemble per-snapshot stats (already in time order) into the tidy table.
 
@@ -146,7 +148,7 @@ def build_trajectory(
         pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
     )
     return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
-                      warnings=notes)
+                      warnings=notes, framework=framework)
 
 
 def with_column_types(table: pd.DataFrame) -> pd.DataFrame:

@@ -30,7 +30,7 @@ def full_run(digits, tmp_path_factory):
     x, y = digits
     folder = tmp_path_factory.mktemp("abel_run")
     model, opt = _setup()
-    sched = ABEL(opt, model, decay_factor=0.1, total_epochs=BUDGET)
+    sched = ABEL(opt, model, decay_factor=0.1, total_epochs=BUDGET, rule="exact")
     params = dict(model.named_parameters())
 
     def save(e):
@@ -87,7 +87,7 @@ def test_resumed_run_continues_exactly(digits, full_run, tmp_path):
     _, _, opt, sched, _, _ = full_run
 
     model2, opt2 = _setup()
-    sched2 = ABEL(opt2, model2, total_epochs=BUDGET)
+    sched2 = ABEL(opt2, model2, total_epochs=BUDGET, rule="exact")
     for epoch in range(5):
         train_epoch(model2, opt2, x, y, epoch)
         sched2.step()
@@ -98,7 +98,7 @@ def test_resumed_run_continues_exactly(digits, full_run, tmp_path):
     model3, opt3 = _setup()
     model3.load_state_dict(saved["model"])
     opt3.load_state_dict(saved["opt"])
-    sched3 = ABEL(opt3, model3, total_epochs=BUDGET)
+    sched3 = ABEL(opt3, model3, total_epochs=BUDGET, rule="exact")
     sched3.load_state_dict(saved["sched"])
     for epoch in range(5, EPOCHS):
         train_epoch(model3, opt3, x, y, epoch)

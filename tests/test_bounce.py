@@ -82,7 +82,9 @@ def test_noise_only_estimates_its_own_level():
     found = detect_bounces(t, noisy(np.full(200, 10.0), 0.02, seed=7))
     assert found.bounces == ()
     assert found.noise == pytest.approx(0.02, rel=0.2)
-    assert found.noise_limited and found.threshold == pytest.approx(5 * found.noise)
+    # the threshold is the noise's own 1 % false-alarm rise over 200 epochs, never below 5 σ of its white part
+    assert found.noise_limited and found.threshold >= 5 * found.noise_model.white
+    assert found.threshold == pytest.approx(5 * found.noise, rel=0.3)
 
 
 def test_two_bounces():

@@ -100,19 +100,30 @@ def test_config_file_beside_the_run_is_found_and_applied(sgd_run_dir, tmp_path):
 
 
 def test_bounce_rule_follows_the_detected_bounce(sgd):
+    import numpy as np
+    from _bounce_tables import bounce_curve, noisy, trajectory_from_norms
+
     from normscope.analysis.bounce import analyze_bounces
 
-    (bounce,) = analyze_bounces(sgd.table).robust.bounces  # the plateau bounce the sample README describes
-    assert 25 <= bounce.minimum_epoch <= 45
+    # the sample run's plateau wiggles are within its own correlated noise: no bounce to expect
+    assert analyze_bounces(sgd.table).robust.bounces == ()
+    assert run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch="none")).passed
+    (missing,) = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch=45)).errors
+    assert "no bounce confirmed by epoch 45" in missing.message
+    # a run that does bounce (35 % down to epoch 15, then up 45 %)
+    bouncing = trajectory_from_norms({"conv": noisy(bounce_curve(), 0.005, seed=1)})
+    (bounce,) = analyze_bounces(bouncing.table).robust.bounces
+    assert 13 <= bounce.minimum_epoch <= 17
     config = CheckConfig(nonfinite=False)
-    on_time = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch))
+    on_time = run_check(bouncing, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch))
     assert on_time.passed and on_time.findings[0].value == bounce.confirmed_epoch
-    early = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch - 1))
+    early = run_check(bouncing, CheckConfig(nonfinite=False, bounce_by_epoch=bounce.confirmed_epoch - 1))
     (late,) = early.errors
     assert late.rule == "bounce" and f"minimum at epoch {bounce.minimum_epoch}" in late.message
-    never = run_check(sgd, CheckConfig(nonfinite=False, bounce_by_epoch="none"))
+    never = run_check(bouncing, CheckConfig(nonfinite=False, bounce_by_epoch="none"))
     assert not never.passed and "expected no bounce, found 1" in never.errors[0].message
-    assert config.bounce_by_epoch is None and "bounce" not in run_check(sgd, config).rules
+    assert config.bounce_by_epoch is None and "bounce" not in run_check(bouncing, config).rules
+    assert np.isfinite(bounce.confidence)
 
 
 def test_bounce_rule_on_a_copy_cut_before_the_bounce(sgd_run_dir, tmp_path):

@@ -34,7 +34,7 @@ def test_sgd_run_norms_are_the_ones_measured_in_training(sgd_traj):
     assert rec.series.steps_per_epoch == pytest.approx(MANIFEST["runs"]["digits_bn_cnn_sgd"]["steps_per_epoch"])
 
 
-def test_sgd_run_bounce_on_the_noisy_plateau_and_the_recorded_decay(sgd_traj):
+def test_sgd_run_plateau_wiggle_is_noise_and_the_recorded_decay(sgd_traj):
     rec = recommend_table(sgd_traj.table)
     cfg = MANIFEST["runs"]["digits_bn_cnn_sgd"]["config"]
     norms = np.array([e["weight_norm_sq"] for e in MANIFEST["runs"]["digits_bn_cnn_sgd"]["epochs"]])
@@ -42,12 +42,15 @@ def test_sgd_run_bounce_on_the_noisy_plateau_and_the_recorded_decay(sgd_traj):
 
     # the exact rule fires on the plateau's noise several times before the run's own decay
     assert len([d for d in rec.exact.decays if d.reason == "bounce" and d.epoch < decay]) >= 3
-    # the robust detector finds one bounce on the plateau: its rise ends at the plateau's highest norm
-    (bounce,) = rec.robust.bounces
-    plateau_top = 25 + int(np.argmax(norms[25:decay]))
-    assert 25 <= bounce.minimum_epoch < plateau_top
-    assert bounce.rise_end_epoch == plateau_top and bounce.decay_epoch == plateau_top + 1
-    assert rec.decay_epochs[0] == bounce.decay_epoch
+    # the plateau's largest wiggle (a 6 % rise over epochs 36-39) is within what the norm's own
+    # correlated fluctuations make over a run this long: no bounce, only the budget decay
+    plateau = norms[25:decay]
+    assert 0.05 < plateau.max() / plateau[: int(np.argmax(plateau)) + 1].min() - 1 < 0.07
+    assert rec.robust.bounces == ()
+    assert rec.robust.noise_model.tau_source == "relaxation time"
+    assert rec.robust.noise_model.correlation_epochs == pytest.approx(125 / 23)
+    assert rec.robust.threshold > 0.06
+    assert rec.decay_epochs == (round(0.85 * 60),) and rec.decay_intervals == ((51, 51),)
     # the run's own decay (0.2 → 0.02 after epoch 45) came after the 125-step relaxation time
     (past,) = rec.past_decays
     assert (past.epoch, past.lr_before) == (decay, cfg["lr"])
@@ -77,5 +80,5 @@ def test_cli_on_the_sgd_sample_run(tmp_path):
                                       "--device", "cpu", "--texp", "--plot", str(png)])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
-    assert doc["schema_version"] == 1 and doc["decay_epochs"] == [doc["robust"]["bounces"][0]["decay_epoch"]]
+    assert doc["schema_version"] == 1 and doc["decay_epochs"] == [51] and doc["robust"]["bounces"] == []
     assert doc["texp"]["steps_per_epoch"] == 23 and png.stat().st_size > 20_000

@@ -50,3 +50,48 @@ def test_mapping_is_right_or_refused(case):  # type: ignore[no-untyped-def]
     assert found is None or found == truth
     if not any(frozen) and n_groups == 1:
         assert found == truth  # one group, nothing frozen: always mapped
+
+
+@st.composite
+def layer_stacks(draw):  # type: ignore[no-untyped-def]
+    """A Sequential of Linear / LayerNorm / BatchNorm1d layers of random widths, maybe nested."""
+    width = draw(st.sampled_from([2, 3, 4]))
+    layers: list[torch.nn.Module] = []
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["linear", "linear", "ln", "bn", "block"]))
+        if kind == "linear":
+            out = draw(st.sampled_from([2, 3, 4]))
+            layers.append(torch.nn.Linear(width, out, bias=draw(st.booleans())))
+            width = out
+        elif kind == "ln":
+            layers.append(torch.nn.LayerNorm(width))
+        elif kind == "bn":
+            layers.append(torch.nn.BatchNorm1d(width))
+        else:
+            layers.append(torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.LayerNorm(width)))
+    return torch.nn.Sequential(*layers), draw(st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(layer_stacks())
+def test_lost_order_is_mapped_right_or_left_out(case):  # type: ignore[no-untyped-def]
+    """Weights whose order is lost (sorted names, as safetensors keeps them): every parameter
+    normscope maps gets its own state, whether one group or a decay / no-decay split."""
+    from normscope.sources._optimizer import read_optimizer
+
+    model, split = case
+    params = list(model.parameters())
+    groups = ([{"params": [p for p in params if p.dim() > 1]}, {"params": [p for p in params if p.dim() <= 1]}]
+              if split else [{"params": params}])  # fmt: skip
+    groups = [g for g in groups if g["params"]]
+    opt = torch.optim.Adam(groups, lr=0.1)
+    model(torch.randn(5, model[0].in_features if isinstance(model[0], torch.nn.Linear) else
+                      next(model.parameters()).shape[0])).pow(2).mean().backward()  # fmt: skip
+    opt.step()
+    sd = model.state_dict()
+    names = sorted(k for k, v in sd.items() if v.is_floating_point())
+    info = read_optimizer(opt.state_dict(), names, {k: tuple(sd[k].shape) for k in names},
+                          lambda _n, v: v, "x", order_known=False)  # fmt: skip
+    by_name = dict(model.named_parameters())
+    for name, entry in info.state.items():
+        assert torch.equal(entry["exp_avg"], opt.state[by_name[name]]["exp_avg"]), name

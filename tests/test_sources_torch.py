@@ -186,7 +186,9 @@ def test_natural_sort_of_unpatterned_names(tmp_path):
 
 def test_mtime_order_as_last_resort(tmp_path):
     model = small_mlp()
+    opt = sgd(model)
     for i, name in enumerate(["b.pt", "a.pt", "c.pt"]):
+        train(model, opt, 1, seed=i)  # files of one content would be copies of one another
         torch.save(model.state_dict(), tmp_path / name)
         os.utime(tmp_path / name, ns=(10**18 + i, 10**18 + i))
     run = open_run(tmp_path)
@@ -201,7 +203,9 @@ def test_mtime_order_as_last_resort(tmp_path):
 
 def test_duplicate_steps_are_reported(tmp_path):
     model = small_mlp()
-    for name in ("a.pt", "b.pt"):
+    opt = sgd(model)
+    for i, name in enumerate(("a.pt", "b.pt")):
+        train(model, opt, 1, seed=i)  # different weights: not copies of one another
         torch.save({"model": model.state_dict(), "step": 5}, tmp_path / name)
     run = open_run(tmp_path)
     assert len(run.snapshots) == 2

@@ -1,8 +1,8 @@
 """The ABEL decision rule (Lewkowycz 2021, Algorithm 1) as one pure step function.
 
-The offline replay (`normscope.analysis.bounce.abel_replay`) and the in-loop scheduler
-(`normscope.schedulers.ABEL`) both feed each end-of-epoch squared weight norm through `abel_step`, so
-they cannot disagree about where the rule fires.
+The offline replay (`normscope.analysis.bounce.abel_replay`) and the in-loop scheduler with the paper's
+rule (`normscope.schedulers.ABEL(rule="exact")`) both feed each end-of-epoch squared weight norm through
+`abel_step`, so they cannot disagree about where the rule fires.
 
 Rule, once per epoch, with Δ_t = N_t − N_{t−1}: if Δ_t·Δ_{t−1} < 0 (the slope changed sign), then if
 `reached_minimum` is set, decay the LR and clear it; otherwise set it. The first sign change is taken as

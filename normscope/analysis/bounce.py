@@ -4,27 +4,31 @@ Both are pure functions of an end-of-epoch series (see `normscope.analysis.epoch
 
 The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`).
 On a noisy plateau the sign of Δ flips almost every epoch and the rule fires on noise; it is kept
-because it is what the paper (and the `ABEL` scheduler) does.
+because it is what the paper (and `ABEL(rule="exact")`) does.
 
 The robust detector (`detect_bounces`) works on y = log N, in these steps:
 
-1. noise: σ = 1.4826·MAD(Δ²y)/√6 — the per-epoch level noise estimated from the run itself (second
-   differences cancel any smooth trend; the median ignores the few epochs where the bounce bends);
+1. noise: white noise plus a mean-reverting AR(1) part whose correlation time is the relaxation time
+   (`analysis.norm_noise`; docs/science-robust.md): the norm's slow wiggles are its own fluctuation,
+   not a trend;
 2. smoothing: z = centred moving average of y over `smooth_window` epochs (one-sided at the ends);
-3. turning points: a zig-zag on z with threshold h = max(`depth_sigmas`·σ, `min_depth`); a minimum is
-   confirmed once z has risen h above it, a maximum once z has fallen h below it;
+3. turning points: a zig-zag on z with threshold h, the rise that noise of the fitted model alone
+   exceeds in a run of this length with probability `false_alarm` (simulated, studentized), never
+   below `depth_sigmas`·(white σ) nor `min_depth`; a minimum is confirmed once z has risen h above
+   it, a maximum once z has fallen h below it;
 4. a bounce is a confirmed minimum preceded by a decline of at least h, spanning at least `min_width`
    epochs from the start of the decline to the confirmation of the rise;
 5. the rise ends (and the robust ABEL would decay) at the first epoch after confirmation whose smoothed
    increase falls to max(`slope_sigmas`·(noise of a smoothed increment), `flat_fraction`·(the
-   fastest increase since the minimum)), or at the next confirmed maximum — whichever comes first.
+   fastest increase since the minimum)), or at the next confirmed maximum — whichever comes first;
+6. the decay interval: where simulated repeats of the run (trend plus fresh noise) decay.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,11 +40,20 @@ from normscope.analysis.abel_rule import (
     final_decay_epoch,
 )
 from normscope.analysis.epochs import EpochSeries
+from normscope.analysis.norm_noise import (
+    NoiseModel,
+    estimate_noise,
+    exceedance,
+    null_drawups,
+    simulate_noise,
+    smooth_rows,
+)
 from normscope.errors import BadInputError
 
 REASON_BOUNCE = "bounce"
 REASON_BUDGET = "budget"
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal sample → its standard deviation
+_REPEAT_SEED = 16  # fixed: the intervals are a pure function of the series
 
 
 # ----------------------------------------------------------------------------------------------- exact
@@ -102,17 +115,24 @@ class RobustParams:
     """Parameters of the robust detector (see the module docstring for where each enters)."""
 
     smooth_window: int = 3  # epochs in the centred moving average of log N
-    depth_sigmas: float = 5.0  # decline and rise must each exceed this many noise σ ...
+    depth_sigmas: float = 5.0  # decline and rise must each exceed this many σ of the white noise ...
     min_depth: float = 0.002  # ... and this much in log N (≈ 0.2 % of N), whatever the noise
     min_width: int = 3  # epochs from the start of the decline to the confirmation of the rise
     slope_sigmas: float = 2.0  # a smoothed increase within this many σ of noise is "flat"
     flat_fraction: float = 0.2  # ... as is one below this fraction of the fastest increase
+    false_alarm: float = 0.01  # P(the noise alone makes a rise or a decline this large in the run)
+    interval_confidence: float = 0.9  # coverage of each decay interval
+    repeats: int = 200  # simulated repeats of the run behind each decay interval (0: no intervals)
 
     def __post_init__(self) -> None:
         if self.smooth_window < 1 or self.min_width < 1:
             raise BadInputError("smooth_window and min_width must be at least 1")
         if self.depth_sigmas <= 0 or self.min_depth < 0 or not 0 <= self.flat_fraction < 1:
             raise BadInputError("depth_sigmas must be > 0, min_depth ≥ 0 and flat_fraction in [0, 1)")
+        if not (0 < self.false_alarm < 1 and 0 < self.interval_confidence < 1):
+            raise BadInputError("false_alarm and interval_confidence must be in (0, 1)")
+        if self.repeats < 0:
+            raise BadInputError("repeats must be ≥ 0")
 
 
 @dataclass(frozen=True)
@@ -124,21 +144,27 @@ class Bounce:
     decay_epoch: int | None  # where a robust ABEL decays (the epoch the end of the rise is seen)
     depth: float  # fractional drop from the start to the minimum: 1 − N_min/N_start
     rise: float  # fractional rise from the minimum to the rise's end (or the last epoch)
-    significance: float  # min(drop, rise) in units of the noise of a smoothed difference
-    confidence: float  # 1 − Bonferroni-corrected one-sided Gaussian p-value of `significance`
+    significance: float  # min(drop, rise) in units of the σ of a far-apart smoothed difference
+    confidence: float  # 1 − P(noise alone makes a drop and a rise this large somewhere in the run)
+    # where repeats of the run (same trend, fresh noise from the fitted model) decay, as the central
+    # `interval_confidence` range; None while still rising or without intervals (repeats=0)
+    decay_interval: tuple[int, int] | None = None
+    interval_confidence: float = math.nan
+    reproducibility: float = math.nan  # share of those repeats in which the bounce is found at all
 
 
 @dataclass(frozen=True)
 class BounceDetection:
     bounces: tuple[Bounce, ...]
-    noise: float  # σ of log N per epoch, estimated from the run
+    noise: float  # stationary σ of log N about its trend (white and correlated parts together)
     threshold: float  # h, in log N
-    noise_limited: bool  # True when h came from depth_sigmas·σ, False when from the min_depth floor
+    noise_limited: bool  # True when h came from the noise, False when from the min_depth floor
     trend_at_end: str  # "rising", "falling" or "flat": smoothed move over the last epochs vs h/2
     last_turn_epoch: int | None  # epoch of the last confirmed turning point
     epochs: tuple[int, ...]
     smoothed_log_norm_sq: tuple[float, ...]
     params: RobustParams = field(default_factory=RobustParams)
+    noise_model: NoiseModel | None = None  # the white + AR(1) fit that `noise` and `threshold` come from
 
     @property
     def decay_epochs(self) -> tuple[int, ...]:
@@ -146,7 +172,8 @@ class BounceDetection:
 
 
 def noise_level(log_norm_sq: np.ndarray) -> float:
-    """Per-epoch noise σ of a series around its smooth trend, from the MAD of second differences."""
+    """Per-epoch white-noise σ of a series around its smooth trend, from the MAD of second differences
+    (the white-noise reading; `norm_noise.estimate_noise` separates the correlated part)."""
     if len(log_norm_sq) < 4:
         return 0.0
     d2 = np.diff(log_norm_sq, n=2)
@@ -155,12 +182,7 @@ def noise_level(log_norm_sq: np.ndarray) -> float:
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
     """Centred moving average; the window shrinks at both ends instead of padding."""
-    half = window // 2
-    out = np.empty_like(values, dtype=float)
-    for i in range(len(values)):
-        lo, hi = max(0, i - half), min(len(values), i + half + 1)
-        out[i] = float(np.mean(values[lo:hi]))
-    return out
+    return smooth_rows(np.asarray(values, dtype=float), window)
 
 
 def _turning_points(z: np.ndarray, h: float) -> tuple[list[tuple[str, int, int]], int]:
@@ -194,9 +216,17 @@ def _turning_points(z: np.ndarray, h: float) -> tuple[list[tuple[str, int, int]]
 
 
 def detect_bounces(
-    epochs: Sequence[int], norm_sq: Sequence[float], params: RobustParams | None = None
+    epochs: Sequence[int],
+    norm_sq: Sequence[float],
+    params: RobustParams | None = None,
+    *,
+    correlation_epochs: float | None = None,
 ) -> BounceDetection:
-    """Find the bounces of a squared-norm series that stand out of its own noise."""
+    """Find the bounces of a squared-norm series that stand out of its own noise.
+
+    `correlation_epochs`: the correlation time of the norm's fluctuations, in epochs — the relaxation
+    time (`recommend.relaxation_time`); fitted from the series when not given.
+    """
     params = params or RobustParams()
     values = np.asarray(norm_sq, dtype=float)
     if len(values) != len(epochs):
@@ -204,34 +234,35 @@ def detect_bounces(
     if np.any(~np.isfinite(values)) or np.any(values <= 0):
         raise BadInputError("the squared weight norm must be finite and positive at every epoch")
     y = np.log(values)
-    sigma = noise_level(y)
+    model = estimate_noise(y, correlation_epochs)
     w = params.smooth_window
     z = smooth(y, w)
-    noise_h = params.depth_sigmas * sigma
+    null = null_drawups(model, len(z), w)
+    noise_h = max(float(np.quantile(null, 1.0 - params.false_alarm)), params.depth_sigmas * model.white)
     h = max(noise_h, params.min_depth)
     if h <= 0:  # a constant series: nothing can stand out
         h = math.inf
     pivots, _ = _turning_points(z, h)
-    sigma_diff = sigma * math.sqrt(2.0 / w)
-    step_noise = sigma * math.sqrt(2.0) / w
+    far_sd = model.far_difference_sd(w)
+    step_noise = model.smoothed_difference_sd(1, w)
+    found = _candidates(z, h, pivots, step_noise, params)
+    intervals = _decay_intervals(z, found, model, h, step_noise, params) if params.repeats else {}
     bounces: list[Bounce] = []
-    for k, (kind, m, confirmed) in enumerate(pivots):
-        if kind != "min":
-            continue
-        start = pivots[k - 1][1] if k > 0 else int(np.argmax(z[: m + 1]))
+    for start, m, confirmed, end, decay in found:
         drop = float(z[start] - z[m])
-        if drop < h or confirmed - start < params.min_width:
-            continue
-        next_max = pivots[k + 1][1] if k + 1 < len(pivots) else None
-        end, decay = _rise_end(z, m, confirmed, next_max, step_noise, params)
         # smoothing drags the bottom of an asymmetric V towards its gentler side: place the minimum
         # at the lowest raw value inside the smoothing window (depth stays the smoothed, cautious one)
         half = w // 2
         bottom = max(start, m - half) + int(np.argmin(y[max(start, m - half) : m + half + 1]))
         top = end if end is not None else int(len(z) - 1)
         rise = float(np.max(z[m : top + 1]) - z[m])
-        significance = min(drop, rise) / sigma_diff if sigma_diff > 0 else math.inf
-        p_value = min(1.0, len(z) * 0.5 * math.erfc(significance / math.sqrt(2.0)))
+        significance = min(drop, rise) / far_sd if far_sd > 0 else math.inf
+        p_value = max(exceedance(null, drop), exceedance(null, rise)) if model.total > 0 else 0.0
+        spread = intervals.get(m)
+        interval = None
+        if spread is not None and decay is not None:
+            low, high = int(epochs[spread[0]]), int(epochs[spread[1]])
+            interval = (min(low, int(epochs[decay])), max(high, int(epochs[decay])))
         bounces.append(Bounce(
             start_epoch=int(epochs[start]),
             minimum_epoch=int(epochs[bottom]),
@@ -242,10 +273,13 @@ def detect_bounces(
             rise=float(math.expm1(rise)),
             significance=float(significance),
             confidence=float(1.0 - p_value),
+            decay_interval=interval,
+            interval_confidence=params.interval_confidence if interval is not None else math.nan,
+            reproducibility=math.nan if spread is None else spread[2],
         ))
     return BounceDetection(
         bounces=tuple(bounces),
-        noise=sigma,
+        noise=model.total,
         threshold=float(h),
         noise_limited=noise_h >= params.min_depth,
         trend_at_end=_recent_trend(z, h, max(3, w)),
@@ -253,7 +287,57 @@ def detect_bounces(
         epochs=tuple(int(e) for e in epochs),
         smoothed_log_norm_sq=tuple(float(v) for v in z),
         params=params,
+        noise_model=model,
     )
+
+
+def _candidates(z: np.ndarray, h: float, pivots, step_noise: float, params: RobustParams
+                ) -> list[tuple[int, int, int, int | None, int | None]]:
+    """(start, minimum, confirmation, top of the rise, decay) indices of every bounce of z at threshold h."""
+    out = []
+    for k, (kind, m, confirmed) in enumerate(pivots):
+        if kind != "min":
+            continue
+        start = pivots[k - 1][1] if k > 0 else int(np.argmax(z[: m + 1]))
+        if z[start] - z[m] < h or confirmed - start < params.min_width:
+            continue
+        next_max = pivots[k + 1][1] if k + 1 < len(pivots) else None
+        end, decay = _rise_end(z, m, confirmed, next_max, step_noise, params)
+        out.append((start, m, confirmed, end, decay))
+    return out
+
+
+def _decay_intervals(z: np.ndarray, found, model: NoiseModel, h: float, step_noise: float,
+                     params: RobustParams) -> dict[int, tuple[int, int, float]]:
+    """Where repeats of the run would decay: {minimum index: (low, high decay index, share found)}.
+
+    A parametric bootstrap: the trend (z smoothed once more over about one correlation time) plus
+    fresh noise from the fitted model, run through the same detector at the same threshold. A
+    repeat's bounce is the one whose minimum lies within the original's decline-to-confirmation
+    span. The interval is the central `interval_confidence` range of the repeats' decay epochs; it
+    errs wide, since the trend still carries part of this run's correlated noise."""
+    with_decay = [f for f in found if f[4] is not None]
+    if not with_decay or model.total <= 0:
+        return {}
+    span = max(params.smooth_window, 2 * int(round(model.correlation_epochs / 2)) + 1)
+    trend = smooth_rows(z, span)
+    rng = np.random.default_rng(_REPEAT_SEED)
+    repeats = trend[None, :] + simulate_noise(model, len(z), params.repeats, rng)
+    decays: dict[int, list[int]] = {f[1]: [] for f in with_decay}
+    for row in smooth_rows(repeats, params.smooth_window):
+        pivots, _ = _turning_points(row, h)
+        others = _candidates(row, h, pivots, step_noise, params)
+        for start, m, confirmed, _, _ in with_decay:
+            match = [c for c in others if start <= c[1] <= confirmed and c[4] is not None]
+            if match:
+                decays[m].append(min(match, key=lambda c: abs(c[1] - m))[4])
+    tail = (1.0 - params.interval_confidence) / 2
+    out = {}
+    for m, values in decays.items():
+        if values:
+            lo, hi = np.quantile(values, [tail, 1.0 - tail])
+            out[m] = (int(math.floor(lo)), int(math.ceil(hi)), len(values) / params.repeats)
+    return out
 
 
 def _recent_trend(z: np.ndarray, h: float, span: int) -> str:
@@ -291,8 +375,12 @@ class LayerBounces:
     note: str = ""
 
 
-def layer_bounces(series: EpochSeries, params: RobustParams | None = None) -> tuple[LayerBounces, ...]:
-    """Both detectors on every layer's own end-of-epoch squared norm."""
+def layer_bounces(
+    series: EpochSeries, params: RobustParams | None = None, *, correlation_epochs: float | None = None
+) -> tuple[LayerBounces, ...]:
+    """Both detectors on every layer's own end-of-epoch squared norm (without decay intervals: those
+    are the total norm's, and simulating repeats for thousands of layers would dominate the time)."""
+    params = replace(params or RobustParams(), repeats=0)
     out: list[LayerBounces] = []
     for layer in series.layers:
         values = np.asarray(layer.norm_sq, dtype=float)
@@ -303,7 +391,8 @@ def layer_bounces(series: EpochSeries, params: RobustParams | None = None) -> tu
         if np.any(values <= 0):
             out.append(LayerBounces(layer.layer, exact, None, "zero norm in some epoch"))
             continue
-        out.append(LayerBounces(layer.layer, exact, detect_bounces(series.epochs, values, params)))
+        out.append(LayerBounces(layer.layer, exact, detect_bounces(
+            series.epochs, values, params, correlation_epochs=correlation_epochs)))
     return tuple(out)
 
 
@@ -330,9 +419,22 @@ def analyze_bounces(
     from normscope.analysis.epochs import epoch_series
 
     series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
+    tau = series_correlation_epochs(series)
     return BounceAnalysis(
         series=series,
         exact=abel_replay(series.epochs, series.norm_sq),
-        robust=detect_bounces(series.epochs, series.norm_sq, params),
-        layers=layer_bounces(series, params),
+        robust=detect_bounces(series.epochs, series.norm_sq, params, correlation_epochs=tau),
+        layers=layer_bounces(series, params, correlation_epochs=tau),
     )
+
+
+def series_correlation_epochs(series: EpochSeries) -> float | None:
+    """The norm's correlation time in epochs: its relaxation time at the run's largest recorded LR
+    (SCIENCE.md §3); None (fit it from the series) when LR, weight decay or steps per epoch are unknown."""
+    from normscope.analysis.theory import correlation_epochs
+
+    known = [x for x in series.lr if math.isfinite(x) and x > 0]
+    if not known or not series.steps_per_epoch:
+        return None
+    return correlation_epochs(series.optimizer, max(known), series.weight_decay, series.momentum,
+                              series.beta1, series.steps_per_epoch)

@@ -121,6 +121,11 @@ class LayerEquilibrium:
     steps_since_lr_change: float
     relaxations_since_lr_change: float
     points: tuple[EquilibriumPoint, ...]
+    # 90 % distribution-free intervals of the two settled medians (order statistics over the settled
+    # intervals): the sampling uncertainty only. The momentum-buffer |g| additionally assumes
+    # uncorrelated successive gradients, a bias of unknown sign (docs/science-robust.md).
+    settled_ratio_interval: tuple[float, float] = (math.nan, math.nan)
+    settled_grad_ratio_interval: tuple[float, float] = (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -346,7 +351,28 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
         predicted_angle_per_step_rad=last.predicted_angle_per_step_rad, angle_per_step_rad=last.angle_per_step_rad,
         relaxation_steps=last.relaxation_steps, steps_since_lr_change=last.relaxations_in_phase * last.relaxation_steps,
         relaxations_since_lr_change=last.relaxations_in_phase, points=points,
+        settled_ratio_interval=median_interval([p.ratio for p in settled]),
+        settled_grad_ratio_interval=median_interval(
+            [_ratio(p.lr_grad_over_norm, p.predicted_lr_grad_over_norm) for p in settled]),
     )
+
+
+def median_interval(values, confidence: float = 0.9) -> tuple[float, float]:
+    """Distribution-free interval for the median of independent samples: the order statistics
+    x_(j) ≤ x_(k) with P(j ≤ #{x < median} < k) ≥ `confidence` under Binomial(n, 1/2); (NaN, NaN) when
+    n is too small for that (n < 5 at 90 %)."""
+    finite = sorted(v for v in values if math.isfinite(v))
+    n = len(finite)
+    if n == 0:
+        return (math.nan, math.nan)
+    tail = (1.0 - confidence) / 2
+    cumulative, j = 0.0, 0
+    while j < n and cumulative + math.comb(n, j) / 2**n <= tail:
+        cumulative += math.comb(n, j) / 2**n
+        j += 1
+    if j == 0:
+        return (math.nan, math.nan)
+    return (float(finite[j - 1]), float(finite[n - j]))
 
 
 def _ratio(a: float, b: float) -> float:

@@ -93,6 +93,10 @@ class Recommendation:
     verdict: Verdict
     advice: tuple[str, ...]
     notes: tuple[str, ...]
+    # per recommended milestone, the epochs where a repeat of the run (another seed) would put it, at
+    # `interval_confidence` (a budget decay is exact: (epoch, epoch))
+    decay_intervals: tuple[tuple[int, int], ...] = ()
+    interval_confidence: float = math.nan
 
 
 def relaxation_time(
@@ -139,9 +143,13 @@ def recommend(
     final = final_decay_epoch(total, final_fraction)
 
     exact = abel_replay(series.epochs, series.norm_sq, total_epochs=total, final_fraction=final_fraction)
-    robust = detect_bounces(series.epochs, series.norm_sq, params)
-    layers = layer_bounces(series, params)
     past, smooth_note = _past_decays(series)
+    # the norm's fluctuations are correlated over the relaxation time of the LR it was trained with
+    tau_rt = relaxation_time(series.optimizer, base_lr, series.weight_decay, series.momentum, series.beta1,
+                             series.steps_per_epoch)
+    tau = None if tau_rt is None else tau_rt.epochs
+    robust = detect_bounces(series.epochs, series.norm_sq, params, correlation_epochs=tau)
+    layers = layer_bounces(series, params, correlation_epochs=tau)
 
     def relax_epochs(at_lr: float) -> float | None:
         rt = relaxation_time(series.optimizer, at_lr, series.weight_decay, series.momentum, series.beta1,
@@ -167,7 +175,14 @@ def recommend(
         exact_schedule=step_schedule(base_lr, exact.decay_epochs, decay_factor, total, min_lr),
         multistep=multistep_line(kept, decay_factor), relaxation=relaxation, past_decays=past,
         verdict=verdict, advice=advice, notes=tuple(notes),
+        decay_intervals=_intervals(kept, robust, final), interval_confidence=robust.params.interval_confidence,
     )
+
+
+def _intervals(kept, robust: BounceDetection, final: int) -> tuple[tuple[int, int], ...]:
+    """Each kept milestone's interval: its bounce's (repeats of the run), or the point itself."""
+    by_decay = {b.decay_epoch: b.decay_interval for b in robust.bounces if b.decay_interval is not None}
+    return tuple(by_decay.get(e, (e, e)) if e != final or e in by_decay else (e, e) for e in kept)
 
 
 def _base_lr(series: EpochSeries, lr: float | None) -> tuple[float, str]:

@@ -63,3 +63,20 @@ def relaxation_steps(family: str, lr, weight_decay, momentum):
 def adamw_equilibrium_norm(lr, weight_decay, numel):
     """AdamW: the equilibrium norm of a scale-invariant row of `numel` elements, √(η·C/(2λ))."""
     return np.sqrt(lr * numel / (2 * weight_decay))
+
+
+def correlation_epochs(optimizer: str, lr: float, weight_decay: float, momentum: float, beta1: float,
+                       steps_per_epoch: float) -> float | None:
+    """The relaxation time in epochs, which is also the correlation time of the norm's fluctuations
+    (docs/science-robust.md); None when there is no weight decay or a value is unknown."""
+    import math
+
+    values = (lr, weight_decay, steps_per_epoch)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
+        return None
+    family = optimizer_family(optimizer)
+    if family in (ADAMW, "adam") or (not family and math.isfinite(beta1)):
+        steps = relaxation_steps(ADAMW, lr, weight_decay, 0.0)
+    else:
+        steps = relaxation_steps(SGD, lr, weight_decay, momentum if math.isfinite(momentum) else 0.0)
+    return float(steps) / steps_per_epoch

@@ -18,7 +18,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 MODEL_OPTION_HELP = (
     "Model factory 'package.module:function' (called with no arguments) for the exact scale-invariance "
-    "analysis (torch.fx + numerical probe). This IMPORTS AND RUNS that code: name only code you trust. "
+    "analysis (torch.fx + numerical probe), and for the parameter order of optimizer state saved beside "
+    "safetensors weights. This IMPORTS AND RUNS that code: name only code you trust. "
     "The current directory is searched first."
 )
 
@@ -60,6 +61,19 @@ def build_model(spec: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise BadInputError(f"--model: {spec}() returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def parameter_names(spec: str) -> list[str]:
+    """The user's model's `named_parameters()` names: the order its optimizer numbered them in.
+    Built on the meta device where the factory allows it (no memory, no initialisation)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = build_model(spec)
+    except BadInputError:
+        model = build_model(spec)  # the factory wants real tensors: its own errors, if any
+    return [name for name, _ in model.named_parameters()]
 
 
 def _first_line(exc: BaseException) -> str:

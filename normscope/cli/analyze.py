@@ -132,6 +132,11 @@ def analyze(
     progress, update = progress_reporter()
     selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
                      "progress": update, "recover_unsafe": recover_unsafe}
+    if model is not None and not (cluster or workers):
+        from normscope.analysis.user_model import parameter_names
+
+        # the exact order for optimizer state whose weights file lost it (safetensors)
+        selection["parameter_order"] = parameter_names(model)
     with progress:
         if cluster or workers:
             from normscope.distributed import load_trajectory_distributed
@@ -157,6 +162,9 @@ def analyze(
             plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
 
     err = stderr_console()
+    # on stderr in every format, once: the table view leaves them out, csv and parquet have no room
+    for warning in traj.warnings:
+        err.print(f"normscope: warning: {warning}", markup=False)
     for finding in result.run.nonfinite:
         err.print(f"normscope: warning: {finding.param} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")
@@ -164,7 +172,7 @@ def analyze(
     if format is Format.table:
         from normscope.report.analyze_view import analyze_view
 
-        view = analyze_view(traj, result, max_rows=rows)
+        view = analyze_view(traj, result, max_rows=rows, notes=False)
         if output is None:
             from normscope.cli._common import stdout_console
 

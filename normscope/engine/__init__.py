@@ -26,8 +26,12 @@ def compute_stats(
     device: str = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    granularity: str = "tensor",
 ) -> list[SnapshotStats]:
     """Per-snapshot, per-tensor stats in snapshot order (see `ParamStats`).
+
+    `granularity="row"` also gives, in `SnapshotStats.rows`, each tensor's per-row (dim 0) norms and
+    dot products with the previous snapshot, from the same pass (`engine.rows`).
 
     Memory stays within about `bucket_bytes` of tensor data whatever the run's size; every tensor
     is read once. `progress(done_bytes, total_bytes)` is called after each bucket of each snapshot.
@@ -43,6 +47,7 @@ def compute_stats(
         device=resolve_device(device),
         bucket_bytes=bucket_bytes,
         progress=progress,
+        granularity=granularity,
     )
 
 

@@ -17,6 +17,8 @@
  * lanes: ~1e-13 relative where the engine promises 1e-6. Non-finite inputs make k = 0
  * non-finite; the caller recounts those rare entries.
  */
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -195,6 +197,62 @@ void normscope_reduce(int64_t count, const int64_t *numel, const void *const *x,
         reduce_entry(numel[i], x[i], xt[i], y ? y[i] : 0, y ? yt[i] : 0, m ? m[i] : 0,
                      m ? mt[i] : 0, v ? v[i] : 0, v ? vt[i] : 0, out + 6 * i);
     }
+}
+
+/* Reading mapped files: a page whose file was cut short under the mapping (a job rewriting the
+ * checkpoint in place) raises SIGBUS on the reading thread. `normscope_reduce_guarded` runs
+ * `normscope_reduce` with this thread's jump point set, and the handler jumps back there: the
+ * call returns -1 and the caller reports the file, instead of the process dying. A SIGBUS
+ * outside a guarded call goes to the handler that was installed before ours. */
+static __thread sigjmp_buf *ns_jump;
+static struct sigaction ns_previous_bus;
+static volatile sig_atomic_t ns_installed;
+
+static void ns_on_sigbus(int sig, siginfo_t *info, void *context) {
+    sigjmp_buf *jump = ns_jump;
+    if (jump) {
+        ns_jump = 0;
+        siglongjmp(*jump, 1);
+    }
+    if (ns_previous_bus.sa_flags & SA_SIGINFO) {
+        if (ns_previous_bus.sa_sigaction) {
+            ns_previous_bus.sa_sigaction(sig, info, context);
+            return;
+        }
+    } else if (ns_previous_bus.sa_handler == SIG_IGN) {
+        return;
+    } else if (ns_previous_bus.sa_handler != SIG_DFL) {
+        ns_previous_bus.sa_handler(sig);
+        return;
+    }
+    signal(sig, SIG_DFL); /* the default: end the process with SIGBUS, as without us */
+    raise(sig);
+}
+
+/* Install the handler once per process; 0 on success. */
+int normscope_guard_install(void) {
+    struct sigaction action;
+    if (ns_installed) return 0;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = ns_on_sigbus;
+    action.sa_flags = SA_SIGINFO;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGBUS, &action, &ns_previous_bus) != 0) return -1;
+    ns_installed = 1;
+    return 0;
+}
+
+/* `normscope_reduce`, returning 0, or -1 where a page it read had vanished (SIGBUS). */
+int normscope_reduce_guarded(int64_t count, const int64_t *numel, const void *const *x,
+                             const int32_t *xt, const void *const *y, const int32_t *yt,
+                             const void *const *m, const int32_t *mt, const void *const *v,
+                             const int32_t *vt, double *out) {
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 1)) return -1; /* 1: the signal mask comes back as it was */
+    ns_jump = &jump;
+    normscope_reduce(count, numel, x, xt, y, yt, m, mt, v, vt, out);
+    ns_jump = 0;
+    return 0;
 }
 
 /* The ABI version the Python side checks, so a stale build from an older normscope is rebuilt. */

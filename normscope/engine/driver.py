@@ -13,19 +13,22 @@ from __future__ import annotations
 import contextlib
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import replace
 from itertools import repeat
 from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
-from normscope.engine.fused import fused_kernel
+from normscope.engine.fused import VanishedPage, fused_kernel
 from normscope.engine.in_place import start_in_place
 from normscope.engine.loading import LoadedWork, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
+from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR, RowCollector
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
+from normscope.file_stamps import check_unchanged
 from normscope.snapshot import Snapshot, SnapshotStats
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,14 +49,20 @@ def run_engine(
     progress: Callable[[int, int], None] | None = None,
     names: Iterable[str] | None = None,
     report_from: int = 0,
+    granularity: str = GRANULARITY_TENSOR,
 ) -> list[SnapshotStats]:
     """Stats for `snapshots[report_from:]`; earlier snapshots serve only as the previous one.
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
+    `granularity="row"` adds per-row sums (`SnapshotStats.rows`, see `engine.rows`).
     """
+    if granularity not in GRANULARITIES:
+        raise BadInputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     with collector_paused():
-        return _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
-                    names=names, report_from=report_from)
+        stats = _run(snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
+                     names=names, report_from=report_from,
+                     rows=RowCollector() if granularity == GRANULARITY_ROW else None)
+    return stats
 
 
 def _run(
@@ -64,6 +73,7 @@ def _run(
     progress: Callable[[int, int], None] | None,
     names: Iterable[str] | None,
     report_from: int,
+    rows: RowCollector | None = None,
 ) -> list[SnapshotStats]:
     if bucket_bytes < 1:
         raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
@@ -84,11 +94,15 @@ def _run(
     # on the reader thread touches the pages anyway.
     fused = device.type == "cpu" and fused_kernel() is not None
     touch_pages = device.type == "cpu" and not fused
+    # row sums need the tensors themselves, not refs the fused kernel reads where they lie
+    in_place = fused and rows is None
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
+        # before any page of a file rewritten since it was opened is touched (`file_stamps`)
+        check_unchanged(snapshots[t].files)
         work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t],
-                         touch_pages=touch_pages, in_place=fused)
+                         touch_pages=touch_pages, in_place=in_place)
         return work, _stage(work, stager)
 
     accumulator = Accumulator()
@@ -98,13 +112,19 @@ def _run(
     # so the Python-side work of one overlaps the arithmetic of the other. It holds `previous`
     # and the bucket before it (its kernels read both): the fourth bucket in flight.
     in_flight: Callable[[Accumulator], None] | None = None
+    in_flight_snapshot = 0
     runner = CpuWorkers() if device.type == "cpu" else Inline()
 
     def collect() -> None:
         nonlocal in_flight
         if in_flight is not None:
-            in_flight(accumulator)
+            try:
+                in_flight(accumulator)
+            except VanishedPage:  # a file cut short during the arithmetic: name it
+                raise _vanished(snapshots, in_flight_snapshot) from None
             in_flight = None
+            # the sums are of the files as they were opened only if they still are
+            check_unchanged(snapshots[in_flight_snapshot].files)
             if progress is not None:
                 progress(done, plan.total_bytes)
 
@@ -115,14 +135,33 @@ def _run(
             if previous is not None and previous.bucket != b:
                 previous = None
             started = _start_work(work, previous, runner) if t >= report_from else None
+            if rows is not None and t >= report_from:
+                for piece, weight, prev in zip(work.pieces, work.weight, _previous_weights(work, previous)):
+                    rows.add(t, piece.name, piece.start, weight, prev)
             collect()
-            in_flight = started
+            in_flight, in_flight_snapshot = started, t
             previous = work
             done += plan.sizes[b][t]
             if in_flight is None and progress is not None:
                 progress(done, plan.total_bytes)
         collect()
-    return accumulator.stats(snapshots, plan.entries, first=report_from)
+    stats = accumulator.stats(snapshots, plan.entries, first=report_from)
+    if rows is not None:
+        stats = [replace(s, rows=rows.for_snapshot(report_from + i)) for i, s in enumerate(stats)]
+    return stats
+
+
+def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:
+    """The error for a page that vanished while the kernel read snapshot `t` (and `t - 1`, its
+    previous): the file that changed, named by its stamp."""
+    for snapshot in (snapshots[t], snapshots[t - 1] if t else None):
+        if snapshot is not None:
+            try:
+                check_unchanged(snapshot.files)
+            except BadInputError as exc:
+                return exc
+    return BadInputError(f"a file of {snapshots[t].meta.path} was cut short while normscope was "
+                         "reading it (a job still writing it?); run again once it is complete")
 
 
 def _start_work(

@@ -95,13 +95,26 @@ def _build(compiler: str, target: Path) -> None:
             os.unlink(tmp)
 
 
+class VanishedPage(Exception):
+    """The kernel read a page of a mapped file that is no longer there: the file was cut short
+    while it was mapped (the caller names it, see `file_stamps`)."""
+
+
 class FusedKernel:
     """The loaded library; `reduce` runs one call over arrays describing many tensors."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._reduce = library.normscope_reduce
+        # guarded where the library can be (see `_fused.c`): a vanished page of a mapped file
+        # raises VanishedPage instead of ending the process with SIGBUS
+        try:
+            guarded = library.normscope_reduce_guarded
+            guarded_ok = library.normscope_guard_install() == 0
+        except AttributeError:
+            guarded_ok = False
+        self._guarded = guarded_ok
+        self._reduce = guarded if guarded_ok else library.normscope_reduce
         self._reduce.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 10
-        self._reduce.restype = None
+        self._reduce.restype = ctypes.c_int if guarded_ok else None
 
     def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
                out: int) -> None:
@@ -109,7 +122,8 @@ class FusedKernel:
         args: list[int | None] = []
         for stream in streams:
             args.extend(stream if stream is not None else (None, None))
-        self._reduce(count, numel, *args, out)
+        if self._reduce(count, numel, *args, out) and self._guarded:
+            raise VanishedPage("a page of a mapped file vanished while the kernel read it")
 
 
 @functools.lru_cache(maxsize=1)

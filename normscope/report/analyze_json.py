@@ -58,6 +58,7 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         "run": {
             "root": traj.root,
             "layout": traj.layout,
+            "framework": traj.framework,
             "ordering": traj.ordering,
             "warnings": list(traj.warnings),
         },

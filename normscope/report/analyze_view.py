@@ -52,7 +52,8 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     grid.add_column(style="bold")
     grid.add_column()
     first, last = traj.snapshots[0], traj.snapshots[-1]
-    grid.add_row("run", f"{traj.root} ({traj.layout})")
+    saved_by = f", {traj.framework}" if traj.framework else ""
+    grid.add_row("run", f"{traj.root} ({traj.layout}{saved_by})")
     grid.add_row(
         "snapshots",
         f"{run.snapshots}, {fmt_when(first.step, first.epoch)} → {fmt_when(last.step, last.epoch)}, "
@@ -93,13 +94,15 @@ def params_table(params: list[ParamSummary], traj: Trajectory) -> Table:
     return table
 
 
-def warnings_block(traj: Trajectory, run: RunSummary) -> RenderableType | None:
+def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> RenderableType | None:
+    """Non-finite findings and (with `notes`) the source's warnings; `analyze` prints those on
+    stderr itself, once for every format."""
     lines: list[Text] = []
     for f in run.nonfinite:
         lines.append(Text(
             f"non-finite values: {f.param} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
             f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
-    for w in traj.warnings:
+    for w in traj.warnings if notes else ():
         lines.append(Text(f"note: {w}", style="yellow"))
     return Group(*lines) if lines else None
 
@@ -142,7 +145,7 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
 
 
 def analyze_view(traj: Trajectory, result: Overview,
-                 max_rows: int | None = DEFAULT_ROWS) -> RenderableType:
+                 max_rows: int | None = DEFAULT_ROWS, *, notes: bool = True) -> RenderableType:
     """The whole terminal view: run header, per-parameter table (buffers left out), analyses.
     Per-parameter tables show their first `max_rows` rows (None or 0: all) and say how many more."""
     run = result.run
@@ -151,7 +154,7 @@ def analyze_view(traj: Trajectory, result: Overview,
     if more is not None:
         parts.append(more)
     parts.extend(analyses_block(result, max_rows))
-    block = warnings_block(traj, run)
+    block = warnings_block(traj, run, notes=notes)
     if block is not None:
         parts.extend([Text(""), block])
     return Group(*parts)

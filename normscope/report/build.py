@@ -73,7 +73,9 @@ def run_section(trajectory: Trajectory, run: RunSummary) -> Section:
     first, last = (trajectory.snapshots[0], trajectory.snapshots[-1]) if trajectory.snapshots else (None, None)
     facts = [
         f"path: {trajectory.root}",
-        f"layout: {trajectory.layout}; time order from: {trajectory.ordering}",
+        f"layout: {trajectory.layout}"
+        + (f" (saved by {trajectory.framework})" if trajectory.framework else "")
+        + f"; time order from: {trajectory.ordering}",
         (f"{run.snapshots} snapshots, from {_time(run.first_step, run.first_epoch)} "
          f"to {_time(run.last_step, run.last_epoch)}"),
         f"{run.params} tensors, {run.numel:,} elements per snapshot",

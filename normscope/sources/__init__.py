@@ -16,6 +16,8 @@ from normscope.snapshot import Run
 
 from ._assemble import subsample
 from ._files import check_exists, list_dir
+from .accelerate_state import AccelerateStates
+from .deepspeed_zero import DeepSpeedCheckpoints
 from .dcp import DistributedCheckpoints
 from .hf_trainer import HFTrainerDirs
 from .jsonl_log import TrackerLogs
@@ -33,12 +35,19 @@ class Layout(Protocol):
     def open(self, path: str) -> Run: ...
 
 
-def make_layouts(*, recover_unsafe: bool = False) -> tuple[Layout, ...]:
+def make_layouts(
+    *, recover_unsafe: bool = False, parameter_order: tuple[str, ...] | None = None
+) -> tuple[Layout, ...]:
     """The registry, most specific first: a Lightning .ckpt is also a torch file and an HF
-    checkpoint directory also holds safetensors, so their sniffers must get the first look."""
+    checkpoint directory also holds safetensors, so their sniffers must get the first look.
+    `parameter_order` (the model's `named_parameters()` names) maps optimizer state where the
+    weights file lost the order (safetensors)."""
     return (
         DistributedCheckpoints(),
-        HFTrainerDirs(recover_unsafe=recover_unsafe),
+        DeepSpeedCheckpoints(),  # its optimizer files need its globals: before the torch reader
+        # accelerate's directories hold HF-named weights: before the Trainer's
+        AccelerateStates(recover_unsafe=recover_unsafe, parameter_order=parameter_order),
+        HFTrainerDirs(recover_unsafe=recover_unsafe, parameter_order=parameter_order),
         LightningCheckpoints(recover_unsafe=recover_unsafe),
         SafetensorsFiles(),
         TorchFiles(recover_unsafe=recover_unsafe),
@@ -73,6 +82,7 @@ def open_run(
     recover_unsafe: bool = False,
     tag_pattern: str | None = None,
     layouts: tuple[Layout, ...] | None = None,
+    parameter_order: tuple[str, ...] | None = None,
 ) -> Run:
     """Open a checkpoint, a directory of checkpoints or of checkpoint directories, as one ordered run.
 
@@ -80,14 +90,16 @@ def open_run(
     that need globals beyond tensors are refused unless `recover_unsafe=True`, which reads their
     tensors with a restricted unpickler (nothing from the file runs; see `_restricted_torch`).
     `tag_pattern` says the path is TensorBoard event files whose per-layer norm tags match that
-    regex, and reads it as such.
+    regex, and reads it as such. `parameter_order`: the model's `named_parameters()` names, for
+    optimizer state whose weights file does not keep the order (`--model`).
     """
     if every < 1:
         raise BadInputError(f"every must be at least 1, got {every}")
     path = os.fspath(path)
     if layouts is None:
         layouts = ((TensorBoardEvents(tag_pattern),) if tag_pattern is not None
-                   else make_layouts(recover_unsafe=recover_unsafe))
+                   else make_layouts(recover_unsafe=recover_unsafe,
+                                     parameter_order=parameter_order))
     with collector_paused():
         layout = detect_layout(path, layouts)
         return subsample(layout.open(path), every)

@@ -8,6 +8,8 @@ from dataclasses import replace
 from normscope.errors import BadInputError
 from normscope.snapshot import Run, Snapshot, SnapshotStats
 
+from ._copies import drop_copies
+from ._frameworks import apply_convention
 from ._ordering import PendingSnapshot, order_snapshots
 
 # Two snapshots whose parameter names overlap less than this (Jaccard) are different models.
@@ -90,10 +92,21 @@ def condense(warnings: list[str], labels: list[str]) -> list[str]:
 
 
 def build_run(
-    root: str, layout: str, pending: list[PendingSnapshot], warnings: list[str]
+    root: str,
+    layout: str,
+    pending: list[PendingSnapshot],
+    warnings: list[str],
+    *,
+    framework: str | None = None,
 ) -> Run:
+    """The ordered run. `framework` names the saver where the layout itself tells it; otherwise
+    the conventions of `_frameworks` are tried. Copies of a checkpoint are left out (`_copies`)."""
     if not pending:
         raise BadInputError(f"no checkpoints found in {root}")
+    if framework is None:
+        pending, framework = apply_convention(pending)
+    pending, copy_notes = drop_copies(pending)
+    warnings = [*warnings, *copy_notes]
     snapshots, ordering, order_notes = order_snapshots(pending)
     notes = check_same_model(snapshots, root)
     return Run(
@@ -104,6 +117,7 @@ def build_run(
         warnings=condense(
             [*warnings, *order_notes, *notes], [p.label for p in pending]
         ),
+        framework=framework,
     )
 
 
@@ -125,6 +139,7 @@ def subsample(run: Run, every: int) -> Run:
         ordering=run.ordering,
         warnings=run.warnings,
         stats=None if run.stats is None else [_forget_previous(s) for s in keep(list(run.stats))],
+        framework=run.framework,
     )
 
 

@@ -258,11 +258,15 @@ class Records:
 
         name_len = field(26, 2)
         first = name_at + name_len + field(28, 2)
+        # each term at most the file's size before they are added: no int64 sum can wrap
+        record_sizes = sizes[index]
         ok = (
             (field(0, 4) == int.from_bytes(LOCAL_SIG, "little"))
             & (field(8, 2) == STORED)
             & (name_len == len(prefix) + digits)
-            & (first + sizes[index] <= self._size)
+            & (record_sizes >= 0)
+            & (record_sizes <= self._size)
+            & (first + record_sizes <= self._size)
         )
         for k, byte in enumerate(prefix):  # "<archive>/data/" ...
             ok &= data[name_at + k] == byte
@@ -273,6 +277,11 @@ class Records:
             ok &= ~has | (digit == (index // place) % 10 + ord("0"))
         starts[index[ok]] = first[ok]
         return starts
+
+    @property
+    def size(self) -> int:
+        """The bytes mapped: the whole file as it was when it was opened."""
+        return self._size
 
     @property
     def base(self) -> int:

@@ -2,12 +2,15 @@
 
 `Optimizer.state_dict()` numbers parameters by position, in the order they appear across
 `param_groups` (for a single group: `model.parameters()` order), not by name. We map positions to
-names through the model state_dict's order, leaving out buffers, and check every shape we can. When
-torch saved `param_names` (optimizers built from `named_parameters()`) those are used directly.
+names through the model state_dict's order, leaving out buffers, and check every shape we can;
+where shapes leave a tie, the group structure decides (recipes split groups by a parameter's role:
+bias, vector, normalisation layer). When torch saved `param_names` (optimizers built from
+`named_parameters()`) or a source names its parameters (DeepSpeed), those are used directly.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any
 from normscope.snapshot import ParamGroup
 
 from ._keys import clean_names
+from ._tree_order import order_from_tree
 
 # buffers that are never optimizer parameters
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -52,7 +56,7 @@ def _float(value: Any) -> float | None:
         return None
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int past float's range
         return None
 
 
@@ -95,6 +99,85 @@ def _shape_of(state: Mapping[str, Any]) -> tuple[int, ...] | None:
 _MAX_STATES = (
     200_000  # give up (and keep only hyper-parameters) beyond this much search
 )
+_MAX_RULES = 4096  # role -> group assignments tried when order and shapes leave a tie
+
+
+def _solve(
+    wanted: Sequence[Sequence[tuple[int, ...] | None]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    allowed: Sequence[int | None] | None = None,
+) -> tuple[int, list[int] | None]:
+    """(number of assignments, capped at 2; the group each candidate goes to, -1 skipped).
+
+    Walk the model's tensors in order, giving each to the next open slot of a group whose saved
+    state has the same shape (a slot without state fits any shape) or skipping it. `allowed[i]`
+    restricts candidate i to one group. The choice list is returned when exactly one assignment
+    uses every slot.
+    """
+    total = sum(len(w) for w in wanted)
+    skips = len(candidates) - total
+    if skips < 0:
+        return 0, None
+    start = tuple(0 for _ in wanted)
+    # state: slots filled per group -> (number of ways, capped at 2; back-pointer; choice)
+    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
+        {start: (1, None, -1)}
+    ]
+    for i, name in enumerate(candidates):
+        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
+        only = None if allowed is None else allowed[i]
+        shape = shapes[name]
+        for filled, (ways, _prev, _choice) in layers[-1].items():
+            moves = []
+            if i - sum(filled) < skips:
+                moves.append((filled, -1))
+            for k, group in enumerate(wanted):
+                if only is not None and k != only:
+                    continue
+                j = filled[k]
+                if j < len(group) and (group[j] is None or group[j] == shape):
+                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
+            for nxt, choice in moves:
+                old = here.get(nxt)
+                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
+        if not here or len(here) > _MAX_STATES:
+            return 0, None
+        layers.append(here)
+    end = tuple(len(w) for w in wanted)
+    ways = layers[-1].get(end, (0,))[0]
+    if ways != 1:
+        return ways, None
+    choices = [-1] * len(candidates)
+    filled = end
+    for i in range(len(candidates), 0, -1):
+        _ways, prev, choice = layers[i][filled]
+        choices[i - 1] = choice
+        filled = prev  # type: ignore[assignment]
+    return 1, choices
+
+
+_NORM_MODULE = re.compile(r"(^|[._])(\w*norm\w*|ln\w*|bn\d*|gn\d*)$", re.IGNORECASE)
+
+
+def _role(name: str, names: set[str], shapes: Mapping[str, tuple[int, ...]]) -> tuple[Any, ...]:
+    """What optimizer recipes split parameter groups by: the parameter's own name (`bias`), whether
+    it is a vector, and whether its module is a normalisation layer (running statistics beside
+    it, or a norm-like module name)."""
+    parent, _, leaf = name.rpartition(".")
+    normish = f"{parent}.running_mean" in names or bool(_NORM_MODULE.search(parent))
+    return (leaf, len(shapes[name]) <= 1, normish)
+
+
+def _impurity(choices: Sequence[int], roles: Sequence[tuple[Any, ...]], n_groups: int) -> int:
+    """How many distinct values of each role feature the groups hold, summed: a recipe puts like
+    with like, so the assignment that mixes least is the one it made."""
+    seen: list[list[set[Any]]] = [[set(), set(), set()] for _ in range(n_groups)]
+    for choice, role in zip(choices, roles):
+        if choice >= 0:
+            for feature, value in zip(seen[choice], role):
+                feature.add(value)
+    return sum(len(f) for group in seen for f in group)
 
 
 def _map_positions(
@@ -103,51 +186,116 @@ def _map_positions(
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> dict[int, str] | None:
-    """Optimizer position -> parameter name, or None when no single mapping fits the shapes.
+    """Optimizer position -> parameter name, or None when the evidence does not single one out.
 
     Each param group lists its parameters in model order, but groups may interleave (the usual
-    decay / no-decay split), and the model may hold tensors the optimizer does not (frozen
-    parameters, float buffers). So: walk the model's tensors in order, giving each to the next open
-    slot of a group whose saved state has the same shape (a slot without state fits any shape) or
-    skipping it, and accept the result only if exactly one assignment uses every slot.
+    decay / no-decay split, torchvision's other / norm / bias), and the model may hold tensors the
+    optimizer does not (frozen parameters, float buffers). Order and shapes first; when they leave
+    several assignments (a BatchNorm's weight and bias have one shape, and sit in different
+    groups), the recipe's own logic decides: groups are made by a rule on each parameter's role
+    (`_role`), so only assignments where each role goes to one group are kept, and of those the
+    one whose groups mix the fewest roles is taken, if it is the only one.
     """
     wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
-    total = sum(len(w) for w in wanted)
-    skips = len(candidates) - total
-    if skips < 0:
-        return None
-    start = tuple(0 for _ in wanted)
-    # state: slots filled per group -> (number of ways, capped at 2; back-pointer)
-    layers: list[dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]]] = [
-        {start: (1, None, -1)}
-    ]
-    for i, name in enumerate(candidates):
-        here: dict[tuple[int, ...], tuple[int, tuple[int, ...] | None, int]] = {}
-        for filled, (ways, _prev, _choice) in layers[-1].items():
-            moves = []
-            if i - sum(filled) < skips:
-                moves.append((filled, -1))
-            for k, group in enumerate(wanted):
-                j = filled[k]
-                if j < len(group) and (group[j] is None or group[j] == shapes[name]):
-                    moves.append((filled[:k] + (j + 1,) + filled[k + 1 :], k))
-            for nxt, choice in moves:
-                old = here.get(nxt)
-                here[nxt] = (min(2, ways + (old[0] if old else 0)), filled, choice)
-        if not here or len(here) > _MAX_STATES:
-            return None
-        layers.append(here)
-    end = tuple(len(w) for w in wanted)
-    if layers[-1].get(end, (0,))[0] != 1:
+    ways, choices = _solve(wanted, candidates, shapes)
+    if ways == 2 and 1 < len(groups):
+        choices = _by_roles(wanted, candidates, shapes)
+    if choices is None:
         return None
     mapping: dict[int, str] = {}
-    filled = end
-    for i in range(len(candidates), 0, -1):
-        _ways, prev, choice = layers[i][filled]
+    slot = [0] * len(groups)
+    for name, choice in zip(candidates, choices):
         if choice >= 0:
-            mapping[groups[choice][filled[choice] - 1]] = candidates[i - 1]
-        filled = prev  # type: ignore[assignment]
+            mapping[groups[choice][slot[choice]]] = name
+            slot[choice] += 1
     return mapping
+
+
+def _by_roles(
+    wanted: Sequence[Sequence[tuple[int, ...] | None]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> list[int] | None:
+    names = set(shapes)
+    roles = [_role(n, names, shapes) for n in candidates]
+    if len({role[0] for role in roles}) * 2 > len(candidates):
+        return None  # names that share no leaf (`weight`, `bias`) tell no roles apart
+    kinds = sorted(set(roles), key=repr)
+    n_groups = len(wanted)
+    if n_groups ** len(kinds) > _MAX_RULES:
+        return None
+    sizes = [len(w) for w in wanted]
+    per_kind = [roles.count(k) for k in kinds]
+    skips = len(candidates) - sum(sizes)
+    found: dict[tuple[int, ...], int] = {}
+    for rule in itertools.product(range(n_groups), repeat=len(kinds)):
+        given = [0] * n_groups
+        for kind_count, g in zip(per_kind, rule):
+            given[g] += kind_count
+        if any(h < s for h, s in zip(given, sizes)) or sum(given) - sum(sizes) > skips:
+            continue
+        group_of = dict(zip(kinds, rule))
+        ways, choices = _solve(wanted, candidates, shapes, [group_of[r] for r in roles])
+        if ways == 1 and choices is not None:
+            found.setdefault(tuple(choices), _impurity(choices, roles, n_groups))
+    if not found:
+        return None
+    best = min(found.values())
+    winners = [c for c, score in found.items() if score == best]
+    return list(winners[0]) if len(winners) == 1 else None
+
+
+def _map_by_tree(
+    groups: Sequence[Sequence[int]],
+    state: Mapping[int, Mapping[str, Any]],
+    candidates: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+) -> dict[int, str] | None:
+    """For models whose parameter order is lost: the one order of the module tree the names
+    allow that fits the saved shapes (`_tree_order`), each group's members set by a role rule
+    when there are several groups."""
+    wanted = [[_shape_of(state.get(pos, {})) for pos in group] for group in groups]
+    sizes = [len(w) for w in wanted]
+    if len(candidates) != sum(sizes) or not candidates:
+        return None  # frozen parameters or float buffers: the tree walk cannot skip them
+    if len(groups) == 1:
+        rules: list[dict[str, int]] = [dict.fromkeys(candidates, 0)]
+        roles = [()] * len(candidates)
+    else:
+        names = set(shapes)
+        roles = [_role(n, names, shapes) for n in candidates]
+        kinds = sorted(set(roles), key=repr)
+        if len(groups) ** len(kinds) > _MAX_RULES:
+            return None
+        per_kind = [roles.count(k) for k in kinds]
+        rules = []
+        for rule in itertools.product(range(len(groups)), repeat=len(kinds)):
+            given = [0] * len(groups)
+            for count, g in zip(per_kind, rule):
+                given[g] += count
+            if given == sizes:
+                of = dict(zip(kinds, rule))
+                rules.append({n: of[r] for n, r in zip(candidates, roles)})
+    found: dict[tuple[tuple[int, str], ...], int] = {}
+    for rule in rules:
+        ways, order = order_from_tree(wanted, candidates, shapes, rule.__getitem__)
+        if ways != 1 or order is None:
+            if ways > 1 and len(groups) == 1:
+                return None
+            continue
+        slot = [0] * len(groups)
+        mapping = []
+        for name in order:
+            g = rule[name]
+            mapping.append((groups[g][slot[g]], name))
+            slot[g] += 1
+        choices = [rule[n] for n in candidates]
+        found.setdefault(tuple(sorted(mapping)), _impurity(choices, roles, len(groups)) if roles[0] else 0)
+    if not found:
+        return None
+    best = min(found.values())
+    winners = [m for m, score in found.items() if score == best]
+    return dict(winners[0]) if len(winners) == 1 else None
 
 
 _DIGIT_RUN = re.compile(r"\d+")
@@ -237,13 +385,15 @@ def read_optimizer(
         if order_known:
             by_pos = _map_positions(group_positions, state, candidates, shapes)
         else:
-            by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
+            by_pos = _map_by_tree(group_positions, state, candidates, shapes)
+            if by_pos is None:
+                by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
             missing = len(positions) - len(by_pos)
             if missing and by_pos:
                 warnings.append(
                     f"{where}: the weights file does not keep parameter order and the optimizer has "
                     f"no param_names; state kept for the {len(by_pos)} parameters that shape and "
-                    f"layer numbering identify, dropped for {missing} others"
+                    f"layer numbering identify, dropped for {missing} others (--model gives the order)"
                 )
             by_pos = by_pos or None
     if by_pos is None:

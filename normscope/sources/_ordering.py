@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope.file_stamps import FileStamp, merge_stamps, stamp_path
 from normscope.snapshot import (
     ORDER_EMBEDDED,
     ORDER_FILENAME,
@@ -41,6 +42,12 @@ class PendingSnapshot:
     embedded_epoch: float | None = None
     trainer_step: int | None = None
     trainer_epoch: float | None = None
+    # stamps of the files read, taken before they were mapped; `_finish` adds those of `path`
+    files: tuple[FileStamp, ...] = ()
+    # (step, epoch) the file name gives, where a framework's convention reads it (`_frameworks`);
+    # None: the generic patterns of `name_numbers`
+    named: tuple[int | None, float | None] | None = None
+    top_keys: frozenset[str] = frozenset()  # the checkpoint dict's own keys, for recognisers
 
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -56,7 +63,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 _DIGITS = re.compile(r"(\d+)")
 
 
-def name_numbers(label: str) -> tuple[int | None, int | None]:
+def name_numbers(label: str) -> tuple[int | None, float | None]:
     """(step, epoch) read from a file name, either possibly None."""
     for pattern, kind in _PATTERNS:
         m = pattern.search(label)
@@ -67,6 +74,10 @@ def name_numbers(label: str) -> tuple[int | None, int | None]:
                 return int(m.group(1)), None
             return None, int(m.group(1))
     return None, None
+
+
+def numbers_of(p: PendingSnapshot) -> tuple[int | None, float | None]:
+    return name_numbers(p.label) if p.named is None else p.named
 
 
 def natural_key(label: str) -> tuple[Any, ...] | None:
@@ -89,7 +100,7 @@ def _keys_at(level: str, pending: list[PendingSnapshot]) -> list[Any] | None:
             return [(p.trainer_step,) for p in pending]
         return None
     if level == ORDER_FILENAME:
-        parsed = [name_numbers(p.label) for p in pending]
+        parsed = [numbers_of(p) for p in pending]
         if all(s is not None for s, _ in parsed):
             return [(s, e or 0) for s, e in parsed]
         if all(e is not None for _, e in parsed):
@@ -163,7 +174,7 @@ def _show_key(key: Any) -> str:
 
 def _finish(p: PendingSnapshot, level: str) -> Snapshot:
     """The snapshot with step/epoch taken from the evidence that ordered the run, then the rest."""
-    name_step, name_epoch = name_numbers(p.label)
+    name_step, name_epoch = numbers_of(p)
     sources = {
         ORDER_EMBEDDED: (p.embedded_step, p.embedded_epoch),
         ORDER_TRAINER_STATE: (p.trainer_step, p.trainer_epoch),
@@ -184,4 +195,5 @@ def _finish(p: PendingSnapshot, level: str) -> Snapshot:
         hyperparams_source=p.hyperparams_source,
         extra=dict(p.extra),
     )
-    return Snapshot(meta=meta, tensors=p.tensors, optimizer_state=p.optimizer_state)
+    return Snapshot(meta=meta, tensors=p.tensors, optimizer_state=p.optimizer_state,
+                    files=merge_stamps(p.files, stamp_path(p.path)))

@@ -18,7 +18,7 @@ import zipfile
 from collections import OrderedDict
 from typing import Any, ClassVar
 
-from normscope.errors import UnsafeCheckpointError
+from normscope.errors import BadInputError, UnsafeCheckpointError
 
 _ALLOWED_CALLABLES = {
     ("torch._utils", "_rebuild_tensor_v2"),
@@ -94,20 +94,41 @@ def _pickle_module(refused: set[str]) -> types.ModuleType:
     return module
 
 
-def _module_state_dict(module: Inert, prefix: str = "") -> OrderedDict[str, Any]:
+# Entries of the state dicts rebuilt from pickled modules, and containers walked, at most: a
+# pickle can share one object many times over (a DAG), and a walk along every path through it
+# is exponential in its depth. Real checkpoints are far below this.
+_MAX_VISITS = 1 << 20
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.left = _MAX_VISITS
+
+    def spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise BadInputError("its objects are shared so often that reading them would not end "
+                                "(a crafted file?)")  # fmt: skip
+
+
+def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> OrderedDict[str, Any]:
     import torch
 
+    budget.spend()
     out: OrderedDict[str, Any] = OrderedDict()
     state = module.state if isinstance(module.state, dict) else {}
     non_persistent = state.get("_non_persistent_buffers_set")
     skip = non_persistent if isinstance(non_persistent, (set, frozenset)) else set()
     for key in ("_parameters", "_buffers"):
-        for name, value in (state.get(key) or {}).items():
+        found = state.get(key)
+        for name, value in (found.items() if isinstance(found, dict) else ()):
             if isinstance(value, torch.Tensor) and name not in skip:
-                out[prefix + name] = value
-    for name, child in (state.get("_modules") or {}).items():
+                budget.spend()
+                out[f"{prefix}{name}"] = value
+    children = state.get("_modules")
+    for name, child in (children.items() if isinstance(children, dict) else ()):
         if isinstance(child, Inert):
-            out.update(_module_state_dict(child, f"{prefix}{name}."))
+            out.update(_module_state_dict(child, budget, f"{prefix}{name}."))
     return out
 
 
@@ -119,15 +140,24 @@ def _is_module(value: Any) -> bool:
     )
 
 
-def plain(obj: Any) -> Any:
-    """Pickled modules (placeholders) replaced by their state_dicts, containers walked."""
+def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None = None) -> Any:
+    """Pickled modules (placeholders) replaced by their state_dicts, containers walked; each
+    container once (`done`, by identity: what the pickle shared stays shared)."""
+    budget = budget or _Budget()
+    done = {} if done is None else done
+    if not (_is_module(obj) or isinstance(obj, (dict, list, tuple))):
+        return obj
+    if id(obj) in done:
+        return done[id(obj)]
+    budget.spend()
     if _is_module(obj):
-        return _module_state_dict(obj)
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    return obj
+        out: Any = _module_state_dict(obj, budget)
+    elif isinstance(obj, dict):
+        out = {k: plain(v, budget, done) for k, v in obj.items()}
+    else:
+        out = [plain(v, budget, done) for v in obj]
+    done[id(obj)] = out
+    return out
 
 
 def load_torch_zip_restricted(path: str) -> tuple[Any, list[str]]:

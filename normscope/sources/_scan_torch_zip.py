@@ -165,7 +165,7 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
     facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype in _IN_PLACE_DTYPES)
              for dtype in set(dtypes)}  # fmt: skip
     dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, dtypes))
-    np_offsets, np_counts = np.array(offsets, dtype=np.int64), np.array(counts, dtype=np.int64)
+    np_offsets, np_counts = _bounded(offsets, records.size), _bounded(counts, records.size)
     np_itemsizes = np.array(itemsizes, dtype=np.int64)
     in_place = (
         (np_counts > 1)
@@ -174,6 +174,9 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
     )
     rows = list(map(index.__getitem__, keys))
     starts, record_bytes = records.extents(rows)  # `indices` checked each against its storage id
+    # Exact: offsets and counts are at most the file's size + 1 (`_bounded`), item sizes at most
+    # 8 and records within the file, so no int64 here can wrap. A wrapped product would pass
+    # and hand the kernel an address outside the record: another record's bytes, or a fault.
     if np.any(in_place & ((np_offsets + np_counts) * np_itemsizes > record_bytes)):
         raise Declined("a tensor past the end of its record")
     addresses = (records.base + starts + np_offsets * np_itemsizes).tolist()
@@ -195,6 +198,18 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
             hooks,
         )
     ]
+
+
+def _bounded(values: tuple[int, ...], size: int) -> np.ndarray:
+    """Non-negative ints (checked by the caller) as int64, each clipped to `size + 1`: a value
+    past the file's size fails every bound the same, and numpy cannot hold a pickle's larger
+    ints (or would wrap what it computes from them). `size` is a file's, far below 2**58, so
+    sums and products of a few of these stay exact."""
+    if size >= 1 << 58:
+        raise Declined("a file too large to check in 64-bit arithmetic")
+    if max(values, default=0) > size:  # rare: only a damaged or crafted file
+        values = tuple(min(value, size + 1) for value in values)
+    return np.array(values, dtype=np.int64)
 
 
 _DTYPE_OF = operator.attrgetter("dtype")

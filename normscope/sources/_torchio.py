@@ -325,6 +325,22 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _weights_only_reason(exc: BaseException) -> str:
+    """What torch's safe unpickler found wrong, without its opening paragraph's advice to load
+    the file with `weights_only=False` (which would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("Weights only load failed"):
+        return _first_line(exc)
+    marker = "WeightsUnpickler error:"
+    text = "\n".join(lines)
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip().split("\n", 1)[0]
+    else:
+        reason = lines[1] if len(lines) > 1 else ""
+    refused = "its pickle is refused by torch's safe loader"
+    return f"{refused} ({reason})" if reason else refused
+
+
 def _recover(path: str, notes: list[str] | None) -> Any:
     from ._restricted_torch import load_torch_zip_restricted
 
@@ -395,12 +411,17 @@ def load_torch_file(
         if names and recover_unsafe and is_zip:
             return _recover(path, notes)
         if names:
+            recover = (
+                "--recover-unsafe (recover_unsafe=True) reads its tensors with a restricted unpickler "
+                "that runs nothing and leaves those objects inert"
+                if is_zip else "re-save it as a zip torch.save file, a plain state_dict or safetensors"
+            )
             raise UnsafeCheckpointError(
                 f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
-                "a checkpoint — re-save it as a plain state_dict or safetensors"
+                f"a checkpoint — {recover}"
             ) from None
         raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {_first_line(exc)}"
+            f"{path} is not a readable torch checkpoint: {_weights_only_reason(exc)}"
         ) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         raise BadInputError(
@@ -413,7 +434,8 @@ def load_torch_file(
 MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
               "weights", "params", "params_ema")  # fmt: skip
 OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
-STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates")
+# nanoGPT's `iter_num`, DeepSpeed's `global_steps`
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "iter_num", "global_steps")
 EPOCH_KEYS = ("epoch",)
 
 

@@ -38,10 +38,17 @@ def _read_item(path: str, offset: int, length: int) -> Any:
 
     try:
         with open(path, "rb") as f:
+            # checked before seeking and allocating: the metadata's offsets can be any int
+            if offset + length > os.fstat(f.fileno()).st_size:
+                raise BadInputError(
+                    f"{path} is truncated (item at {offset} needs {length} bytes)"
+                )
             f.seek(offset)
             data = f.read(length)
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) != length:
         raise BadInputError(
             f"{path} is truncated (item at {offset} needs {length} bytes)"
@@ -55,16 +62,118 @@ def _read_item(path: str, offset: int, length: int) -> Any:
         ) from None
 
 
+def _is_ints(value: Any, *, length: int | None = None) -> bool:
+    """A tuple (or torch.Size, or list) of non-negative ints, of `length` if given."""
+    return (
+        isinstance(value, (tuple, list))
+        and (length is None or len(value) == length)
+        and all(type(v) is int and v >= 0 for v in value)
+    )
+
+
+def _corrupt(directory: str, what: str) -> BadInputError:
+    return BadInputError(f"{os.path.join(directory, METADATA)} is not valid checkpoint metadata: "
+                         f"{what}")  # fmt: skip
+
+
+def _check_metadata(metadata: Any, directory: str) -> None:
+    """What `read_dcp_tree` relies on, checked before any of it is used: the allow-list unpickler
+    builds only harmless objects, but of any shape (a dict or a path in place of the metadata,
+    an int for a file name, a chunk past its tensor's end). Each is one line of BadInputError."""
+    import torch
+    from torch.distributed.checkpoint.metadata import (
+        Metadata,
+        MetadataIndex,
+        TensorStorageMetadata,
+    )
+
+    if type(metadata) is not Metadata:
+        raise _corrupt(directory, f"a {type(metadata).__name__}, not torch's Metadata")
+    if not isinstance(metadata.state_dict_metadata, dict) or not isinstance(
+        metadata.storage_data, dict
+    ):
+        raise _corrupt(directory, "its tables are not dicts")
+    for key, info in metadata.storage_data.items():
+        if (
+            type(key) is not MetadataIndex
+            or type(key.fqn) is not str
+            or not (key.offset is None or _is_ints(key.offset))
+            or type(getattr(info, "relative_path", None)) is not str
+            or type(getattr(info, "offset", None)) is not int
+            or type(getattr(info, "length", None)) is not int
+            or info.offset < 0
+            or info.length < 0
+        ):
+            raise _corrupt(directory, f"a storage entry that torch does not write ({key!r})")
+    for fqn, meta in metadata.state_dict_metadata.items():
+        if type(fqn) is not str:
+            raise _corrupt(directory, f"a name that is not text ({fqn!r})")
+        if not isinstance(meta, TensorStorageMetadata):
+            continue
+        size = meta.size
+        properties = getattr(meta, "properties", None)
+        if (
+            not _is_ints(size)
+            or type(getattr(properties, "dtype", None)) is not torch.dtype
+            or not isinstance(meta.chunks, list)
+        ):
+            raise _corrupt(directory, f"{fqn} has a size or dtype torch does not write")
+        _check_chunks(fqn, tuple(size), meta.chunks, directory)
+    planner = getattr(metadata, "planner_data", None)
+    if planner is not None:
+        if not isinstance(planner, dict):
+            raise _corrupt(directory, "its planner data is not a dict")
+        for fqn, path in planner.items():
+            if not (isinstance(path, (tuple, list)) and all(type(p) in (str, int) for p in path)):
+                raise _corrupt(directory, f"the place of {fqn!r} is not a path of names")
+
+
+# Past this many chunks, a tensor's chunks are checked as row slices only (pairwise boxes would
+# cost chunks**2).
+_PAIRWISE_CHUNKS = 256
+
+
+def _check_chunks(fqn: str, size: tuple[int, ...], chunks: list[Any], directory: str) -> None:
+    """The chunks lie inside the tensor and tile it: no element twice, none missing (else the
+    tensor would hold uninitialised memory, or its sums count some elements twice)."""
+    import math
+
+    boxes = []
+    for chunk in chunks:
+        offsets, sizes = getattr(chunk, "offsets", None), getattr(chunk, "sizes", None)
+        if not (_is_ints(offsets, length=len(size)) and _is_ints(sizes, length=len(size))):
+            raise _corrupt(directory, f"{fqn} has a chunk that torch does not write")
+        if any(o + n > d for o, n, d in zip(offsets, sizes, size)):
+            raise _corrupt(directory, f"{fqn} has a chunk past the tensor's size {list(size)}")
+        boxes.append((tuple(offsets), tuple(sizes)))
+    if sum(math.prod(sizes) for _, sizes in boxes) != math.prod(size):
+        raise _corrupt(directory, f"{fqn}'s chunks do not cover it exactly once")
+    if len(boxes) <= _PAIRWISE_CHUNKS:
+        for i, (a_off, a_size) in enumerate(boxes):
+            for b_off, b_size in boxes[i + 1 :]:
+                if all(max(a, b) < min(a + n, b + m)
+                       for a, n, b, m in zip(a_off, a_size, b_off, b_size)):  # fmt: skip
+                    raise _corrupt(directory, f"{fqn} has chunks that overlap")
+        return
+    rows = sorted(boxes)  # many chunks: FSDP-style slices of the first dimension, in order
+    at = 0
+    for offsets, sizes in rows:
+        if offsets[0] != at or any(offsets[1:]) or tuple(sizes[1:]) != size[1:]:
+            raise _corrupt(directory, f"{fqn} has more than {_PAIRWISE_CHUNKS} chunks that are "
+                                      "not slices of its first dimension")  # fmt: skip
+        at += sizes[0]
+
+
 def _storage_index(
     metadata: Any, directory: str
 ) -> dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]]:
     index: dict[tuple[str, tuple[int, ...] | None], tuple[str, int, int]] = {}
     for key, info in metadata.storage_data.items():
-        if getattr(info, "transform_descriptors", None):
-            raise BadInputError(
-                f"{directory} uses storage transforms ({', '.join(info.transform_descriptors)}); "
-                "not supported"
-            )
+        transforms = getattr(info, "transform_descriptors", None)
+        if transforms:
+            shown = ", ".join(map(str, transforms)) if isinstance(transforms, (list, tuple)) else (
+                repr(transforms))
+            raise BadInputError(f"{directory} uses storage transforms ({shown}); not supported")
         offsets = tuple(key.offset) if key.offset is not None else None
         index[(key.fqn, offsets)] = (
             inside(directory, info.relative_path, os.path.join(directory, METADATA)),
@@ -117,6 +226,7 @@ def read_dcp_tree(directory: str) -> dict[str, Any]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = load_dcp_metadata(os.path.join(directory, METADATA))
+    _check_metadata(metadata, directory)
     index = _storage_index(metadata, directory)
     planner = getattr(metadata, "planner_data", None) or {}
     tree: dict[str, Any] = {}

@@ -13,11 +13,14 @@ import os
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from . import _json
 from ._assemble import build_run
 from ._files import label_of, subdirs_in
+from ._bounds import check_declared
+from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import SafetensorsHandles
@@ -72,12 +75,15 @@ def _read_sharded_bin(
 ) -> PendingSnapshot:
     """`pytorch_model.bin.index.json`: every shard is a weights_only torch file."""
     merged: dict[str, Any] = {}
-    for shard in read_index(index):
+    shards = read_index(index)
+    before = tuple(stamp for shard in shards for stamp in stamp_path(shard))  # before mapping
+    for shard in shards:
         tensors = load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
         if not isinstance(tensors, dict):
             raise BadInputError(f"{shard} holds a {type(tensors).__name__}, not a state dict")
         merged.update(tensors)
-    return pending_from_parts(index, label, merged, None, None, None, "", warnings)
+    return pending_from_parts(index, label, merged, None, None, None, "", warnings,
+                              files=merge_stamps(before, stamp_path(index)))  # fmt: skip
 
 
 def read_checkpoint_dir(
@@ -87,6 +93,7 @@ def read_checkpoint_dir(
     *,
     recover_unsafe: bool = False,
     handles: SafetensorsHandles | None = None,
+    parameter_order: tuple[str, ...] | None = None,
 ) -> PendingSnapshot:
     weights = _weights_file(directory)
     if weights is None:
@@ -114,26 +121,31 @@ def read_checkpoint_dir(
         pending.trainer_epoch = float(epoch)
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
+        before = stamp_path(optimizer_path)  # before it is mapped
         optimizer = load_torch_file(
             optimizer_path, recover_unsafe=recover_unsafe, notes=warnings, refs=True
         )
+        pending.files = merge_stamps(pending.files, before)
         if isinstance(optimizer, dict):
             tensors = pending.tensors
+            names, order_known = list(tensors), True
+            if weights.endswith((".safetensors", ".safetensors.index.json")):
+                # safetensors sorts its keys: the model's parameter order is gone, unless the
+                # model's config can rebuild it
+                names, order_known = ordered_names(directory, names, parameter_order)
             info = read_optimizer(
                 optimizer,
-                list(tensors),
+                names,
                 {n: tuple(r.shape) for n, r in tensors.items()},
                 as_ref,
                 label,
-                # safetensors sorts its keys: the model's parameter order is gone
-                order_known=not weights.endswith(
-                    (".safetensors", ".safetensors.index.json")
-                ),
+                order_known=order_known,
             )
             pending.optimizer, pending.param_groups = info.optimizer, info.param_groups
             pending.optimizer_state = info.state
             pending.hyperparams_source = f"{label}/optimizer.pt param_groups"
             warnings.extend(info.warnings)
+    check_declared(directory, pending.tensors, pending.optimizer_state, pending.files)
     return pending
 
 
@@ -142,6 +154,7 @@ class HFTrainerDirs:
     """A directory of `checkpoint-N/` subdirectories, or one checkpoint directory."""
 
     recover_unsafe: bool = False
+    parameter_order: tuple[str, ...] | None = None  # the model's named_parameters(), if known
     name: ClassVar[str] = "hf-trainer"
 
     def sniff(self, path: str) -> bool:
@@ -176,7 +189,10 @@ class HFTrainerDirs:
                 warnings,
                 recover_unsafe=self.recover_unsafe,
                 handles=handles,
+                parameter_order=self.parameter_order,
             )
             for d in dirs
         ]
-        return build_run(path, self.name, pending, warnings)
+        trainer = any(os.path.isfile(os.path.join(d, TRAINER_STATE)) for d in dirs)
+        return build_run(path, self.name, pending, warnings,
+                         framework="transformers Trainer" if trainer else "transformers")

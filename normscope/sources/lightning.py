@@ -111,4 +111,4 @@ class LightningCheckpoints:
             for p in files
         ]
         pending, notes = drop_copies(pending)
-        return build_run(path, self.name, pending, [*warnings, *notes])
+        return build_run(path, self.name, pending, [*warnings, *notes], framework="Lightning")

@@ -7,12 +7,14 @@ A step or epoch in the header's `__metadata__` counts as embedded ordering evide
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
 from typing import Any
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import stamp_path
 from normscope.snapshot import Run
 
 from . import _json
@@ -70,16 +72,18 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
                 f"{path} has a corrupt safetensors header (length {n} > file size)"
             )
         try:
-            header = _json.loads(f.read(n))
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, too deep, not finite
+            header = json.loads(f.read(n))
+        # ValueError: also an integer of too many digits; RecursionError: nesting too deep
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise BadInputError(
-                f"{path} has a corrupt safetensors header: {exc}"
+                f"{path} has a corrupt safetensors header: {_first_line(exc)}"
             ) from None
     if not isinstance(header, dict):
         raise BadInputError(
             f"{path} has a corrupt safetensors header (not a JSON object)"
         )
     data_len = size - 8 - n
+    spans = []
     for key, info in header.items():
         if key == "__metadata__":
             continue
@@ -88,15 +92,35 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
             shape = info["shape"]
             ok = (
                 info["dtype"] in SAFETENSORS_DTYPES
+                and type(start) is int
+                and type(stop) is int
                 and 0 <= start <= stop <= data_len
                 and type(shape) is list
                 and all(type(d) is int and d >= 0 for d in shape)
             )
-        except (TypeError, KeyError, ValueError):
+        except (TypeError, KeyError, ValueError, AttributeError):
             ok = False
         if not ok:
             raise BadInputError(
                 f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)"
+            )
+        # Exact (Python ints): a shape whose product wraps in 64 bits can name 2**64 elements
+        # over a few bytes, and every size the engine plans with comes from the shape.
+        need = math.prod(shape) * ITEMSIZE[SAFETENSORS_DTYPES[info["dtype"]]]
+        if need != stop - start:
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (entry {key!r} has shape {shape}, "
+                f"{need} bytes, but {stop - start} bytes of data)"
+            )
+        spans.append((start, stop, key))
+    # As the format requires: no two tensors share bytes, so reading them all reads each byte
+    # of the file at most once.
+    spans.sort()
+    for (_, stop, key), (start, _, other) in zip(spans, spans[1:]):
+        if start < stop:
+            raise BadInputError(
+                f"{path} has a corrupt safetensors header (entries {key!r} and {other!r} "
+                "overlap)"
             )
     return header, 8 + n
 
@@ -105,11 +129,16 @@ def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
     for key in keys:
         try:
             value = float(meta[key])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             continue
         if math.isfinite(value):
             return value
     return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def safetensors_refs(
@@ -121,8 +150,9 @@ def safetensors_refs(
     metadata: dict[str, Any] = {}
     for path, wanted in files.items():
         header, data_start = read_header(path)
-        if isinstance(header.get("__metadata__"), dict):  # the format says a str -> str map
-            metadata.update(header["__metadata__"])
+        found = header.get("__metadata__")
+        if isinstance(found, dict):  # the format's; anything else is ignored
+            metadata.update(found)
         for key, info in header.items():
             if key == "__metadata__" or (wanted and key not in wanted):
                 continue
@@ -130,10 +160,8 @@ def safetensors_refs(
             if dtype in FLOAT_DTYPES:
                 shape = tuple(int(d) for d in info["shape"])
                 raw[key] = (path, key, shape, dtype)
-                start, stop = info["data_offsets"]
-                # a size that disagrees with the shape: safe_open gets to say so on load
-                consistent = stop - start == math.prod(shape) * ITEMSIZE[dtype]
-                offsets[key] = data_start + start if consistent else None
+                start, _ = info["data_offsets"]  # its size is the shape's (`read_header`)
+                offsets[key] = data_start + start
     names = clean_names(raw)
     refs = {
         names[k]: SafetensorsTensorRef(names[k], *v, handles=handles, offset=offsets[k])
@@ -176,6 +204,7 @@ def read_safetensors_snapshot(
     handles: SafetensorsHandles | None = None,
 ) -> PendingSnapshot:
     """One snapshot from `{file: [keys, or [] for all]}`; `handles` is shared across the run."""
+    before = tuple(s for f in files for s in stamp_path(f))  # before any of them is mapped
     tensors, metadata = safetensors_refs(files, handles or SafetensorsHandles())
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
@@ -188,6 +217,7 @@ def read_safetensors_snapshot(
         embedded_step=None if step is None else int(step),
         embedded_epoch=epoch,
         extra={"shards": len(files)} if len(files) > 1 else {},
+        files=before,
     )
 
 

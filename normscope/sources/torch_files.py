@@ -13,9 +13,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_stamps import FileStamp, check_unchanged, merge_stamps, stamp_path
 from normscope.snapshot import Run
 
 from ._assemble import build_run
+from ._bounds import check_declared
 from ._files import files_in, label_of
 from ._keys import clean_names
 from ._optimizer import read_optimizer
@@ -88,7 +90,11 @@ def pending_from_parts(
     epoch: float | None,
     optimizer_where: str,
     warnings: list[str],
+    files: tuple[FileStamp, ...] | None = None,
 ) -> PendingSnapshot:
+    """The pending snapshot of a loaded state dict (and optimizer state); `files`: the stamps
+    of the files its tensors are read from, taken before they were mapped (default: `path`'s
+    now)."""
     tensors = model_refs(state_dict)
     if not tensors:
         raise BadInputError(f"{path} holds no floating-point tensors")
@@ -111,6 +117,9 @@ def pending_from_parts(
         pending.optimizer_state = info.state
         pending.hyperparams_source = optimizer_where if info.param_groups else None
         warnings.extend(info.warnings)
+    files = stamp_path(path) if files is None else files
+    pending.files = files
+    check_declared(path, pending.tensors, pending.optimizer_state, files)
     if os.path.isfile(path) and read_head(path, 4) != ZIP_MAGIC:
         pending.extra["legacy_format"] = True
         warnings.append(
@@ -132,15 +141,21 @@ def pending_from_checkpoint(
     split = split_checkpoint(checkpoint, path) if is_tensor is None else split_checkpoint(
         checkpoint, path, is_tensor=is_tensor)
     state_dict, optimizer, step, epoch = split
-    return pending_from_parts(path, label, state_dict, optimizer, step, epoch,
-                              f"{label} {optimizer_where} param_groups", warnings)
+    pending = pending_from_parts(path, label, state_dict, optimizer, step, epoch,
+                                 f"{label} {optimizer_where} param_groups", warnings)
+    pending.top_keys = frozenset(str(k) for k in checkpoint)
+    return pending
 
 
 def read_torch_checkpoint(
     path: str, label: str, warnings: list[str], *, recover_unsafe: bool = False
 ) -> PendingSnapshot:
+    before = stamp_path(path)  # before the file is mapped: a change from here on is caught
     obj = load_torch_file(path, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
-    return pending_from_checkpoint(obj, path, label, warnings, is_tensor=is_tensor_or_ref)
+    check_unchanged(before)
+    pending = pending_from_checkpoint(obj, path, label, warnings, is_tensor=is_tensor_or_ref)
+    pending.files = merge_stamps(before, pending.files)
+    return pending
 
 
 @dataclasses.dataclass(frozen=True)

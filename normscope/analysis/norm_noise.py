@@ -1,0 +1,267 @@
+"""The fluctuations of log N around its trend: white noise plus a mean-reverting (OU / AR(1)) part.
+
+A weight norm is not a smooth curve plus independent epoch-to-epoch noise. Near equilibrium the
+squared norm of a scale-invariant weight obeys d|w|⁴/dt = −4ηλ_eff|w|⁴ + 2η²|g̃|², so a fluctuation
+of the gradient noise |g̃|² is forgotten only over the relaxation time τ = 1/(4ηλ_eff) steps
+(λ_eff = λ/(1−μ); AdamW 1/(2ηλ)). The norm is a mean-reverting process with correlation time τ, and
+over a budget of a few dozen τ it wiggles slowly by several σ. Model, per end-of-epoch point:
+
+    y_t = log N_t = trend(t) + e_t + x_t,   e_t ~ N(0, a) independent,
+    x_t = ρ·x_{t−1} + √(b(1−ρ²))·ξ_t,        ρ = exp(−1/τ) (τ in epochs), Var x_t = b.
+
+Autocovariance of the noise: C(k) = a·[k = 0] + b·ρ^|k|. The lag-L second difference
+D_L(t) = y_{t+L} − 2y_t + y_{t−L} cancels any trend that is locally linear over 2L epochs, and
+
+    Var D_L = 6a + b·(6 − 8ρ^L + 2ρ^{2L}).
+
+For L = 1 and white noise alone this is the old estimate (σ² = Var D_1 / 6). With correlation the
+lag-1 second difference sees only b·2(1−ρ)(3−ρ) of the correlated part — at τ = 5.4 epochs 0.37·b
+where the white formula would read 6a — so the stationary fluctuation √b is underestimated about
+2.9-fold; a wiggle of 3√b then looks like a 9σ event. Measuring Var D_L at several lags
+L = 1..L_max (robustly: 1.4826·MAD) separates the two parts: a and b are the non-negative weighted
+least-squares fit of the line above (weights 1/Var D_L, i.e. relative errors). When τ is not given
+it is fitted too (the τ of a geometric grid with the smallest residual).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+_MAD_TO_SIGMA = 1.4826  # MAD of a normal sample → its standard deviation
+_NULL_REPEATS = 2000  # simulated noise-only series behind each false-alarm quantile
+_NULL_SEED = 20210325  # fixed: the detector is a pure function of its input
+TAU_GIVEN = "relaxation time"
+TAU_FITTED = "fitted"
+TAU_NONE = "white (too short to fit a correlation)"
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Noise of log N per epoch: white variance `white`² plus an AR(1) part of stationary σ
+    `correlated` and correlation time `correlation_epochs` (ρ = exp(−1/τ) per epoch)."""
+
+    white: float
+    correlated: float
+    correlation_epochs: float
+    tau_source: str
+
+    @property
+    def rho(self) -> float:
+        return math.exp(-1.0 / self.correlation_epochs) if self.correlation_epochs > 0 else 0.0
+
+    @property
+    def total(self) -> float:
+        """Stationary σ of the fluctuation of log N about its trend."""
+        return math.sqrt(self.white**2 + self.correlated**2)
+
+    def covariance(self, k: np.ndarray) -> np.ndarray:
+        k = np.abs(np.asarray(k))
+        return np.where(k == 0, self.white**2, 0.0) + self.correlated**2 * self.rho**k
+
+    def smoothed_difference_sd(self, lag: int, window: int) -> float:
+        """σ of z_{t+lag} − z_t, z the centred `window`-point moving average of y (lag=None: far apart)."""
+        i = np.arange(window)
+        offsets = i[None, :] - i[:, None]
+        var_z = float(self.covariance(offsets).sum()) / window**2
+        cov = float(self.covariance(offsets + lag).sum()) / window**2
+        return math.sqrt(max(2.0 * (var_z - cov), 0.0))
+
+    def far_difference_sd(self, window: int) -> float:
+        i = np.arange(window)
+        var_z = float(self.covariance(i[None, :] - i[:, None]).sum()) / window**2
+        return math.sqrt(2.0 * var_z)
+
+
+def _robust_var(values: np.ndarray) -> float:
+    if len(values) == 0:
+        return math.nan
+    return float((_MAD_TO_SIGMA * np.median(np.abs(values - np.median(values)))) ** 2)
+
+
+_MIN_DIFFERENCES = 8  # a lag's variance needs at least this many second differences
+# Without a given τ: lags up to n/8 and τ up to n/16. A real bounce bends D_L over 2L epochs around
+# its kink; beyond these the median no longer ignores that bend and a bounce reads as slow noise.
+_FIT_LAG_SHARE = 8
+_FIT_TAU_SHARE = 16
+
+
+def _max_lag(n: int, correlation_epochs: float | None) -> int:
+    """Lags up to 2τ (the variance of D_L has then risen to 98 % of its plateau) or n/6 when τ is to be
+    fitted; never so long that fewer than `_MIN_DIFFERENCES` differences remain."""
+    longest = max(1, (n - _MIN_DIFFERENCES) // 2)
+    wanted = math.ceil(2 * correlation_epochs) if correlation_epochs else n // _FIT_LAG_SHARE
+    return min(longest, max(3, wanted))
+
+
+def second_difference_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
+    """Robust Var D_L for L = 1..max_lag along the last axis (NaN where fewer than 3 differences exist)."""
+    y = np.asarray(y, dtype=float)
+    out = np.full(y.shape[:-1] + (max_lag,), math.nan)
+    for lag in range(1, max_lag + 1):
+        if y.shape[-1] - 2 * lag >= 3:
+            d = y[..., 2 * lag:] - 2 * y[..., lag:-lag] + y[..., : -2 * lag]
+            mad = np.median(np.abs(d - np.median(d, axis=-1, keepdims=True)), axis=-1)
+            out[..., lag - 1] = (_MAD_TO_SIGMA * mad) ** 2
+    return out
+
+
+def _fit_rows(v: np.ndarray, lags: np.ndarray, rho: float) -> np.ndarray:
+    """`_fit`'s total variance a + b for many rows of lag variances at once (the simulated null)."""
+    f = 6 - 8 * rho**lags + 2 * rho ** (2 * lags)
+    w = 1.0 / np.maximum(v, 1e-300)
+    s00, s01, s11 = (w * 36).sum(-1), (w * 6 * f).sum(-1), (w * f * f).sum(-1)
+    t0, t1 = (w * 6 * v).sum(-1), (w * f * v).sum(-1)
+    det = s00 * s11 - s01 * s01
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_both = (s11 * t0 - s01 * t1) / det
+        b_both = (s00 * t1 - s01 * t0) / det
+    candidates = [(np.maximum(t0 / s00, 0), np.zeros_like(t0)), (np.zeros_like(t1), np.maximum(t1 / s11, 0))]
+    feasible = (a_both >= 0) & (b_both >= 0) & np.isfinite(a_both) & np.isfinite(b_both)
+    candidates.append((np.where(feasible, a_both, 0.0), np.where(feasible, b_both, 0.0)))
+    best_total, best_res = None, None
+    for index, (a, b) in enumerate(candidates):
+        res = (w * (6 * a[..., None] + f * b[..., None] - v) ** 2).sum(-1)
+        if index == 2:
+            res = np.where(feasible, res, np.inf)
+        if best_res is None:
+            best_total, best_res = a + b, res
+        else:
+            better = res < best_res
+            best_total, best_res = np.where(better, a + b, best_total), np.where(better, res, best_res)
+    return best_total
+
+
+def _fit(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[float, float, float]:
+    """Non-negative weighted least squares of v_L = 6a + b·f_L(ρ): (a, b, weighted residual)."""
+    f = 6 - 8 * rho**lags + 2 * rho ** (2 * lags)
+    w = 1.0 / np.maximum(v, 1e-300)
+    design = np.stack([np.full_like(f, 6.0), f], axis=1) * np.sqrt(w)[:, None]
+    target = v * np.sqrt(w)
+    best = None
+    candidates = []
+    sol, *_ = np.linalg.lstsq(design, target, rcond=None)
+    if sol[0] >= 0 and sol[1] >= 0:
+        candidates.append((float(sol[0]), float(sol[1])))
+    for col in (0, 1):  # the boundary solutions: one component alone
+        x = design[:, col]
+        coef = max(float(x @ target / (x @ x)), 0.0) if x @ x > 0 else 0.0
+        candidates.append((coef, 0.0) if col == 0 else (0.0, coef))
+    for a, b in candidates:
+        residual = float(np.sum((design @ np.array([a, b]) - target) ** 2))
+        if best is None or residual < best[2]:
+            best = (a, b, residual)
+    return best
+
+
+def estimate_noise(y: np.ndarray, correlation_epochs: float | None = None) -> NoiseModel:
+    """Fit the white + AR(1) model to a log-norm series (see the module docstring)."""
+    y = np.asarray(y, dtype=float)
+    n = len(y)
+    if n < 4:
+        return NoiseModel(0.0, 0.0, 0.0, TAU_NONE)
+    if correlation_epochs is not None and not (math.isfinite(correlation_epochs) and correlation_epochs > 0):
+        correlation_epochs = None
+    max_lag = _max_lag(n, correlation_epochs)
+    v = second_difference_variances(y, max_lag)
+    keep = np.isfinite(v)
+    lags, v = np.arange(1, max_lag + 1)[keep], v[keep]
+    if len(v) == 0 or not np.any(v > 0):
+        return NoiseModel(0.0, 0.0, correlation_epochs or 0.0, TAU_GIVEN if correlation_epochs else TAU_NONE)
+    if len(v) < 3 and correlation_epochs is None:
+        # one or two lags cannot tell a correlated part from a white one: read them as white noise
+        return NoiseModel(math.sqrt(float(v[0]) / 6.0), 0.0, 0.0, TAU_NONE)
+    if correlation_epochs is not None:
+        a, b, _ = _fit(v, lags, math.exp(-1.0 / correlation_epochs))
+        return NoiseModel(math.sqrt(a), math.sqrt(b), float(correlation_epochs), TAU_GIVEN)
+    best = None
+    for tau in np.geomspace(0.5, max(1.0, n / _FIT_TAU_SHARE), 16):
+        a, b, residual = _fit(v, lags, math.exp(-1.0 / tau))
+        if best is None or residual < best[3] * (1 - 1e-9):
+            best = (a, b, float(tau), residual)
+    a, b, tau, _ = best
+    if b == 0:
+        tau = 0.0
+    return NoiseModel(math.sqrt(a), math.sqrt(b), tau, TAU_FITTED)
+
+
+# ------------------------------------------------------------------------------ false-alarm levels
+def simulate_noise(model: NoiseModel, n: int, repeats: int, rng: np.random.Generator) -> np.ndarray:
+    """`repeats` noise-only series of length n drawn from the model (rows)."""
+    rho = model.rho
+    out = model.white * rng.standard_normal((repeats, n))
+    if model.correlated > 0:
+        x = model.correlated * rng.standard_normal(repeats)
+        innovation = model.correlated * math.sqrt(1 - rho * rho)
+        shocks = rng.standard_normal((repeats, n))
+        for t in range(n):
+            if t:
+                x = rho * x + innovation * shocks[:, t]
+            out[:, t] += x
+    return out
+
+
+def smooth_rows(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along the last axis; the window shrinks at both ends (no padding)."""
+    values = np.asarray(values, dtype=float)
+    n = values.shape[-1]
+    half = window // 2
+    csum = np.concatenate([np.zeros(values.shape[:-1] + (1,)), np.cumsum(values, axis=-1)], axis=-1)
+    lo = np.clip(np.arange(n) - half, 0, n)
+    hi = np.clip(np.arange(n) + half + 1, 0, n)
+    return (csum[..., hi] - csum[..., lo]) / (hi - lo)
+
+
+def max_drawup(z: np.ndarray) -> np.ndarray:
+    """Largest rise z_k − z_j (j ≤ k) along the last axis."""
+    return np.max(z - np.minimum.accumulate(z, axis=-1), axis=-1)
+
+
+@functools.lru_cache(maxsize=512)
+def _null_ratios(n: int, window: int, rho: float, white_share: float, tau: float | None) -> np.ndarray:
+    """Sorted max drawups of smoothed noise-only series over each series' own estimated total σ.
+
+    Studentized: the threshold is a multiple of the σ estimated from the run, so the null must carry
+    the error of that estimate too — with few correlation times in the run it is large, and a
+    threshold from the true σ would let one run in three through at τ = n/3."""
+    repeats = max(400, min(_NULL_REPEATS, 4_000_000 // max(n, 1)))
+    model = NoiseModel(math.sqrt(white_share), math.sqrt(1 - white_share),
+                       -1.0 / math.log(rho) if rho > 0 else 0.0, TAU_GIVEN)
+    rng = np.random.default_rng(_NULL_SEED)
+    y = simulate_noise(model, n, repeats, rng)
+    drawups = max_drawup(smooth_rows(y, window))
+    max_lag = _max_lag(n, tau)
+    v = second_difference_variances(y, max_lag)
+    keep = np.all(np.isfinite(v), axis=0)
+    lags = np.arange(1, max_lag + 1)[keep]
+    if len(lags) == 0 or rho <= 0 and white_share >= 1:
+        total = np.sqrt(np.maximum(v[:, :1] / 6.0, 0)).ravel() if len(lags) else np.ones(repeats)
+    else:
+        total = np.sqrt(_fit_rows(v[:, keep], lags, rho if rho > 0 else 1e-9))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(total > 0, drawups / total, np.inf)
+    ratios.sort()
+    ratios.setflags(write=False)
+    return ratios
+
+
+def null_drawups(model: NoiseModel, n: int, window: int) -> np.ndarray:
+    """Max drawups (in log N) that the model's noise alone produces over n epochs, sorted, scaled by
+    this run's estimated σ (see `_null_ratios`). The noise is symmetric, so the same distribution
+    holds for the largest drawdown."""
+    total = model.total
+    if total <= 0 or n < 2:
+        return np.zeros(1)
+    # rounded keys: the cache serves every layer of a model with nearly the same noise shape
+    white_share = round(model.white**2 / total**2, 2)
+    tau = round(model.correlation_epochs, 2) if model.correlation_epochs > 0 else None
+    return total * _null_ratios(int(n), int(window), round(model.rho, 3), white_share, tau)
+
+
+def exceedance(null: np.ndarray, value: float) -> float:
+    """P(null ≥ value), with the +1 correction of a Monte Carlo p-value."""
+    above = len(null) - int(np.searchsorted(null, value, side="left"))
+    return (above + 1) / (len(null) + 1)

@@ -1,0 +1,124 @@
+"""Equilibrium per neuron: the spread of per-row angular updates against the prediction.
+
+Rotational-equilibrium work (Wan et al. 2006.08419; Kosson et al., "Rotational Equilibrium",
+2305.17212) shows that with AdamW, and in transformers, equilibrium holds per neuron — per output row
+of a weight, the norm over all but dim 0 — not only per tensor. Per row r of C elements the predictions
+are those of a tensor (SCIENCE.md §3–§4), applied row by row:
+
+* angle between snapshots k steps apart: E cos θ_k = (1 − ηλ_eff)^{S(k)} (`equilibrium.effective_steps`),
+  i.e. per step √(2ηλ(1−β₁)/(1+β₁)) for AdamW and √(2ηλ/(1+μ)) for SGD with momentum;
+* AdamW equilibrium norm of a row: √(η·C/(2λ)), independent of the gradient's scale (Adam normalises
+  each element's update), so every row of a tensor should reach the same norm.
+
+A tensor is summarised by the distribution over its rows of measured/predicted angle (median and the
+10th–90th percentile range, and the share of rows inside the equilibrium band `TOLERANCE`) and, for
+AdamW, of |w_r| over its predicted norm. The tensor's own ratio, from the same sums, is reported next
+to it: a tensor can sit on the prediction while its rows do not.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from normscope.analysis import theory
+from normscope.analysis.equilibrium import TOLERANCE, effective_steps
+from normscope.engine.rows import RowSums
+from normscope.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class RowEquilibrium:
+    param: str
+    rows: int
+    row_numel: int
+    steps: float  # k, optimizer steps between the two snapshots
+    predicted_angle_rad: float  # per row (and per tensor), over the k steps
+    angle_ratio_median: float  # measured/predicted angle over rows
+    angle_ratio_p10: float
+    angle_ratio_p90: float
+    within_tolerance: float  # share of rows whose ratio lies in TOLERANCE
+    tensor_angle_ratio: float  # the tensor's ratio from the same sums (the tensor granularity)
+    norm_ratio_median: float  # AdamW: |w_r| / √(ηC/(2λ)); NaN for SGD
+    norm_ratio_p10: float
+    norm_ratio_p90: float
+
+
+def row_angles(sums: RowSums) -> np.ndarray:
+    """Angle per row between the two snapshots (radians; NaN for a zero row)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = sums.dot_prev / np.sqrt(sums.norm_sq * sums.prev_norm_sq)
+    return np.arccos(np.clip(cos, -1.0, 1.0))
+
+
+def predicted_angle(family: str, lr: float, weight_decay: float, momentum: float, steps: float) -> float:
+    """Equilibrium angle over `steps` steps of a scale-invariant row (or tensor)."""
+    lam_eff = theory.effective_weight_decay(family, weight_decay, momentum)
+    s = float(effective_steps(np.array([steps], dtype=float), np.array([momentum], dtype=float))[0])
+    return float(np.arccos(np.clip((1 - lr * lam_eff) ** s, -1.0, 1.0)))
+
+
+def row_equilibrium(param: str, sums: RowSums, *, family: str, lr: float, weight_decay: float,
+                    momentum: float, steps: float) -> RowEquilibrium:
+    """Summary of one tensor's rows over one interval; `momentum` is μ (SGD) or β₁ (AdamW), `lr` the
+    interval's mean learning rate."""
+    if family not in (theory.SGD, theory.ADAMW):
+        raise BadInputError(f"per-row predictions exist for SGD and AdamW, not {family!r}")
+    if not (lr > 0 and weight_decay > 0 and steps > 0):
+        raise BadInputError("per-row equilibrium needs a positive lr, weight decay and step count")
+    predicted = predicted_angle(family, lr, weight_decay, momentum, steps)
+    ratio = row_angles(sums) / predicted
+    ratio = ratio[np.isfinite(ratio)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tensor_cos = sums.dot_prev.sum() / math.sqrt(sums.norm_sq.sum() * sums.prev_norm_sq.sum())
+    tensor_ratio = float(np.arccos(np.clip(tensor_cos, -1.0, 1.0))) / predicted
+    norm = np.full(3, math.nan)
+    if family == theory.ADAMW:
+        expected = float(theory.adamw_equilibrium_norm(lr, weight_decay, sums.row_numel))
+        norm = np.percentile(np.sqrt(sums.norm_sq) / expected, [50, 10, 90])
+    spread = np.percentile(ratio, [50, 10, 90]) if len(ratio) else np.full(3, math.nan)
+    lo, hi = TOLERANCE
+    return RowEquilibrium(
+        param=param, rows=len(sums.norm_sq), row_numel=sums.row_numel, steps=float(steps),
+        predicted_angle_rad=predicted, angle_ratio_median=float(spread[0]), angle_ratio_p10=float(spread[1]),
+        angle_ratio_p90=float(spread[2]),
+        within_tolerance=float(np.mean((ratio >= lo) & (ratio <= hi))) if len(ratio) else math.nan,
+        tensor_angle_ratio=tensor_ratio, norm_ratio_median=float(norm[0]), norm_ratio_p10=float(norm[1]),
+        norm_ratio_p90=float(norm[2]),
+    )
+
+
+@dataclass(frozen=True)
+class RowInterval:
+    """One tensor's rows over the interval that ends at snapshot `snapshot`."""
+
+    snapshot: int
+    step: float
+    result: RowEquilibrium
+
+
+def row_report(stats, *, optimizer: str | None = None) -> tuple[RowInterval, ...]:
+    """Per-row summaries for every tensor and interval of an engine run with `granularity="row"`.
+
+    The interval's LR, weight decay and momentum/β₁ are those recorded in its earlier snapshot (the
+    scheduler steps before the save, as `equilibrium` assumes by default); intervals without a known
+    step count, LR or weight decay, and optimizers other than SGD and AdamW, are left out."""
+    out: list[RowInterval] = []
+    for t in range(1, len(stats)):
+        before, after = stats[t - 1].meta, stats[t].meta
+        family = theory.optimizer_family(optimizer or after.optimizer or "")
+        if family not in (theory.SGD, theory.ADAMW) or before.step is None or after.step is None:
+            continue
+        steps = after.step - before.step
+        groups = {name: g for g in before.param_groups for name in g.params}
+        for name, sums in stats[t].rows.items():
+            group = groups.get(name)
+            if group is None or not (group.lr and group.weight_decay and steps > 0):
+                continue
+            momentum = (group.momentum or 0.0) if family == theory.SGD else (group.betas or (0.0,))[0]
+            out.append(RowInterval(t, float(after.step), row_equilibrium(
+                name, sums, family=family, lr=group.lr, weight_decay=group.weight_decay,
+                momentum=momentum, steps=steps)))
+    return tuple(out)
