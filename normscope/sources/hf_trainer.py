@@ -18,8 +18,8 @@ from normscope.snapshot import Run
 
 from . import _json
 from ._assemble import build_run
-from ._files import label_of, subdirs_in
 from ._bounds import check_declared
+from ._files import label_of, subdirs_in
 from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
