@@ -296,12 +296,13 @@ def test_a_deeply_nested_trainer_state_is_one_line(hf_checkpoint):
     assert "trainer_state.json is not valid JSON: JSON nested too deeply" in _one_line_refusal(hf_checkpoint)
 
 
-def test_a_trainer_state_with_nan_losses_is_read_and_a_non_finite_epoch_ignored(hf_checkpoint):
+@pytest.mark.parametrize("epoch", [float("inf"), 10**400], ids=["inf", "10**400"])
+def test_a_trainer_state_with_nan_losses_is_read_and_a_non_finite_epoch_ignored(hf_checkpoint, epoch):
     # the HF Trainer writes NaN for a diverged loss; an infinite epoch can only be damage
     path = hf_checkpoint / "trainer_state.json"
     state = json.loads(path.read_text())
     state["log_history"][0]["loss"] = float("nan")
-    state["epoch"] = float("inf")
+    state["epoch"] = epoch
     path.write_text(json.dumps(state))
     (snapshot,) = open_run(hf_checkpoint).snapshots
     assert snapshot.meta.step == 23 and snapshot.meta.epoch is None

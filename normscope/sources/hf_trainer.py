@@ -117,8 +117,13 @@ def read_checkpoint_dir(
     step, epoch = state.get("global_step"), state.get("epoch")
     if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
         pending.trainer_step = step
-    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool) and math.isfinite(epoch):
-        pending.trainer_epoch = float(epoch)
+    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
+        try:
+            value = float(epoch)
+        except OverflowError:  # an integer past a float's range
+            value = math.inf
+        if math.isfinite(value):
+            pending.trainer_epoch = value
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
         before = stamp_path(optimizer_path)  # before it is mapped
