@@ -7,7 +7,9 @@ tensors; `resnet` — `epoch_N.pt` torch files of thousands of small fp32 tensor
 `resnet152` — the same files holding torchvision's ResNet-152 (777 float tensors, 241 MB), as many
 snapshots as the size holds.
 Each measurement runs in its own process (peak memory is per process), with normscope's bytecode
-compiled beforehand as an installed package has it:
+compiled beforehand as an installed package has it. The children import normscope from this
+checkout; with `--installed` they import the normscope this Python has installed (run the script
+with a virtual environment's python to measure the wheel in it):
 
     raw     read every file with 16 MiB `readinto` from the page cache (what `cat` does)
     engine  `normscope.sources.open_run` + `normscope.engine.compute_stats` (norms, dots, diffs)
@@ -283,7 +285,7 @@ def child(kind: str, root: str, device: str) -> None:
     import torch  # noqa: F401
 
     import normscope.engine
-    import normscope.sources  # noqa: F401
+    import normscope.sources
 
     mem = PeakMemory()
     mem.start()
@@ -294,34 +296,47 @@ def child(kind: str, root: str, device: str) -> None:
     else:
         result = measure_naive(root)
     mem.stop()
+    from normscope.engine.fused import kernel_status
+
     result.update(
-        kind=kind, peak_anon_bytes=mem.peak_anon, baseline_anon_bytes=mem.baseline
+        kind=kind, peak_anon_bytes=mem.peak_anon, baseline_anon_bytes=mem.baseline,
+        normscope=os.path.dirname(normscope.engine.__path__[0]), fused=kernel_status().active,
     )
     print(json.dumps(result))
 
 
-def child_env() -> dict[str, str]:
-    """The children's environment: this repo first on the path, and bytecode cached as an
-    installed package has it (in a directory of its own, not beside the sources). Without it,
-    where PYTHONDONTWRITEBYTECODE is set, every child compiled the modules it imports lazily
-    (the engine's among them) inside the timed region: ~20-50 ms a run."""
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(installed: bool) -> dict[str, str]:
+    """The children's environment: this checkout first on the path (unless `installed`), and
+    bytecode cached as an installed package has it (in a directory of its own, not beside the
+    sources), so that no child compiles the modules it imports lazily inside the timed region."""
     env = dict(os.environ)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    if not installed:
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "normscope-bench-pycache")
     return env
 
 
-def compile_package() -> None:
+def package_dir(installed: bool) -> str:
+    if not installed:
+        return os.path.join(REPO, "normscope")
+    out = subprocess.run([sys.executable, "-c", "import normscope; print(normscope.__path__[0])"],
+                         check=True, capture_output=True, text=True, env=child_env(True),
+                         cwd=tempfile.gettempdir())  # fmt: skip
+    return out.stdout.strip()
+
+
+def compile_package(installed: bool) -> None:
     """Bytecode for every normscope module before the first timed child (see `child_env`)."""
-    package = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "normscope")
-    subprocess.run([sys.executable, "-m", "compileall", "-q", package], check=True,
-                   env=child_env(), capture_output=True)  # fmt: skip
+    subprocess.run([sys.executable, "-m", "compileall", "-q", package_dir(installed)], check=True,
+                   env=child_env(installed), capture_output=True)  # fmt: skip
 
 
-def run_child(kind: str, root: str, device: str) -> dict:
-    env = child_env()
+def run_child(kind: str, root: str, device: str, installed: bool = False) -> dict:
+    env = child_env(installed)
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -332,7 +347,8 @@ def run_child(kind: str, root: str, device: str) -> dict:
         "--device",
         device,
     ]
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env,
+                         cwd=tempfile.gettempdir())
     if out.returncode != 0:
         raise SystemExit(f"{kind} measurement failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -358,6 +374,10 @@ def main() -> None:
         "--repeat", type=int, default=2, help="runs per measurement; the best is kept"
     )
     ap.add_argument(
+        "--installed", action="store_true",
+        help="measure the normscope installed for this Python, not the checkout's",
+    )
+    ap.add_argument(
         "--child", choices=("raw", "engine", "naive"), help=argparse.SUPPRESS
     )
     args = ap.parse_args()
@@ -380,10 +400,10 @@ def main() -> None:
     tensor_gb = manifest["tensor_bytes"] / GB
 
     results = {}
-    compile_package()
-    run_child("raw", root, args.device)  # warm the page cache
+    compile_package(args.installed)
+    run_child("raw", root, args.device, args.installed)  # warm the page cache
     for kind in ("raw", "engine", "naive"):
-        runs = [run_child(kind, root, args.device) for _ in range(args.repeat)]
+        runs = [run_child(kind, root, args.device, args.installed) for _ in range(args.repeat)]
         results[kind] = min(runs, key=lambda r: r["seconds"])
         results[kind]["peak_anon_bytes"] = max(r["peak_anon_bytes"] for r in runs)
     raw_rate = results["raw"]["file_bytes"] / GB / results["raw"]["seconds"]
@@ -406,6 +426,8 @@ def main() -> None:
         "engine_peak_anon_mb": round(results["engine"]["peak_anon_bytes"] / 2**20),
         "naive_peak_anon_mb": round(results["naive"]["peak_anon_bytes"] / 2**20),
         "baseline_anon_mb": round(results["engine"]["baseline_anon_bytes"] / 2**20),
+        "normscope": results["engine"]["normscope"],
+        "fused_kernel": results["engine"]["fused"],
         "device": args.device,
         "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 1),

@@ -2,8 +2,8 @@
 
 Opening a run and reducing it allocate hundreds of thousands of small objects that hold no
 reference cycles (refs, tensors, pieces, stats): on a 1 GB run of 8.4k-tensor torch files, the
-few full collections those allocations trigger cost 0.3 s of a 1.1 s open and 0.7 s of a 2.0 s
-reduce on the benchmark VM. (Freezing the objects that existed before the job, tried first, only
+few full collections those allocations trigger cost about a third of the open and of the reduce
+(docs/benchmarks.md, "Behind the design"). (Freezing the objects that existed before the job, tried first, only
 spared the ~170k objects importing torch leaves behind: the job's own objects were still rescanned.)
 Reference counting still frees everything as usual; cycles made meanwhile are collected after.
 """

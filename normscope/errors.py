@@ -5,6 +5,7 @@ Exit codes (documented in the README, same as ruff's convention):
     1   `normscope check` found violations
     2   bad input, usage or configuration
     101 internal error (a bug in normscope)
+    130 interrupted (Ctrl-C)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 TEXP (Li & Arora 2019, arXiv 1910.07454): for scale-invariant weights, SGD with momentum γ, weight decay
 λ and a step schedule η_t is the same function as SGD with momentum γ, *no* weight decay and the
-tapered-exponential LR η̃_t given by the recursion (t counts optimizer steps; SCIENCE.md §2):
+tapered-exponential LR η̃_t given by the recursion (t counts optimizer steps; docs/science.md §2.3):
 
     r_t = η_t/η_{t−1};  a_t = 1 + γ·r_t − η_t·λ − γ·r_t/a_{t−1},  a_{−1} = α₀;
     c_0 = 1,  c_{t+1} = a_t·c_t;  η̃_t = η_t/(c_t·c_{t+1});  w_t = c_t·w̃_t,

@@ -123,7 +123,7 @@ def build_trajectory(
     """Assemble per-snapshot stats (already in time order) into the tidy table.
 
     Parameters that appear or vanish between snapshots are noted in `warnings`, not fatal.
-    Built column by column (a ResNet-shaped run has 34k rows and a dict per row cost ~30 µs);
+    Built column by column (a ResNet-shaped run has 34k rows, and a dict per row was slow);
     each value is what the per-row formulas in the module docstring give.
     """
     columns: dict[str, list] = {name: [] for name in COLUMNS}

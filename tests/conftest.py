@@ -14,7 +14,7 @@ from sample_runs.cpu_kernels import pin_cpu_kernels
 # torch's kernels depend on the CPU's instruction set unless pinned.
 pin_cpu_kernels()
 
-import torch  # noqa: E402
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_RUNS = REPO_ROOT / "sample_runs"
@@ -94,7 +94,7 @@ def each_cpu_kernel(request, monkeypatch):
     else:
         monkeypatch.delenv("NORMSCOPE_FUSED", raising=False)
         if fused_kernel() is None:
-            pytest.skip("no C compiler: the fused kernel cannot be built here")
+            pytest.skip("this install has no fused kernel (built without a C compiler)")
     return request.param
 
 

@@ -1,4 +1,4 @@
-"""The benchmark script works end to end on a tiny run (its figures are in the README)."""
+"""The benchmark script works end to end on a tiny run (its figures are in docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -26,7 +26,8 @@ def test_version():
         text=True,
         check=True,
     )
-    assert out.stdout.startswith("normscope ")
+    assert out.stdout.startswith("normscope:")
+    assert "fused CPU kernel:" in out.stdout  # what it reports: tests/test_kernel_loading.py
 
 
 def test_every_public_name_resolves():

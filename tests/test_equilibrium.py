@@ -94,7 +94,7 @@ def test_synthetic_invariant_weight_sits_on_the_prediction(optimizer):
 
 
 def test_sample_sgd_run_conv_layers():
-    """The README number. Expected bands, from the theory's assumptions (docs/equilibrium.md):
+    """The number docs/equilibrium.md quotes. Expected bands, from the theory's assumptions (docs/equilibrium.md):
     η|g|/|w| vs √(2ηλ(1−μ)): the balance of decay against noise growth, which needs only ⟨g,w⟩ = 0
     and a settled norm; |g| is estimated from one momentum buffer per epoch (±20% per sample), so the
     median of ~29 settled epochs is within ±10% of 1. The angle ratio additionally assumes successive

@@ -17,6 +17,8 @@ from sample_runs.sgd_run import weight_norm_sq
 
 TORCH_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt"}
 RUN_NAMES = ("digits_bn_cnn_sgd", "digits_ln_transformer_adamw", "digits_bn_cnn_lightning")
+LIVE_RUN = "digits_bn_cnn_live"
+SAMPLE_LIVE_LOG = Path(__file__).resolve().parent.parent / "sample_runs" / LIVE_RUN / "track.jsonl"
 
 
 def _run_files(sample_runs_dir: Path) -> list[Path]:
@@ -105,7 +107,12 @@ def test_sgd_lr_steps_down_once_at_75_percent(sample_manifest):
 
 def test_readme_states_the_manifest(readme_tables, sample_manifest):
     summary = {row["run"].strip("`"): row for row in readme_tables[0]}
-    assert set(summary) == set(RUN_NAMES)
+    assert set(summary) == {*RUN_NAMES, LIVE_RUN}
+    live = summary.pop(LIVE_RUN)  # a tracker log, not in the manifest: checked against the log itself
+    records = [json.loads(line) for line in (SAMPLE_LIVE_LOG).read_text().splitlines()[1:]]
+    assert int(live["checkpoints"].split()[0]) == 0
+    assert f"{len(records)})" in live["checkpoints"]
+    assert int(live["epochs"]) == round(records[-1]["epoch"])
     for name, row in summary.items():
         run = sample_manifest["runs"][name]
         config = run["config"]

@@ -1,4 +1,4 @@
-"""The equilibrium formulas against the figures SCIENCE.md checked by hand or by simulation."""
+"""The equilibrium formulas against the figures of docs/science.md §3, checked by hand or by simulation."""
 
 import math
 
@@ -9,7 +9,7 @@ from normscope.analysis import theory
 
 
 def test_myrtle_grad_ratio_matches_the_measured_run_settings():
-    # SCIENCE.md §3: η 0.2, λ 1e-3, μ 0.9 predicts η|g|/|w| = 0.00632
+    # docs/science.md §3: η 0.2, λ 1e-3, μ 0.9 predicts η|g|/|w| = 0.00632
     assert theory.grad_to_weight_ratio(0.2, 1e-3, 0.9) == pytest.approx(0.00632, rel=1e-3)
 
 

@@ -1,15 +1,30 @@
-"""The README's tracker example: 2 epochs of the digits BN-CNN with normscope.track, then read back.
+"""The tracker example of docs/live.md: 2 epochs of the digits BN-CNN with normscope.track, then read back.
 
-Run from the repository root:  PYTHONPATH=. python docs/examples/track_demo.py
+Needs the sample runs' data set: `pip install 'normscope[samples]'` (scikit-learn's bundled digits).
+Run from the repository root (the model and data come from `sample_runs/`):
+
+    PYTHONPATH=. python docs/examples/track_demo.py [LOG]
+
+The log goes to LOG, by default `track.jsonl` in a new temporary directory (printed), never into the
+checkout.
 """
+import sys
+import tempfile
+from pathlib import Path
+
 import torch
 
 import normscope
 from normscope.sources.jsonl_log import read_jsonl_log
-from sample_runs.digits import load_digits_split, shuffled_batches
-from sample_runs.models import bn_cnn
 
-LOG = "runs/demo/track.jsonl"
+try:
+    from sample_runs.digits import load_digits_split, shuffled_batches
+    from sample_runs.models import bn_cnn
+except ImportError as exc:  # scikit-learn missing, or not run from the repository root
+    sys.exit(f"track_demo: {exc}; install normscope[samples] and run from the repository root "
+             "with PYTHONPATH=.")
+
+LOG = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="normscope-demo-")) / "track.jsonl"
 
 torch.manual_seed(0)
 data = load_digits_split()

@@ -11,7 +11,7 @@ a new phase). The end of a rise counts once it is seen by the
 full smoothing window: at the newest epochs the centred moving average is one-sided and lags, which
 makes a rise look as if it were levelling off. Two waits keep it off noise and transients:
 
-* at least one relaxation time τ (SCIENCE.md §3) into the phase: after an LR change the norm is in
+* at least one relaxation time τ (docs/science.md §3.5) into the phase: after an LR change the norm is in
   transit to its new equilibrium, and a dip or rise of that transit is no bounce;
 * at least `min_phase_epochs` epochs into the phase, and 2τ: the noise model needs lags up to 2τ
   to separate its correlated part (`analysis.norm_noise`).

@@ -1,4 +1,4 @@
-"""The ABEL decision rule (Lewkowycz 2021, Algorithm 1) as one pure step function.
+"""The ABEL decision rule (Lewkowycz 2021, Algorithm 1; docs/science.md §1.2) as one pure step function.
 
 The offline replay (`normscope.analysis.bounce.abel_replay`) and the in-loop scheduler with the paper's
 rule (`normscope.schedulers.ABEL(rule="exact")`) both feed each end-of-epoch squared weight norm through

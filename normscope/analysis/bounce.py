@@ -2,11 +2,12 @@
 
 Both are pure functions of an end-of-epoch series (see `normscope.analysis.epochs`).
 
-The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`).
+The exact rule (`abel_replay`) is Algorithm 1 of Lewkowycz 2021, step for step (`abel_rule.abel_step`;
+docs/science.md §1.2).
 On a noisy plateau the sign of Δ flips almost every epoch and the rule fires on noise; it is kept
 because it is what the paper (and `ABEL(rule="exact")`) does.
 
-The robust detector (`detect_bounces`) works on y = log N, in these steps:
+The robust detector (`detect_bounces`; docs/science.md §6) works on y = log N, in these steps:
 
 1. noise: white noise plus a mean-reverting AR(1) part whose correlation time is the relaxation time
    (`analysis.norm_noise`; docs/science-robust.md): the norm's slow wiggles are its own fluctuation,
@@ -430,7 +431,7 @@ def analyze_bounces(
 
 def series_correlation_epochs(series: EpochSeries) -> float | None:
     """The norm's correlation time in epochs: its relaxation time at the run's largest recorded LR
-    (SCIENCE.md §3); None (fit it from the series) when LR, weight decay or steps per epoch are unknown."""
+    (docs/science.md §3.5); None (fit it from the series) when LR, weight decay or steps per epoch are unknown."""
     from normscope.analysis.theory import correlation_epochs
 
     known = [x for x in series.lr if math.isfinite(x) and x > 0]

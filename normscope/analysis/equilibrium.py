@@ -1,11 +1,11 @@
-"""Equilibrium of scale-invariant weights: predicted vs measured angular updates (SCIENCE.md §3–§4).
+"""Equilibrium of scale-invariant weights: predicted vs measured angular updates (docs/science.md §3–§4).
 
 For an invariant weight, weight decay's shrink balances the growth from gradient noise orthogonal to
 the weight; the direction then performs a random walk of fixed speed. What is compared:
 
 * Angle between consecutive snapshots, k optimizer steps apart. Gradients after snapshot s are
   (nearly) orthogonal to w_s, so without momentum E⟨w_s, w_{s+k}⟩ = (1 − ηλ_eff)^k |w_s|² and at
-  equilibrium E cos θ_k = (1 − ηλ_eff)^k (SCIENCE.md §4), λ_eff = λ/(1−μ) for SGD (coupled decay
+  equilibrium E cos θ_k = (1 − ηλ_eff)^k (docs/science.md §4), λ_eff = λ/(1−μ) for SGD (coupled decay
   inside the momentum buffer), λ for AdamW (decoupled). With momentum μ (SGD) or β₁ (AdamW) the
   steps are correlated, and what enters is an effective step count
       S(k) = Σ_{i=1..k} (1 − μ^i)² + μ²(1 − μ^k)²/(1 − μ²)

@@ -1,4 +1,4 @@
-"""Exact scale invariance from the model's graph: degrees of homogeneity (Li & Arora 2019, SCIENCE.md §2).
+"""Exact scale invariance from the model's graph: degrees of homogeneity (Li & Arora 2019, docs/science.md §2.4).
 
 For one candidate parameter P, every value in the traced graph gets a `Degree`: the network value
 v(c) computed with P replaced by c·P satisfies v(c) = c^d · v(1) for all c > 0 (HOMOGENEOUS, degree d),

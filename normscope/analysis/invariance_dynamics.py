@@ -1,4 +1,4 @@
-"""Scale invariance as seen in how the weights move (SCIENCE.md §4–§5), from the trajectory table.
+"""Scale invariance as seen in how the weights move (docs/science.md §4–§5), from the trajectory table.
 
 For an invariant weight ⟨g, w⟩ = 0 at every step. What each source shows of that:
 

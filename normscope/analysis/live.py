@@ -6,7 +6,7 @@ Pure functions from a `Trajectory` (plus, for tracker logs, the per-step update 
 The angular update per step is the angle between w before and after one optimizer step. Tracker
 logs know it exactly (|w| before, |w| after, |Δw|); for checkpoints it is the angle since the
 previous snapshot, whatever the spacing (labelled so). At equilibrium a scale-invariant weight
-turns by (SCIENCE.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
+turns by (docs/science.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
 
     SGD + momentum μ    sqrt(2 η λ / (1 + μ))
     AdamW (β1)          sqrt(2 η λ (1 − β1) / (1 + β1))

@@ -1,7 +1,7 @@
 """Numerical probe of scale invariance: scale one parameter by 2 and by 0.5, see if the outputs move.
 
 The probe runs on a float64 copy of the model in train mode (BatchNorm in eval mode uses running
-statistics and is not invariant, SCIENCE.md §5), with every normalization's eps set to 1e-30: eps is
+statistics and is not invariant, docs/science.md §5), with every normalization's eps set to 1e-30: eps is
 what makes BN(c·x) differ from BN(x) by ~eps/var, a real but tiny effect that would otherwise blur
 exact invariance (change ~1e-16) into the 1e-6 range where a weakly-used parameter also lives. Dropout
 draws the same mask in every forward (the RNG is re-seeded). The user's model is never modified.

@@ -4,7 +4,7 @@
 it recommends uses the robust detector's decays (the exact rule's are reported next to them), plus the
 paper's final decay at ~85 % of the budget, and keeps decays at least one relaxation time apart: after a
 decay the norm needs about 1/(4·η·λ/(1−μ)) steps (SGD with momentum) or 1/(2·η·λ) steps (AdamW) to reach
-its new equilibrium (SCIENCE.md §3), so a second decay before then acts on a norm still in transit.
+its new equilibrium (docs/science.md §3.5), so a second decay before then acts on a norm still in transit.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Rotational-equilibrium work (Wan et al. 2006.08419; Kosson et al., "Rotational Equilibrium",
 2305.17212) shows that with AdamW, and in transformers, equilibrium holds per neuron — per output row
 of a weight, the norm over all but dim 0 — not only per tensor. Per row r of C elements the predictions
-are those of a tensor (SCIENCE.md §3–§4), applied row by row:
+are those of a tensor (docs/science.md §3–§4), applied row by row:
 
 * angle between snapshots k steps apart: E cos θ_k = (1 − ηλ_eff)^{S(k)} (`equilibrium.effective_steps`),
   i.e. per step √(2ηλ(1−β₁)/(1+β₁)) for AdamW and √(2ηλ/(1+μ)) for SGD with momentum;

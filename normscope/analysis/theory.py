@@ -1,4 +1,4 @@
-"""The equilibrium formulas of SCIENCE.md §3, in one place, for floats and numpy arrays alike.
+"""The equilibrium formulas of docs/science.md §3, in one place, for floats and numpy arrays alike.
 
 Every analysis that predicts an equilibrium (the equilibrium report, the live view, the
 recommendation's spacing of decays) calls these, so the science cannot drift between them.

@@ -6,6 +6,9 @@ its own module and imports the heavy parts of the library inside its body.
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import typer
 
 from normscope.cli import analyze as _analyze
@@ -27,16 +30,34 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from normscope import __version__
+        from normscope.environment import describe
 
-        typer.echo(f"normscope {__version__}")
+        lines = describe()
+        width = max(len(label) for label, _ in lines)
+        for label, text in lines:
+            typer.echo(f"{label + ':':<{width + 1}} {text}")
         raise typer.Exit()
+
+
+def _verbose(value: bool) -> None:
+    """Send normscope's own notes (e.g. that a run uses the torch kernels) to stderr."""
+    if value:
+        logger = logging.getLogger("normscope")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("normscope: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print normscope's, Python's and torch's versions, CUDA, whether the fused CPU "
+             "kernel is active and which extras are installed, then exit."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", callback=_verbose, is_eager=True,
+        help="Say on stderr how the run is done (e.g. when it falls back to the torch kernels)."),
 ) -> None:
     """Weight-dynamics analysis of training runs."""
 

@@ -1,7 +1,9 @@
 /* normscope's fused CPU reduction: every quantity of a (tensor, snapshot) in one pass, in float64.
  *
- * Built on first use by `normscope/engine/fused.py` (cc -O3, no Python headers; called through
- * ctypes, which releases the GIL, so the engine's worker threads run it in parallel). torch's
+ * Built with the package into the extension module `normscope.engine._fused` (setup.py; the module
+ * glue is `_fused_module.c`, this file needs no Python headers) and called by
+ * `normscope/engine/fused.py` through ctypes, which releases the GIL, so the engine's worker
+ * threads run it in parallel. torch's
  * kernels need ~9 passes over a block for the same sums (upcast, multiply, sum, per quantity);
  * here each element is read once and every product is accumulated in float64.
  *
@@ -255,5 +257,5 @@ int normscope_reduce_guarded(int64_t count, const int64_t *numel, const void *co
     return 0;
 }
 
-/* The ABI version the Python side checks, so a stale build from an older normscope is rebuilt. */
-int normscope_fused_abi(void) { return 1; }
+/* The ABI version the Python side checks, so a build from another normscope is never called. */
+int normscope_fused_abi(void) { return 2; }

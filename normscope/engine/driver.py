@@ -89,9 +89,9 @@ def _run(
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
 
     # Paging mapped files in on the reader thread helps the torch CPU kernels, which would stall
-    # on faults between blocks; the fused kernel's threads take the faults in parallel (0.8 GB
-    # LLM run: 0.157 s without the reader's touch, 0.174 s with it), and on CUDA the staging copy
-    # on the reader thread touches the pages anyway.
+    # on faults between blocks; the fused kernel's threads take the faults in parallel (touching
+    # first is slower there), and on CUDA the staging copy on the reader thread touches the pages
+    # anyway. Figures: docs/benchmarks.md, "Behind the design".
     fused = device.type == "cpu" and fused_kernel() is not None
     touch_pages = device.type == "cpu" and not fused
     # row sums need the tensors themselves, not refs the fused kernel reads where they lie

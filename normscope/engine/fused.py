@@ -1,34 +1,32 @@
-"""The fused CPU kernel: all of a group's sums in one pass per tensor, float64, built on first use.
+"""The fused CPU kernel: all of a group's sums in one pass per tensor, float64, built with the package.
 
 torch has no single kernel for "sum x², x·y, (y−x)², x·m, m², v in float64 from bf16 inputs": the
 row-block path (`reduce._reduce_blocks`) spends ~9 passes over each block to get them, which makes
-the engine compute-bound below the page-cache read rate on 2 cores. `_fused.c` reads each element
-once; the engine's worker threads call it through ctypes, which releases the GIL.
+the engine compute-bound below the page-cache read rate on small machines. `_fused.c` reads each
+element once; the engine's worker threads call it through ctypes, which releases the GIL.
 
-The library is compiled with the system C compiler the first time it is needed (~0.4 s) into
-normscope's cache directory, under a name hashed from the source, flags and compiler, so an
-upgrade never loads a stale build. No compiler, a failed build, an unsupported dtype or a non-CPU
-tensor: the caller gets None and uses the torch path, which gives the same sums to 1e-6.
-`NORMSCOPE_FUSED=0` turns the kernel off.
+The kernel is the extension module `normscope.engine._fused`, compiled when the wheel or the
+editable install is built (setup.py) and imported like any other module of the package: nothing
+is compiled, cached or loaded from elsewhere at run time. An install built without a C compiler
+has no such module; the caller then gets None and uses the torch path, which gives the same sums
+to 1e-6, as it does for an unsupported dtype or a non-CPU tensor. `NORMSCOPE_FUSED=0` turns the
+kernel off. `kernel_status()` says which path an install takes and why (`normscope --version`).
 """
 
 from __future__ import annotations
 
 import bisect
 import ctypes
+import dataclasses
 import functools
-import hashlib
+import importlib.util
 import itertools
 import logging
 import operator
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+import stat
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normscope.engine.workers import Runner
@@ -43,56 +41,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_fused.c")
-ABI = 1
-FLAGS = ("-O3", "-fopenmp-simd", "-fno-math-errno", "-fPIC", "-shared")
+MODULE = "normscope.engine._fused"
+ABI = 2
 # Columns of the kernel's output rows, in `_fused.c`'s order.
 COLUMNS = ("norm_sq", "dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
 # Longer tensors are cut into pieces so both workers get work from a single large matrix.
 PIECE_ELEMENTS = 1 << 22
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NORMSCOPE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "normscope"
-    )
-    return Path(root)
-
-
-def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _identity(compiler: str) -> str:
-    """Which compiler this is, for the build's name: its resolved path, size and mtime (an
-    upgrade changes them). Asking `cc --version` cost a fork of this process, ~15 ms of every
-    run's start; a wrapper such as ccache hides its compiler's upgrades either way, which only
-    ever keeps a build of the same source and flags."""
-    path = shutil.which(compiler) or compiler
-    try:
-        st = os.stat(path)
-    except OSError:
-        return path
-    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _build(compiler: str, target: Path) -> None:
-    """Compile into a temporary file beside `target`, then rename: concurrent first uses (Dask
-    workers, parallel tests) never load a half-written library."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", tmp],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+# The kernel's entry points (`_fused.c`), called at the addresses its module publishes.
+_REDUCE = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 10)
+_REDUCE_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, *[ctypes.c_void_p] * 10)
+_GUARD_INSTALL = ctypes.CFUNCTYPE(ctypes.c_int)
 
 
 class VanishedPage(Exception):
@@ -101,20 +59,16 @@ class VanishedPage(Exception):
 
 
 class FusedKernel:
-    """The loaded library; `reduce` runs one call over arrays describing many tensors."""
+    """The kernel; `reduce` runs one call over arrays describing many tensors."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
-        # guarded where the library can be (see `_fused.c`): a vanished page of a mapped file
-        # raises VanishedPage instead of ending the process with SIGBUS
-        try:
-            guarded = library.normscope_reduce_guarded
-            guarded_ok = library.normscope_guard_install() == 0
-        except AttributeError:
-            guarded_ok = False
-        self._guarded = guarded_ok
-        self._reduce = guarded if guarded_ok else library.normscope_reduce
-        self._reduce.argtypes = [ctypes.c_int64] + [ctypes.c_void_p] * 10
-        self._reduce.restype = ctypes.c_int if guarded_ok else None
+    def __init__(self, module: Any) -> None:
+        # guarded where the handler can be installed (see `_fused.c`): a vanished page of a mapped
+        # file raises VanishedPage instead of ending the process with SIGBUS
+        self._guarded = _GUARD_INSTALL(module.guard_install_address)() == 0
+        if self._guarded:
+            self._reduce = _REDUCE_GUARDED(module.reduce_guarded_address)
+        else:
+            self._reduce = _REDUCE(module.reduce_address)
 
     def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
                out: int) -> None:
@@ -126,40 +80,74 @@ class FusedKernel:
             raise VanishedPage("a page of a mapped file vanished while the kernel read it")
 
 
+@dataclasses.dataclass(frozen=True)
+class KernelStatus:
+    """Whether the fused kernel is in use, and if not, why (one line for a user)."""
+
+    active: bool
+    detail: str
+
+
+def _untrusted(path: str) -> str | None:
+    """Why a file, or the directory it is in, may hold code someone else put there (None: it
+    cannot). Python imports whatever lies on its path; for native code normscope also asks that
+    the file and its directory are owned by this user or by root and not writable by others."""
+    if not hasattr(os, "getuid"):
+        return None
+    for target in (path, os.path.dirname(path)):
+        try:
+            st = os.stat(target)
+        except OSError as exc:
+            return f"cannot check {target}: {exc.strerror}"
+        if st.st_uid not in (os.getuid(), 0):
+            return f"{target} belongs to another user"
+        if st.st_mode & stat.S_IWOTH:
+            return f"{target} is writable by other users"
+    return None
+
+
 @functools.lru_cache(maxsize=1)
-def _load(disabled: bool) -> FusedKernel | None:
-    if disabled or not sys.platform.startswith(("linux", "darwin")):
-        return None
-    compiler = _compiler()
-    if compiler is None:
-        log.debug("no C compiler found; using the torch kernels")
-        return None
+def _load(disabled: bool) -> tuple[FusedKernel | None, KernelStatus]:
+    if disabled:
+        return None, KernelStatus(False, "turned off by NORMSCOPE_FUSED=0")
     try:
-        digest = hashlib.sha256(
-            b"\0".join(
-                [SOURCE.read_bytes(), " ".join(FLAGS).encode(), _identity(compiler).encode(),
-                 os.uname().machine.encode()]
-            )
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"fused-{digest}.so"
-        if not target.exists():
-            try:
-                _build(compiler, target)
-            except OSError:  # cache directory not writable: build into a private temp dir
-                target = Path(tempfile.mkdtemp(prefix="normscope-")) / target.name
-                _build(compiler, target)
-        library = ctypes.CDLL(str(target))
-        if library.normscope_fused_abi() != ABI:
-            return None
-        return FusedKernel(library)
-    except (OSError, subprocess.SubprocessError, AttributeError) as exc:
-        log.debug("fused kernel unavailable (%s); using the torch kernels", exc)
-        return None
+        spec = importlib.util.find_spec(MODULE)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin:
+        return None, KernelStatus(
+            False, "not built into this install (no C compiler when it was built)")
+    refused = _untrusted(spec.origin)
+    if refused is not None:
+        return None, KernelStatus(False, f"not loaded: {refused}")
+    try:
+        from normscope.engine import _fused  # type: ignore[attr-defined]
+    except ImportError as exc:
+        return None, KernelStatus(False, f"cannot be loaded ({exc})")
+    if getattr(_fused, "ABI", None) != ABI:
+        return None, KernelStatus(False, "built from another version of normscope; reinstall it")
+    return FusedKernel(_fused), KernelStatus(True, f"active ({spec.origin})")
+
+
+def _disabled() -> bool:
+    return os.environ.get("NORMSCOPE_FUSED", "1").strip().lower() in ("0", "false", "no")
 
 
 def fused_kernel() -> FusedKernel | None:
-    """The kernel, built on first call; None where it cannot be (see the module docstring)."""
-    return _load(os.environ.get("NORMSCOPE_FUSED", "1").strip().lower() in ("0", "false", "no"))
+    """The kernel; None where this install has none or it is turned off (module docstring)."""
+    kernel, status = _load(_disabled())
+    if kernel is None:
+        _say_once(status.detail)
+    return kernel
+
+
+def kernel_status() -> KernelStatus:
+    return _load(_disabled())[1]
+
+
+@functools.cache
+def _say_once(detail: str) -> None:
+    log.info("fused CPU kernel %s; using the torch kernels (same results, slower)", detail)
 
 
 def dtype_codes() -> dict[torch.dtype | str, int]:

@@ -6,7 +6,7 @@ three numpy arrays (addresses, dtype codes, lengths), the fused kernel reads the
 previous snapshot's arrays as its `prev` stream, and its sums go to the accumulator as one array:
 no Python object per piece between the reader and the stats. A ResNet-shaped bucket holds
 thousands of pieces, and the per-piece lists of the general path (grouping, kernel arguments,
-rows of totals) cost ~3 µs a piece, as much as the arithmetic. Anything else takes the general
+rows of totals) cost as much as the arithmetic. Anything else takes the general
 path (`driver._start_work`), which gives the same sums.
 """
 

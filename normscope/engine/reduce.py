@@ -32,9 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 # Per stream: a CPU block stays in the L3 cache between its kernels, and is large enough that the
-# ~15 Python-level torch calls per block are a small share of it. Measured on a 2-core EPYC
-# (1 MiB L2, 32 MiB L3), 1 GB runs: 256 KiB 1.2 s / 2.9 s (bf16 LLM / fp32 ResNet shape),
-# 1 MiB 0.6 / 2.2 s, 2 MiB 0.47 / 1.9 s, 4 MiB 0.6 / 1.9 s, 8 MiB 0.8 / 2.6 s.
+# ~15 Python-level torch calls per block are a small share of it; 2 MiB was the fastest of
+# 256 KiB–8 MiB (docs/engine.md, "CPU block size").
 CPU_BLOCK_BYTES = 2 << 20
 # 16M elements per kernel: CUDA launch overhead is negligible.
 CUDA_BLOCK_ROWS = 4096

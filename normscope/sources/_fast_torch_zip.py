@@ -1,15 +1,11 @@
 """Opening a `torch.save` zip without torch's pure-Python unpickler: the same object, ~10x sooner.
 
-`torch.load(weights_only=True)` interprets `data.pkl` one opcode at a time in Python, ~120 µs per
-tensor: about a second for a ResNet-sized checkpoint of 8.4k tensors, while its data is mapped
-lazily anyway. Here the C `pickle.Unpickler` runs the same pickle, and the tensors are built the
+`torch.load(weights_only=True)` interprets `data.pkl` one opcode at a time in Python: about a
+second for a ResNet-sized checkpoint of 8.4k tensors, while its data is mapped lazily anyway. Here the C `pickle.Unpickler` runs the same pickle, and the tensors are built the
 way `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds them: one private
 (MAP_PRIVATE, copy-on-write) mapping of the whole file, one storage slice per `data/<key>` record,
 `set_` on it with the pickled offset, size and stride. Tensors naming the same key share a storage.
-`load_torch_file` on an 8,495-tensor ResNet-shaped file (252 MB, page cache, zip directory already
-parsed by the sniffers; best to median of 5-7 runs, 2-core VM shared with other jobs): torch.load
-1.0-1.5 s (120-175 µs a tensor), this path 0.10-0.13 s (12-15 µs a tensor). Opening it cold, the
-directory parse included: 1.1-1.7 s against 0.28-0.36 s.
+Figures against torch.load: docs/benchmarks.md, "Behind the design".
 
 `_scan_torch_zip` goes one step further for the engine: the same archive checks, allow-list and
 unpickle, with refs that point into the mapping in place of the tensors the engine reduces.
@@ -65,7 +61,7 @@ from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
 # `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
-# storages; ours is a CPU mapping): 0.5 µs a slice instead of 1.3 µs.
+# storages; ours is a CPU mapping), at well under half the cost per slice.
 _slice = torch._C.StorageBase.__getitem__
 
 
@@ -227,7 +223,7 @@ class Records:
         self._whole = torch.UntypedStorage.from_file(path, False, self._size)
         # The local headers are read through that same mapping: each sits just before its
         # record's bytes, on a page the engine maps anyway. A mapping of their own cost a fault
-        # per header and an unmap, ~15 ms for a file of 8.4k records.
+        # per header and an unmap.
         whole = torch.empty(0, dtype=torch.uint8).set_(self._whole).numpy()
         self._np_starts = self._data_starts(records, whole)
         self._np_sizes = np.frombuffer(records.sizes, dtype=np.int64)
@@ -238,8 +234,8 @@ class Records:
         plain (stored) or its local header disagrees with the central directory (signature,
         method, name) or its bytes would run past the end of the file.
 
-        All headers at once with numpy: one Python call per record was ~2 µs, for 34k records
-        on a 1 GB ResNet-shaped run."""
+        All headers at once with numpy rather than one Python call per record: a 1 GB
+        ResNet-shaped run has 34k records."""
 
         count = len(records.sizes)
         starts = np.full(count, -1, dtype=np.int64)

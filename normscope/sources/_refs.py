@@ -98,7 +98,7 @@ class MappedTensorRef(NamedTuple):
     Nothing is built on open: the engine's CPU kernel reads the bytes at `address` (see
     `snapshot.TensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)` would.
     A NamedTuple, made from columns: a ResNet-shaped checkpoint holds thousands of them, and a
-    tensor over a mapped storage costs ~3 µs to build where this costs ~0.3.
+    tensor over a mapped storage costs about ten times as much to build.
     `archive` keeps the mapping alive as long as a ref (or a tensor it built) is.
     """
 
@@ -133,8 +133,7 @@ class SafetensorsHandles:
     tensors no view can serve, opened once with `safe_open` (`get`); the most recently used kept.
 
     Reopening per tensor would cost O(tensors in the file) each time (a `safe_open` parses the
-    whole JSON header: 15 ms per tensor measured on a 2,000-tensor file, against 0.3 ms with one
-    handle). The engine reads one bucket of parameters from every snapshot in turn, so the pool
+    whole JSON header, which grows with the file). The engine reads one bucket of parameters from every snapshot in turn, so the pool
     must hold a file per snapshot (times the shards a bucket spans), or each bucket reopens every file:
     `keep` is sized for runs of a hundred or so sharded checkpoints (an open handle is a file
     descriptor and a mapping, no memory of its own). Thread-safe: the engine reads from a
@@ -149,9 +148,9 @@ class SafetensorsHandles:
 
     def mapped(self, path: str) -> torch.Tensor | None:
         """The whole file as a uint8 tensor over a private (copy-on-write) mapping, or None where
-        it cannot be mapped. Views of it are the tensors, with no copy: `get_tensor` costs ~40 µs
-        and a storage per call, half again the time of paging the data in (0.8 GB run: 0.12–0.24 s
-        against 0.075 s). MAP_PRIVATE: nothing done to a view can reach the user's file."""
+        it cannot be mapped. Views of it are the tensors, with no copy: `get_tensor` costs a
+        storage per call and, on a run of large tensors, more than paging the data in
+        (docs/engine.md). MAP_PRIVATE: nothing done to a view can reach the user's file."""
         import mmap
 
         import torch

@@ -7,9 +7,8 @@ Every record of the file is then checked a column at a time (`_resolve`): one Py
 tensor cost more than the unpickle. Contiguous float tensors of more than one element become
 `MappedTensorRef`s — the address of their bytes in the file's private mapping, checked in bounds,
 with shape, dtype and numel — that the engine's CPU kernel reads in place; the rest are built as
-`load_torch_zip_fast` builds them. An 8.4k-tensor ResNet-shaped file: 46–48 ms, and 17 ms more
-for its zip directory when nothing has read it yet (7.5–7.8 µs a tensor in all), against
-80–83 ms for `load_torch_zip_fast` to build its tensors and 1.0–1.5 s for torch.load.
+`load_torch_zip_fast` builds them: about half the time of building the tensors, and a small
+fraction of torch.load's (docs/benchmarks.md, "Behind the design").
 """
 
 from __future__ import annotations

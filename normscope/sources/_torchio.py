@@ -68,8 +68,8 @@ class TorchRecords:
 
 
 # Sniffing a directory of torch files asks each file the same questions several times (one
-# layout after another, then the loader); parsing a zip directory of thousands of tensors takes
-# ~50 ms. The key holds the file's identity, size and mtime, so a rewritten file is read again.
+# layout after another, then the loader), and parsing a zip directory of thousands of tensors is
+# not free. The key holds the file's identity, size and mtime, so a rewritten file is read again.
 @functools.lru_cache(maxsize=32)
 def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
     try:
@@ -192,8 +192,8 @@ NUMBERED_MAX = 1 << 18  # records; ~25 MB for the table of names
 @functools.lru_cache(maxsize=4)
 def _record_table(count: int) -> dict[str, int]:
     """{"0": 0, …, str(count - 1): count - 1}: the keys of an archive of `count` records. Made once
-    per record count (a run's checkpoints share theirs): converting each key both ways cost
-    ~0.5 µs a tensor."""
+    per record count (a run's checkpoints share theirs) instead of converting each key both ways
+    per tensor."""
     return {str(i): i for i in range(count)}
 
 
@@ -218,7 +218,7 @@ def record_numbers(keys: list[str], count: int) -> list[int] | None:
 
 def _records(archive: str, byteorder: bytes | None, directory: Directory) -> TorchRecords | None:
     """Record `data/<i>`'s local header offset and size, for i = 0…n-1 exactly: a column at a
-    time (a loop over the members cost ~3 µs each, 25 ms for a ResNet-shaped checkpoint)."""
+    time (a loop over the members costs a Python step per tensor)."""
     import numpy as np
 
     prefix = archive + "data/"

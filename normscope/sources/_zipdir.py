@@ -1,9 +1,10 @@
 """A zip archive's central directory, read in one pass for the archives `torch.save` writes.
 
-`zipfile.ZipFile` builds a `ZipInfo` object per member: ~8 µs each, 0.17 s for a checkpoint of
-21k tensors, paid again for every file of a run. Sniffing and the fast torch reader only need
-each member's name, method, flags, sizes, CRC and local-header offset, which this reads with one
-`struct` call per member (~1.5 µs).
+`zipfile.ZipFile` builds a `ZipInfo` object per member, paid again for every file of a run: a
+large share of opening a checkpoint of thousands of tensors. Sniffing and the fast torch reader
+only need each member's name, method, flags, sizes, CRC and local-header offset, which this reads
+with numpy at once or, failing that, with one `struct` call per member (figures:
+docs/benchmarks.md, "Behind the design").
 
 It handles exactly what torch writes: a single-disk archive, no archive comment, a zip64 end
 record (torch always writes one), zip64 extra fields where sizes or offsets overflow 32 bits, and
@@ -135,7 +136,7 @@ _COLUMNS_MAX_BYTES = 64 << 20  # over a million members of the names torch write
 
 
 def _columns(directory: bytes, count: int, archive_size: int) -> Directory | None:
-    """All members at once with numpy (~0.5 µs a member against the walk's ~1.5): each is found
+    """All members at once with numpy (a third of the walk's time): each is found
     by its signature and the chain of lengths must lead from the first to the end of the
     directory through exactly those. None where that does not hold (a signature inside a name,
     a zip64 field, a name that does not decode) or the directory is huge: the walk then decides.
@@ -181,8 +182,8 @@ def _columns(directory: bytes, count: int, archive_size: int) -> Directory | Non
 
 def _ascii_names(raw: np.ndarray, at: np.ndarray, lengths: np.ndarray) -> list[str] | None:
     """The names, where all are ASCII (the same text in UTF-8 and cp437, whatever the flags say):
-    their bytes gathered and decoded at once, then cut; a decode per name cost ~1 µs, 8 ms for a
-    ResNet-shaped checkpoint. None where some name is not ASCII."""
+    their bytes gathered and decoded at once, then cut, rather than a decode per name. None where
+    some name is not ASCII."""
     import numpy as np
 
     total = int(lengths.sum())
