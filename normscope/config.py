@@ -106,12 +106,20 @@ def find_config_file(start: str | os.PathLike[str]) -> Path | None:
         here = here.parent
     for directory in (here, *here.parents):
         candidate = directory / CONFIG_FILENAME
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
         pyproject = directory / PYPROJECT
-        if pyproject.is_file() and "normscope" in _read_toml(pyproject).get("tool", {}):
+        if _is_file(pyproject) and "normscope" in _read_toml(pyproject).get("tool", {}):
             return pyproject
     return None
+
+
+def _is_file(path: Path) -> bool:
+    """A directory the user cannot look into holds no config file they could have meant."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -120,6 +128,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or table
+        raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from normscope.api import trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
+from normscope.sources._files import walk
 from normscope.sources.jsonl_log import LogFollower, find_log_file, live_log_run
 from normscope.trajectory import Trajectory, build_trajectory
 
@@ -22,14 +23,14 @@ def _fingerprint(path: Path) -> tuple:
         st = path.stat()
         return ((str(path), st.st_size, st.st_mtime_ns),)
     out = []
-    for i, p in enumerate(sorted(path.rglob("*"))):
+    for i, entry in enumerate(walk(path)):
         if i >= _FINGERPRINT_LIMIT:
             break
         try:
-            st = p.stat()
+            st = entry.stat()
         except OSError:  # removed while we looked (checkpoint rotation)
             continue
-        out.append((str(p), st.st_size, st.st_mtime_ns))
+        out.append((entry.path, st.st_size, st.st_mtime_ns))
     return tuple(out)
 
 
@@ -57,7 +58,15 @@ class LiveSource:
 
     def _poll_log(self, follower: LogFollower) -> Trajectory | None:
         restarts = follower.restarts
-        new = follower.poll()
+        try:
+            new = follower.poll()
+        except NormscopeError as exc:
+            if self._first:
+                raise
+            # the log was replaced or locked away: keep the last view, try again next time
+            self.last_error = exc.message
+            return None
+        self.last_error = None
         if not (new or self._first or follower.restarts != restarts):
             return None
         self._first = False

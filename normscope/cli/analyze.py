@@ -30,7 +30,7 @@ class Format(str, enum.Enum):
 PathArg = Annotated[
     Path,
     typer.Argument(help="A checkpoint directory, one checkpoint file, or a live training log.",
-                   show_default=False),
+                   show_default=False, readable=False),
 ]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 OutputOpt = Annotated[

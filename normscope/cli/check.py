@@ -34,10 +34,12 @@ RULES = "Rule overrides (beat env and config file)"
 @handle_errors
 def check(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint, or a live log.",
-                                         show_default=False)],
+                                         show_default=False, readable=False)],
     config: Annotated[Path | None, _opt("--config", "Config file (default: nearest normscope.toml or "
-                                            "pyproject.toml \\[tool.normscope], searching upward).")] = None,
-    baseline: Annotated[Path | None, _opt("--baseline", "Compare per-layer norms with this run.")] = None,
+                                            "pyproject.toml \\[tool.normscope], searching upward).",
+                                        readable=False)] = None,
+    baseline: Annotated[Path | None, _opt("--baseline", "Compare per-layer norms with this run.",
+                                              readable=False)] = None,
     junit: Annotated[Path | None, _opt("--junit", "Also write JUnit XML here.")] = None,
     format: Annotated[CheckFormat, typer.Option("--format", "-f", help="stdout format.")] = CheckFormat.table,
     show_all: Annotated[bool, typer.Option("--all", help="List passing checks too.")] = False,

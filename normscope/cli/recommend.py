@@ -28,7 +28,7 @@ class Format(str, enum.Enum):
 @handle_errors
 def recommend(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint file, or a live log.",
-                                         show_default=False)],
+                                         show_default=False, readable=False)],
     lr: Annotated[float | None, typer.Option("--lr", help="Base LR (default: the largest LR recorded).")] = None,
     decay_factor: Annotated[float, typer.Option(help="LR multiplier at each decay.")] = 0.1,
     min_lr: Annotated[float, typer.Option(help="Never decay below this LR.")] = 0.0,

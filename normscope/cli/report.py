@@ -13,11 +13,11 @@ from normscope.cli._common import check_output_path, handle_errors, stderr_conso
 @handle_errors
 def report(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint, or a live log.",
-                                         show_default=False)],
+                                         show_default=False, readable=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="report.html (self-contained) or report.md "
                                          "(PNGs written beside it).", show_default=False)],
     config: Annotated[Path | None, typer.Option("--config", help="Config file (default: found upward).",
-                                                   show_default=False)] = None,
+                                                   show_default=False, readable=False)] = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Only parameters matching this glob.",
                                                          show_default=False)] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Drop parameters matching this glob.",

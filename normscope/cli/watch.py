@@ -13,7 +13,7 @@ from normscope.cli._common import handle_errors, stderr_console, stdout_console
 PathArg = Annotated[
     Path,
     typer.Argument(help="A tracker log (.jsonl), a TensorBoard log dir, or a checkpoint directory.",
-                   show_default=False),
+                   show_default=False, readable=False),
 ]
 IntervalOpt = Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.05)]
 OnceOpt = Annotated[bool, typer.Option("--once", help="Print one frame on stdout and exit.")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 from normscope.errors import BadInputError
 
@@ -43,8 +44,32 @@ def label_of(path: str, root: str) -> str:
 
 def inside(directory: str, relative: str, where: str) -> str:
     """`directory/relative`, refusing names (from an index or metadata file) that escape it."""
+    if "\0" in relative:  # no file has such a name; realpath would raise ValueError
+        raise BadInputError(f"{where} names a file with a NUL byte in its name: {relative!r}")
     base = os.path.realpath(directory)
     path = os.path.realpath(os.path.join(directory, relative))
     if os.path.commonpath([base, path]) != base:
         raise BadInputError(f"{where} points outside its directory: {relative}")
     return os.path.join(directory, relative)
+
+
+def walk(root: str | os.PathLike[str]) -> Iterator[os.DirEntry[str]]:
+    """Every entry under `root`, depth first, without following symlinked directories.
+
+    A loop with its own stack: `Path.rglob` and `os.walk` recurse once per level and raise
+    RecursionError in a directory tree a thousand levels deep.
+    """
+    stack = [os.fspath(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                found = sorted(entries, key=lambda e: e.name)
+        except OSError:  # unreadable, or removed while we looked
+            continue
+        for entry in found:
+            yield entry
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except OSError:
+                continue

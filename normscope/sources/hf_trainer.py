@@ -8,7 +8,7 @@ is a pickled arbitrary object and is never opened.
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 from typing import Any, ClassVar
 
@@ -16,9 +16,10 @@ from normscope.errors import BadInputError
 from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
+from . import _json
 from ._assemble import build_run
-from ._files import label_of, subdirs_in
 from ._bounds import check_declared
+from ._files import label_of, subdirs_in
 from ._hf_order import ordered_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
@@ -61,7 +62,7 @@ def _trainer_state(directory: str) -> dict[str, Any]:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            state = json.load(f)
+            state = _json.loads(f.read(), non_finite=True)
     except PermissionError:
         raise BadInputError(f"cannot read {path}: permission denied") from None
     except (OSError, ValueError) as exc:
@@ -77,9 +78,10 @@ def _read_sharded_bin(
     shards = read_index(index)
     before = tuple(stamp for shard in shards for stamp in stamp_path(shard))  # before mapping
     for shard in shards:
-        merged.update(
-            load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
-        )
+        tensors = load_torch_file(shard, recover_unsafe=recover_unsafe, notes=warnings, refs=True)
+        if not isinstance(tensors, dict):
+            raise BadInputError(f"{shard} holds a {type(tensors).__name__}, not a state dict")
+        merged.update(tensors)
     return pending_from_parts(index, label, merged, None, None, None, "", warnings,
                               files=merge_stamps(before, stamp_path(index)))  # fmt: skip
 
@@ -112,10 +114,16 @@ def read_checkpoint_dir(
         )
     pending.path = directory
     state = _trainer_state(directory)
-    if isinstance(state.get("global_step"), int):
-        pending.trainer_step = state["global_step"]
-    if isinstance(state.get("epoch"), (int, float)):
-        pending.trainer_epoch = float(state["epoch"])
+    step, epoch = state.get("global_step"), state.get("epoch")
+    if isinstance(step, int) and not isinstance(step, bool) and step >= 0:
+        pending.trainer_step = step
+    if isinstance(epoch, (int, float)) and not isinstance(epoch, bool):
+        try:
+            value = float(epoch)
+        except OverflowError:  # an integer past a float's range
+            value = math.inf
+        if math.isfinite(value):
+            pending.trainer_epoch = value
     optimizer_path = os.path.join(directory, "optimizer.pt")
     if os.path.isfile(optimizer_path):
         before = stamp_path(optimizer_path)  # before it is mapped

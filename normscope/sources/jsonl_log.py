@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from normscope.snapshot import (
     SnapshotMeta,
     SnapshotStats,
 )
+from normscope.sources import _json
 from normscope.track_schema import (
     HEADER_TYPE,
     NONFINITE_FIELD,
@@ -107,19 +109,59 @@ class LiveLog:
         return out
 
 
+def _as_count(value: Any, what: str) -> int:
+    """A non-negative integer from the log: 3, not 3.0, "3" or True."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} is {value!r}, not a count")
+    return value
+
+
+_GROUP_NUMBERS = ("lr", "weight_decay", "momentum", "dampening", "eps")
+_GROUP_FLAGS = ("nesterov", "decoupled_weight_decay")
+
+
+def _param_group_dict(value: Any) -> dict[str, Any]:
+    """An optimizer param group as the tracker writes it; the hyper-parameters it reads are
+    numbers (or null), its flags booleans (or null)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"a param group is {type(value).__name__}, not an object")
+    for key in _GROUP_NUMBERS:
+        if value.get(key) is not None:
+            _as_float(value[key])
+    for key in _GROUP_FLAGS:
+        if value.get(key) is not None and not isinstance(value[key], bool):
+            raise TypeError(f"{key} is {value[key]!r}, not true/false")
+    betas = value.get("betas")
+    if betas is not None:
+        if not isinstance(betas, list) or None in betas:
+            raise TypeError(f"betas is {betas!r}, not a list of numbers")
+        for beta in betas:
+            _as_float(beta)
+    names = value.get("params", ())
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise TypeError("a param group's params are not a list of names")
+    return dict(value)
+
+
 def _parse_header(obj: dict[str, Any]) -> LogHeader:
     if obj.get("schema") != SCHEMA_NAME:
         raise ValueError(f"header schema is {obj.get('schema')!r}, not {SCHEMA_NAME!r}")
+    if not isinstance(obj["params"], list):
+        raise TypeError("header params are not a list")
     params = tuple(
-        LogParam(name=str(p["name"]), shape=tuple(int(d) for d in p["shape"]), dtype=str(p["dtype"]),
-                 numel=int(p["numel"]), group=int(p.get("group", 0)))
+        LogParam(name=str(p["name"]), shape=tuple(_as_count(d, "a dimension") for d in p["shape"]),
+                 dtype=str(p["dtype"]), numel=_as_count(p["numel"], "numel"),
+                 group=_as_count(p.get("group", 0), "group"))
         for p in obj["params"])
     if not params:
         raise ValueError("header lists no parameters")
-    return LogHeader(run_id=str(obj.get("run_id", "")), every=int(obj.get("every", 1)),
-                     optimizer=obj.get("optimizer"), params=params,
-                     param_groups=tuple(dict(g) for g in obj.get("param_groups", ())),
-                     schema_version=int(obj["schema_version"]))
+    groups = obj.get("param_groups", ())
+    if not isinstance(groups, list | tuple):
+        raise TypeError("header param_groups are not a list")
+    return LogHeader(run_id=str(obj.get("run_id", "")), every=_as_count(obj.get("every", 1), "every"),
+                     optimizer=None if obj.get("optimizer") is None else str(obj["optimizer"]),
+                     params=params, param_groups=tuple(_param_group_dict(g) for g in groups),
+                     schema_version=_as_count(obj["schema_version"], "schema_version"))
 
 
 def _as_float(value: Any) -> float:
@@ -127,7 +169,10 @@ def _as_float(value: Any) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {value!r}")
-    return float(value)
+    number = float(value)  # OverflowError for an integer past a float's range
+    if math.isinf(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return number
 
 
 def _parse_record(obj: dict[str, Any], header: LogHeader, line: int) -> LogRecord:
@@ -149,10 +194,13 @@ def _parse_record(obj: dict[str, Any], header: LogHeader, line: int) -> LogRecor
     groups = obj.get("groups", ())
     if isinstance(groups, dict):
         groups = [groups]
+    if not isinstance(groups, list | tuple):
+        raise TypeError("groups are not a list")
     return LogRecord(step=step, epoch=None if epoch is None else _as_float(epoch),
                      time=None if obj.get("time") is None else _as_float(obj["time"]),
-                     groups=tuple(dict(g) for g in groups),
-                     stats=stats, nonfinite=None if nonfinite is None else tuple(int(c) for c in nonfinite),
+                     groups=tuple(_param_group_dict(g) for g in groups), stats=stats,
+                     nonfinite=None if nonfinite is None else tuple(_as_count(c, "a non-finite count")
+                                                                    for c in nonfinite),
                      line=line)
 
 
@@ -187,7 +235,7 @@ class LogParser:
         if not text.strip():
             return None
         try:
-            obj = json.loads(text)
+            obj = _json.loads(text)
             if not isinstance(obj, dict):
                 raise TypeError("not a JSON object")
             kind = obj.get("type")
@@ -199,7 +247,7 @@ class LogParser:
             if self.log.header is None:
                 raise ValueError("step record before any header")
             record = _parse_record(obj, self.log.header, line)
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, OverflowError) as exc:
             self._corrupt(line, str(exc)[:120])
             return None
         self._append(record)
@@ -250,10 +298,22 @@ class LogFollower:
         return self._parser.log
 
     def poll(self) -> list[LogRecord]:
+        """The records appended since the last poll; a one-line BadInputError when the path can
+        no longer be read as a log (replaced by a directory, permission taken away)."""
+        try:
+            return self._poll()
+        except FileNotFoundError:
+            return []  # rotated away between the stat and the open: wait
+        except OSError as exc:
+            raise BadInputError(f"cannot read {self.path}: {exc.strerror or exc}") from None
+
+    def _poll(self) -> list[LogRecord]:
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return []  # rotated away and not yet recreated: wait
+        if not stat.S_ISREG(st.st_mode):
+            raise BadInputError(f"{self.path} is no longer a file (a tracker log was expected)")
         if self.inode is not None and (st.st_ino != self.inode or st.st_size < self.offset):
             self.offset = 0
             self.restarts += 1
@@ -306,7 +366,8 @@ def load_live_log(path: str | os.PathLike[str]) -> LiveLog:
         raise BadInputError(f"{path} is empty: no tracker log header")
     log = parse_log_bytes(data, str(path))
     if log.header is None:
-        raise BadInputError(f"{path} is not a normscope tracker log (no valid header line)")
+        why = f"; {log.first_corrupt}" if log.first_corrupt else ""
+        raise BadInputError(f"{path} is not a normscope tracker log (no valid header line{why})")
     return log
 
 
@@ -395,8 +456,8 @@ def is_jsonl_log(path: str | os.PathLike[str]) -> bool:
     try:
         with open(path, "rb") as f:
             first = f.read(_SNIFF_BYTES).split(b"\n", 1)[0]
-        obj = json.loads(first)
-    except (OSError, ValueError):
+        obj = json.loads(first)  # lenient: a damaged header is still recognised, then refused
+    except (OSError, ValueError, RecursionError):
         return False
     return isinstance(obj, dict) and obj.get("schema") == SCHEMA_NAME
 

@@ -17,6 +17,7 @@ from normscope.errors import BadInputError
 from normscope.file_stamps import stamp_path
 from normscope.snapshot import Run
 
+from . import _json
 from ._assemble import build_run
 from ._files import files_in, inside, label_of
 from ._keys import clean_names
@@ -52,8 +53,14 @@ def is_index(path: str) -> bool:
 def read_header(path: str) -> tuple[dict[str, Any], int]:
     """The parsed header and where the data region starts (8 + the header's length); a one-line
     BadInputError if it is not a valid safetensors header."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")  # noqa: SIM115 - closed by the `with` below
+    except PermissionError:
+        raise BadInputError(f"cannot read {path}: permission denied") from None
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with f:
         raw = f.read(8)
         if len(raw) < 8:
             raise BadInputError(
@@ -167,7 +174,9 @@ def read_index(index_path: str) -> dict[str, list[str]]:
     """`{shard file: [tensor keys]}` from a sharded model's index."""
     try:
         with open(index_path, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+            weight_map = _json.loads(f.read())["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("its weight_map is not a map of tensor names to shard files")
     except PermissionError:
         raise BadInputError(f"cannot read {index_path}: permission denied") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -15,10 +15,12 @@ Event files do not say parameter shapes, so `numel` is 0 and shapes are unknown.
 from __future__ import annotations
 
 import bisect
+import fnmatch
 import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from normscope.snapshot import (
     SnapshotMeta,
     SnapshotStats,
 )
+from normscope.sources._files import walk
 
 LAYOUT = "tensorboard"
 _EVENT_GLOB = "events.out.tfevents*"
@@ -85,7 +88,7 @@ def find_event_dir(path: str | os.PathLike[str]) -> Path:
         return path
     if not path.is_dir():
         raise BadInputError(f"no such file or directory: {path}")
-    dirs = sorted({p.parent for p in path.rglob(_EVENT_GLOB) if p.is_file()})
+    dirs = sorted({Path(p).parent for p in _event_files(path)})
     if not dirs:
         raise BadInputError(f"no TensorBoard event files (events.out.tfevents*) under {path}")
     if len(dirs) > 1:
@@ -98,7 +101,13 @@ def has_event_files(path: str | os.PathLike[str]) -> bool:
     path = Path(path)
     if path.is_file():
         return path.name.startswith("events.out.tfevents")
-    return path.is_dir() and any(p.is_file() for p in path.rglob(_EVENT_GLOB))
+    return path.is_dir() and any(True for _ in _event_files(path))
+
+
+def _event_files(root: Path) -> Iterator[str]:
+    for entry in walk(root):
+        if fnmatch.fnmatchcase(entry.name, _EVENT_GLOB) and entry.is_file():
+            yield entry.path
 
 
 def _accumulator(where: Path):
