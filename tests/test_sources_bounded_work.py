@@ -124,6 +124,8 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
                                  for k, v in metadata.storage_data.items()}  # fmt: skip
     elif damage == "unhashable-planner-path":
         metadata.planner_data = {k: [["model"], k] for k in metadata.state_dict_metadata}
+    elif damage == "entry-without-chunks":  # found by benchmarks/fuzz.py
+        del metadata.state_dict_metadata["model.0.weight"].chunks
     elif damage in ("chunk-past-size", "chunk-size-doubled", "huge-size"):
         name = "model.0.weight"
         meta = metadata.state_dict_metadata[name]
@@ -139,7 +141,7 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("damage", ["a-dict", "a-path", "int-file-name", "unhashable-planner-path",
-                                    "chunk-past-size", "chunk-size-doubled",
+                                    "entry-without-chunks", "chunk-past-size", "chunk-size-doubled",
                                     "offset-past-any-file", "missing-file"])  # fmt: skip
 def test_dcp_metadata_that_torch_does_not_write_is_refused(tmp_path, damage):
     metadata = _dcp_save(tmp_path / "ckpt")
@@ -148,6 +150,18 @@ def test_dcp_metadata_that_torch_does_not_write_is_refused(tmp_path, damage):
     with pytest.raises(BadInputError, match="ckpt") as info:
         load_all(open_run(tmp_path / "ckpt"))
     assert "\n" not in str(info.value)
+
+
+def test_dcp_metadata_naming_a_damaged_global_is_refused_in_one_printable_line(tmp_path):
+    # found by benchmarks/fuzz.py: a flipped byte inside `torch.int64` put a CR in the message
+    _dcp_save(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / ".metadata"
+    data = path.read_bytes()
+    assert b"float32" in data
+    path.write_bytes(data.replace(b"float32", b"floa\r32", 1))
+    with pytest.raises(BadInputError, match="ckpt") as info:
+        load_all(open_run(tmp_path / "ckpt"))
+    assert str(info.value).isprintable()
 
 
 def test_dcp_metadata_declaring_a_huge_tensor_is_refused(tmp_path):

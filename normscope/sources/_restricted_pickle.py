@@ -37,6 +37,13 @@ _DCP_METADATA_CLASSES = {
 }
 
 
+def _shown(text: object, limit: int = 80) -> str:
+    """Text taken from a damaged file, for an error message: escaped to one printable line, and
+    cut short (a pickle's garbage can run to kilobytes)."""
+    shown = repr(str(text))[1:-1]
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
+
+
 class _AllowListUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BufferedIOBase, where: str) -> None:
         super().__init__(file)
@@ -50,7 +57,8 @@ class _AllowListUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
         raise UnsafeCheckpointError(
-            f"{self._where} needs {module}.{name} to load; normscope never runs code from a checkpoint"
+            f"{self._where} needs {_shown(f'{module}.{name}')} to load; normscope never runs code "
+            "from a checkpoint"
         )
 
     def persistent_load(self, pid: Any) -> Any:
@@ -69,5 +77,5 @@ def load_dcp_metadata(path: str) -> Any:
         raise BadInputError(f"cannot read {path}: permission denied") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a corrupt file for the user
         raise BadInputError(
-            f"{path} is not readable checkpoint metadata: {type(exc).__name__}: {exc}"
+            f"{path} is not readable checkpoint metadata: {type(exc).__name__}: {_shown(exc)}"
         ) from None

@@ -115,7 +115,7 @@ def _check_metadata(metadata: Any, directory: str) -> None:
         if (
             not _is_ints(size)
             or type(getattr(properties, "dtype", None)) is not torch.dtype
-            or not isinstance(meta.chunks, list)
+            or not isinstance(getattr(meta, "chunks", None), list)
         ):
             raise _corrupt(directory, f"{fqn} has a size or dtype torch does not write")
         _check_chunks(fqn, tuple(size), meta.chunks, directory)
