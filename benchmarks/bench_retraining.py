@@ -41,11 +41,9 @@ from sample_runs.cpu_kernels import pin_cpu_kernels
 pin_cpu_kernels()
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from sample_runs.digits import accuracy, load_digits_split, random_affine, shuffled_batches  # noqa: E402
-from sample_runs.models import bn_cnn  # noqa: E402
-from sample_runs.sgd_run import SGDRunConfig, weight_norm_sq  # noqa: E402
+from sample_runs.digits import accuracy, load_digits_split  # noqa: E402
+from sample_runs.sgd_run import SGDRunConfig, seeded_training, train_epoch, weight_norm_sq  # noqa: E402
 
 SCHEDULES = ("constant", "cosine", "recommend", "exact", "online", "online-exact")
 LABELS = {
@@ -61,12 +59,8 @@ DECAY_FACTOR = 0.1
 
 def train(config: SGDRunConfig, make_scheduler, data) -> dict:
     """One run of `sample_runs.sgd_run`'s loop with the given scheduler (stepped once per epoch)."""
-    torch.manual_seed(config.seed)
-    model = bn_cnn()
-    batch_gen = torch.Generator().manual_seed(config.seed + 1)
-    augment_gen = torch.Generator().manual_seed(config.seed + 2)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    run = seeded_training(config)
+    model, opt = run.model, run.opt
     sched = make_scheduler(opt, model)
     norms = [weight_norm_sq(model.state_dict())]
     lrs: list[float] = []
@@ -74,14 +68,7 @@ def train(config: SGDRunConfig, make_scheduler, data) -> dict:
     start = time.perf_counter()
     for _ in range(config.epochs):
         lrs.append(opt.param_groups[0]["lr"])
-        model.train()
-        for x, y in shuffled_batches(data.train_x, data.train_y, config.batch_size, batch_gen):
-            if config.augment:
-                x = random_affine(x, augment_gen)
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(run, data, config)
         if sched is not None:
             sched.step()
         norms.append(weight_norm_sq(model.state_dict()))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,52 @@ def weight_norm_sq(state_dict: dict[str, torch.Tensor]) -> float:
     return sum(float(t.double().square().sum()) for t in state_dict.values() if t.ndim > 1)
 
 
+@dataclass
+class SeededTraining:
+    """The model, optimizer and random generators of one run, made in the order the committed
+    runs made them (so every caller draws the same numbers)."""
+
+    model: torch.nn.Module
+    opt: torch.optim.SGD
+    batch_gen: torch.Generator
+    augment_gen: torch.Generator
+
+
+def seeded_training(config: SGDRunConfig) -> SeededTraining:
+    torch.manual_seed(config.seed)  # model initialization
+    model = bn_cnn()
+    batch_gen = torch.Generator().manual_seed(config.seed + 1)
+    augment_gen = torch.Generator().manual_seed(config.seed + 2)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    return SeededTraining(model, opt, batch_gen, augment_gen)
+
+
+def train_epoch(
+    run: SeededTraining,
+    data: DigitsSplit,
+    config: SGDRunConfig,
+    before_batch: Callable[[int], None] | None = None,
+) -> list[float]:
+    """One epoch of minibatch SGD; the training loss of each batch. `before_batch(i)` is called
+    before batch i (the live run sets the tracker's epoch there)."""
+    run.model.train()
+    losses = []
+    batches = shuffled_batches(data.train_x, data.train_y, config.batch_size, run.batch_gen)
+    for i, (x, y) in enumerate(batches):
+        if before_batch is not None:
+            before_batch(i)
+        if config.augment:
+            x = random_affine(x, run.augment_gen)
+        loss = F.cross_entropy(run.model(x), y)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def checkpoint_name(epoch: int) -> str:
     return f"epoch_{epoch:03d}.pt"
 
@@ -70,13 +117,8 @@ def train_sgd_run(out_dir: Path, config: SGDRunConfig, data: DigitsSplit | None 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else load_digits_split()
-    torch.manual_seed(config.seed)  # model initialization
-    model = bn_cnn()
-    batch_gen = torch.Generator().manual_seed(config.seed + 1)
-    augment_gen = torch.Generator().manual_seed(config.seed + 2)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    run = seeded_training(config)
+    model, opt = run.model, run.opt
     sched = torch.optim.lr_scheduler.MultiStepLR(
         opt, milestones=list(config.decay_epochs), gamma=config.decay_factor
     )
@@ -92,17 +134,8 @@ def train_sgd_run(out_dir: Path, config: SGDRunConfig, data: DigitsSplit | None 
         lr, loss_mean = float("nan"), float("nan")
         if epoch > 0:
             lr = opt.param_groups[0]["lr"]
-            model.train()
-            losses = []
-            for x, y in shuffled_batches(data.train_x, data.train_y, config.batch_size, batch_gen):
-                if config.augment:
-                    x = random_affine(x, augment_gen)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-                step += 1
+            losses = train_epoch(run, data, config)
+            step += len(losses)
             sched.step()  # as most scripts do: so the saved optimizer already holds the next epoch's LR
             loss_mean = sum(losses) / len(losses)
         record = EpochRecord(

@@ -18,17 +18,10 @@ if __package__ in (None, ""):  # run as a script: make ``sample_runs`` importabl
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
-import torch.nn.functional as F
 
 import normscope
-from sample_runs.digits import (
-    load_digits_split,
-    random_affine,
-    shuffled_batches,
-    steps_per_epoch,
-)
-from sample_runs.models import bn_cnn
-from sample_runs.sgd_run import SGDRunConfig
+from sample_runs.digits import load_digits_split, steps_per_epoch
+from sample_runs.sgd_run import SGDRunConfig, seeded_training, train_epoch
 
 LIVE_RUN = "digits_bn_cnn_live"
 LOG_NAME = "track.jsonl"
@@ -37,27 +30,16 @@ LOG_NAME = "track.jsonl"
 def train_live(out_dir: Path, config: SGDRunConfig, every: int = 1) -> Path:
     """Train with the tracker on; return the log's path."""
     data = load_digits_split()
-    torch.manual_seed(config.seed)
-    model = bn_cnn()
-    batch_gen = torch.Generator().manual_seed(config.seed + 1)
-    augment_gen = torch.Generator().manual_seed(config.seed + 2)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay)
+    run = seeded_training(config)
+    model, opt = run.model, run.opt
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(config.decay_epochs),
                                                  gamma=config.decay_factor)
     per_epoch = steps_per_epoch(data.train_x.size(0), config.batch_size)
     log = Path(out_dir) / LIVE_RUN / LOG_NAME
     with normscope.track(model, opt, log, every=every, run_id=LIVE_RUN) as tracker:
         for epoch in range(config.epochs):
-            batches = shuffled_batches(data.train_x, data.train_y, config.batch_size, batch_gen)
-            for i, (x, y) in enumerate(batches):
-                tracker.set_epoch(epoch + (i + 1) / per_epoch)
-                if config.augment:
-                    x = random_affine(x, augment_gen)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            train_epoch(run, data, config,
+                        before_batch=lambda i, e=epoch: tracker.set_epoch(e + (i + 1) / per_epoch))
             sched.step()
     return log
 
