@@ -124,6 +124,22 @@ def assert_api_refused(result: ApiResult) -> str:
     return result.message
 
 
+# The child's API call: compute_stats on the run at sys.argv[index]; a NormscopeError is printed
+# as "Kind<TAB>message" with exit 2, success as "ok".
+_COMPUTE_IN_CHILD = """
+def compute(index):
+    from normscope.errors import NormscopeError
+    from normscope.engine import compute_stats
+    from normscope.sources import open_run
+    run = open_run(sys.argv[index])
+    try:
+        compute_stats(run.snapshots, device="cpu")
+    except NormscopeError as exc:
+        print(type(exc).__name__, str(exc), sep="\\t")
+        sys.exit(2)
+    print("ok")
+"""
+
 _TRUNCATED_BETWEEN_OPEN_AND_COMPUTE = """
 import os, sys
 import normscope.engine.driver as driver
@@ -136,16 +152,7 @@ def truncate_first(*args, **kwargs):
 
 driver.run_engine = truncate_first
 if how == "api":
-    from normscope.errors import NormscopeError
-    from normscope.engine import compute_stats
-    from normscope.sources import open_run
-    run = open_run(sys.argv[3])
-    try:
-        compute_stats(run.snapshots, device="cpu")
-    except NormscopeError as exc:
-        print(type(exc).__name__, str(exc), sep="\\t")
-        sys.exit(2)
-    print("ok")
+    compute(3)
 else:
     from normscope.cli import main
     sys.argv = ["normscope", *sys.argv[3:]]
@@ -159,8 +166,9 @@ def truncated_while_mapped(victim: Path, how: str, *args: str, env: dict[str, st
     opens the run, then `victim` is cut to half its size before the engine reads any tensor."""
     import os
 
-    done = subprocess.run([sys.executable, "-c", _TRUNCATED_BETWEEN_OPEN_AND_COMPUTE, str(victim),
-                           how, *args], capture_output=True, text=True, timeout=timeout,
+    script = _COMPUTE_IN_CHILD + _TRUNCATED_BETWEEN_OPEN_AND_COMPUTE
+    done = subprocess.run([sys.executable, "-c", script, str(victim), how, *args],
+                          capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})  # fmt: skip
     return Outcome(done.returncode, done.stdout, done.stderr)
 
@@ -205,24 +213,15 @@ def load_then_truncate(snapshots, bucket, b, t, *args, **kwargs):
     return work
 
 driver.load_work = load_then_truncate
-from normscope.errors import NormscopeError
-from normscope.engine import compute_stats
 from normscope.engine.fused import fused_kernel
-from normscope.sources import open_run
 assert fused_kernel() is not None, "no fused kernel"
-run = open_run(sys.argv[2])
-try:
-    compute_stats(run.snapshots, device="cpu")
-except NormscopeError as exc:
-    print(type(exc).__name__, str(exc), sep="\\t")
-    sys.exit(2)
-print("ok")
+compute(2)
 """
 
 
 def truncated_while_the_kernel_reads(victim: Path, run: Path, timeout: float = 300) -> Outcome:
     """`compute_stats` on `run`, with `victim` cut to half its size after its first bucket was
     read (and checked) and before the fused kernel reduces it."""
-    done = subprocess.run([sys.executable, "-c", _TRUNCATED_WHILE_THE_KERNEL_READS, str(victim),
+    done = subprocess.run([sys.executable, "-c", _COMPUTE_IN_CHILD + _TRUNCATED_WHILE_THE_KERNEL_READS, str(victim),
                            str(run)], capture_output=True, text=True, timeout=timeout)  # fmt: skip
     return Outcome(done.returncode, done.stdout, done.stderr)
