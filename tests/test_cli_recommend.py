@@ -117,3 +117,17 @@ def test_help_lists_recommend_without_heavy_imports():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_threshold_caption_states_where_h_comes_from(sgd_run_dir):
+    # h is the fitted noise model's false-alarm rise, not a fixed multiple of σ: the caption's
+    # multiple must be h/σ as printed
+    import re
+
+    result = CliRunner().invoke(app, ["recommend", str(sgd_run_dir)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    line = next(l for l in result.output.splitlines() if "threshold h =" in l)
+    sigma = float(re.search(r"noise σ = ([0-9.e+-]+)", line).group(1))
+    h = float(re.search(r"threshold h = ([0-9.e+-]+)", line).group(1))
+    multiple = float(re.search(r"probability 0\.01 = ([0-9.]+)σ", line).group(1))
+    assert multiple == pytest.approx(h / sigma, abs=0.06)

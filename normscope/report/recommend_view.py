@@ -71,10 +71,19 @@ def decay_table(rec: Recommendation) -> Table:
     return table
 
 
+def _threshold_origin(found: BounceDetection) -> str:
+    """Where h comes from: the noise model's false-alarm rise (said as a multiple of σ too), or the
+    min-depth floor."""
+    if not found.noise_limited:
+        return "the min-depth floor"
+    multiple = f" = {found.threshold / found.noise:.1f}σ" if found.noise > 0 else ""
+    return f"the rise the fitted noise alone reaches with probability {found.params.false_alarm:g}{multiple}"
+
+
 def bounce_table(found: BounceDetection, title: str = "Bounces (robust detector)") -> RenderableType:
     p = found.params
     caption = (f"noise σ = {found.noise:.2e} in log N per epoch; threshold h = {found.threshold:.2e} "
-               f"({'= ' + format(p.depth_sigmas, 'g') + 'σ' if found.noise_limited else 'the min-depth floor'}); "
+               f"({_threshold_origin(found)}); "
                f"smoothing {p.smooth_window} epochs; the norm is {found.trend_at_end} at the end")
     if not found.bounces:
         return Text(f"{title}: none. {printable(caption)}")
