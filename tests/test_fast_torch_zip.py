@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import logging
 import math
+import mmap
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import zipfile
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -21,7 +25,7 @@ from test_sources_bad_input import Exploit
 from test_sources_restricted import RunsOpen, RunsShell
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
-from normscope.sources import _torchio as torchio
+from normscope.sources import _torch_archive as torch_archive
 from normscope.sources._fast_torch_zip import Declined, load_torch_zip_fast
 from normscope.sources._refs import MappedTensorRef
 from normscope.sources._scan_torch_zip import scan_torch_zip
@@ -464,7 +468,7 @@ def test_scan_reads_every_sample_run_file_as_torch_load_reads_it():
 def test_scan_with_many_records_reads_the_same(checkpoint_file, tmp_path, monkeypatch):
     # archives past the table of record names convert each key instead (a fresh copy: the zip
     # facts of a file already read are cached)
-    monkeypatch.setattr(torchio, "NUMBERED_MAX", 0)
+    monkeypatch.setattr(torch_archive, "NUMBERED_MAX", 0)
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint_file.read_bytes())
     assert_scan_reads_as_torch(copy)
@@ -480,3 +484,31 @@ def test_what_a_pickle_does_to_a_storage_type_does_not_outlive_its_load(tmp_path
     torch.save({"w": torch.ones(3)}, tmp_path / "next.pt")
     assert_scan_reads_as_torch(tmp_path / "next.pt")
     assert_same(load_torch_zip_fast(str(tmp_path / "next.pt")), _torch_load(tmp_path / "next.pt"))
+
+
+def test_a_file_the_fast_readers_decline_says_why_at_info_level(tmp_path, caplog, monkeypatch):
+    # a torch upgrade that broke the fast readers would make every file slower: -v shows why
+    torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
+    monkeypatch.setattr(torch.serialization, "get_default_mmap_options", lambda: mmap.MAP_SHARED)
+    with caplog.at_level(logging.INFO, logger="normscope"):
+        loaded = load_torch_file(str(tmp_path / "w.pt"))
+    assert torch.equal(loaded["w"], torch.ones(2))
+    [line] = [r.getMessage() for r in caplog.records if "read by torch.load" in r.getMessage()]
+    assert "load_torch_zip_fast declined: torch.load is set to map files shared" in line
+
+
+def test_a_file_the_fast_readers_take_logs_nothing(checkpoint_file, caplog):
+    with caplog.at_level(logging.INFO, logger="normscope"):
+        load_torch_file(str(checkpoint_file), refs=True)
+    assert not caplog.records
+
+
+def test_verbose_names_the_fast_path_a_file_missed_on_stderr(tmp_path):
+    # a tensor inside a tuple is built by the eager reader, not left in place: -v says so
+    for i in range(2):
+        torch.save({"w": torch.full((3,), i + 1.0), "extra": (torch.ones(2),)}, tmp_path / f"{i}.pt")
+    done = subprocess.run([sys.executable, "-m", "normscope", "-v", "analyze", str(tmp_path),
+                           "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "read without in-place refs (scan_torch_zip declined: a tensor outside a dict's values)" \
+        in done.stderr

@@ -56,7 +56,7 @@ import torch
 
 from normscope._gc import collector_paused
 
-from ._torchio import TorchRecords, record_numbers, zip_facts
+from ._torch_archive import TorchRecords, record_numbers, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
