@@ -74,6 +74,17 @@ def test_a_parameter_shape_that_is_not_counts_is_no_header(tmp_path, log_lines, 
     assert "no valid header line" in _one_line_refusal(path)
 
 
+@pytest.mark.parametrize("numel", [10**400, 2**63, 7], ids=["10**400", "2**63", "not-the-shape"])
+def test_a_parameter_numel_past_int64_or_off_its_shape_is_no_header(tmp_path, log_lines, numel):
+    # a fuzzed log once reached pandas with numel = 10**400 (OverflowError, not a one-line refusal)
+    header = json.loads(log_lines[0])
+    header["params"][0]["numel"] = "\0numel\0"
+    text = json.dumps(header).replace('"\\u0000numel\\u0000"', str(numel)) + "\n"
+    path = tmp_path / "track.jsonl"
+    path.write_text(text + "".join(log_lines[1:]))
+    assert "no valid header line" in _one_line_refusal(path)
+
+
 @pytest.mark.parametrize("raw", ["Infinity", "-Infinity", "1e400", "NaN", '"fast"', "[0.1]",
                                  pytest.param(str(10**400), id="10**400")])
 @pytest.mark.parametrize("field", ["w_sq", "epoch", "lr"])

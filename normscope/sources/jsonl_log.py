@@ -109,11 +109,29 @@ class LiveLog:
         return out
 
 
+_MAX_COUNT = 2**63 - 1  # a count past int64 cannot be a tensor's size, and would not fit a column
+
+
 def _as_count(value: Any, what: str) -> int:
-    """A non-negative integer from the log: 3, not 3.0, "3" or True."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{what} is {value!r}, not a count")
+    """A non-negative integer from the log: 3, not 3.0, "3" or True, and within int64."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+        raise ValueError(f"{what} is {shown}, not a count")
     return value
+
+
+def _log_param(p: Any) -> LogParam:
+    if not isinstance(p, dict):
+        raise TypeError(f"a parameter entry is {type(p).__name__}, not an object")
+    if not isinstance(p["shape"], list | tuple):
+        raise TypeError("a parameter's shape is not a list")
+    shape = tuple(_as_count(d, "a dimension") for d in p["shape"])
+    numel = _as_count(p["numel"], "numel")
+    if numel != math.prod(shape):
+        raise ValueError(f"numel {numel} of {str(p['name'])[:80]!r} is not the product of its "
+                         f"shape {list(shape)[:8]}")
+    return LogParam(name=str(p["name"]), shape=shape, dtype=str(p["dtype"]), numel=numel,
+                    group=_as_count(p.get("group", 0), "group"))
 
 
 _GROUP_NUMBERS = ("lr", "weight_decay", "momentum", "dampening", "eps")
@@ -148,11 +166,7 @@ def _parse_header(obj: dict[str, Any]) -> LogHeader:
         raise ValueError(f"header schema is {obj.get('schema')!r}, not {SCHEMA_NAME!r}")
     if not isinstance(obj["params"], list):
         raise TypeError("header params are not a list")
-    params = tuple(
-        LogParam(name=str(p["name"]), shape=tuple(_as_count(d, "a dimension") for d in p["shape"]),
-                 dtype=str(p["dtype"]), numel=_as_count(p["numel"], "numel"),
-                 group=_as_count(p.get("group", 0), "group"))
-        for p in obj["params"])
+    params = tuple(_log_param(p) for p in obj["params"])
     if not params:
         raise ValueError("header lists no parameters")
     groups = obj.get("param_groups", ())
