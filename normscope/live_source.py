@@ -7,13 +7,16 @@ nothing changed, so a viewer can refresh cheaply at a fixed interval.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from normscope.api import trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
 from normscope.sources._files import walk
-from normscope.sources.jsonl_log import LogFollower, find_log_file, live_log_run
-from normscope.trajectory import Trajectory, build_trajectory
+from normscope.snapshot import ORDER_LOG
+from normscope.sources.jsonl_log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
+from normscope.trajectory import Trajectory, TrajectoryBuilder, build_trajectory
 
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
 
@@ -34,6 +37,16 @@ def _fingerprint(path: Path) -> tuple:
     return tuple(out)
 
 
+@dataclass
+class _LogRows:
+    """The table's rows of the records converted so far, and what tells the log only grew."""
+
+    header: Any
+    builder: TrajectoryBuilder
+    count: int = 0  # records converted
+    last: Any = None  # the last of them, as the log held it
+
+
 class LiveSource:
     """What `normscope watch` follows. Raises BadInputError at once when `path` is unusable."""
 
@@ -43,6 +56,7 @@ class LiveSource:
         self.follower: LogFollower | None = None
         self._fingerprint: tuple | None = None
         self._first = True
+        self._rows: _LogRows | None = None
         self.last_error: str | None = None
         if self.path.suffix == ".jsonl" and not self.path.exists():
             self.follower = LogFollower(self.path)  # a run about to start: wait for its log
@@ -70,10 +84,29 @@ class LiveSource:
         if not (new or self._first or follower.restarts != restarts):
             return None
         self._first = False
-        run = live_log_run(follower.log)
-        if not run.stats:
-            return build_trajectory([], layout=run.layout, root=run.root, warnings=run.warnings)
-        return trajectory_from_run(run)
+        log = follower.log
+        if not log.records:
+            self._rows = None
+            return build_trajectory([], layout=LAYOUT, root=log.path, warnings=log.warnings)
+        self._add_new_records(log)
+        return self._rows.builder.trajectory(layout=LAYOUT, root=log.path, ordering=ORDER_LOG,
+                                             warnings=log.warnings)
+
+    def _add_new_records(self, log: LiveLog) -> None:
+        """Add the records that arrived to the table's rows. Only when the log changed other than
+        by growing (a new header, a resumed run superseding records, a restart) is every record
+        converted again."""
+        rows, records = self._rows, log.records
+        grown = (
+            rows is not None
+            and rows.header is log.header
+            and len(records) >= rows.count
+            and records[rows.count - 1] is rows.last
+        )
+        if not grown:
+            rows = self._rows = _LogRows(header=log.header, builder=TrajectoryBuilder())
+        rows.builder.add(log_to_stats(log, start=rows.count))
+        rows.count, rows.last = len(records), records[-1]
 
     def _open(self):
         if self.tag_pattern is not None:

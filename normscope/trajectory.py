@@ -126,29 +126,50 @@ def build_trajectory(
     Built column by column (a ResNet-shaped run has 34k rows, and a dict per row was slow);
     each value is what the per-row formulas in the module docstring give.
     """
-    columns: dict[str, list] = {name: [] for name in COLUMNS}
-    metas: list[SnapshotMeta] = []
-    notes = list(warnings)
-    prev_norms: dict[str, float] = {}
-    prev_names: set[str] | None = None
-    described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
-    for index, snap in enumerate(stats):
-        metas.append(snap.meta)
-        names = set(snap.params)
-        if prev_names is not None:
-            appeared, vanished = sorted(names - prev_names), sorted(prev_names - names)
-            where = f"snapshot {index} ({snap.meta.path})"
-            if appeared:
-                notes.append(f"{len(appeared)} parameter(s) appear at {where}: {_preview(appeared)}")
-            if vanished:
-                notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
-        prev_names = names
-        prev_norms = _add_snapshot(columns, index, snap, prev_norms, described)
-    table = with_column_types(
-        pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
-    )
-    return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
-                      warnings=notes, framework=framework)
+    builder = TrajectoryBuilder()
+    builder.add(stats)
+    return builder.trajectory(layout=layout, root=root, ordering=ordering, warnings=warnings,
+                              framework=framework)
+
+
+class TrajectoryBuilder:
+    """The table's columns, grown a snapshot at a time: a live view adds the records that arrived
+    since its last refresh instead of rebuilding the rows of every earlier one."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, list] = {name: [] for name in COLUMNS}
+        self.metas: list[SnapshotMeta] = []
+        self.notes: list[str] = []  # parameters that appear or vanish
+        self._prev_norms: dict[str, float] = {}
+        self._prev_names: set[str] | None = None
+        self._described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
+
+    def add(self, stats: Iterable[SnapshotStats]) -> None:
+        """Append snapshots that follow the ones added so far, in time order."""
+        for snap in stats:
+            index = len(self.metas)
+            self.metas.append(snap.meta)
+            names = set(snap.params)
+            if self._prev_names is not None:
+                appeared, vanished = sorted(names - self._prev_names), sorted(self._prev_names - names)
+                where = f"snapshot {index} ({snap.meta.path})"
+                if appeared:
+                    self.notes.append(f"{len(appeared)} parameter(s) appear at {where}: {_preview(appeared)}")
+                if vanished:
+                    self.notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
+            self._prev_names = names
+            self._prev_norms = _add_snapshot(self.columns, index, snap, self._prev_norms, self._described)
+
+    def trajectory(self, *, layout: str = "unknown", root: str = "", ordering: str = "unknown",
+                   warnings: Iterable[str] = (), framework: str | None = None) -> Trajectory:
+        """The trajectory of the snapshots added so far (the table is a copy: adding more later
+        leaves it as it is)."""
+        columns = self.columns
+        table = with_column_types(
+            pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
+        )
+        return Trajectory(table=table, snapshots=list(self.metas), layout=layout, root=root,
+                          ordering=ordering, warnings=[*warnings, *self.notes], framework=framework)
 
 
 def with_column_types(table: pd.DataFrame) -> pd.DataFrame:

@@ -148,7 +148,8 @@ class EquilibriumReport:
 
 
 def _describe_values(values: pd.Series) -> str:
-    vals = [float(v) for v in values if pd.notna(v)]
+    column = values.to_numpy(dtype=float, na_value=math.nan)
+    vals = column[~np.isnan(column)].tolist()
     if not vals:
         return "–"
     distinct = list(dict.fromkeys(round(v, 12) for v in vals))
@@ -323,16 +324,19 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     grad_meas, grad_pred, grad_src = _grad_ratio(rows, eta, lam, mom, family)
     numel = rows["numel"].to_numpy(dtype=float)
     pred_norm = theory.adamw_equilibrium_norm(eta, lam, numel) if family == "adamw" else np.full(len(rows), math.nan)
+    # whole columns once: a cell lookup per point cost most of a live refresh
+    snapshots, epochs = rows["snapshot"].tolist(), rows["epoch"].tolist()
+    angles, norms = rows["angle_rad"].tolist(), rows["norm"].tolist()
     points = tuple(
         EquilibriumPoint(
-            snapshot=int(rows["snapshot"].iloc[i]), step=float(steps[i]),
-            epoch=None if pd.isna(rows["epoch"].iloc[i]) else float(rows["epoch"].iloc[i]),
+            snapshot=int(snapshots[i]), step=float(steps[i]),
+            epoch=None if pd.isna(epochs[i]) else float(epochs[i]),
             steps=float(k[i]), lr=float(eta[i]), weight_decay=float(lam[i]),
-            angle_rad=float(rows["angle_rad"].iloc[i]), predicted_angle_rad=float(predicted_angle[i]),
+            angle_rad=float(angles[i]), predicted_angle_rad=float(predicted_angle[i]),
             ratio=float(ratio[i]), angle_per_step_rad=float(ratio[i] * per_step[i]),
             predicted_angle_per_step_rad=float(per_step[i]), lr_grad_over_norm=float(grad_meas[i]),
             predicted_lr_grad_over_norm=float(grad_pred[i]), grad_source=grad_src[i],
-            norm=float(rows["norm"].iloc[i]), predicted_norm=float(pred_norm[i]),
+            norm=float(norms[i]), predicted_norm=float(pred_norm[i]),
             relaxation_steps=float(tau[i]), relaxations_in_phase=float(relax_in_phase[i]),
         )
         for i in range(1, len(rows))

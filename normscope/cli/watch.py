@@ -39,17 +39,12 @@ StepsPerEpochOpt = Annotated[
 ]
 
 
-@handle_errors
-def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
-          recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
-          steps_per_epoch: StepsPerEpochOpt = None, tag_pattern: TagPatternOpt = None) -> None:
-    """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoch: float | None):
+    """The function that turns the source's latest trajectory into the rendered frame."""
     from normscope.analysis.live import live_advice, live_frame
     from normscope.analysis.runner import RunOptions, analyze_run
-    from normscope.live_source import LiveSource
     from normscope.report.live_view import render_frame
 
-    source = LiveSource(path, tag_pattern=tag_pattern)
     options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
 
     def frame(trajectory):
@@ -61,6 +56,18 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
                             analysis=analysis)
         return render_frame(frame_, updated=stamp)
 
+    return frame
+
+
+@handle_errors
+def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
+          recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
+          steps_per_epoch: StepsPerEpochOpt = None, tag_pattern: TagPatternOpt = None) -> None:
+    """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+    from normscope.live_source import LiveSource
+
+    source = LiveSource(path, tag_pattern=tag_pattern)
+    frame = frame_maker(source, recent=recent, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
     trajectory = source.poll()
     if once:
         console = stdout_console()

@@ -385,18 +385,19 @@ def load_live_log(path: str | os.PathLike[str]) -> LiveLog:
     return log
 
 
-def log_to_stats(log: LiveLog) -> list[SnapshotStats]:
-    """One SnapshotStats per record. Against-the-previous-snapshot fields (dot_prev, diff_sq) are
-    filled only where the previous record is the previous optimizer step; otherwise the tracker
-    does not know them (it keeps no copy of the weights between logged steps)."""
+def log_to_stats(log: LiveLog, start: int = 0) -> list[SnapshotStats]:
+    """One SnapshotStats per record (from record `start` on: a follower converts only what
+    arrived). Against-the-previous-snapshot fields (dot_prev, diff_sq) are filled only where the
+    previous record is the previous optimizer step; otherwise the tracker does not know them (it
+    keeps no copy of the weights between logged steps)."""
     header = log.header
     if header is None:
         return []
     out: list[SnapshotStats] = []
     shapes = {p.name: p.shape for p in header.params}
     dtypes = {p.name: p.dtype for p in header.params}
-    prev_step: int | None = None
-    for record in log.records:
+    prev_step: int | None = log.records[start - 1].step if 0 < start <= len(log.records) else None
+    for record in log.records[start:]:
         consecutive = prev_step is not None and record.step == prev_step + 1
         prev_step = record.step
         s = record.stats
