@@ -392,3 +392,15 @@ def test_safetensors_metadata_that_is_no_step_is_ignored(tmp_path, adamw_run_dir
     (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n :])
     (snapshot,) = open_run(tmp_path / "model.safetensors").snapshots
     assert snapshot.meta.step is None and len(snapshot.tensors) == len(header) - 1
+
+
+def test_a_record_whose_step_is_past_int64_is_skipped_as_corrupt(tmp_path, log_lines):
+    # a fuzzed step of 10**100 once reached pandas as an OverflowError (exit 101)
+    record = json.loads(log_lines[3])
+    lines = list(log_lines)
+    lines[3] = json.dumps(record).replace(f'"step": {record["step"]}', f'"step": {10**100}', 1) + "\n"
+    assert str(10**100) in lines[3]
+    path = tmp_path / "track.jsonl"
+    path.write_text("".join(lines))
+    trajectory = load_trajectory(path, device="cpu")
+    assert any("not an int64 integer" in w for w in trajectory.warnings)

@@ -110,7 +110,7 @@ def _check_metadata(metadata: Any, directory: str) -> None:
             raise _corrupt(directory, f"a name that is not text ({fqn!r})")
         if not isinstance(meta, TensorStorageMetadata):
             continue
-        size = meta.size
+        size = getattr(meta, "size", None)  # a damaged pickle can build it without its fields
         properties = getattr(meta, "properties", None)
         if (
             not _is_ints(size)

@@ -202,8 +202,9 @@ def _parse_record(obj: dict[str, Any], header: LogHeader, line: int) -> LogRecor
     if nonfinite is not None and (not isinstance(nonfinite, list) or len(nonfinite) != n):
         raise ValueError("'nonfinite' does not match the header's parameters")
     step = obj["step"]
-    if isinstance(step, bool) or not isinstance(step, int):
-        raise TypeError(f"step is {step!r}, not an integer")
+    if isinstance(step, bool) or not isinstance(step, int) or not -_MAX_COUNT <= step <= _MAX_COUNT:
+        shown = repr(step) if len(repr(step)) <= 40 else repr(step)[:40] + "…"
+        raise TypeError(f"step is {shown}, not an int64 integer")
     epoch = obj.get("epoch")
     groups = obj.get("groups", ())
     if isinstance(groups, dict):
