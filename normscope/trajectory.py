@@ -32,7 +32,7 @@ Columns (units in the names; NaN where a source does not have the quantity):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,10 @@ class Trajectory:
     ordering: str = "unknown"
     warnings: list[str] = field(default_factory=list)
     framework: str | None = None  # the saver the source recognised, if any
+    # "row": `rows[t]` holds each tensor's per-row spread over the interval ending at snapshot t
+    # (`engine.rows.RowSpread`); "tensor": `rows` is empty
+    granularity: str = "tensor"
+    rows: list[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def params(self) -> list[str]:
@@ -119,6 +123,7 @@ def build_trajectory(
     ordering: str = "unknown",
     warnings: Iterable[str] = (),
     framework: str | None = None,
+    granularity: str = "tensor",
 ) -> Trajectory:
     """Assemble per-snapshot stats (already in time order) into the tidy table.
 
@@ -132,8 +137,10 @@ def build_trajectory(
     prev_norms: dict[str, float] = {}
     prev_names: set[str] | None = None
     described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
+    rows: list[Mapping[str, Any]] = []
     for index, snap in enumerate(stats):
         metas.append(snap.meta)
+        rows.append(snap.rows)
         names = set(snap.params)
         if prev_names is not None:
             appeared, vanished = sorted(names - prev_names), sorted(prev_names - names)
@@ -148,7 +155,8 @@ def build_trajectory(
         pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
     )
     return Trajectory(table=table, snapshots=metas, layout=layout, root=root, ordering=ordering,
-                      warnings=notes, framework=framework)
+                      warnings=notes, framework=framework, granularity=granularity,
+                      rows=rows if granularity == "row" else [])
 
 
 def with_column_types(table: pd.DataFrame) -> pd.DataFrame:

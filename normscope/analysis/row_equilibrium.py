@@ -25,7 +25,7 @@ import numpy as np
 
 from normscope.analysis import theory
 from normscope.analysis.equilibrium import TOLERANCE, effective_steps
-from normscope.engine.rows import RowSums
+from normscope.engine.rows import RowSpread, RowSums, row_angles, spread_of
 from normscope.errors import BadInputError
 
 
@@ -46,13 +46,6 @@ class RowEquilibrium:
     norm_ratio_p90: float
 
 
-def row_angles(sums: RowSums) -> np.ndarray:
-    """Angle per row between the two snapshots (radians; NaN for a zero row)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos = sums.dot_prev / np.sqrt(sums.norm_sq * sums.prev_norm_sq)
-    return np.arccos(np.clip(cos, -1.0, 1.0))
-
-
 def predicted_angle(family: str, lr: float, weight_decay: float, momentum: float, steps: float) -> float:
     """Equilibrium angle over `steps` steps of a scale-invariant row (or tensor)."""
     lam_eff = theory.effective_weight_decay(family, weight_decay, momentum)
@@ -60,7 +53,7 @@ def predicted_angle(family: str, lr: float, weight_decay: float, momentum: float
     return float(np.arccos(np.clip((1 - lr * lam_eff) ** s, -1.0, 1.0)))
 
 
-def row_equilibrium(param: str, sums: RowSums, *, family: str, lr: float, weight_decay: float,
+def row_equilibrium(param: str, rows: RowSpread | RowSums, *, family: str, lr: float, weight_decay: float,
                     momentum: float, steps: float) -> RowEquilibrium:
     """Summary of one tensor's rows over one interval; `momentum` is μ (SGD) or β₁ (AdamW), `lr` the
     interval's mean learning rate."""
@@ -68,25 +61,21 @@ def row_equilibrium(param: str, sums: RowSums, *, family: str, lr: float, weight
         raise BadInputError(f"per-row predictions exist for SGD and AdamW, not {family!r}")
     if not (lr > 0 and weight_decay > 0 and steps > 0):
         raise BadInputError("per-row equilibrium needs a positive lr, weight decay and step count")
+    spread = rows if isinstance(rows, RowSpread) else spread_of(rows)
     predicted = predicted_angle(family, lr, weight_decay, momentum, steps)
-    ratio = row_angles(sums) / predicted
-    ratio = ratio[np.isfinite(ratio)]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tensor_cos = sums.dot_prev.sum() / math.sqrt(sums.norm_sq.sum() * sums.prev_norm_sq.sum())
-    tensor_ratio = float(np.arccos(np.clip(tensor_cos, -1.0, 1.0))) / predicted
-    norm = np.full(3, math.nan)
+    angles = spread.angles.astype(np.float64)
+    ratio = [spread.percentile(angles, q) / predicted for q in (50, 10, 90)]
+    norm = [math.nan] * 3
     if family == theory.ADAMW:
-        expected = float(theory.adamw_equilibrium_norm(lr, weight_decay, sums.row_numel))
-        norm = np.percentile(np.sqrt(sums.norm_sq) / expected, [50, 10, 90])
-    spread = np.percentile(ratio, [50, 10, 90]) if len(ratio) else np.full(3, math.nan)
+        expected = float(theory.adamw_equilibrium_norm(lr, weight_decay, spread.row_numel))
+        norm = [spread.percentile(spread.norms.astype(np.float64), q) / expected for q in (50, 10, 90)]
     lo, hi = TOLERANCE
     return RowEquilibrium(
-        param=param, rows=len(sums.norm_sq), row_numel=sums.row_numel, steps=float(steps),
-        predicted_angle_rad=predicted, angle_ratio_median=float(spread[0]), angle_ratio_p10=float(spread[1]),
-        angle_ratio_p90=float(spread[2]),
-        within_tolerance=float(np.mean((ratio >= lo) & (ratio <= hi))) if len(ratio) else math.nan,
-        tensor_angle_ratio=tensor_ratio, norm_ratio_median=float(norm[0]), norm_ratio_p10=float(norm[1]),
-        norm_ratio_p90=float(norm[2]),
+        param=param, rows=spread.rows, row_numel=spread.row_numel, steps=float(steps),
+        predicted_angle_rad=predicted, angle_ratio_median=ratio[0], angle_ratio_p10=ratio[1],
+        angle_ratio_p90=ratio[2], within_tolerance=spread.share_within(angles, lo * predicted, hi * predicted),
+        tensor_angle_ratio=spread.tensor_angle() / predicted, norm_ratio_median=norm[0],
+        norm_ratio_p10=norm[1], norm_ratio_p90=norm[2],
     )
 
 
@@ -99,26 +88,43 @@ class RowInterval:
     result: RowEquilibrium
 
 
-def row_report(stats, *, optimizer: str | None = None) -> tuple[RowInterval, ...]:
-    """Per-row summaries for every tensor and interval of an engine run with `granularity="row"`.
+def row_report(source, *, optimizer: str | None = None) -> tuple[RowInterval, ...]:
+    """Per-row summaries for every tensor and interval of a run read with `granularity="row"`:
+    a `Trajectory` (its `rows`) or the engine's `SnapshotStats` list.
 
     The interval's LR, weight decay and momentum/β₁ are those recorded in its earlier snapshot (the
     scheduler steps before the save, as `equilibrium` assumes by default); intervals without a known
     step count, LR or weight decay, and optimizers other than SGD and AdamW, are left out."""
+    if hasattr(source, "table"):  # a Trajectory
+        metas, rows = list(source.snapshots), list(source.rows)
+    else:
+        metas, rows = [s.meta for s in source], [s.rows for s in source]
     out: list[RowInterval] = []
-    for t in range(1, len(stats)):
-        before, after = stats[t - 1].meta, stats[t].meta
+    for t in range(1, min(len(metas), len(rows))):
+        before, after = metas[t - 1], metas[t]
         family = theory.optimizer_family(optimizer or after.optimizer or "")
         if family not in (theory.SGD, theory.ADAMW) or before.step is None or after.step is None:
             continue
         steps = after.step - before.step
         groups = {name: g for g in before.param_groups for name in g.params}
-        for name, sums in stats[t].rows.items():
+        for name, spread in rows[t].items():
             group = groups.get(name)
             if group is None or not (group.lr and group.weight_decay and steps > 0):
                 continue
             momentum = (group.momentum or 0.0) if family == theory.SGD else (group.betas or (0.0,))[0]
             out.append(RowInterval(t, float(after.step), row_equilibrium(
-                name, sums, family=family, lr=group.lr, weight_decay=group.weight_decay,
+                name, spread, family=family, lr=group.lr, weight_decay=group.weight_decay,
                 momentum=momentum, steps=steps)))
     return tuple(out)
+
+
+def latest_by_tensor(report: tuple[RowInterval, ...]) -> list[RowInterval]:
+    """Each tensor's last interval (where equilibrium has had the longest to settle), in run order."""
+    last: dict[str, RowInterval] = {}
+    for interval in report:
+        last[interval.result.param] = interval
+    return list(last.values())
+
+
+__all__ = ["RowEquilibrium", "RowInterval", "latest_by_tensor", "predicted_angle", "row_angles",
+           "row_equilibrium", "row_report"]
