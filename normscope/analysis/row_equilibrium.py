@@ -86,6 +86,13 @@ class RowInterval:
     snapshot: int
     step: float
     result: RowEquilibrium
+    lr: float = math.nan
+    # the LR has held (within 1 %) for at least SETTLE_RELAXATIONS relaxation times (§3.5) by the
+    # interval's end: the rows have had time to reach the prediction
+    settled: bool = False
+
+
+SETTLE_RELAXATIONS = 3
 
 
 def row_report(source, *, optimizer: str | None = None) -> tuple[RowInterval, ...]:
@@ -100,6 +107,7 @@ def row_report(source, *, optimizer: str | None = None) -> tuple[RowInterval, ..
     else:
         metas, rows = [s.meta for s in source], [s.rows for s in source]
     out: list[RowInterval] = []
+    phase: dict[str, tuple[float, float]] = {}  # param -> (LR of its current phase, step it began)
     for t in range(1, min(len(metas), len(rows))):
         before, after = metas[t - 1], metas[t]
         family = theory.optimizer_family(optimizer or after.optimizer or "")
@@ -112,17 +120,26 @@ def row_report(source, *, optimizer: str | None = None) -> tuple[RowInterval, ..
             if group is None or not (group.lr and group.weight_decay and steps > 0):
                 continue
             momentum = (group.momentum or 0.0) if family == theory.SGD else (group.betas or (0.0,))[0]
+            lr, began = phase.get(name, (math.nan, float(before.step)))
+            if not abs(group.lr - lr) <= 0.01 * group.lr:
+                lr, began = group.lr, float(before.step)
+                phase[name] = (lr, began)
+            tau = float(theory.relaxation_steps(family, group.lr, group.weight_decay, momentum))
             out.append(RowInterval(t, float(after.step), row_equilibrium(
                 name, spread, family=family, lr=group.lr, weight_decay=group.weight_decay,
-                momentum=momentum, steps=steps)))
+                momentum=momentum, steps=steps), lr=group.lr,
+                settled=after.step - began >= SETTLE_RELAXATIONS * tau))
     return tuple(out)
 
 
 def latest_by_tensor(report: tuple[RowInterval, ...]) -> list[RowInterval]:
-    """Each tensor's last interval (where equilibrium has had the longest to settle), in run order."""
+    """Each tensor's last settled interval (its LR held for 3 relaxation times, so its rows had time
+    to reach the prediction), else its last interval; in run order."""
     last: dict[str, RowInterval] = {}
     for interval in report:
-        last[interval.result.param] = interval
+        name = interval.result.param
+        if interval.settled or name not in last or not last[name].settled:
+            last[name] = interval
     return list(last.values())
 
 
