@@ -30,6 +30,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
     ("digits_bn_cnn_sgd", 256 << 20), ("digits_bn_cnn_sgd", 4096),  # 4 KiB buckets: row slices
     ("digits_ln_transformer_adamw", 256 << 20), ("digits_bn_cnn_lightning", 256 << 20),
 ])
+@pytest.mark.usefixtures("each_cpu_kernel")  # "torch": the row-block kernels the CUDA path runs
 def test_row_sums_from_the_engine_match_the_files(run_name, bucket_bytes):
     run = open_run(SAMPLES / run_name)
     snapshots = list(run.snapshots)[:4]
