@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
+from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR
 from normscope.errors import BadInputError
 from normscope.snapshot import Run, Snapshot, SnapshotStats
 from normscope.trajectory import Trajectory, build_trajectory
@@ -76,18 +77,39 @@ def trajectory_from_run(
     device: str = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
+    granularity: str = GRANULARITY_TENSOR,
 ) -> Trajectory:
-    """Reduce a run's snapshots (or take a live log's stats) into the trajectory table."""
+    """Reduce a run's snapshots (or take a live log's stats) into the trajectory table.
+
+    `granularity="row"` adds each tensor's per-row (per-neuron) spread, from the same pass
+    (`Trajectory.rows`); a log's run, which holds no rows, stays per tensor with a warning saying so.
+    A run whose `stats` came from the engine with rows (the Dask backend) keeps them."""
+    check_granularity(granularity)
+    warnings = list(run.warnings)
     if run.stats is not None:
         stats: Iterable[SnapshotStats] = run.stats
+        if granularity == GRANULARITY_ROW and not run.snapshots and not any(s.rows for s in run.stats):
+            warnings.append(no_rows_note(run.layout))
+            granularity = GRANULARITY_TENSOR
     else:
         from normscope.engine import compute_stats
 
-        stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress)
+        stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
+                              granularity=granularity)
     return build_trajectory(
-        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings,
-        framework=run.framework,
+        stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=warnings,
+        framework=run.framework, granularity=granularity,
     )
+
+
+def check_granularity(granularity: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise BadInputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+
+
+def no_rows_note(layout: str) -> str:
+    return (f"--granularity row needs checkpoints: a {layout} log holds per-tensor numbers only, so "
+            "the results are per tensor")
 
 
 def load_trajectory(
@@ -102,6 +124,7 @@ def load_trajectory(
     recover_unsafe: bool = False,
     tag_pattern: str | None = None,
     parameter_order: Sequence[str] | None = None,
+    granularity: str = GRANULARITY_TENSOR,
 ) -> Trajectory:
     """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table.
 
@@ -114,12 +137,17 @@ def load_trajectory(
 
     `parameter_order` (the model's `named_parameters()` names) maps optimizer state to parameters
     where the weights file does not keep their order (safetensors without a transformers config).
+
+    `granularity="row"` also gives each tensor's per-row (per-neuron) angles and norms, computed in
+    the same pass (`Trajectory.rows`, summarised by `normscope.analysis.row_equilibrium.row_report`).
     """
     from normscope.sources import open_run
 
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
+    check_granularity(granularity)
     order = tuple(parameter_order) if parameter_order else None
     run = select(open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern,
                           parameter_order=order), include, exclude)
-    return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress)
+    return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress,
+                               granularity=granularity)

@@ -32,7 +32,7 @@ Columns (units in the names; NaN where a source does not have the quantity):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +101,10 @@ class Trajectory:
     ordering: str = "unknown"
     warnings: list[str] = field(default_factory=list)
     framework: str | None = None  # the saver the source recognised, if any
+    # "row": `rows[t]` holds each tensor's per-row spread over the interval ending at snapshot t
+    # (`engine.rows.RowSpread`); "tensor": `rows` is empty
+    granularity: str = "tensor"
+    rows: list[Mapping[str, Any]] = field(default_factory=list)
 
     @property
     def params(self) -> list[str]:
@@ -119,6 +123,7 @@ def build_trajectory(
     ordering: str = "unknown",
     warnings: Iterable[str] = (),
     framework: str | None = None,
+    granularity: str = "tensor",
 ) -> Trajectory:
     """Assemble per-snapshot stats (already in time order) into the tidy table.
 
@@ -129,7 +134,7 @@ def build_trajectory(
     builder = TrajectoryBuilder()
     builder.add(stats)
     return builder.trajectory(layout=layout, root=root, ordering=ordering, warnings=warnings,
-                              framework=framework)
+                              framework=framework, granularity=granularity)
 
 
 class TrajectoryBuilder:
@@ -143,12 +148,14 @@ class TrajectoryBuilder:
         self._prev_norms: dict[str, float] = {}
         self._prev_names: set[str] | None = None
         self._described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
+        self.rows: list[Mapping[str, Any]] = []  # each snapshot's per-row spreads
 
     def add(self, stats: Iterable[SnapshotStats]) -> None:
         """Append snapshots that follow the ones added so far, in time order."""
         for snap in stats:
             index = len(self.metas)
             self.metas.append(snap.meta)
+            self.rows.append(snap.rows)
             names = set(snap.params)
             if self._prev_names is not None:
                 appeared, vanished = sorted(names - self._prev_names), sorted(self._prev_names - names)
@@ -161,7 +168,8 @@ class TrajectoryBuilder:
             self._prev_norms = _add_snapshot(self.columns, index, snap, self._prev_norms, self._described)
 
     def trajectory(self, *, layout: str = "unknown", root: str = "", ordering: str = "unknown",
-                   warnings: Iterable[str] = (), framework: str | None = None) -> Trajectory:
+                   warnings: Iterable[str] = (), framework: str | None = None,
+                   granularity: str = "tensor") -> Trajectory:
         """The trajectory of the snapshots added so far (the table is a copy: adding more later
         leaves it as it is)."""
         columns = self.columns
@@ -169,7 +177,9 @@ class TrajectoryBuilder:
             pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
         )
         return Trajectory(table=table, snapshots=list(self.metas), layout=layout, root=root,
-                          ordering=ordering, warnings=[*warnings, *self.notes], framework=framework)
+                          ordering=ordering, warnings=[*warnings, *self.notes], framework=framework,
+                          granularity=granularity,
+                          rows=list(self.rows) if granularity == "row" else [])
 
 
 def with_column_types(table: pd.DataFrame) -> pd.DataFrame:

@@ -131,3 +131,28 @@ def test_the_threshold_caption_states_where_h_comes_from(sgd_run_dir):
     h = float(re.search(r"threshold h = ([0-9.e+-]+)", line).group(1))
     multiple = float(re.search(r"probability 0\.01 = ([0-9.]+)σ", line).group(1))
     assert multiple == pytest.approx(h / sigma, abs=0.06)
+
+
+def test_json_gives_each_decay_its_interval_and_the_terminal_shows_it(run_with):
+    """A noisy bounce: the bounce's decay comes with the robust detector's 90 % interval over
+    repeats of the run and its confidence (the numbers the detector itself reports); the budget
+    decay is a point."""
+    from _bounce_tables import noisy
+
+    traj = run_with(trajectory_from_norms({"conv": noisy(bounce_curve(), 0.01, seed=3)}, steps_per_epoch=1000))
+    expected = recommend(epoch_series(traj.table))
+    bounce = next(b for b in expected.robust.bounces if b.decay_epoch in expected.decay_epochs)
+    doc = json.loads(_invoke("--format", "json").stdout)
+    intervals = doc["decay_intervals"]
+    assert [d["epoch"] for d in intervals] == doc["decay_epochs"] == list(expected.decay_epochs)
+    first, last = intervals[0], intervals[-1]
+    assert first["from"] == "robust bounce" and first["epoch"] == bounce.decay_epoch
+    assert [first["low"], first["high"]] == list(bounce.decay_interval)
+    assert first["low"] <= first["epoch"] <= first["high"] and first["high"] - first["low"] <= 10
+    assert first["interval_confidence"] == 0.9 and first["confidence"] == pytest.approx(bounce.confidence)
+    assert last["from"] == "budget" and last["low"] == last["high"] == last["epoch"]
+    assert last["confidence"] is None
+    table = _invoke().stdout
+    assert (f"{bounce.decay_epoch} (90% interval {bounce.decay_interval[0]}–{bounce.decay_interval[1]}, "
+            f"confidence {bounce.confidence:.2f})") in table
+    assert f"{last['epoch']} (budget)" in table

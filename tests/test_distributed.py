@@ -173,6 +173,37 @@ def test_sharded_safetensors_one_task_per_shard_file(client, tmp_path):
     assert_same_stats(compute_stats(run.snapshots, device="cpu"), remote)
 
 
+def _assert_same_rows(local, remote) -> None:
+    import numpy as np
+
+    assert len(local) == len(remote)
+    for a, b in zip(local, remote):
+        assert set(a.rows) == set(b.rows)
+        for name, spread in a.rows.items():
+            other = b.rows[name]
+            assert (other.rows, other.row_numel, other.exact) == (spread.rows, spread.row_numel, spread.exact)
+            np.testing.assert_allclose(other.angles, spread.angles, rtol=1e-6, atol=1e-12)
+            np.testing.assert_allclose(other.norms, spread.norms, rtol=1e-6)
+
+
+def test_row_spreads_travel_in_the_work_items(cluster, client, tmp_path, trained_run):
+    """At row granularity each item's result carries its shard's per-row spreads (a shard holds
+    whole tensors); merged, they are what the local engine computes, on torch files and on
+    sharded safetensors alike."""
+    for run in (open_run(trained_run), open_run(_save_sharded_run(tmp_path / "sharded"))):
+        local = compute_stats(run.snapshots, device="cpu", granularity="row")
+        assert any(s.rows for s in local)
+        remote = compute_stats_dask(run, client=client, device="cpu", shard_bytes=600, granularity="row")
+        assert_same_stats(local, remote)
+        _assert_same_rows(local, remote)
+    item = plan_items(run.snapshots, layout=run.layout, granularity="row")[2]
+    result = reduce_work_item(item)
+    assert result.error is None and result.rows and set(result.rows) <= set(item.names)
+    traj = load_trajectory_distributed(tmp_path / "sharded", cluster=cluster.scheduler_address, device="cpu",
+                                       granularity="row")
+    assert traj.granularity == "row" and traj.rows[1]
+
+
 class _RecordingUnpickler(pickle.Unpickler):
     """Unpickles while noting every module a global is taken from."""
 

@@ -67,6 +67,9 @@ class RunAnalysis:
     bounces: Any | None = None  # normscope.analysis.bounce.BounceAnalysis
     equilibrium: Any | None = None  # normscope.analysis.equilibrium.EquilibriumReport
     recommendation: Any | None = None  # normscope.analysis.recommend.Recommendation
+    # per-neuron equilibrium (`row_equilibrium.RowInterval` per tensor and interval), only for a
+    # trajectory read at row granularity
+    rows: tuple[Any, ...] | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # analysis name -> why it did not run
 
     def equilibrium_layer(self, param: str):
@@ -107,7 +110,13 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
                                   total_epochs=options.total_epochs)
         except NormscopeError as exc:
             skipped[RECOMMENDATION] = exc.message
-    return replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec)
+    rows = None
+    if trajectory.granularity == "row":
+        from normscope.analysis.row_equilibrium import row_report
+
+        rows = row_report(trajectory, optimizer=options.optimizer)
+    return replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
+                   rows=rows)
 
 
 __all__ = ["BOUNCES", "EQUILIBRIUM", "RECOMMENDATION", "RunAnalysis", "RunOptions", "analyze_run"]

@@ -27,6 +27,17 @@ class Device(str, enum.Enum):
     cuda = "cuda"
 
 
+class Granularity(str, enum.Enum):
+    """What the engine reduces: each tensor, or also each of its rows (output neurons)."""
+
+    tensor = "tensor"
+    row = "row"
+
+
+GRANULARITY_HELP = ("row: also per-neuron (per output row) angles and norms from the same pass, summarised per "
+                    "tensor against the rotational-equilibrium prediction (checkpoints only).")
+
+
 def stderr_console() -> SafeConsole:
     return SafeConsole(stderr=True, soft_wrap=True)
 

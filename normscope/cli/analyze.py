@@ -10,7 +10,9 @@ import typer
 
 from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.cli._common import (
+    GRANULARITY_HELP,
     Device,
+    Granularity,
     check_output_path,
     emit_text,
     handle_errors,
@@ -83,6 +85,7 @@ TagPatternOpt = Annotated[
     typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a named group "
                  "(?P<param>...) (and optionally (?P<stat>weight|grad)).", show_default=False),
 ]
+GranularityOpt = Annotated[Granularity, typer.Option(help=GRANULARITY_HELP)]
 RecoverOpt = Annotated[
     bool,
     typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
@@ -106,6 +109,7 @@ def analyze(
     workers: WorkersOpt = None,
     tag_pattern: TagPatternOpt = None,
     equilibrium: EquilibriumOpt = False,
+    granularity: GranularityOpt = Granularity.tensor,
     model: ModelOpt = None,
     plots: PlotsOpt = None,
     optimizer: Annotated[str | None, typer.Option(help="Override the optimizer type (SGD, AdamW).",
@@ -131,7 +135,8 @@ def analyze(
 
     progress, update = progress_reporter()
     selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
-                     "progress": update, "recover_unsafe": recover_unsafe}
+                     "progress": update, "recover_unsafe": recover_unsafe,
+                     "granularity": granularity.value}
     if model is not None and not (cluster or workers):
         from normscope.analysis.user_model import parameter_names
 

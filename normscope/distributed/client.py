@@ -107,10 +107,12 @@ def merge(
 ) -> list[SnapshotStats]:
     """Per-snapshot stats from the shards' results, parameters in each snapshot's own order."""
     found: list[dict[str, ParamStats]] = [{} for _ in snapshots]
+    rows: list[dict[str, Any]] = [{} for _ in snapshots]
     for result in results:
         found[result.index].update(result.stats)
+        rows[result.index].update(result.rows)
     out = []
-    for snap, params in zip(snapshots, found):
+    for snap, params, spreads in zip(snapshots, found, rows):
         names = list(snap.tensors)
         missing = [n for n in names if n not in params]
         # every parameter is in exactly one item: a gap is a bug, not bad input
@@ -122,6 +124,7 @@ def merge(
                 params={n: params[n] for n in names},
                 shapes={n: shape_of(snap.tensors[n]) for n in names},
                 dtypes={n: dtype_of(snap.tensors[n]) for n in names},
+                rows={n: spreads[n] for n in names if n in spreads},
             )
         )
     return out
@@ -195,6 +198,7 @@ def compute_stats_dask(
     retries: int = DEFAULT_RETRIES,
     recover_unsafe: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    granularity: str = "tensor",
 ) -> list[SnapshotStats]:
     """What `normscope.engine.compute_stats` returns, reduced on the Dask cluster behind `client`.
 
@@ -214,6 +218,7 @@ def compute_stats_dask(
         recover_unsafe=recover_unsafe,
         device=device,
         bucket_bytes=bucket_bytes,
+        granularity=granularity,
     )
     results = run_items(client, items, retries=retries, progress=progress)
     return merge(snapshots, results)
@@ -246,12 +251,14 @@ def load_trajectory_distributed(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: Callable[[int, int], None] | None = None,
     recover_unsafe: bool = False,
+    granularity: str = "tensor",
 ) -> Trajectory:
     """`normscope.api.load_trajectory`, with the tensors reduced on a Dask cluster: the scheduler
     at `cluster` (e.g. "tcp://host:8786"), or a local cluster of `workers` processes."""
-    from normscope.api import select, trajectory_from_run
+    from normscope.api import check_granularity, select, trajectory_from_run
     from normscope.sources import open_run
 
+    check_granularity(granularity)
     require_distributed()
     check_cluster_options(cluster, workers)
     if every < 1:
@@ -268,6 +275,7 @@ def load_trajectory_distributed(
                 shard_bytes=shard_bytes,
                 recover_unsafe=recover_unsafe,
                 progress=progress,
+                granularity=granularity,
             )
         run = replace(run, stats=stats)
-    return trajectory_from_run(run)
+    return trajectory_from_run(run, granularity=granularity)

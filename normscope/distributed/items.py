@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from normscope.engine import DEFAULT_BUCKET_BYTES
 from normscope.engine.plan import dtype_of, entry_of, shape_of, tensor_bytes
@@ -52,16 +53,20 @@ class WorkItem:
     nbytes: int  # bytes the task reads: current weights and state, previous weights
     device: str = "auto"
     bucket_bytes: int = DEFAULT_BUCKET_BYTES
+    granularity: str = "tensor"  # "row": the result carries the shard's per-row spreads too
 
 
 @dataclass(frozen=True)
 class ShardResult:
-    """A task's answer: per-parameter stats, or the user-facing error it hit (not raised on the
-    worker, so that `retries=` is spent on lost workers and transient failures, not corrupt files)."""
+    """A task's answer: per-parameter stats (and, at row granularity, each tensor's per-row spread,
+    `engine.rows.RowSpread`: a few hundred numbers, not the rows), or the user-facing error it hit
+    (not raised on the worker, so that `retries=` is spent on lost workers and transient failures,
+    not corrupt files)."""
 
     index: int
     stats: dict[str, ParamStats]
     error: NormscopeError | None = None
+    rows: dict[str, Any] = field(default_factory=dict)
 
 
 def tensor_layout(snapshot: Snapshot, names: Sequence[str]) -> TensorLayout:
@@ -109,6 +114,7 @@ def plan_items(
     recover_unsafe: bool = False,
     device: str = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    granularity: str = "tensor",
 ) -> list[WorkItem]:
     """One item per (snapshot, shard), each paired with the previous snapshot in `snapshots`."""
     items = []
@@ -132,6 +138,7 @@ def plan_items(
                     nbytes=nbytes,
                     device=device,
                     bucket_bytes=bucket_bytes,
+                    granularity=granularity,
                 )
             )
     return items

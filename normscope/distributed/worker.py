@@ -2,7 +2,7 @@
 
 Files are opened with the same sources the local path uses (`weights_only=True`, safetensors,
 the restricted unpickler only when the user asked for it), and reduced with the engine's own
-`reduce_snapshot_pair`, so a worker computes exactly what the local engine computes.
+`reduce_pair`, so a worker computes exactly what the local engine computes.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def check_layout(
 
 def reduce_work_item(item: WorkItem) -> ShardResult:
     """The Dask task: stats of the item's shard; a user-facing error is returned, not raised."""
-    from normscope.engine import reduce_snapshot_pair
+    from normscope.engine import reduce_pair
 
     try:
         # previous first: it is the checkpoint this worker most likely opened last (as the
@@ -87,13 +87,14 @@ def reduce_work_item(item: WorkItem) -> ShardResult:
             check_layout(previous, item.names, item.previous_layout)
         current = reopen(item.current)
         check_layout(current, item.names, item.current_layout)
-        stats = reduce_snapshot_pair(
+        stats = reduce_pair(
             current,
             previous,
             names=item.names,
             device=item.device,
             bucket_bytes=item.bucket_bytes,
+            granularity=item.granularity,
         )
     except NormscopeError as exc:
         return ShardResult(item.index, {}, exc.with_traceback(None))
-    return ShardResult(item.index, stats)
+    return ShardResult(item.index, dict(stats.params), rows=dict(stats.rows))

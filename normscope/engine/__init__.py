@@ -2,6 +2,7 @@
 
     compute_stats(snapshots)            the whole run, in time order
     reduce_snapshot_pair(cur, prev)     one (snapshot, shard) work item, for distributed backends
+    reduce_pair(cur, prev)              the same as `SnapshotStats`, with per-row spreads if asked
 
 Modules: `plan` (buckets of parameter pieces), `loading` (refs → flat tensors), `prefetch` (reader
 thread), `staging` (CUDA pinned double buffering), `fused` (the CPU's one-pass C kernel),
@@ -17,7 +18,7 @@ from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 
-__all__ = ["DEFAULT_BUCKET_BYTES", "compute_stats", "reduce_snapshot_pair"]
+__all__ = ["DEFAULT_BUCKET_BYTES", "compute_stats", "reduce_pair", "reduce_snapshot_pair"]
 
 
 def compute_stats(
@@ -30,8 +31,8 @@ def compute_stats(
 ) -> list[SnapshotStats]:
     """Per-snapshot, per-tensor stats in snapshot order (see `ParamStats`).
 
-    `granularity="row"` also gives, in `SnapshotStats.rows`, each tensor's per-row (dim 0) norms and
-    dot products with the previous snapshot, from the same pass (`engine.rows`).
+    `granularity="row"` also gives, in `SnapshotStats.rows`, each tensor's per-row (dim 0) angles and
+    norms against the previous snapshot, from the same pass, compacted (`engine.rows.RowSpread`).
 
     Memory stays within about `bucket_bytes` of tensor data whatever the run's size; every tensor
     is read once. `progress(done_bytes, total_bytes)` is called after each bucket of each snapshot.
@@ -64,6 +65,20 @@ def reduce_snapshot_pair(
     The unit of work for a distributed backend: one (checkpoint, shard) pair, with the previous
     checkpoint's matching shard. Same arithmetic as `compute_stats`, so results are identical.
     """
+    return dict(reduce_pair(current, previous, names=names, device=device, bucket_bytes=bucket_bytes).params)
+
+
+def reduce_pair(
+    current: Snapshot,
+    previous: Snapshot | None = None,
+    *,
+    names: Iterable[str] | None = None,
+    device: str = "auto",
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+    granularity: str = "tensor",
+) -> SnapshotStats:
+    """`reduce_snapshot_pair` as the engine's `SnapshotStats`, with the per-row spreads of the shard's
+    tensors against `previous` when `granularity="row"` (they travel back in the work item's result)."""
     from normscope.engine.device import resolve_device
     from normscope.engine.driver import run_engine
 
@@ -74,5 +89,6 @@ def reduce_snapshot_pair(
         bucket_bytes=bucket_bytes,
         names=names,
         report_from=len(snapshots) - 1,
+        granularity=granularity,
     )
-    return dict(stats[0].params)
+    return stats[0]

@@ -54,7 +54,7 @@ def run_engine(
     """Stats for `snapshots[report_from:]`; earlier snapshots serve only as the previous one.
 
     `names` restricts the work to those parameters (a shard, for distributed backends).
-    `granularity="row"` adds per-row sums (`SnapshotStats.rows`, see `engine.rows`).
+    `granularity="row"` adds each tensor's per-row spread (`SnapshotStats.rows`, see `engine.rows`).
     """
     if granularity not in GRANULARITIES:
         raise BadInputError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
@@ -136,8 +136,9 @@ def _run(
                 previous = None
             started = _start_work(work, previous, runner) if t >= report_from else None
             if rows is not None and t >= report_from:
-                for piece, weight, prev in zip(work.pieces, work.weight, _previous_weights(work, previous)):
-                    rows.add(t, piece.name, piece.start, weight, prev)
+                for piece, shape, weight, prev in zip(work.pieces, work.shapes, work.weight,
+                                                      _previous_weights(work, previous)):
+                    rows.add(t, piece.name, piece.start, weight, prev, shape[0] if shape else None)
             collect()
             in_flight, in_flight_snapshot = started, t
             previous = work

@@ -51,6 +51,10 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         found = to_json(result.invariance, result.equilibrium)
         found.pop("schema_version", None)  # the document's own schema_version covers it
         sections.update(found)
+    if result.rows is not None:  # read with --granularity row
+        from normscope.report.row_view import rows_json
+
+        sections["rows"] = rows_json(result.rows)
     sections["skipped"] = dict(result.skipped)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -60,6 +64,7 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
             "layout": traj.layout,
             "framework": traj.framework,
             "ordering": traj.ordering,
+            "granularity": traj.granularity,
             "warnings": list(traj.warnings),
         },
         "snapshots": [snapshot_record(i, m) for i, m in enumerate(traj.snapshots)],

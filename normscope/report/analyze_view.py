@@ -169,6 +169,10 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
         from normscope.report.equilibrium_view import render_equilibrium
 
         parts.extend([Text(""), render_equilibrium(result.equilibrium)])
+    if result.rows is not None:  # read with --granularity row
+        from normscope.report.row_view import render_rows
+
+        parts.extend([Text(""), render_rows(result.rows, max_rows)])
     for name, why in result.skipped.items():
         parts.append(Text(f"{name}: not analysed — {printable(why)}", style="dim"))
     return parts

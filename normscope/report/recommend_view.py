@@ -66,9 +66,35 @@ def decay_table(rec: Recommendation) -> Table:
     table.add_column("method")
     table.add_column("decay epochs")
     table.add_column("final lr", justify="right")
-    table.add_row("recommended (robust bounces + budget, spaced)", _epochs(rec.decay_epochs), _g(rec.schedule[-1]))
+    table.add_row("recommended (robust bounces + budget, spaced)", _decays_with_intervals(rec), _g(rec.schedule[-1]))
     table.add_row("exact ABEL rule (+ budget)", _epochs(rec.exact_decay_epochs), _g(rec.exact_schedule[-1]))
     return table
+
+
+def decay_intervals(rec: Recommendation) -> list[dict[str, Any]]:
+    """Each recommended decay with where repeats of the run (other seeds) would put it: the robust
+    detector's interval at `interval_confidence` and the bounce's confidence (docs/science.md §6.4);
+    a budget decay is a point, with no confidence to give."""
+    bounces = {b.decay_epoch: b for b in rec.robust.bounces if b.decay_epoch is not None}
+    out = []
+    for epoch, (low, high) in zip(rec.decay_epochs, rec.decay_intervals or [(e, e) for e in rec.decay_epochs]):
+        bounce = bounces.get(epoch)
+        out.append({"epoch": epoch, "low": low, "high": high,
+                    "interval_confidence": rec.interval_confidence if bounce is not None else None,
+                    "confidence": bounce.confidence if bounce is not None else None,
+                    "from": "robust bounce" if bounce is not None else "budget"})
+    return out
+
+
+def _decays_with_intervals(rec: Recommendation) -> str:
+    shown = []
+    for d in decay_intervals(rec):
+        if d["from"] == "budget":
+            shown.append(f"{d['epoch']} (budget)")
+        else:
+            shown.append(f"{d['epoch']} ({d['interval_confidence']:.0%} interval {d['low']}–{d['high']}, "
+                         f"confidence {d['confidence']:.2f})")
+    return ", ".join(shown) or "none"
 
 
 def _threshold_origin(found: BounceDetection) -> str:
@@ -224,6 +250,7 @@ def to_json(rec: Recommendation, texp: TexpSchedule | None = None, premise=None)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "decay_epochs": list(rec.decay_epochs),
+        "decay_intervals": decay_intervals(rec),
         "exact_decay_epochs": list(rec.exact_decay_epochs),
         "multistep": rec.multistep,
         "verdict": jsonable(rec.verdict),

@@ -1,0 +1,69 @@
+"""Terminal and JSON views of the per-neuron (per-row) equilibrium, `--granularity row`. No computing here."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from normscope.analysis.row_equilibrium import RowInterval, latest_by_tensor
+from normscope.report.escape import printable
+from normscope.report.jsonable import jsonable
+
+PREDICTION = ("angle over k steps: arccos((1 − ηλ_eff)^S(k)), i.e. √(2ηλ/(1+μ)) per step for SGD and "
+              "√(2ηλ(1−β₁)/(1+β₁)) for AdamW; AdamW row norm √(η·C/(2λ)) (docs/science.md §3)")
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _spread(median: float, p10: float, p90: float) -> str:
+    if not math.isfinite(median):
+        return "–"
+    return f"{_fmt(median)} [{_fmt(p10)}–{_fmt(p90)}]"
+
+
+def render_rows(intervals: Sequence[RowInterval], max_rows: int | None = None) -> RenderableType:
+    """One line per tensor, from its last settled interval (else its last): how its rows' angular
+    updates spread around the prediction, next to the tensor's own ratio."""
+    latest = latest_by_tensor(tuple(intervals))
+    if not latest:
+        return Text("per-neuron equilibrium: no interval with a known step count, lr and weight decay "
+                    "under SGD or AdamW", style="dim")
+    shown = latest if not max_rows else latest[:max_rows]
+    table = Table(title="Per-neuron equilibrium (rows of each tensor; the last interval after its LR held "
+                  "3 relaxation times, else the last)", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("parameter", overflow="fold")
+    for header in ("to step", "LR held", "rows", "predicted angle (rad, over steps)", "row angle/pred. median [p10–p90]", "rows in 0.5–1.5×",
+                   "tensor angle/pred.", "AdamW |w_r|/pred. median [p10–p90]"):
+        table.add_column(header, justify="right")
+    for interval in shown:
+        r = interval.result
+        table.add_row(printable(r.param), f"{interval.step:g}",
+                      Text("≥ 3τ", style="green") if interval.settled else Text("< 3τ", style="yellow"),
+                      str(r.rows), f"{_fmt(r.predicted_angle_rad)} ({r.steps:g})",
+                      _spread(r.angle_ratio_median, r.angle_ratio_p10, r.angle_ratio_p90),
+                      "–" if not math.isfinite(r.within_tolerance) else f"{100 * r.within_tolerance:.0f}%",
+                      _fmt(r.tensor_angle_ratio),
+                      _spread(r.norm_ratio_median, r.norm_ratio_p10, r.norm_ratio_p90))
+    parts: list[RenderableType] = [table, Text(f"prediction: {PREDICTION}", style="dim")]
+    if len(shown) < len(latest):
+        parts.append(Text(f"… {len(latest) - len(shown):,} more tensors not shown (--rows 0 shows all; "
+                          "--format json has every interval)", style="dim"))
+    return Group(*parts)
+
+
+def rows_json(intervals: Sequence[RowInterval]) -> dict[str, Any]:
+    """Every tensor and interval's per-row summary (`row_equilibrium.RowEquilibrium` fields)."""
+    return jsonable({
+        "prediction": PREDICTION,
+        "intervals": [{"snapshot": i.snapshot, "step": i.step, "lr": i.lr, "settled": i.settled,
+                       **jsonable(i.result)} for i in intervals],
+    })
