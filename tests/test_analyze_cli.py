@@ -25,7 +25,7 @@ def test_table_names_every_weight_and_the_bounce(sgd_run_dir):
         assert name in result.output
     assert "running_mean" not in result.output  # buffers are not shown in the table
     assert "61, epoch 0 → epoch 60, ordered by embedded" in result.output
-    assert "SGD lr=0.02 wd=0.001 momentum=0.9" in result.output
+    assert "SGD lr=0.02 (last; largest 0.2) wd=0.001 momentum=0.9" in result.output
     assert "Bounces (robust detector)" in result.output
 
 

@@ -117,3 +117,26 @@ def test_help_keeps_bracketed_text():
     result = subprocess.run([sys.executable, "-m", "normscope", "analyze", "--help"], check=False,
                             capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "300"})
     assert "Needs normscope[dask]." in result.stdout
+
+
+@pytest.mark.parametrize("command", ["analyze", "recommend", "check", "report", "watch"])
+def test_help_shows_plain_flags_and_the_arguments_name(command):
+    import os
+
+    result = subprocess.run([sys.executable, "-m", "normscope", command, "--help"], check=False,
+                            capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert result.returncode == 0, result.stderr
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert usage.split("Usage:", 1)[1].split() == ["normscope", command, "[OPTIONS]", "PATH"], usage
+    assert "<bool>" not in result.stdout and "{path}" not in result.stdout
+    if command == "check":
+        assert "[tool.normscope]" in result.stdout and "[tool.normscope.check]" in result.stdout
+
+
+@pytest.mark.parametrize("args", [("analyze", "--no-such-flag"), ("analyze",), ("analyze", ".", "--every", "0"),
+                                  ("recommend", ".", "-f", "yaml"), ("no-such-command",)], ids=" ".join)
+def test_a_usage_mistake_is_one_line_on_stderr_and_exit_2(args):
+    result = _normscope(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("normscope: error: ") and "╭" not in result.stderr, result.stderr

@@ -62,13 +62,13 @@ _REPEAT_SEED = 16  # fixed: the intervals are a pure function of the series
 class AbelDecay:
     epoch: int  # completed epochs when the LR is multiplied (a MultiStepLR milestone)
     reason: str  # "bounce" (second sign change) or "budget" (the final decay at ~85 %)
-    minimum_epoch: int | None = None  # for a bounce: where the rule took the bottom to be
+    minimum_epoch: int | None = None  # for a bounce: the norm's lowest epoch between the two sign changes
 
 
 @dataclass(frozen=True)
 class AbelReplay:
     decays: tuple[AbelDecay, ...]
-    minimum_epochs: tuple[int, ...]  # every extremum the rule took for a bounce's bottom
+    minimum_epochs: tuple[int, ...]  # every extremum at which the rule set its flag (a peak or a trough)
     sign_changes: int
     reached_minimum: bool  # the flag after the last epoch
     final_decay_epoch: int | None  # None when the budget is unknown
@@ -92,15 +92,20 @@ def abel_replay(
     decays: list[AbelDecay] = []
     minima: list[int] = []
     changes = 0
+    flagged = 0  # index of the extremum at which the flag was set
     for i, (epoch, value) in enumerate(zip(epochs, norm_sq)):
         state, event = abel_step(state, float(value))
         if event is None:
             continue
         changes += 1
         if event == EVENT_MINIMUM:
-            minima.append(int(epochs[i - 1]))
+            flagged = i - 1
+            minima.append(int(epochs[flagged]))
         elif event == EVENT_DECAY:
-            decays.append(AbelDecay(int(epoch), REASON_BOUNCE, minima[-1] if minima else None))
+            # The rule's first sign change may be a peak (the norm rose, then fell): the norm's minimum
+            # is then the second extremum. Between the two the norm is monotone, so the lower one is it.
+            bottom = flagged if float(norm_sq[flagged]) <= float(norm_sq[i - 1]) else i - 1
+            decays.append(AbelDecay(int(epoch), REASON_BOUNCE, int(epochs[bottom])))
     final = None
     if total_epochs is not None:
         final = final_decay_epoch(total_epochs, final_fraction)

@@ -147,15 +147,26 @@ class EquilibriumReport:
 # --------------------------------------------------------------------------- hyper-parameters
 
 
-def _describe_values(values: pd.Series) -> str:
-    column = values.to_numpy(dtype=float, na_value=math.nan)
-    vals = column[~np.isnan(column)].tolist()
-    if not vals:
+def _describe_values(table: pd.DataFrame, column: str) -> str:
+    """A hyper-parameter's values: one value; per param group where groups differ (a group without
+    weight decay is not an anneal to 0); else how it changed over the run. Significant digits are
+    kept (a cosine LR ends at 8.13e-05, not 0)."""
+    if column not in table or "snapshot" not in table:
         return "–"
-    distinct = list(dict.fromkeys(round(v, 12) for v in vals))
+    rows = table[["snapshot", "param", column]].dropna(subset=[column])
+    if rows.empty:
+        return "–"
+    rows = rows.assign(**{column: rows[column].astype(float).round(12)})
+    per_snapshot = rows.groupby("snapshot", sort=True)[column].nunique()
+    if (per_snapshot > 1).any():
+        last = rows[rows["snapshot"] == per_snapshot.index[per_snapshot > 1][-1]]
+        return "per param group: " + ", ".join(f"{value:.3g}" for value in dict.fromkeys(last[column]))
+    over_time = [float(v) for v in rows.groupby("snapshot", sort=True)[column].first()]
+    distinct = list(dict.fromkeys(over_time))
     if len(distinct) == 1:
-        return f"{distinct[0]:g}"
-    return f"{min(distinct):g} … {max(distinct):g} (first {distinct[0]:g}, last {distinct[-1]:g})"
+        return f"{distinct[0]:.3g}"
+    return (f"{min(distinct):.3g} … {max(distinct):.3g} over the run "
+            f"(first {over_time[0]:.3g}, last {over_time[-1]:.3g})")
 
 
 def hyperparams_used(table: pd.DataFrame, overrides: HyperparamOverrides, source: str | None) -> tuple[HyperParam, ...]:
@@ -168,12 +179,12 @@ def hyperparams_used(table: pd.DataFrame, overrides: HyperparamOverrides, source
         if given is not None:
             out.append(HyperParam(name, f"{given:g}" if isinstance(given, float) else str(given), "override"))
             continue
-        col = table[column] if column in table else pd.Series(dtype=float)
         if name == "optimizer":
+            col = table[column] if column in table else pd.Series(dtype=object)
             names = [v for v in dict.fromkeys(col) if isinstance(v, str) and v]
             out.append(HyperParam(name, ", ".join(names) or "–", where if names else "missing"))
         else:
-            text = _describe_values(col)
+            text = _describe_values(table, column)
             if text == "–" and name in ("momentum", "beta1"):
                 continue  # the other family's knob: absent, not missing
             out.append(HyperParam(name, text, where if text != "–" else "missing"))

@@ -10,6 +10,12 @@ import logging
 import sys
 
 import typer
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
+
+try:  # a typer that carries its own copy of click raises that copy's exceptions
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - a typer on the real click
+    from click import exceptions as click_errors
 
 from normscope.cli import analyze as _analyze
 from normscope.cli import check as _check
@@ -17,7 +23,40 @@ from normscope.cli import recommend as _recommend
 from normscope.cli import report as _report
 from normscope.cli import watch as _watch
 
+def _plain_flags(params) -> None:
+    """A flag takes no value, so its help shows no `<bool>`; an argument shows its name (`PATH`)."""
+    for param in params:
+        if isinstance(param, TyperOption) and param.is_flag and param.metavar is None:
+            param.metavar = ""
+        elif isinstance(param, TyperArgument) and param.metavar is None:
+            param.metavar = param.name.upper()
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _plain_flags(params)
+        return params
+
+    def collect_usage_pieces(self, ctx):
+        # `PATH`, not `{path}`: the argument as the help's argument panel names it
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = param.metavar or param.name.upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _plain_flags(params)
+        return params
+
+
 app = typer.Typer(
+    cls=_Group,
     name="normscope",
     help="Weight-dynamics analysis of training runs: norm trajectories, bounces, scale invariance, "
     "equilibrium, and when to decay the learning rate.",
@@ -62,15 +101,36 @@ def _root(
     """Weight-dynamics analysis of training runs."""
 
 
-app.command("analyze")(_analyze.analyze)
-app.command("recommend")(_recommend.recommend)
-app.command("check")(_check.check)
-app.command("report")(_report.report)
-app.command("watch")(_watch.watch)
+app.command("analyze", cls=_Command)(_analyze.analyze)
+app.command("recommend", cls=_Command)(_recommend.recommend)
+app.command("check", cls=_Command)(_check.check)
+app.command("report", cls=_Command)(_report.report)
+app.command("watch", cls=_Command)(_watch.watch)
 
 
 def main() -> None:
-    app()
+    """Run the command line. A usage mistake (an unknown flag, a missing argument, a bad value) is one
+    line on stderr and exit 2, like every other bad input."""
+    from normscope.errors import EXIT_BAD_INPUT
+    from normscope.report.escape import printable
+
+    try:
+        code = app(prog_name="normscope", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.ctx.command.get_help(exc.ctx)  # typer's rich help prints itself
+        code = EXIT_BAD_INPUT
+    except click_errors.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx is not None else "normscope"
+        print(f"normscope: error: {printable(exc.format_message())} (see '{printable(where)} --help')",
+              file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except click_errors.ClickException as exc:
+        print(f"normscope: error: {printable(exc.format_message())}", file=sys.stderr)
+        code = exc.exit_code
+    except typer.Abort:
+        print("normscope: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code or 0)
 
 
 __all__ = ["app", "main"]

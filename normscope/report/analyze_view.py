@@ -26,19 +26,43 @@ def fmt(x: float | None, digits: int = 4) -> str:
 fmt_when = when
 
 
-def hyperparams_line(meta: SnapshotMeta) -> str:
-    """One line describing the optimizer settings of a snapshot (first group, plus a group count)."""
+def _sig(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def hyperparams_line(meta: SnapshotMeta, snapshots: tuple[SnapshotMeta, ...] = ()) -> str:
+    """The optimizer settings of a snapshot: a setting all param groups share once, one that differs
+    per group, and where the LR changed over `snapshots`, its largest value beside the last (a cosine
+    schedule ends near 0, which alone says nothing about the run)."""
     if not meta.param_groups:
         return "no optimizer state found"
-    g = meta.param_groups[0]
+    groups = meta.param_groups
     parts = [printable(meta.optimizer or "optimizer")]
-    for label, value in (("lr", g.lr), ("wd", g.weight_decay), ("momentum", g.momentum)):
-        if value is not None:
-            parts.append(f"{label}={value:g}")
+    per_group = []
+    for label, field in (("lr", "lr"), ("wd", "weight_decay"), ("momentum", "momentum")):
+        values = [getattr(g, field) for g in groups]
+        if all(v is None for v in values):
+            continue
+        if len(set(values)) > 1:
+            per_group.append((label, values))
+            continue
+        text = f"{label}={_sig(values[0])}"
+        if field == "lr":
+            seen = [g.lr for m in snapshots for g in m.param_groups
+                    if g.lr is not None and math.isfinite(g.lr)]
+            if seen and max(seen) != values[0]:
+                text += f" (last; largest {_sig(max(seen))})"
+        parts.append(text)
+    g = groups[0]
     if g.betas is not None:
         parts.append(f"betas=({g.betas[0]:g}, {g.betas[1]:g})")
-    if len(meta.param_groups) > 1:
-        parts.append(f"(+{len(meta.param_groups) - 1} more group(s))")
+    if per_group:
+        parts.append("; ".join(
+            f"group {i}: "
+            + " ".join(f"{label}={'–' if values[i] is None else _sig(values[i])}" for label, values in per_group)
+            for i in range(len(groups))))
+    elif len(groups) > 1:
+        parts.append(f"({len(groups)} param groups, same settings)")
     if meta.hyperparams_source:
         parts.append(f"[from {printable(meta.hyperparams_source)}]")
     return " ".join(parts)
@@ -57,7 +81,7 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
         f"ordered by {printable(traj.ordering)}",
     )
     grid.add_row("parameters", f"{run.params} tensors, {run.numel:,} elements")
-    grid.add_row("optimizer", hyperparams_line(last))
+    grid.add_row("optimizer", hyperparams_line(last, tuple(traj.snapshots)))
     def at(snapshot: int) -> str:
         meta = traj.snapshots[snapshot]
         return fmt_when(meta.step, meta.epoch)

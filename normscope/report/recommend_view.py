@@ -129,14 +129,14 @@ def layer_table(layers: tuple[LayerBounces, ...]) -> Table:
     table = Table(title="Per layer", title_justify="left")
     table.add_column("layer")
     table.add_column("robust bounces (min → decay)")
-    table.add_column("exact-rule decays", justify="right")
+    table.add_column("exact-rule decay epochs")
     for lb in layers:
         if lb.robust is None:
             shown = lb.note
         else:
             shown = "; ".join(f"{b.minimum_epoch} → {b.decay_epoch if b.decay_epoch is not None else 'rising'}"
                               for b in lb.robust.bounces) or "none"
-        table.add_row(printable(lb.layer), printable(shown), str(len(lb.exact.decay_epochs)))
+        table.add_row(printable(lb.layer), printable(shown), _epochs(lb.exact.decay_epochs))
     return table
 
 
