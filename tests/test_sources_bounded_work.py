@@ -126,6 +126,8 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
         metadata.planner_data = {k: [["model"], k] for k in metadata.state_dict_metadata}
     elif damage == "entry-without-chunks":  # found by benchmarks/fuzz.py
         del metadata.state_dict_metadata["model.0.weight"].chunks
+    elif damage == "entry-without-size":  # found by benchmarks/fuzz.py
+        del metadata.state_dict_metadata["model.0.weight"].size
     elif damage in ("chunk-past-size", "chunk-size-doubled", "huge-size"):
         name = "model.0.weight"
         meta = metadata.state_dict_metadata[name]
@@ -141,7 +143,7 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("damage", ["a-dict", "a-path", "int-file-name", "unhashable-planner-path",
-                                    "entry-without-chunks", "chunk-past-size", "chunk-size-doubled",
+                                    "entry-without-chunks", "entry-without-size", "chunk-past-size", "chunk-size-doubled",
                                     "offset-past-any-file", "missing-file"])  # fmt: skip
 def test_dcp_metadata_that_torch_does_not_write_is_refused(tmp_path, damage):
     metadata = _dcp_save(tmp_path / "ckpt")
