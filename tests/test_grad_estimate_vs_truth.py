@@ -1,5 +1,5 @@
 """The checkpoint estimate of η|g|/|w| (from the SGD momentum buffer) against the true gradients of the
-same run, logged every step by `normscope.track` (docs/science-robust.md, "Estimating η|g|/|w|")."""
+same run, logged every step by `normscope.track` (docs/science.md §4.5)."""
 
 import math
 
@@ -57,7 +57,7 @@ def test_momentum_buffer_estimate_is_within_tens_of_percent_of_the_true_gradient
         assert all(p.grad_source == "momentum buffer" for p in settled)
         truth = math.sqrt(np.mean(ratio[steps > settled[0].step - settled[0].steps] ** 2))  # RMS
         estimate = np.median([p.lr_grad_over_norm for p in settled])
-        # the estimate assumes uncorrelated successive gradients; √B of docs/science-robust.md
+        # the estimate assumes uncorrelated successive gradients; √B of docs/science.md §4.5
         assert 0.6 < estimate / truth < 1.25, (layer.param, estimate / truth)
         # the k-step angle measures the long-time diffusion: what uncorrelated gradients would need
         s = effective_steps(np.array([p.steps for p in settled]), np.full(len(settled), MOM))

@@ -10,7 +10,7 @@ because it is what the paper (and `ABEL(rule="exact")`) does.
 The robust detector (`detect_bounces`; docs/science.md §6) works on y = log N, in these steps:
 
 1. noise: white noise plus a mean-reverting AR(1) part whose correlation time is the relaxation time
-   (`analysis.norm_noise`; docs/science-robust.md): the norm's slow wiggles are its own fluctuation,
+   (`analysis.norm_noise`; docs/science.md §6.6–§6.7): the norm's slow wiggles are its own fluctuation,
    not a trend;
 2. smoothing: z = centred moving average of y over `smooth_window` epochs (one-sided at the ends);
 3. turning points: a zig-zag on z with threshold h, the rise that noise of the fitted model alone

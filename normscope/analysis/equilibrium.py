@@ -123,7 +123,7 @@ class LayerEquilibrium:
     points: tuple[EquilibriumPoint, ...]
     # 90 % distribution-free intervals of the two settled medians (order statistics over the settled
     # intervals): the sampling uncertainty only. The momentum-buffer |g| additionally assumes
-    # uncorrelated successive gradients, a bias of unknown sign (docs/science-robust.md).
+    # uncorrelated successive gradients, a bias of unknown sign (docs/science.md §4.5).
     settled_ratio_interval: tuple[float, float] = (math.nan, math.nan)
     settled_grad_ratio_interval: tuple[float, float] = (math.nan, math.nan)
 

@@ -68,7 +68,7 @@ def adamw_equilibrium_norm(lr, weight_decay, numel):
 def correlation_epochs(optimizer: str, lr: float, weight_decay: float, momentum: float, beta1: float,
                        steps_per_epoch: float) -> float | None:
     """The relaxation time in epochs, which is also the correlation time of the norm's fluctuations
-    (docs/science-robust.md); None when there is no weight decay or a value is unknown."""
+    (docs/science.md §4.5); None when there is no weight decay or a value is unknown."""
     import math
 
     values = (lr, weight_decay, steps_per_epoch)
