@@ -195,3 +195,14 @@ def test_probe_without_a_usable_input_says_unknown():
     result = probe_invariance(NeedsTwo())
     assert result["scale"].verdict == VERDICT_UNKNOWN
     assert "could not guess an input" in result["scale"].reason
+
+
+def test_every_modelled_function_has_one_rule():
+    from normscope.analysis import homogeneity as h
+
+    groups = [h._ADD_FUNCS, h._MUL_FUNCS, h._DIV_FUNCS, h._KEEP_FUNCS, h._ZERO_ONLY_FUNCS, h._SHAPE_FUNCS]
+    names = [name for group in groups for name in group]
+    assert len(names) == len(set(names)), "a function name in two groups would take either rule"
+    assert set(names) <= set(h._FUNCTION_RULES)
+    with pytest.raises(TypeError):  # the flags of a Degree are named, never positional
+        h.Degree(h.MIXED, 0, True, False)

@@ -21,7 +21,7 @@ only matter where P's influence flows through them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,6 +44,8 @@ class Degree:
 
     status: str  # HOMOGENEOUS, OFFSET, MIXED or UNKNOWN
     value: int = 0  # the degree d (HOMOGENEOUS / OFFSET)
+    # flags by keyword only: `Degree(MIXED, 0, True, False)` does not say which flag is which
+    _: KW_ONLY
     depends: bool = False  # the value depends on the candidate at all
     input_free: bool = True  # computed from parameters and constants only (no network input)
     why: str = ""  # where and why homogeneity broke (MIXED / UNKNOWN)
@@ -82,37 +84,37 @@ def add_degrees(a: Degree, b: Degree, where: str) -> Degree:
     """a + b: equal degrees stay; an input-free term added to a degree-d value is an OFFSET."""
     depends, free = a.depends or b.depends, a.input_free and b.input_free
     if not depends:
-        return Degree(HOMOGENEOUS, 0, False, free)
+        return Degree(HOMOGENEOUS, 0, depends=False, input_free=free)
     bad = _broken(a, b)
     if bad is not None:
         return bad
     if a.value == b.value:
         status = OFFSET if OFFSET in (a.status, b.status) else HOMOGENEOUS
-        return Degree(status, a.value, True, free)
+        return Degree(status, a.value, depends=True, input_free=free)
     # unequal degrees: fine only when the odd one out is input-free, i.e. constant over the batch
     for main, other in ((a, b), (b, a)):
         if other.input_free and not main.input_free:
-            return Degree(OFFSET, main.value, True, False)
-    return Degree(MIXED, 0, True, free, f"{where}: adds terms of degree {a.value} and {b.value}")
+            return Degree(OFFSET, main.value, depends=True, input_free=False)
+    return Degree(MIXED, 0, depends=True, input_free=free, why=f"{where}: adds terms of degree {a.value} and {b.value}")
 
 
 def multiply_degrees(a: Degree, b: Degree, where: str, sign: int = 1) -> Degree:
     """a * b (sign=+1) or a / b (sign=-1): degrees add (subtract)."""
     depends, free = a.depends or b.depends, a.input_free and b.input_free
     if not depends:
-        return Degree(HOMOGENEOUS, 0, False, free)
+        return Degree(HOMOGENEOUS, 0, depends=False, input_free=free)
     bad = _broken(a, b)
     if bad is not None:
         return bad
     if OFFSET in (a.status, b.status):
-        return Degree(MIXED, 0, True, free, f"{where}: multiplies a biased value")
-    return Degree(HOMOGENEOUS, a.value + sign * b.value, True, free)
+        return Degree(MIXED, 0, depends=True, input_free=free, why=f"{where}: multiplies a biased value")
+    return Degree(HOMOGENEOUS, a.value + sign * b.value, depends=True, input_free=free)
 
 
 def keep_degree(x: Degree, where: str, *, keeps_offset: bool) -> Degree:
     """Positively homogeneous, shape-only or linear pooling operations."""
     if x.status == OFFSET and not keeps_offset:
-        return Degree(MIXED, 0, True, x.input_free, f"{where}: applied to a biased value")
+        return Degree(MIXED, 0, depends=True, input_free=x.input_free, why=f"{where}: applied to a biased value")
     return x
 
 
@@ -126,19 +128,19 @@ def zero_degree_only(x: Degree, where: str) -> Degree:
     if bad is not None:
         return bad
     what = "a biased value" if x.status == OFFSET else f"a degree-{x.value} value"
-    return Degree(MIXED, 0, True, x.input_free, f"{where}: nonlinearity of {what}")
+    return Degree(MIXED, 0, depends=True, input_free=x.input_free, why=f"{where}: nonlinearity of {what}")
 
 
 def normalize(x: Degree, where: str, *, removes_offset: bool) -> Degree:
     """Normalization without affine: any homogeneous input becomes degree 0."""
     if not x.depends:
-        return Degree(HOMOGENEOUS, 0, False, x.input_free)
+        return Degree(HOMOGENEOUS, 0, depends=False, input_free=x.input_free)
     bad = _broken(x)
     if bad is not None:
         return bad
     if x.status == OFFSET and not removes_offset:
-        return Degree(MIXED, 0, True, x.input_free, f"{where}: a bias before this normalization does not cancel")
-    return Degree(HOMOGENEOUS, 0, True, False)
+        return Degree(MIXED, 0, depends=True, input_free=x.input_free, why=f"{where}: a bias before this normalization does not cancel")
+    return Degree(HOMOGENEOUS, 0, depends=True, input_free=False)
 
 
 def affine(x: Degree, weight: Degree | None, bias: Degree | None, where: str) -> Degree:
@@ -230,7 +232,7 @@ class _Walker:
     def _param_degree(self, tensor: Any) -> Degree | None:
         if tensor is None:
             return None
-        return Degree(HOMOGENEOUS, 1, True, True) if tensor is self.candidate else CONSTANT
+        return Degree(HOMOGENEOUS, 1, depends=True, input_free=True) if tensor is self.candidate else CONSTANT
 
     def run(self) -> Degree:
         for node in self.gm.graph.nodes:
@@ -247,13 +249,13 @@ class _Walker:
         for d in degrees:
             if d.depends and (d.status != HOMOGENEOUS or d.value != 0):
                 if d.status == OFFSET:
-                    return Degree(MIXED, 0, True, False, "the output carries a bias added to a P-dependent value")
+                    return Degree(MIXED, 0, depends=True, input_free=False, why="the output carries a bias added to a P-dependent value")
                 return d
-        return Degree(HOMOGENEOUS, 0, any(d.depends for d in degrees), False)
+        return Degree(HOMOGENEOUS, 0, depends=any(d.depends for d in degrees), input_free=False)
 
     def _node(self, node: fx.Node) -> Degree:
         if node.op == "placeholder":
-            return Degree(HOMOGENEOUS, 0, False, False)
+            return Degree(HOMOGENEOUS, 0, depends=False, input_free=False)
         if node.op == "get_attr":
             obj = _resolve_attr(self.gm, node.target)
             return self._param_degree(obj) or CONSTANT
@@ -263,10 +265,10 @@ class _Walker:
             module = self.gm.get_submodule(node.target)
             owns = any(p is self.candidate for p in module.parameters(recurse=True))
             if not owns and not any(d.depends for d in inputs):
-                return Degree(HOMOGENEOUS, 0, False, all(d.input_free for d in inputs))
+                return Degree(HOMOGENEOUS, 0, depends=False, input_free=all(d.input_free for d in inputs))
             return self._module(module, inputs, where)
         if not any(d.depends for d in inputs):
-            return Degree(HOMOGENEOUS, 0, False, all(d.input_free for d in inputs))
+            return Degree(HOMOGENEOUS, 0, depends=False, input_free=all(d.input_free for d in inputs))
         return self._function(_target_name(node.target).strip("_"), node, where)
 
     # -- modules -------------------------------------------------------------------------------
@@ -279,9 +281,9 @@ class _Walker:
         if kind in _LINEAR_MODULES:
             out = multiply_degrees(x, weight or CONSTANT, where)
             if kind.startswith("Conv") and x.status == OFFSET:
-                return Degree(MIXED, 0, True, False, f"{where}: convolution of a biased value (padding breaks it)")
+                return Degree(MIXED, 0, depends=True, input_free=False, why=f"{where}: convolution of a biased value (padding breaks it)")
             if x.status == OFFSET and out.status == MIXED:  # linear maps carry the constant along
-                out = Degree(OFFSET, x.value + (weight.value if weight else 0), True, False)
+                out = Degree(OFFSET, x.value + (weight.value if weight else 0), depends=True, input_free=False)
             return add_degrees(out, bias, where) if bias is not None else out
         if kind in _BATCH_NORMS:
             return affine(normalize(x, where, removes_offset=True), weight, bias, where)
@@ -296,60 +298,128 @@ class _Walker:
         bad = _broken(*inputs)
         if bad is not None:
             return bad
-        return Degree(UNKNOWN, 0, True, False, f"{where}: module {kind} is not modelled")
+        return Degree(UNKNOWN, 0, depends=True, input_free=False, why=f"{where}: module {kind} is not modelled")
 
     # -- functions and methods ------------------------------------------------------------------
 
     def _function(self, name: str, node: fx.Node, where: str) -> Degree:
-        args = [self.degree_of(a) for a in node.args]
-        kw = {k: self.degree_of(v) for k, v in node.kwargs.items()}
-        all_in = [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))]
-        first = args[0] if args else CONSTANT
-
-        def arg(i: int, key: str) -> Degree | None:
-            if key in kw:
-                return kw[key]
-            if i < len(node.args) and node.args[i] is not None:
-                return args[i]
-            return None
-
-        if name in ("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"):
-            out = multiply_degrees(first, arg(1, "weight") or CONSTANT, where)
-            b = arg(2, "bias")
-            return add_degrees(out, b, where) if b is not None else out
-        if name in ("batch_norm", "instance_norm"):  # (input, running_mean, running_var, weight, bias, ...)
-            return affine(normalize(first, where, removes_offset=True), arg(3, "weight"), arg(4, "bias"), where)
-        if name in ("layer_norm", "group_norm"):  # (input, shape or groups, weight, bias, eps)
-            return affine(normalize(first, where, removes_offset=False), arg(2, "weight"), arg(3, "bias"), where)
-        if name == "rms_norm":  # (input, normalized_shape, weight, eps): no shift
-            return affine(normalize(first, where, removes_offset=False), arg(2, "weight"), None, where)
-        if name == "scaled_dot_product_attention":
-            q, k, v = (args + [CONSTANT] * 3)[:3]
-            if q.depends or k.depends:
-                return zero_degree_only(multiply_degrees(q, k, where), where)
-            return v
-        if name in _ADD_FUNCS:
-            out = all_in[0]
-            for d in all_in[1:]:
-                out = add_degrees(out, d, where)
-            return out
-        if name in _MUL_FUNCS:
-            out = all_in[0]
-            for d in all_in[1:]:
-                out = multiply_degrees(out, d, where)
-            return out
-        if name in _DIV_FUNCS:
-            return multiply_degrees(first, args[1] if len(args) > 1 else CONSTANT, where, sign=-1)
-        if name in _KEEP_FUNCS:
-            return keep_degree(first, where, keeps_offset=name in _OFFSET_SAFE_FUNCS)
-        if name in _ZERO_ONLY_FUNCS:
-            return zero_degree_only(first, where)
-        if name in _SHAPE_FUNCS:
-            return Degree(HOMOGENEOUS, 0, False, first.input_free)
-        bad = _broken(*all_in)
+        call = _Call(
+            name,
+            where,
+            [self.degree_of(a) for a in node.args],
+            {k: self.degree_of(v) for k, v in node.kwargs.items()},
+            [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))],
+            tuple(a is not None for a in node.args),
+        )
+        rule = _FUNCTION_RULES.get(name)
+        if rule is not None:
+            return rule(call)
+        bad = _broken(*call.all_inputs)
         if bad is not None:
             return bad
-        return Degree(UNKNOWN, 0, True, False, f"{where}: operation {name} is not modelled")
+        return Degree(UNKNOWN, 0, depends=True, input_free=False,
+                      why=f"{where}: operation {name} is not modelled")
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of a function in the graph, with the degrees of its arguments."""
+
+    name: str
+    where: str
+    args: list[Degree]  # positional, in order
+    kwargs: dict[str, Degree]
+    all_inputs: list[Degree]  # every tensor reached through the arguments, nested ones too
+    given: tuple[bool, ...]  # per positional argument: not None
+
+    @property
+    def first(self) -> Degree:
+        return self.args[0] if self.args else CONSTANT
+
+    def arg(self, index: int, key: str) -> Degree | None:
+        """The argument passed as `key` or at position `index`; None where it is absent."""
+        if key in self.kwargs:
+            return self.kwargs[key]
+        if index < len(self.given) and self.given[index]:
+            return self.args[index]
+        return None
+
+
+def _linear(c: _Call) -> Degree:
+    out = multiply_degrees(c.first, c.arg(1, "weight") or CONSTANT, c.where)
+    bias = c.arg(2, "bias")
+    return add_degrees(out, bias, c.where) if bias is not None else out
+
+
+def _batch_norm(c: _Call) -> Degree:  # (input, running_mean, running_var, weight, bias, ...)
+    normalized = normalize(c.first, c.where, removes_offset=True)
+    return affine(normalized, c.arg(3, "weight"), c.arg(4, "bias"), c.where)
+
+
+def _feature_norm(c: _Call) -> Degree:  # layer_norm, group_norm: (input, shape or groups, weight, bias, eps)
+    normalized = normalize(c.first, c.where, removes_offset=False)
+    return affine(normalized, c.arg(2, "weight"), c.arg(3, "bias"), c.where)
+
+
+def _rms_norm(c: _Call) -> Degree:  # (input, normalized_shape, weight, eps): no shift
+    return affine(normalize(c.first, c.where, removes_offset=False), c.arg(2, "weight"), None, c.where)
+
+
+def _attention(c: _Call) -> Degree:
+    q, k, v = (c.args + [CONSTANT] * 3)[:3]
+    if q.depends or k.depends:
+        return zero_degree_only(multiply_degrees(q, k, c.where), c.where)
+    return v
+
+
+def _sum_of_terms(c: _Call) -> Degree:
+    out = c.all_inputs[0]
+    for degree in c.all_inputs[1:]:
+        out = add_degrees(out, degree, c.where)
+    return out
+
+
+def _product(c: _Call) -> Degree:
+    out = c.all_inputs[0]
+    for degree in c.all_inputs[1:]:
+        out = multiply_degrees(out, degree, c.where)
+    return out
+
+
+def _quotient(c: _Call) -> Degree:
+    return multiply_degrees(c.first, c.args[1] if len(c.args) > 1 else CONSTANT, c.where, sign=-1)
+
+
+def _keeps(c: _Call) -> Degree:
+    return keep_degree(c.first, c.where, keeps_offset=c.name in _OFFSET_SAFE_FUNCS)
+
+
+def _zero_only(c: _Call) -> Degree:
+    return zero_degree_only(c.first, c.where)
+
+
+def _shape_only(c: _Call) -> Degree:
+    return Degree(HOMOGENEOUS, 0, depends=False, input_free=c.first.input_free)
+
+
+def _rules(names: Iterable[str], rule: Callable[[_Call], Degree]) -> dict[str, Callable[[_Call], Degree]]:
+    return dict.fromkeys(names, rule)
+
+
+# A function's name → how it maps its arguments' degrees (the groups share no name).
+_FUNCTION_RULES: dict[str, Callable[[_Call], Degree]] = {
+    **_rules(_SHAPE_FUNCS, _shape_only),
+    **_rules(_ZERO_ONLY_FUNCS, _zero_only),
+    **_rules(_KEEP_FUNCS, _keeps),
+    **_rules(_DIV_FUNCS, _quotient),
+    **_rules(_MUL_FUNCS, _product),
+    **_rules(_ADD_FUNCS, _sum_of_terms),
+    "scaled_dot_product_attention": _attention,
+    "rms_norm": _rms_norm,
+    **_rules(("layer_norm", "group_norm"), _feature_norm),
+    **_rules(("batch_norm", "instance_norm"), _batch_norm),
+    **_rules(("linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"), _linear),
+}
 
 
 def _describe(gm: fx.GraphModule, node: fx.Node) -> str:
