@@ -369,33 +369,8 @@ def read_optimizer(
     group_positions = [list(g.get("params") or []) for g in groups]
     positions = [p for ps in group_positions for p in ps]
     warnings: list[str] = []
-
-    by_pos: dict[int, str] | None
-    saved_names = [n for g in groups for n in (g.get("param_names") or [])]
-    if positions and all(isinstance(p, str) for p in positions):
-        # torch.distributed.checkpoint.state_dict keys optimizer state by parameter name
-        saved_names = list(positions)
-    if saved_names and len(saved_names) == len(positions):
-        cleaned = clean_names(saved_names)
-        by_pos = dict(zip(positions, (cleaned[n] for n in saved_names)))
-        if not all(n in shapes for n in by_pos.values()):
-            by_pos = None
-    else:
-        candidates = [n for n in model_names if not n.endswith(_BUFFER_SUFFIXES)]
-        if order_known:
-            by_pos = _map_positions(group_positions, state, candidates, shapes)
-        else:
-            by_pos = _map_by_tree(group_positions, state, candidates, shapes)
-            if by_pos is None:
-                by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
-            missing = len(positions) - len(by_pos)
-            if missing and by_pos:
-                warnings.append(
-                    f"{where}: the weights file does not keep parameter order and the optimizer has "
-                    f"no param_names; state kept for the {len(by_pos)} parameters that shape and "
-                    f"layer numbering identify, dropped for {missing} others (--model gives the order)"
-                )
-            by_pos = by_pos or None
+    by_pos = _names_by_position(groups, group_positions, state, model_names, shapes, where,
+                                order_known=order_known, warnings=warnings)  # fmt: skip
     if by_pos is None:
         warnings.append(
             f"{where}: could not match the optimizer's {len(positions)} parameters to the model's "
@@ -408,16 +383,61 @@ def read_optimizer(
         _param_group(g, [by_pos[p] for p in g.get("params") or [] if p in by_pos], kind)
         for g in groups
     )
-    per_param: dict[str, dict[str, Any]] = {}
-    for pos, name in by_pos.items():
-        entry: dict[str, Any] = {}
-        for key, value in (state.get(pos) or {}).items():
-            if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
-                entry[key] = make_ref(f"{name}:{key}", value)
-            elif key == "step":
-                step = _float(value.item() if hasattr(value, "item") else value)
-                if step is not None:
-                    entry["step"] = step
-        if entry:
-            per_param[name] = entry
+    per_param = {name: entry for pos, name in by_pos.items()
+                 if (entry := _state_entry(name, state.get(pos) or {}, make_ref))}  # fmt: skip
     return OptimizerInfo(kind, param_groups, per_param, warnings)
+
+
+def _names_by_position(
+    groups: Sequence[Mapping[str, Any]],
+    group_positions: list[list[Any]],
+    state: Mapping[int, Mapping[str, Any]],
+    model_names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    where: str,
+    *,
+    order_known: bool,
+    warnings: list[str],
+) -> dict[Any, str] | None:
+    """Which model tensor each of the optimizer's parameter positions is: from the names it saved
+    (`param_names`, or DCP's name keys) where it has them, else from the model's parameter order
+    (`order_known`), else from the module tree and shapes. None where nothing fits; a partial map
+    adds its warning to `warnings`."""
+    positions = [p for ps in group_positions for p in ps]
+    saved_names = [n for g in groups for n in (g.get("param_names") or [])]
+    if positions and all(isinstance(p, str) for p in positions):
+        # torch.distributed.checkpoint.state_dict keys optimizer state by parameter name
+        saved_names = list(positions)
+    if saved_names and len(saved_names) == len(positions):
+        cleaned = clean_names(saved_names)
+        by_pos = dict(zip(positions, (cleaned[n] for n in saved_names)))
+        return by_pos if all(n in shapes for n in by_pos.values()) else None
+    candidates = [n for n in model_names if not n.endswith(_BUFFER_SUFFIXES)]
+    if order_known:
+        return _map_positions(group_positions, state, candidates, shapes)
+    by_pos = _map_by_tree(group_positions, state, candidates, shapes)
+    if by_pos is None:
+        by_pos = _map_by_shape_classes(group_positions, state, candidates, shapes)
+    missing = len(positions) - len(by_pos)
+    if missing and by_pos:
+        warnings.append(
+            f"{where}: the weights file does not keep parameter order and the optimizer has "
+            f"no param_names; state kept for the {len(by_pos)} parameters that shape and "
+            f"layer numbering identify, dropped for {missing} others (--model gives the order)"
+        )
+    return by_pos or None
+
+
+def _state_entry(name: str, saved: Mapping[str, Any], make_ref: Callable[[str, Any], Any]
+                 ) -> dict[str, Any]:  # fmt: skip
+    """One parameter's optimizer state as the engine reads it: refs for its state tensors, and
+    its step count where it is a number."""
+    entry: dict[str, Any] = {}
+    for key, value in saved.items():
+        if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
+            entry[key] = make_ref(f"{name}:{key}", value)
+        elif key == "step":
+            step = _float(value.item() if hasattr(value, "item") else value)
+            if step is not None:
+                entry["step"] = step
+    return entry
