@@ -44,7 +44,27 @@ class AbelState:
 
 
 def abel_step(state: AbelState, norm_sq: float) -> tuple[AbelState, str | None]:
-    """Feed one end-of-epoch squared norm; return the new state and the event it caused (or None)."""
+    """Feed one end-of-epoch squared norm; return the new state and the event it caused (or None).
+
+    Args:
+        state: what the rule remembers (`AbelState()` before the first epoch).
+        norm_sq: this epoch's squared weight norm.
+
+    Returns:
+        The new state, and `EVENT_MINIMUM`, `EVENT_DECAY` or None.
+
+    Raises:
+        ValueError: `norm_sq` is NaN or infinite.
+
+    The norm falls, turns up (the first sign change sets the flag), then turns down (decay):
+
+    >>> state, events = AbelState(), []
+    >>> for norm_sq in (10, 8, 7, 9, 11, 10):
+    ...     state, event = abel_step(state, norm_sq)
+    ...     events.append(event)
+    >>> events
+    [None, None, None, 'minimum', None, 'decay']
+    """
     if not math.isfinite(norm_sq):
         raise ValueError(f"non-finite squared weight norm {norm_sq!r}")
     event: str | None = None
@@ -65,7 +85,21 @@ def abel_step(state: AbelState, norm_sq: float) -> tuple[AbelState, str | None]:
 
 
 def final_decay_epoch(total_epochs: int, fraction: float = 0.85) -> int:
-    """The epoch (count of completed epochs) after which ABEL's one budget decay happens."""
+    """The epoch (count of completed epochs) after which ABEL's one budget decay happens.
+
+    Args:
+        total_epochs: the training budget in epochs.
+        fraction: where in the budget the decay falls (the paper: 0.85).
+
+    Returns:
+        round(fraction · total_epochs), kept within 1 … total_epochs.
+
+    Raises:
+        ValueError: `total_epochs` < 1 or `fraction` outside (0, 1].
+
+    >>> final_decay_epoch(60)
+    51
+    """
     if total_epochs < 1:
         raise ValueError("total_epochs must be at least 1")
     if not 0.0 < fraction <= 1.0:

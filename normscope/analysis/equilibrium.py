@@ -228,7 +228,17 @@ class _Theory:
 
 
 def effective_steps(k: np.ndarray, mom: np.ndarray) -> np.ndarray:
-    """S(k): how many uncorrelated steps k momentum-correlated steps amount to (see module doc)."""
+    """S(k): how many uncorrelated steps k momentum-correlated steps amount to (docs/science.md §4.3).
+
+    Args:
+        k: steps between two snapshots; mom: the momentum μ over them. Arrays of one shape.
+
+    Returns:
+        S(k), an array of that shape; S(1) = (1−μ)/(1+μ), and k itself when μ = 0.
+
+    >>> effective_steps(np.array([1, 23, 5]), np.array([0.9, 0.9, 0.0])).round(2).tolist()
+    [0.05, 14.37, 5.0]
+    """
     with np.errstate(invalid="ignore", divide="ignore"):
         mu = np.clip(mom, 0.0, 1 - 1e-12)
         inside = k - 2 * mu * (1 - mu**k) / (1 - mu) + mu**2 * (1 - mu ** (2 * k)) / (1 - mu**2)
@@ -375,7 +385,18 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
 def median_interval(values, confidence: float = 0.9) -> tuple[float, float]:
     """Distribution-free interval for the median of independent samples: the order statistics
     x_(j) ≤ x_(k) with P(j ≤ #{x < median} < k) ≥ `confidence` under Binomial(n, 1/2); (NaN, NaN) when
-    n is too small for that (n < 5 at 90 %)."""
+    n is too small for that (n < 5 at 90 %).
+
+    Args:
+        values: the samples; NaN and infinite ones are left out.
+        confidence: the interval's coverage.
+
+    Returns:
+        (low, high), or (NaN, NaN).
+
+    >>> median_interval(range(1, 11))
+    (2.0, 9.0)
+    """
     finite = sorted(v for v in values if math.isfinite(v))
     n = len(finite)
     if n == 0:
