@@ -7,6 +7,7 @@ import json
 import pickle
 import struct
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch.distributed.checkpoint as dcp
 from _hostile import (
     Forged,
     assert_api_refused,
+    assert_refused,
     huge_zip64_sizes,
     run_api,
     run_cli,
@@ -23,6 +25,8 @@ from _sources_helpers import load_all, small_cnn, small_mlp
 
 from normscope.errors import BadInputError
 from normscope.sources import open_run
+
+SAMPLE_RUN = Path(__file__).resolve().parents[1] / "sample_runs" / "digits_bn_cnn_sgd"
 
 
 def _safetensors(path, header, data=b""):  # type: ignore[no-untyped-def]
@@ -128,6 +132,8 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
         del metadata.state_dict_metadata["model.0.weight"].chunks
     elif damage == "entry-without-size":  # found by benchmarks/fuzz.py
         del metadata.state_dict_metadata["model.0.weight"].size
+    elif damage == "metadata-without-tables":  # found by benchmarks/fuzz.py
+        del metadata.state_dict_metadata
     elif damage in ("chunk-past-size", "chunk-size-doubled", "huge-size"):
         name = "model.0.weight"
         meta = metadata.state_dict_metadata[name]
@@ -143,7 +149,7 @@ def _damaged_metadata(metadata, damage):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("damage", ["a-dict", "a-path", "int-file-name", "unhashable-planner-path",
-                                    "entry-without-chunks", "entry-without-size", "chunk-past-size", "chunk-size-doubled",
+                                    "entry-without-chunks", "entry-without-size", "metadata-without-tables", "chunk-past-size", "chunk-size-doubled",
                                     "offset-past-any-file", "missing-file"])  # fmt: skip
 def test_dcp_metadata_that_torch_does_not_write_is_refused(tmp_path, damage):
     metadata = _dcp_save(tmp_path / "ckpt")
@@ -164,6 +170,36 @@ def test_dcp_metadata_naming_a_damaged_global_is_refused_in_one_printable_line(t
     with pytest.raises(BadInputError, match="ckpt") as info:
         load_all(open_run(tmp_path / "ckpt"))
     assert str(info.value).isprintable()
+
+
+def test_a_dcp_item_in_an_odd_pickle_protocol_is_read_without_torchs_warning(tmp_path):
+    # found by benchmarks/fuzz.py: torch.load's UserWarning about the protocol reached stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        # the fuzzer's base: a sample run's checkpoint, whose pickled items torch.load reads
+        state = torch.load(SAMPLE_RUN / "epoch_001.pt", weights_only=True)
+        dcp.save({"model": state["model"], "optimizer": state["optimizer"], "step": 23},
+                 checkpoint_id=str(tmp_path / "ckpt"))
+    [shard] = (tmp_path / "ckpt").glob("*.distcp")
+    data = shard.read_bytes()
+    # every item's pickle (after torch.save's Z padding) says protocol 66
+    assert data.count(b"Z\x80\x02c") > 1
+    shard.write_bytes(data.replace(b"Z\x80\x02c", b"Z\x80\x42c"))
+    outcome = run_cli("analyze", str(tmp_path / "ckpt"), "--device", "cpu", "-f", "json")
+    assert outcome.returncode == 0, outcome.stderr  # the protocol number alone changes nothing
+    assert "Warning" not in outcome.stderr, outcome.stderr
+
+
+def test_a_dcp_item_the_weights_only_reader_refuses_is_one_line_without_torchs_advice(tmp_path):
+    _dcp_save(tmp_path / "ckpt")
+    [shard] = (tmp_path / "ckpt").glob("*.distcp")
+    data = shard.read_bytes()
+    # a tensor's rebuild function renamed: the weights-only reader refuses the item
+    assert b"_rebuild_tensor_v2" in data
+    shard.write_bytes(data.replace(b"_rebuild_tensor_v2", b"_rebuild_tensor_v9", 1))
+    line = assert_refused(run_cli("analyze", str(tmp_path / "ckpt"), "--device", "cpu"))
+    assert "ckpt" in line
+    assert "weights_only" not in line  # torch's advice to turn the safe reader off is not ours
 
 
 def test_dcp_metadata_declaring_a_huge_tensor_is_refused(tmp_path):

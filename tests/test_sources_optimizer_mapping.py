@@ -95,3 +95,22 @@ def test_lost_order_is_mapped_right_or_left_out(case):  # type: ignore[no-untype
     by_name = dict(model.named_parameters())
     for name, entry in info.state.items():
         assert torch.equal(entry["exp_avg"], opt.state[by_name[name]]["exp_avg"]), name
+
+
+import pytest  # noqa: E402
+
+from normscope.sources._optimizer import read_optimizer  # noqa: E402
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"param_groups": [{"lr": 0.1, "params": 1.5}], "state": {}},  # found by benchmarks/fuzz.py
+    {"param_groups": [{"lr": 0.1, "params": [[0]]}], "state": {}},
+    {"param_groups": [{"lr": 0.1, "params": [0], "param_names": 3.0}], "state": {}},
+    {"param_groups": [{"lr": 0.1, "params": [0]}], "state": [1, 2]},
+    {"param_groups": [{"lr": 0.1, "params": [0]}], "state": {0: 2.5}},
+    {"param_groups": "groups", "state": {}},
+])
+def test_damaged_param_groups_are_ignored_with_a_warning(optimizer):
+    info = read_optimizer(optimizer, ["0.weight"], {"0.weight": (4, 3)}, lambda name, t: t, "ckpt.pt")
+    assert info.param_groups == () and not info.state
+    assert info.warnings == ["ckpt.pt: optimizer param_groups unreadable; ignored"]

@@ -359,9 +359,7 @@ def read_optimizer(
     """
     groups = opt.get("param_groups") or []
     state: Mapping[int, Mapping[str, Any]] = opt.get("state") or {}
-    if not isinstance(groups, (list, tuple)) or not all(
-        isinstance(g, Mapping) for g in groups
-    ):
+    if not _groups_readable(groups, state):
         return OptimizerInfo(
             None, (), warnings=[f"{where}: optimizer param_groups unreadable; ignored"]
         )
@@ -386,6 +384,23 @@ def read_optimizer(
     per_param = {name: entry for pos, name in by_pos.items()
                  if (entry := _state_entry(name, state.get(pos) or {}, make_ref))}  # fmt: skip
     return OptimizerInfo(kind, param_groups, per_param, warnings)
+
+
+def _groups_readable(groups: Any, state: Any) -> bool:
+    """The shapes `read_optimizer` relies on, as `optimizer.state_dict()` writes them: a list of
+    group dicts whose `params` (and `param_names`) are lists of ints or names, and a state dict of
+    dicts. A damaged file can hold anything in their place."""
+    def names(value: Any) -> bool:
+        return value is None or (isinstance(value, (list, tuple))
+                                 and all(type(v) in (int, str) for v in value))  # fmt: skip
+
+    return (
+        isinstance(groups, (list, tuple))
+        and all(isinstance(g, Mapping) and names(g.get("params")) and names(g.get("param_names"))
+                for g in groups)  # fmt: skip
+        and isinstance(state, Mapping)
+        and all(isinstance(s, Mapping) for s in state.values())
+    )
 
 
 def _names_by_position(

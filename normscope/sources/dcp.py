@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
+import warnings
 from functools import partial
 from typing import Any
 
@@ -54,7 +56,16 @@ def _read_item(path: str, offset: int, length: int) -> Any:
             f"{path} is truncated (item at {offset} needs {length} bytes)"
         )
     try:
-        return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        # torch warns of odd pickle protocols; the refusal or the tensor is the answer, not that
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError:
+        # torch's text advises turning the weights-only reader off, which normscope never does
+        raise BadInputError(
+            f"{path}: cannot read item at offset {offset}: it is not a plain tensor "
+            "(the weights-only reader refused it)"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - corrupt or unsafe item: one line either way
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BadInputError(
@@ -89,8 +100,9 @@ def _check_metadata(metadata: Any, directory: str) -> None:
 
     if type(metadata) is not Metadata:
         raise _corrupt(directory, f"a {type(metadata).__name__}, not torch's Metadata")
-    if not isinstance(metadata.state_dict_metadata, dict) or not isinstance(
-        metadata.storage_data, dict
+    # a damaged pickle can build the object without its fields
+    if not isinstance(getattr(metadata, "state_dict_metadata", None), dict) or not isinstance(
+        getattr(metadata, "storage_data", None), dict
     ):
         raise _corrupt(directory, "its tables are not dicts")
     for key, info in metadata.storage_data.items():
