@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console, stdout_console
+from normscope.cli._common import (
+    OneFilePerEpochOpt,
+    StepsPerEpochOpt,
+    handle_errors,
+    stderr_console,
+    stdout_console,
+)
 
 PathArg = Annotated[
     Path,
@@ -32,20 +38,16 @@ TagPatternOpt = Annotated[
 ]
 
 
-StepsPerEpochOpt = Annotated[
-    float | None,
-    typer.Option(help="Group records into epochs by step ÷ this, instead of the recorded epoch.",
-                 show_default=False),
-]
-
-
-def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoch: float | None):
-    """The function that turns the source's latest trajectory into the rendered frame."""
+def frame_maker(source, *, recent: int, total_epochs: int | None = None, steps_per_epoch: float | None = None,
+                options=None):
+    """The function that turns the source's latest trajectory into the rendered frame (`options`, a
+    `RunOptions`, else one of `total_epochs` and `steps_per_epoch`)."""
     from normscope.analysis.live import live_advice, live_frame
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.report.live_view import render_frame
 
-    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
+    if options is None:
+        options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
@@ -62,12 +64,16 @@ def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoc
 @handle_errors
 def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
-          steps_per_epoch: StepsPerEpochOpt = None, tag_pattern: TagPatternOpt = None) -> None:
+          steps_per_epoch: StepsPerEpochOpt = None, one_file_per_epoch: OneFilePerEpochOpt = False,
+          tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+    from normscope.analysis.runner import RunOptions
     from normscope.live_source import LiveSource
 
-    source = LiveSource(path, tag_pattern=tag_pattern)
-    frame = frame_maker(source, recent=recent, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
+    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch, probe=False)
+    source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch)
+    frame = frame_maker(source, recent=recent, options=options)
     trajectory = source.poll()
     if once:
         console = stdout_console()
