@@ -86,12 +86,6 @@ def _recent_mean(values: pd.Series) -> float:
     return float(finite.mean()) if len(finite) else math.nan
 
 
-def _first_finite(values: pd.Series) -> float:
-    arr = values.to_numpy(dtype=float)
-    finite = arr[np.isfinite(arr)]
-    return float(finite[0]) if len(finite) else math.nan
-
-
 def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
                analysis: RunAnalysis | None = None) -> LiveFrame:
     """Summarise the latest `recent` records of each parameter. The prediction, ratio and status of
@@ -110,11 +104,14 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
     window = table[table["snapshot"] > last_snapshot - recent]
     last = table[table["snapshot"] == last_snapshot]
     per_step = UPDATE_ANGLE in table and table[UPDATE_ANGLE].notna().any()
+    # each parameter's first finite norm and its largest, over the whole run (one grouped pass)
+    finite = table[np.isfinite(table["norm"].to_numpy(dtype=float))]
+    firsts = finite.groupby("param", sort=False)["norm"].first()
+    peaks = table.groupby("param", sort=False)["norm"].max()
     layers = []
     for param, rows in window.groupby("param", sort=False):
         now = rows.iloc[-1]
-        history = table.loc[table["param"] == param, "norm"]
-        first = _first_finite(history)
+        first = float(firsts.get(param, math.nan))
         cos = rows["grad_dot"] / (rows["norm"] * rows["grad_norm"])
         angles = rows[UPDATE_ANGLE] if per_step else rows["angle_rad"]
         mean_cos = _recent_mean(cos)
@@ -122,7 +119,7 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
         equilibrium = analysis.equilibrium_layer(str(param))
         layers.append(LayerLive(
             param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
-            norm_change=relative_change(first, float(now["norm"]), float(history.max())),
+            norm_change=relative_change(first, float(now["norm"]), float(peaks[param])),
             grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
             angle_rad=_recent_mean(angles), angle_is_per_step=bool(per_step),
             equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,

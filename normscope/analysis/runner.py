@@ -2,7 +2,7 @@
 
 `analyze_run(trajectory, options)` computes the summaries, the bounce analysis, the scale-invariance
 verdicts, the equilibrium report, the learning-rate recommendation (with ABEL's premise and, when
-asked, its TEXP equivalent) and, given a check configuration, the weight rules' numbers and the
+asked, its TEXP equivalent), the live view's latest state and, given a check configuration, the weight rules' numbers and the
 check's findings. Each command renders the parts it shows from the same `RunAnalysis`, so a quantity
 that two views show is the same number. An analysis that cannot run on this trajectory is left out
 with the reason (`skipped`), never fatal.
@@ -48,6 +48,7 @@ class RunOptions:
     decay_factor: float = 0.1  # the recommendation's LR multiplier at each decay
     min_lr: float = 0.0  # the recommendation never decays below this LR
     texp: bool = False  # also Li & Arora's tapered-exponential equivalent of the recommended schedule
+    recent: int = 5  # the live view's averages (cos(w,g), angle) are over this many latest records
     model_spec: str | None = None  # "package.module:factory": imports and runs the user's code
     optimizer: str | None = None
     lr: float | None = None
@@ -90,6 +91,7 @@ class RunAnalysis:
     rows: tuple[Any, ...] | None = None
     premise: Any | None = None  # normscope.analysis.premise.Premise of the recommendation
     texp: Any | None = None  # normscope.schedules.TexpSchedule, with `RunOptions.texp`
+    live: Any | None = None  # normscope.analysis.live.LiveFrame: the latest state, what `watch` shows
     # the weight rules' numbers (normscope.analysis.weights.WeightStats) and the check's findings
     # (normscope.check.CheckResult), given a check configuration
     weights: Any | None = None
@@ -116,6 +118,9 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
+        from normscope.analysis.live import live_frame
+
+        result = replace(result, live=live_frame(trajectory, recent=options.recent))
         return _with_check(result, trajectory, options, check, baseline, rules)
     kinds = options.kinds or None
     try:
@@ -153,6 +158,10 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
+    from normscope.analysis.live import live_advice, live_frame
+
+    advice = live_advice(trajectory, analysis=result) if recommendation else ()
+    result = replace(result, live=live_frame(trajectory, recent=options.recent, advice=advice, analysis=result))
     return _with_check(result, trajectory, options, check, baseline, rules)
 
 

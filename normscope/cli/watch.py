@@ -38,25 +38,17 @@ TagPatternOpt = Annotated[
 ]
 
 
-def frame_maker(source, *, recent: int, total_epochs: int | None = None, steps_per_epoch: float | None = None,
-                options=None):
-    """The function that turns the source's latest trajectory into the rendered frame (`options`, a
-    `RunOptions`, else one of `total_epochs` and `steps_per_epoch`)."""
-    from normscope.analysis.live import live_advice, live_frame
-    from normscope.analysis.runner import RunOptions, analyze_run
+def frame_maker(source, options):
+    """The function that turns the source's latest trajectory into the rendered frame: the live
+    state of `analyze_run` under `options` (a `RunOptions`)."""
+    from normscope.analysis.runner import analyze_run
     from normscope.report.live_view import render_frame
-
-    if options is None:
-        options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        analysis = analyze_run(trajectory, options)
-        frame_ = live_frame(trajectory, recent=recent, advice=live_advice(trajectory, analysis=analysis),
-                            analysis=analysis)
-        return render_frame(frame_, updated=stamp)
+        return render_frame(analyze_run(trajectory, options).live, updated=stamp)
 
     return frame
 
@@ -71,9 +63,9 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
     from normscope.live_source import LiveSource
 
     options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
-                         one_file_per_epoch=one_file_per_epoch, probe=False)
+                         one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
     source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch)
-    frame = frame_maker(source, recent=recent, options=options)
+    frame = frame_maker(source, options)
     trajectory = source.poll()
     if once:
         console = stdout_console()
