@@ -2,10 +2,10 @@
 
 `analyze_run(trajectory, options)` computes the summaries, the bounce analysis, the scale-invariance
 verdicts, the equilibrium report, the learning-rate recommendation (with ABEL's premise and, when
-asked, its TEXP equivalent), the live view's latest state and, given a check configuration, the weight rules' numbers and the
-check's findings. Each command renders the parts it shows from the same `RunAnalysis`, so a quantity
-that two views show is the same number. An analysis that cannot run on this trajectory is left out
-with the reason (`skipped`), never fatal.
+asked, its TEXP equivalent), the live view's latest state and, given a check configuration, the
+weight rules' numbers and the check's findings. Each command renders the parts it shows from the
+same `RunAnalysis`, so a quantity that two views show is the same number. An analysis that cannot
+run on this trajectory is left out with the reason (`skipped`), never fatal.
 """
 
 from __future__ import annotations
