@@ -14,7 +14,15 @@ from dataclasses import replace
 
 from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR
 from normscope.errors import BadInputError
-from normscope.snapshot import Run, Snapshot, SnapshotStats
+from normscope.snapshot import (
+    ORDER_EMBEDDED,
+    ORDER_FILENAME,
+    ORDER_MTIME,
+    ORDER_TRAINER_STATE,
+    Run,
+    Snapshot,
+    SnapshotStats,
+)
 from normscope.trajectory import Trajectory, build_trajectory
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
@@ -112,6 +120,64 @@ def no_rows_note(layout: str) -> str:
             "the results are per tensor")
 
 
+# How `number_files_as_epochs` says which order numbered the files, by the run's ordering.
+_ORDER_WORDS = {
+    ORDER_EMBEDDED: "by the step or epoch each checkpoint stores",
+    ORDER_TRAINER_STATE: "by the trainer's state file",
+    ORDER_FILENAME: "by file name, numbers in the names compared as numbers",
+    ORDER_MTIME: "by file modification time (the names give no order)",
+}
+
+
+def number_files_as_epochs(run: Run) -> Run:
+    """The run with its checkpoints numbered epoch 1..N in their time order: one file, one epoch
+    (`--one-file-per-epoch`), for checkpoints that record no step or epoch. Any epoch they do record
+    is replaced; a warning says which order numbered them. A live log (steps, not files) is refused."""
+    if run.stats is not None or not run.snapshots:
+        raise BadInputError(f"--one-file-per-epoch numbers checkpoint files, and {run.root} is a {run.layout} "
+                            "log of steps; give --steps-per-epoch N instead")
+    snapshots = [replace(snap, meta=replace(snap.meta, epoch=float(epoch)))
+                 for epoch, snap in enumerate(run.snapshots, start=1)]
+    n = len(snapshots)
+
+    def label(snap: Snapshot) -> str:
+        return os.path.relpath(snap.meta.path, run.root) if os.path.isdir(run.root) else \
+            os.path.basename(snap.meta.path)
+
+    ends = label(snapshots[0]) if n == 1 else f"{label(snapshots[0])} … {label(snapshots[-1])}"
+    order = _ORDER_WORDS.get(run.ordering, f"in {run.ordering} order")
+    note = (f"--one-file-per-epoch: the {n} checkpoint(s) are epochs 1–{n}, ordered {order} ({ends})")
+    return replace(run, snapshots=snapshots, warnings=[*run.warnings, note])
+
+
+def open_selected_run(
+    path: str | os.PathLike[str],
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    every: int = 1,
+    recover_unsafe: bool = False,
+    tag_pattern: str | None = None,
+    parameter_order: Sequence[str] | None = None,
+    one_file_per_epoch: bool = False,
+) -> Run:
+    """`open_run` of `path` with the parameter filters applied and, with `one_file_per_epoch`, the
+    files numbered epoch 1..N before `every` thins them (so file k stays epoch k)."""
+    from normscope.sources import open_run
+    from normscope.sources._assemble import subsample
+
+    if every < 1:
+        raise BadInputError(f"--every must be at least 1, got {every}")
+    order = tuple(parameter_order) if parameter_order else None
+    if not one_file_per_epoch:
+        run = open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern,
+                       parameter_order=order)
+    else:
+        run = subsample(number_files_as_epochs(
+            open_run(path, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern, parameter_order=order)), every)
+    return select(run, include, exclude)
+
+
 def load_trajectory(
     path: str | os.PathLike[str],
     *,
@@ -125,8 +191,12 @@ def load_trajectory(
     tag_pattern: str | None = None,
     parameter_order: Sequence[str] | None = None,
     granularity: str = GRANULARITY_TENSOR,
+    one_file_per_epoch: bool = False,
 ) -> Trajectory:
     """Read a checkpoint directory, one checkpoint, or a live log into the trajectory table.
+
+    `one_file_per_epoch=True` numbers the checkpoints epoch 1..N in their time order (one file is
+    one epoch), for checkpoints that record no step or epoch (`number_files_as_epochs`).
 
     `tag_pattern` reads `path` as TensorBoard event files whose per-layer norm tags match this
     regex (named group `param`), instead of sniffing the layout.
@@ -141,13 +211,16 @@ def load_trajectory(
     `granularity="row"` also gives each tensor's per-row (per-neuron) angles and norms, computed in
     the same pass (`Trajectory.rows`, summarised by `normscope.analysis.row_equilibrium.row_report`).
     """
-    from normscope.sources import open_run
-
-    if every < 1:
-        raise BadInputError(f"--every must be at least 1, got {every}")
     check_granularity(granularity)
-    order = tuple(parameter_order) if parameter_order else None
-    run = select(open_run(path, every=every, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern,
-                          parameter_order=order), include, exclude)
+    run = open_selected_run(path, include=include, exclude=exclude, every=every, recover_unsafe=recover_unsafe,
+                            tag_pattern=tag_pattern, parameter_order=parameter_order,
+                            one_file_per_epoch=one_file_per_epoch)
     return trajectory_from_run(run, device=device, bucket_bytes=bucket_bytes, progress=progress,
                                granularity=granularity)
+
+
+def load_with_options(path: str | os.PathLike[str], options, **kwargs) -> Trajectory:
+    """`load_trajectory` driven by a `RunOptions` (`normscope.analysis.runner`): its include/exclude
+    globs, `every`, device and `one_file_per_epoch`; `kwargs` are `load_trajectory`'s other arguments."""
+    return load_trajectory(path, include=options.include, exclude=options.exclude, every=options.every,
+                           device=options.device, one_file_per_epoch=options.one_file_per_epoch, **kwargs)

@@ -50,9 +50,11 @@ class _LogRows:
 class LiveSource:
     """What `normscope watch` follows. Raises BadInputError at once when `path` is unusable."""
 
-    def __init__(self, path: str | os.PathLike[str], *, tag_pattern: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, tag_pattern: str | None = None,
+                 one_file_per_epoch: bool = False) -> None:
         self.path = Path(path)
         self.tag_pattern = tag_pattern
+        self.one_file_per_epoch = one_file_per_epoch  # checkpoints numbered epoch 1..N (`--one-file-per-epoch`)
         self.follower: LogFollower | None = None
         self._fingerprint: tuple | None = None
         self._first = True
@@ -64,6 +66,9 @@ class LiveSource:
             raise BadInputError(f"no such file or directory: {self.path}")
         elif tag_pattern is None and (log := find_log_file(self.path)) is not None:
             self.follower = LogFollower(log)
+        if one_file_per_epoch and (self.follower is not None or tag_pattern is not None):
+            raise BadInputError(f"--one-file-per-epoch numbers checkpoint files, and {self.path} is a log of "
+                                "steps; give --steps-per-epoch N instead")
 
     def poll(self) -> Trajectory | None:
         if self.follower is not None:
@@ -113,9 +118,9 @@ class LiveSource:
             from normscope.sources.tensorboard_log import read_tensorboard
 
             return read_tensorboard(self.path, self.tag_pattern)
-        from normscope.sources import open_run
+        from normscope.api import open_selected_run
 
-        return open_run(self.path)
+        return open_selected_run(self.path, one_file_per_epoch=self.one_file_per_epoch)
 
     def _poll_reload(self) -> Trajectory | None:
         fingerprint = _fingerprint(self.path)

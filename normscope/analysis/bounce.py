@@ -171,6 +171,7 @@ class BounceDetection:
     smoothed_log_norm_sq: tuple[float, ...]
     params: RobustParams = field(default_factory=RobustParams)
     noise_model: NoiseModel | None = None  # the white + AR(1) fit that `noise` and `threshold` come from
+    threshold_sigmas: float = math.nan  # h / noise: the threshold as a multiple of σ (NaN: no noise)
 
     @property
     def decay_epochs(self) -> tuple[int, ...]:
@@ -287,6 +288,7 @@ def detect_bounces(
         bounces=tuple(bounces),
         noise=model.total,
         threshold=float(h),
+        threshold_sigmas=float(h / model.total) if model.total > 0 else math.nan,
         noise_limited=noise_h >= params.min_depth,
         trend_at_end=_recent_trend(z, h, max(3, w)),
         last_turn_epoch=int(epochs[pivots[-1][1]]) if pivots else None,

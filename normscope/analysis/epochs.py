@@ -158,10 +158,12 @@ def _snapshot_epochs(table: pd.DataFrame, steps_per_epoch: float | None) -> pd.D
         if not (math.isfinite(steps_per_epoch) and steps_per_epoch > 0):
             raise BadInputError(f"--steps-per-epoch must be a positive number, got {steps_per_epoch}")
         if snaps["step"].isna().any():
-            raise BadInputError("--steps-per-epoch needs the step of every snapshot, and some have none")
+            raise BadInputError("--steps-per-epoch needs the step of every snapshot, and some have none "
+                                "(--one-file-per-epoch numbers checkpoint files as epochs instead)")
         return snaps.assign(epoch=snaps["step"].astype(float) / steps_per_epoch)
     if snaps["epoch"].isna().all():
-        raise BadInputError("the checkpoints record no epoch; pass --steps-per-epoch N")
+        raise BadInputError("the checkpoints record no epoch; pass --steps-per-epoch N (or --one-file-per-epoch "
+                            "when each checkpoint file is one epoch)")
     if snaps["epoch"].isna().any():
         raise BadInputError(
             f"{int(snaps['epoch'].isna().sum())} snapshot(s) record no epoch; pass --steps-per-epoch N"

@@ -81,17 +81,6 @@ class LiveFrame:
     advice: tuple[str, ...] = field(default_factory=tuple)  # bounce status / ABEL advice lines
 
 
-def _recent_mean(values: pd.Series) -> float:
-    finite = values[np.isfinite(values.to_numpy(dtype=float))]
-    return float(finite.mean()) if len(finite) else math.nan
-
-
-def _first_finite(values: pd.Series) -> float:
-    arr = values.to_numpy(dtype=float)
-    finite = arr[np.isfinite(arr)]
-    return float(finite[0]) if len(finite) else math.nan
-
-
 def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
                analysis: RunAnalysis | None = None) -> LiveFrame:
     """Summarise the latest `recent` records of each parameter. The prediction, ratio and status of
@@ -110,23 +99,32 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
     window = table[table["snapshot"] > last_snapshot - recent]
     last = table[table["snapshot"] == last_snapshot]
     per_step = UPDATE_ANGLE in table and table[UPDATE_ANGLE].notna().any()
+    # column-wise over the table (a few grouped reductions), not a loop of pandas calls per parameter:
+    # checkpoints of thousands of tensors
+    finite = table[np.isfinite(table["norm"].to_numpy(dtype=float))]
+    firsts = finite.groupby("param", sort=False)["norm"].first()  # first finite norm, whole run
+    peaks = table.groupby("param", sort=False)["norm"].max()
+
+    def recent_means(values: pd.Series) -> pd.Series:  # mean of the finite values per parameter
+        values = values.astype(float)
+        return values.where(np.isfinite(values.to_numpy())).groupby(window["param"], sort=False).mean()
+
+    cos = recent_means(window["grad_dot"] / (window["norm"] * window["grad_norm"]))
+    angles = recent_means(window[UPDATE_ANGLE] if per_step else window["angle_rad"])
+    latest = window.drop_duplicates("param", keep="last").set_index("param")
+    covered = {} if analysis.equilibrium is None else {layer.param: layer for layer in analysis.equilibrium.layers}
     layers = []
-    for param, rows in window.groupby("param", sort=False):
-        now = rows.iloc[-1]
-        history = table.loc[table["param"] == param, "norm"]
-        first = _first_finite(history)
-        cos = rows["grad_dot"] / (rows["norm"] * rows["grad_norm"])
-        angles = rows[UPDATE_ANGLE] if per_step else rows["angle_rad"]
-        mean_cos = _recent_mean(cos)
-        invariant = bool(abs(mean_cos) < INVARIANT_COS)
-        equilibrium = analysis.equilibrium_layer(str(param))
+    for param in pd.unique(window["param"]):
+        now = latest.loc[param]
+        mean_cos = float(cos[param])
+        equilibrium = covered.get(str(param))
         layers.append(LayerLive(
             param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
-            norm_change=relative_change(first, float(now["norm"]), float(history.max())),
+            norm_change=relative_change(float(firsts.get(param, math.nan)), float(now["norm"]), float(peaks[param])),
             grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
-            angle_rad=_recent_mean(angles), angle_is_per_step=bool(per_step),
+            angle_rad=float(angles[param]), angle_is_per_step=bool(per_step),
             equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,
-            scale_invariant=invariant,
+            scale_invariant=bool(abs(mean_cos) < INVARIANT_COS),
             equilibrium_status="" if equilibrium is None else equilibrium.status,
             angle_ratio=math.nan if equilibrium is None else equilibrium.ratio))
     weights = table[table["kind"] == "weight"]

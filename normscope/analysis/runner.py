@@ -1,9 +1,11 @@
 """The one analysis runner: every analysis of a run, run once, with one skip logic, in one result.
 
 `analyze_run(trajectory, options)` computes the summaries, the bounce analysis, the scale-invariance
-verdicts, the equilibrium report and the learning-rate recommendation. Each command renders the
-parts it shows from the same `RunAnalysis`, so a quantity that two views show is the same number.
-An analysis that cannot run on this trajectory is left out with the reason (`skipped`), never fatal.
+verdicts, the equilibrium report, the learning-rate recommendation (with ABEL's premise and, when
+asked, its TEXP equivalent), the live view's latest state and, given a check configuration, the
+weight rules' numbers and the check's findings. Each command renders the parts it shows from the
+same `RunAnalysis`, so a quantity that two views show is the same number. An analysis that cannot
+run on this trajectory is left out with the reason (`skipped`), never fatal.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from normscope.trajectory import Trajectory
 BOUNCES = "bounces"
 EQUILIBRIUM = "equilibrium"
 RECOMMENDATION = "recommendation"
+TEXP = "texp"
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,16 @@ class RunOptions:
     every: int = 1
     device: str = "auto"
     steps_per_epoch: float | None = None
+    # each checkpoint file is one epoch: numbered 1..N in the run's time order (`--one-file-per-epoch`)
+    one_file_per_epoch: bool = False
     total_epochs: int | None = None
+    # tensor kinds in the total norm of the bounce analysis and the recommendation (None: weight)
+    kinds: tuple[str, ...] | None = None
+    base_lr: float | None = None  # the recommendation's base LR (None: the largest LR recorded)
+    decay_factor: float = 0.1  # the recommendation's LR multiplier at each decay
+    min_lr: float = 0.0  # the recommendation never decays below this LR
+    texp: bool = False  # also Li & Arora's tapered-exponential equivalent of the recommended schedule
+    recent: int = 5  # the live view's averages (cos(w,g), angle) are over this many latest records
     model_spec: str | None = None  # "package.module:factory": imports and runs the user's code
     optimizer: str | None = None
     lr: float | None = None
@@ -44,6 +56,13 @@ class RunOptions:
     momentum: float | None = None
     beta1: float | None = None
     probe: bool = True  # numerical homogeneity probe for the invariance verdicts (needs --model)
+
+    def __post_init__(self) -> None:
+        if self.one_file_per_epoch and self.steps_per_epoch is not None:
+            from normscope.errors import BadInputError
+
+            raise BadInputError("give --one-file-per-epoch or --steps-per-epoch, not both: one numbers the "
+                                "files as epochs, the other divides their steps")
 
     def hyperparam_overrides(self, trajectory: Trajectory):
         """The equilibrium analysis's overrides for this run. Which LR governs an interval depends on
@@ -70,6 +89,13 @@ class RunAnalysis:
     # per-neuron equilibrium (`row_equilibrium.RowInterval` per tensor and interval), only for a
     # trajectory read at row granularity
     rows: tuple[Any, ...] | None = None
+    premise: Any | None = None  # normscope.analysis.premise.Premise of the recommendation
+    texp: Any | None = None  # normscope.schedules.TexpSchedule, with `RunOptions.texp`
+    live: Any | None = None  # normscope.analysis.live.LiveFrame: the latest state, what `watch` shows
+    # the weight rules' numbers (normscope.analysis.weights.WeightStats) and the check's findings
+    # (normscope.check.CheckResult), given a check configuration
+    weights: Any | None = None
+    check: Any | None = None
     skipped: dict[str, str] = field(default_factory=dict)  # analysis name -> why it did not run
 
     def equilibrium_layer(self, param: str):
@@ -80,18 +106,25 @@ class RunAnalysis:
 
 
 def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
-                equilibrium: bool = True, recommendation: bool = True) -> RunAnalysis:
+                equilibrium: bool = True, recommendation: bool = True, check: Any = None,
+                baseline: Trajectory | None = None, rules: Any = None) -> RunAnalysis:
     """Run every analysis of `trajectory` once. `equilibrium` / `recommendation` False leave those
-    out (a view that does not show them need not pay for them)."""
+    out (a view that does not show them need not pay for them). `check` (a `CheckConfig`) adds the
+    weight rules' numbers over its kinds and the findings of its rules (or of `rules`), against
+    `baseline` where one is given."""
     from normscope.analysis.bounce import analyze_bounces
     from normscope.analysis.equilibrium import equilibrium_for, scale_invariance
 
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        return result
+        from normscope.analysis.live import live_frame
+
+        result = replace(result, live=live_frame(trajectory, recent=options.recent))
+        return _with_check(result, trajectory, options, check, baseline, rules)
+    kinds = options.kinds or None
     try:
-        bounces = analyze_bounces(trajectory.table, steps_per_epoch=options.steps_per_epoch)
+        bounces = analyze_bounces(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch)
     except NormscopeError as exc:
         bounces, skipped[BOUNCES] = None, exc.message
     verdicts = scale_invariance(trajectory, model_spec=options.model_spec, probe=options.probe)
@@ -101,22 +134,71 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
             report = equilibrium_for(trajectory, verdicts, options.hyperparam_overrides(trajectory))
         except NormscopeError as exc:
             skipped[EQUILIBRIUM] = exc.message
-    rec = None
+    rec = premise = texp = None
     if recommendation:
+        from normscope.analysis.premise import abel_premise
         from normscope.analysis.recommend import recommend_table
 
         try:
-            rec = recommend_table(trajectory.table, steps_per_epoch=options.steps_per_epoch,
+            rec = recommend_table(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch,
+                                  lr=options.base_lr, decay_factor=options.decay_factor, min_lr=options.min_lr,
                                   total_epochs=options.total_epochs)
         except NormscopeError as exc:
             skipped[RECOMMENDATION] = exc.message
+        if rec is not None:
+            premise = abel_premise(rec, verdicts)
+            if options.texp:
+                texp, why = texp_equivalent(rec)
+                if why:
+                    skipped[TEXP] = why
     rows = None
     if trajectory.granularity == "row":
         from normscope.analysis.row_equilibrium import row_report
 
         rows = row_report(trajectory, optimizer=options.optimizer)
-    return replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
-                   rows=rows)
+    result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
+                     premise=premise, texp=texp, rows=rows)
+    from normscope.analysis.live import live_advice, live_frame
+
+    advice = live_advice(trajectory, analysis=result) if recommendation else ()
+    result = replace(result, live=live_frame(trajectory, recent=options.recent, advice=advice, analysis=result))
+    return _with_check(result, trajectory, options, check, baseline, rules)
 
 
-__all__ = ["BOUNCES", "EQUILIBRIUM", "RECOMMENDATION", "RunAnalysis", "RunOptions", "analyze_run"]
+def _with_check(result: RunAnalysis, trajectory: Trajectory, options: RunOptions, check: Any,
+                baseline: Trajectory | None, rules: Any) -> RunAnalysis:
+    """`result` with the weight rules' numbers and the check's findings, when `check` is given."""
+    if check is None:
+        return result
+    from normscope.analysis.weights import weight_stats
+    from normscope.check.runner import evaluate_rules
+
+    result = replace(result, weights=weight_stats(trajectory, tuple(check.kinds)))
+    return replace(result, check=evaluate_rules(trajectory, check, result, baseline=baseline, rules=rules,
+                                                options=options))
+
+
+def check_options(config: Any, options: RunOptions | None = None) -> RunOptions:
+    """`options` for a check under `config` (a `CheckConfig`): its bounce analysis reads the kinds
+    the check's rules read."""
+    return replace(options or RunOptions(), kinds=tuple(config.kinds))
+
+
+def texp_equivalent(rec) -> tuple[Any | None, str | None]:
+    """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
+    optional part of the answer: the recommendation stands without it)."""
+    from normscope.schedules import texp_schedule
+
+    s = rec.series
+    if s.optimizer and not s.optimizer.upper().startswith("SGD"):
+        return None, f"the TEXP equivalence holds for SGD (with momentum); this run used {s.optimizer}"
+    if not s.steps_per_epoch:
+        return None, "it needs steps per epoch: pass --steps-per-epoch N"
+    if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
+        return None, "it needs the run's weight decay, and the checkpoints record none"
+    momentum = s.momentum if s.momentum == s.momentum else 0.0
+    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum), None
+
+
+__all__ = ["BOUNCES", "EQUILIBRIUM", "RECOMMENDATION", "TEXP", "RunAnalysis", "RunOptions", "analyze_run",
+           "check_options", "texp_equivalent"]

@@ -8,7 +8,7 @@ from normscope.check.findings import (
            Finding,
            Rule,
 )
-from normscope.check.runner import RULE_NAMES, build_rules, run_check
+from normscope.check.runner import RULE_NAMES, build_rules, evaluate_rules, run_check
 
 __all__ = [
            "ERROR",
@@ -19,5 +19,6 @@ __all__ = [
            "Finding",
            "Rule",
            "build_rules",
+           "evaluate_rules",
            "run_check",
 ]

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from normscope.analysis.weights import selected_rows
 from normscope.check.findings import CheckContext, Finding
-from normscope.check.weight_rules import selected_rows
 from normscope.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover

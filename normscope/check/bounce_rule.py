@@ -1,8 +1,9 @@
 """A bounce of the total squared weight norm expected by epoch N — or expected never ("none").
 
-Reads the noise-robust bounce detector (`normscope.analysis.bounce.detect_bounces`) on the
-end-of-epoch series (`normscope.analysis.epochs.epoch_series`), the same numbers `normscope
-recommend` uses (via `analyze_bounces`). A bounce counts from the epoch its rise is confirmed.
+Reads the bounce analysis of the run (`RunAnalysis.bounces`, from the analysis runner: the
+noise-robust detector `normscope.analysis.bounce.detect_bounces` on the end-of-epoch series of the
+checked kinds), the numbers `normscope analyze` shows. A bounce counts from the epoch its rise is
+confirmed.
 """
 
 from __future__ import annotations
@@ -18,14 +19,6 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPECT_NONE = "none"
 
 
-def bounce_detection(trajectory: Trajectory, kinds: tuple[str, ...], steps_per_epoch: float | None = None):
-    """(EpochSeries, BounceDetection) for the selected kinds (BadInputError below 3 epochs)."""
-    from normscope.analysis.bounce import analyze_bounces
-
-    analysis = analyze_bounces(trajectory.table, include_kinds=kinds or None, steps_per_epoch=steps_per_epoch)
-    return analysis.series, analysis.robust
-
-
 @dataclass(frozen=True)
 class BounceRule:
     """`by_epoch` a number: a bounce must be confirmed by then; "none": no bounce may be detected."""
@@ -34,10 +27,13 @@ class BounceRule:
     name: str = "bounce"
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
-        kinds = context.config.kinds
-        steps_per_epoch = context.options.steps_per_epoch if context.options is not None else None
-        series, detection = context.analysis(f"bounce:{kinds}",
-                                             lambda: bounce_detection(trajectory, kinds, steps_per_epoch))
+        from normscope.analysis.runner import BOUNCES
+        from normscope.errors import BadInputError
+
+        analysis = context.run_analysis(trajectory)
+        if analysis.bounces is None:
+            raise BadInputError(analysis.skipped.get(BOUNCES, "the bounce analysis did not run"))
+        series, detection = analysis.bounces.series, analysis.bounces.robust
         severity = context.severity_of(self.name)
         scope = f"bounce of total norm ({', '.join(series.include_kinds)})"
         confirmed = [b.confirmed_epoch for b in detection.bounces]

@@ -7,8 +7,7 @@ checked, not only what failed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,28 +62,36 @@ class Finding:
 
 @dataclass
 class CheckContext:
-    """What rules may need besides the trajectory: the settings, a baseline run, cached analyses."""
+    """What rules may need besides the trajectory: the settings, a baseline run, and the run's
+    analysis (`RunAnalysis`, from the analysis runner), whose numbers the rules compare with limits."""
 
     config: CheckConfig
     baseline: Trajectory | None = None
     options: Any = None  # normscope.analysis.runner.RunOptions: epochs, model, hyper-parameter overrides
-    _analyses: dict[str, Any] = field(default_factory=dict, repr=False)
+    run: Any = None  # normscope.analysis.runner.RunAnalysis of the checked run, when already computed
 
     def run_analysis(self, trajectory: Trajectory) -> Any:
-        """`analyze_run` of the checked run, once per check: the numbers every other view shows."""
-        from normscope.analysis.runner import RunOptions, analyze_run
+        """`analyze_run` of the checked run (with the weight numbers of `config`), once per check:
+        the numbers every other view shows."""
+        if self.run is None:
+            from normscope.analysis.runner import analyze_run, check_options
 
-        return self.analysis("run", lambda: analyze_run(trajectory, self.options or RunOptions(),
-                                                        recommendation=False))
+            self.run = analyze_run(trajectory, check_options(self.config, self.options), recommendation=False)
+        return self.run
+
+    def weights(self, trajectory: Trajectory) -> Any:
+        """The weight rules' numbers (`normscope.analysis.weights.WeightStats`) of the checked run."""
+        analysis = self.run_analysis(trajectory)
+        if analysis.weights is None:
+            from dataclasses import replace
+
+            from normscope.analysis.weights import weight_stats
+
+            self.run = analysis = replace(analysis, weights=weight_stats(trajectory, self.config.kinds))
+        return analysis.weights
 
     def severity_of(self, rule: str) -> str:
         return WARNING if rule in self.config.warn else ERROR
-
-    def analysis(self, name: str, compute: Callable[[], Any]) -> Any:
-        """Run an analysis once per check, however many rules read it."""
-        if name not in self._analyses:
-            self._analyses[name] = compute()
-        return self._analyses[name]
 
 
 @runtime_checkable

@@ -50,6 +50,27 @@ def _analysis_rules(config: CheckConfig) -> list[Rule]:
     return rules
 
 
+def evaluate_rules(
+    trajectory: Trajectory,
+    config: CheckConfig,
+    analysis: Any,  # normscope.analysis.runner.RunAnalysis of `trajectory`
+    *,
+    baseline: Trajectory | None = None,
+    rules: Sequence[Rule] | None = None,
+    options: Any = None,
+) -> CheckResult:
+    """Hold the numbers of `analysis` to every rule (those `config` switches on unless `rules` is
+    given). The analysis runner calls this; the rules compute no analysis of their own."""
+    if rules is None:
+        rules = build_rules(config, with_baseline=baseline is not None)
+    context = CheckContext(config=config, baseline=baseline, options=options, run=analysis)
+    findings: list[Finding] = []
+    for rule in rules:
+        findings.extend(rule.evaluate(trajectory, context))
+    return CheckResult(findings=tuple(findings), rules=tuple(rule.name for rule in rules),
+                       run_path=trajectory.root)
+
+
 def run_check(
     trajectory: Trajectory,
     config: CheckConfig,
@@ -61,13 +82,16 @@ def run_check(
     config_file: str | None = None,
     options: Any = None,  # normscope.analysis.runner.RunOptions
 ) -> CheckResult:
-    """Evaluate every rule (those `config` switches on unless `rules` is given) on `trajectory`."""
+    """Evaluate every rule (those `config` switches on unless `rules` is given) on `trajectory`:
+    `analyze_run` with the check configuration, whose `check` part this is."""
+    from dataclasses import replace
+
+    from normscope.analysis.runner import analyze_run, check_options
+
     if rules is None:
         rules = build_rules(config, with_baseline=baseline is not None)
-    context = CheckContext(config=config, baseline=baseline, options=options)
-    findings: list[Finding] = []
-    for rule in rules:
-        findings.extend(rule.evaluate(trajectory, context))
-    return CheckResult(findings=tuple(findings), rules=tuple(rule.name for rule in rules),
-                       run_path=run_path or trajectory.root, baseline_path=baseline_path,
-                       config_file=config_file)
+    analysis = analyze_run(trajectory, check_options(config, options), recommendation=False,
+                           equilibrium=any(rule.name == "equilibrium" for rule in rules),
+                           check=config, baseline=baseline, rules=rules)
+    return replace(analysis.check, run_path=run_path or trajectory.root, baseline_path=baseline_path,
+                   config_file=config_file)

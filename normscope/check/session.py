@@ -26,25 +26,25 @@ def check_path(
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     steps_per_epoch: float | None = None,
+    one_file_per_epoch: bool = False,
 ) -> CheckOutcome:
-    """Resolve the configuration for `path`, load the run (and baseline) and run the rules."""
+    """Resolve the configuration for `path`, load the run (and baseline, with the same options) and
+    run the rules on the analysis of the run (`analyze_run` with the check configuration)."""
     from normscope.analysis.runner import RunOptions
-    from normscope.api import load_trajectory
+    from normscope.api import load_with_options
 
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
     config = resolved.config
-    options = {"include": config.include, "exclude": config.exclude, "every": config.every,
-               "device": config.device}
+    options = RunOptions(include=tuple(config.include), exclude=tuple(config.exclude), every=config.every,
+                         device=config.device, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch)
     rules = build_rules(config.check, with_baseline=bool(config.check.baseline))  # config errors first
-    trajectory = load_trajectory(path, **options)
+    trajectory = load_with_options(path, options)
     baseline = None
     if config.check.baseline:
-        baseline = load_trajectory(config.check.baseline, **options)
+        baseline = load_with_options(config.check.baseline, options)
     result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
                        baseline_path=config.check.baseline,
-                       config_file=str(resolved.file) if resolved.file else None,
-                       options=RunOptions(include=tuple(config.include), exclude=tuple(config.exclude),
-                                          every=config.every, device=config.device,
-                                          steps_per_epoch=steps_per_epoch))
+                       config_file=str(resolved.file) if resolved.file else None, options=options)
     notes = list(trajectory.warnings) + [f"baseline: {w}" for w in (baseline.warnings if baseline else [])]
     return CheckOutcome(result=result, resolved=resolved, notes=notes)

@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -36,6 +36,15 @@ class Granularity(str, enum.Enum):
 
 GRANULARITY_HELP = ("row: also per-neuron (per output row) angles and norms from the same pass, summarised per "
                     "tensor against the rotational-equilibrium prediction (checkpoints only).")
+
+
+# The epoch flags every command that needs epochs takes, with the same names and meaning.
+STEPS_PER_EPOCH_HELP = "Group snapshots into epochs by step ÷ this, instead of the recorded epoch."
+ONE_FILE_PER_EPOCH_HELP = ("Each checkpoint file is one epoch: number them 1..N in the run's time order "
+                           "(for checkpoints that record no step or epoch; a note says which order).")
+StepsPerEpochOpt = Annotated[float | None, typer.Option("--steps-per-epoch", help=STEPS_PER_EPOCH_HELP,
+                                                        show_default=False)]
+OneFilePerEpochOpt = Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
 
 
 def stderr_console() -> SafeConsole:

@@ -13,6 +13,8 @@ from normscope.cli._common import (
     GRANULARITY_HELP,
     Device,
     Granularity,
+    OneFilePerEpochOpt,
+    StepsPerEpochOpt,
     check_output_path,
     emit_text,
     handle_errors,
@@ -53,11 +55,6 @@ RowsOpt = Annotated[
                  "parquet always hold every parameter.", min=0),
 ]
 EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
-StepsPerEpochOpt = Annotated[
-    float | None,
-    typer.Option(help="Group snapshots into epochs by step ÷ this, instead of the recorded epoch.",
-                 show_default=False),
-]
 EquilibriumOpt = Annotated[
     bool, typer.Option(help="Add the equilibrium report for scale-invariant layers (predicted vs measured).")
 ]
@@ -105,6 +102,7 @@ def analyze(
     rows: RowsOpt = 200,
     recover_unsafe: RecoverOpt = False,
     steps_per_epoch: StepsPerEpochOpt = None,
+    one_file_per_epoch: OneFilePerEpochOpt = False,
     cluster: ClusterOpt = None,
     workers: WorkersOpt = None,
     tag_pattern: TagPatternOpt = None,
@@ -124,9 +122,14 @@ def analyze(
                                                 rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
+    from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.api import load_trajectory
     from normscope.errors import BadInputError
 
+    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
+                         device=device.value, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch, model_spec=model, optimizer=optimizer, lr=lr,
+                         weight_decay=weight_decay, momentum=momentum, beta1=beta1)
     if format is Format.parquet and output is None:
         raise BadInputError("--format parquet writes a binary file: give it with -o FILE.parquet")
     if plots is not None and plots.exists() and not plots.is_dir():
@@ -134,9 +137,9 @@ def analyze(
     check_output_path(output)
 
     progress, update = progress_reporter()
-    selection = {"include": include or (), "exclude": exclude or (), "every": every, "device": device.value,
-                     "progress": update, "recover_unsafe": recover_unsafe,
-                     "granularity": granularity.value}
+    selection = {"include": options.include, "exclude": options.exclude, "every": options.every,
+                 "device": options.device, "one_file_per_epoch": options.one_file_per_epoch,
+                 "progress": update, "recover_unsafe": recover_unsafe, "granularity": granularity.value}
     if model is not None and not (cluster or workers):
         from normscope.analysis.user_model import parameter_names
 
@@ -149,11 +152,6 @@ def analyze(
             traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
         else:
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
-    from normscope.analysis.runner import RunOptions, analyze_run
-
-    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
-                         device=device.value, steps_per_epoch=steps_per_epoch, model_spec=model,
-                         optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum, beta1=beta1)
     result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
     if plots is not None:
         from normscope.report.equilibrium_plots import (

@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from normscope.cli._common import (
+    ONE_FILE_PER_EPOCH_HELP,
+    STEPS_PER_EPOCH_HELP,
     Device,
     check_output_path,
     handle_errors,
@@ -47,8 +49,9 @@ def check(
     exclude: Annotated[list[str] | None, _opt("--exclude", "Drop parameters matching this glob.")] = None,
     every: Annotated[int | None, _opt("--every", "Keep every N-th snapshot.", min=1)] = None,
     device: Annotated[Device | None, _opt("--device", "Where to reduce tensors.")] = None,
-    steps_per_epoch: Annotated[float | None, _opt("--steps-per-epoch", "Group snapshots into epochs by "
-                                                  "step ÷ this, instead of the recorded epoch.")] = None,
+    steps_per_epoch: Annotated[float | None, _opt("--steps-per-epoch", STEPS_PER_EPOCH_HELP)] = None,
+    one_file_per_epoch: Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
+    = False,
     nonfinite: Annotated[bool | None, _opt("--nonfinite/--no-nonfinite", "Fail on NaN/Inf weights.",
                                               panel=RULES)] = None,
     kind: Annotated[list[str] | None, _opt("--kind", "Parameter kinds the norm rules read "
@@ -91,7 +94,8 @@ def check(
         "check.baseline_rtol": baseline_rtol, "check.baseline_atol": baseline_atol,
         "check.warn": tuple(warn) if warn else None,
     }
-    outcome = check_path(path, config_file=config, flags=flags, environ=os.environ, steps_per_epoch=steps_per_epoch)
+    outcome = check_path(path, config_file=config, flags=flags, environ=os.environ, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch)
     result = outcome.result
 
     if junit is not None:

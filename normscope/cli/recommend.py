@@ -10,6 +10,8 @@ import typer
 
 from normscope.cli._common import (
     Device,
+    OneFilePerEpochOpt,
+    StepsPerEpochOpt,
     check_output_path,
     emit_text,
     handle_errors,
@@ -32,8 +34,8 @@ def recommend(
     lr: Annotated[float | None, typer.Option("--lr", help="Base LR (default: the largest LR recorded).")] = None,
     decay_factor: Annotated[float, typer.Option(help="LR multiplier at each decay.")] = 0.1,
     min_lr: Annotated[float, typer.Option(help="Never decay below this LR.")] = 0.0,
-    steps_per_epoch: Annotated[float | None, typer.Option(
-        help="Aggregate snapshots to epochs by step ÷ this, instead of the epoch the checkpoints record.")] = None,
+    steps_per_epoch: StepsPerEpochOpt = None,
+    one_file_per_epoch: OneFilePerEpochOpt = False,
     total_epochs: Annotated[int | None, typer.Option(
         help="Training budget in epochs (default: the run's length; give it for a run in progress).")] = None,
     include_kinds: Annotated[str, typer.Option(
@@ -47,23 +49,24 @@ def recommend(
     device: Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")] = Device.auto,
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
-    from normscope.analysis.recommend import recommend_table
-    from normscope.api import load_trajectory
+    from normscope.analysis.epochs import parse_kinds
+    from normscope.analysis.runner import RECOMMENDATION, TEXP, RunOptions, analyze_run
+    from normscope.api import load_with_options
+    from normscope.errors import BadInputError
 
+    options = RunOptions(device=device.value, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
+                         total_epochs=total_epochs, kinds=parse_kinds(include_kinds), base_lr=lr,
+                         decay_factor=decay_factor, min_lr=min_lr, texp=texp)
     check_output_path(output)
     check_output_path(plot, "--plot")
     progress, update = progress_reporter()
     with progress:
-        traj = load_trajectory(path, device=device.value, progress=update)
-    rec = recommend_table(traj.table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch, lr=lr,
-                          decay_factor=decay_factor, min_lr=min_lr, total_epochs=total_epochs)
-    texp_schedule, texp_skipped = _texp(rec) if texp else (None, None)
-    from normscope.analysis.premise import abel_premise
-    from normscope.analysis.runner import RunOptions, analyze_run
-
-    analysis = analyze_run(traj, RunOptions(steps_per_epoch=steps_per_epoch, total_epochs=total_epochs),
-                           equilibrium=False, recommendation=False)
-    premise = abel_premise(rec, analysis.invariance)
+        traj = load_with_options(path, options, progress=update)
+    analysis = analyze_run(traj, options, equilibrium=False)
+    rec = analysis.recommendation
+    if rec is None:
+        raise BadInputError(analysis.skipped.get(RECOMMENDATION, "no recommendation"))
+    texp_schedule, texp_skipped, premise = analysis.texp, analysis.skipped.get(TEXP), analysis.premise
 
     from normscope.report.escape import json_text, printable
 
@@ -96,19 +99,3 @@ def recommend(
             stdout_console().print(view)
         else:
             emit_text(render_to_text(view), output)
-
-
-def _texp(rec):
-    """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
-    optional part of the answer: the recommendation stands without it)."""
-    from normscope.schedules import texp_schedule
-
-    s = rec.series
-    if s.optimizer and not s.optimizer.upper().startswith("SGD"):
-        return None, f"the TEXP equivalence holds for SGD (with momentum); this run used {s.optimizer}"
-    if not s.steps_per_epoch:
-        return None, "it needs steps per epoch: pass --steps-per-epoch N"
-    if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
-        return None, "it needs the run's weight decay, and the checkpoints record none"
-    momentum = s.momentum if s.momentum == s.momentum else 0.0
-    return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum), None

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import check_output_path, handle_errors, stderr_console
+from normscope.cli._common import (
+    OneFilePerEpochOpt,
+    StepsPerEpochOpt,
+    check_output_path,
+    handle_errors,
+    stderr_console,
+)
 
 
 @handle_errors
@@ -24,16 +30,15 @@ def report(
                                                          show_default=False)] = None,
     every: Annotated[int | None, typer.Option("--every", help="Keep every N-th snapshot.", min=1,
                                                  show_default=False)] = None,
-    steps_per_epoch: Annotated[float | None, typer.Option(
-        help="Group snapshots into epochs by step ÷ this, instead of the recorded epoch.",
-        show_default=False)] = None,
+    steps_per_epoch: StepsPerEpochOpt = None,
+    one_file_per_epoch: OneFilePerEpochOpt = False,
     total_epochs: Annotated[int | None, typer.Option(
         help="The run's epoch budget, for the recommendation (default: the run's length).", min=1,
         show_default=False)] = None,
 ) -> None:
     """Write an HTML or Markdown report: run summary, per-layer table, plots, verdicts, advice."""
     from normscope.analysis.runner import RunOptions
-    from normscope.api import load_trajectory
+    from normscope.api import load_with_options
     from normscope.config import load_config
     from normscope.report.assemble import run_report
     from normscope.report.write import report_format, write_report
@@ -43,10 +48,10 @@ def report(
     flags = {"include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
              "every": every}
     settings = load_config(path, config_file=config, flags=flags).config
-    trajectory = load_trajectory(path, include=settings.include, exclude=settings.exclude, every=settings.every,
-                                 device=settings.device)
     options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
-                         device=settings.device, steps_per_epoch=steps_per_epoch, total_epochs=total_epochs)
+                         device=settings.device, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch, total_epochs=total_epochs)
+    trajectory = load_with_options(path, options)
     written = write_report(run_report(trajectory, options), output)
     from normscope.report.escape import printable
 

@@ -8,7 +8,13 @@ from typing import Annotated
 
 import typer
 
-from normscope.cli._common import handle_errors, stderr_console, stdout_console
+from normscope.cli._common import (
+    OneFilePerEpochOpt,
+    StepsPerEpochOpt,
+    handle_errors,
+    stderr_console,
+    stdout_console,
+)
 
 PathArg = Annotated[
     Path,
@@ -32,29 +38,17 @@ TagPatternOpt = Annotated[
 ]
 
 
-StepsPerEpochOpt = Annotated[
-    float | None,
-    typer.Option(help="Group records into epochs by step ÷ this, instead of the recorded epoch.",
-                 show_default=False),
-]
-
-
-def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoch: float | None):
-    """The function that turns the source's latest trajectory into the rendered frame."""
-    from normscope.analysis.live import live_advice, live_frame
-    from normscope.analysis.runner import RunOptions, analyze_run
+def frame_maker(source, options):
+    """The function that turns the source's latest trajectory into the rendered frame: the live
+    state of `analyze_run` under `options` (a `RunOptions`)."""
+    from normscope.analysis.runner import analyze_run
     from normscope.report.live_view import render_frame
-
-    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch, probe=False)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        analysis = analyze_run(trajectory, options)
-        frame_ = live_frame(trajectory, recent=recent, advice=live_advice(trajectory, analysis=analysis),
-                            analysis=analysis)
-        return render_frame(frame_, updated=stamp)
+        return render_frame(analyze_run(trajectory, options).live, updated=stamp)
 
     return frame
 
@@ -62,12 +56,16 @@ def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoc
 @handle_errors
 def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
-          steps_per_epoch: StepsPerEpochOpt = None, tag_pattern: TagPatternOpt = None) -> None:
+          steps_per_epoch: StepsPerEpochOpt = None, one_file_per_epoch: OneFilePerEpochOpt = False,
+          tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+    from normscope.analysis.runner import RunOptions
     from normscope.live_source import LiveSource
 
-    source = LiveSource(path, tag_pattern=tag_pattern)
-    frame = frame_maker(source, recent=recent, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
+    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+                         one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
+    source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch)
+    frame = frame_maker(source, options)
     trajectory = source.poll()
     if once:
         console = stdout_console()

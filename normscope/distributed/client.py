@@ -252,19 +252,19 @@ def load_trajectory_distributed(
     progress: Callable[[int, int], None] | None = None,
     recover_unsafe: bool = False,
     granularity: str = "tensor",
+    one_file_per_epoch: bool = False,
 ) -> Trajectory:
     """`normscope.api.load_trajectory`, with the tensors reduced on a Dask cluster: the scheduler
     at `cluster` (e.g. "tcp://host:8786"), or a local cluster of `workers` processes."""
-    from normscope.api import check_granularity, select, trajectory_from_run
-    from normscope.sources import open_run
+    from normscope.api import check_granularity, open_selected_run, trajectory_from_run
 
     check_granularity(granularity)
     require_distributed()
     check_cluster_options(cluster, workers)
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
-    opened = open_run(local_path(path), every=every, recover_unsafe=recover_unsafe)
-    run = select(opened, include, exclude)
+    run = open_selected_run(local_path(path), include=include, exclude=exclude, every=every,
+                            recover_unsafe=recover_unsafe, one_file_per_epoch=one_file_per_epoch)
     if run.stats is None:
         with connect(cluster, workers) as client:
             stats = compute_stats_dask(

@@ -55,6 +55,10 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         from normscope.report.row_view import rows_json
 
         sections["rows"] = rows_json(result.rows)
+    live = getattr(result, "live", None)
+    if live is not None:  # what `watch` shows: the latest record of each parameter, recent averages
+        sections["live"] = {key: value for key, value in jsonable(live).items()
+                            if key not in ("root", "layout", "warnings", "advice")}
     sections["skipped"] = dict(result.skipped)
     doc: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,

@@ -102,7 +102,7 @@ def _threshold_origin(found: BounceDetection) -> str:
     min-depth floor."""
     if not found.noise_limited:
         return "the min-depth floor"
-    multiple = f" = {found.threshold / found.noise:.1f}σ" if found.noise > 0 else ""
+    multiple = f" = {found.threshold_sigmas:.1f}σ" if math.isfinite(found.threshold_sigmas) else ""
     return f"the rise the fitted noise alone reaches with probability {found.params.false_alarm:g}{multiple}"
 
 
