@@ -39,8 +39,10 @@ StepsPerEpochOpt = Annotated[
 ]
 
 
-def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoch: float | None):
-    """The function that turns the source's latest trajectory into the rendered frame."""
+def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoch: float | None,
+                warnings: bool = True):
+    """The function that turns the source's latest trajectory into the rendered frame (with the
+    run's warnings at its foot, unless `warnings` is false)."""
     from normscope.analysis.live import live_advice, live_frame
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.report.live_view import render_frame
@@ -54,7 +56,7 @@ def frame_maker(source, *, recent: int, total_epochs: int | None, steps_per_epoc
         analysis = analyze_run(trajectory, options)
         frame_ = live_frame(trajectory, recent=recent, advice=live_advice(trajectory, analysis=analysis),
                             analysis=analysis)
-        return render_frame(frame_, updated=stamp)
+        return render_frame(frame_, updated=stamp, warnings=warnings)
 
     return frame
 
@@ -67,18 +69,20 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
     from normscope.live_source import LiveSource
 
     source = LiveSource(path, tag_pattern=tag_pattern)
-    frame = frame_maker(source, recent=recent, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch)
+    frame = frame_maker(source, recent=recent, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+                        warnings=not once)
     trajectory = source.poll()
-    if once:
-        console = stdout_console()
-        if not console.is_terminal:  # a file or pipe: don't cut names at 80 columns
-            console.width = max(console.width, 160)
-        console.print(frame(trajectory))
+    if once:  # the frame on stdout, the run's warnings on stderr as every command prints them
+        stdout_console().print(frame(trajectory))
+        from normscope.report.escape import printable
+
+        for warning in trajectory.warnings if trajectory is not None else ():
+            stderr_console().print(f"normscope: warning: {printable(warning)}")
         return
 
     from rich.live import Live
 
-    console = stderr_console()
+    console = stderr_console(soft_wrap=False)
     try:
         if not console.is_terminal:  # a pipe or file: append a frame whenever new data arrives
             console.print(frame(trajectory))
