@@ -121,9 +121,9 @@ def test_recommend_fits_the_page(name, width):
 @pytest.mark.parametrize("name", list(RUNS))
 def test_check_fits_the_page(name, width):
     run = _run(name)
-    _, text, _ = _invoke("check", run, "--max-growth", "3", "--min-growth", "0.9", columns=width)
+    _, text, _ = _invoke("check", run, "--max-growth", "1.1", "--min-growth", "0.95", columns=width)
     _assert_laid_out(text, width, f"check {name}")
-    document = json.loads(_invoke("check", run, "--max-growth", "3", "--min-growth", "0.9", "-f", "json")[1])
+    document = json.loads(_invoke("check", run, "--max-growth", "1.1", "--min-growth", "0.95", "-f", "json")[1])
     failed = [f for f in document["findings"] if not f["passed"]]
     assert failed, "the limits are chosen so that some layer fails"
     _assert_shown([f"{f['value']:.4g}" for f in failed if f["value"] is not None], text, "failures")

@@ -226,10 +226,10 @@ def bounce_analysis_view(found: BounceAnalysis, max_rows: int | None = None) -> 
                 f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
     layers = list(found.layers)
     if not max_rows or len(layers) <= max_rows:
-        return Group(head, bounce_table(found.robust), layer_table(tuple(layers)))
+        return Group(head, bounce_table(found.robust), Text(""), layer_table(tuple(layers)))
     more = Text(f"… {len(layers) - max_rows:,} more layers not shown (--rows 0 shows all; --format json "
                 "has every layer)", style="dim")
-    return Group(head, bounce_table(found.robust), layer_table(tuple(layers[:max_rows])), more)
+    return Group(head, bounce_table(found.robust), Text(""), layer_table(tuple(layers[:max_rows])), more)
 
 
 def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
