@@ -78,7 +78,7 @@ def recommend(
         from normscope.report.bounce_plot import plot_recommendation
 
         plot_recommendation(rec, plot, title=Path(path).name)
-        err.print(f"normscope: plot written to {printable(plot)}")
+        err.print(f"normscope: note: plot written to {printable(plot)}")
 
     if format is Format.json:
         from normscope.report.recommend_view import to_json

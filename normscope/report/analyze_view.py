@@ -152,7 +152,8 @@ def _truncated(rows: list, max_rows: int | None, what: str,
         style="dim")
 
 
-def analyses_block(result: Overview, max_rows: int | None = None) -> list[RenderableType]:
+def analyses_block(result: Overview, max_rows: int | None = None, *, notes: bool = True) -> list[RenderableType]:
+    """The analyses after the per-parameter table; with `notes`, the equilibrium report's notes too."""
     parts: list[RenderableType] = []
     if result.bounces is not None:
         from normscope.report.recommend_view import bounce_analysis_view
@@ -168,7 +169,7 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
     if result.equilibrium is not None:
         from normscope.report.equilibrium_view import render_equilibrium
 
-        parts.extend([Text(""), render_equilibrium(result.equilibrium)])
+        parts.extend([Text(""), render_equilibrium(result.equilibrium, notes=notes)])
     if result.rows is not None:  # read with --granularity row
         from normscope.report.row_view import render_rows
 
@@ -188,7 +189,7 @@ def analyze_view(traj: Trajectory, result: Overview,
     if more is not None:
         parts.append(more)
     parts.extend(Text(note, style="dim") for note in not_shown_notes(shown))
-    parts.extend(analyses_block(result, max_rows))
+    parts.extend(analyses_block(result, max_rows, notes=notes))
     block = warnings_block(traj, run, notes=notes)
     if block is not None:
         parts.extend([Text(""), block])

@@ -72,8 +72,9 @@ def render_invariance(verdicts: Sequence[InvarianceVerdict]) -> RenderableType:
     return invariance_table(verdicts)
 
 
-def render_equilibrium(report: EquilibriumReport) -> RenderableType:
-    """Hyper-parameters, the invariant layers' equilibrium, and the layers the theory skips."""
+def render_equilibrium(report: EquilibriumReport, *, notes: bool = True) -> RenderableType:
+    """Hyper-parameters, the invariant layers' equilibrium, the layers the theory skips and (with
+    `notes`) the report's notes (`normscope analyze` prints them on stderr instead)."""
     parts: list[RenderableType] = [hyperparams_table(report)]
     if report.layers:
         parts += [Text(""), equilibrium_table(report)]
@@ -84,7 +85,7 @@ def render_equilibrium(report: EquilibriumReport) -> RenderableType:
         parts.append(Text("no scale-invariant layer: the equilibrium theory applies to none", style="yellow"))
     if report.not_applicable:
         parts += [Text(""), not_applicable_table(report)]
-    parts.extend(Text(printable(note), style="dim") for note in report.notes)
+    parts.extend(Text(f"note: {printable(note)}", style="dim") for note in (report.notes if notes else ()))
     return Group(*parts)
 
 
