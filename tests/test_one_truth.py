@@ -49,10 +49,10 @@ def _layers(document: dict) -> dict[str, dict]:
 
 
 def _rows(text: str, first_cell: re.Pattern[str]) -> dict[str, list[str]]:
-    """Table rows of a rich view, split on its column separators, keyed by their first cell."""
+    """Table rows of a rich view, split on its column gaps (two spaces or more), keyed by their first cell."""
     rows = {}
     for line in text.splitlines():
-        cells = [cell.strip() for cell in re.split(r"[│┃]", line)]
+        cells = [cell.strip() for cell in re.split(r"\s{2,}", line.strip())]
         if len(cells) > 2 and first_cell.fullmatch(cells[0]):
             rows[cells[0]] = cells
     return rows

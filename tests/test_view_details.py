@@ -48,9 +48,9 @@ def test_the_per_layer_exact_rule_column_shows_epochs_not_counts():
     text = _run("recommend", run)
     assert "exact-rule decay epochs" in text
     for layer in document["layers"]:
-        row = next(line for line in text.splitlines() if line.startswith(f"│ {layer['layer']} "))
+        row = next(line for line in text.splitlines() if line.startswith(f"{layer['layer']} "))
         epochs = ", ".join(map(str, layer["exact_decay_epochs"])) or "none"
-        assert row.rstrip("│ ").endswith(epochs), (row, epochs)
+        assert row.endswith(epochs), (row, epochs)
 
 
 def test_a_cosine_lr_that_ends_at_0_and_two_param_groups_are_shown_as_they_are():
@@ -62,4 +62,4 @@ def test_a_cosine_lr_that_ends_at_0_and_two_param_groups_are_shown_as_they_are()
     document = json.loads(_run("analyze", run, "--equilibrium", "-f", "json"))
     used = {h["name"]: h["value"] for h in document["equilibrium"]["hyperparams"]}
     assert used["weight_decay"] == "per param group: 0.1, 0", used
-    assert used["lr"].startswith("0 … 0.003 over the run"), used
+    assert used["lr"].startswith("0 to 0.003 over the run"), used

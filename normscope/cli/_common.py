@@ -47,15 +47,17 @@ StepsPerEpochOpt = Annotated[float | None, typer.Option("--steps-per-epoch", hel
 OneFilePerEpochOpt = Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
 
 
-def stderr_console() -> SafeConsole:
-    return SafeConsole(stderr=True, soft_wrap=True)
+def stderr_console(soft_wrap: bool = True) -> SafeConsole:
+    """Console for notes and warnings on stderr: a long line is one line (the terminal wraps it);
+    `soft_wrap=False` for a view that rich lays out (`watch`'s live frame), so its lines wrap, not crop."""
+    return SafeConsole(stderr=True, soft_wrap=soft_wrap)
 
 
 def stdout_console() -> SafeConsole:
-    """Console for reports on stdout. Piped output gets a wide page instead of rich's 80 columns,
-    so tables stay one row per line in logs and files."""
+    """Console for reports on stdout: as wide as the terminal, or as COLUMNS says. Piped output with
+    no COLUMNS gets a wide page instead of rich's 80 columns, so tables stay one row per line in logs."""
     console = SafeConsole()
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
         console = SafeConsole(width=max(console.width, 160))
     return console
 

@@ -170,6 +170,8 @@ def analyze(
     # on stderr in every format, once: the table view leaves them out, csv and parquet have no room
     for warning in traj.warnings:
         err.print(f"normscope: warning: {printable(warning)}", markup=False)
+    for note in result.equilibrium.notes if result.equilibrium is not None else ():
+        err.print(f"normscope: note: {printable(note)}")
     for finding in result.run.nonfinite:
         err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")

@@ -110,13 +110,17 @@ def check(
     else:
         from normscope.report.check_view import check_view
 
-        stdout_console().print(check_view(result, show_passing=show_all))
+        stdout_console().print(check_view(result, show_passing=show_all, notes=False))
     from normscope.report.github import publish
 
     # The runner reads workflow commands from stderr as well as stdout; stderr keeps JSON clean.
     publish(result, os.environ, lambda line: print(line, file=sys.stderr), origins=outcome.resolved.origins)
     from normscope.report.escape import printable
 
-    for note in outcome.notes:
-        stderr_console().print(f"normscope: note: {printable(note)}")
+    for warning in outcome.notes:  # the run's own warnings, labelled as every command labels them
+        stderr_console().print(f"normscope: warning: {printable(warning)}")
+    from normscope.report.check_view import no_limits_note
+
+    if no_limits_note(result):
+        stderr_console().print(f"normscope: note: {no_limits_note(result)}")
     raise typer.Exit(result.exit_code)

@@ -73,13 +73,15 @@ def recommend(
     err = stderr_console()
     for warning in traj.warnings:
         err.print(f"normscope: warning: {printable(warning)}")
+    for note in rec.notes:
+        err.print(f"normscope: note: {printable(note)}")
     if texp_skipped:
         err.print(f"normscope: note: --texp skipped: {printable(texp_skipped)}")
     if plot is not None:
         from normscope.report.bounce_plot import plot_recommendation
 
         plot_recommendation(rec, plot, title=Path(path).name)
-        err.print(f"normscope: plot written to {printable(plot)}")
+        err.print(f"normscope: note: plot written to {printable(plot)}")
 
     if format is Format.json:
         from normscope.report.recommend_view import to_json
@@ -92,7 +94,7 @@ def recommend(
     else:
         from normscope.report.recommend_view import recommend_view
 
-        view = recommend_view(rec, texp_schedule, premise)
+        view = recommend_view(rec, texp_schedule, premise, notes=False)
         if output is None:
             from normscope.cli._common import stdout_console
 

@@ -57,5 +57,5 @@ def report(
 
     for file in written:
         print(printable(file))  # machine output: the files written, one per line
-    for note in trajectory.warnings:
-        stderr_console().print(f"normscope: note: {printable(note)}")
+    for warning in trajectory.warnings:
+        stderr_console().print(f"normscope: warning: {printable(warning)}")

@@ -38,9 +38,10 @@ TagPatternOpt = Annotated[
 ]
 
 
-def frame_maker(source, options):
+def frame_maker(source, options, *, warnings: bool = True):
     """The function that turns the source's latest trajectory into the rendered frame: the live
-    state of `analyze_run` under `options` (a `RunOptions`)."""
+    state of `analyze_run` under `options` (a `RunOptions`), with the run's warnings at its foot
+    unless `warnings` is false."""
     from normscope.analysis.runner import analyze_run
     from normscope.report.live_view import render_frame
 
@@ -48,7 +49,7 @@ def frame_maker(source, options):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        return render_frame(analyze_run(trajectory, options).live, updated=stamp)
+        return render_frame(analyze_run(trajectory, options).live, updated=stamp, warnings=warnings)
 
     return frame
 
@@ -65,18 +66,19 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
     options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
     source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch)
-    frame = frame_maker(source, options)
+    frame = frame_maker(source, options, warnings=not once)
     trajectory = source.poll()
-    if once:
-        console = stdout_console()
-        if not console.is_terminal:  # a file or pipe: don't cut names at 80 columns
-            console.width = max(console.width, 160)
-        console.print(frame(trajectory))
+    if once:  # the frame on stdout, the run's warnings on stderr as every command prints them
+        stdout_console().print(frame(trajectory))
+        from normscope.report.escape import printable
+
+        for warning in trajectory.warnings if trajectory is not None else ():
+            stderr_console().print(f"normscope: warning: {printable(warning)}")
         return
 
     from rich.live import Live
 
-    console = stderr_console()
+    console = stderr_console(soft_wrap=False)
     try:
         if not console.is_terminal:  # a pipe or file: append a frame whenever new data arrives
             console.print(frame(trajectory))

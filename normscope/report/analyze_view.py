@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from rich.box import SIMPLE_HEAD
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -13,6 +12,7 @@ from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
 from normscope.report.escape import printable
 from normscope.report.quantities import angle, not_shown_notes, percent_change, when
+from normscope.report.tables import NAME_WIDTH, Col, FitTable
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -101,51 +101,27 @@ def run_header(traj: Trajectory, run: RunSummary) -> RenderableType:
     return grid
 
 
-# Columns a narrow terminal drops first, in this order; numbers are never cut.
-_DROP_ORDER = ("shape", "kind", "min at", "min", "first")
-_NAME_MIN_WIDTH = 18
+# The per-parameter columns and the order a narrow page leaves them out (1 first); numbers are never cut.
+PARAM_COLUMNS = (
+    Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH),
+    Col("kind", justify="left", drop=2),
+    Col("shape", justify="left", drop=1),
+    Col("first", drop=5),
+    Col("min", drop=4),
+    Col("min at", drop=3),
+    Col("last"),
+    Col("change"),
+    Col("angle moved"),
+)
 
 
-class ParamsTable:
-    """One row per parameter, laid out for the width it gets: numeric columns as wide as their widest
-    value, parameter names wrapped, and the lowest-value columns dropped where the page is narrow."""
-
-    COLUMNS = ("kind", "shape", "first", "min", "min at", "last", "change", "angle moved")
-
-    def __init__(self, params: list[ParamSummary]):
-        self.rows = [(printable(p.param), p.kind, printable(p.shape), fmt(p.first_norm), fmt(p.min_norm),
-                      fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), percent_change(p.rel_change),
-                      angle(p.total_angle_rad), "red" if p.first_nonfinite_snapshot is not None else None)
-                     for p in params]
-        self.widths = {name: max([len(name), *(len(row[i]) for row in self.rows)])
-                       for i, name in enumerate(self.COLUMNS, start=1)}
-
-    def table(self, width: int) -> Table:
-        shown = list(self.COLUMNS)
-        longest_name = max([len("parameter"), *(len(row[0]) for row in self.rows)])
-        def needed() -> int:  # cell padding of 2 per column, plus the table's edges
-            return sum(self.widths[c] + 2 for c in shown) + min(longest_name, _NAME_MIN_WIDTH) + 8
-        for name in _DROP_ORDER:
-            if needed() <= width:
-                break
-            shown.remove(name)
-        table = Table(title="Per-parameter norm trajectories", title_justify="left", expand=False,
-                      box=SIMPLE_HEAD)
-        table.add_column("parameter", overflow="fold")
-        for name in shown:
-            table.add_column(name, justify="left" if name in ("kind", "shape") else "right", no_wrap=True,
-                             min_width=self.widths[name])
-        index = {name: i for i, name in enumerate(self.COLUMNS, start=1)}
-        for row in self.rows:
-            table.add_row(row[0], *(row[index[name]] for name in shown), style=row[-1])
-        return table
-
-    def __rich_console__(self, console, options):
-        yield self.table(options.max_width)
-
-
-def params_table(params: list[ParamSummary], traj: Trajectory) -> ParamsTable:
-    return ParamsTable(params)
+def params_table(params: list[ParamSummary], traj: Trajectory | None = None) -> FitTable:
+    """One row per parameter, laid out for the width it gets (`FitTable`)."""
+    rows = [(printable(p.param), p.kind, printable(p.shape), fmt(p.first_norm), fmt(p.min_norm),
+             fmt_when(p.min_step, p.min_epoch), fmt(p.last_norm), percent_change(p.rel_change),
+             angle(p.total_angle_rad)) for p in params]
+    styles = ["red" if p.first_nonfinite_snapshot is not None else None for p in params]
+    return FitTable(PARAM_COLUMNS, rows, title="Per-parameter norm trajectories", row_styles=styles)
 
 
 def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> RenderableType | None:
@@ -176,7 +152,8 @@ def _truncated(rows: list, max_rows: int | None, what: str,
         style="dim")
 
 
-def analyses_block(result: Overview, max_rows: int | None = None) -> list[RenderableType]:
+def analyses_block(result: Overview, max_rows: int | None = None, *, notes: bool = True) -> list[RenderableType]:
+    """The analyses after the per-parameter table; with `notes`, the equilibrium report's notes too."""
     parts: list[RenderableType] = []
     if result.bounces is not None:
         from normscope.report.recommend_view import bounce_analysis_view
@@ -192,7 +169,7 @@ def analyses_block(result: Overview, max_rows: int | None = None) -> list[Render
     if result.equilibrium is not None:
         from normscope.report.equilibrium_view import render_equilibrium
 
-        parts.extend([Text(""), render_equilibrium(result.equilibrium)])
+        parts.extend([Text(""), render_equilibrium(result.equilibrium, notes=notes)])
     if result.rows is not None:  # read with --granularity row
         from normscope.report.row_view import render_rows
 
@@ -212,7 +189,7 @@ def analyze_view(traj: Trajectory, result: Overview,
     if more is not None:
         parts.append(more)
     parts.extend(Text(note, style="dim") for note in not_shown_notes(shown))
-    parts.extend(analyses_block(result, max_rows))
+    parts.extend(analyses_block(result, max_rows, notes=notes))
     block = warnings_block(traj, run, notes=notes)
     if block is not None:
         parts.extend([Text(""), block])

@@ -3,37 +3,42 @@
 from __future__ import annotations
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from normscope.check.findings import ERROR, CheckResult
 from normscope.report.escape import printable
+from normscope.report.tables import NAME_WIDTH, Col, FitTable
 
 
 def _number(x: float | None) -> str:
     return "" if x is None else f"{x:.4g}"
 
 
-def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
+RULE_COLUMNS = (Col("rule", justify="left", wrap=True, min_width=10), Col("checked"), Col("passed"),
+                Col("warnings"), Col("errors"))
+# a narrow page leaves out the limit, then the value (the message states both), then the rule
+DETAIL_COLUMNS = (Col("status", justify="left"), Col("rule", justify="left", drop=3),
+                  Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH), Col("value", drop=2),
+                  Col("limit", drop=1), Col("message", justify="left", wrap=True, min_width=24))
+
+
+def check_view(result: CheckResult, *, show_passing: bool = False, notes: bool = True) -> Group:
+    """Per-rule counts, every failure (with `show_passing`, every check), the verdict, and (with
+    `notes`) the note that no limit is set (`normscope check` prints it on stderr instead)."""
     counts = result.counts()
-    rules = Table(title="normscope check", title_justify="left", show_edge=False)
-    for column in ("rule", "checked", "passed", "warnings", "errors"):
-        rules.add_column(column, justify="left" if column == "rule" else "right")
+    rule_rows = []
     for rule in result.rules:
         mine = [f for f in result.findings if f.rule == rule]
         errors = sum(f.status == ERROR for f in mine)
-        rules.add_row(rule, str(len(mine)), str(sum(f.passed for f in mine)),
-                      str(sum(f.status == "warning" for f in mine)),
-                      Text(str(errors), style="bold red" if errors else ""))
+        rule_rows.append((printable(rule), str(len(mine)), str(sum(f.passed for f in mine)),
+                          str(sum(f.status == "warning" for f in mine)),
+                          Text(str(errors), style="bold red" if errors else "")))
+    rules = FitTable(RULE_COLUMNS, rule_rows, title="normscope check")
     shown = [f for f in result.findings if show_passing or not f.passed]
-    details = Table(show_edge=False)
-    for column in ("status", "rule", "parameter", "value", "limit", "message"):
-        details.add_column(column, justify="right" if column in ("value", "limit") else "left",
-                           overflow="fold")
     styles = {"error": "bold red", "warning": "yellow", "pass": "green"}
-    for f in shown:
-        details.add_row(Text(f.status, style=styles[f.status]), f.rule, printable(f.subject), _number(f.value),
-                        _number(f.limit), printable(f.message))
+    details = FitTable(DETAIL_COLUMNS, [
+        (Text(f.status, style=styles[f.status]), printable(f.rule), printable(f.subject), _number(f.value),
+         _number(f.limit), printable(f.message)) for f in shown])
     verdict = Text(
         f"{'PASSED' if result.passed else 'FAILED'}: {counts['checks']} checks, {counts['passed']} passed, "
         f"{counts['warnings']} warnings, {counts['errors']} errors",
@@ -43,7 +48,7 @@ def check_view(result: CheckResult, *, show_passing: bool = False) -> Group:
     if shown:
         parts += [details, Text("")]
     parts.append(verdict)
-    note = no_limits_note(result)
+    note = no_limits_note(result) if notes else ""
     if note:
         parts.append(Text(note, style="yellow"))
     return Group(*parts)

@@ -6,7 +6,6 @@ import math
 from collections.abc import Sequence
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from normscope.analysis.equilibrium import EquilibriumReport
@@ -14,6 +13,7 @@ from normscope.analysis.invariance import INVARIANT, NOT_INVARIANT, InvarianceVe
 from normscope.report.escape import printable
 from normscope.report.jsonable import jsonable
 from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
+from normscope.report.tables import NAME_WIDTH, Col, FitTable
 
 JSON_SCHEMA_VERSION = 1
 
@@ -27,38 +27,28 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def invariance_table(verdicts: Sequence[InvarianceVerdict]) -> Table:
-    table = Table(title="Scale invariance", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("parameter", overflow="fold")
-    table.add_column("verdict")
-    table.add_column("basis")
-    table.add_column("why", overflow="fold")
-    for v in verdicts:
-        table.add_row(printable(v.param), Text(v.verdict, style=_VERDICT_STYLE.get(v.verdict, "")), printable(v.basis),
-                      printable(v.reason))
-    return table
+def invariance_table(verdicts: Sequence[InvarianceVerdict]) -> FitTable:
+    columns = (Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH), Col("verdict", justify="left"),
+               Col("basis", justify="left", drop=1), Col("why", justify="left", wrap=True, min_width=20))
+    rows = [(printable(v.param), Text(v.verdict, style=_VERDICT_STYLE.get(v.verdict, "")), printable(v.basis),
+             printable(v.reason)) for v in verdicts]
+    return FitTable(columns, rows, title="Scale invariance")
 
 
-def hyperparams_table(report: EquilibriumReport) -> Table:
-    table = Table(title="Hyper-parameters", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("name")
-    table.add_column("value")
-    table.add_column("from")
-    for h in report.hyperparams:
-        table.add_row(printable(h.name), printable(h.value), printable(h.source))
-    return table
+def hyperparams_table(report: EquilibriumReport) -> FitTable:
+    columns = (Col("name", justify="left"), Col("value", justify="left", wrap=True, min_width=16),
+               Col("from", justify="left", wrap=True, min_width=16))
+    rows = [(printable(h.name), printable(h.value), printable(h.source)) for h in report.hyperparams]
+    return FitTable(columns, rows, title="Hyper-parameters")
 
 
-def equilibrium_table(report: EquilibriumReport) -> Table:
-    table = Table(title="Equilibrium of scale-invariant layers", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("parameter", overflow="fold", no_wrap=True)
-    table.add_column("status")
-    for column in EQUILIBRIUM_COLUMNS:
-        table.add_column(column.header, justify="right", overflow="fold")
-    for layer in report.layers:
-        table.add_row(printable(layer.param), Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
-                      *(column.value(layer) for column in EQUILIBRIUM_COLUMNS))
-    return table
+def equilibrium_table(report: EquilibriumReport) -> FitTable:
+    columns = (Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH),
+               Col("status", justify="left", wrap=True, min_width=11),
+               *(Col(column.header, drop=column.drop) for column in EQUILIBRIUM_COLUMNS))
+    rows = [(printable(layer.param), Text(layer.status, style=_STATUS_STYLE.get(layer.status, "")),
+             *(column.value(layer) for column in EQUILIBRIUM_COLUMNS)) for layer in report.layers]
+    return FitTable(columns, rows, title="Equilibrium of scale-invariant layers")
 
 
 def status_lines(report: EquilibriumReport) -> RenderableType:
@@ -71,32 +61,31 @@ def status_lines(report: EquilibriumReport) -> RenderableType:
     return lines
 
 
-def not_applicable_table(report: EquilibriumReport) -> Table:
-    table = Table(title="Theory does not apply", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("parameter", overflow="fold")
-    table.add_column("why", overflow="fold")
-    for item in report.not_applicable:
-        table.add_row(printable(item.param), printable(item.reason))
-    return table
+def not_applicable_table(report: EquilibriumReport) -> FitTable:
+    columns = (Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH),
+               Col("why", justify="left", wrap=True, min_width=20))
+    return FitTable(columns, [(printable(item.param), printable(item.reason)) for item in report.not_applicable],
+                    title="Theory does not apply")
 
 
 def render_invariance(verdicts: Sequence[InvarianceVerdict]) -> RenderableType:
     return invariance_table(verdicts)
 
 
-def render_equilibrium(report: EquilibriumReport) -> RenderableType:
-    """Hyper-parameters, the invariant layers' equilibrium, and the layers the theory skips."""
+def render_equilibrium(report: EquilibriumReport, *, notes: bool = True) -> RenderableType:
+    """Hyper-parameters, the invariant layers' equilibrium, the layers the theory skips and (with
+    `notes`) the report's notes (`normscope analyze` prints them on stderr instead)."""
     parts: list[RenderableType] = [hyperparams_table(report)]
     if report.layers:
-        parts.append(equilibrium_table(report))
+        parts += [Text(""), equilibrium_table(report)]
         parts.append(status_lines(report))
         lo, hi = report.tolerance
         parts.append(Text(f"{EQUILIBRIUM_LEGEND}; at equilibrium: ratio within [{lo:g}, {hi:g}]", style="dim"))
     else:
         parts.append(Text("no scale-invariant layer: the equilibrium theory applies to none", style="yellow"))
     if report.not_applicable:
-        parts.append(not_applicable_table(report))
-    parts.extend(Text(printable(note), style="dim") for note in report.notes)
+        parts += [Text(""), not_applicable_table(report)]
+    parts.extend(Text(f"note: {printable(note)}", style="dim") for note in (report.notes if notes else ()))
     return Group(*parts)
 
 

@@ -68,19 +68,24 @@ def relaxations(x: float | None) -> str:
 
 @dataclass(frozen=True)
 class Column:
+    """A quantity's header and formatter; `drop`: its place in the order a narrow terminal leaves
+    columns out (1 first; None: always shown)."""
+
     header: str
     value: Callable[[Any], str]
+    drop: int | None = None
 
 
 # The equilibrium analysis of one scale-invariant layer (`LayerEquilibrium`), in this order everywhere.
+# The τ columns go first on a narrow page: each layer's status line below the table states both.
 EQUILIBRIUM_COLUMNS = (
     Column("∠/step predicted", lambda layer: angle(layer.predicted_angle_per_step_rad)),
-    Column("∠/step measured", lambda layer: angle(layer.angle_per_step_rad)),
+    Column("∠/step measured", lambda layer: angle(layer.angle_per_step_rad), drop=4),
     Column("ratio last", lambda layer: ratio(layer.ratio)),
     Column("ratio settled", lambda layer: ratio(layer.settled_ratio)),
-    Column("η|g|/|w| settled", lambda layer: ratio(layer.settled_grad_ratio)),
-    Column("τ (steps)", lambda layer: steps(layer.relaxation_steps)),
-    Column("τ since LR change", lambda layer: relaxations(layer.relaxations_since_lr_change)),
+    Column("η|g|/|w| settled", lambda layer: ratio(layer.settled_grad_ratio), drop=3),
+    Column("τ (steps)", lambda layer: steps(layer.relaxation_steps), drop=1),
+    Column("τ since LR change", lambda layer: relaxations(layer.relaxations_since_lr_change), drop=2),
 )
 
 EQUILIBRIUM_LEGEND = ("∠/step: update angle per optimizer step, measured and as the equilibrium theory predicts; "

@@ -22,6 +22,7 @@ from normscope.analysis.recommend import (
 )
 from normscope.report.escape import printable
 from normscope.report.jsonable import jsonable
+from normscope.report.tables import NAME_WIDTH, Col, FitTable
 from normscope.schedules import TexpSchedule
 
 SCHEMA_VERSION = 1
@@ -52,23 +53,31 @@ def run_header(rec: Recommendation) -> Text:
     return Text("\n".join(lines))
 
 
-def verdict_text(rec: Recommendation) -> Text:
+def _bulleted(head: Text, items: list[tuple[str, str]], tail: Text | None = None) -> Group:
+    """A heading line and one item per line after its mark; an item too long for the page wraps under
+    its own text, not under the mark."""
+    marks = Table.grid(padding=(0, 1, 0, 0))
+    marks.add_column(no_wrap=True)
+    marks.add_column()
+    for mark, line in items:
+        marks.add_row(f"  {mark}", line)
+    return Group(head, marks, *(() if tail is None else (tail,)))
+
+
+def verdict_text(rec: Recommendation) -> Group:
     v = rec.verdict
     text = Text(f"At epoch {v.at_epoch}: ")
     text.append(v.status.upper(), style=_VERDICT_STYLE.get(v.status, "bold green"))
-    for line in v.evidence:
-        text.append(f"\n  • {printable(line)}")
-    return text
+    return _bulleted(text, [("•", printable(line)) for line in v.evidence])
 
 
-def decay_table(rec: Recommendation) -> Table:
-    table = Table(title="Where to decay the LR", title_justify="left")
-    table.add_column("method")
-    table.add_column("decay epochs")
-    table.add_column("final lr", justify="right")
-    table.add_row("recommended (robust bounces + budget, spaced)", _decays_with_intervals(rec), _g(rec.schedule[-1]))
-    table.add_row("exact ABEL rule (+ budget)", _epochs(rec.exact_decay_epochs), _g(rec.exact_schedule[-1]))
-    return table
+def decay_table(rec: Recommendation) -> FitTable:
+    columns = (Col("method", justify="left", wrap=True, min_width=16),
+               Col("decay epochs", justify="left", wrap=True, min_width=20), Col("final lr"))
+    return FitTable(columns, [
+        ("recommended (robust bounces + budget, spaced)", _decays_with_intervals(rec), _g(rec.schedule[-1])),
+        ("exact ABEL rule (+ budget)", _epochs(rec.exact_decay_epochs), _g(rec.exact_schedule[-1])),
+    ], title="Where to decay the LR")
 
 
 def decay_intervals(rec: Recommendation) -> list[dict[str, Any]]:
@@ -113,56 +122,51 @@ def bounce_table(found: BounceDetection, title: str = "Bounces (robust detector)
                f"smoothing {p.smooth_window} epochs; the norm is {found.trend_at_end} at the end")
     if not found.bounces:
         return Text(f"{title}: none. {printable(caption)}")
-    table = Table(title=title, title_justify="left", caption=printable(caption), caption_justify="left")
-    for name in ("decline from", "minimum", "rise confirmed", "rise ends", "decay at", "depth", "rise",
-                 "signif. (σ)", "confidence"):
-        table.add_column(name, justify="right")
-    for b in found.bounces:
-        table.add_row(str(b.start_epoch), str(b.minimum_epoch), str(b.confirmed_epoch),
-                      "rising" if b.rise_end_epoch is None else str(b.rise_end_epoch),
-                      "–" if b.decay_epoch is None else str(b.decay_epoch),
-                      f"{b.depth:.1%}", f"{b.rise:.1%}", f"{b.significance:.1f}", f"{b.confidence:.3f}")
-    return table
+    # left out first on a narrow page: where the rise ends and the decline began, then the sizes
+    columns = (Col("decline from", drop=2), Col("minimum"), Col("rise confirmed", drop=5), Col("rise ends", drop=1),
+               Col("decay at"), Col("depth", drop=4), Col("rise", drop=3), Col("signif. (σ)", drop=6),
+               Col("confidence"))
+    rows = [(str(b.start_epoch), str(b.minimum_epoch), str(b.confirmed_epoch),
+             "rising" if b.rise_end_epoch is None else str(b.rise_end_epoch),
+             "–" if b.decay_epoch is None else str(b.decay_epoch),
+             f"{b.depth:.1%}", f"{b.rise:.1%}", f"{b.significance:.1f}", f"{b.confidence:.3f}")
+            for b in found.bounces]
+    return FitTable(columns, rows, title=title, caption=printable(caption))
 
 
-def layer_table(layers: tuple[LayerBounces, ...]) -> Table:
-    table = Table(title="Per layer", title_justify="left")
-    table.add_column("layer")
-    table.add_column("robust bounces (min → decay)")
-    table.add_column("exact-rule decay epochs")
+def layer_table(layers: tuple[LayerBounces, ...]) -> FitTable:
+    rows = []
     for lb in layers:
         if lb.robust is None:
             shown = lb.note
         else:
             shown = "; ".join(f"{b.minimum_epoch} → {b.decay_epoch if b.decay_epoch is not None else 'rising'}"
                               for b in lb.robust.bounces) or "none"
-        table.add_row(printable(lb.layer), printable(shown), _epochs(lb.exact.decay_epochs))
-    return table
+        rows.append((printable(lb.layer), printable(shown), _epochs(lb.exact.decay_epochs)))
+    columns = (Col("layer", justify="left", wrap=True, min_width=NAME_WIDTH),
+               Col("robust bounces (min → decay)", justify="left", wrap=True, min_width=16),
+               Col("exact-rule decay epochs", justify="left", wrap=True, min_width=16))
+    return FitTable(columns, rows, title="Per layer")
 
 
 def past_decay_table(rec: Recommendation) -> RenderableType:
     if not rec.past_decays:
         return Text("LR decays recorded in the run: none")
-    table = Table(title="LR decays recorded in the run", title_justify="left")
-    for name in ("epoch", "lr", "epochs since previous", "relaxation (epochs)", "verdict"):
-        table.add_column(name, justify="right")
-    for d in rec.past_decays:
-        verdict = {True: Text("too early", style="bold red"), False: Text("ok"), None: Text("unknown")}[d.premature]
-        table.add_row(str(d.epoch), f"{d.lr_before:g} → {d.lr_after:g}", str(d.epochs_since_previous),
-                      _g(d.relaxation_epochs, 3), verdict)
-    return table
+    columns = (Col("epoch"), Col("lr"), Col("epochs since previous", drop=1), Col("relaxation (epochs)"),
+               Col("verdict"))
+    rows = [(str(d.epoch), f"{d.lr_before:g} → {d.lr_after:g}", str(d.epochs_since_previous),
+             _g(d.relaxation_epochs, 3),
+             {True: Text("too early", style="bold red"), False: Text("ok"), None: Text("unknown")}[d.premature])
+            for d in rec.past_decays]
+    return FitTable(columns, rows, title="LR decays recorded in the run")
 
 
-def texp_table(texp: TexpSchedule) -> Table:
-    table = Table(title=f"TEXP equivalent (no weight decay; momentum {texp.momentum:g}, "
-                        f"{texp.steps_per_epoch} steps/epoch)", title_justify="left",
-                  caption=f"start the momentum buffer at {texp.initial_buffer_factor:.3g}·w₀ for an exact match",
-                  caption_justify="left")
-    for name in ("epoch", "step lr (with wd)", "TEXP lr at epoch start", "× per epoch"):
-        table.add_column(name, justify="right")
-    for row in texp.epochs:
-        table.add_row(str(row.epoch), _g(row.step_lr), _g(row.texp_lr), f"{row.growth:.4g}")
-    return table
+def texp_table(texp: TexpSchedule) -> FitTable:
+    columns = (Col("epoch"), Col("step lr (with wd)"), Col("TEXP lr at epoch start"), Col("× per epoch"))
+    rows = [(str(row.epoch), _g(row.step_lr), _g(row.texp_lr), f"{row.growth:.4g}") for row in texp.epochs]
+    return FitTable(columns, rows, title=f"TEXP equivalent (no weight decay; momentum {texp.momentum:g}, "
+                                         f"{texp.steps_per_epoch} steps/epoch)",
+                    caption=f"start the momentum buffer at {texp.initial_buffer_factor:.3g}·w₀ for an exact match")
 
 
 def retrospective_lines(rec: Recommendation) -> tuple[str, ...]:
@@ -181,19 +185,19 @@ def retrospective_lines(rec: Recommendation) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def premise_text(premise) -> Text:
+def premise_text(premise) -> Group:
     text = Text("ABEL's premise: ", style="bold")
     text.append("holds" if premise.holds else "does not hold", style="bold green" if premise.holds else "bold yellow")
-    for check in premise.checks:
-        mark = {True: "✓", False: "✗", None: "?"}[check.holds]
-        text.append(f"\n  {mark} {check.name}: {printable(check.detail)}")
-    text.append(f"\n{premise.advice}", style="bold")
-    return text
+    checks = [({True: "✓", False: "✗", None: "?"}[check.holds], f"{check.name}: {printable(check.detail)}")
+              for check in premise.checks]
+    return _bulleted(text, checks, Text(printable(premise.advice), style="bold"))
 
 
-def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> Group:
+def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None, premise=None, *,
+                   notes: bool = True) -> Group:
     """The answer first (the premise, then the verdict: retrospective for a finished run, decay now /
-    not yet for one in progress), then the details."""
+    not yet for one in progress), then the details; with `notes`, the recommendation's notes last
+    (`normscope recommend` prints them on stderr instead)."""
     first: list[RenderableType] = []
     if premise is not None:
         first += [premise_text(premise), Text("")]
@@ -205,11 +209,11 @@ def recommend_view(rec: Recommendation, texp: TexpSchedule | None = None, premis
     parts: list[RenderableType] = [*first, Text(""), run_header(rec), Text(""), decay_table(rec),
                                    Text(multistep, style="bold")]
     parts += [Text(f"skipped decay at epoch {s.epoch} — {printable(s.reason)}", style="dim") for s in rec.skipped]
-    parts += [Text(""), bounce_table(rec.robust), past_decay_table(rec), layer_table(rec.layers)]
+    parts += [Text(""), bounce_table(rec.robust), Text(""), past_decay_table(rec), Text(""), layer_table(rec.layers)]
     if texp is not None:
-        parts.append(texp_table(texp))
+        parts += [Text(""), texp_table(texp)]
     parts += [Text(printable(line), style="bold") for line in rec.advice]
-    parts += [Text(f"note: {printable(n)}", style="dim") for n in rec.notes]
+    parts += [Text(f"note: {printable(n)}", style="dim") for n in (rec.notes if notes else ())]
     return Group(*parts)
 
 
@@ -222,10 +226,10 @@ def bounce_analysis_view(found: BounceAnalysis, max_rows: int | None = None) -> 
                 f"epoch(s) {_epochs(found.exact.decay_epochs)}", style="bold")
     layers = list(found.layers)
     if not max_rows or len(layers) <= max_rows:
-        return Group(head, bounce_table(found.robust), layer_table(tuple(layers)))
+        return Group(head, bounce_table(found.robust), Text(""), layer_table(tuple(layers)))
     more = Text(f"… {len(layers) - max_rows:,} more layers not shown (--rows 0 shows all; --format json "
                 "has every layer)", style="dim")
-    return Group(head, bounce_table(found.robust), layer_table(tuple(layers[:max_rows])), more)
+    return Group(head, bounce_table(found.robust), Text(""), layer_table(tuple(layers[:max_rows])), more)
 
 
 def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from normscope.analysis.row_equilibrium import RowInterval, latest_by_tensor
 from normscope.report.escape import printable
 from normscope.report.jsonable import jsonable
+from normscope.report.tables import NAME_WIDTH, Col, FitTable
 
 PREDICTION = ("angle over k steps: arccos((1 − ηλ_eff)^S(k)), i.e. √(2ηλ/(1+μ)) per step for SGD and "
               "√(2ηλ(1−β₁)/(1+β₁)) for AdamW; AdamW row norm √(η·C/(2λ)) (docs/science.md §3)")
@@ -30,6 +30,20 @@ def _spread(median: float, p10: float, p90: float) -> str:
     return f"{_fmt(median)} [{_fmt(p10)}–{_fmt(p90)}]"
 
 
+# A narrow page leaves out the step, the row count, LR held, the AdamW norms, the share in band, in this order.
+ROW_COLUMNS = (
+    Col("parameter", justify="left", wrap=True, min_width=NAME_WIDTH),
+    Col("to step", drop=1),
+    Col("LR held", drop=3),
+    Col("rows", drop=2),
+    Col("predicted angle (rad, over steps)", wrap=True, min_width=8),
+    Col("row angle/pred. median [p10–p90]", wrap=True, min_width=8),
+    Col("rows in 0.5–1.5×", drop=5),
+    Col("tensor angle/pred."),
+    Col("AdamW |w_r|/pred. median [p10–p90]", wrap=True, min_width=8, drop=4),
+)
+
+
 def render_rows(intervals: Sequence[RowInterval], max_rows: int | None = None) -> RenderableType:
     """One line per tensor, from its last settled interval (else its last): how its rows' angular
     updates spread around the prediction, next to the tensor's own ratio."""
@@ -38,21 +52,18 @@ def render_rows(intervals: Sequence[RowInterval], max_rows: int | None = None) -
         return Text("per-neuron equilibrium: no interval with a known step count, lr and weight decay "
                     "under SGD or AdamW", style="dim")
     shown = latest if not max_rows else latest[:max_rows]
-    table = Table(title="Per-neuron equilibrium (rows of each tensor; the last interval after its LR held "
-                  "3 relaxation times, else the last)", title_justify="left", show_edge=False, pad_edge=False)
-    table.add_column("parameter", overflow="fold")
-    for header in ("to step", "LR held", "rows", "predicted angle (rad, over steps)", "row angle/pred. median [p10–p90]", "rows in 0.5–1.5×",
-                   "tensor angle/pred.", "AdamW |w_r|/pred. median [p10–p90]"):
-        table.add_column(header, justify="right")
+    rows = []
     for interval in shown:
         r = interval.result
-        table.add_row(printable(r.param), f"{interval.step:g}",
-                      Text("≥ 3τ", style="green") if interval.settled else Text("< 3τ", style="yellow"),
-                      str(r.rows), f"{_fmt(r.predicted_angle_rad)} ({r.steps:g})",
-                      _spread(r.angle_ratio_median, r.angle_ratio_p10, r.angle_ratio_p90),
-                      "–" if not math.isfinite(r.within_tolerance) else f"{100 * r.within_tolerance:.0f}%",
-                      _fmt(r.tensor_angle_ratio),
-                      _spread(r.norm_ratio_median, r.norm_ratio_p10, r.norm_ratio_p90))
+        rows.append((printable(r.param), f"{interval.step:g}",
+                     Text("≥ 3τ", style="green") if interval.settled else Text("< 3τ", style="yellow"),
+                     str(r.rows), f"{_fmt(r.predicted_angle_rad)} ({r.steps:g})",
+                     _spread(r.angle_ratio_median, r.angle_ratio_p10, r.angle_ratio_p90),
+                     "–" if not math.isfinite(r.within_tolerance) else f"{100 * r.within_tolerance:.0f}%",
+                     _fmt(r.tensor_angle_ratio),
+                     _spread(r.norm_ratio_median, r.norm_ratio_p10, r.norm_ratio_p90)))
+    table = FitTable(ROW_COLUMNS, rows, title="Per-neuron equilibrium (rows of each tensor; the last interval after "
+                     "its LR held 3 relaxation times, else the last)")
     parts: list[RenderableType] = [table, Text(f"prediction: {PREDICTION}", style="dim")]
     if len(shown) < len(latest):
         parts.append(Text(f"… {len(latest) - len(shown):,} more tensors not shown (--rows 0 shows all; "
