@@ -228,8 +228,8 @@ def test_the_analyze_table_at_80_and_120_columns_shows_the_json_numbers_uncut(ru
     rows: dict[str, list[str]] = {}
     for line in body[start:]:
         cells = line.split()
-        if not cells or line.startswith("left out at this width"):
-            break  # the table ends at its first blank line, or the note on what it left out
+        if not cells or line.startswith("left out at this width") or re.match(r"[\w ]+ –: ", line):
+            break  # the table ends at a blank line or at its notes (what it left out, what – means)
         if len(cells) == 1 and rows:  # a long name wraps: its rest is alone on the next line
             name, row = rows.popitem()
             rows[name + cells[0]] = [name + cells[0], *row[1:]]
