@@ -27,6 +27,16 @@ class FileStamp(NamedTuple):
     mtime_ns: int
 
 
+class FileSpan(NamedTuple):
+    """Where a tensor's bytes lie in its file: `nbytes` from byte `offset` of `path`, in C order
+    (see `snapshot.TensorRef.span`). The engine reads them with read calls where no guarded
+    kernel reads the mapping (`engine.file_reads`)."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+
 def stamp_file(path: str) -> FileStamp | None:
     """The file's stamp now; None where it cannot be stat'ed (the reader then says why)."""
     try:

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from normscope.file_stamps import FileStamp
+from normscope.file_stamps import FileSpan, FileStamp
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -41,11 +41,21 @@ class TensorRef(Protocol):
     A ref whose elements lie contiguous in memory it keeps mapped, checked in bounds, may expose
     `address` (an int, the first byte; its `numel` then says how many): the CPU kernel reads
     them there and no tensor is built at all.
+
+    `span` says where the tensor's bytes lie in its file (`FileSpan`: path, offset, nbytes; the
+    elements in C order, of the ref's shape and dtype), or is None where the ref cannot say.
+    Where no guarded kernel reads a bucket (the fused kernel off, row sums, CUDA staging), the
+    engine reads a ref with a span by read calls into memory of its own rather than touching a
+    mapping of the file: a file cut short meanwhile is then a short read, not a SIGBUS
+    (`engine.file_reads`).
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the prefix: "float32", "bfloat16", "float16", ...
+
+    @property
+    def span(self) -> FileSpan | None: ...
 
     def load(self) -> torch.Tensor: ...
 

@@ -58,15 +58,19 @@ class GroupInput:
         )
 
     def loaded(self) -> GroupInput:
-        """The same group with tensors for refs the fused kernel would have read in place."""
+        """The same group with tensors for refs the fused kernel would have read in place,
+        read into memory of their own (`file_reads`): torch's kernels have no SIGBUS guard."""
+        from normscope.engine.file_reads import FileReader
 
-        def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            tensor = _tensor_type()
-            return None if stream is None else [
-                t if isinstance(t, tensor) else t.load() for t in stream
-            ]
+        tensor = _tensor_type()
+        with FileReader() as reader:
 
-        return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
+            def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+                return None if stream is None else [
+                    t if isinstance(t, tensor) else reader.ref(t) for t in stream
+                ]
+
+            return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
 
     def flat(self) -> GroupInput:
         """The same group with every tensor flattened (the torch kernels work on 1-D tensors)."""
