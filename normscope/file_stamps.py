@@ -30,7 +30,7 @@ class FileStamp(NamedTuple):
 class FileSpan(NamedTuple):
     """Where a tensor's bytes lie in its file: `nbytes` from byte `offset` of `path`, in C order
     (see `snapshot.TensorRef.span`). The engine reads them with read calls where no guarded
-    kernel reads the mapping (`engine.file_reads`)."""
+    kernel reads the mapping (`file_reads`)."""
 
     path: str
     offset: int

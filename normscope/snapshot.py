@@ -47,7 +47,7 @@ class TensorRef(Protocol):
     Where no guarded kernel reads a bucket (the fused kernel off, row sums, CUDA staging), the
     engine reads a ref with a span by read calls into memory of its own rather than touching a
     mapping of the file: a file cut short meanwhile is then a short read, not a SIGBUS
-    (`engine.file_reads`).
+    (`file_reads`).
     """
 
     name: str

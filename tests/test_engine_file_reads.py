@@ -12,7 +12,7 @@ import torch
 
 from normscope.engine import compute_stats
 from normscope.engine.driver import reads_in_place
-from normscope.engine.file_reads import FileReader, file_mappings
+from normscope.file_reads import FileReader, file_mappings
 from normscope.engine.loading import _read, load_work
 from normscope.engine.plan import plan_buckets
 from normscope.engine.staging import layout, pack, unpack

@@ -274,7 +274,7 @@ def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
     import numpy as np
     import torch
 
-    from normscope.engine.file_reads import FileReader
+    from normscope.file_reads import FileReader
 
     counts = [0] * len(weights)
     rare = np.flatnonzero(~np.isfinite(norm_sq)).tolist()

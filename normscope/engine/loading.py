@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
-from normscope.engine.file_reads import FileReader
 from normscope.engine.fused import takes_as_is
 from normscope.engine.in_place import InPlaceColumns, in_place_columns
 from normscope.engine.plan import Entry, Piece, dtype_of
 from normscope.errors import BadInputError, NormscopeError
+from normscope.file_reads import FileReader
 from normscope.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -60,7 +60,7 @@ class GroupInput:
     def loaded(self) -> GroupInput:
         """The same group with tensors for refs the fused kernel would have read in place,
         read into memory of their own (`file_reads`): torch's kernels have no SIGBUS guard."""
-        from normscope.engine.file_reads import FileReader
+        from normscope.file_reads import FileReader
 
         tensor = _tensor_type()
         with FileReader() as reader:

@@ -61,7 +61,7 @@ class TorchTensorRef:
 
     `held` is the tensor `load()` returns (see `snapshot.TensorRef`: the engine takes it as it is).
     No `span`: torch mapped the file and does not say where; the engine finds the tensor's file
-    and offset from the process's mappings when it needs them (`engine.file_reads`)."""
+    and offset from the process's mappings when it needs them (`file_reads`)."""
 
     name: str
     held: torch.Tensor = field(repr=False)
@@ -225,8 +225,8 @@ class SafetensorsTensorRef(SizedByHeader):
 
     With `offset` (where its bytes start in the file, from a header whose entry was checked
     against the file size, dtype and shape), `load` is a view of the file's shared private
-    mapping; without it, or if the view cannot be made (e.g. data not aligned to the dtype),
-    `safe_open` reads it.
+    mapping, or, for data not aligned to its dtype, a copy read with read calls; without it, or
+    if the file is now shorter than the header says, `safe_open` reads it.
     """
 
     name: str
@@ -257,8 +257,11 @@ class SafetensorsTensorRef(SizedByHeader):
             return None
         try:
             return whole[first : first + size].view(getattr(torch, self.dtype)).view(shape)
-        except RuntimeError:  # an offset not aligned to the dtype's size
-            return None
+        except RuntimeError:  # an offset not aligned to the dtype's size: read into aligned memory
+            from normscope.file_reads import FileReader
+
+            with FileReader() as reader:
+                return reader.span(FileSpan(self.path, first, size), self.dtype, shape)
 
     def load(self) -> torch.Tensor:
         view = self._view(0, self.shape)

@@ -122,7 +122,7 @@ class FileReader:
         import torch
 
         kind = getattr(torch, dtype)
-        expected = math.prod(shape) * torch.empty((), dtype=kind).element_size()
+        expected = math.prod(shape) * kind.itemsize
         if span.nbytes != expected:
             raise BadInputError(f"{span.path}: a tensor of {span.nbytes} bytes where its shape "
                                 f"{tuple(shape)} and dtype {dtype} need {expected}")  # fmt: skip
