@@ -27,6 +27,7 @@ from normscope.errors import BadInputError
 from normscope.file_stamps import FileSpan
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import torch
 
 _MAPS = "/proc/self/maps"
@@ -96,16 +97,16 @@ class FileReader:
             self._fds[path] = fd
         return fd
 
-    def bytes_at(self, path: str, offset: int, nbytes: int) -> torch.Tensor:
-        """`nbytes` of `path` from `offset`, read into a fresh uint8 tensor; a file that ends
+    def bytes_at(self, path: str, offset: int, nbytes: int) -> np.ndarray:
+        """`nbytes` of `path` from `offset`, read into a fresh uint8 array; a file that ends
         sooner has changed since it was opened (its header said the bytes were there)."""
-        import torch
+        import numpy as np
 
-        out = torch.empty(nbytes, dtype=torch.uint8)
+        out = np.empty(nbytes, dtype=np.uint8)  # a numpy array costs a fraction of a tensor
         if nbytes == 0:
             return out
         fd = self._fd(path)
-        view = memoryview(out.numpy()).cast("B")
+        view = memoryview(out)
         done = 0
         while done < nbytes:
             try:
@@ -126,8 +127,10 @@ class FileReader:
         if span.nbytes != expected:
             raise BadInputError(f"{span.path}: a tensor of {span.nbytes} bytes where its shape "
                                 f"{tuple(shape)} and dtype {dtype} need {expected}")  # fmt: skip
+        if not expected:
+            return torch.empty(tuple(shape), dtype=kind)
         raw = self.bytes_at(span.path, span.offset, span.nbytes)
-        return raw.view(kind).view(tuple(shape))
+        return torch.frombuffer(raw, dtype=kind).view(tuple(shape))
 
     def rows(self, span: FileSpan, dtype: str, shape: Sequence[int], start: int, stop: int
              ) -> torch.Tensor:  # fmt: skip
@@ -171,7 +174,8 @@ class FileReader:
         if address + extent > mapping.end:  # past its file's mapping: not a tensor torch made
             raise BadInputError(f"{mapping.path}: a tensor that runs past the file's mapping")
         raw = self.bytes_at(mapping.path, mapping.offset + address - mapping.start, extent)
-        return torch.as_strided(raw.view(tensor.dtype), tuple(tensor.shape), tensor.stride())
+        flat = torch.frombuffer(raw, dtype=tensor.dtype)
+        return torch.as_strided(flat, tuple(tensor.shape), tensor.stride())
 
     def _file_mappings(self) -> list[_Mapping]:
         if self._mappings is None:
@@ -186,7 +190,10 @@ class FileReader:
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
-    if hasattr(os, "preadv"):
-        return os.preadv(fd, [view], offset)
+    if _PREADV is not None:
+        return _PREADV(fd, [view], offset)
     os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - platforms without preadv
     return os.readv(fd, [view])  # pragma: no cover
+
+
+_PREADV = getattr(os, "preadv", None)
