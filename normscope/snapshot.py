@@ -36,8 +36,9 @@ class TensorRef(Protocol):
     """A lazy handle on one tensor in a checkpoint. `load()` reads it (CPU, possibly mmap-backed).
 
     A ref whose tensor is in hand already (a mapped tensor from `torch.load`) may expose it as
-    `held`, the very tensor `load()` returns, of the ref's shape and dtype: the engine then takes
-    it without the call and its checks (tens of thousands of refs on a ResNet-shaped run).
+    `held`, the very tensor `load()` returns, of the ref's shape and dtype: where the fused kernel
+    reduces the bucket, the engine then takes it without the call and its checks (tens of
+    thousands of refs on a ResNet-shaped run).
     A ref whose elements lie contiguous in memory it keeps mapped, checked in bounds, may expose
     `address` (an int, the first byte; its `numel` then says how many): the CPU kernel reads
     them there and no tensor is built at all.

@@ -167,3 +167,24 @@ def test_the_fused_and_torch_paths_agree_on_a_sample_run(run, monkeypatch):
                     assert v == pytest.approx(u, rel=1e-6, abs=1e-9), (name, field)
                     compared += 1
     assert compared > 100
+
+
+@pytest.mark.parametrize("run", ["digits_bn_cnn_sgd", "digits_ln_transformer_adamw"])
+def test_read_copies_give_the_torch_path_the_numbers_mapped_pages_gave(run, monkeypatch):
+    # the same bytes, the same kernels: bit for bit what the torch path computed on the mappings
+    import normscope.engine.loading as loading
+
+    path = os.path.join(ROOT, run)
+    if not os.path.isdir(path):
+        pytest.skip(f"{run} not present")
+    snapshots = list(open_run(path).snapshots)[:4]
+    monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    copied = compute_stats(snapshots, device="cpu", bucket_bytes=64 * 1024)
+    read = loading._read
+    monkeypatch.setattr(loading, "_read", lambda handle, piece, shape, what, path, reader=None:
+                        read(handle, piece, shape, what, path))  # fmt: skip
+    mapped = compute_stats(snapshots, device="cpu", bucket_bytes=64 * 1024)
+    for a, b in zip(copied, mapped, strict=True):
+        assert list(a.params) == list(b.params)
+        for name in a.params:
+            assert a.params[name] == b.params[name], name
