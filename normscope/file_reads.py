@@ -189,6 +189,15 @@ class FileReader:
         return self._mappings
 
 
+def item(tensor: torch.Tensor, reader: FileReader | None = None) -> Any:
+    """`tensor.item()` of a one-element tensor (a step, an epoch), read with read calls where
+    a file backs it; `reader` shares the open files and the list of mappings between calls."""
+    if reader is not None:
+        return reader.tensor(tensor).item()
+    with FileReader() as own:
+        return own.tensor(tensor).item()
+
+
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     if _PREADV is not None:
         return _PREADV(fd, [view], offset)

@@ -286,3 +286,38 @@ def truncated_while_torch_reads(victim: Path, when: str, how: str, *args: str,
                           capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "NORMSCOPE_FUSED": "0"})  # fmt: skip
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+_TRUNCATED_WHILE_OPENED = """
+import importlib, os, sys
+victim, module, name, marker, run = sys.argv[1:6]
+owner = importlib.import_module(module)
+original = getattr(owner, name)
+
+def cut_then_call(*args, **kwargs):  # mapped, stamp-checked, its values not yet read
+    if any(isinstance(arg, str) and marker in arg for arg in args):
+        os.truncate(victim, 0)
+    return original(*args, **kwargs)
+
+setattr(owner, name, cut_then_call)
+from normscope.errors import NormscopeError
+from normscope.engine import compute_stats
+from normscope.sources import open_run
+try:
+    compute_stats(open_run(run).snapshots, device="cpu")
+except NormscopeError as exc:
+    print(type(exc).__name__, str(exc), sep="\\t")
+    sys.exit(2)
+print("ok")
+"""
+
+
+def truncated_while_opened(victim: Path, module: str, name: str, marker: str, run: Path,
+                           timeout: float = 300) -> Outcome:  # fmt: skip
+    """`open_run` and `compute_stats` on `run`, with `victim` cut to nothing just before
+    `module.name` (a step of opening the run, after the file was mapped) is called with a
+    text argument holding `marker`."""
+    done = subprocess.run([sys.executable, "-c", _TRUNCATED_WHILE_OPENED, str(victim), module,
+                           name, marker, str(run)], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)

@@ -10,6 +10,7 @@ import pytest
 from _hostile import (
     assert_refused,
     truncated_while_mapped,
+    truncated_while_opened,
     truncated_while_the_kernel_reads,
     truncated_while_torch_reads,
 )
@@ -120,3 +121,15 @@ def test_a_torch_load_file_cut_short_while_torch_reads_it(sgd_run_dir, tmp_path,
     assert victim.name in outcome.stdout
     if when == "read":
         assert "changed while it was read" in outcome.stdout
+
+
+def test_an_optimizer_file_cut_short_before_its_step_counts_are_read(adamw_run_dir, tmp_path):
+    # AdamW's per-parameter step counts are one-element tensors of optimizer.pt, read while the
+    # run is opened: by read calls, so a file cut short is a short read, not a SIGBUS
+    root, _ = _hf_run(adamw_run_dir, tmp_path)
+    victim = root / "checkpoint-138" / "optimizer.pt"
+    outcome = truncated_while_opened(victim, "normscope.sources.hf_trainer", "read_optimizer",
+                                     "checkpoint-138", root)
+    assert not outcome.signalled, f"killed by signal {-outcome.returncode}: {outcome.stderr[-2000:]}"
+    assert outcome.returncode == 2 and outcome.stdout.startswith("BadInputError\t"), outcome
+    assert "optimizer.pt changed while it was read" in outcome.stdout

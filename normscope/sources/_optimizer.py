@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope.file_reads import FileReader, item
 from normscope.snapshot import ParamGroup
 
 from ._keys import clean_names
@@ -409,15 +410,28 @@ def read_optimizer(
         for g in groups
     )
     per_param: dict[str, dict[str, Any]] = {}
-    for pos, name in by_pos.items():
-        entry: dict[str, Any] = {}
-        for key, value in (state.get(pos) or {}).items():
-            if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
-                entry[key] = make_ref(f"{name}:{key}", value)
-            elif key == "step":
-                step = _float(value.item() if hasattr(value, "item") else value)
-                if step is not None:
-                    entry["step"] = step
-        if entry:
-            per_param[name] = entry
+    # the step counts are read, not touched in their file's mapping: the file may be cut short
+    with FileReader() as reader:
+        for pos, name in by_pos.items():
+            entry: dict[str, Any] = {}
+            for key, value in (state.get(pos) or {}).items():
+                if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
+                    entry[key] = make_ref(f"{name}:{key}", value)
+                elif key == "step":
+                    step = _float(_scalar(value, reader))
+                    if step is not None:
+                        entry["step"] = step
+            if entry:
+                per_param[name] = entry
     return OptimizerInfo(kind, param_groups, per_param, warnings)
+
+
+def _scalar(value: Any, reader: FileReader) -> Any:
+    """A step count as a Python number where it is a one-element tensor (read by `reader`)."""
+    if not hasattr(value, "item"):
+        return value
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return item(value, reader)
+    return value.item()
