@@ -188,3 +188,33 @@ def test_read_copies_give_the_torch_path_the_numbers_mapped_pages_gave(run, monk
         assert list(a.params) == list(b.params)
         for name in a.params:
             assert a.params[name] == b.params[name], name
+
+
+@needs_proc
+def test_a_group_the_kernel_declines_reaches_torch_without_mapped_pages(tmp_path, monkeypatch):
+    # float8 weights after a float32 snapshot: torch's kernels reduce the pair, and the earlier
+    # tensor, a view of its file for the kernel, is read into memory of its own for them
+    import normscope.engine.reduce as reduce
+    from normscope.engine.fused import fused_kernel
+    from normscope.engine.reduce import GroupInput, start_group
+    from normscope.engine.workers import Inline
+
+    if fused_kernel() is None:
+        pytest.skip("this install has no fused kernel")
+    torch.save({"w": torch.linspace(-1, 1, 4096)}, tmp_path / "a.pt")
+    mapped = torch.load(tmp_path / "a.pt", mmap=True, weights_only=True)["w"]
+    assert _file_backed(mapped)
+    current = torch.linspace(-1, 1, 4096).to(torch.float8_e4m3fn)
+    seen = []
+    torch_kernels = reduce._reduce_torch
+
+    def spy(group, block_rows, runner):  # type: ignore[no-untyped-def]
+        seen.extend(group.prev)
+        return torch_kernels(group, block_rows, runner)
+
+    monkeypatch.setattr(reduce, "_reduce_torch", spy)
+    sums = start_group(GroupInput(weight=[current], prev=[mapped]), Inline())()
+    assert seen and not any(map(_file_backed, seen))
+    assert torch.equal(seen[0], mapped)
+    expected = float((current.double() * mapped.double()).sum())
+    assert sums.sums["dot"][0] == pytest.approx(expected, rel=1e-6)
