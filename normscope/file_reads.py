@@ -202,7 +202,9 @@ def _pread_into(fd: int, view: memoryview, offset: int) -> int:
     if _PREADV is not None:
         return _PREADV(fd, [view], offset)
     os.lseek(fd, offset, os.SEEK_SET)  # pragma: no cover - platforms without preadv
-    return os.readv(fd, [view])  # pragma: no cover
+    data = os.read(fd, len(view))  # pragma: no cover
+    view[: len(data)] = data  # pragma: no cover
+    return len(data)  # pragma: no cover
 
 
 _PREADV = getattr(os, "preadv", None)
