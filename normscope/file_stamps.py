@@ -8,6 +8,8 @@ snapshot carries the size and modification time of each file it reads, taken bef
 were mapped, and the engine compares them with the files before it reads a snapshot's bucket and
 after its sums are in: a file that changed ends the run with one line naming it, before any
 vanished page is touched. A stat costs about a microsecond; a bucket is megabytes of tensors.
+Between the two checks, only the fused kernel reads mapped pages, behind a SIGBUS guard; every
+other reader gets its bytes by read calls (`file_reads`), where a file cut short is a short read.
 
 Importable without torch.
 """
@@ -25,6 +27,16 @@ class FileStamp(NamedTuple):
     path: str
     size: int
     mtime_ns: int
+
+
+class FileSpan(NamedTuple):
+    """Where a tensor's bytes lie in its file: `nbytes` from byte `offset` of `path`, in C order
+    (see `snapshot.TensorRef.span`). The engine reads them with read calls where no guarded
+    kernel reads the mapping (`file_reads`)."""
+
+    path: str
+    offset: int
+    nbytes: int
 
 
 def stamp_file(path: str) -> FileStamp | None:

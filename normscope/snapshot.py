@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from normscope.file_stamps import FileStamp
+from normscope.file_stamps import FileSpan, FileStamp
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -36,16 +36,27 @@ class TensorRef(Protocol):
     """A lazy handle on one tensor in a checkpoint. `load()` reads it (CPU, possibly mmap-backed).
 
     A ref whose tensor is in hand already (a mapped tensor from `torch.load`) may expose it as
-    `held`, the very tensor `load()` returns, of the ref's shape and dtype: the engine then takes
-    it without the call and its checks (tens of thousands of refs on a ResNet-shaped run).
+    `held`, the very tensor `load()` returns, of the ref's shape and dtype: where the fused kernel
+    reduces the bucket, the engine then takes it without the call and its checks (tens of
+    thousands of refs on a ResNet-shaped run).
     A ref whose elements lie contiguous in memory it keeps mapped, checked in bounds, may expose
     `address` (an int, the first byte; its `numel` then says how many): the CPU kernel reads
     them there and no tensor is built at all.
+
+    `span` says where the tensor's bytes lie in its file (`FileSpan`: path, offset, nbytes; the
+    elements in C order, of the ref's shape and dtype), or is None where the ref cannot say.
+    Where no guarded kernel reads a bucket (the fused kernel off, row sums, CUDA staging), the
+    engine reads a ref with a span by read calls into memory of its own rather than touching a
+    mapping of the file: a file cut short meanwhile is then a short read, not a SIGBUS
+    (`file_reads`).
     """
 
     name: str
     shape: tuple[int, ...]
     dtype: str  # torch dtype name without the prefix: "float32", "bfloat16", "float16", ...
+
+    @property
+    def span(self) -> FileSpan | None: ...
 
     def load(self) -> torch.Tensor: ...
 

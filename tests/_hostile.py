@@ -225,3 +225,99 @@ def truncated_while_the_kernel_reads(victim: Path, run: Path, timeout: float = 3
     done = subprocess.run([sys.executable, "-c", _COMPUTE_IN_CHILD + _TRUNCATED_WHILE_THE_KERNEL_READS, str(victim),
                            str(run)], capture_output=True, text=True, timeout=timeout)  # fmt: skip
     return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+_TRUNCATED_WHILE_TORCH_READS = """
+import os, sys
+import normscope.engine.driver as driver
+import normscope.engine.loading as loading
+victim, when, fallback, how = sys.argv[1:5]
+if fallback == "torch.load":  # every tensor from torch.load(mmap=True), none from the fast readers
+    import normscope.sources._torchio as torchio
+    torchio._read_fast = lambda path, **kwargs: torchio._TORCH_LOAD
+load_work, read = driver.load_work, loading._read
+state = {"reading": False, "cut": False}
+
+def cut(size):
+    if not state["cut"]:
+        os.truncate(victim, size)  # a rewrite in place, just begun
+        state["cut"] = True
+
+def read_after_cut(*args, **kwargs):  # the bucket's first tensor finds the file cut short
+    if state["reading"]:
+        cut(0)
+    return read(*args, **kwargs)
+
+def load_watching(snapshots, bucket, b, t, *args, **kwargs):
+    files = {stamp.path for stamp in snapshots[t].files}
+    state["reading"] = when == "read" and victim in files
+    try:
+        work = load_work(snapshots, bucket, b, t, *args, **kwargs)
+    finally:
+        state["reading"] = False
+    if when == "reduce" and victim in files:  # read and checked, torch's kernels not yet run
+        cut(os.path.getsize(victim) // 2)
+    return work
+
+loading._read = read_after_cut
+driver.load_work = load_watching
+from normscope.engine.fused import fused_kernel
+assert fused_kernel() is None, "the fused kernel is on"
+if how == "api":
+    compute(5)
+else:
+    from normscope.cli import main
+    sys.argv = ["normscope", *sys.argv[5:]]
+    main()
+"""
+
+
+def truncated_while_torch_reads(victim: Path, when: str, how: str, *args: str,
+                                fallback: str = "fast", timeout: float = 300) -> Outcome:  # fmt: skip
+    """normscope with the fused kernel off (torch's kernels, which have no SIGBUS guard), with
+    `victim` cut short while a bucket of its snapshot is read (`when="read"`: to nothing, before
+    the bucket's first tensor is read) or once it is read and checked, before it is reduced
+    (`"reduce"`: to half its size). `how`: "api" with the run's path as `args`, or "cli" with its
+    arguments; `fallback="torch.load"`: the run's torch files read by torch.load alone."""
+    import os
+
+    script = _COMPUTE_IN_CHILD + _TRUNCATED_WHILE_TORCH_READS
+    done = subprocess.run([sys.executable, "-c", script, str(victim), when, fallback, how, *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "NORMSCOPE_FUSED": "0"})  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+_TRUNCATED_WHILE_OPENED = """
+import importlib, os, sys
+victim, module, name, marker, run = sys.argv[1:6]
+owner = importlib.import_module(module)
+original = getattr(owner, name)
+
+def cut_then_call(*args, **kwargs):  # mapped, stamp-checked, its values not yet read
+    if any(isinstance(arg, str) and marker in arg for arg in args):
+        os.truncate(victim, 0)
+    return original(*args, **kwargs)
+
+setattr(owner, name, cut_then_call)
+from normscope.errors import NormscopeError
+from normscope.engine import compute_stats
+from normscope.sources import open_run
+try:
+    compute_stats(open_run(run).snapshots, device="cpu")
+except NormscopeError as exc:
+    print(type(exc).__name__, str(exc), sep="\\t")
+    sys.exit(2)
+print("ok")
+"""
+
+
+def truncated_while_opened(victim: Path, module: str, name: str, marker: str, run: Path,
+                           timeout: float = 300) -> Outcome:  # fmt: skip
+    """`open_run` and `compute_stats` on `run`, with `victim` cut to nothing just before
+    `module.name` (a step of opening the run, after the file was mapped) is called with a
+    text argument holding `marker`."""
+    done = subprocess.run([sys.executable, "-c", _TRUNCATED_WHILE_OPENED, str(victim), module,
+                           name, marker, str(run)], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    return Outcome(done.returncode, done.stdout, done.stderr)

@@ -21,6 +21,7 @@ class MemoryRef:
 
     name: str
     tensor: torch.Tensor
+    span = None  # in memory: no file behind it (`snapshot.TensorRef`)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -71,6 +72,7 @@ class TrackedRef:
     tensor: torch.Tensor
     held: HeldBytes
     key: str
+    span = None  # in memory: no file behind it (`snapshot.TensorRef`)
 
     @property
     def shape(self) -> tuple[int, ...]:

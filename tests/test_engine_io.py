@@ -99,6 +99,8 @@ def test_loaded_work_hands_its_tensors_to_staging_and_takes_the_copies_back_in_o
 class _SafetensorsRef:
     """A minimal lazy ref over a real safetensors file (row slices read only their bytes)."""
 
+    span = None  # safetensors copies what it reads (`snapshot.TensorRef`)
+
     def __init__(self, path: str, name: str) -> None:
         self.path, self.name = path, name
         with safe_open(path, framework="pt") as f:
@@ -119,6 +121,8 @@ class _SafetensorsRef:
 
 class _TorchFileRef:
     """A ref over a tensor from `torch.load(weights_only=True, mmap=True)` (no load_rows)."""
+
+    span = None  # torch mapped it (`snapshot.TensorRef`)
 
     def __init__(self, tensor: torch.Tensor, name: str) -> None:
         self.tensor, self.name = tensor, name

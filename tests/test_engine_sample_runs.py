@@ -31,7 +31,7 @@ def _refs(snapshot, name):
 @pytest.mark.parametrize(
     "run_dir", ["digits_bn_cnn_sgd", "digits_ln_transformer_adamw"]
 )
-def test_sample_run_matches_float64(run_dir):
+def test_sample_run_matches_float64(run_dir, each_cpu_kernel):
     path = os.path.join(ROOT, run_dir)
     if not os.path.isdir(path):
         pytest.skip(f"{run_dir} not present")

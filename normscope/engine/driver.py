@@ -88,21 +88,13 @@ def _run(
     stager = _make_stager(device, plan)
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
 
-    # Paging mapped files in on the reader thread helps the torch CPU kernels, which would stall
-    # on faults between blocks; the fused kernel's threads take the faults in parallel (touching
-    # first is slower there), and on CUDA the staging copy on the reader thread touches the pages
-    # anyway. Figures: docs/benchmarks.md, "Behind the design".
-    fused = device.type == "cpu" and fused_kernel() is not None
-    touch_pages = device.type == "cpu" and not fused
-    # row sums need the tensors themselves, not refs the fused kernel reads where they lie
-    in_place = fused and rows is None
+    in_place = reads_in_place(device, rows=rows is not None)
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
         # before any page of a file rewritten since it was opened is touched (`file_stamps`)
         check_unchanged(snapshots[t].files)
-        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t],
-                         touch_pages=touch_pages, in_place=in_place)
+        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t], in_place=in_place)
         return work, _stage(work, stager)
 
     accumulator = Accumulator()
@@ -150,6 +142,15 @@ def _run(
     if rows is not None:
         stats = [replace(s, rows=rows.for_snapshot(report_from + i)) for i, s in enumerate(stats)]
     return stats
+
+
+def reads_in_place(device: torch.device, *, rows: bool) -> bool:
+    """Whether the fused kernel, behind its SIGBUS guard, reduces every bucket (`load_work`'s
+    `in_place`): its buckets stay views of the files, refs read where they lie. Everything else
+    reads its tensors by read calls into memory of their own (`file_reads`): torch's kernels
+    (the fused kernel off or not built), the row sums, which need tensors, and the CUDA staging
+    copy."""
+    return device.type == "cpu" and fused_kernel() is not None and not rows
 
 
 def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:

@@ -161,6 +161,18 @@ def dtype_codes() -> dict[torch.dtype | str, int]:
 _ITEMSIZE = (4, 8, 2, 2)  # by dtype code
 
 
+def takes_as_is(tensor: torch.Tensor) -> bool:
+    """Whether the kernel reads `tensor` where it lies (behind its SIGBUS guard): a contiguous
+    CPU tensor of a dtype it has a code for. Anything else `start_fused` copies or declines, and
+    torch's kernels, which have no guard, would read it."""
+    return tensor.dtype in _kernel_dtypes() and tensor.is_cpu and tensor.is_contiguous()
+
+
+@functools.cache
+def _kernel_dtypes() -> frozenset[Any]:
+    return frozenset(dtype_codes())
+
+
 def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
     """Start the kernel on the runner's threads and return what waits for and collects its sums
     (None where the kernel does not apply). The caller's thread is free meanwhile: the engine
@@ -257,16 +269,22 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
 def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
     """Each entry's count of NaN/Inf weights: 0 where its sum of squares is finite (the kernel
     accumulated it, so the entry holds none), counted in the rare others. `weights` are tensors
-    or refs (loaded for the count)."""
+    or refs, read for the count into memory of their own (`file_reads`): torch counts them,
+    and its kernels have no SIGBUS guard."""
     import numpy as np
     import torch
 
+    from normscope.file_reads import FileReader
+
     counts = [0] * len(weights)
-    for i in np.flatnonzero(~np.isfinite(norm_sq)).tolist():
-        weight = weights[i]
-        if not isinstance(weight, torch.Tensor):
-            weight = weight.load()
-        counts[i] = int((~torch.isfinite(weight)).sum())
+    rare = np.flatnonzero(~np.isfinite(norm_sq)).tolist()
+    if not rare:
+        return counts
+    with FileReader() as reader:
+        for i in rare:
+            weight = weights[i]
+            weight = reader.tensor(weight) if isinstance(weight, torch.Tensor) else reader.ref(weight)
+            counts[i] = int((~torch.isfinite(weight)).sum())
     return counts
 
 

@@ -1,4 +1,11 @@
-"""Reading one bucket of one snapshot: lazy refs → CPU tensors, checked against their headers."""
+"""Reading one bucket of one snapshot: lazy refs → CPU tensors, checked against their headers.
+
+What the tensors are made of depends on who reduces them. For the fused CPU kernel, which reads
+mapped pages behind a SIGBUS guard, refs go in as they are and tensors stay views of their
+files' private mappings. For anything else (torch's kernels, row sums, the CUDA staging copy),
+every tensor is read with read calls into memory of its own (`file_reads`), so a file cut short
+meanwhile is a one-line error rather than a SIGBUS.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,15 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from normscope.engine.fused import takes_as_is
 from normscope.engine.in_place import InPlaceColumns, in_place_columns
 from normscope.engine.plan import Entry, Piece, dtype_of
 from normscope.errors import BadInputError, NormscopeError
+from normscope.file_reads import FileReader
 from normscope.snapshot import Snapshot
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-_PAGE = 4096
-_PREFAULT_MIN_BYTES = (
-    1 << 20
-)  # below this a torch call costs more than the faults it moves
 
 
 @dataclass
@@ -58,18 +62,27 @@ class LoadedWork:
         self.weight, self.buf, self.sq = weight, buf, sq
 
 
-def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: str
-          ) -> torch.Tensor:  # fmt: skip
+def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: str,
+          reader: FileReader | None = None) -> torch.Tensor:  # fmt: skip
     """The piece's rows of one handle (a TensorRef, or an already-loaded tensor), checked against
     the header's `shape`. Errors name it as `what` (e.g. "tensor") of the piece's parameter in
-    `path` (formatted only then: this runs per tensor)."""
+    `path` (formatted only then: this runs per tensor). With a `reader`, the rows are read into
+    memory of their own: by the ref's `span` where it has one, else copied out of the file
+    that backs what the ref gives (`FileReader.tensor`)."""
     import torch
 
     def where() -> str:
         return f"{what} {piece.name!r} in {path}"
 
     try:
-        if isinstance(handle, torch.Tensor):
+        span = None if reader is None or isinstance(handle, torch.Tensor) else handle.span
+        if span is not None:
+            if piece.whole:
+                tensor = reader.span(span, handle.dtype, handle.shape)  # type: ignore[union-attr]
+            else:
+                tensor = reader.rows(span, handle.dtype, handle.shape,  # type: ignore[union-attr]
+                                     piece.start, min(piece.stop, shape[0]))  # fmt: skip
+        elif isinstance(handle, torch.Tensor):
             tensor = handle if piece.whole else handle[piece.start : piece.stop]
         elif piece.whole:
             tensor = handle.load()
@@ -77,6 +90,8 @@ def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: st
             tensor = handle.load_rows(piece.start, min(piece.stop, shape[0]))
         else:  # no sliced reads: the whole tensor is read (mmap-backed refs make this cheap)
             tensor = handle.load()[piece.start : piece.stop]
+        if reader is not None and span is None and isinstance(tensor, torch.Tensor):
+            tensor = reader.tensor(tensor)
     except NormscopeError:
         raise
     except Exception as exc:  # a reader's own failure on corrupt data: one line for the user
@@ -102,18 +117,6 @@ def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: st
     return tensor
 
 
-def prefault(tensor: torch.Tensor) -> None:
-    """Touch one byte per page so an mmap-backed tensor is paged in by the reader thread, not the
-    reducer (a page-cache hit still costs a fault per page)."""
-    import torch
-
-    if (
-        tensor.numel() * tensor.element_size() >= _PREFAULT_MIN_BYTES
-        and tensor.is_contiguous()
-    ):
-        tensor.reshape(-1).view(torch.uint8)[::_PAGE].sum()
-
-
 def load_work(
     snapshots: list[Snapshot] | tuple[Snapshot, ...],
     bucket: tuple[Piece, ...],
@@ -121,14 +124,17 @@ def load_work(
     t: int,
     entries: Mapping[str, Entry],
     *,
-    touch_pages: bool = True,
     in_place: bool = False,
 ) -> LoadedWork:
     """Read bucket `b` of snapshot `t`: every piece the snapshot has, and its optimizer streams
-    (`entries`: the plan's shapes and optimizer handles for this snapshot). `touch_pages`:
-    `prefault` the pieces here, on the reader thread. `in_place`: the fused CPU kernel will
-    reduce this work, so a whole ref with an `address` (see `snapshot.TensorRef`) goes into the
-    columns as it is, for the kernel to read there; no tensor is built for it."""
+    (`entries`: the plan's shapes and optimizer handles for this snapshot).
+
+    `in_place`: the fused CPU kernel, behind its SIGBUS guard, will reduce this work and nothing
+    else reads it. A whole ref with an `address` (see `snapshot.TensorRef`) then goes into the
+    columns as it is, for the kernel to read there, and a tensor the kernel reads as it is
+    (`fused.takes_as_is`) stays a view of its file. Every other tensor, and every tensor without
+    `in_place`, is read into memory of its own (`file_reads`): torch's kernels, the row sums and
+    the CUDA staging copy have no guard, and a page of a file cut short would be a SIGBUS."""
     import torch
 
     snap = snapshots[t]
@@ -139,48 +145,55 @@ def load_work(
             return work
     work = LoadedWork(b, t)
     pieces, shapes, weights, bufs, sqs = work.pieces, work.shapes, work.weight, work.buf, work.sq
-    for piece in bucket:
-        entry = entries.get(piece.name)
-        if entry is None:
-            continue
-        name, shape = piece.name, entry.shape
-        ref = tensors[name]
-        whole = piece.stop is None
-        held = getattr(ref, "held", None) if whole else None
-        if in_place and whole and _has_address(ref):
-            weight = ref  # its shape and dtype are the entry's: the plan read them off it
-        elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
-            held is not None
-            and isinstance(held, torch.Tensor)
-            and held.shape == shape
-            and held.is_floating_point()
-        ):
-            weight = held
-        else:
-            if piece.stop is not None and (not shape or piece.start >= shape[0]):
+    with FileReader() as reader:
+        private = None if in_place else reader
+
+        def read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str) -> torch.Tensor:
+            tensor = _read(handle, piece, shape, what, path, private)
+            if private is None and not takes_as_is(tensor):  # torch's kernels would read it
+                tensor = _read(handle, piece, shape, what, path, reader)
+            return tensor
+
+        for piece in bucket:
+            entry = entries.get(piece.name)
+            if entry is None:
                 continue
-            weight = _read(ref, piece, shape, "tensor", path)
-        buf = sq = None
-        state = entry.state
-        if state:
-            # optimizer refs with an address go in as they are too (the plan checked their shape)
-            if "buf" in state:
-                buf = state["buf"]
-                if not (in_place and whole and _has_address(buf)):
-                    buf = _read(buf, piece, shape, "optimizer buf of", path)
-            if "sq" in state:
-                sq = state["sq"]
-                if not (in_place and whole and _has_address(sq)):
-                    sq = _read(sq, piece, shape, "optimizer sq of", path)
-        if touch_pages:
-            for tensor in (weight, buf, sq):
-                if tensor is not None:
-                    prefault(tensor)
-        pieces.append(piece)
-        shapes.append(shape)
-        weights.append(weight)
-        bufs.append(buf)
-        sqs.append(sq)
+            name, shape = piece.name, entry.shape
+            ref = tensors[name]
+            whole = piece.stop is None
+            held = getattr(ref, "held", None) if whole and in_place else None
+            if in_place and whole and _has_address(ref):
+                weight = ref  # its shape and dtype are the entry's: the plan read them off it
+            elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
+                held is not None
+                and isinstance(held, torch.Tensor)
+                and held.shape == shape
+                and held.is_floating_point()
+                and takes_as_is(held)
+            ):
+                weight = held
+            else:
+                if piece.stop is not None and (not shape or piece.start >= shape[0]):
+                    continue
+                weight = read(ref, piece, shape, "tensor")
+            buf = sq = None
+            state = entry.state
+            if state:
+                # optimizer refs with an address go in as they are too (the plan checked their
+                # shape)
+                if "buf" in state:
+                    buf = state["buf"]
+                    if not (in_place and whole and _has_address(buf)):
+                        buf = read(buf, piece, shape, "optimizer buf of")
+                if "sq" in state:
+                    sq = state["sq"]
+                    if not (in_place and whole and _has_address(sq)):
+                        sq = read(sq, piece, shape, "optimizer sq of")
+            pieces.append(piece)
+            shapes.append(shape)
+            weights.append(weight)
+            bufs.append(buf)
+            sqs.append(sq)
     return work
 
 

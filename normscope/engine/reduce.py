@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
-from normscope.engine.fused import start_fused
+from normscope.engine.fused import fused_kernel, start_fused
 from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
@@ -57,16 +57,22 @@ class GroupInput:
             pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq)
         )
 
-    def loaded(self) -> GroupInput:
-        """The same group with tensors for refs the fused kernel would have read in place."""
+    def loaded(self, *, copy_mapped: bool = False) -> GroupInput:
+        """The same group with tensors for refs the fused kernel would have read in place,
+        read into memory of their own (`file_reads`): torch's kernels have no SIGBUS guard.
+        `copy_mapped`: tensors that are views of a file's mapping are read the same way."""
+        from normscope.file_reads import FileReader
 
-        def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            tensor = _tensor_type()
-            return None if stream is None else [
-                t if isinstance(t, tensor) else t.load() for t in stream
-            ]
+        tensor = _tensor_type()
+        with FileReader() as reader:
 
-        return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
+            def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
+                return None if stream is None else [
+                    (reader.tensor(t) if copy_mapped else t) if isinstance(t, tensor)
+                    else reader.ref(t) for t in stream
+                ]
+
+            return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
 
     def flat(self) -> GroupInput:
         """The same group with every tensor flattened (the torch kernels work on 1-D tensors)."""
@@ -137,11 +143,15 @@ def start_group(
     the runner's threads while the caller goes on; otherwise the torch kernels run now.
     """
     first = group.weight[0] if group.weight else None
+    declined = False
     if first is not None and (not isinstance(first, _tensor_type()) or first.device.type == "cpu"):
         finish = start_fused(group, runner)
         if finish is not None:
             return finish
-    result = _reduce_torch(group.loaded().flat(), block_rows, runner)
+        # a group the kernel has no code for (float8): views of a mapping left for it, such as
+        # the previous snapshot's tensors, are read into memory of their own for torch's kernels
+        declined = fused_kernel() is not None
+    result = _reduce_torch(group.loaded(copy_mapped=declined).flat(), block_rows, runner)
     return lambda: result
 
 

@@ -41,8 +41,12 @@ def _tensor_bytes(p: PendingSnapshot) -> bytes:
 
     import torch
 
+    from normscope.file_reads import FileReader
+
     name = min(p.tensors, key=lambda n: (math.prod(p.tensors[n].shape), n))
-    tensor = p.tensors[name].load()
+    # read, not mapped: a `last.ckpt` is the file a training job rewrites (`file_reads`)
+    with FileReader() as reader:
+        tensor = reader.ref(p.tensors[name])
     return tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
 
 

@@ -216,6 +216,7 @@ class Records:
     """The archive's `data/<key>` records as slices of one private mapping of the file."""
 
     def __init__(self, path: str, records: TorchRecords, size: int) -> None:
+        self.path = path
         self._sizes = records.sizes
         self._size = size
         # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (writes to a tensor stay

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope.file_reads import FileReader, item
 from normscope.snapshot import ParamGroup
 
 from ._keys import clean_names
@@ -381,8 +382,10 @@ def read_optimizer(
         _param_group(g, [by_pos[p] for p in g.get("params") or [] if p in by_pos], kind)
         for g in groups
     )
-    per_param = {name: entry for pos, name in by_pos.items()
-                 if (entry := _state_entry(name, state.get(pos) or {}, make_ref))}  # fmt: skip
+    # the step counts are read, not touched in their file's mapping: the file may be cut short
+    with FileReader() as reader:
+        per_param = {name: entry for pos, name in by_pos.items()
+                     if (entry := _state_entry(name, state.get(pos) or {}, make_ref, reader))}  # fmt: skip
     return OptimizerInfo(kind, param_groups, per_param, warnings)
 
 
@@ -443,8 +446,8 @@ def _names_by_position(
     return by_pos or None
 
 
-def _state_entry(name: str, saved: Mapping[str, Any], make_ref: Callable[[str, Any], Any]
-                 ) -> dict[str, Any]:  # fmt: skip
+def _state_entry(name: str, saved: Mapping[str, Any], make_ref: Callable[[str, Any], Any],
+                 reader: FileReader) -> dict[str, Any]:  # fmt: skip
     """One parameter's optimizer state as the engine reads it: refs for its state tensors, and
     its step count where it is a number."""
     entry: dict[str, Any] = {}
@@ -452,7 +455,18 @@ def _state_entry(name: str, saved: Mapping[str, Any], make_ref: Callable[[str, A
         if key in STATE_TENSOR_KEYS and hasattr(value, "shape"):
             entry[key] = make_ref(f"{name}:{key}", value)
         elif key == "step":
-            step = _float(value.item() if hasattr(value, "item") else value)
+            step = _float(_scalar(value, reader))
             if step is not None:
                 entry["step"] = step
     return entry
+
+
+def _scalar(value: Any, reader: FileReader) -> Any:
+    """A step count as a Python number where it is a one-element tensor (read by `reader`)."""
+    if not hasattr(value, "item"):
+        return value
+    import torch
+
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return item(value, reader)
+    return value.item()

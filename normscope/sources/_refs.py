@@ -3,7 +3,8 @@
 Every ref carries `name`, `shape`, `dtype` (torch dtype name without the `torch.` prefix), `numel`
 and `nbytes` without reading any tensor data, so the engine can bucket by size. `load()` returns a
 CPU tensor; `load_rows(start, stop)` returns rows `start:stop` of the first dimension, so the engine
-can chunk a tensor larger than its bucket (for safetensors only those bytes are read).
+can chunk a tensor larger than its bucket (for safetensors only those bytes are read). `span`
+says where a tensor's bytes lie in its file, where the ref knows it (`snapshot.TensorRef`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from normscope.file_stamps import FileSpan
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,7 +59,9 @@ def _numel(shape: Sequence[int]) -> int:
 class TorchTensorRef:
     """A tensor from `torch.load(..., mmap=True)`: its storage is mapped, pages are read on use.
 
-    `held` is the tensor `load()` returns (see `snapshot.TensorRef`: the engine takes it as it is)."""
+    `held` is the tensor `load()` returns (see `snapshot.TensorRef`: the engine takes it as it is).
+    No `span`: torch mapped the file and does not say where; the engine finds the tensor's file
+    and offset from the process's mappings when it needs them (`file_reads`)."""
 
     name: str
     held: torch.Tensor = field(repr=False)
@@ -77,6 +82,10 @@ class TorchTensorRef:
     def nbytes(self) -> int:
         return self.held.numel() * self.held.element_size()
 
+    @property
+    def span(self) -> FileSpan | None:
+        return None
+
     def load(self) -> torch.Tensor:
         return self.held
 
@@ -85,7 +94,13 @@ class TorchTensorRef:
 
 
 class TensorMaker(Protocol):
-    """What a `MappedTensorRef` builds its tensor with: the archive that maps its file."""
+    """What a `MappedTensorRef` builds its tensor with: the archive that maps its file (`path`),
+    whose first byte is at `base` in the mapping."""
+
+    path: str
+
+    @property
+    def base(self) -> int: ...
 
     def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
                stride: tuple[int, ...]) -> torch.Tensor: ...  # fmt: skip
@@ -117,6 +132,12 @@ class MappedTensorRef(NamedTuple):
     @property
     def nbytes(self) -> int:
         return self.numel * ITEMSIZE[self.dtype]
+
+    @property
+    def span(self) -> FileSpan:
+        """Its bytes in the file: the mapping holds the whole file from its first byte."""
+        archive = self.archive
+        return FileSpan(archive.path, self.address - archive.base, self.numel * ITEMSIZE[self.dtype])
 
     def named(self, name: str) -> MappedTensorRef:
         return tuple.__new__(MappedTensorRef, (name, *self[1:]))
@@ -204,8 +225,8 @@ class SafetensorsTensorRef(SizedByHeader):
 
     With `offset` (where its bytes start in the file, from a header whose entry was checked
     against the file size, dtype and shape), `load` is a view of the file's shared private
-    mapping; without it, or if the view cannot be made (e.g. data not aligned to the dtype),
-    `safe_open` reads it.
+    mapping, or, for data not aligned to its dtype, a copy read with read calls; without it, or
+    if the file is now shorter than the header says, `safe_open` reads it.
     """
 
     name: str
@@ -217,6 +238,10 @@ class SafetensorsTensorRef(SizedByHeader):
         default_factory=SafetensorsHandles, repr=False, compare=False
     )
     offset: int | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def span(self) -> FileSpan | None:
+        return None if self.offset is None else FileSpan(self.path, self.offset, self.nbytes)
 
     def _view(self, start: int, shape: tuple[int, ...]) -> torch.Tensor | None:
         if self.offset is None:
@@ -232,8 +257,11 @@ class SafetensorsTensorRef(SizedByHeader):
             return None
         try:
             return whole[first : first + size].view(getattr(torch, self.dtype)).view(shape)
-        except RuntimeError:  # an offset not aligned to the dtype's size
-            return None
+        except RuntimeError:  # an offset not aligned to the dtype's size: read into aligned memory
+            from normscope.file_reads import FileReader
+
+            with FileReader() as reader:
+                return reader.span(FileSpan(self.path, first, size), self.dtype, shape)
 
     def load(self) -> torch.Tensor:
         view = self._view(0, self.shape)
@@ -264,6 +292,10 @@ class ChunkedTensorRef(SizedByHeader):
     chunks: tuple[
         tuple[tuple[int, ...], tuple[int, ...], Callable[[], torch.Tensor]], ...
     ] = field(repr=False)
+
+    @property
+    def span(self) -> FileSpan | None:  # chunks come from their readers (DCP: read, not mapped)
+        return None
 
     def load(self) -> torch.Tensor:
         import torch

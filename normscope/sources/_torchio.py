@@ -264,7 +264,9 @@ def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return value
     if _is_tensor(value) and value.numel() == 1:
-        return value.item()
+        from normscope.file_reads import item
+
+        return item(value)  # read, not touched in the mapping: the file may be cut short
     return None
 
 

@@ -129,7 +129,9 @@ def read_state_dir(
 
 def _as_number(value: Any) -> float | None:
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        value = value.item()
+        from normscope.file_reads import item
+
+        value = item(value)  # read, not touched in the mapping: the file may be cut short
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

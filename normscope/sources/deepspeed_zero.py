@@ -67,6 +67,10 @@ class GatheredRef(SizedByHeader):
     dtype: str
     pieces: tuple[tuple[Any, int, int], ...] = dataclasses.field(repr=False)
 
+    @property
+    def span(self) -> None:  # in pieces of several flat vectors (see `snapshot.TensorRef`)
+        return None
+
     def load(self):  # type: ignore[no-untyped-def]
         import torch
 
