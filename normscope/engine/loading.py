@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -129,8 +130,6 @@ def load_work(
     `prefault` the pieces here, on the reader thread. `in_place`: the fused CPU kernel will
     reduce this work, so a whole ref with an `address` (see `snapshot.TensorRef`) goes into the
     columns as it is, for the kernel to read there; no tensor is built for it."""
-    import torch
-
     snap = snapshots[t]
     tensors, path = snap.tensors, snap.meta.path
     if in_place:
@@ -151,7 +150,7 @@ def load_work(
             weight = ref  # its shape and dtype are the entry's: the plan read them off it
         elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
             held is not None
-            and isinstance(held, torch.Tensor)
+            and isinstance(held, sys.modules["torch"].Tensor)  # held: torch is imported
             and held.shape == shape
             and held.is_floating_point()
         ):
