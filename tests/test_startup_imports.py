@@ -23,6 +23,7 @@ from normscope.sources import _fast_torch_zip as fast
 ROOT = Path(__file__).resolve().parent.parent
 SGD_RUN = ROOT / "sample_runs" / "digits_bn_cnn_sgd"
 HF_RUN = ROOT / "sample_runs" / "digits_ln_transformer_adamw"
+LIGHTNING_RUN = ROOT / "sample_runs" / "digits_bn_cnn_lightning"
 HEAVY = ("torch", "pandas", "matplotlib")
 
 
@@ -62,15 +63,16 @@ def test_help_imports_no_heavy_package():
     assert found["heavy"] == [] and "analyze" in found["printed"]
 
 
-def test_analyzing_a_torch_save_run_needs_no_torch_and_no_matplotlib():
+@pytest.mark.parametrize("run", [SGD_RUN, LIGHTNING_RUN], ids=["torch.save", "Lightning"])
+def test_analyzing_a_torch_zip_run_needs_no_torch_and_no_matplotlib(run):
     if not kernel_status().active:  # the torch kernels read the tensors instead
         pytest.skip(f"the fused CPU kernel is not active: {kernel_status().detail}")
-    # the in-place reader maps each epoch_NNN.pt, the fused kernel reads its float tensors and
-    # numpy its num_batches_tracked: torch is never imported
-    found = _modules_after(_command("analyze", str(SGD_RUN), "-f", "json"))
+    # the in-place reader maps each checkpoint, the fused kernel reads its float tensors and
+    # numpy the rest (num_batches_tracked, a callback's scalar): torch is never imported
+    found = _modules_after(_command("analyze", str(run), "-f", "json"))
     assert found["heavy"] == ["pandas"], found["stderr"]
     # the same figures as with torch imported first (then the readers build torch tensors)
-    with_torch = _modules_after("import torch\n" + _command("analyze", str(SGD_RUN), "-f", "json"))
+    with_torch = _modules_after("import torch\n" + _command("analyze", str(run), "-f", "json"))
     assert "torch" in with_torch["heavy"]
     assert json.loads(found["printed"]) == json.loads(with_torch["printed"])
 
@@ -81,7 +83,7 @@ def test_analyzing_a_safetensors_run_imports_no_matplotlib():
     assert json.loads(found["printed"])["params"]
 
 
-def test_without_torch_the_scan_reads_non_float_tensors_as_numpy_arrays_of_torchs_values():
+def test_without_torch_the_scan_reads_the_tensors_it_builds_as_numpy_arrays_of_torchs_values():
     path = SGD_RUN / "epoch_007.pt"
     code = (
         "from normscope.sources._scan_torch_zip import scan_torch_zip\n"

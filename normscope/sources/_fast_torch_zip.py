@@ -114,8 +114,9 @@ _STORAGE_DTYPES = {
     "ComplexDoubleStorage": "complex128", "ComplexFloatStorage": "complex64",
 }  # fmt: skip
 DTYPES = {name: DType(name, size) for name, size in _DTYPE_SIZES.items()}
-# what a non-float tensor becomes without torch: a numpy array of the same values
-_NUMPY_DTYPES = {"int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8",
+# what a tensor the kernel does not read in place becomes without torch: a numpy array of the
+# same values (dtypes numpy has)
+_NUMPY_DTYPES = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8",
                  "uint32": "<u4", "uint16": "<u2", "uint8": "u1", "bool": "?"}  # fmt: skip
 
 
@@ -208,8 +209,9 @@ def _new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
 def tensor_over(untyped: torch.UntypedStorage | RecordBytes, dtype: torch.dtype | DType, offset: Any,
                 size: Any, stride: Any, requires_grad: bool, hooks: Any) -> Any:  # fmt: skip
     """The tensor over `untyped` (a storage, or a record's `RecordBytes`) that torch.load builds.
-    Without torch imported, a record's non-float tensor comes back as a numpy array of its values
-    (`RecordBytes.array`): nothing downstream needs more of a BatchNorm's `num_batches_tracked`."""
+    Without torch imported, a record's tensor of a dtype numpy has comes back as a numpy array of
+    its values (`RecordBytes.array`): a BatchNorm's `num_batches_tracked`, an optimizer's `step`
+    are read as numbers, and the few that must become tensors (`torch_files.as_ref`) are then."""
     if type(untyped) is RecordBytes:
         if type(dtype) is DType and not requires_grad and imported_torch() is None:
             array = untyped.array(dtype, offset, size, stride)

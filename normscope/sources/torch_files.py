@@ -41,8 +41,8 @@ def as_ref(name: str, value: Any) -> Any:
         return TorchTensorRef(name, value)
     if type(value) is MappedTensorRef:
         return value.named(name)
-    if type(value) is np.ndarray:  # a non-float tensor the in-place reader left as numpy
-        # here: only such a tensor, rare in optimizer state, needs torch (the engine refuses it)
+    if type(value) is np.ndarray:  # a tensor the in-place reader left as numpy (a scalar, a view)
+        # here: only such a tensor, rare in a model or optimizer state, needs torch
         import torch
 
         return TorchTensorRef(name, torch.from_numpy(value))
@@ -71,6 +71,8 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             or (
                 v.is_floating_point()
                 if isinstance(v, tensor)
+                else v.dtype.kind == "f"
+                if type(v) is np.ndarray
                 else isinstance(v, ChunkedTensorRef) and v.dtype in FLOAT_DTYPES
             )
         )
