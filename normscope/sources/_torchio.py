@@ -257,8 +257,8 @@ EPOCH_KEYS = ("epoch",)
 
 
 def _is_tensor(value: Any) -> bool:
-    """A torch tensor, or the numpy array the in-place reader leaves for a non-float one
-    (`_fast_torch_zip.tensor_over`). Without torch imported there is no torch tensor."""
+    """A torch tensor, or the numpy array the in-place reader leaves for one it does not hand to
+    the kernel (`_fast_torch_zip.tensor_over`). Without torch imported there is no torch tensor."""
     return isinstance(value, tensor_type()) or type(value) is np.ndarray
 
 

@@ -51,7 +51,7 @@ def as_ref(name: str, value: Any) -> Any:
 
 def is_tensor_or_ref(value: Any) -> bool:
     """A tensor, or a ref standing for one (what `load_torch_file(refs=True)` leaves: refs, and
-    numpy arrays for the non-float tensors where torch is not imported)."""
+    where torch is not imported, numpy arrays for the tensors the kernel does not read in place)."""
     if type(value) is MappedTensorRef or type(value) is np.ndarray:
         return True
     return isinstance(value, tensor_type())
