@@ -4,7 +4,8 @@
     PYTHONPATH=$PWD python benchmarks/bench_cli.py [--repeat 3] [--json out.json]
 
 * commands: best of `--repeat` whole processes (`python -m normscope ...`, output to /dev/null),
-  wall time and peak resident memory (ru_maxrss of the child);
+  wall time, CPU time (user + system of the child: what other jobs on a shared machine change
+  least) and peak resident memory (ru_maxrss of the child);
 * imports: `python -X importtime`, the sum of the top-level imports' cumulative times, and
   whether torch / pandas / matplotlib were imported at all;
 * watch refresh: the sample log's first records are read, then the rest arrive a few at a time
@@ -61,19 +62,21 @@ def _args(args: list[str], tmp: str) -> list[str]:
     return [a.replace("{tmp}", tmp) for a in args]
 
 
-def time_command(args: list[str], repeat: int, tmp: str) -> tuple[float, float]:
-    """(best wall seconds, peak RSS in MiB of the slowest-memory run) over `repeat` processes."""
-    best, peak = float("inf"), 0.0
+def time_command(args: list[str], repeat: int, tmp: str) -> tuple[float, float, float]:
+    """(best wall seconds, least CPU seconds, peak RSS in MiB of the largest run) over `repeat`
+    processes."""
+    best, cpu, peak = float("inf"), float("inf"), 0.0
     for _ in range(repeat):
         start = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "normscope", *_args(args, tmp)], env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(proc.pid, 0)
         best = min(best, time.perf_counter() - start)
+        cpu = min(cpu, usage.ru_utime + usage.ru_stime)
         peak = max(peak, usage.ru_maxrss / 1024)
         if os.waitstatus_to_exitcode(status) not in (0, 1):
             raise SystemExit(f"normscope {' '.join(args)} failed")
-    return best, peak
+    return best, cpu, peak
 
 
 def import_cost(args: list[str], tmp: str) -> tuple[float, list[str]]:
@@ -129,15 +132,16 @@ def main() -> None:
                               f" · {os.cpu_count()} CPUs · Python {platform.python_version()}",
                               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commands": {}}
     print(f"# {out['machine']} · {out['date']} · load {os.getloadavg()[0]:.2f}")
-    print(f"{'command':36} {'best s':>7} {'peak MiB':>9} {'imports s':>10}  heavy imports")
+    print(f"{'command':36} {'best s':>7} {'cpu s':>6} {'peak MiB':>9} {'imports s':>10}  heavy imports")
     with tempfile.TemporaryDirectory() as tmp:
         for name, args in COMMANDS.items():
             if opts.only and not re.search(opts.only, name):
                 continue
-            best, peak = time_command(args, opts.repeat, tmp)
+            best, cpu, peak = time_command(args, opts.repeat, tmp)
             imports, heavy = import_cost(args, tmp)
-            out["commands"][name] = {"best_s": best, "peak_mib": peak, "imports_s": imports, "heavy": heavy}
-            print(f"{name:36} {best:7.2f} {peak:9.0f} {imports:10.2f}  {', '.join(heavy) or '-'}")
+            out["commands"][name] = {"best_s": best, "cpu_s": cpu, "peak_mib": peak, "imports_s": imports,
+                                     "heavy": heavy, "load": os.getloadavg()[0]}  # fmt: skip
+            print(f"{name:36} {best:7.2f} {cpu:6.2f} {peak:9.0f} {imports:10.2f}  {', '.join(heavy) or '-'}")
     times = watch_refresh()
     out["watch_refresh_s"] = {"median": statistics.median(times), "max": max(times), "count": len(times)}
     print(f"watch refresh on {LOG.name} (+23 records each): median {statistics.median(times) * 1000:.0f} ms, "

@@ -150,22 +150,34 @@ class EquilibriumReport:
 def _describe_values(table: pd.DataFrame, column: str) -> str:
     """A hyper-parameter's values: one value; per param group where groups differ (a group without
     weight decay is not an anneal to 0); else how it changed over the run. Significant digits are
-    kept (a cosine LR ends at 8.13e-05, not 0)."""
+    kept (a cosine LR ends at 8.13e-05, not 0).
+
+    Whole columns at once (numpy): a live log's table has a row per parameter and logged step."""
     if column not in table or "snapshot" not in table:
         return "–"
-    rows = table[["snapshot", "param", column]].dropna(subset=[column])
-    if rows.empty:
+    values = table[column].to_numpy()
+    snapshots = table["snapshot"].to_numpy()
+    keep = ~(pd.isna(values) | pd.isna(snapshots))
+    if not keep.any():
         return "–"
-    rows = rows.assign(**{column: rows[column].astype(float).round(12)})
-    per_snapshot = rows.groupby("snapshot", sort=True)[column].nunique()
-    if (per_snapshot > 1).any():
-        last = rows[rows["snapshot"] == per_snapshot.index[per_snapshot > 1][-1]]
-        return "per param group: " + ", ".join(f"{value:.3g}" for value in dict.fromkeys(last[column]))
-    over_time = [float(v) for v in rows.groupby("snapshot", sort=True)[column].first()]
-    distinct = list(dict.fromkeys(over_time))
-    if len(distinct) == 1:
-        return f"{distinct[0]:.3g}"
-    return (f"{min(distinct):.3g} to {max(distinct):.3g} over the run "
+    values = np.round(values[keep].astype(float), 12)
+    snapshots = snapshots[keep]
+    # each snapshot's distinct values: sorted by (snapshot, value), a new pair starts a run
+    order = np.lexsort((values, snapshots))
+    by_snapshot, by_value = snapshots[order], values[order]
+    new_snapshot = np.r_[True, by_snapshot[1:] != by_snapshot[:-1]]
+    new_pair = new_snapshot | np.r_[True, by_value[1:] != by_value[:-1]]
+    distinct = np.add.reduceat(new_pair, np.flatnonzero(new_snapshot))
+    firsts = by_snapshot[new_snapshot]
+    if (distinct > 1).any():
+        last = values[snapshots == firsts[distinct > 1][-1]]  # in the table's row order
+        return "per param group: " + ", ".join(f"{value:.3g}" for value in dict.fromkeys(last.tolist()))
+    # one value per snapshot: each snapshot's, in snapshot order
+    over_time = by_value[new_snapshot].tolist()
+    distinct_values = list(dict.fromkeys(over_time))
+    if len(distinct_values) == 1:
+        return f"{distinct_values[0]:.3g}"
+    return (f"{min(distinct_values):.3g} to {max(distinct_values):.3g} over the run "
             f"(first {over_time[0]:.3g}, last {over_time[-1]:.3g})")
 
 
@@ -180,8 +192,8 @@ def hyperparams_used(table: pd.DataFrame, overrides: HyperparamOverrides, source
             out.append(HyperParam(name, f"{given:g}" if isinstance(given, float) else str(given), "override"))
             continue
         if name == "optimizer":
-            col = table[column] if column in table else pd.Series(dtype=object)
-            names = [v for v in dict.fromkeys(col) if isinstance(v, str) and v]
+            # distinct values in order of appearance, a whole column at once
+            names = [v for v in (pd.unique(table[column]) if column in table else ()) if isinstance(v, str) and v]
             out.append(HyperParam(name, ", ".join(names) or "–", where if names else "missing"))
         else:
             text = _describe_values(table, column)

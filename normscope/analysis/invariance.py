@@ -20,7 +20,7 @@ import pandas as pd
 from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
 from normscope.analysis.invariance_dynamics import (
     Evidence,
-    dynamic_evidence,
+    dynamic_evidence_by_param,
     optimizer_family,
 )
 from normscope.analysis.invariance_structure import StructuralGuess, structural_guesses
@@ -125,14 +125,12 @@ def classify_invariance(
     # Every kind of dynamic evidence needs logged gradients or an SGD/AdamW optimizer's records;
     # without either (plain weight checkpoints) it would be empty for every parameter, and
     # looking costs milliseconds per parameter (a minute on runs of 8k tensors).
-    by_param = ({name: rows for name, rows in table.groupby("param", sort=False)}
-                if _dynamics_possible(table) else {})
+    dynamic = dynamic_evidence_by_param(table) if _dynamics_possible(table) else {}
     verdicts = []
     for name, layer, kind in zip(params["param"], params["layer"], params["kind"]):
         guess = guesses.get(name)
         structure = Evidence("structure", guess.verdict, None, guess.detail) if guess else None
-        rows = by_param.get(name)
-        evidence = list(from_model.get(name, [])) + (dynamic_evidence(rows) if rows is not None else [])
+        evidence = list(from_model.get(name, [])) + dynamic.get(name, [])
         if structure is not None:
             evidence.append(structure)
         found = {e.source: e for e in evidence}

@@ -86,51 +86,140 @@ def radial_ratios(rows: pd.DataFrame) -> pd.Series:
 
 
 def dynamic_evidence(rows: pd.DataFrame) -> list[Evidence]:
-    """Evidence from one parameter's rows of the trajectory table (any order)."""
+    """Evidence from one parameter's rows of the trajectory table (any order); for a whole table,
+    `dynamic_evidence_by_param` gives the same a column at a time."""
     rows = rows.sort_values("snapshot")
     out: list[Evidence] = []
     family = optimizer_family(str(rows["optimizer"].iloc[0])) if len(rows) else ""
     logged = rows[(rows["grad_norm"] > 0) & rows["grad_dot"].notna() & (rows["norm"] > 0)]
     if len(logged):
-        med = float(np.median(np.abs(grad_cosines(logged))))
-        if med <= GRAD_COS_INVARIANT:
-            verdict, why = INVARIANT, "gradient orthogonal to the weight to rounding"
-        elif med >= GRAD_COS_NOT_INVARIANT:
-            verdict, why = NOT_INVARIANT, "the gradient has a radial component"
-        else:
-            verdict, why = VERDICT_UNKNOWN, "small but not negligible radial gradient"
-        out.append(Evidence("grad", verdict, med, f"median |cos(w, g)| = {med:.1e} over {len(logged)} logged steps: {why}"))
+        out.append(_grad_evidence(float(np.median(np.abs(grad_cosines(logged)))), len(logged)))
     with_buf = rows[(rows["buf_norm"] > 0) & rows["buf_dot"].notna()]
     if len(with_buf) and family in ("sgd", "adamw"):
         cos = sgd_buffer_cosines(with_buf) if family == "sgd" else adam_buffer_cosines(with_buf)
         late = _later_half(cos)
         if len(late):
-            med = float(np.median(late))
-            source = "sgd_buffer" if family == "sgd" else "adamw_exp_avg"
-            what = "cos(w, (1−μ)b − λw)" if family == "sgd" else "cos(w, exp_avg)"
-            if abs(med) > BUFFER_COS_VETO:
-                out.append(Evidence(source, NOT_INVARIANT, med,
-                                    f"median {what} = {med:+.2f} (later half): the weight is held by the loss's radial pull"))
-            else:
-                out.append(Evidence(source, VERDICT_UNKNOWN, med,
-                                    f"median {what} = {med:+.2f} (later half): consistent with invariance, not proof"))
+            out.append(_buffer_evidence(float(np.median(late)), family))
     if rows["dot_prev"].notna().any() and family in ("sgd", "adamw") and rows["step"].notna().all():
         late = _later_half(radial_ratios(rows))
         if len(late):
-            med = float(np.median(late))
-            lo, hi = RADIAL_BAND
-            verdict = INVARIANT if lo <= med <= hi else VERDICT_UNKNOWN
-            tail = "matches pure weight-decay shrinkage" if verdict == INVARIANT else "does not match pure shrinkage (not settled, or not invariant)"
-            out.append(Evidence("radial_update", verdict, med,
-                                f"radial update / weight-decay shrinkage = {med:.2f} (later-half median): {tail}"))
+            out.append(_radial_evidence(float(np.median(late))))
     return out
 
+
+def dynamic_evidence_by_param(table: pd.DataFrame) -> dict[str, list[Evidence]]:
+    """`dynamic_evidence` of every parameter of the trajectory table, the same Evidence: each
+    per-row quantity computed over the whole table at once (numpy, in the arithmetic order of the
+    per-parameter form), then a median per parameter over its slice of rows. Per-parameter pandas
+    work cost milliseconds a parameter, a minute on runs of 8k tensors."""
+    if table.empty:
+        return {}
+    codes, params = pd.factorize(table["param"], sort=False)
+    # rows grouped by parameter (in order of appearance), each group in snapshot order
+    order = np.lexsort((table["snapshot"].to_numpy(), codes))
+    names = codes[order]
+    starts = np.flatnonzero(np.r_[True, names[1:] != names[:-1]])
+    ends = np.r_[starts[1:], len(names)]
+
+    def col(name: str) -> np.ndarray:
+        return table[name].to_numpy(dtype=float, na_value=np.nan)[order]
+
+    norm, grad_norm, grad_dot = col("norm"), col("grad_norm"), col("grad_dot")
+    buf_norm, buf_dot, dot_prev = col("buf_norm"), col("buf_dot"), col("dot_prev")
+    mu_raw, lam_raw, lr, step = col("momentum"), col("weight_decay"), col("lr"), col("step")
+    optimizer = table["optimizer"].to_numpy(dtype=object)[order]
+    with np.errstate(all="ignore"):
+        grad_cos = np.abs(grad_dot / (norm * grad_norm))
+        logged = (grad_norm > 0) & ~np.isnan(grad_dot) & (norm > 0)
+        with_buf = (buf_norm > 0) & ~np.isnan(buf_dot)
+        # sgd_buffer_cosines
+        mu, lam = np.where(np.isnan(mu_raw), 0.0, mu_raw), np.where(np.isnan(lam_raw), 0.0, lam_raw)
+        w_sq = norm**2
+        dot = (1 - mu) * buf_dot - lam * w_sq
+        g_sq = (1 - mu) ** 2 * buf_norm**2 - 2 * (1 - mu) * lam * buf_dot + lam**2 * w_sq
+        sgd_cos = dot / (norm * np.sqrt(np.where(np.isnan(g_sq) | (g_sq >= 0), g_sq, 0.0)))
+        adam_cos = buf_dot / (norm * buf_norm)
+        # radial_ratios: each row against the row before it of the same parameter
+        first = np.zeros(len(norm), dtype=bool)
+        first[starts] = True
+
+        def previous(values: np.ndarray) -> np.ndarray:
+            out = np.r_[np.nan, values[:-1]]
+            out[first] = np.nan
+            return out
+
+        lam_prev = previous(lam_raw)
+        lam_sgd = lam_prev / (1 - np.where(np.isnan(previous(mu_raw)), 0.0, previous(mu_raw)))
+        steps = step - previous(step)
+        norm_prev = previous(norm)
+        measured = 1 - dot_prev / (norm_prev**2)
+        lr_prev = previous(lr)
+    out: dict[str, list[Evidence]] = {}
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
+        name = params[names[lo]]
+        family = optimizer_family(str(optimizer[lo]))
+        found: list[Evidence] = []
+        here = slice(lo, hi)
+        chosen = logged[here]
+        if chosen.any():
+            med = float(np.median(grad_cos[here][chosen]))
+            found.append(_grad_evidence(med, int(chosen.sum())))
+        chosen = with_buf[here]
+        if chosen.any() and family in ("sgd", "adamw"):
+            late = _later_half_array((sgd_cos if family == "sgd" else adam_cos)[here][chosen])
+            if len(late):
+                found.append(_buffer_evidence(float(np.median(late)), family))
+        if (~np.isnan(dot_prev[here])).any() and family in ("sgd", "adamw") and not np.isnan(step[here]).any():
+            with np.errstate(all="ignore"):
+                lam_here = lam_sgd[here] if family == "sgd" else lam_prev[here]
+                shrink = 1 - (1 - lr_prev[here] * lam_here) ** steps[here]
+                ratio = np.where(shrink > 0, measured[here] / shrink, np.nan)
+            late = _later_half_array(ratio)
+            if len(late):
+                found.append(_radial_evidence(float(np.median(late))))
+        out[name] = found
+    return out
+
+
+def _later_half_array(values: np.ndarray) -> np.ndarray:
+    """`_later_half` of an array in snapshot order."""
+    values = values[np.isfinite(values)]
+    return values[len(values) // 2 :]
+
+
+def _grad_evidence(med: float, count: int) -> Evidence:
+    if med <= GRAD_COS_INVARIANT:
+        verdict, why = INVARIANT, "gradient orthogonal to the weight to rounding"
+    elif med >= GRAD_COS_NOT_INVARIANT:
+        verdict, why = NOT_INVARIANT, "the gradient has a radial component"
+    else:
+        verdict, why = VERDICT_UNKNOWN, "small but not negligible radial gradient"
+    return Evidence("grad", verdict, med, f"median |cos(w, g)| = {med:.1e} over {count} logged steps: {why}")
+
+
+def _buffer_evidence(med: float, family: str) -> Evidence:
+    source = "sgd_buffer" if family == "sgd" else "adamw_exp_avg"
+    what = "cos(w, (1−μ)b − λw)" if family == "sgd" else "cos(w, exp_avg)"
+    if abs(med) > BUFFER_COS_VETO:
+        return Evidence(source, NOT_INVARIANT, med,
+                        f"median {what} = {med:+.2f} (later half): the weight is held by the loss's radial pull")
+    return Evidence(source, VERDICT_UNKNOWN, med,
+                    f"median {what} = {med:+.2f} (later half): consistent with invariance, not proof")
+
+
+def _radial_evidence(med: float) -> Evidence:
+    lo, hi = RADIAL_BAND
+    verdict = INVARIANT if lo <= med <= hi else VERDICT_UNKNOWN
+    tail = "matches pure weight-decay shrinkage" if verdict == INVARIANT else "does not match pure shrinkage (not settled, or not invariant)"
+    return Evidence("radial_update", verdict, med,
+                    f"radial update / weight-decay shrinkage = {med:.2f} (later-half median): {tail}")
 
 
 __all__ = [
     "Evidence",
     "adam_buffer_cosines",
     "dynamic_evidence",
+    "dynamic_evidence_by_param",
     "grad_cosines",
     "optimizer_family",
     "radial_ratios",

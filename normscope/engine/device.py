@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+import sys
+from typing import TYPE_CHECKING, NamedTuple
 
 from normscope.errors import BadInputError
 
@@ -10,14 +12,38 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+class CpuDevice(NamedTuple):
+    """The CPU as the engine asks of a device (`.type`, `.index`), with no torch imported: a run
+    read in place by the fused kernel needs no torch at all."""
+
+    type: str = "cpu"
+    index: None = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+CPU = CpuDevice()
+
+# What a GPU torch can use leaves on Linux: NVIDIA's device nodes and driver, ROCm's, WSL's.
+_GPU_PATHS = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def _no_gpu_here() -> bool:
+    """True where torch.cuda.is_available() is certainly False, told without importing torch
+    (~1.4 s): a Linux machine with none of the device nodes a GPU driver makes."""
+    return sys.platform.startswith("linux") and not any(map(os.path.exists, _GPU_PATHS))
+
+
+def resolve_device(device: str = "auto") -> torch.device | CpuDevice:
+    spec = (device or "auto").strip().lower()
+    if spec == "cpu" or (spec == "auto" and _no_gpu_here()):
+        return CPU
+    # here, not at the top: only a machine that may have a GPU asks torch about it
     import torch
 
-    spec = (device or "auto").strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
-        return torch.device("cpu")
+        return torch.device("cuda") if torch.cuda.is_available() else CPU
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise BadInputError(

@@ -22,6 +22,7 @@ from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import VanishedPage, fused_kernel
 from normscope.engine.in_place import start_in_place
 from normscope.engine.loading import LoadedWork, load_work
+from normscope._torch_seen import tensor_type
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
 from normscope.engine.reduce import GroupInput, start_group
@@ -267,36 +268,34 @@ def _groups(
 def _uniform_place(column: list[torch.Tensor | None]) -> tuple | None | bool:
     """The one place every entry of the column shares (None: absent from all); False where the
     entries differ. Whole columns at once: a ResNet-shaped bucket holds thousands of pieces."""
-    import torch
-
+    tensor = tensor_type()
     kinds = set(map(type, column))
     if kinds == {type(None)}:
         return None
     if type(None) in kinds:
         return False
-    if not any(issubclass(kind, torch.Tensor) for kind in kinds):  # refs read in place
+    if not any(issubclass(kind, tensor) for kind in kinds):  # refs read in place
         dtypes = set(map(_DTYPE, column))
         return (_IN_PLACE, dtypes.pop()) if len(dtypes) == 1 else False
-    if all(issubclass(kind, torch.Tensor) for kind in kinds):
+    if all(issubclass(kind, tensor) for kind in kinds):
         places = set(map(_PLACE, column))
         return places.pop() if len(places) == 1 else False
     return False
 
 
 def _places(column: list[torch.Tensor | None], count: int) -> list[tuple | None]:
-    import torch
-
+    tensor = tensor_type()
     # by identity: list.count(None) would call Tensor.__eq__ on every tensor
     absent = sum(map(operator.is_, column, repeat(None)))
     if absent == count:
         return [None] * count
-    tensors = sum(map(isinstance, column, repeat(torch.Tensor)))
+    tensors = sum(map(isinstance, column, repeat(tensor)))
     if absent == 0 and tensors == count:
         return list(map(_PLACE, column))
     if absent == 0 and tensors == 0:  # refs read in place (`load_work`)
         return list(zip(repeat(_IN_PLACE), map(_DTYPE, column)))
     return [
-        None if t is None else _PLACE(t) if isinstance(t, torch.Tensor) else (_IN_PLACE, t.dtype)
+        None if t is None else _PLACE(t) if isinstance(t, tensor) else (_IN_PLACE, t.dtype)
         for t in column
     ]
 

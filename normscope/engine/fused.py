@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from normscope._torch_seen import imported_torch, tensor_type
 from normscope.engine.workers import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -152,10 +153,13 @@ def _say_once(detail: str) -> None:
 
 def dtype_codes() -> dict[torch.dtype | str, int]:
     """The kernel's dtype codes, by torch dtype (tensors) and by name (refs)."""
-    import torch
+    torch = imported_torch()
+    if torch is None:  # no tensor exists without torch: refs name their dtypes
+        return dict(_CODES)
+    return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3, **_CODES}
 
-    return {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3,
-            "float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}  # fmt: skip
+
+_CODES = {"float32": 0, "float64": 1, "bfloat16": 2, "float16": 3}
 
 
 _ITEMSIZE = (4, 8, 2, 2)  # by dtype code
@@ -178,10 +182,10 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     (None where the kernel does not apply). The caller's thread is free meanwhile: the engine
     does the next item's Python-side bookkeeping while the kernel runs."""
     import numpy as np
-    import torch
 
     from normscope.engine.reduce import GroupSums
 
+    tensor = tensor_type()
     kernel = fused_kernel()
     if kernel is None:
         return None
@@ -198,7 +202,7 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
             keep.append(None)
             continue
         stream = list(stream)
-        tensors = sum(map(isinstance, stream, repeat(torch.Tensor)))
+        tensors = sum(map(isinstance, stream, repeat(tensor)))
         if tensors == 0:  # refs read in place (see `snapshot.TensorRef`)
             dtypes = list(map(_DTYPE, stream))
             if not set(dtypes) <= codes.keys():
@@ -207,7 +211,7 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
             keep.append(stream)
             continue
         if tensors < len(stream):  # tensors and refs in one stream: rare, so build tensors
-            stream = [t if isinstance(t, torch.Tensor) else t.load() for t in stream]
+            stream = [t if isinstance(t, tensor) else t.load() for t in stream]
         if not all(map(_IS_CPU, stream)) or not set(map(_DTYPE, stream)) <= codes.keys():
             return None
         if not all(map(_IS_CONTIGUOUS, stream)):
@@ -272,7 +276,6 @@ def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
     or refs, read for the count into memory of their own (`file_reads`): torch counts them,
     and its kernels have no SIGBUS guard."""
     import numpy as np
-    import torch
 
     from normscope.file_reads import FileReader
 
@@ -280,6 +283,8 @@ def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
     rare = np.flatnonzero(~np.isfinite(norm_sq)).tolist()
     if not rare:
         return counts
+    import torch  # here: only a weight holding NaN or Inf needs torch, to count them
+
     with FileReader() as reader:
         for i in rare:
             weight = weights[i]

@@ -10,6 +10,7 @@ meanwhile is a one-line error rather than a SIGBUS.
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -135,8 +136,6 @@ def load_work(
     (`fused.takes_as_is`) stays a view of its file. Every other tensor, and every tensor without
     `in_place`, is read into memory of its own (`file_reads`): torch's kernels, the row sums and
     the CUDA staging copy have no guard, and a page of a file cut short would be a SIGBUS."""
-    import torch
-
     snap = snapshots[t]
     tensors, path = snap.tensors, snap.meta.path
     if in_place:

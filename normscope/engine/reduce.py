@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from normscope._torch_seen import tensor_type
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
 from normscope.engine.fused import fused_kernel, start_fused
 from normscope.engine.small import reduce_small
@@ -95,10 +96,7 @@ class GroupInput:
         return tuple(names)
 
 
-def _tensor_type() -> type:
-    import torch
-
-    return torch.Tensor
+_tensor_type = tensor_type  # torch.Tensor, without importing torch where no tensor exists
 
 
 @dataclass

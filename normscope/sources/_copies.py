@@ -13,11 +13,13 @@ training left its weights unchanged.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from ._ordering import PendingSnapshot, natural_key, numbers_of
+from ._refs import MappedTensorRef, SafetensorsTensorRef
 from ._torchio import ZIP_MAGIC, read_head, zip_pickle_bytes
 
 _HEAD = 1 << 20
@@ -37,16 +39,29 @@ def _content(p: PendingSnapshot) -> tuple[Any, ...]:
 
 
 def _tensor_bytes(p: PendingSnapshot) -> bytes:
-    import math
+    """The bytes of the snapshot's smallest tensor, read where they lie when the ref says where
+    (a mapped torch.save record, a safetensors entry): no tensor built, no torch imported."""
+    name = min(p.tensors, key=lambda n: (math.prod(p.tensors[n].shape), n))
+    ref = p.tensors[name]
+    if type(ref) is MappedTensorRef:  # read, not touched in the mapping: the file may be rewritten
+        from normscope.file_reads import FileReader
 
+        with FileReader() as reader:
+            return reader.bytes_at(*ref.span).tobytes()
+    if type(ref) is SafetensorsTensorRef and ref.offset is not None:
+        with open(ref.path, "rb") as f:  # the header's entry was checked against the file size
+            f.seek(ref.offset)
+            data = f.read(ref.nbytes)
+        if len(data) == ref.nbytes:
+            return data
+    # here, not at the top: only a ref that must build its tensor needs torch
     import torch
 
     from normscope.file_reads import FileReader
 
-    name = min(p.tensors, key=lambda n: (math.prod(p.tensors[n].shape), n))
     # read, not mapped: a `last.ckpt` is the file a training job rewrites (`file_reads`)
     with FileReader() as reader:
-        tensor = reader.ref(p.tensors[name])
+        tensor = reader.ref(ref)
     return tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
 
 

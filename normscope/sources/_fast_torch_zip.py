@@ -8,7 +8,9 @@ way `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds 
 Figures against torch.load: docs/benchmarks.md, "Behind the design".
 
 `_scan_torch_zip` goes one step further for the engine: the same archive checks, allow-list and
-unpickle, with refs that point into the mapping in place of the tensors the engine reduces.
+unpickle, with refs that point into the mapping in place of the tensors the engine reduces. That
+path needs no torch: the file is mapped with `mmap` and read with numpy, its dtypes are `DType`
+tokens, and torch is imported (`_torch`) only to build a tensor the engine cannot read in place.
 
 Security: the "Restricting Globals" pattern of the `pickle` docs. A pickle can only call what
 `find_class` hands it, and here that is a closed allow-list of small functions defined below
@@ -49,20 +51,73 @@ import sys
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
 from normscope._gc import collector_paused
+from normscope._torch_seen import imported_torch
 
 from ._torch_archive import TorchRecords, record_numbers, zip_facts
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
 _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one torch.load reads
-# `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
-# storages; ours is a CPU mapping), at well under half the cost per slice.
-_slice = torch._C.StorageBase.__getitem__
+
+
+def _torch() -> Any:
+    """The torch module, imported on first use."""
+    # here, not at the top: a file whose tensors are all read in place needs no torch (~1.4 s)
+    import torch
+
+    return torch
+
+
+def _slice(storage: torch.UntypedStorage, at: slice) -> torch.UntypedStorage:
+    # `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
+    # storages; ours is a CPU mapping), at well under half the cost per slice
+    return _torch()._C.StorageBase.__getitem__(storage, at)
+
+
+class DType(NamedTuple):
+    """A torch dtype as `_scan_torch_zip` knows it without torch: its name and item size.
+    Immutable (a BUILD cannot change it), so one token per dtype serves every load; it prints
+    as torch's does (`torch.float32`)."""
+
+    name: str
+    itemsize: int
+
+    def __str__(self) -> str:
+        return f"torch.{self.name}"
+
+    __repr__ = __str__
+
+
+# torch's dtypes as the pickles of torch.save name them (aliases included), and its legacy
+# storage types; tests/test_startup_imports.py checks them against torch. A name missing here
+# (a dtype of a newer torch) makes the scan decline, and the file goes to the readers with torch.
+_DTYPE_SIZES = {
+    "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "float8_e5m2": 1, "float8_e4m3fn": 1,
+    "float8_e5m2fnuz": 1, "float8_e4m3fnuz": 1, "complex32": 4, "complex64": 8, "complex128": 16,
+    "int64": 8, "int32": 4, "int16": 2, "int8": 1, "uint64": 8, "uint32": 4, "uint16": 2,
+    "uint8": 1, "bool": 1,
+}  # fmt: skip
+_DTYPE_ALIASES = {"double": "float64", "float": "float32", "half": "float16", "long": "int64",
+                  "int": "int32", "short": "int16", "chalf": "complex32", "cfloat": "complex64",
+                  "cdouble": "complex128"}  # fmt: skip
+_STORAGE_DTYPES = {
+    "DoubleStorage": "float64", "FloatStorage": "float32", "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16", "LongStorage": "int64", "IntStorage": "int32",
+    "ShortStorage": "int16", "CharStorage": "int8", "ByteStorage": "uint8", "BoolStorage": "bool",
+    "ComplexDoubleStorage": "complex128", "ComplexFloatStorage": "complex64",
+}  # fmt: skip
+DTYPES = {name: DType(name, size) for name, size in _DTYPE_SIZES.items()}
+# what a tensor the kernel does not read in place becomes without torch: a numpy array of the
+# same values (dtypes numpy has)
+_NUMPY_DTYPES = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8",
+                 "uint32": "<u4", "uint16": "<u2", "uint8": "u1", "bool": "?"}  # fmt: skip
 
 
 class Declined(Exception):
@@ -74,7 +129,7 @@ class StorageType:
 
     __slots__ = ("dtype", "itemsize")
 
-    def __init__(self, dtype: torch.dtype) -> None:
+    def __init__(self, dtype: torch.dtype | DType) -> None:
         self.dtype = dtype
         self.itemsize = dtype.itemsize
 
@@ -93,6 +148,7 @@ class _Storage:
 def _constant_names() -> tuple[dict[tuple[str, str], torch.dtype], dict[tuple[str, str], torch.dtype]]:
     """(globals that are dtypes, globals that are storage types → their dtype): torch's legacy
     storage names, and `UntypedStorage` for dtypes without one (pickled as bytes)."""
+    torch = _torch()
     dtypes = {
         ("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
     }
@@ -111,12 +167,34 @@ def constants() -> dict[tuple[str, str], object]:
     return {**dtypes, **{key: StorageType(dtype) for key, dtype in storages.items()}}
 
 
+def scan_constants() -> dict[tuple[str, str], object]:
+    """`constants()` where torch is imported; without torch, `DType` tokens for the dtypes and
+    storage-type tokens over them (a dtype pickled as a value then makes the scan decline: that
+    value is torch's to build)."""
+    if imported_torch() is not None:
+        return constants()
+    dtypes = {("torch", name): DTYPES[_DTYPE_ALIASES.get(name, name)]
+              for name in (*DTYPES, *_DTYPE_ALIASES)}  # fmt: skip
+    storages = {("torch", name): StorageType(DTYPES[dtype]) for name, dtype in _STORAGE_DTYPES.items()}
+    storages[("torch.storage", "UntypedStorage")] = StorageType(DTYPES["uint8"])
+    return {**dtypes, **storages}
+
+
+def is_dtype(value: Any) -> bool:
+    """A dtype `scan_constants()` gives: a `DType` token, or torch's own where torch is imported."""
+    if type(value) is DType:
+        return True
+    torch = imported_torch()
+    return torch is not None and type(value) is torch.dtype
+
+
 _EMPTY: dict[torch.dtype, torch.Tensor] = {}  # per dtype, to make new tensors from cheaply
 
 
 def _new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
                 requires_grad: Any, hooks: Any, metadata: Any) -> torch.Tensor:  # fmt: skip
     """`torch._utils._rebuild_tensor_v2/v3`: a tensor over a storage from this archive."""
+    torch = _torch()
     if (
         type(storage) is not _Storage
         or type(dtype) is not torch.dtype
@@ -128,8 +206,21 @@ def _new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
     return tensor_over(storage.untyped, dtype, offset, size, stride, requires_grad, hooks)
 
 
-def tensor_over(untyped: torch.UntypedStorage, dtype: torch.dtype, offset: Any, size: Any,
-                 stride: Any, requires_grad: bool, hooks: Any) -> torch.Tensor:  # fmt: skip
+def tensor_over(untyped: torch.UntypedStorage | RecordBytes, dtype: torch.dtype | DType, offset: Any,
+                size: Any, stride: Any, requires_grad: bool, hooks: Any) -> Any:  # fmt: skip
+    """The tensor over `untyped` (a storage, or a record's `RecordBytes`) that torch.load builds.
+    Without torch imported, a record's tensor of a dtype numpy has comes back as a numpy array of
+    its values (`RecordBytes.array`): a BatchNorm's `num_batches_tracked`, an optimizer's `step`
+    are read as numbers, and the few that must become tensors (`torch_files.as_ref`) are then."""
+    if type(untyped) is RecordBytes:
+        if type(dtype) is DType and not requires_grad and imported_torch() is None:
+            array = untyped.array(dtype, offset, size, stride)
+            if array is not None:
+                return array
+        untyped = untyped.storage()
+    torch = _torch()
+    if type(dtype) is DType:
+        dtype = getattr(torch, dtype.name)
     empty = _EMPTY.get(dtype)
     if empty is None:
         empty = _EMPTY[dtype] = torch.empty(0, dtype=dtype)
@@ -155,6 +246,7 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
         return _new_tensor(storage, dtype, offset, size, stride, requires_grad, hooks, metadata)
 
     def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> torch.nn.Parameter:
+        torch = _torch()
         if type(data) is not torch.Tensor or type(requires_grad) is not bool or hooks:
             raise Declined("parameter arguments torch.save does not write")
         param = torch.nn.Parameter(data, requires_grad)
@@ -182,17 +274,18 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     def size(dims: Any) -> torch.Size:
         if type(dims) is not tuple or any(type(d) is not int for d in dims):
             raise Declined("torch.Size of something other than ints")
-        return torch.Size(dims)
+        return _torch().Size(dims)
 
     def device(kind: Any, index: Any = None) -> torch.device:
         if type(kind) is not str or not (index is None or type(index) is int):
             raise Declined("torch.device of something other than a name and an index")
+        torch = _torch()
         return torch.device(kind) if index is None else torch.device(kind, index)
 
     def get_layout(name: Any) -> torch.layout:
         if type(name) is not str:
             raise Declined("layout of something other than a name")
-        return torch.serialization._get_layout(name)
+        return _torch().serialization._get_layout(name)
 
     return {
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
@@ -219,13 +312,17 @@ class Records:
         self.path = path
         self._sizes = records.sizes
         self._size = size
-        # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (writes to a tensor stay
-        # in this process, never reach the file), pages read only when a tensor is touched.
-        self._whole = torch.UntypedStorage.from_file(path, False, self._size)
+        # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (ACCESS_COPY: writes to a
+        # tensor stay in this process, never reach the file), pages read only when touched.
+        with open(path, "rb") as f:
+            self._mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
         # The local headers are read through that same mapping: each sits just before its
         # record's bytes, on a page the engine maps anyway. A mapping of their own cost a fault
         # per header and an unmap.
-        whole = torch.empty(0, dtype=torch.uint8).set_(self._whole).numpy()
+        whole = np.frombuffer(self._mapping, dtype=np.uint8)
+        self._bytes = whole
+        self._base = whole.ctypes.data
+        self._storage: torch.UntypedStorage | None = None  # the mapping as torch sees it, once asked
         self._np_starts = self._data_starts(records, whole)
         self._np_sizes = np.frombuffer(records.sizes, dtype=np.int64)
         self._starts = self._np_starts.tolist()
@@ -283,7 +380,14 @@ class Records:
     @property
     def base(self) -> int:
         """The address of the file's first byte in the mapping."""
-        return self._whole.data_ptr()
+        return self._base
+
+    def _whole(self) -> torch.UntypedStorage:
+        """The whole mapping as one torch storage (non-resizable: `set_` refuses a tensor past a
+        record's end), made the first time a tensor is built."""
+        if self._storage is None:
+            self._storage = _torch().frombuffer(self._mapping, dtype=_torch().uint8).untyped_storage()
+        return self._storage
 
     def index(self, key: str, nbytes: int) -> int:
         """The record `data/<key>`, checked: stored plain, where its local header says, and
@@ -315,16 +419,64 @@ class Records:
         at = np.array(indices, dtype=np.int64)
         return self._np_starts[at], self._np_sizes[at]
 
-    def get(self, key: str, nbytes: int) -> torch.UntypedStorage:
-        start = self._starts[self.index(key, nbytes)]
-        return _slice(self._whole, slice(start, start + nbytes))
+    def get(self, key: str, nbytes: int) -> RecordBytes:
+        """The `nbytes` of record `data/<key>` (checked by `index()`), not yet a torch storage."""
+        return RecordBytes(self, self._starts[self.index(key, nbytes)], nbytes)
+
+    def storage(self, start: int, nbytes: int) -> torch.UntypedStorage:
+        """`nbytes` from `start` as a slice of the mapping's storage."""
+        return _slice(self._whole(), slice(start, start + nbytes))
+
+    def array(self, start: int, nbytes: int) -> np.ndarray:
+        """`nbytes` from `start` as uint8 over the mapping, no copy."""
+        return self._bytes[start : start + nbytes]
 
     def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
                stride: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
         """The tensor of a `MappedTensorRef` (record checked by `index()` when it was made)."""
-        start = self._starts[record]
-        untyped = _slice(self._whole, slice(start, start + self._sizes[record]))
-        return tensor_over(untyped, getattr(torch, dtype), offset, shape, stride, False, None)
+        untyped = self.storage(self._starts[record], self._sizes[record])
+        return tensor_over(untyped, getattr(_torch(), dtype), offset, shape, stride, False, None)
+
+
+class RecordBytes(NamedTuple):
+    """A record's bytes in the mapping, before anything is built over them (`Records.get`)."""
+
+    records: Records
+    start: int
+    nbytes: int
+
+    def storage(self) -> torch.UntypedStorage:
+        return self.records.storage(self.start, self.nbytes)
+
+    def array(self, dtype: DType, offset: Any, size: Any, stride: Any) -> np.ndarray | None:
+        """The tensor `(offset, size, stride)` of `dtype` over these bytes as a numpy array (the
+        mapping's, no copy); None where numpy does not hold that dtype, the arguments are not
+        what torch.save writes, or an element would lie past the record (torch's `set_` refuses
+        those too, and decides the message)."""
+        kind = _NUMPY_DTYPES.get(dtype.name)
+        if (
+            kind is None
+            or type(offset) is not int
+            or type(size) is not tuple
+            or type(stride) is not tuple
+            or len(size) != len(stride)
+            or not all(type(n) is int and n >= 0 for n in (offset, *size, *stride))
+        ):
+            return None
+        itemsize = dtype.itemsize
+        count = 1
+        for n in size:
+            count *= n
+        # the last element's index plus one (exact: Python ints); an empty tensor reaches nothing
+        reach = 0 if count == 0 else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
+        if reach * itemsize > self.nbytes:
+            return None
+        data = self.records.array(self.start, self.nbytes)
+        start = offset * itemsize if count else 0
+        base = data[start : start + max(reach - offset, 0) * itemsize].view(kind)
+        return np.lib.stride_tricks.as_strided(
+            base, shape=size, strides=tuple(s * itemsize for s in stride), writeable=True
+        )
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -366,28 +518,32 @@ class _TensorUnpickler(RestrictedUnpickler):
         storage = self._storages.get(key)
         if storage is None:
             nbytes = numel * storage_type.itemsize
-            storage = _Storage(self._get(key, nbytes), storage_type.dtype)
+            storage = _Storage(self._get(key, nbytes).storage(), storage_type.dtype)
             if nbytes:  # torch.load does not share empty storages either
                 self._storages[key] = storage
         return storage
 
 
 _CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
-_PRIVATE = (_Storage, StorageType, types.FunctionType)  # no real function is reachable
+# no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
+_PRIVATE = (_Storage, StorageType, DType, types.FunctionType)
 
 
 def _check_environment(byteorder: bytes | None) -> None:
     """Settings under which torch.load would build something else than what we build."""
     if sys.byteorder != "little":
         raise Declined("big-endian machine")
-    if byteorder is None:  # old files: torch assumes little unless told otherwise
-        endianness = torch.serialization.get_default_load_endianness()
-        if endianness not in (None, torch.serialization.LoadEndianness.LITTLE):
-            raise Declined("a non-default load endianness is set")
-    elif byteorder != b"little":
+    if byteorder is not None and byteorder != b"little":
         raise Declined("big-endian checkpoint")
-    if torch.serialization.get_default_mmap_options() != mmap.MAP_PRIVATE:
-        raise Declined("torch.load is set to map files shared")
+    # torch.load's settings: where torch is not imported, nothing has changed them from their defaults
+    torch = imported_torch()
+    if torch is not None:
+        if byteorder is None:  # old files: torch assumes little unless told otherwise
+            endianness = torch.serialization.get_default_load_endianness()
+            if endianness not in (None, torch.serialization.LoadEndianness.LITTLE):
+                raise Declined("a non-default load endianness is set")
+        if torch.serialization.get_default_mmap_options() != mmap.MAP_PRIVATE:
+            raise Declined("torch.load is set to map files shared")
     # EXT opcodes resolve through copyreg's registry, and its cache bypasses find_class
     if copyreg._inverted_registry:  # type: ignore[attr-defined]
         raise Declined("copyreg extensions are registered")

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope._torch_seen import tensor_type
 from normscope.file_reads import FileReader, item
 from normscope.snapshot import ParamGroup
 
@@ -465,8 +466,6 @@ def _scalar(value: Any, reader: FileReader) -> Any:
     """A step count as a Python number where it is a one-element tensor (read by `reader`)."""
     if not hasattr(value, "item"):
         return value
-    import torch
-
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
+    if isinstance(value, tensor_type()) and value.numel() == 1:
         return item(value, reader)
-    return value.item()
+    return value.item()  # a numpy scalar of the in-place reader: read already, not mapped

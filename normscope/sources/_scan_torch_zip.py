@@ -22,7 +22,6 @@ from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
 from normscope._gc import collector_paused
 
@@ -32,9 +31,10 @@ from ._fast_torch_zip import (
     Records,
     RestrictedUnpickler,
     StorageType,
-    constants,
+    is_dtype,
     open_archive,
     record_places,
+    scan_constants,
     stubs,
     tensor_over,
 )
@@ -69,7 +69,7 @@ def _scan_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
 
     def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
                           hooks: Any, dtype: Any) -> _Rebuilt:  # fmt: skip
-        if type(dtype) is not torch.dtype:
+        if not is_dtype(dtype):
             raise Declined("tensor arguments torch.save does not write")
         return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype))
 
@@ -88,7 +88,7 @@ class _RecordUnpickler(RestrictedUnpickler):
     """Leaves storage ids and tensor arguments as they are pickled (tuples, `_Rebuilt`)."""
 
     def __init__(self, pickled: bytes) -> None:
-        super().__init__(pickled, {**constants(), **_scan_stubs()})
+        super().__init__(pickled, {**scan_constants(), **_scan_stubs()})
 
     @staticmethod
     def persistent_load(pid: Any) -> Any:
@@ -96,7 +96,7 @@ class _RecordUnpickler(RestrictedUnpickler):
 
 
 # The dtypes the engine's CPU kernel reads in place (`engine/fused.py`).
-_IN_PLACE_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+_IN_PLACE_DTYPES = frozenset({"float32", "float64", "bfloat16", "float16"})
 
 
 def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
@@ -156,12 +156,12 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
     # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
     if set(tensor_dtypes) == {None}:
         dtypes = list(map(_DTYPE_OF, kinds))
-    elif not set(map(type, tensor_dtypes)) <= {type(None), torch.dtype}:
+    elif not all(dtype is None or is_dtype(dtype) for dtype in tensor_dtypes):
         raise Declined("tensor arguments torch.save does not write")
     else:
         dtypes = [k.dtype if d is None else d for k, d in zip(kinds, tensor_dtypes)]
     # per dtype (a handful): its name, item size, and whether the engine reads it in place
-    facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype in _IN_PLACE_DTYPES)
+    facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype_name(dtype) in _IN_PLACE_DTYPES)
              for dtype in set(dtypes)}  # fmt: skip
     dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, dtypes))
     np_offsets, np_counts = _bounded(offsets, records.size), _bounded(counts, records.size)

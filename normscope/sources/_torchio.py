@@ -15,6 +15,9 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
+from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError, UnsafeCheckpointError
 
 from ._torch_archive import zip_facts
@@ -158,8 +161,6 @@ def load_torch_file(
     unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
     and a line in `notes` names what was not loaded.
     """
-    import torch
-
     read_head(path, 1)  # permission and existence errors as one line
     is_zip = read_head(path, 4) == ZIP_MAGIC
     if is_zip and is_torchscript(path):
@@ -177,6 +178,9 @@ def load_torch_file(
         result = _read_fast(path, refs=refs, declined=declined)
         if result is not _TORCH_LOAD:
             return result
+    # here, not at the top: the fast readers need no torch for a file they read in place
+    import torch
+
     try:
         # torch's notes on pickle protocols are not for our users
         with warnings.catch_warnings():
@@ -220,7 +224,7 @@ _TORCH_LOAD = _TorchLoad()
 def _read_fast(path: str, *, refs: bool, declined: list[str]) -> Any:
     """The object the fast readers build (with `refs`, in-place refs first), or `_TORCH_LOAD`;
     each reader that declines or fails adds why to `declined`."""
-    # imported here: both import torch, which a run of safetensors files or logs never needs
+    # imported here: a run of safetensors files or logs never needs them
     from ._fast_torch_zip import Declined, load_torch_zip_fast
     from ._scan_torch_zip import scan_torch_zip
 
@@ -253,9 +257,9 @@ EPOCH_KEYS = ("epoch",)
 
 
 def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return isinstance(value, torch.Tensor)
+    """A torch tensor, or the numpy array the in-place reader leaves for one it does not hand to
+    the kernel (`_fast_torch_zip.tensor_over`). Without torch imported there is no torch tensor."""
+    return isinstance(value, tensor_type()) or type(value) is np.ndarray
 
 
 def _number(value: Any) -> float | None:
@@ -263,6 +267,8 @@ def _number(value: Any) -> float | None:
         return None
     if isinstance(value, (int, float)):
         return value
+    if type(value) is np.ndarray:
+        return value.item() if value.size == 1 else None
     if _is_tensor(value) and value.numel() == 1:
         from normscope.file_reads import item
 

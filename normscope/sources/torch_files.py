@@ -12,6 +12,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
+from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError
 from normscope.file_stamps import FileStamp, check_unchanged, merge_stamps, stamp_path
 from normscope.snapshot import Run
@@ -34,20 +37,24 @@ from ._torchio import (
 
 def as_ref(name: str, value: Any) -> Any:
     """A loaded (mmap-backed) tensor wrapped as a ref; a ref already lazy gets the clean name."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, tensor_type()):
         return TorchTensorRef(name, value)
     if type(value) is MappedTensorRef:
         return value.named(name)
+    if type(value) is np.ndarray:  # a tensor the in-place reader left as numpy (a scalar, a view)
+        # here: only such a tensor, rare in a model or optimizer state, needs torch
+        import torch
+
+        return TorchTensorRef(name, torch.from_numpy(value))
     return dataclasses.replace(value, name=name)
 
 
 def is_tensor_or_ref(value: Any) -> bool:
-    """A tensor, or a ref standing for one (what `load_torch_file(refs=True)` leaves)."""
-    import torch
-
-    return isinstance(value, (torch.Tensor, MappedTensorRef))
+    """A tensor, or a ref standing for one (what `load_torch_file(refs=True)` leaves: refs, and
+    where torch is not imported, numpy arrays for the tensors the kernel does not read in place)."""
+    if type(value) is MappedTensorRef or type(value) is np.ndarray:
+        return True
+    return isinstance(value, tensor_type())
 
 
 def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,9 +62,7 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
     Written for checkpoints of tens of thousands of tensors: one pass per step, no call per
     tensor beyond the ref itself."""
-    import torch
-
-    tensor = torch.Tensor
+    tensor = tensor_type()
     floats = {
         k: v
         for k, v in state_dict.items()
@@ -66,6 +71,8 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
             or (
                 v.is_floating_point()
                 if isinstance(v, tensor)
+                else v.dtype.kind == "f"
+                if type(v) is np.ndarray
                 else isinstance(v, ChunkedTensorRef) and v.dtype in FLOAT_DTYPES
             )
         )
