@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError
 from normscope.file_stamps import FileSpan
 
@@ -177,6 +178,22 @@ class FileReader:
         flat = torch.frombuffer(raw, dtype=tensor.dtype)
         return torch.as_strided(flat, tuple(tensor.shape), tensor.stride())
 
+    def scalar(self, value: np.ndarray) -> Any:
+        """The one element of a numpy array (the in-place reader's scalars are views of its
+        file's mapping), read from the file with a read call where a file backs it."""
+        import numpy as np
+
+        mappings = self._file_mappings()
+        address = value.ctypes.data
+        i = bisect.bisect_right(self._starts, address) - 1
+        if not mappings or i < 0 or address >= mappings[i].end:
+            return value.reshape(-1)[0].item()  # not a file's memory
+        mapping = mappings[i]
+        if address + value.itemsize > mapping.end:
+            raise BadInputError(f"{mapping.path}: a value that runs past the file's mapping")
+        raw = self.bytes_at(mapping.path, mapping.offset + address - mapping.start, value.itemsize)
+        return np.frombuffer(raw.tobytes(), dtype=value.dtype)[0].item()
+
     def _file_mappings(self) -> list[_Mapping]:
         if self._mappings is None:
             try:
@@ -191,11 +208,14 @@ class FileReader:
 
 def item(tensor: torch.Tensor, reader: FileReader | None = None) -> Any:
     """`tensor.item()` of a one-element tensor (a step, an epoch), read with read calls where
-    a file backs it; `reader` shares the open files and the list of mappings between calls."""
-    if reader is not None:
+    a file backs it; `reader` shares the open files and the list of mappings between calls.
+    A one-element numpy array (what the in-place reader gives without torch) is read the same way."""
+    if reader is None:
+        with FileReader() as own:
+            return item(tensor, own)
+    if isinstance(tensor, tensor_type()):
         return reader.tensor(tensor).item()
-    with FileReader() as own:
-        return own.tensor(tensor).item()
+    return reader.scalar(tensor)
 
 
 def _pread_into(fd: int, view: memoryview, offset: int) -> int:

@@ -11,12 +11,12 @@ bias, vector, normalisation layer). When torch saved `param_names` (optimizers b
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from normscope._torch_seen import tensor_type
 from normscope.file_reads import FileReader, item
 from normscope.snapshot import ParamGroup
 
@@ -466,6 +466,6 @@ def _scalar(value: Any, reader: FileReader) -> Any:
     """A step count as a Python number where it is a one-element tensor (read by `reader`)."""
     if not hasattr(value, "item"):
         return value
-    if isinstance(value, tensor_type()) and value.numel() == 1:
-        return item(value, reader)
-    return value.item()  # a numpy scalar of the in-place reader: read already, not mapped
+    if getattr(value, "ndim", None) is not None and math.prod(value.shape) == 1:
+        return item(value, reader)  # a tensor, or the in-place reader's numpy view of its file
+    return value.item()
