@@ -10,12 +10,12 @@ meanwhile is a one-line error rather than a SIGBUS.
 from __future__ import annotations
 
 import operator
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from normscope._torch_seen import tensor_type
 from normscope.engine.fused import takes_as_is
 from normscope.engine.in_place import InPlaceColumns, in_place_columns
 from normscope.engine.plan import Entry, Piece, dtype_of
@@ -165,7 +165,7 @@ def load_work(
                 weight = ref  # its shape and dtype are the entry's: the plan read them off it
             elif (  # a ref with its tensor in hand (snapshot.TensorRef): no call
                 held is not None
-                and isinstance(held, torch.Tensor)
+                and isinstance(held, tensor_type())  # held: a tensor only once torch is imported
                 and held.shape == shape
                 and held.is_floating_point()
                 and takes_as_is(held)
