@@ -1,4 +1,7 @@
-"""Pin torch's x86 CPU kernels to AVX2 so a retrained run matches the committed checkpoints bit for bit.
+"""Pin torch's x86 CPU kernels to AVX2 so a retrained run matches the committed checkpoints bit for bit
+on CPUs that block oneDNN's convolutions as the training machine did (cache sizes differ between CPU
+models, and with them the summation order; `tests/test_sample_runs.py` then compares norms and
+directions instead).
 
 torch picks its vectorised kernels (ATen) and oneDNN's convolutions by the CPU's instruction set; an
 AVX-512 machine sums in a different order than an AVX2 one, and 23 steps at lr 0.2 grow that rounding

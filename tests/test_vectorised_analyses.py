@@ -57,7 +57,7 @@ def _describe_values_by_groupby(table: pd.DataFrame, column: str) -> str:
     distinct = list(dict.fromkeys(over_time))
     if len(distinct) == 1:
         return f"{distinct[0]:.3g}"
-    return (f"{min(distinct):.3g} … {max(distinct):.3g} over the run "
+    return (f"{min(distinct):.3g} to {max(distinct):.3g} over the run "
             f"(first {over_time[0]:.3g}, last {over_time[-1]:.3g})")
 
 
