@@ -162,19 +162,11 @@ class FileReader:
 
         if tensor.device.type != "cpu" or tensor.numel() == 0:
             return tensor
-        mappings = self._file_mappings()
-        if not mappings:
+        reach = sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride()))
+        extent = tensor.element_size() * (1 + reach)
+        raw = self._mapped_bytes(tensor.data_ptr(), extent, "a tensor")
+        if raw is None:
             return tensor
-        address = tensor.data_ptr()
-        i = bisect.bisect_right(self._starts, address) - 1
-        if i < 0 or address >= mappings[i].end:
-            return tensor  # not a file's memory
-        mapping = mappings[i]
-        itemsize = tensor.element_size()
-        extent = itemsize * (1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride())))
-        if address + extent > mapping.end:  # past its file's mapping: not a tensor torch made
-            raise BadInputError(f"{mapping.path}: a tensor that runs past the file's mapping")
-        raw = self.bytes_at(mapping.path, mapping.offset + address - mapping.start, extent)
         flat = torch.frombuffer(raw, dtype=tensor.dtype)
         return torch.as_strided(flat, tuple(tensor.shape), tensor.stride())
 
@@ -183,16 +175,22 @@ class FileReader:
         file's mapping), read from the file with a read call where a file backs it."""
         import numpy as np
 
+        raw = self._mapped_bytes(value.ctypes.data, value.itemsize, "a value")
+        if raw is None:
+            return value.reshape(-1)[0].item()
+        return np.frombuffer(raw.tobytes(), dtype=value.dtype)[0].item()
+
+    def _mapped_bytes(self, address: int, extent: int, what: str) -> np.ndarray | None:
+        """The `extent` bytes at `address`, read from the file whose mapping holds them; None
+        where no file backs that memory (or the mappings cannot be listed)."""
         mappings = self._file_mappings()
-        address = value.ctypes.data
         i = bisect.bisect_right(self._starts, address) - 1
         if not mappings or i < 0 or address >= mappings[i].end:
-            return value.reshape(-1)[0].item()  # not a file's memory
+            return None  # not a file's memory
         mapping = mappings[i]
-        if address + value.itemsize > mapping.end:
-            raise BadInputError(f"{mapping.path}: a value that runs past the file's mapping")
-        raw = self.bytes_at(mapping.path, mapping.offset + address - mapping.start, value.itemsize)
-        return np.frombuffer(raw.tobytes(), dtype=value.dtype)[0].item()
+        if address + extent > mapping.end:  # past its file's mapping: not something torch made
+            raise BadInputError(f"{mapping.path}: {what} that runs past the file's mapping")
+        return self.bytes_at(mapping.path, mapping.offset + address - mapping.start, extent)
 
     def _file_mappings(self) -> list[_Mapping]:
         if self._mappings is None:

@@ -142,12 +142,17 @@ def test_mappings_are_read_off_the_maps_format():
     ]
 
 
-@pytest.mark.parametrize("run", ["digits_bn_cnn_sgd", "digits_ln_transformer_adamw"])
-def test_the_fused_and_torch_paths_agree_on_a_sample_run(run, monkeypatch):
+def _first_snapshots(run: str) -> list:
+    """The first four snapshots of a sample run (skips where the run is not present)."""
     path = os.path.join(ROOT, run)
     if not os.path.isdir(path):
         pytest.skip(f"{run} not present")
-    snapshots = list(open_run(path).snapshots)[:4]
+    return list(open_run(path).snapshots)[:4]
+
+
+@pytest.mark.parametrize("run", ["digits_bn_cnn_sgd", "digits_ln_transformer_adamw"])
+def test_the_fused_and_torch_paths_agree_on_a_sample_run(run, monkeypatch):
+    snapshots = _first_snapshots(run)
     if not reads_in_place(torch.device("cpu"), rows=False):
         pytest.skip("this install has no fused kernel")
     fused = compute_stats(snapshots, device="cpu", bucket_bytes=64 * 1024)
@@ -174,10 +179,7 @@ def test_read_copies_give_the_torch_path_the_numbers_mapped_pages_gave(run, monk
     # the same bytes, the same kernels: bit for bit what the torch path computed on the mappings
     import normscope.engine.loading as loading
 
-    path = os.path.join(ROOT, run)
-    if not os.path.isdir(path):
-        pytest.skip(f"{run} not present")
-    snapshots = list(open_run(path).snapshots)[:4]
+    snapshots = _first_snapshots(run)
     monkeypatch.setenv("NORMSCOPE_FUSED", "0")
     copied = compute_stats(snapshots, device="cpu", bucket_bytes=64 * 1024)
     read = loading._read
