@@ -8,7 +8,7 @@ import torch
 from _digits import digits_tensors
 
 from normscope.errors import BadInputError
-from normscope.schedules import (
+from normscope.lr_schedules import (
     larger_root,
     multistep_line,
     step_schedule,

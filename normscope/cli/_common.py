@@ -14,7 +14,7 @@ import typer
 
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, NormscopeError
 from normscope.report.escape import printable
-from normscope.report.safe_console import SafeConsole
+from normscope.report.terminal.safe_console import SafeConsole
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -154,7 +154,7 @@ def analyze(
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
     result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
     if plots is not None:
-        from normscope.report.equilibrium_plots import (
+        from normscope.report.plots.equilibrium_plots import (
             plot_equilibrium,
             plot_ratio_heatmap,
         )
@@ -177,7 +177,7 @@ def analyze(
                   f"from snapshot {finding.snapshot} on", style="bold red")
 
     if format is Format.table:
-        from normscope.report.analyze_view import analyze_view
+        from normscope.report.terminal.analyze_view import analyze_view
 
         view = analyze_view(traj, result, max_rows=rows, notes=False)
         if output is None:

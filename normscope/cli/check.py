@@ -99,19 +99,19 @@ def check(
     result = outcome.result
 
     if junit is not None:
-        from normscope.report.junit import write_junit
+        from normscope.report.ci.junit import write_junit
 
         write_junit(result, junit)
     if format is CheckFormat.json:
-        from normscope.report.check_json import check_document
         from normscope.report.escape import json_text
+        from normscope.report.machine.check_json import check_document
 
         sys.stdout.write(json_text(check_document(result, outcome.resolved.origins)) + "\n")
     else:
-        from normscope.report.check_view import check_view
+        from normscope.report.terminal.check_view import check_view
 
         stdout_console().print(check_view(result, show_passing=show_all, notes=False))
-    from normscope.report.github import publish
+    from normscope.report.ci.github import publish
 
     # The runner reads workflow commands from stderr as well as stdout; stderr keeps JSON clean.
     publish(result, os.environ, lambda line: print(line, file=sys.stderr), origins=outcome.resolved.origins)
@@ -119,7 +119,7 @@ def check(
 
     for warning in outcome.notes:  # the run's own warnings, labelled as every command labels them
         stderr_console().print(f"normscope: warning: {printable(warning)}")
-    from normscope.report.check_view import no_limits_note
+    from normscope.report.terminal.check_view import no_limits_note
 
     if no_limits_note(result):
         stderr_console().print(f"normscope: note: {no_limits_note(result)}")

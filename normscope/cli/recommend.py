@@ -78,21 +78,21 @@ def recommend(
     if texp_skipped:
         err.print(f"normscope: note: --texp skipped: {printable(texp_skipped)}")
     if plot is not None:
-        from normscope.report.bounce_plot import plot_recommendation
+        from normscope.report.plots.bounce_plot import plot_recommendation
 
         plot_recommendation(rec, plot, title=Path(path).name)
         err.print(f"normscope: note: plot written to {printable(plot)}")
 
     if format is Format.json:
-        from normscope.report.recommend_view import to_json
+        from normscope.report.machine.recommend_json import to_json
 
         emit_text(json_text(to_json(rec, texp_schedule, premise)) + "\n", output)
     elif format is Format.csv:
-        from normscope.report.recommend_view import schedule_csv
+        from normscope.report.machine.schedule_csv import schedule_csv
 
         emit_text(schedule_csv(rec, texp_schedule), output)
     else:
-        from normscope.report.recommend_view import recommend_view
+        from normscope.report.terminal.recommend_view import recommend_view
 
         view = recommend_view(rec, texp_schedule, premise, notes=False)
         if output is None:

@@ -40,8 +40,8 @@ def report(
     from normscope.analysis.runner import RunOptions
     from normscope.api import load_with_options
     from normscope.config import load_config
-    from normscope.report.assemble import run_report
-    from normscope.report.write import report_format, write_report
+    from normscope.report.documents.assemble import run_report
+    from normscope.report.documents.write import report_format, write_report
 
     report_format(output)  # refuse a bad name or place before reading any checkpoint
     check_output_path(output)

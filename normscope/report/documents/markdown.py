@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from normscope.report.document import Bullets, Figure, Paragraph, Report, Table
+from normscope.report.documents.document import Bullets, Figure, Paragraph, Report, Table
 from normscope.report.escape import markdown_text
 
 # The document holds plain text (names from the run among it), so every piece is escaped here.

@@ -83,7 +83,7 @@ def summary_markdown(result: CheckResult) -> str:
         mine = [f for f in result.findings if f.rule == rule]
         lines.append(f"| {rule} | {len(mine)} | {sum(f.passed for f in mine)} | "
                      f"{sum(f.status == 'warning' for f in mine)} | {sum(f.status == ERROR for f in mine)} |")
-    from normscope.report.check_view import no_limits_note
+    from normscope.report.terminal.check_view import no_limits_note
 
     note = no_limits_note(result)
     if note:

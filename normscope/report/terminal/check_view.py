@@ -7,7 +7,7 @@ from rich.text import Text
 
 from normscope.check.findings import ERROR, CheckResult
 from normscope.report.escape import printable
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
 
 def _number(x: float | None) -> str:
