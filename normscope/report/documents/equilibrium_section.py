@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 from normscope.report.documents.document import Block, Bullets, Figure, Paragraph, Section, Table
+from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
 from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
 
 
@@ -49,8 +50,6 @@ def _plot_png(plot, report) -> bytes | None:
 
 def equilibrium_section(report) -> Section:
     """Measured vs predicted equilibrium per invariant layer, the hyper-parameters used, and the plots."""
-    from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
-
     low, high = report.tolerance
     blocks: list[Block] = [Bullets(tuple(f"{h.name} = {h.value} ({h.source})" for h in report.hyperparams))]
     if report.layers:
