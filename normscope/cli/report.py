@@ -14,8 +14,6 @@ from normscope.cli._common import (
     handle_errors,
     stderr_console,
 )
-from normscope.config import load_config
-from normscope.report.documents.write import report_format, write_report
 from normscope.report.escape import printable
 
 
@@ -43,7 +41,10 @@ def report(
     # lazy: the analyses import numpy and pandas, which `normscope --help` does not
     from normscope.analysis.runner import RunOptions
     from normscope.api import load_with_options  # lazy: as above
+    # lazy: only this command reads the config file (tomllib) and writes documents: 15 ms at every start
+    from normscope.config import load_config
     from normscope.report.documents.assemble import run_report  # lazy: matplotlib too
+    from normscope.report.documents.write import report_format, write_report  # lazy: as load_config
 
     report_format(output)  # refuse a bad name or place before reading any checkpoint
     check_output_path(output)
