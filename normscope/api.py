@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
+from normscope.engine import compute_stats
 from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR
 from normscope.errors import BadInputError
 from normscope.snapshot import (
@@ -23,6 +24,8 @@ from normscope.snapshot import (
     Snapshot,
     SnapshotStats,
 )
+from normscope.sources import open_run
+from normscope.sources._assemble import subsample
 from normscope.trajectory import Trajectory, build_trajectory
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
@@ -100,8 +103,6 @@ def trajectory_from_run(
             warnings.append(no_rows_note(run.layout))
             granularity = GRANULARITY_TENSOR
     else:
-        from normscope.engine import compute_stats
-
         stats = compute_stats(run.snapshots, device=device, bucket_bytes=bucket_bytes, progress=progress,
                               granularity=granularity)
     return build_trajectory(
@@ -163,9 +164,6 @@ def open_selected_run(
 ) -> Run:
     """`open_run` of `path` with the parameter filters applied and, with `one_file_per_epoch`, the
     files numbered epoch 1..N before `every` thins them (so file k stays epoch k)."""
-    from normscope.sources import open_run
-    from normscope.sources._assemble import subsample
-
     if every < 1:
         raise BadInputError(f"--every must be at least 1, got {every}")
     order = tuple(parameter_order) if parameter_order else None

@@ -12,6 +12,10 @@ import platform
 import re
 import sys
 
+import normscope
+from normscope import __version__
+from normscope.engine.fused import kernel_status
+
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 
@@ -57,16 +61,13 @@ def _installed(distribution: str) -> bool:
 
 def describe() -> list[tuple[str, str]]:
     """(label, value) lines: normscope, Python, platform, torch, CUDA, the fused kernel, extras."""
-    from normscope import __version__
-    from normscope.engine.fused import kernel_status
-
     lines = [
         ("normscope", f"{__version__} ({_package_dir()})"),
         ("python", f"{platform.python_version()} ({sys.executable})"),
         ("platform", f"{platform.system()} {platform.machine()}"),
     ]
     try:
-        import torch
+        import torch  # lazy: torch takes seconds to import; only this function asks it
     except ImportError as exc:  # pragma: no cover - torch is a dependency
         lines.append(("torch", f"not importable ({exc})"))
     else:
@@ -91,6 +92,4 @@ def describe() -> list[tuple[str, str]]:
 
 
 def _package_dir() -> str:
-    import normscope
-
     return str(normscope.__path__[0])

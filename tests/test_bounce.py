@@ -162,10 +162,8 @@ def test_per_layer_bounces_say_which_layer_bounces():
 def test_analyze_bounces_needs_no_learning_rate_and_renders():
     from rich.console import Console
 
-    from normscope.report.recommend_view import (
-        bounce_analysis_json,
-        bounce_analysis_view,
-    )
+    from normscope.report.machine.recommend_json import bounce_analysis_json
+    from normscope.report.terminal.recommend_view import bounce_analysis_view
 
     traj = trajectory_from_norms({"conv1": bounce_curve(), "conv2": np.full(60, 7.0)}, lrs=np.nan)
     found = analyze_bounces(traj.table)

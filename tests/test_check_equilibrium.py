@@ -51,7 +51,7 @@ def test_no_invariant_layer_left_fails_the_rule(sgd_run_dir):
 
 
 def test_report_shows_verdicts_with_evidence_and_the_equilibrium(sgd, settled):
-    from normscope.report.assemble import run_report
+    from normscope.report.documents.assemble import run_report
 
     report = run_report(sgd)
     sections = {s.title: s for s in report.sections}

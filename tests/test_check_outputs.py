@@ -11,15 +11,15 @@ from reports_support import reduce_states, train_states
 from normscope.check import run_check
 from normscope.check.findings import CheckResult, Finding
 from normscope.config import CheckConfig, Origin
-from normscope.report.check_json import check_document
-from normscope.report.github import (
+from normscope.report.ci.github import (
     annotation,
     escape_data,
     escape_property,
     publish,
     summary_markdown,
 )
-from normscope.report.junit import junit_xml
+from normscope.report.ci.junit import junit_xml
+from normscope.report.machine.check_json import check_document
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from _sample_tables import ADAMW_RUN, SGD_RUN, sample_trajectory
 from rich.console import Console
 
 from normscope.analysis.equilibrium import analyze_equilibrium
-from normscope.report.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
-from normscope.report.equilibrium_view import (
+from normscope.report.machine.equilibrium_json import to_json
+from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
+from normscope.report.terminal.equilibrium_view import (
     render_equilibrium,
     render_invariance,
-    to_json,
 )
 
 

@@ -160,7 +160,7 @@ def test_nan_filled_tables_give_unknowns_not_crashes(live_sgd_run):
     import json
 
     from normscope.analysis.equilibrium import equilibrium_report
-    from normscope.report.equilibrium_view import to_json
+    from normscope.report.machine.equilibrium_json import to_json
 
     table = live_sgd_run.table.copy()
     for column in ("norm", "norm_sq", "dot_prev", "angle_rad", "buf_dot", "buf_norm", "delta_norm"):

@@ -207,8 +207,8 @@ def test_the_analyze_table_at_80_and_120_columns_shows_the_json_numbers_uncut(ru
     from normscope.analysis.runner import analyze_run
     from normscope.api import load_trajectory
     from normscope.report.analyze_json import analyze_document
-    from normscope.report.analyze_view import analyze_view, fmt
-    from normscope.report.safe_console import SafeConsole
+    from normscope.report.terminal.analyze_view import analyze_view, fmt
+    from normscope.report.terminal.safe_console import SafeConsole
 
     if not run.exists():
         pytest.skip("sample run missing")
@@ -269,7 +269,7 @@ def test_the_cross_view_tests_cover_every_sample_run():
 def _text(renderable, width: int) -> str:
     import io
 
-    from normscope.report.safe_console import SafeConsole
+    from normscope.report.terminal.safe_console import SafeConsole
 
     buffer = io.StringIO()
     SafeConsole(file=buffer, width=width, color_system=None).print(renderable)
@@ -284,12 +284,13 @@ def every_view(request, tmp_path_factory) -> dict:
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.api import load_with_options
     from normscope.report.analyze_json import analyze_document
-    from normscope.report.analyze_view import analyze_view
-    from normscope.report.assemble import run_report
-    from normscope.report.html import render_html
+    from normscope.report.documents.assemble import run_report
+    from normscope.report.documents.html import render_html
+    from normscope.report.documents.markdown import render_markdown
     from normscope.report.live_view import render_frame
-    from normscope.report.markdown import render_markdown
-    from normscope.report.recommend_view import recommend_view, to_json
+    from normscope.report.machine.recommend_json import to_json
+    from normscope.report.terminal.analyze_view import analyze_view
+    from normscope.report.terminal.recommend_view import recommend_view
 
     run = EVERY_RUN[request.param]
     if not run.exists():

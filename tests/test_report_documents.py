@@ -16,8 +16,8 @@ from matplotlib.image import imread
 from reports_support import reduce_states, save_states, train_states
 
 from normscope.errors import BadInputError
-from normscope.report.assemble import run_report
-from normscope.report.write import write_report
+from normscope.report.documents.assemble import run_report
+from normscope.report.documents.write import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -1,6 +1,8 @@
 """Step schedules, the MultiStepLR line, and Li & Arora's TEXP equivalence checked by real training."""
 
+import importlib
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from _digits import digits_tensors
 
 from normscope.errors import BadInputError
-from normscope.schedules import (
+from normscope.lr_schedules import (
     larger_root,
     multistep_line,
     step_schedule,
@@ -33,6 +35,14 @@ def test_step_schedule_matches_torch_multisteplr():
     assert step_schedule(0.5, milestones, gamma, 10, min_lr=0.01)[-1] == pytest.approx(0.01)
     assert multistep_line(milestones, gamma) == \
         "torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[3, 7], gamma=0.1)"
+
+
+def test_the_former_module_name_still_imports_and_says_where_to_go():
+    sys.modules.pop("normscope.schedules", None)
+    with pytest.warns(DeprecationWarning, match="normscope.lr_schedules"):
+        former = importlib.import_module("normscope.schedules")
+    assert (former.step_schedule, former.multistep_line, former.texp_schedule) == \
+        (step_schedule, multistep_line, texp_schedule)
 
 
 def test_texp_growth_per_epoch_is_the_papers_1_481():

@@ -27,7 +27,7 @@ from normscope.analysis.bounce import (
 from normscope.analysis.epochs import EpochSeries, epoch_series
 from normscope.analysis.theory import ADAMW, SGD, relaxation_steps
 from normscope.errors import BadInputError
-from normscope.schedules import multistep_line, step_schedule
+from normscope.lr_schedules import multistep_line, step_schedule
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -90,7 +90,7 @@ class RunAnalysis:
     # trajectory read at row granularity
     rows: tuple[Any, ...] | None = None
     premise: Any | None = None  # normscope.analysis.premise.Premise of the recommendation
-    texp: Any | None = None  # normscope.schedules.TexpSchedule, with `RunOptions.texp`
+    texp: Any | None = None  # normscope.lr_schedules.TexpSchedule, with `RunOptions.texp`
     live: Any | None = None  # normscope.analysis.live.LiveFrame: the latest state, what `watch` shows
     # the weight rules' numbers (normscope.analysis.weights.WeightStats) and the check's findings
     # (normscope.check.CheckResult), given a check configuration
@@ -187,7 +187,7 @@ def check_options(config: Any, options: RunOptions | None = None) -> RunOptions:
 def texp_equivalent(rec) -> tuple[Any | None, str | None]:
     """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
     optional part of the answer: the recommendation stands without it)."""
-    from normscope.schedules import texp_schedule
+    from normscope.lr_schedules import texp_schedule
 
     s = rec.series
     if s.optimizer and not s.optimizer.upper().startswith("SGD"):

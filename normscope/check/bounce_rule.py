@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from normscope.analysis.runner import BOUNCES
 from normscope.check.findings import CheckContext, Finding
+from normscope.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from normscope.trajectory import Trajectory
@@ -27,9 +29,6 @@ class BounceRule:
     name: str = "bounce"
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
-        from normscope.analysis.runner import BOUNCES
-        from normscope.errors import BadInputError
-
         analysis = context.run_analysis(trajectory)
         if analysis.bounces is None:
             raise BadInputError(analysis.skipped.get(BOUNCES, "the bounce analysis did not run"))

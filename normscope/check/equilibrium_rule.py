@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from normscope.check.findings import CheckContext, Finding
+from normscope.errors import BadInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from normscope.trajectory import Trajectory
@@ -26,8 +27,6 @@ class EquilibriumRule:
     name: str = "equilibrium"
 
     def evaluate(self, trajectory: Trajectory, context: CheckContext) -> list[Finding]:
-        from normscope.errors import BadInputError
-
         analysis = context.run_analysis(trajectory)
         report = analysis.equilibrium
         if report is None:

@@ -7,8 +7,12 @@ checked, not only what failed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from normscope.analysis.runner import analyze_run, check_options
+from normscope.analysis.weights import weight_stats
+from normscope.errors import EXIT_OK, EXIT_VIOLATIONS
 
 if TYPE_CHECKING:  # pragma: no cover
     from normscope.config import CheckConfig
@@ -74,8 +78,6 @@ class CheckContext:
         """`analyze_run` of the checked run (with the weight numbers of `config`), once per check:
         the numbers every other view shows."""
         if self.run is None:
-            from normscope.analysis.runner import analyze_run, check_options
-
             self.run = analyze_run(trajectory, check_options(self.config, self.options), recommendation=False)
         return self.run
 
@@ -83,10 +85,6 @@ class CheckContext:
         """The weight rules' numbers (`normscope.analysis.weights.WeightStats`) of the checked run."""
         analysis = self.run_analysis(trajectory)
         if analysis.weights is None:
-            from dataclasses import replace
-
-            from normscope.analysis.weights import weight_stats
-
             self.run = analysis = replace(analysis, weights=weight_stats(trajectory, self.config.kinds))
         return analysis.weights
 
@@ -127,8 +125,6 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        from normscope.errors import EXIT_OK, EXIT_VIOLATIONS
-
         return EXIT_OK if self.passed else EXIT_VIOLATIONS
 
     def counts(self) -> dict[str, int]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from normscope.analysis.runner import analyze_run, check_options
 from normscope.check.baseline_rule import BaselineDriftRule
 from normscope.check.bounce_rule import BounceRule
 from normscope.check.equilibrium_rule import EquilibriumRule
@@ -84,10 +86,6 @@ def run_check(
 ) -> CheckResult:
     """Evaluate every rule (those `config` switches on unless `rules` is given) on `trajectory`:
     `analyze_run` with the check configuration, whose `check` part this is."""
-    from dataclasses import replace
-
-    from normscope.analysis.runner import analyze_run, check_options
-
     if rules is None:
         rules = build_rules(config, with_baseline=baseline is not None)
     analysis = analyze_run(trajectory, check_options(config, options), recommendation=False,

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from normscope.analysis.runner import RunOptions
+from normscope.api import load_with_options
 from normscope.check.findings import CheckResult
 from normscope.check.runner import build_rules, run_check
 from normscope.config import ResolvedConfig, load_config
@@ -30,9 +32,6 @@ def check_path(
 ) -> CheckOutcome:
     """Resolve the configuration for `path`, load the run (and baseline, with the same options) and
     run the rules on the analysis of the run (`analyze_run` with the check configuration)."""
-    from normscope.analysis.runner import RunOptions
-    from normscope.api import load_with_options
-
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
     config = resolved.config
     options = RunOptions(include=tuple(config.include), exclude=tuple(config.exclude), every=config.every,

@@ -22,6 +22,8 @@ from normscope.cli import check as _check
 from normscope.cli import recommend as _recommend
 from normscope.cli import report as _report
 from normscope.cli import watch as _watch
+from normscope.errors import EXIT_BAD_INPUT
+from normscope.report.escape import printable
 
 def _plain_flags(params) -> None:
     """A flag takes no value, so its help shows no `<bool>`; an argument shows its name (`PATH`)."""
@@ -69,7 +71,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from normscope.environment import describe
+        from normscope.environment import describe  # lazy: its imports cost ~75 ms; for --version only
 
         lines = describe()
         width = max(len(label) for label, _ in lines)
@@ -111,9 +113,6 @@ app.command("watch", cls=_Command)(_watch.watch)
 def main() -> None:
     """Run the command line. A usage mistake (an unknown flag, a missing argument, a bad value) is one
     line on stderr and exit 2, like every other bad input."""
-    from normscope.errors import EXIT_BAD_INPUT
-    from normscope.report.escape import printable
-
     try:
         code = app(prog_name="normscope", standalone_mode=False)
     except click_errors.NoArgsIsHelpError as exc:

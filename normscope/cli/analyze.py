@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from normscope.analysis.user_model import MODEL_OPTION_HELP
+from normscope.analysis.user_model import MODEL_OPTION_HELP, parameter_names
 from normscope.cli._common import (
     GRANULARITY_HELP,
     Device,
@@ -21,7 +21,10 @@ from normscope.cli._common import (
     progress_reporter,
     render_to_text,
     stderr_console,
+    stdout_console,
 )
+from normscope.errors import BadInputError
+from normscope.report.escape import json_text, printable
 
 
 class Format(str, enum.Enum):
@@ -122,9 +125,9 @@ def analyze(
                                                 rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
+    # lazy: numpy and pandas, which `normscope --help` does not import
     from normscope.analysis.runner import RunOptions, analyze_run
-    from normscope.api import load_trajectory
-    from normscope.errors import BadInputError
+    from normscope.api import load_trajectory  # lazy: numpy and pandas, as above
 
     options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
                          device=device.value, steps_per_epoch=steps_per_epoch,
@@ -141,30 +144,24 @@ def analyze(
                  "device": options.device, "one_file_per_epoch": options.one_file_per_epoch,
                  "progress": update, "recover_unsafe": recover_unsafe, "granularity": granularity.value}
     if model is not None and not (cluster or workers):
-        from normscope.analysis.user_model import parameter_names
-
         # the exact order for optimizer state whose weights file lost it (safetensors)
         selection["parameter_order"] = parameter_names(model)
     with progress:
         if cluster or workers:
-            from normscope.distributed import load_trajectory_distributed
+            from normscope.distributed import load_trajectory_distributed  # lazy: the Dask backend, with --cluster
 
             traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
         else:
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
     result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
     if plots is not None:
-        from normscope.report.equilibrium_plots import (
-            plot_equilibrium,
-            plot_ratio_heatmap,
-        )
+        # lazy: matplotlib, only when plots are written
+        from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
 
         plots.mkdir(parents=True, exist_ok=True)
         if result.equilibrium is not None and result.equilibrium.layers:
             plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
             plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
-
-    from normscope.report.escape import printable
 
     err = stderr_console()
     # on stderr in every format, once: the table view leaves them out, csv and parquet have no room
@@ -177,28 +174,24 @@ def analyze(
                   f"from snapshot {finding.snapshot} on", style="bold red")
 
     if format is Format.table:
-        from normscope.report.analyze_view import analyze_view
+        from normscope.report.terminal.analyze_view import analyze_view  # lazy: numpy and pandas
 
         view = analyze_view(traj, result, max_rows=rows, notes=False)
         if output is None:
-            from normscope.cli._common import stdout_console
-
             stdout_console().print(view)
         else:
             emit_text(render_to_text(view), output)
     elif format is Format.json:
-        from normscope.report.analyze_json import analyze_document
+        from normscope.report.analyze_json import analyze_document  # lazy: numpy and pandas
 
         doc = analyze_document(traj, result)
-        from normscope.report.escape import json_text
-
         emit_text(json_text(doc) + "\n", output)
     elif format is Format.csv:
-        from normscope.report.table_export import to_csv_text
+        from normscope.report.table_export import to_csv_text  # lazy: pandas
 
         emit_text(to_csv_text(traj.table), output)
     else:
-        from normscope.report.table_export import write_parquet
+        from normscope.report.table_export import write_parquet  # lazy: pandas and pyarrow
 
         assert output is not None
         write_parquet(traj.table, output)

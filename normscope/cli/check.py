@@ -19,6 +19,7 @@ from normscope.cli._common import (
     stderr_console,
     stdout_console,
 )
+from normscope.report.escape import json_text, printable
 
 
 class CheckFormat(str, enum.Enum):
@@ -79,7 +80,13 @@ def check(
                                               "(repeatable).", panel=RULES)] = None,
 ) -> None:
     """Check a run against rules from \\[tool.normscope.check]; exit 1 when one fails (CI gate)."""
+    # lazy: the check and its outputs import numpy and pandas, which `normscope --help` does not
     from normscope.check.session import check_path
+    from normscope.report.check_facts import no_limits_note  # lazy: as above
+    from normscope.report.ci.github import publish  # lazy: as above
+    from normscope.report.ci.junit import write_junit  # lazy: as above
+    from normscope.report.machine.check_json import check_document  # lazy: as above
+    from normscope.report.terminal.check_view import check_view  # lazy: as above
 
     check_output_path(junit, "--junit")
     flags = {
@@ -99,28 +106,15 @@ def check(
     result = outcome.result
 
     if junit is not None:
-        from normscope.report.junit import write_junit
-
         write_junit(result, junit)
     if format is CheckFormat.json:
-        from normscope.report.check_json import check_document
-        from normscope.report.escape import json_text
-
         sys.stdout.write(json_text(check_document(result, outcome.resolved.origins)) + "\n")
     else:
-        from normscope.report.check_view import check_view
-
         stdout_console().print(check_view(result, show_passing=show_all, notes=False))
-    from normscope.report.github import publish
-
     # The runner reads workflow commands from stderr as well as stdout; stderr keeps JSON clean.
     publish(result, os.environ, lambda line: print(line, file=sys.stderr), origins=outcome.resolved.origins)
-    from normscope.report.escape import printable
-
     for warning in outcome.notes:  # the run's own warnings, labelled as every command labels them
         stderr_console().print(f"normscope: warning: {printable(warning)}")
-    from normscope.report.check_view import no_limits_note
-
     if no_limits_note(result):
         stderr_console().print(f"normscope: note: {no_limits_note(result)}")
     raise typer.Exit(result.exit_code)

@@ -18,7 +18,10 @@ from normscope.cli._common import (
     progress_reporter,
     render_to_text,
     stderr_console,
+    stdout_console,
 )
+from normscope.errors import BadInputError
+from normscope.report.escape import json_text, printable
 
 
 class Format(str, enum.Enum):
@@ -49,10 +52,10 @@ def recommend(
     device: Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")] = Device.auto,
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
+    # lazy: the analyses import numpy and pandas, which `normscope --help` does not
     from normscope.analysis.epochs import parse_kinds
-    from normscope.analysis.runner import RECOMMENDATION, TEXP, RunOptions, analyze_run
-    from normscope.api import load_with_options
-    from normscope.errors import BadInputError
+    from normscope.analysis.runner import RECOMMENDATION, TEXP, RunOptions, analyze_run  # lazy: as above
+    from normscope.api import load_with_options  # lazy: as above
 
     options = RunOptions(device=device.value, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
                          total_epochs=total_epochs, kinds=parse_kinds(include_kinds), base_lr=lr,
@@ -68,8 +71,6 @@ def recommend(
         raise BadInputError(analysis.skipped.get(RECOMMENDATION, "no recommendation"))
     texp_schedule, texp_skipped, premise = analysis.texp, analysis.skipped.get(TEXP), analysis.premise
 
-    from normscope.report.escape import json_text, printable
-
     err = stderr_console()
     for warning in traj.warnings:
         err.print(f"normscope: warning: {printable(warning)}")
@@ -78,26 +79,24 @@ def recommend(
     if texp_skipped:
         err.print(f"normscope: note: --texp skipped: {printable(texp_skipped)}")
     if plot is not None:
-        from normscope.report.bounce_plot import plot_recommendation
+        from normscope.report.plots.bounce_plot import plot_recommendation  # lazy: matplotlib, for --plot only
 
         plot_recommendation(rec, plot, title=Path(path).name)
         err.print(f"normscope: note: plot written to {printable(plot)}")
 
     if format is Format.json:
-        from normscope.report.recommend_view import to_json
+        from normscope.report.machine.recommend_json import to_json  # lazy: numpy, not for `--help`
 
         emit_text(json_text(to_json(rec, texp_schedule, premise)) + "\n", output)
     elif format is Format.csv:
-        from normscope.report.recommend_view import schedule_csv
+        from normscope.report.machine.schedule_csv import schedule_csv  # lazy: numpy, not for `--help`
 
         emit_text(schedule_csv(rec, texp_schedule), output)
     else:
-        from normscope.report.recommend_view import recommend_view
+        from normscope.report.terminal.recommend_view import recommend_view  # lazy: numpy, not for `--help`
 
         view = recommend_view(rec, texp_schedule, premise, notes=False)
         if output is None:
-            from normscope.cli._common import stdout_console
-
             stdout_console().print(view)
         else:
             emit_text(render_to_text(view), output)

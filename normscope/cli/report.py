@@ -14,6 +14,7 @@ from normscope.cli._common import (
     handle_errors,
     stderr_console,
 )
+from normscope.report.escape import printable
 
 
 @handle_errors
@@ -37,11 +38,13 @@ def report(
         show_default=False)] = None,
 ) -> None:
     """Write an HTML or Markdown report: run summary, per-layer table, plots, verdicts, advice."""
+    # lazy: the analyses import numpy and pandas, which `normscope --help` does not
     from normscope.analysis.runner import RunOptions
-    from normscope.api import load_with_options
+    from normscope.api import load_with_options  # lazy: as above
+    # lazy: only this command reads the config file (tomllib) and writes documents: 15 ms at every start
     from normscope.config import load_config
-    from normscope.report.assemble import run_report
-    from normscope.report.write import report_format, write_report
+    from normscope.report.documents.assemble import run_report  # lazy: matplotlib too
+    from normscope.report.documents.write import report_format, write_report  # lazy: as load_config
 
     report_format(output)  # refuse a bad name or place before reading any checkpoint
     check_output_path(output)
@@ -53,8 +56,6 @@ def report(
                          one_file_per_epoch=one_file_per_epoch, total_epochs=total_epochs)
     trajectory = load_with_options(path, options)
     written = write_report(run_report(trajectory, options), output)
-    from normscope.report.escape import printable
-
     for file in written:
         print(printable(file))  # machine output: the files written, one per line
     for warning in trajectory.warnings:

@@ -15,12 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from normscope.api import check_granularity, open_selected_run, trajectory_from_run
 from normscope.distributed.items import (
     DEFAULT_SHARD_BYTES,
     ShardResult,
     WorkItem,
     plan_items,
 )
+from normscope.distributed.worker import reduce_work_item
 from normscope.engine import DEFAULT_BUCKET_BYTES
 from normscope.engine.plan import dtype_of, shape_of
 from normscope.errors import BadInputError, ConfigError, NormscopeError
@@ -45,7 +47,7 @@ class ClusterError(NormscopeError):
 def require_distributed() -> Any:
     """The `distributed` module, or a one-line ConfigError naming the extra."""
     try:
-        import distributed
+        import distributed  # lazy: dask[distributed] is an optional extra
     except ImportError:
         raise ConfigError(MISSING_EXTRA) from None
     return distributed
@@ -150,8 +152,6 @@ def run_items(
 ) -> list[ShardResult]:
     """Submit every item, collect results as they finish; the first failure cancels the rest."""
     distributed = require_distributed()
-    from normscope.distributed.worker import reduce_work_item
-
     total = sum(item.nbytes for item in items)
     homes = preferred_workers(client, len(items))
     futures = {
@@ -256,8 +256,6 @@ def load_trajectory_distributed(
 ) -> Trajectory:
     """`normscope.api.load_trajectory`, with the tensors reduced on a Dask cluster: the scheduler
     at `cluster` (e.g. "tcp://host:8786"), or a local cluster of `workers` processes."""
-    from normscope.api import check_granularity, open_selected_run, trajectory_from_run
-
     check_granularity(granularity)
     require_distributed()
     check_cluster_options(cluster, workers)

@@ -15,9 +15,12 @@ from normscope.distributed.items import (
     SnapshotSource,
     TensorLayout,
     WorkItem,
+    tensor_layout,
 )
+from normscope.engine import reduce_pair
 from normscope.errors import BadInputError, NormscopeError
 from normscope.snapshot import Snapshot
+from normscope.sources import detect_layout, make_layouts
 
 
 def reopen(source: SnapshotSource) -> Snapshot:
@@ -40,8 +43,6 @@ def reopen(source: SnapshotSource) -> Snapshot:
 
 @functools.lru_cache(maxsize=2)
 def _open_cached(source: SnapshotSource, size: int, mtime_ns: int) -> Snapshot:
-    from normscope.sources import detect_layout, make_layouts
-
     layouts = make_layouts(recover_unsafe=source.recover_unsafe)
     if source.layout is None:
         layout = detect_layout(source.path, layouts)
@@ -63,8 +64,6 @@ def check_layout(
     snapshot: Snapshot, names: tuple[str, ...], expected: TensorLayout
 ) -> None:
     """The shard's parameters are still what the driver saw (the file did not change under us)."""
-    from normscope.distributed.items import tensor_layout
-
     found = tensor_layout(snapshot, names)
     if found != expected:
         diff = min(set(found) ^ set(expected), key=str)
@@ -76,8 +75,6 @@ def check_layout(
 
 def reduce_work_item(item: WorkItem) -> ShardResult:
     """The Dask task: stats of the item's shard; a user-facing error is returned, not raised."""
-    from normscope.engine import reduce_pair
-
     try:
         # previous first: it is the checkpoint this worker most likely opened last (as the
         # current one of its previous task), so the two-entry cache keeps it

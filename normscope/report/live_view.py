@@ -10,7 +10,7 @@ from rich.text import Text
 from normscope.analysis.live import LiveFrame
 from normscope.report.escape import printable
 from normscope.report.quantities import angle, ratio
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
 
 def _num(x: float, fmt: str = ".4g") -> str:

@@ -92,3 +92,7 @@ EQUILIBRIUM_LEGEND = ("∠/step: update angle per optimizer step, measured and a
                       "ratio = measured / predicted angle (last: the latest interval; settled: the median over "
                       "intervals ≥ 3 relaxation times into their LR phase); η|g|/|w| = measured / √(2ηλ(1−μ)) "
                       "(SGD); τ = relaxation time")
+
+# What the per-neuron (per-row) equilibrium predicts, under its table and in its JSON.
+ROW_PREDICTION = ("angle over k steps: arccos((1 − ηλ_eff)^S(k)), i.e. √(2ηλ/(1+μ)) per step for SGD and "
+                  "√(2ηλ(1−β₁)/(1+β₁)) for AdamW; AdamW row norm √(η·C/(2λ)) (docs/science.md §3)")

@@ -18,6 +18,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from normscope.file_reads import FileReader
+
 from ._ordering import PendingSnapshot, natural_key, numbers_of
 from ._refs import MappedTensorRef, SafetensorsTensorRef
 from ._torchio import ZIP_MAGIC, read_head, zip_pickle_bytes
@@ -44,8 +46,6 @@ def _tensor_bytes(p: PendingSnapshot) -> bytes:
     name = min(p.tensors, key=lambda n: (math.prod(p.tensors[n].shape), n))
     ref = p.tensors[name]
     if type(ref) is MappedTensorRef:  # read, not touched in the mapping: the file may be rewritten
-        from normscope.file_reads import FileReader
-
         with FileReader() as reader:
             return reader.bytes_at(*ref.span).tobytes()
     if type(ref) is SafetensorsTensorRef and ref.offset is not None:
@@ -54,10 +54,7 @@ def _tensor_bytes(p: PendingSnapshot) -> bytes:
             data = f.read(ref.nbytes)
         if len(data) == ref.nbytes:
             return data
-    # here, not at the top: only a ref that must build its tensor needs torch
-    import torch
-
-    from normscope.file_reads import FileReader
+    import torch  # lazy: only a ref that must build its tensor needs torch
 
     # read, not mapped: a `last.ckpt` is the file a training job rewrites (`file_reads`)
     with FileReader() as reader:

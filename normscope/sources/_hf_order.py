@@ -36,8 +36,8 @@ def hf_parameter_order(directory: str) -> list[str] | None:
     if not (isinstance(architectures, list) and architectures and isinstance(architectures[0], str)):
         return None
     try:
-        import torch
-        import transformers
+        import torch  # lazy: torch, to build the model on the meta device; most runs never need it
+        import transformers  # lazy: transformers is an optional extra
     except ImportError:
         return None
     model_class = getattr(transformers, architectures[0], None)

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from normscope.errors import BadInputError
+from normscope.file_reads import item
 from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
@@ -129,8 +130,6 @@ def read_state_dir(
 
 def _as_number(value: Any) -> float | None:
     if hasattr(value, "item") and getattr(value, "shape", None) == ():
-        from normscope.file_reads import item
-
         value = item(value)  # read, not touched in the mapping: the file may be cut short
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

@@ -9,6 +9,7 @@ those bytes with `weights_only=True`. A tensor saved by several ranks is a set o
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
 import warnings
@@ -36,7 +37,7 @@ def is_dcp_dir(path: str) -> bool:
 
 
 def _read_item(path: str, offset: int, length: int) -> Any:
-    import torch
+    import torch  # lazy: torch, which reading a run whose tensors the kernel reads in place never imports
 
     try:
         with open(path, "rb") as f:
@@ -91,8 +92,8 @@ def _check_metadata(metadata: Any, directory: str) -> None:
     """What `read_dcp_tree` relies on, checked before any of it is used: the allow-list unpickler
     builds only harmless objects, but of any shape (a dict or a path in place of the metadata,
     an int for a file name, a chunk past its tensor's end). Each is one line of BadInputError."""
-    import torch
-    from torch.distributed.checkpoint.metadata import (
+    import torch  # lazy: torch, which reading a run whose tensors the kernel reads in place never imports
+    from torch.distributed.checkpoint.metadata import (  # lazy: torch, as above
         Metadata,
         MetadataIndex,
         TensorStorageMetadata,
@@ -148,8 +149,6 @@ _PAIRWISE_CHUNKS = 256
 def _check_chunks(fqn: str, size: tuple[int, ...], chunks: list[Any], directory: str) -> None:
     """The chunks lie inside the tensor and tile it: no element twice, none missing (else the
     tensor would hold uninitialised memory, or its sums count some elements twice)."""
-    import math
-
     boxes = []
     for chunk in chunks:
         offsets, sizes = getattr(chunk, "offsets", None), getattr(chunk, "sizes", None)
@@ -235,7 +234,7 @@ def _normalise(node: Any) -> Any:
 
 def read_dcp_tree(directory: str) -> dict[str, Any]:
     """The saved state_dict as nested dicts: tensors as lazy refs, other values read."""
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata  # lazy: torch
 
     metadata = load_dcp_metadata(os.path.join(directory, METADATA))
     _check_metadata(metadata, directory)
@@ -256,7 +255,7 @@ def read_dcp_tree(directory: str) -> dict[str, Any]:
 
 
 def _is_tensor_like(value: Any) -> bool:
-    import torch
+    import torch  # lazy: torch, which reading a run whose tensors the kernel reads in place never imports
 
     return isinstance(value, (torch.Tensor, ChunkedTensorRef))
 

@@ -72,7 +72,7 @@ class GatheredRef(SizedByHeader):
         return None
 
     def load(self):  # type: ignore[no-untyped-def]
-        import torch
+        import torch  # lazy: torch, which reading a run whose tensors the kernel reads in place never imports
 
         parts = [flat.narrow(0, start, length) for flat, start, length in self.pieces]
         flat = torch.cat(parts) if len(parts) > 1 else parts[0]

@@ -112,9 +112,7 @@ def _event_files(root: Path) -> Iterator[str]:
 
 def _accumulator(where: Path):
     try:
-        from tensorboard.backend.event_processing.event_accumulator import (
-            EventAccumulator,
-        )
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # lazy: optional extra
     except ImportError:
         raise BadInputError("reading TensorBoard logs needs the tensorboard package: "
                             "pip install 'normscope[tensorboard]'") from None

@@ -1,4 +1,7 @@
-"""Terminal and JSON views of the scale-invariance verdicts and the equilibrium report. No computing here."""
+"""The scale-invariance verdicts and the equilibrium report on the terminal. No computing here.
+
+Their JSON is `normscope.report.machine.equilibrium_json`.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +14,8 @@ from rich.text import Text
 from normscope.analysis.equilibrium import EquilibriumReport
 from normscope.analysis.invariance import INVARIANT, NOT_INVARIANT, InvarianceVerdict
 from normscope.report.escape import printable
-from normscope.report.jsonable import jsonable
 from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
-
-JSON_SCHEMA_VERSION = 1
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
 _VERDICT_STYLE = {INVARIANT: "green", NOT_INVARIANT: "dim", "unknown": "yellow"}
 _STATUS_STYLE = {"at equilibrium": "green", "approaching": "cyan", "off": "red", "unknown": "yellow"}
@@ -89,22 +89,5 @@ def render_equilibrium(report: EquilibriumReport, *, notes: bool = True) -> Rend
     return Group(*parts)
 
 
-def to_json(verdicts: Sequence[InvarianceVerdict], report: EquilibriumReport | None = None) -> dict:
-    """JSON-safe dict: `scale_invariant` (param → true/false/null), `evidence` (param → records),
-    `invariance` (the verdicts) and, when given, `equilibrium` (the full report)."""
-    out: dict = {
-        "schema_version": JSON_SCHEMA_VERSION,
-        "scale_invariant": {v.param: v.invariant for v in verdicts},
-        "evidence": {v.param: jsonable(list(v.evidence)) for v in verdicts},
-        "invariance": [
-            {"param": v.param, "layer": v.layer, "kind": v.kind, "verdict": v.verdict, "basis": v.basis, "reason": v.reason}
-            for v in verdicts
-        ],
-    }
-    if report is not None:
-        out["equilibrium"] = jsonable(report)
-    return out
-
-
-__all__ = ["JSON_SCHEMA_VERSION", "equilibrium_table", "hyperparams_table", "invariance_table", "not_applicable_table",
-           "render_equilibrium", "render_invariance", "status_lines", "to_json"]
+__all__ = ["equilibrium_table", "hyperparams_table", "invariance_table", "not_applicable_table",
+           "render_equilibrium", "render_invariance", "status_lines"]

@@ -11,8 +11,7 @@ from normscope.analysis.summary import (
     summarize_params,
     summarize_run,
 )
-from normscope.report import plots
-from normscope.report.document import (
+from normscope.report.documents.document import (
     Block,
     Bullets,
     Figure,
@@ -21,6 +20,7 @@ from normscope.report.document import (
     Section,
     Table,
 )
+from normscope.report.plots import trajectory_plots as plots
 from normscope.report.quantities import angle, not_shown_notes, percent_change, when
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory

@@ -1,6 +1,6 @@
 """A renderer-neutral report document: sections of paragraphs, bullet lists, tables and figures.
 
-`normscope.report.build` fills it from a trajectory and the analyses; `html` and `markdown` render it
+`normscope.report.documents.build` fills it from a trajectory and the analyses; `html` and `markdown` render it
 without computing anything.
 """
 

@@ -12,7 +12,9 @@ from normscope.analysis.overview import Overview
 from normscope.analysis.summary import ParamSummary, RunSummary
 from normscope.report.escape import printable
 from normscope.report.quantities import angle, not_shown_notes, percent_change, when
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
+from normscope.report.terminal.equilibrium_view import render_equilibrium, render_invariance
+from normscope.report.terminal.recommend_view import bounce_analysis_view
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import Trajectory
 
@@ -156,22 +158,17 @@ def analyses_block(result: Overview, max_rows: int | None = None, *, notes: bool
     """The analyses after the per-parameter table; with `notes`, the equilibrium report's notes too."""
     parts: list[RenderableType] = []
     if result.bounces is not None:
-        from normscope.report.recommend_view import bounce_analysis_view
-
         parts.extend([Text(""), bounce_analysis_view(result.bounces, max_rows)])
     if result.invariance:
-        from normscope.report.equilibrium_view import render_invariance
-
         verdicts, more = _truncated(list(result.invariance), max_rows, "verdicts", "--format json")
         parts.extend([Text(""), render_invariance(verdicts)])
         if more is not None:
             parts.append(more)
     if result.equilibrium is not None:
-        from normscope.report.equilibrium_view import render_equilibrium
-
         parts.extend([Text(""), render_equilibrium(result.equilibrium, notes=notes)])
     if result.rows is not None:  # read with --granularity row
-        from normscope.report.row_view import render_rows
+        # lazy: the per-row analysis and engine.rows (15 ms), for --granularity row only
+        from normscope.report.terminal.row_view import render_rows
 
         parts.extend([Text(""), render_rows(result.rows, max_rows)])
     for name, why in result.skipped.items():

@@ -6,8 +6,9 @@ from rich.console import Group
 from rich.text import Text
 
 from normscope.check.findings import ERROR, CheckResult
+from normscope.report.check_facts import no_limits_note
 from normscope.report.escape import printable
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
 
 def _number(x: float | None) -> str:
@@ -52,12 +53,3 @@ def check_view(result: CheckResult, *, show_passing: bool = False, notes: bool =
     if note:
         parts.append(Text(note, style="yellow"))
     return Group(*parts)
-
-
-def no_limits_note(result: CheckResult) -> str:
-    """A check whose only rule is the non-finite one has no limits: say so, or PASSED reads as more."""
-    if set(result.rules) - {"nonfinite"}:
-        return ""
-    return ("no limits are set: only NaN/Inf values were checked. Set limits in [tool.normscope.check] "
-            "(normscope.toml or pyproject.toml) or with flags such as --max-growth, --bounce-by-epoch, "
-            "--equilibrium-min")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
@@ -105,8 +106,6 @@ def norm_trajectories_png(trajectory: Trajectory, *, kinds: Sequence[str] = ("we
 
 
 def _palette(n: int) -> list:
-    from matplotlib import colormaps
-
     cmap = colormaps["viridis" if n > MAX_LEGEND_ENTRIES else "tab10" if n <= 10 else "tab20"]
     if n > MAX_LEGEND_ENTRIES:
         return [cmap(i / max(n - 1, 1)) for i in range(n)]

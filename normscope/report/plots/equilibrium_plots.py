@@ -9,6 +9,11 @@ import math
 import os
 from typing import BinaryIO
 
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import TwoSlopeNorm
+
 from normscope.analysis.equilibrium import EquilibriumReport, LayerEquilibrium
 from normscope.report.escape import plot_label
 
@@ -17,10 +22,8 @@ _PREDICTED = "#d62728"
 
 
 def _pyplot():
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: pyplot reads the backend when imported, so after the line above
 
     return plt
 
@@ -61,8 +64,6 @@ def _plot_measured(ax, xs: list[float], values: list[float]) -> None:
     if len(values) <= _DENSE:
         ax.plot(xs, values, color=_MEASURED, lw=1.4, marker="o", ms=2.5, label="measured")
         return
-    import pandas as pd
-
     window = max(5, len(values) // 60)
     smooth = pd.Series(values, dtype="float64").rolling(window, center=True, min_periods=1).median()
     ax.plot(xs, values, color=_MEASURED, lw=0.5, alpha=0.3)
@@ -111,9 +112,6 @@ def plot_equilibrium(report: EquilibriumReport, path: str | BinaryIO) -> str | B
 
 def plot_ratio_heatmap(report: EquilibriumReport, path: str | BinaryIO) -> str | BinaryIO:
     """Layers × time, colour = log2(measured / predicted angle); white = on the prediction."""
-    import numpy as np
-    from matplotlib.colors import TwoSlopeNorm
-
     plt = _pyplot()
     layers = list(report.layers)
     if not layers:

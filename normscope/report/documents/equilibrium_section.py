@@ -1,7 +1,7 @@
 """The report's scale-invariance and equilibrium sections, from the invariance/equilibrium analyses.
 
 Verdicts come with their evidence (every source that spoke, with its number); the equilibrium plots
-are the equilibrium owner's (`normscope.report.equilibrium_plots`), read back as PNG bytes.
+are the equilibrium owner's (`normscope.report.plots.equilibrium_plots`), read back as PNG bytes.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import io
 import math
 from collections.abc import Sequence
 
-from normscope.report.document import Block, Bullets, Figure, Paragraph, Section, Table
+from normscope.report.documents.document import Block, Bullets, Figure, Paragraph, Section, Table
+from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
 from normscope.report.quantities import EQUILIBRIUM_COLUMNS, EQUILIBRIUM_LEGEND
 
 
@@ -49,8 +50,6 @@ def _plot_png(plot, report) -> bytes | None:
 
 def equilibrium_section(report) -> Section:
     """Measured vs predicted equilibrium per invariant layer, the hyper-parameters used, and the plots."""
-    from normscope.report.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
-
     low, high = report.tolerance
     blocks: list[Block] = [Bullets(tuple(f"{h.name} = {h.value} ({h.source})" for h in report.hyperparams))]
     if report.layers:

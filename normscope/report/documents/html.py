@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from normscope.report.document import Bullets, Figure, Paragraph, Report, Table
+from normscope.report.documents.document import Bullets, Figure, Paragraph, Report, Table
 from normscope.report.escape import html_text as escape
 
 _STYLE = """

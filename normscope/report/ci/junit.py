@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
+from pathlib import Path
 
 from normscope.check.findings import ERROR, WARNING, CheckResult, Finding
 from normscope.report.escape import printable
@@ -64,6 +65,4 @@ def junit_xml(result: CheckResult) -> str:
 
 
 def write_junit(result: CheckResult, path) -> None:
-    from pathlib import Path
-
     Path(path).write_text(junit_xml(result), encoding="utf-8")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from normscope.errors import BadInputError
-from normscope.report.document import Report
+from normscope.report.documents.document import Report
+from normscope.report.documents.html import render_html
+from normscope.report.documents.markdown import write_markdown
 
 HTML_SUFFIXES = (".html", ".htm")
 MARKDOWN_SUFFIXES = (".md", ".markdown")
@@ -27,10 +29,6 @@ def write_report(report: Report, path: str | Path) -> list[Path]:
     if not path.parent.is_dir():
         raise BadInputError(f"directory does not exist: {path.parent}")
     if kind == "html":
-        from normscope.report.html import render_html
-
         path.write_text(render_html(report), encoding="utf-8")
         return [path]
-    from normscope.report.markdown import write_markdown
-
     return write_markdown(report, path)

@@ -1,21 +1,20 @@
-"""Terminal and JSON views of the per-neuron (per-row) equilibrium, `--granularity row`. No computing here."""
+"""The per-neuron (per-row) equilibrium on the terminal, `--granularity row`. No computing here.
+
+Its JSON is `normscope.report.machine.rows_json`.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.text import Text
 
 from normscope.analysis.row_equilibrium import RowInterval, latest_by_tensor
 from normscope.report.escape import printable
-from normscope.report.jsonable import jsonable
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
-
-PREDICTION = ("angle over k steps: arccos((1 − ηλ_eff)^S(k)), i.e. √(2ηλ/(1+μ)) per step for SGD and "
-              "√(2ηλ(1−β₁)/(1+β₁)) for AdamW; AdamW row norm √(η·C/(2λ)) (docs/science.md §3)")
+from normscope.report.quantities import ROW_PREDICTION
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -64,17 +63,8 @@ def render_rows(intervals: Sequence[RowInterval], max_rows: int | None = None) -
                      _spread(r.norm_ratio_median, r.norm_ratio_p10, r.norm_ratio_p90)))
     table = FitTable(ROW_COLUMNS, rows, title="Per-neuron equilibrium (rows of each tensor; the last interval after "
                      "its LR held 3 relaxation times, else the last)")
-    parts: list[RenderableType] = [table, Text(f"prediction: {PREDICTION}", style="dim")]
+    parts: list[RenderableType] = [table, Text(f"prediction: {ROW_PREDICTION}", style="dim")]
     if len(shown) < len(latest):
         parts.append(Text(f"… {len(latest) - len(shown):,} more tensors not shown (--rows 0 shows all; "
                           "--format json has every interval)", style="dim"))
     return Group(*parts)
-
-
-def rows_json(intervals: Sequence[RowInterval]) -> dict[str, Any]:
-    """Every tensor and interval's per-row summary (`row_equilibrium.RowEquilibrium` fields)."""
-    return jsonable({
-        "prediction": PREDICTION,
-        "intervals": [{"snapshot": i.snapshot, "step": i.step, "lr": i.lr, "settled": i.settled,
-                       **jsonable(i.result)} for i in intervals],
-    })

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from normscope.check.findings import ERROR, CheckResult, Finding
 from normscope.config import Origin
+from normscope.report.check_facts import no_limits_note
 from normscope.report.escape import (
     github_data,
     github_property,
@@ -83,8 +84,6 @@ def summary_markdown(result: CheckResult) -> str:
         mine = [f for f in result.findings if f.rule == rule]
         lines.append(f"| {rule} | {len(mine)} | {sum(f.passed for f in mine)} | "
                      f"{sum(f.status == 'warning' for f in mine)} | {sum(f.status == ERROR for f in mine)} |")
-    from normscope.report.check_view import no_limits_note
-
     note = no_limits_note(result)
     if note:
         lines += ["", f"> {markdown_text(note)}"]

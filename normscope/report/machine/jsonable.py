@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 def jsonable(value: Any) -> Any:
@@ -24,8 +25,6 @@ def jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, bool)):
         return value
     try:  # pandas NA and friends
-        import pandas as pd
-
         if pd.isna(value):
             return None
     except (TypeError, ValueError):

@@ -16,15 +16,16 @@ from normscope.analysis.runner import (
     RunOptions,
     analyze_run,
 )
-from normscope.report.build import build_report
-from normscope.report.document import Bullets, Figure, Report, Section
-from normscope.report.plots import Marker
+from normscope.report.documents.build import build_report
+from normscope.report.documents.document import Bullets, Figure, Report, Section
+from normscope.report.documents.equilibrium_section import equilibrium_section, invariance_section
+from normscope.report.documents.recommend_section import recommendation_view
+from normscope.report.plots.bounce_plot import plot_recommendation
+from normscope.report.plots.trajectory_plots import Marker
 from normscope.trajectory import Trajectory
 
 
 def _recommendation_png(rec, title: str) -> bytes:
-    from normscope.report.bounce_plot import plot_recommendation
-
     buffer = io.BytesIO()
     plot_recommendation(rec, buffer, title=title, dpi=100)
     return buffer.getvalue()
@@ -32,11 +33,6 @@ def _recommendation_png(rec, title: str) -> bytes:
 
 def _invariance_sections(analysis: RunAnalysis, skipped: list[str]) -> list[Section]:
     """Scale-invariance verdicts (with evidence) and the equilibrium of the invariant layers."""
-    from normscope.report.equilibrium_section import (
-        equilibrium_section,
-        invariance_section,
-    )
-
     if analysis.equilibrium is None:
         skipped.append(f"scale invariance and equilibrium: {analysis.skipped.get(EQUILIBRIUM, 'not analysed')}")
         return []
@@ -47,8 +43,6 @@ def run_report(trajectory: Trajectory, options: RunOptions | None = None,
                analysis: RunAnalysis | None = None) -> Report:
     """Build the report `normscope report` writes (callable from Python), from `analysis` (the one
     `analyze_run` gives; computed here when not given)."""
-    from normscope.report.recommend_section import recommendation_view
-
     if analysis is None:
         analysis = analyze_run(trajectory, options or RunOptions())
     sections: list[Section] = []

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from normscope.report.document import Bullets, Paragraph, Section, Table
-from normscope.report.plots import Marker
+from normscope.report.documents.document import Bullets, Paragraph, Section, Table
+from normscope.report.plots.trajectory_plots import Marker
 
 
 @dataclass(frozen=True)

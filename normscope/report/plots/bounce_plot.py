@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import BinaryIO
 
+import matplotlib
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from normscope.analysis.recommend import Recommendation
 from normscope.report.escape import plot_label
@@ -16,11 +18,8 @@ _NORM, _SMOOTH, _REC, _EXACT, _LR, _LR_REC = "#1f4e79", "#6fa8dc", "#d9480f", "#
 def plot_recommendation(rec: Recommendation, path: str | Path | BinaryIO, *, title: str = "",
                         dpi: int = 150) -> Path | BinaryIO:
     """Write the picture to `path` (PNG, matplotlib's Agg backend) and return the path."""
-    import matplotlib
-
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    import matplotlib.pyplot as plt  # lazy: pyplot reads the backend when imported, so after the line above
 
     s, robust = rec.series, rec.robust
     epochs = np.asarray(s.epochs, dtype=float)

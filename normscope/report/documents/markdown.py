@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
-from normscope.report.document import Bullets, Figure, Paragraph, Report, Table
+from normscope.report.documents.document import Bullets, Figure, Paragraph, Report, Table
 from normscope.report.escape import markdown_text
 
 # The document holds plain text (names from the run among it), so every piece is escaped here.
@@ -24,8 +25,6 @@ def _table(table: Table) -> list[str]:
 def _link_target(filename: str) -> str:
     """A file name as a Markdown link target: percent-encoded, so `)`, spaces or `<` in the name of
     the report file cannot end the link or start HTML."""
-    from urllib.parse import quote
-
     return quote(filename)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from normscope import __version__
 from normscope.check.findings import CheckResult
 from normscope.config import Origin
-from normscope.report.jsonable import jsonable
+from normscope.report.machine.jsonable import jsonable
 
 CHECK_SCHEMA_VERSION = 1
 

@@ -1,14 +1,12 @@
-"""`normscope recommend` rendered: rich renderables for the terminal, a JSON document, the per-epoch CSV.
+"""`normscope recommend` and the bounce section of `normscope analyze`, as rich renderables for the terminal.
 
-Nothing is computed here beyond formatting; every number comes from the `Recommendation`.
+Nothing is computed here beyond formatting; every number comes from the `Recommendation`. The JSON and
+CSV of the same are in `normscope.report.machine.recommend_json` and `.schedule_csv`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -20,12 +18,11 @@ from normscope.analysis.recommend import (
     VERDICT_NO_BOUNCE,
     Recommendation,
 )
+from normscope.lr_schedules import TexpSchedule
 from normscope.report.escape import printable
-from normscope.report.jsonable import jsonable
-from normscope.report.tables import NAME_WIDTH, Col, FitTable
-from normscope.schedules import TexpSchedule
+from normscope.report.recommend_facts import decay_intervals, retrospective_lines
+from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable
 
-SCHEMA_VERSION = 1
 _VERDICT_STYLE = {VERDICT_DECAY_NOW: "bold yellow", VERDICT_NO_BOUNCE: "bold cyan"}
 
 
@@ -78,21 +75,6 @@ def decay_table(rec: Recommendation) -> FitTable:
         ("recommended (robust bounces + budget, spaced)", _decays_with_intervals(rec), _g(rec.schedule[-1])),
         ("exact ABEL rule (+ budget)", _epochs(rec.exact_decay_epochs), _g(rec.exact_schedule[-1])),
     ], title="Where to decay the LR")
-
-
-def decay_intervals(rec: Recommendation) -> list[dict[str, Any]]:
-    """Each recommended decay with where repeats of the run (other seeds) would put it: the robust
-    detector's interval at `interval_confidence` and the bounce's confidence (docs/science.md §6.4);
-    a budget decay is a point, with no confidence to give."""
-    bounces = {b.decay_epoch: b for b in rec.robust.bounces if b.decay_epoch is not None}
-    out = []
-    for epoch, (low, high) in zip(rec.decay_epochs, rec.decay_intervals or [(e, e) for e in rec.decay_epochs]):
-        bounce = bounces.get(epoch)
-        out.append({"epoch": epoch, "low": low, "high": high,
-                    "interval_confidence": rec.interval_confidence if bounce is not None else None,
-                    "confidence": bounce.confidence if bounce is not None else None,
-                    "from": "robust bounce" if bounce is not None else "budget"})
-    return out
 
 
 def _decays_with_intervals(rec: Recommendation) -> str:
@@ -169,22 +151,6 @@ def texp_table(texp: TexpSchedule) -> FitTable:
                     caption=f"start the momentum buffer at {texp.initial_buffer_factor:.3g}·w₀ for an exact match")
 
 
-def retrospective_lines(rec: Recommendation) -> tuple[str, ...]:
-    """For a finished run (no budget given: its length is the budget): what it did against where ABEL
-    would have decayed. Empty for a run in progress."""
-    if rec.budget_given:
-        return ()
-    did = ", ".join(f"{d.epoch} ({d.lr_before:g} → {d.lr_after:g})" for d in rec.past_decays)
-    did = f"It decayed the LR at epoch {did}" if did else "It made no step decay of the LR"
-    early = [d.epoch for d in rec.past_decays if d.premature]
-    lines = [(f"Finished run: its {rec.total_epochs} epochs are taken as the budget (give --total-epochs for a "
-              "run in progress)."),
-             f"{did}; ABEL would have decayed at epoch {_epochs(rec.decay_epochs)}."]
-    if early:
-        lines.append(f"The decay at epoch {_epochs(early)} came before the norm could reach its equilibrium.")
-    return tuple(lines)
-
-
 def premise_text(premise) -> Group:
     text = Text("ABEL's premise: ", style="bold")
     text.append("holds" if premise.holds else "does not hold", style="bold green" if premise.holds else "bold yellow")
@@ -230,84 +196,3 @@ def bounce_analysis_view(found: BounceAnalysis, max_rows: int | None = None) -> 
     more = Text(f"… {len(layers) - max_rows:,} more layers not shown (--rows 0 shows all; --format json "
                 "has every layer)", style="dim")
     return Group(head, bounce_table(found.robust), Text(""), layer_table(tuple(layers[:max_rows])), more)
-
-
-def bounce_analysis_json(found: BounceAnalysis) -> dict[str, Any]:
-    s = found.series
-    return jsonable({
-        "schema_version": SCHEMA_VERSION,
-        "include_kinds": list(s.include_kinds), "epoch_source": s.epoch_source,
-        "epochs": list(s.epochs), "norm_sq": list(s.norm_sq),
-        "exact_decay_epochs": list(found.exact.decay_epochs),
-        "robust_decay_epochs": list(found.robust.decay_epochs),
-        "exact": found.exact, "robust": found.robust,
-        "layers": [{"layer": lb.layer, "exact_decay_epochs": list(lb.exact.decay_epochs),
-                    "robust": None if lb.robust is None else lb.robust.bounces, "note": lb.note}
-                   for lb in found.layers],
-        "notes": list(s.notes),
-    })
-
-
-def to_json(rec: Recommendation, texp: TexpSchedule | None = None, premise=None) -> dict[str, Any]:
-    """The whole recommendation as JSON-safe values; `decay_epochs` are the recommended milestones."""
-    s = rec.series
-    doc: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "decay_epochs": list(rec.decay_epochs),
-        "decay_intervals": decay_intervals(rec),
-        "exact_decay_epochs": list(rec.exact_decay_epochs),
-        "multistep": rec.multistep,
-        "verdict": jsonable(rec.verdict),
-        "advice": list(rec.advice),
-        "base_lr": rec.base_lr,
-        "lr_source": rec.lr_source,
-        "decay_factor": rec.decay_factor,
-        "min_lr": rec.min_lr,
-        "total_epochs": rec.total_epochs,
-        "budget_given": rec.budget_given,
-        "schedule": [{"epoch": e, "lr": lr, "lr_exact_abel": ex}
-                     for e, (lr, ex) in enumerate(zip(rec.schedule, rec.exact_schedule))],
-        "skipped": jsonable(rec.skipped),
-        "relaxation": jsonable(rec.relaxation),
-        "past_decays": jsonable(rec.past_decays),
-        "norm": {
-            "include_kinds": list(s.include_kinds), "n_tensors": s.n_tensors, "epoch_source": s.epoch_source,
-            "steps_per_epoch": s.steps_per_epoch, "optimizer": s.optimizer, "weight_decay": s.weight_decay,
-            "momentum": s.momentum, "epochs": list(s.epochs), "steps": list(s.steps),
-            "norm_sq": list(s.norm_sq), "lr_recorded": list(s.lr),
-        },
-        "exact": jsonable(rec.exact),
-        "robust": jsonable(rec.robust),
-        "layers": [{"layer": lb.layer, "exact_decay_epochs": list(lb.exact.decay_epochs),
-                    "robust": None if lb.robust is None else jsonable(lb.robust.bounces), "note": lb.note}
-                   for lb in rec.layers],
-        "notes": list(rec.notes),
-    }
-    if texp is not None:
-        doc["texp"] = jsonable(texp)
-    if premise is not None:
-        doc["premise"] = jsonable(premise)
-    doc["finished"] = not rec.budget_given
-    doc["retrospective"] = list(retrospective_lines(rec))
-    return jsonable(doc)
-
-
-def schedule_csv(rec: Recommendation, texp: TexpSchedule | None = None) -> str:
-    """Per-epoch LR table: epoch (0-based, being trained), recommended and exact-ABEL LR, what the run
-    recorded, the norm at the epoch's start (after `epoch` completed epochs), and TEXP's LR if asked."""
-    recorded = dict(zip(rec.series.epochs, zip(rec.series.lr, rec.series.norm_sq)))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    header = ["epoch", "lr", "lr_exact_abel", "lr_recorded", "norm_sq_at_start"]
-    writer.writerow(header + (["texp_lr"] if texp is not None else []))
-    for e in range(rec.total_epochs):
-        lr_rec, norm = recorded.get(e, (math.nan, math.nan))
-        row = [e, _csv(rec.schedule[e]), _csv(rec.exact_schedule[e]), _csv(lr_rec), _csv(norm)]
-        if texp is not None:
-            row.append(_csv(texp.epochs[e].texp_lr))
-        writer.writerow(row)
-    return out.getvalue()
-
-
-def _csv(x: float) -> str:
-    return "" if not math.isfinite(x) else format(float(x), ".12g")  # 12 digits: no 0.020000000000000004
