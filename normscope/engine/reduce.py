@@ -41,12 +41,18 @@ CUDA_BLOCK_ROWS = 4096
 
 
 def work_dtype_for(group: GroupInput) -> torch.dtype:
-    """The dtype a group is reduced in.
+    """The dtype a group is reduced in by the torch kernels.
 
     float32 when every product is exact in it: all inputs 16-bit, or a float32 weight alone (sums of
     squares have positive terms, so rounded products keep their relative accuracy). A dot product
     of float32 tensors is computed in float64: its rounding error is relative to |x||y|, not to
     <x, y>, and <w, momentum> of a scale-invariant layer is nearly orthogonal.
+
+    Args:
+        group: a group of tensors.
+
+    Returns:
+        torch.float32 or torch.float64.
     """
     import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
@@ -71,6 +77,14 @@ def start_group(
 
     On CPU the fused kernel (`fused.start_fused`) takes the whole group when it can and runs on
     the runner's threads while the caller goes on; otherwise the torch kernels run now.
+
+    Args:
+        group: the group; refs the fused kernel reads in place are read for torch's kernels.
+        runner: the worker threads (`workers.CpuWorkers`) or this thread (`workers.Inline`).
+        block_rows: rows per block of the torch kernels (the fused kernel has none).
+
+    Returns:
+        What waits for the sums and returns them.
     """
     first = group.weight[0] if group.weight else None
     declined = False
@@ -90,8 +104,13 @@ def reduce_group(
 ) -> GroupSums:
     """Reduce one group; see the module docstring for the scheme and its accuracy.
 
-    `runner` spreads the work over worker threads (`workers.CpuWorkers`); default: this thread.
-    `block_rows` sizes the torch kernels' blocks (the fused kernel has none).
+    Args:
+        group: the group.
+        block_rows: rows per block of the torch kernels (the fused kernel has none).
+        runner: spreads the work over worker threads (`workers.CpuWorkers`); None: this thread.
+
+    Returns:
+        The group's sums.
     """
     return start_group(group, runner or Inline(), block_rows=block_rows)()
 
@@ -147,7 +166,21 @@ def _reduce_blocks(
 
 
 def split_rows(total_rows: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous row spans, whole blocks each, one per worker (fewer when there is little work)."""
+    """Contiguous row spans, whole blocks each, one per worker (fewer when there is little work).
+
+    Args:
+        total_rows: the rows to share out.
+        block_rows: rows per block; a span holds whole blocks (the last one may be short).
+        parts: the number of workers.
+
+    Returns:
+        (first, end) row ranges that cover every row in order.
+
+    >>> split_rows(10, 4, 2)
+    [(0, 4), (4, 10)]
+    >>> split_rows(3, 4, 2)  # one block: one span
+    [(0, 3)]
+    """
     blocks = -(-total_rows // block_rows)
     parts = max(1, min(parts, blocks))
     spans, lo = [], 0
