@@ -49,9 +49,15 @@ class TensorRef(Protocol):
     (None where that instance has nothing to give), and the engine decides once per class.
     """
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # torch dtype name without the prefix: "float32", "bfloat16", "float16", ...
+    # read-only: a frozen dataclass or a NamedTuple is a ref too
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str: ...  # torch dtype name without the prefix: "float32", "bfloat16", ...
 
     @property
     def span(self) -> FileSpan | None: ...

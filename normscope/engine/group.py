@@ -9,9 +9,9 @@ each other.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from normscope._torch_seen import tensor_type
 from normscope.file_reads import FileReader
@@ -44,11 +44,7 @@ class GroupInput:
         Returns:
             A group holding those entries of every stream this group has.
         """
-
-        def pick(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            return None if stream is None else [stream[i] for i in indices]
-
-        return GroupInput(pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq))
+        return self._each_stream(lambda stream: [stream[i] for i in indices])
 
     def loaded(self, *, copy_mapped: bool = False) -> GroupInput:
         """The group with every ref read into a tensor in memory of its own (`file_reads`).
@@ -64,23 +60,23 @@ class GroupInput:
         """
         tensor = tensor_type()
         with FileReader() as reader:
-
-            def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-                return None if stream is None else [
-                    (reader.tensor(t) if copy_mapped else t) if isinstance(t, tensor)
-                    else reader.ref(t) for t in stream
-                ]  # fmt: skip
-
-            return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
+            return self._each_stream(lambda stream: [
+                (reader.tensor(t) if copy_mapped else t) if isinstance(t, tensor)
+                else reader.ref(t) for t in stream
+            ])  # fmt: skip
 
     def flat(self) -> GroupInput:
         """The group with every tensor flattened (the torch kernels work on 1-D tensors)."""
+        return self._each_stream(lambda stream: [t.reshape(-1) for t in stream])
 
-        def flatten(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            return None if stream is None else [t.reshape(-1) for t in stream]
+    def _each_stream(self, change: Callable[[Sequence[Any]], list[Any]]) -> GroupInput:
+        """The group made of `change` applied to each stream this group has."""
+
+        def companion(stream: Sequence[Any] | None) -> list[Any] | None:
+            return None if stream is None else change(stream)
 
         return GroupInput(
-            flatten(self.weight), flatten(self.prev), flatten(self.buf), flatten(self.sq)
+            change(self.weight), companion(self.prev), companion(self.buf), companion(self.sq)
         )
 
     def quantities(self) -> tuple[str, ...]:

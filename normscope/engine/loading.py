@@ -145,7 +145,7 @@ def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: st
         raise BadInputError(
             f"cannot read {where()}: the reader returned {type(tensor).__name__}, not a tensor"
         )
-    expected = shape if piece.whole else (_rows_in(piece, shape), *shape[1:])
+    expected = shape if piece.whole else (max(0, _row_stop(piece, shape) - piece.start), *shape[1:])
     if tuple(tensor.shape) != tuple(expected):
         raise BadInputError(
             f"{where()} has shape {tuple(tensor.shape)} but its header says {tuple(expected)}"
@@ -157,26 +157,25 @@ def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: st
     return tensor
 
 
-def _rows_in(piece: Piece, shape: tuple[int, ...]) -> int:
-    """How many rows of a parameter of `shape` a row slice `piece` has (none past its end)."""
-    return max(0, min(piece.stop, shape[0]) - piece.start)  # type: ignore[type-var]
+def _row_stop(piece: Piece, shape: tuple[int, ...]) -> int:
+    """Where the rows of `piece` end in a parameter of `shape` (at its last row at most)."""
+    return shape[0] if piece.stop is None else min(piece.stop, shape[0])
 
 
 def _rows(handle: Any, piece: Piece, shape: tuple[int, ...], reader: FileReader | None,
-          tensor: type) -> Any:  # fmt: skip
+          tensor: type[torch.Tensor]) -> Any:  # fmt: skip
     """The piece's rows of `handle`, unchecked (see `_read`); `tensor` is torch.Tensor."""
     span = None if reader is None or isinstance(handle, tensor) else handle.span
-    if span is not None:  # read calls at the ref's place in its file
+    if span is not None and reader is not None:  # read calls at the ref's place in its file
         if piece.whole:
-            return reader.span(span, handle.dtype, handle.shape)  # type: ignore[union-attr]
-        return reader.rows(span, handle.dtype, handle.shape,  # type: ignore[union-attr]
-                           piece.start, min(piece.stop, shape[0]))  # type: ignore[type-var]
+            return reader.span(span, handle.dtype, handle.shape)
+        return reader.rows(span, handle.dtype, handle.shape, piece.start, _row_stop(piece, shape))
     if isinstance(handle, tensor):
         rows = handle if piece.whole else handle[piece.start : piece.stop]
     elif piece.whole:
         rows = handle.load()
     elif reads_rows(handle):
-        rows = handle.load_rows(piece.start, min(piece.stop, shape[0]))  # type: ignore[type-var]
+        rows = handle.load_rows(piece.start, _row_stop(piece, shape))
     else:  # no sliced reads: the whole tensor is read (mmap-backed refs make this cheap)
         rows = handle.load()[piece.start : piece.stop]
     if reader is not None and isinstance(rows, tensor):  # copied out of the file behind it
@@ -299,7 +298,8 @@ def _in_place_work(item: WorkItem) -> LoadedWork | None:
     if any(map(operator.is_, planned, repeat(None))) or any(map(_STATE, planned)):
         return None
     try:
-        refs = list(map(item.source.tensors.__getitem__, names))
+        # refs, in the column of tensors: the kernel reads them where they lie
+        refs: list[Any] = list(map(item.source.tensors.__getitem__, names))
     except KeyError:
         return None
     # one ref of each class: whether a class offers an address is decided per class
