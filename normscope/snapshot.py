@@ -102,17 +102,16 @@ class AddressedTensorRef(TensorRef, Protocol):
     def address(self) -> int | None: ...
 
 
-# (class of a ref, protocol) -> whether the class offers it; a handful of classes per run
-_OFFERS: dict[tuple[type, type], bool] = {}
+# per protocol, by class of ref: whether the class offers it (a handful of classes per run)
+_ROWS: dict[type, bool] = {}
+_HELD: dict[type, bool] = {}
+_ADDRESSED: dict[type, bool] = {}
 
 
-def _offers(ref: object, capability: type) -> bool:
-    """Whether `ref`'s class has `capability`'s members, decided on its first instance (a
-    protocol check costs microseconds and the engine asks per tensor)."""
-    key = (type(ref), capability)
-    offered = _OFFERS.get(key)
-    if offered is None:
-        offered = _OFFERS[key] = isinstance(ref, capability)
+def _offers(ref: object, capability: type, known: dict[type, bool]) -> bool:
+    """Whether `ref`'s class has `capability`'s members, decided on its first instance and kept
+    in `known` (a protocol check costs microseconds, and the engine asks per tensor)."""
+    offered = known[type(ref)] = isinstance(ref, capability)
     return offered
 
 
@@ -125,7 +124,8 @@ def reads_rows(ref: object) -> TypeGuard[RowsTensorRef]:
     Returns:
         True where its class has `load_rows`.
     """
-    return _offers(ref, RowsTensorRef)
+    offered = _ROWS.get(type(ref))
+    return _offers(ref, RowsTensorRef, _ROWS) if offered is None else offered
 
 
 def holds_tensor(ref: object) -> TypeGuard[HeldTensorRef]:
@@ -137,7 +137,8 @@ def holds_tensor(ref: object) -> TypeGuard[HeldTensorRef]:
     Returns:
         True where its class has `held`.
     """
-    return _offers(ref, HeldTensorRef)
+    offered = _HELD.get(type(ref))
+    return _offers(ref, HeldTensorRef, _HELD) if offered is None else offered
 
 
 def has_address(ref: object) -> TypeGuard[AddressedTensorRef]:
@@ -150,7 +151,8 @@ def has_address(ref: object) -> TypeGuard[AddressedTensorRef]:
     Returns:
         True where its class has `address` and `numel`.
     """
-    return _offers(ref, AddressedTensorRef)
+    offered = _ADDRESSED.get(type(ref))
+    return _offers(ref, AddressedTensorRef, _ADDRESSED) if offered is None else offered
 
 
 @dataclass(frozen=True)

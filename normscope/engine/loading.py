@@ -98,15 +98,6 @@ class LoadedWork:
             sq.append(None if had_sq is None else next(it))
         self.weight, self.buf, self.sq = weight, buf, sq
 
-    def add(self, piece: Piece, shape: tuple[int, ...], weight: torch.Tensor,
-            buf: torch.Tensor | None, sq: torch.Tensor | None) -> None:  # fmt: skip
-        """Append one piece's row to every column."""
-        self.pieces.append(piece)
-        self.shapes.append(shape)
-        self.weight.append(weight)
-        self.buf.append(buf)
-        self.sq.append(sq)
-
 
 def _read(handle: Any, piece: Piece, shape: tuple[int, ...], what: str, path: str, *,
           reader: FileReader | None = None) -> torch.Tensor:  # fmt: skip
@@ -206,8 +197,8 @@ def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
         work = _in_place_work(item)
         if work is not None:
             return work
-    work = LoadedWork(item.bucket, item.snapshot)
     tensors = item.source.tensors
+    rows: list[tuple[Piece, tuple[int, ...], Any, Any, Any]] = []  # made into columns at the end
     with FileReader() as reader:
         pieces = _PieceReader(item.source.meta.path, reader, in_place=in_place)
         for piece in item.pieces:
@@ -223,7 +214,10 @@ def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
             if state:
                 buf = pieces.state(state, "buf", piece, shape)
                 sq = pieces.state(state, "sq", piece, shape)
-            work.add(piece, shape, weight, buf, sq)
+            rows.append((piece, shape, weight, buf, sq))
+    work = LoadedWork(item.bucket, item.snapshot)
+    if rows:
+        work.pieces, work.shapes, work.weight, work.buf, work.sq = map(list, zip(*rows))
     return work
 
 
@@ -240,8 +234,9 @@ class _PieceReader:
         """The piece's weight: the ref itself where the kernel reads it at its address, the
         tensor it holds where the kernel takes that as it is, else its rows read; None for a row
         slice past the end of this snapshot's tensor."""
-        if self.in_place and piece.whole:
-            if _addressed(ref):
+        whole = piece.stop is None  # not `piece.whole`: this runs per tensor
+        if self.in_place and whole:
+            if has_address(ref) and ref.address is not None:
                 return ref  # its shape and dtype are the entry's: the plan read them off it
             held = ref.held if holds_tensor(ref) else None
             if (  # its tensor in hand: no call
@@ -252,7 +247,7 @@ class _PieceReader:
                 and takes_as_is(held)
             ):
                 return held
-        if not piece.whole and (not shape or piece.start >= shape[0]):
+        if not whole and (not shape or piece.start >= shape[0]):
             return None
         return self.read(ref, piece, shape, "tensor")
 
@@ -263,7 +258,7 @@ class _PieceReader:
         if key not in state:
             return None
         handle = state[key]
-        if self.in_place and piece.whole and _addressed(handle):
+        if self.in_place and piece.stop is None and _addressed(handle):
             return handle
         return self.read(handle, piece, shape, f"optimizer {key} of")
 
