@@ -200,20 +200,20 @@ def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
     tensors = item.source.tensors
     rows: list[tuple[Piece, tuple[int, ...], Any, Any, Any]] = []  # made into columns at the end
     with FileReader() as reader:
-        pieces = _PieceReader(item.source.meta.path, reader, in_place=in_place)
+        reading = _PieceReader(item.source.meta.path, reader, in_place=in_place)
         for piece in item.pieces:
             entry = item.entries.get(piece.name)
             if entry is None:  # not in this snapshot
                 continue
             shape = entry.shape
-            weight = pieces.weight(tensors[piece.name], piece, shape)
+            weight = reading.weight(tensors[piece.name], piece, shape)
             if weight is None:
                 continue
             buf = sq = None
             state = entry.state
             if state:
-                buf = pieces.state(state, "buf", piece, shape)
-                sq = pieces.state(state, "sq", piece, shape)
+                buf = reading.state(state, "buf", piece, shape)
+                sq = reading.state(state, "sq", piece, shape)
             rows.append((piece, shape, weight, buf, sq))
     work = LoadedWork(item.bucket, item.snapshot)
     if rows:
