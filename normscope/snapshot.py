@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
 
 from normscope.file_stamps import FileSpan, FileStamp
 
@@ -35,30 +35,124 @@ ORDER_SOURCES = (ORDER_EMBEDDED, ORDER_TRAINER_STATE, ORDER_FILENAME, ORDER_MTIM
 class TensorRef(Protocol):
     """A lazy handle on one tensor in a checkpoint. `load()` reads it (CPU, possibly mmap-backed).
 
-    A ref whose tensor is in hand already (a mapped tensor from `torch.load`) may expose it as
-    `held`, the very tensor `load()` returns, of the ref's shape and dtype: where the fused kernel
-    reduces the bucket, the engine then takes it without the call and its checks (tens of
-    thousands of refs on a ResNet-shaped run).
-    A ref whose elements lie contiguous in memory it keeps mapped, checked in bounds, may expose
-    `address` (an int, the first byte; its `numel` then says how many): the CPU kernel reads
-    them there and no tensor is built at all.
-
     `span` says where the tensor's bytes lie in its file (`FileSpan`: path, offset, nbytes; the
     elements in C order, of the ref's shape and dtype), or is None where the ref cannot say.
     Where no guarded kernel reads a bucket (the fused kernel off, row sums, CUDA staging), the
     engine reads a ref with a span by read calls into memory of its own rather than touching a
     mapping of the file: a file cut short meanwhile is then a short read, not a SIGBUS
     (`file_reads`).
+
+    A ref may offer more, each declared by a protocol of its own: rows without the whole tensor
+    (`RowsTensorRef`), the tensor already in hand (`HeldTensorRef`), or its elements' address in
+    memory (`AddressedTensorRef`). The engine asks `reads_rows`, `holds_tensor` and `has_address`
+    which a ref offers. An offer is a property of the ref's class: every instance has the members
+    (None where that instance has nothing to give), and the engine decides once per class.
     """
 
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # torch dtype name without the prefix: "float32", "bfloat16", "float16", ...
+    # read-only: a frozen dataclass or a NamedTuple is a ref too
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> str: ...  # torch dtype name without the prefix: "float32", "bfloat16", ...
 
     @property
     def span(self) -> FileSpan | None: ...
 
     def load(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class RowsTensorRef(TensorRef, Protocol):
+    """A ref that reads rows `start:stop` of the first dimension without the rest, so the engine
+    can cut a tensor larger than its bucket into row slices (safetensors reads only those bytes).
+    """
+
+    def load_rows(self, start: int, stop: int) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class HeldTensorRef(TensorRef, Protocol):
+    """A ref whose tensor is in hand already (a mapped tensor from `torch.load`).
+
+    `held` is the very tensor `load()` returns, of the ref's shape and dtype, or None where the
+    ref holds none: where the fused kernel reduces the bucket, the engine takes it without the
+    call and its checks (tens of thousands of refs on a ResNet-shaped run).
+    """
+
+    @property
+    def held(self) -> torch.Tensor | None: ...
+
+
+@runtime_checkable
+class AddressedTensorRef(TensorRef, Protocol):
+    """A ref whose elements lie contiguous in memory it keeps mapped, checked in bounds.
+
+    `address` is the first byte (an int), or None where the ref has no such memory; `numel` says
+    how many elements lie there. The CPU kernel reads them at the address and no tensor is built.
+    """
+
+    @property
+    def numel(self) -> int: ...
+
+    @property
+    def address(self) -> int | None: ...
+
+
+# per protocol, by class of ref: whether the class offers it (a handful of classes per run)
+_ROWS: dict[type, bool] = {}
+_HELD: dict[type, bool] = {}
+_ADDRESSED: dict[type, bool] = {}
+
+
+def _offers(ref: object, capability: type, known: dict[type, bool]) -> bool:
+    """Whether `ref`'s class has `capability`'s members, decided on its first instance and kept
+    in `known` (a protocol check costs microseconds, and the engine asks per tensor)."""
+    offered = known[type(ref)] = isinstance(ref, capability)
+    return offered
+
+
+def reads_rows(ref: object) -> TypeGuard[RowsTensorRef]:
+    """Whether `ref` reads row slices (`RowsTensorRef`).
+
+    Args:
+        ref: a tensor ref of any class.
+
+    Returns:
+        True where its class has `load_rows`.
+    """
+    offered = _ROWS.get(type(ref))
+    return _offers(ref, RowsTensorRef, _ROWS) if offered is None else offered
+
+
+def holds_tensor(ref: object) -> TypeGuard[HeldTensorRef]:
+    """Whether `ref` may hold its tensor (`HeldTensorRef`); its `held` can still be None.
+
+    Args:
+        ref: a tensor ref of any class.
+
+    Returns:
+        True where its class has `held`.
+    """
+    offered = _HELD.get(type(ref))
+    return _offers(ref, HeldTensorRef, _HELD) if offered is None else offered
+
+
+def has_address(ref: object) -> TypeGuard[AddressedTensorRef]:
+    """Whether `ref` may be read at an address (`AddressedTensorRef`); its `address` can still
+    be None.
+
+    Args:
+        ref: a tensor ref of any class.
+
+    Returns:
+        True where its class has `address` and `numel`.
+    """
+    offered = _ADDRESSED.get(type(ref))
+    return _offers(ref, AddressedTensorRef, _ADDRESSED) if offered is None else offered
 
 
 @dataclass(frozen=True)

@@ -204,12 +204,12 @@ victim = sys.argv[1]
 load_work = driver.load_work
 cut = []
 
-def load_then_truncate(snapshots, bucket, b, t, *args, **kwargs):
-    work = load_work(snapshots, bucket, b, t, *args, **kwargs)
-    files = {stamp.path for stamp in snapshots[t].files}
+def load_then_truncate(item, **kwargs):
+    work = load_work(item, **kwargs)
+    files = {stamp.path for stamp in item.source.files}
     if not cut and victim in files:  # read, checked, not yet reduced
         os.truncate(victim, os.path.getsize(victim) // 2)
-        cut.append(t)
+        cut.append(item.snapshot)
     return work
 
 driver.load_work = load_then_truncate
@@ -248,11 +248,11 @@ def read_after_cut(*args, **kwargs):  # the bucket's first tensor finds the file
         cut(0)
     return read(*args, **kwargs)
 
-def load_watching(snapshots, bucket, b, t, *args, **kwargs):
-    files = {stamp.path for stamp in snapshots[t].files}
+def load_watching(item, **kwargs):
+    files = {stamp.path for stamp in item.source.files}
     state["reading"] = when == "read" and victim in files
     try:
-        work = load_work(snapshots, bucket, b, t, *args, **kwargs)
+        work = load_work(item, **kwargs)
     finally:
         state["reading"] = False
     if when == "reduce" and victim in files:  # read and checked, torch's kernels not yet run

@@ -11,6 +11,11 @@ MODULES = [
     "normscope.analysis.theory",
     "normscope.analysis.abel_rule",
     "normscope.analysis.equilibrium",
+    "normscope.analysis.homogeneity",
+    "normscope.analysis.probe",
+    "normscope.engine.group",
+    "normscope.engine.reduce",
+    "normscope.sources._optimizer",
 ]
 
 

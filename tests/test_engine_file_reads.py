@@ -13,7 +13,7 @@ import torch
 from normscope.engine import compute_stats
 from normscope.engine.driver import reads_in_place
 from normscope.file_reads import FileReader, file_mappings
-from normscope.engine.loading import _read, load_work
+from normscope.engine.loading import WorkItem, _read, load_work
 from normscope.engine.plan import plan_buckets
 from normscope.engine.staging import layout, pack, unpack
 from normscope.errors import BadInputError
@@ -60,7 +60,7 @@ def test_the_torch_path_reads_no_mapped_page(run, fallback, monkeypatch):
     checked = 0
     for b, bucket in enumerate(plan.buckets):
         for t, snapshot in enumerate(snapshots):
-            work = load_work(snapshots, bucket, b, t, plan.entries[t], in_place=False)
+            work = load_work(WorkItem.from_plan(plan, snapshots, bucket=b, snapshot=t), in_place=False)
             for piece, shape, weight, buf, sq in zip(work.pieces, work.shapes, work.weight,
                                                      work.buf, work.sq):  # fmt: skip
                 state = plan.entries[t][piece.name].state or {}
@@ -82,7 +82,7 @@ def test_the_fused_path_still_reads_in_place(monkeypatch):
     if not reads_in_place(torch.device("cpu"), rows=False):
         pytest.skip("this install has no fused kernel")
     plan = plan_buckets(snapshots, 1 << 26, names=None, state_from=0)
-    work = load_work(snapshots, plan.buckets[0], 0, 1, plan.entries[1], in_place=True)
+    work = load_work(WorkItem.from_plan(plan, snapshots, bucket=0, snapshot=1), in_place=True)
     tensors = [t for t in work.tensors() if isinstance(t, torch.Tensor)]
     assert tensors and all(_file_backed(t) for t in tensors)  # views of the files: no copy
 
@@ -101,7 +101,7 @@ def test_cuda_staging_packs_what_the_reader_read(monkeypatch):
     # tensors into its pinned buffer with `pack`; here into a plain CPU buffer
     snapshots = _open("digits_bn_cnn_sgd", monkeypatch, False)
     plan = plan_buckets(snapshots, 1 << 26, names=None, state_from=0)
-    work = load_work(snapshots, plan.buckets[0], 0, 1, plan.entries[1],
+    work = load_work(WorkItem.from_plan(plan, snapshots, bucket=0, snapshot=1),
                      in_place=reads_in_place(torch.device("cuda", 0), rows=False))  # fmt: skip
     tensors = work.tensors()
     assert tensors and not any(map(_file_backed, tensors))

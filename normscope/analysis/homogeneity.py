@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import KW_ONLY, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -36,6 +36,8 @@ UNKNOWN = "unknown"
 INVARIANT = "invariant"
 NOT_INVARIANT = "not invariant"
 VERDICT_UNKNOWN = "unknown"
+
+_C = TypeVar("_C")  # what a rule reads of one call: `_Call` (functions) or `_ModuleCall`
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,23 @@ def _broken(*degrees: Degree) -> Degree | None:
 
 
 def add_degrees(a: Degree, b: Degree, where: str) -> Degree:
-    """a + b: equal degrees stay; an input-free term added to a degree-d value is an OFFSET."""
+    """The degree of a + b: equal degrees stay; an input-free term added to a degree-d value is an
+    OFFSET; other unequal degrees are MIXED.
+
+    Args:
+        a: the degree of one term.
+        b: the degree of the other.
+        where: the node, for the reason of a MIXED result.
+
+    Returns:
+        The degree of the sum.
+
+    >>> linear = Degree(HOMOGENEOUS, 1, depends=True, input_free=False)
+    >>> add_degrees(linear, CONSTANT, "fc").status  # a bias added to a linear layer's output
+    'offset'
+    >>> add_degrees(linear, Degree(HOMOGENEOUS, 2, depends=True, input_free=False), "add").why
+    'add: adds terms of degree 1 and 2'
+    """
     depends, free = a.depends or b.depends, a.input_free and b.input_free
     if not depends:
         return Degree(HOMOGENEOUS, 0, depends=False, input_free=free)
@@ -99,7 +117,24 @@ def add_degrees(a: Degree, b: Degree, where: str) -> Degree:
 
 
 def multiply_degrees(a: Degree, b: Degree, where: str, sign: int = 1) -> Degree:
-    """a * b (sign=+1) or a / b (sign=-1): degrees add (subtract)."""
+    """The degree of a * b (sign=+1) or a / b (sign=-1): degrees add (subtract); a product with
+    a biased (OFFSET) value is MIXED.
+
+    Args:
+        a: the degree of the first factor.
+        b: the degree of the second.
+        where: the node, for the reason of a MIXED result.
+        sign: +1 for a product, -1 for a quotient.
+
+    Returns:
+        The degree of the product or quotient.
+
+    >>> weight = Degree(HOMOGENEOUS, 1, depends=True, input_free=True)
+    >>> multiply_degrees(weight, weight, "mul").value
+    2
+    >>> multiply_degrees(weight, weight, "div", sign=-1).value
+    0
+    """
     depends, free = a.depends or b.depends, a.input_free and b.input_free
     if not depends:
         return Degree(HOMOGENEOUS, 0, depends=False, input_free=free)
@@ -112,14 +147,32 @@ def multiply_degrees(a: Degree, b: Degree, where: str, sign: int = 1) -> Degree:
 
 
 def keep_degree(x: Degree, where: str, *, keeps_offset: bool) -> Degree:
-    """Positively homogeneous, shape-only or linear pooling operations."""
+    """The degree after a positively homogeneous, shape-only or linear pooling operation.
+
+    Args:
+        x: the degree of its input.
+        where: the node, for the reason of a MIXED result.
+        keeps_offset: the operation carries a per-channel constant through unchanged (a
+            reshape, average pooling); otherwise (ReLU) a biased input makes the result MIXED.
+
+    Returns:
+        `x`, or MIXED for a biased input the operation does not carry.
+    """
     if x.status == OFFSET and not keeps_offset:
         return Degree(MIXED, 0, depends=True, input_free=x.input_free, why=f"{where}: applied to a biased value")
     return x
 
 
 def zero_degree_only(x: Degree, where: str) -> Degree:
-    """Nonlinearities that are not positively homogeneous (GELU, softmax, tanh, ...)."""
+    """The degree after a nonlinearity that is not positively homogeneous (GELU, softmax, tanh).
+
+    Args:
+        x: the degree of its input.
+        where: the node, for the reason of a MIXED result.
+
+    Returns:
+        `x` where it is degree 0 or does not depend on the candidate, else MIXED.
+    """
     if not x.depends:
         return x
     if x.clean and x.value == 0:
@@ -132,7 +185,24 @@ def zero_degree_only(x: Degree, where: str) -> Degree:
 
 
 def normalize(x: Degree, where: str, *, removes_offset: bool) -> Degree:
-    """Normalization without affine: any homogeneous input becomes degree 0."""
+    """The degree after a normalization without its affine part: any homogeneous input becomes
+    degree 0.
+
+    Args:
+        x: the degree of its input.
+        where: the node, for the reason of a MIXED result.
+        removes_offset: the per-channel mean is subtracted (BatchNorm, InstanceNorm), so a
+            biased input is degree 0 too; LayerNorm and GroupNorm do not remove it.
+
+    Returns:
+        Degree 0, or MIXED for a bias the normalization does not cancel.
+
+    >>> biased = Degree(OFFSET, 1, depends=True, input_free=False)
+    >>> normalize(biased, "bn", removes_offset=True).status
+    'homogeneous'
+    >>> normalize(biased, "ln", removes_offset=False).status
+    'mixed'
+    """
     if not x.depends:
         return Degree(HOMOGENEOUS, 0, depends=False, input_free=x.input_free)
     bad = _broken(x)
@@ -144,6 +214,17 @@ def normalize(x: Degree, where: str, *, removes_offset: bool) -> Degree:
 
 
 def affine(x: Degree, weight: Degree | None, bias: Degree | None, where: str) -> Degree:
+    """The degree of x * weight + bias, a normalization's affine part.
+
+    Args:
+        x: the degree of the normalized value.
+        weight: the degree of the scale, or None without one.
+        bias: the degree of the shift, or None without one.
+        where: the node, for the reason of a MIXED result.
+
+    Returns:
+        The degree of the result.
+    """
     out = x
     if weight is not None:
         out = multiply_degrees(out, weight, where)
@@ -218,14 +299,15 @@ class _Walker:
     """One pass over a traced graph for one candidate parameter."""
 
     def __init__(self, gm: fx.GraphModule, candidate: torch.Tensor) -> None:
+        from torch import fx  # lazy: torch; the analyses import this module on runs without it
+
         self.gm = gm
         self.candidate = candidate
         self.env: dict[str, Degree] = {}
+        self._node_type = fx.Node
 
     def degree_of(self, arg: Any) -> Degree:
-        from torch import fx
-
-        if isinstance(arg, fx.Node):
+        if isinstance(arg, self._node_type):
             return self.env[arg.name]
         return CONSTANT
 
@@ -275,50 +357,90 @@ class _Walker:
 
     def _module(self, module: nn.Module, inputs: list[Degree], where: str) -> Degree:
         kind = type(module).__name__
-        x = inputs[0] if inputs else CONSTANT
-        weight = self._param_degree(getattr(module, "weight", None))
-        bias = self._param_degree(getattr(module, "bias", None))
-        if kind in _LINEAR_MODULES:
-            out = multiply_degrees(x, weight or CONSTANT, where)
-            if kind.startswith("Conv") and x.status == OFFSET:
-                return Degree(MIXED, 0, depends=True, input_free=False, why=f"{where}: convolution of a biased value (padding breaks it)")
-            if x.status == OFFSET and out.status == MIXED:  # linear maps carry the constant along
-                out = Degree(OFFSET, x.value + (weight.value if weight else 0), depends=True, input_free=False)
-            return add_degrees(out, bias, where) if bias is not None else out
-        if kind in _BATCH_NORMS:
-            return affine(normalize(x, where, removes_offset=True), weight, bias, where)
-        if kind in _FEATURE_NORMS:
-            return affine(normalize(x, where, removes_offset=False), weight, bias, where)
-        if kind == "Embedding" or kind == "EmbeddingBag":
-            return weight or CONSTANT
-        if kind in _KEEP_MODULES:
-            return keep_degree(x, where, keeps_offset=kind in _OFFSET_SAFE_MODULES)
-        if kind in _ZERO_ONLY_MODULES:
-            return zero_degree_only(x, where)
-        bad = _broken(*inputs)
-        if bad is not None:
-            return bad
-        return Degree(UNKNOWN, 0, depends=True, input_free=False, why=f"{where}: module {kind} is not modelled")
+        call = _ModuleCall(
+            kind=kind,
+            where=where,
+            x=inputs[0] if inputs else CONSTANT,
+            weight=self._param_degree(getattr(module, "weight", None)),
+            bias=self._param_degree(getattr(module, "bias", None)),
+        )
+        rule = _MODULE_RULES.get(kind)
+        if rule is not None:
+            return rule(call)
+        return _not_modelled(inputs, f"{where}: module {kind} is not modelled")
 
     # -- functions and methods ------------------------------------------------------------------
 
     def _function(self, name: str, node: fx.Node, where: str) -> Degree:
         call = _Call(
-            name,
-            where,
-            [self.degree_of(a) for a in node.args],
-            {k: self.degree_of(v) for k, v in node.kwargs.items()},
-            [self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))],
-            tuple(a is not None for a in node.args),
+            name=name,
+            where=where,
+            args=[self.degree_of(a) for a in node.args],
+            kwargs={k: self.degree_of(v) for k, v in node.kwargs.items()},
+            all_inputs=[self.degree_of(a) for a in _flatten_args((node.args, node.kwargs))],
+            given=tuple(a is not None for a in node.args),
         )
         rule = _FUNCTION_RULES.get(name)
         if rule is not None:
             return rule(call)
-        bad = _broken(*call.all_inputs)
-        if bad is not None:
-            return bad
-        return Degree(UNKNOWN, 0, depends=True, input_free=False,
-                      why=f"{where}: operation {name} is not modelled")
+        return _not_modelled(call.all_inputs, f"{where}: operation {name} is not modelled")
+
+
+def _not_modelled(inputs: list[Degree], why: str) -> Degree:
+    """An operation without a rule: a broken input's degree where it has one, else UNKNOWN."""
+    bad = _broken(*inputs)
+    if bad is not None:
+        return bad
+    return Degree(UNKNOWN, 0, depends=True, input_free=False, why=why)
+
+
+# --------------------------------------------------------------------------- rules for modules
+
+
+@dataclass(frozen=True)
+class _ModuleCall:
+    """One call of a leaf module in the graph: its class name, the degree of its first input,
+    and those of its own `weight` and `bias` (None where it has none)."""
+
+    kind: str
+    where: str
+    x: Degree
+    weight: Degree | None
+    bias: Degree | None
+
+
+def _linear_module(c: _ModuleCall) -> Degree:
+    out = multiply_degrees(c.x, c.weight or CONSTANT, c.where)
+    if c.kind.startswith("Conv") and c.x.status == OFFSET:
+        return Degree(MIXED, 0, depends=True, input_free=False,
+                      why=f"{c.where}: convolution of a biased value (padding breaks it)")
+    if c.x.status == OFFSET and out.status == MIXED:  # linear maps carry the constant along
+        value = c.x.value + (c.weight.value if c.weight else 0)
+        out = Degree(OFFSET, value, depends=True, input_free=False)
+    return add_degrees(out, c.bias, c.where) if c.bias is not None else out
+
+
+def _batch_norm_module(c: _ModuleCall) -> Degree:
+    return affine(normalize(c.x, c.where, removes_offset=True), c.weight, c.bias, c.where)
+
+
+def _feature_norm_module(c: _ModuleCall) -> Degree:
+    return affine(normalize(c.x, c.where, removes_offset=False), c.weight, c.bias, c.where)
+
+
+def _embedding_module(c: _ModuleCall) -> Degree:
+    return c.weight or CONSTANT
+
+
+def _keeping_module(c: _ModuleCall) -> Degree:
+    return keep_degree(c.x, c.where, keeps_offset=c.kind in _OFFSET_SAFE_MODULES)
+
+
+def _zero_only_module(c: _ModuleCall) -> Degree:
+    return zero_degree_only(c.x, c.where)
+
+
+# --------------------------------------------------------------------------- rules for functions
 
 
 @dataclass(frozen=True)
@@ -402,8 +524,19 @@ def _shape_only(c: _Call) -> Degree:
     return Degree(HOMOGENEOUS, 0, depends=False, input_free=c.first.input_free)
 
 
-def _rules(names: Iterable[str], rule: Callable[[_Call], Degree]) -> dict[str, Callable[[_Call], Degree]]:
+def _rules(names: Iterable[str], rule: Callable[[_C], Degree]) -> dict[str, Callable[[_C], Degree]]:
     return dict.fromkeys(names, rule)
+
+
+# A leaf module's class name → how it maps its input's degree (the groups share no name).
+_MODULE_RULES: dict[str, Callable[[_ModuleCall], Degree]] = {
+    **_rules(_LINEAR_MODULES, _linear_module),
+    **_rules(_BATCH_NORMS, _batch_norm_module),
+    **_rules(_FEATURE_NORMS, _feature_norm_module),
+    **_rules(("Embedding", "EmbeddingBag"), _embedding_module),
+    **_rules(_KEEP_MODULES, _keeping_module),
+    **_rules(_ZERO_ONLY_MODULES, _zero_only_module),
+}
 
 
 # A function's name → how it maps its arguments' degrees (the groups share no name).
@@ -441,13 +574,36 @@ def _resolve_attr(gm: fx.GraphModule, target: str) -> Any:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace the model (torch.fx); standard torch.nn layers stay leaf modules."""
-    from torch import fx
+    """Symbolically trace the model (torch.fx); standard torch.nn layers stay leaf modules.
+
+    Args:
+        model: the model.
+
+    Returns:
+        Its traced graph.
+
+    Raises:
+        Exception: whatever torch.fx raises for a model it cannot trace.
+    """
+    from torch import fx  # lazy: torch; the analyses import this module on runs without it
 
     return fx.symbolic_trace(model)
 
 
 def verdict_from_degree(param: str, degree: Degree) -> HomogeneityVerdict:
+    """The verdict on one parameter from the degree of the network's outputs in it.
+
+    Args:
+        param: the parameter's name.
+        degree: the outputs' degree (`_Walker.run`).
+
+    Returns:
+        INVARIANT for degree 0, NOT_INVARIANT for another degree or a mix, VERDICT_UNKNOWN
+        where an operation was not modelled.
+
+    >>> verdict_from_degree("bn.weight", Degree(HOMOGENEOUS, 2, depends=True)).reason
+    'the output has degree 2: scaling by c scales it by c^2'
+    """
     if degree.status == HOMOGENEOUS and degree.value == 0:
         why = "every output has degree 0 in this parameter" if degree.depends else \
             "the outputs do not depend on this parameter"
@@ -466,10 +622,18 @@ def analyze_homogeneity(
     *,
     tracer: Callable[[nn.Module], fx.GraphModule] = trace,
 ) -> dict[str, HomogeneityVerdict]:
-    """Per parameter name (default: every parameter), the exact verdict from the traced graph.
+    """Per parameter name, the exact verdict from the traced graph.
 
     A model torch.fx cannot trace gets VERDICT_UNKNOWN for every parameter, with the tracer's
     complaint as the reason (the numerical probe still works on such models).
+
+    Args:
+        model: the model.
+        params: the parameters to judge; None for every parameter.
+        tracer: how the model is traced (`trace`).
+
+    Returns:
+        A `HomogeneityVerdict` by parameter name.
     """
     named = dict(model.named_parameters())
     names = list(named) if params is None else [p for p in params if p in named]

@@ -37,6 +37,8 @@ _SPATIAL_TRIES = (8, 16, 28, 32, 64, 224)
 
 @dataclass(frozen=True)
 class ProbeResult:
+    """The numerical probe's answer for one parameter."""
+
     param: str
     verdict: str  # INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
     change_up: float  # relative output change with the parameter ×2
@@ -46,7 +48,7 @@ class ProbeResult:
 
 
 def _output_vector(out: Any) -> torch.Tensor:
-    import torch
+    import torch  # lazy: torch; the analyses import this module on runs without it
 
     leaves: list[torch.Tensor] = []
 
@@ -68,7 +70,7 @@ def _output_vector(out: Any) -> torch.Tensor:
 
 
 def _forward(model: nn.Module, inputs: Sequence[Any], seed: int) -> torch.Tensor:
-    import torch
+    import torch  # lazy: torch; the analyses import this module on runs without it
 
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -82,7 +84,7 @@ def _probe_copy(model: nn.Module, *, generic: bool = True, seed: int = 0) -> nn.
     accident: with β = 0, BN(x)·cγ is just c·BN(x)γ and the next BatchNorm removes c. Invariance that
     matters for training holds at generic weights, so each parameter gets 10% random jitter.
     """
-    import torch
+    import torch  # lazy: torch; the analyses import this module on runs without it
 
     clone = copy.deepcopy(model).double().train()
     for module in clone.modules():
@@ -99,7 +101,7 @@ def _probe_copy(model: nn.Module, *, generic: bool = True, seed: int = 0) -> nn.
 
 def _input_candidates(model: nn.Module, batch: int) -> list[tuple[Any, ...]]:
     """Guesses for an input batch, from the first layer that shows its input size."""
-    import torch
+    import torch  # lazy: torch; the analyses import this module on runs without it
     from torch import nn
 
     gen = torch.Generator().manual_seed(0)
@@ -119,7 +121,15 @@ def _input_candidates(model: nn.Module, batch: int) -> list[tuple[Any, ...]]:
 
 
 def example_inputs(model: nn.Module, batch: int = 8) -> tuple[Any, ...] | None:
-    """A random batch the model accepts (first conv/linear/embedding decides), or None."""
+    """A random batch the model accepts, guessed from its first conv, linear or embedding layer.
+
+    Args:
+        model: the model (not changed).
+        batch: the batch size.
+
+    Returns:
+        The positional arguments of one forward call, or None where no guess fits.
+    """
     clone = _probe_copy(model)
     for candidate in _input_candidates(clone, batch):
         try:
@@ -128,6 +138,12 @@ def example_inputs(model: nn.Module, batch: int = 8) -> tuple[Any, ...] | None:
             continue
         return candidate
     return None
+
+
+def _undecided(param: str, reason: str) -> ProbeResult:
+    """A parameter the probe cannot judge, with no measurement."""
+    return ProbeResult(param=param, verdict=VERDICT_UNKNOWN, change_up=math.nan,
+                       change_down=math.nan, sensitivity=math.nan, reason=reason)  # fmt: skip
 
 
 def _relative_change(y: torch.Tensor, base: torch.Tensor) -> float:
@@ -139,18 +155,27 @@ def _relative_change(y: torch.Tensor, base: torch.Tensor) -> float:
 
 
 def _classify(param: str, up: float, down: float, sensitivity: float) -> ProbeResult:
+    """The verdict from the output's relative changes under scaling up, down and a perturbation.
+
+    >>> _classify("bn.weight", 1e-12, 2e-12, 0.3).verdict
+    'invariant'
+    >>> _classify("fc.weight", 1.0, 0.5, 0.3).reason
+    'outputs change by 1 (relative) when scaled by 2 or 0.5'
+    """
+
+    def result(verdict: str, reason: str) -> ProbeResult:
+        return ProbeResult(param=param, verdict=verdict, change_up=up, change_down=down,
+                           sensitivity=sensitivity, reason=reason)  # fmt: skip
+
     worst = max(up, down)
     if sensitivity <= INVARIANT_BELOW:
-        return ProbeResult(param, VERDICT_UNKNOWN, up, down, sensitivity,
-                           "the outputs do not respond to this parameter on the probe batch")
+        return result(VERDICT_UNKNOWN, "the outputs do not respond to this parameter on the probe batch")
     if worst <= INVARIANT_BELOW:
-        return ProbeResult(param, INVARIANT, up, down, sensitivity,
-                           f"outputs unchanged (rel. change {worst:.1e}) when scaled by 2 and 0.5")
+        return result(INVARIANT, f"outputs unchanged (rel. change {worst:.1e}) when scaled by 2 and 0.5")
     if worst >= NOT_INVARIANT_ABOVE:
-        return ProbeResult(param, NOT_INVARIANT, up, down, sensitivity,
-                           f"outputs change by {worst:.2g} (relative) when scaled by 2 or 0.5")
-    return ProbeResult(param, VERDICT_UNKNOWN, up, down, sensitivity,
-                       f"outputs change by {worst:.1e}: between the invariant and non-invariant thresholds")
+        return result(NOT_INVARIANT, f"outputs change by {worst:.2g} (relative) when scaled by 2 or 0.5")
+    return result(VERDICT_UNKNOWN,
+                  f"outputs change by {worst:.1e}: between the invariant and non-invariant thresholds")
 
 
 def probe_invariance(
@@ -162,13 +187,21 @@ def probe_invariance(
     seed: int = 0,
     generic: bool = True,
 ) -> dict[str, ProbeResult]:
-    """Per parameter name (default: all), whether scaling it leaves the outputs unchanged.
+    """Per parameter name, whether scaling it leaves the outputs unchanged.
 
-    `inputs` are the positional arguments of one forward call; without them a random batch is
-    guessed from the first conv/linear/embedding layer (see `example_inputs`). With `generic`
-    (the default) the probe runs at jittered weights, not exactly the model's (see `_probe_copy`).
+    Args:
+        model: the model (not changed: the probe runs on a float64 copy).
+        params: the parameters to probe; None for all.
+        inputs: the positional arguments of one forward call; None guesses a random batch from
+            the first conv/linear/embedding layer (`example_inputs`).
+        scales: the two factors each parameter is scaled by.
+        seed: the seed of the jitter, the perturbation and the forward calls.
+        generic: probe at jittered weights, not exactly the model's (see `_probe_copy`).
+
+    Returns:
+        A `ProbeResult` by parameter name.
     """
-    import torch
+    import torch  # lazy: torch; the analyses import this module on runs without it
 
     clone = _probe_copy(model, generic=generic, seed=seed)
     named = dict(clone.named_parameters())
@@ -177,7 +210,7 @@ def probe_invariance(
         inputs = example_inputs(model)
     if inputs is None:
         reason = "could not guess an input for the model; pass inputs= to the probe"
-        return {p: ProbeResult(p, VERDICT_UNKNOWN, math.nan, math.nan, math.nan, reason) for p in names}
+        return {p: _undecided(p, reason) for p in names}
     inputs = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in inputs)
     base = _forward(clone, inputs, seed)
     gen = torch.Generator().manual_seed(seed)
@@ -187,8 +220,7 @@ def probe_invariance(
         original = p.detach().clone()
         norm = float(original.norm())
         if norm == 0.0 or not math.isfinite(norm):
-            results[name] = ProbeResult(name, VERDICT_UNKNOWN, math.nan, math.nan, math.nan,
-                                        "the tensor is all zero (or not finite): scaling it cannot tell")
+            results[name] = _undecided(name, "the tensor is all zero (or not finite): scaling it cannot tell")
             continue
         changes = []
         with torch.no_grad():

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from normscope.engine.group import GroupSums
 from normscope.engine.in_place import BlockSums
 from normscope.engine.plan import Entry, Piece
-from normscope.engine.reduce import GroupSums
 from normscope.snapshot import ParamTable, Snapshot, SnapshotStats
 
 # The optional quantities, in their slots' order after norm_sq and nonfinite.

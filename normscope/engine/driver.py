@@ -21,7 +21,7 @@ from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import VanishedPage, fused_kernel
 from normscope.engine.in_place import start_in_place
-from normscope.engine.loading import LoadedWork, load_work
+from normscope.engine.loading import LoadedWork, WorkItem, load_work
 from normscope._torch_seen import tensor_type
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
@@ -95,7 +95,7 @@ def _run(
         b, t = item
         # before any page of a file rewritten since it was opened is touched (`file_stamps`)
         check_unchanged(snapshots[t].files)
-        work = load_work(snapshots, plan.buckets[b], b, t, plan.entries[t], in_place=in_place)
+        work = load_work(WorkItem.from_plan(plan, snapshots, bucket=b, snapshot=t), in_place=in_place)
         return work, _stage(work, stager)
 
     accumulator = Accumulator()

@@ -30,6 +30,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from normscope._torch_seen import imported_torch, tensor_type
+from normscope.engine.group import GroupInput, GroupSums
 from normscope.engine.workers import Runner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,8 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
     import numpy as np
     import torch
-
-    from normscope.engine.reduce import GroupInput, GroupSums
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +181,6 @@ def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | 
     (None where the kernel does not apply). The caller's thread is free meanwhile: the engine
     does the next item's Python-side bookkeeping while the kernel runs."""
     import numpy as np
-
-    from normscope.engine.reduce import GroupSums
 
     tensor = tensor_type()
     kernel = fused_kernel()

@@ -20,12 +20,12 @@ recomputed in float64.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from normscope._torch_seen import tensor_type
 from normscope.engine.chunking import CHUNK, RowLayout, fill_rows, row_layout
 from normscope.engine.fused import fused_kernel, start_fused
+from normscope.engine.group import GroupInput, GroupSums
 from normscope.engine.small import reduce_small
 from normscope.engine.workers import Inline, Runner
 
@@ -40,83 +40,21 @@ CPU_BLOCK_BYTES = 2 << 20
 CUDA_BLOCK_ROWS = 4096
 
 
-@dataclass
-class GroupInput:
-    """Tensors of one group; companion streams are None or hold one tensor per entry. Before
-    `loaded()`, an entry may also be a ref the fused kernel reads in place (`address`)."""
-
-    weight: Sequence[torch.Tensor]
-    prev: Sequence[torch.Tensor] | None = None
-    buf: Sequence[torch.Tensor] | None = None
-    sq: Sequence[torch.Tensor] | None = None
-
-    def subset(self, indices: Sequence[int]) -> GroupInput:
-        def pick(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            return None if stream is None else [stream[i] for i in indices]
-
-        return GroupInput(
-            pick(self.weight), pick(self.prev), pick(self.buf), pick(self.sq)
-        )
-
-    def loaded(self, *, copy_mapped: bool = False) -> GroupInput:
-        """The same group with tensors for refs the fused kernel would have read in place,
-        read into memory of their own (`file_reads`): torch's kernels have no SIGBUS guard.
-        `copy_mapped`: tensors that are views of a file's mapping are read the same way."""
-        from normscope.file_reads import FileReader
-
-        tensor = _tensor_type()
-        with FileReader() as reader:
-
-            def load(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-                return None if stream is None else [
-                    (reader.tensor(t) if copy_mapped else t) if isinstance(t, tensor)
-                    else reader.ref(t) for t in stream
-                ]
-
-            return GroupInput(load(self.weight), load(self.prev), load(self.buf), load(self.sq))
-
-    def flat(self) -> GroupInput:
-        """The same group with every tensor flattened (the torch kernels work on 1-D tensors)."""
-
-        def flatten(stream: Sequence[torch.Tensor] | None) -> list[torch.Tensor] | None:
-            return None if stream is None else [t.reshape(-1) for t in stream]
-
-        return GroupInput(
-            flatten(self.weight), flatten(self.prev), flatten(self.buf), flatten(self.sq)
-        )
-
-    def quantities(self) -> tuple[str, ...]:
-        names = ["norm_sq"]
-        if self.prev is not None:
-            names += ["dot", "diff_sq"]
-        if self.buf is not None:
-            names += ["buf_dot", "buf_norm_sq"]
-        if self.sq is not None:
-            names.append("sq_sum")
-        return tuple(names)
-
-
-_tensor_type = tensor_type  # torch.Tensor, without importing torch where no tensor exists
-
-
-@dataclass
-class GroupSums:
-    """Per-entry float64 sums (CPU lists, in entry order) for the quantities the group had."""
-
-    sums: dict[str, list[float]]
-    nonfinite: list[int]
-    quantities: tuple[str, ...] = field(default=())
-
-
 def work_dtype_for(group: GroupInput) -> torch.dtype:
-    """The dtype a group is reduced in.
+    """The dtype a group is reduced in by the torch kernels.
 
     float32 when every product is exact in it: all inputs 16-bit, or a float32 weight alone (sums of
     squares have positive terms, so rounded products keep their relative accuracy). A dot product
     of float32 tensors is computed in float64: its rounding error is relative to |x||y|, not to
     <x, y>, and <w, momentum> of a scale-invariant layer is nearly orthogonal.
+
+    Args:
+        group: a group of tensors.
+
+    Returns:
+        torch.float32 or torch.float64.
     """
-    import torch
+    import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
     inputs = [
         t
@@ -139,10 +77,18 @@ def start_group(
 
     On CPU the fused kernel (`fused.start_fused`) takes the whole group when it can and runs on
     the runner's threads while the caller goes on; otherwise the torch kernels run now.
+
+    Args:
+        group: the group; refs the fused kernel reads in place are read for torch's kernels.
+        runner: the worker threads (`workers.CpuWorkers`) or this thread (`workers.Inline`).
+        block_rows: rows per block of the torch kernels (the fused kernel has none).
+
+    Returns:
+        What waits for the sums and returns them.
     """
     first = group.weight[0] if group.weight else None
     declined = False
-    if first is not None and (not isinstance(first, _tensor_type()) or first.device.type == "cpu"):
+    if first is not None and (not isinstance(first, tensor_type()) or first.device.type == "cpu"):
         finish = start_fused(group, runner)
         if finish is not None:
             return finish
@@ -158,8 +104,13 @@ def reduce_group(
 ) -> GroupSums:
     """Reduce one group; see the module docstring for the scheme and its accuracy.
 
-    `runner` spreads the work over worker threads (`workers.CpuWorkers`); default: this thread.
-    `block_rows` sizes the torch kernels' blocks (the fused kernel has none).
+    Args:
+        group: the group.
+        block_rows: rows per block of the torch kernels (the fused kernel has none).
+        runner: spreads the work over worker threads (`workers.CpuWorkers`); None: this thread.
+
+    Returns:
+        The group's sums.
     """
     return start_group(group, runner or Inline(), block_rows=block_rows)()
 
@@ -192,7 +143,7 @@ def _reduce_blocks(
     group: GroupInput, block_rows: int | None, runner: Runner
 ) -> GroupSums:
     """The row-block path: pack, reduce row-wise, sum rows per tensor in float64."""
-    import torch
+    import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
     device = group.weight[0].device
     work_dtype = work_dtype_for(group)
@@ -215,7 +166,21 @@ def _reduce_blocks(
 
 
 def split_rows(total_rows: int, block_rows: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous row spans, whole blocks each, one per worker (fewer when there is little work)."""
+    """Contiguous row spans, whole blocks each, one per worker (fewer when there is little work).
+
+    Args:
+        total_rows: the rows to share out.
+        block_rows: rows per block; a span holds whole blocks (the last one may be short).
+        parts: the number of workers.
+
+    Returns:
+        (first, end) row ranges that cover every row in order.
+
+    >>> split_rows(10, 4, 2)
+    [(0, 4), (4, 10)]
+    >>> split_rows(3, 4, 2)  # one block: one span
+    [(0, 3)]
+    """
     blocks = -(-total_rows // block_rows)
     parts = max(1, min(parts, blocks))
     spans, lo = [], 0
@@ -234,7 +199,7 @@ def _per_entry(
     quantities: tuple[str, ...],
 ) -> GroupSums:
     """Row sums → float64 per-entry sums, after exact recomputation of non-finite rows."""
-    import torch
+    import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
     device = rows.device
     rows64 = rows.double()
@@ -262,7 +227,7 @@ def _reduce_rows(
     last: int,
 ) -> None:
     """Fill `rows[q, r]` for r in first:last with the work-dtype sum of quantity q over chunk row r."""
-    import torch
+    import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
     shape = (min(block_rows, last - first), layout.chunk)
     scratch = {
@@ -312,7 +277,7 @@ def _exact_row(
 
     Returns the owning entry, the row's values for each quantity, and its non-finite element count.
     """
-    import torch
+    import torch  # lazy: torch only once a group holds tensors (an in-place run never imports it)
 
     entry = layout.entry_at_row(row)
     lo = (row - layout.row_starts[entry]) * layout.chunk

@@ -50,7 +50,7 @@ class RowSums:
 
 def row_sums(weight: torch.Tensor, prev: torch.Tensor) -> RowSums:
     """Row sums of a tensor (ndim ≥ 2) against the same-shaped tensor of the previous snapshot."""
-    import torch
+    import torch  # lazy: the caller holds tensors, so torch is imported; a tensor-only run never is
 
     if weight.ndim < 2:
         raise BadInputError(f"rows need a tensor of 2 or more dims, got shape {tuple(weight.shape)}")
@@ -109,7 +109,7 @@ class RowSpread:
         return float(below[1] - below[0]) / 100.0
 
     def tensor_angle(self) -> float:
-        from normscope.trajectory import angle_between
+        from normscope.trajectory import angle_between  # lazy: pandas, which the engine needs not
 
         return angle_between(math.sqrt(self.prev_norm_sq), math.sqrt(self.norm_sq), self.dot_prev, self.diff_sq)
 

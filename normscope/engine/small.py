@@ -11,16 +11,22 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from normscope.engine.group import GroupInput, GroupSums
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from normscope.engine.reduce import GroupInput, GroupSums
-
 
 def reduce_small(group: GroupInput) -> GroupSums:
-    import torch
+    """Every quantity of a group of small tensors, exactly, in float64.
 
-    from normscope.engine.reduce import GroupSums
+    Args:
+        group: CPU or CUDA tensors of fewer than `chunking.CHUNK` elements each, any float dtype.
+
+    Returns:
+        The group's per-entry sums and non-finite counts.
+    """
+    import torch  # lazy: a group of tensors has imported torch; an in-place run never does
 
     device = group.weight[0].device
     numels = torch.tensor([t.numel() for t in group.weight], dtype=torch.int64)

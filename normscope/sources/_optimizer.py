@@ -13,9 +13,9 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from normscope.file_reads import FileReader, item
 from normscope.snapshot import ParamGroup
@@ -27,6 +27,8 @@ from ._tree_order import order_from_tree
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 STATE_TENSOR_KEYS = ("momentum_buffer", "exp_avg", "exp_avg_sq")
 
+_K = TypeVar("_K")
+
 
 @dataclass
 class OptimizerInfo:
@@ -37,7 +39,20 @@ class OptimizerInfo:
 
 
 def optimizer_type(group: Mapping[str, Any]) -> str | None:
-    """Tell the optimizer class from the keys torch writes in its param_groups."""
+    """Tell the optimizer class from the keys torch writes in its param_groups.
+
+    Args:
+        group: one param group of `optimizer.state_dict()`.
+
+    Returns:
+        "SGD", "AdamW", "Adam", "Adam-family", "RMSprop" or "Adagrad"; None where the keys do
+        not tell.
+
+    >>> optimizer_type({"lr": 0.1, "momentum": 0.9, "dampening": 0, "nesterov": False})
+    'SGD'
+    >>> optimizer_type({"lr": 1e-3, "betas": (0.9, 0.999), "decoupled_weight_decay": True})
+    'AdamW'
+    """
     if "betas" in group:
         if group.get("decoupled_weight_decay"):
             return "AdamW"
@@ -218,33 +233,53 @@ def _by_roles(
     candidates: Sequence[str],
     shapes: Mapping[str, tuple[int, ...]],
 ) -> list[int] | None:
+    """The one assignment of candidates to groups that order and shapes allow under some rule
+    sending each role (`_role`) to one group, and that mixes the fewest roles; None where there
+    is none, or a tie."""
     names = set(shapes)
     roles = [_role(n, names, shapes) for n in candidates]
     if len({role[0] for role in roles}) * 2 > len(candidates):
         return None  # names that share no leaf (`weight`, `bias`) tell no roles apart
-    kinds = sorted(set(roles), key=repr)
     n_groups = len(wanted)
-    if n_groups ** len(kinds) > _MAX_RULES:
+    if n_groups ** len(set(roles)) > _MAX_RULES:
         return None
     sizes = [len(w) for w in wanted]
-    per_kind = [roles.count(k) for k in kinds]
     skips = len(candidates) - sum(sizes)
+
+    def fits(given: list[int]) -> bool:  # every slot can be filled, no more skipped than spare
+        return all(h >= s for h, s in zip(given, sizes)) and sum(given) - sum(sizes) <= skips
+
     found: dict[tuple[int, ...], int] = {}
-    for rule in itertools.product(range(n_groups), repeat=len(kinds)):
-        given = [0] * n_groups
-        for kind_count, g in zip(per_kind, rule):
-            given[g] += kind_count
-        if any(h < s for h, s in zip(given, sizes)) or sum(given) - sum(sizes) > skips:
-            continue
-        group_of = dict(zip(kinds, rule))
-        ways, choices = _solve(wanted, candidates, shapes, [group_of[r] for r in roles])
+    for allowed in _role_assignments(roles, n_groups, fits):
+        ways, choices = _solve(wanted, candidates, shapes, allowed)
         if ways == 1 and choices is not None:
             found.setdefault(tuple(choices), _impurity(choices, roles, n_groups))
+    winner = _least_mixed(found)
+    return None if winner is None else list(winner)
+
+
+def _role_assignments(roles: Sequence[tuple[Any, ...]], n_groups: int,
+                      fits: Callable[[list[int]], bool]) -> Iterator[list[int]]:  # fmt: skip
+    """Each rule sending every kind of role to one group, as the group of each candidate, where
+    `fits` accepts how many candidates each group then gets."""
+    kinds = sorted(set(roles), key=repr)
+    per_kind = [roles.count(k) for k in kinds]
+    for rule in itertools.product(range(n_groups), repeat=len(kinds)):
+        given = [0] * n_groups
+        for count, g in zip(per_kind, rule):
+            given[g] += count
+        if fits(given):
+            group_of = dict(zip(kinds, rule))
+            yield [group_of[r] for r in roles]
+
+
+def _least_mixed(found: Mapping[_K, int]) -> _K | None:
+    """The one key of lowest score (`_impurity`); None where there is none, or a tie."""
     if not found:
         return None
     best = min(found.values())
-    winners = [c for c, score in found.items() if score == best]
-    return list(winners[0]) if len(winners) == 1 else None
+    winners = [key for key, score in found.items() if score == best]
+    return winners[0] if len(winners) == 1 else None
 
 
 def _map_by_tree(
@@ -260,44 +295,38 @@ def _map_by_tree(
     sizes = [len(w) for w in wanted]
     if len(candidates) != sum(sizes) or not candidates:
         return None  # frozen parameters or float buffers: the tree walk cannot skip them
-    if len(groups) == 1:
-        rules: list[dict[str, int]] = [dict.fromkeys(candidates, 0)]
-        roles = [()] * len(candidates)
-    else:
+    roles: list[tuple[Any, ...]] | None = None
+    assignments: Iterable[list[int]] = [[0] * len(candidates)]
+    if len(groups) > 1:
         names = set(shapes)
         roles = [_role(n, names, shapes) for n in candidates]
-        kinds = sorted(set(roles), key=repr)
-        if len(groups) ** len(kinds) > _MAX_RULES:
+        if len(groups) ** len(set(roles)) > _MAX_RULES:
             return None
-        per_kind = [roles.count(k) for k in kinds]
-        rules = []
-        for rule in itertools.product(range(len(groups)), repeat=len(kinds)):
-            given = [0] * len(groups)
-            for count, g in zip(per_kind, rule):
-                given[g] += count
-            if given == sizes:
-                of = dict(zip(kinds, rule))
-                rules.append({n: of[r] for n, r in zip(candidates, roles)})
+        assignments = _role_assignments(roles, len(groups), lambda given: given == sizes)
     found: dict[tuple[tuple[int, str], ...], int] = {}
-    for rule in rules:
-        ways, order = order_from_tree(wanted, candidates, shapes, rule.__getitem__)
+    for assignment in assignments:
+        group_of = dict(zip(candidates, assignment))
+        ways, order = order_from_tree(wanted, candidates, shapes, group_of.__getitem__)
+        if ways > 1 and len(groups) == 1:
+            return None  # one group and several orders: nothing tells them apart
         if ways != 1 or order is None:
-            if ways > 1 and len(groups) == 1:
-                return None
             continue
-        slot = [0] * len(groups)
-        mapping = []
-        for name in order:
-            g = rule[name]
-            mapping.append((groups[g][slot[g]], name))
-            slot[g] += 1
-        choices = [rule[n] for n in candidates]
-        found.setdefault(tuple(sorted(mapping)), _impurity(choices, roles, len(groups)) if roles[0] else 0)
-    if not found:
-        return None
-    best = min(found.values())
-    winners = [m for m, score in found.items() if score == best]
-    return dict(winners[0]) if len(winners) == 1 else None
+        score = 0 if roles is None else _impurity(assignment, roles, len(groups))
+        found.setdefault(_positions_in_order(groups, order, group_of), score)
+    winner = _least_mixed(found)
+    return None if winner is None else dict(winner)
+
+
+def _positions_in_order(groups: Sequence[Sequence[int]], order: Sequence[str],
+                        group_of: Mapping[str, int]) -> tuple[tuple[int, str], ...]:  # fmt: skip
+    """(position, name) pairs, sorted, for names in `order` filling each one's group in turn."""
+    slot = [0] * len(groups)
+    mapping = []
+    for name in order:
+        g = group_of[name]
+        mapping.append((groups[g][slot[g]], name))
+        slot[g] += 1
+    return tuple(sorted(mapping))
 
 
 _DIGIT_RUN = re.compile(r"\d+")
@@ -354,10 +383,19 @@ def read_optimizer(
 ) -> OptimizerInfo:
     """Hyper-parameters and per-parameter state of one optimizer state_dict.
 
-    `model_names` are the clean names of the model's floating tensors in state_dict order;
-    `make_ref(name, tensor)` wraps a state tensor as a lazy ref. `order_known=False` says the
-    model's tensors are not in `model.parameters()` order (safetensors), so only parameters whose
-    shape identifies them get their state.
+    Args:
+        opt: the optimizer's state_dict (`param_groups`, `state`).
+        model_names: the clean names of the model's floating tensors in state_dict order.
+        shapes: each of those tensors' shape.
+        make_ref: `make_ref(name, tensor)` wraps a state tensor as a lazy ref.
+        where: the file, for warnings.
+        order_known: the model's tensors are in `model.parameters()` order; False (safetensors
+            sorts its keys) gives state only to parameters the module tree or their shape
+            identifies.
+
+    Returns:
+        The optimizer's kind, its groups' hyper-parameters, the state by parameter name, and
+        warnings for the user where state was dropped or the groups were unreadable.
     """
     groups = opt.get("param_groups") or []
     state: Mapping[int, Mapping[str, Any]] = opt.get("state") or {}

@@ -2,21 +2,31 @@
 
 Every ref carries `name`, `shape`, `dtype` (torch dtype name without the `torch.` prefix), `numel`
 and `nbytes` without reading any tensor data, so the engine can bucket by size. `load()` returns a
-CPU tensor; `load_rows(start, stop)` returns rows `start:stop` of the first dimension, so the engine
-can chunk a tensor larger than its bucket (for safetensors only those bytes are read). `span`
-says where a tensor's bytes lie in its file, where the ref knows it (`snapshot.TensorRef`).
+CPU tensor; `span` says where a tensor's bytes lie in its file, where the ref knows it
+(`snapshot.TensorRef`). What a ref offers beyond that it has by the members of
+`snapshot.RowsTensorRef` (`load_rows(start, stop)`: rows `start:stop` of the first dimension, so
+the engine can chunk a tensor larger than its bucket; for safetensors only those bytes are read),
+`snapshot.HeldTensorRef` (`held`) and `snapshot.AddressedTensorRef` (`address`, `numel`):
+
+    ref                    load_rows  held       address
+    TorchTensorRef         yes        a tensor   -
+    MappedTensorRef        yes        None       an int
+    SafetensorsTensorRef   yes        -          -
+    ChunkedTensorRef       yes        -          -
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import mmap
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from normscope.file_reads import FileReader
 from normscope.file_stamps import FileSpan
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,7 +69,7 @@ def _numel(shape: Sequence[int]) -> int:
 class TorchTensorRef:
     """A tensor from `torch.load(..., mmap=True)`: its storage is mapped, pages are read on use.
 
-    `held` is the tensor `load()` returns (see `snapshot.TensorRef`: the engine takes it as it is).
+    `held` is the tensor `load()` returns (`snapshot.HeldTensorRef`: the engine takes it as it is).
     No `span`: torch mapped the file and does not say where; the engine finds the tensor's file
     and offset from the process's mappings when it needs them (`file_reads`)."""
 
@@ -110,8 +120,9 @@ class MappedTensorRef(NamedTuple):
     """A tensor of a `torch.save` zip whose bytes lie, contiguous and checked in bounds, at
     `address` in a private mapping of the file (`_scan_torch_zip.scan_torch_zip`).
 
-    Nothing is built on open: the engine's CPU kernel reads the bytes at `address` (see
-    `snapshot.TensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)` would.
+    Nothing is built on open: the engine's CPU kernel reads the bytes at `address`
+    (`snapshot.AddressedTensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)`
+    would.
     A NamedTuple, made from columns: a ResNet-shaped checkpoint holds thousands of them, and a
     tensor over a mapped storage costs about ten times as much to build.
     `archive` keeps the mapping alive as long as a ref (or a tensor it built) is.
@@ -127,7 +138,7 @@ class MappedTensorRef(NamedTuple):
     offset: int  # in elements, into that record
     stride: tuple[int, ...]
 
-    held = None  # no tensor in hand (see `snapshot.TensorRef`)
+    held = None  # no tensor in hand (`snapshot.HeldTensorRef`)
 
     @property
     def nbytes(self) -> int:
@@ -172,9 +183,7 @@ class SafetensorsHandles:
         it cannot be mapped. Views of it are the tensors, with no copy: `get_tensor` costs a
         storage per call and, on a run of large tensors, more than paging the data in
         (docs/engine.md). MAP_PRIVATE: nothing done to a view can reach the user's file."""
-        import mmap
-
-        import torch
+        import torch  # lazy: runs read in place need no torch, and importing it is slow
 
         with self._lock:
             if path in self._mapped:
@@ -192,7 +201,7 @@ class SafetensorsHandles:
             return whole
 
     def get(self, path: str) -> Any:
-        from safetensors import safe_open
+        from safetensors import safe_open  # lazy: only a tensor no view can serve needs it
 
         with self._lock:
             handle = self._open.pop(path, None)
@@ -249,7 +258,7 @@ class SafetensorsTensorRef(SizedByHeader):
         whole = self.handles.mapped(self.path)
         if whole is None:
             return None
-        import torch
+        import torch  # lazy: runs read in place need no torch, and importing it is slow
 
         first = self.offset + start * ITEMSIZE[self.dtype]
         size = _numel(shape) * ITEMSIZE[self.dtype]
@@ -258,8 +267,6 @@ class SafetensorsTensorRef(SizedByHeader):
         try:
             return whole[first : first + size].view(getattr(torch, self.dtype)).view(shape)
         except RuntimeError:  # an offset not aligned to the dtype's size: read into aligned memory
-            from normscope.file_reads import FileReader
-
             with FileReader() as reader:
                 return reader.span(FileSpan(self.path, first, size), self.dtype, shape)
 
@@ -298,7 +305,7 @@ class ChunkedTensorRef(SizedByHeader):
         return None
 
     def load(self) -> torch.Tensor:
-        import torch
+        import torch  # lazy: runs read in place need no torch, and importing it is slow
 
         if len(self.chunks) == 1 and tuple(self.chunks[0][1]) == self.shape:
             return self.chunks[0][2]()
