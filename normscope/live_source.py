@@ -11,12 +11,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from normscope.api import trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
 from normscope.sources._files import walk
 from normscope.snapshot import ORDER_LOG
 from normscope.sources.jsonl_log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
-from normscope.trajectory import Trajectory, TrajectoryBuilder, build_trajectory
+from normscope.trajectory import (
+    COLUMNS,
+    Trajectory,
+    TrajectoryBuilder,
+    build_trajectory,
+    with_column_types,
+)
 
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
 
@@ -45,6 +53,19 @@ class _LogRows:
     builder: TrajectoryBuilder
     count: int = 0  # records converted
     last: Any = None  # the last of them, as the log held it
+    table: Any = None  # the trajectory table of the `count` records (a DataFrame), None before the first
+
+    def grow_table(self) -> Any:
+        """The table with the rows the builder gained since the last call appended: only the new
+        rows are made into a frame (the same column types), not the whole table again."""
+        done = 0 if self.table is None else len(self.table)
+        columns = self.builder.columns
+        if done == len(columns["param"]) and self.table is not None:
+            return self.table
+        added = with_column_types(pd.DataFrame({name: columns[name][done:] for name in COLUMNS},
+                                               columns=list(COLUMNS)))
+        self.table = added if self.table is None else pd.concat([self.table, added], ignore_index=True)
+        return self.table
 
 
 class LiveSource:
@@ -94,8 +115,11 @@ class LiveSource:
             self._rows = None
             return build_trajectory([], layout=LAYOUT, root=log.path, warnings=log.warnings)
         self._add_new_records(log)
-        return self._rows.builder.trajectory(layout=LAYOUT, root=log.path, ordering=ORDER_LOG,
-                                             warnings=log.warnings)
+        rows = self._rows
+        # what `TrajectoryBuilder.trajectory` returns, with the table grown rather than rebuilt
+        # a shallow copy (copy-on-write): a caller that changes its table leaves the next one alone
+        return Trajectory(table=rows.grow_table().copy(deep=False), snapshots=list(rows.builder.metas), layout=LAYOUT,
+                          root=log.path, ordering=ORDER_LOG, warnings=[*log.warnings, *rows.builder.notes])
 
     def _add_new_records(self, log: LiveLog) -> None:
         """Add the records that arrived to the table's rows. Only when the log changed other than

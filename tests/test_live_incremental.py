@@ -1,9 +1,14 @@
-"""A followed tracker log's trajectory, grown record by record, equals the log read whole."""
+"""A followed tracker log's trajectory, grown record by record, equals the log read whole, and the
+live view's frame, grown the same way, equals the frame of the whole analysis."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from normscope.analysis.live import LiveView
+from normscope.analysis.runner import RunOptions, analyze_run
 from normscope.api import trajectory_from_run
 from normscope.live_source import LiveSource
 from normscope.sources.jsonl_log import live_log_run, load_live_log
@@ -40,3 +45,45 @@ def test_growing_log_gives_the_whole_logs_trajectory(tmp_path):
     grown = source.poll()
     _same(grown, _read_whole(log))
     assert grown.snapshots[-1].step < 700 and any("superseded" in w for w in grown.warnings)
+
+
+def _scratch_frame(path, options):
+    return analyze_run(_read_whole(path), options).live
+
+
+@pytest.mark.parametrize("options", [RunOptions(probe=False),
+                                     RunOptions(probe=False, recent=23, total_epochs=60)],
+                         ids=["defaults", "recent-23-budget-60"])
+def test_incremental_frame_equals_a_frame_from_scratch(tmp_path, options):
+    """`LiveView` takes in only the new records; at every point its frame is the one the whole
+    analysis of the log so far gives: before the first epoch ends, around the LR cut at epoch 45
+    (record 1035), and at the end, in steps of one record, part of an epoch and many epochs."""
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    log = tmp_path / "track.jsonl"
+    log.write_bytes(lines[0])
+    source, view = LiveSource(log), LiveView(options)
+    at = 1
+    for upto in (2, 3, 24, 71, 94, 300, 1034, 1035, 1036, 1037, 1058, 1200, len(lines)):
+        with open(log, "ab") as f:
+            f.write(b"".join(lines[at:upto]))
+        at = upto
+        trajectory = source.poll()
+        frame = view.frame(trajectory)
+        assert view.follows_incrementally  # the fast path, not the whole analysis again
+        # repr: the floats to the last bit, and NaN equal to NaN
+        assert repr(frame) == repr(_scratch_frame(log, options)), f"after record {upto - 1}"
+        assert repr(view.frame(trajectory)) == repr(frame)  # a refresh with nothing new
+
+
+def test_view_starts_over_when_the_log_does(tmp_path):
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    log = tmp_path / "track.jsonl"
+    log.write_bytes(b"".join(lines[:400]))
+    options = RunOptions(probe=False)
+    source, view = LiveSource(log), LiveView(options)
+    view.frame(source.poll())
+    # a resumed run superseding records from step 300 on: the table is not the old one grown
+    with open(log, "ab") as f:
+        f.write(lines[0] + b"".join(lines[300:320]))
+    assert repr(view.frame(source.poll())) == repr(_scratch_frame(log, options))
+    assert view.follows_incrementally

@@ -41,15 +41,18 @@ TagPatternOpt = Annotated[
 def frame_maker(source, options, *, warnings: bool = True):
     """The function that turns the source's latest trajectory into the rendered frame: the live
     state of `analyze_run` under `options` (a `RunOptions`), with the run's warnings at its foot
-    unless `warnings` is false."""
-    from normscope.analysis.runner import analyze_run
+    unless `warnings` is false. It keeps a `LiveView`, so a growing tracker log's new records are
+    taken in rather than the whole run analysed again at each refresh."""
+    from normscope.analysis.live import LiveView
     from normscope.report.live_view import render_frame
+
+    view = LiveView(options)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        return render_frame(analyze_run(trajectory, options).live, updated=stamp, warnings=warnings)
+        return render_frame(view.frame(trajectory), updated=stamp, warnings=warnings)
 
     return frame
 
