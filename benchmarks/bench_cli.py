@@ -104,7 +104,7 @@ def watch_refresh(first: int = 1000, batch: int = 23) -> tuple[list[float], list
     # lazy: the checkout's normscope, once ROOT is on sys.path
     from normscope.analysis.runner import RunOptions
     from normscope.cli.watch import frame_maker
-    from normscope.live_source import LiveSource
+    from normscope.live.source import LiveSource
 
     lines = LOG.read_bytes().splitlines(keepends=True)
     header, records = lines[0], lines[1:]

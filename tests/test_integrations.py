@@ -12,7 +12,7 @@ import torch
 from live_helpers import digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
-from normscope.sources.jsonl_log import load_live_log, read_jsonl_log
+from normscope.live.log import load_live_log, read_jsonl_log
 from normscope.sources.tensorboard_log import read_tensorboard
 
 
@@ -32,7 +32,7 @@ def test_lightning_callback_logs_steps_epochs_and_agrees_with_lightning_grad_nor
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.utilities import grad_norm
 
-    from normscope.integrations.lightning import NormscopeCallback
+    from normscope.live.adapters.lightning import NormscopeCallback
 
     class DigitsModule(pl.LightningModule):
         def __init__(self) -> None:
@@ -85,7 +85,7 @@ def test_hf_trainer_callback_logs_to_the_output_dir(tmp_path):
     pytest.importorskip("accelerate")
     from transformers import Trainer, TrainingArguments
 
-    from normscope.integrations.hf import DEFAULT_LOG_NAME, NormscopeTrainerCallback
+    from normscope.live.adapters.hf import DEFAULT_LOG_NAME, NormscopeTrainerCallback
 
     class DigitsClassifier(nn.Module):
         def __init__(self) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from normscope.analysis.live import LiveView
+from normscope.live.view import LiveView
 from normscope.analysis.runner import RunOptions, analyze_run
 from normscope.api import trajectory_from_run
-from normscope.live_source import LiveSource
-from normscope.sources.jsonl_log import live_log_run, load_live_log
+from normscope.live.source import LiveSource
+from normscope.live.log import live_log_run, load_live_log
 
 SAMPLE_LOG = Path(__file__).resolve().parent.parent / "sample_runs" / "digits_bn_cnn_live" / "track.jsonl"
 

@@ -287,7 +287,7 @@ def every_view(request, tmp_path_factory) -> dict:
     from normscope.report.analyze_view import analyze_view
     from normscope.report.assemble import run_report
     from normscope.report.html import render_html
-    from normscope.report.live_view import render_frame
+    from normscope.live.render import render_frame
     from normscope.report.markdown import render_markdown
     from normscope.report.recommend_view import recommend_view, to_json
 

@@ -13,11 +13,11 @@ from typing import Any
 
 import pandas as pd
 
-from normscope.api import trajectory_from_run
+from normscope.api import open_selected_run, trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
-from normscope.sources._files import walk
+from normscope.live.log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
 from normscope.snapshot import ORDER_LOG
-from normscope.sources.jsonl_log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
+from normscope.sources.tensorboard_log import read_tensorboard
 from normscope.trajectory import (
     COLUMNS,
     Trajectory,
@@ -29,12 +29,31 @@ from normscope.trajectory import (
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
 
 
+def _entries(root: Path):
+    """Every entry under `root`, depth first, in name order, without following symlinked
+    directories; a loop with its own stack (a tree a thousand levels deep is no RecursionError)."""
+    stack = [os.fspath(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                found = sorted(entries, key=lambda e: e.name)
+        except OSError:  # unreadable, or removed while we looked
+            continue
+        for entry in found:
+            yield entry
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except OSError:
+                continue
+
+
 def _fingerprint(path: Path) -> tuple:
     if path.is_file():
         st = path.stat()
         return ((str(path), st.st_size, st.st_mtime_ns),)
     out = []
-    for i, entry in enumerate(walk(path)):
+    for i, entry in enumerate(_entries(path)):
         if i >= _FINGERPRINT_LIMIT:
             break
         try:
@@ -139,11 +158,7 @@ class LiveSource:
 
     def _open(self):
         if self.tag_pattern is not None:
-            from normscope.sources.tensorboard_log import read_tensorboard
-
             return read_tensorboard(self.path, self.tag_pattern)
-        from normscope.api import open_selected_run
-
         return open_selected_run(self.path, one_file_per_epoch=self.one_file_per_epoch)
 
     def _poll_reload(self) -> Trajectory | None:

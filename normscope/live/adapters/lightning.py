@@ -26,7 +26,7 @@ except ImportError:
         raise ImportError("normscope's Lightning callback needs pytorch-lightning: "
                           "pip install 'normscope[lightning]'") from None
 
-from normscope.tracker import Tracker, track
+from normscope.live.tracker import Tracker, track
 
 
 class NormscopeCallback(Callback):

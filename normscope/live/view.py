@@ -1,7 +1,8 @@
 """What the live view shows: the latest state of a run, per layer, from the trajectory table.
 
-Pure functions from a `Trajectory` (plus, for tracker logs, the per-step update angle) to a
-`LiveFrame` dataclass; rendering lives in `normscope.report.live_view`.
+Functions from a `Trajectory` (plus, for tracker logs, the per-step update angle) to a
+`LiveFrame` dataclass, and `LiveView`, which keeps the frame of a growing tracker log up to date
+by taking in only the records that arrived; rendering lives in `normscope.live.render`.
 
 The angular update per step is the angle between w before and after one optimizer step. Tracker
 logs know it exactly (|w| before, |w| after, |Δw|); for checkpoints it is the angle since the
@@ -38,6 +39,7 @@ from normscope.analysis.recommend import Recommendation, recommend
 from normscope.analysis.runner import RECOMMENDATION, RunAnalysis, RunOptions, analyze_run
 from normscope.analysis.summary import relative_change
 from normscope.errors import NormscopeError
+from normscope.live.log import LAYOUT
 from normscope.trajectory import Trajectory
 
 UPDATE_ANGLE = "update_angle_rad"
@@ -225,9 +227,6 @@ def equilibrium_status(trajectory: Trajectory) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- the growing log
 
-TRACKER_LAYOUT = "jsonl"  # `normscope.sources.jsonl_log.LAYOUT`: the trajectories LiveView follows
-
-
 class LiveView:
     """The frame of a run that grows, kept up to date a refresh at a time.
 
@@ -275,7 +274,7 @@ class LiveView:
 
 def _followable(trajectory: Trajectory, options: RunOptions) -> bool:
     """Whether the incremental analysis applies: a tracker log's table, no model, no overrides."""
-    if trajectory.layout != TRACKER_LAYOUT or trajectory.granularity != "tensor" or trajectory.table.empty:
+    if trajectory.layout != LAYOUT or trajectory.granularity != "tensor" or trajectory.table.empty:
         return False
     if options.model_spec is not None or any(
             value is not None for value in (options.optimizer, options.lr, options.weight_decay,

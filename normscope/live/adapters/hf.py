@@ -21,7 +21,7 @@ except ImportError:
                       "pip install 'normscope[hf]'") from None
 
 from normscope.errors import BadInputError
-from normscope.tracker import Tracker, track
+from normscope.live.tracker import Tracker, track
 
 DEFAULT_LOG_NAME = "normscope_track.jsonl"
 
