@@ -5,6 +5,7 @@ Skipped when the framework is not installed (`pip install 'normscope[lightning]'
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 from live_helpers import digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
+import normscope.live
 from normscope.live.log import load_live_log, read_jsonl_log
 from normscope.sources.tensorboard_log import read_tensorboard
 
@@ -121,3 +123,14 @@ def test_hf_trainer_callback_logs_to_the_output_dir(tmp_path):
     for name, stats in run.stats[-1].params.items():
         assert stats.norm_sq == pytest.approx(final[name], rel=1e-6)
         assert stats.grad_norm_sq is not None and stats.grad_norm_sq > 0
+
+
+@pytest.mark.parametrize(("documented", "home", "name"), [
+    ("normscope.integrations.lightning", "normscope.live.adapters.lightning", "NormscopeCallback"),
+    ("normscope.integrations.hf", "normscope.live.adapters.hf", "NormscopeTrainerCallback"),
+])
+def test_documented_import_paths_give_the_adapters(documented, home, name):
+    """docs/live.md names `normscope.integrations.*`: the same classes as `normscope.live`'s."""
+    pytest.importorskip("pytorch_lightning" if "lightning" in home else "transformers")
+    cls = getattr(importlib.import_module(documented), name)
+    assert cls is getattr(importlib.import_module(home), name) is getattr(normscope.live, name)

@@ -3,9 +3,13 @@ live view's frame, grown the same way, equals the frame of the whole analysis.""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
+
+import normscope
+import normscope.live as live
 
 from normscope.live.view import LiveView
 from normscope.analysis.runner import RunOptions, analyze_run
@@ -87,3 +91,12 @@ def test_view_starts_over_when_the_log_does(tmp_path):
         f.write(lines[0] + b"".join(lines[300:320]))
     assert repr(view.frame(source.poll())) == repr(_scratch_frame(log, options))
     assert view.follows_incrementally
+
+
+def test_the_live_package_names_what_its_modules_define():
+    assert normscope.track is live.track and normscope.Tracker is live.Tracker
+    for name in live.__all__:
+        if name in ("NormscopeCallback", "NormscopeTrainerCallback"):
+            continue  # they import their framework: tests/test_integrations.py
+        module = importlib.import_module(live._LAZY[name])
+        assert getattr(live, name) is getattr(module, name)
