@@ -111,6 +111,15 @@ class LiveSource:
                                 "steps; give --steps-per-epoch N instead")
 
     def poll(self) -> Trajectory | None:
+        """The run as it stands, when something changed since the last poll.
+
+        Returns:
+            The trajectory (a tracker log's: the previous one's rows and the new records'), or
+            None when nothing changed or the source cannot be read right now (`last_error` says why).
+
+        Raises:
+            NormscopeError: on the first poll, when the source cannot be read.
+        """
         if self.follower is not None:
             return self._poll_log(self.follower)
         return self._poll_reload()
@@ -135,10 +144,11 @@ class LiveSource:
             return build_trajectory([], layout=LAYOUT, root=log.path, warnings=log.warnings)
         self._add_new_records(log)
         rows = self._rows
-        # what `TrajectoryBuilder.trajectory` returns, with the table grown rather than rebuilt
-        # a shallow copy (copy-on-write): a caller that changes its table leaves the next one alone
-        return Trajectory(table=rows.grow_table().copy(deep=False), snapshots=list(rows.builder.metas), layout=LAYOUT,
-                          root=log.path, ordering=ORDER_LOG, warnings=[*log.warnings, *rows.builder.notes])
+        # what `TrajectoryBuilder.trajectory` returns, with the table grown rather than rebuilt; a
+        # shallow copy (copy-on-write): a caller that changes its table leaves the next one alone
+        return Trajectory(table=rows.grow_table().copy(deep=False), snapshots=list(rows.builder.metas),
+                          layout=LAYOUT, root=log.path, ordering=ORDER_LOG,
+                          warnings=[*log.warnings, *rows.builder.notes])
 
     def _add_new_records(self, log: LiveLog) -> None:
         """Add the records that arrived to the table's rows. Only when the log changed other than

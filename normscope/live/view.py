@@ -206,7 +206,15 @@ def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None,
 
 
 def advice_lines(rec: Recommendation | None, why_not: str | None) -> tuple[str, ...]:
-    """The display lines of a recommendation, or of why there is none yet (`why_not`)."""
+    """The display lines of a recommendation, or of why there is none yet.
+
+    Args:
+        rec: the recommendation, or None.
+        why_not: why there is none (`RunAnalysis.skipped`), when `rec` is None.
+
+    Returns:
+        The bounce / ABEL lines `watch` shows.
+    """
     if rec is None:  # e.g. no completed epoch yet, no epochs in the log
         return (f"bounce: not assessed yet ({why_not or 'no recommendation'})",)
     verdict = rec.verdict
