@@ -56,18 +56,31 @@ def _scratch_frame(path, options):
 
 
 @pytest.mark.parametrize("options", [RunOptions(probe=False),
-                                     RunOptions(probe=False, recent=23, total_epochs=60)],
-                         ids=["defaults", "recent-23-budget-60"])
+                                     RunOptions(probe=False, recent=23, total_epochs=60),
+                                     RunOptions(probe=False, steps_per_epoch=23.0)],
+                         ids=["defaults", "recent-23-budget-60", "steps-per-epoch"])
 def test_incremental_frame_equals_a_frame_from_scratch(tmp_path, options):
     """`LiveView` takes in only the new records; at every point its frame is the one the whole
     analysis of the log so far gives: before the first epoch ends, around the LR cut at epoch 45
     (record 1035), and at the end, in steps of one record, part of an epoch and many epochs."""
     lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
-    log = tmp_path / "track.jsonl"
+    _grow_and_compare(tmp_path / "track.jsonl", lines,
+                      (2, 3, 24, 71, 94, 300, 1034, 1035, 1036, 1037, 1058, 1200, len(lines)), options)
+
+
+def test_incremental_frame_of_a_sparse_log(tmp_path):
+    """Every 4th step logged (`every=4`): no against-the-previous-record fields, the same frames."""
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    sparse = [lines[0], *lines[4::4]]
+    _grow_and_compare(tmp_path / "track.jsonl", sparse, (2, 5, 40, 259, 261, len(sparse)),
+                      RunOptions(probe=False))
+
+
+def _grow_and_compare(log, lines, points, options):
     log.write_bytes(lines[0])
     source, view = LiveSource(log), LiveView(options)
     at = 1
-    for upto in (2, 3, 24, 71, 94, 300, 1034, 1035, 1036, 1037, 1058, 1200, len(lines)):
+    for upto in points:
         with open(log, "ab") as f:
             f.write(b"".join(lines[at:upto]))
         at = upto
