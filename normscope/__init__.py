@@ -24,8 +24,8 @@ _LAZY = {
     "RunOptions": "normscope.analysis.runner",
     "ABEL": "normscope.schedulers",
     # the module is `tracker` so that `normscope.track` stays the function, not a submodule
-    "track": "normscope.tracker",
-    "Tracker": "normscope.tracker",
+    "track": "normscope.live.tracker",
+    "Tracker": "normscope.live.tracker",
 }
 
 

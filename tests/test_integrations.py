@@ -5,6 +5,7 @@ Skipped when the framework is not installed (`pip install 'normscope[lightning]'
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 from live_helpers import digits_tensors, one_thread, small_bn_cnn
 from torch import nn
 
-from normscope.sources.jsonl_log import load_live_log, read_jsonl_log
+import normscope.live
+from normscope.live.log import load_live_log, read_jsonl_log
 from normscope.sources.tensorboard_log import read_tensorboard
 
 
@@ -32,7 +34,7 @@ def test_lightning_callback_logs_steps_epochs_and_agrees_with_lightning_grad_nor
     from pytorch_lightning.loggers import TensorBoardLogger
     from pytorch_lightning.utilities import grad_norm
 
-    from normscope.integrations.lightning import NormscopeCallback
+    from normscope.live.adapters.lightning import NormscopeCallback
 
     class DigitsModule(pl.LightningModule):
         def __init__(self) -> None:
@@ -85,7 +87,7 @@ def test_hf_trainer_callback_logs_to_the_output_dir(tmp_path):
     pytest.importorskip("accelerate")
     from transformers import Trainer, TrainingArguments
 
-    from normscope.integrations.hf import DEFAULT_LOG_NAME, NormscopeTrainerCallback
+    from normscope.live.adapters.hf import DEFAULT_LOG_NAME, NormscopeTrainerCallback
 
     class DigitsClassifier(nn.Module):
         def __init__(self) -> None:
@@ -121,3 +123,14 @@ def test_hf_trainer_callback_logs_to_the_output_dir(tmp_path):
     for name, stats in run.stats[-1].params.items():
         assert stats.norm_sq == pytest.approx(final[name], rel=1e-6)
         assert stats.grad_norm_sq is not None and stats.grad_norm_sq > 0
+
+
+@pytest.mark.parametrize(("documented", "home", "name"), [
+    ("normscope.integrations.lightning", "normscope.live.adapters.lightning", "NormscopeCallback"),
+    ("normscope.integrations.hf", "normscope.live.adapters.hf", "NormscopeTrainerCallback"),
+])
+def test_documented_import_paths_give_the_adapters(documented, home, name):
+    """docs/live.md names `normscope.integrations.*`: the same classes as `normscope.live`'s."""
+    pytest.importorskip("pytorch_lightning" if "lightning" in home else "transformers")
+    cls = getattr(importlib.import_module(documented), name)
+    assert cls is getattr(importlib.import_module(home), name) is getattr(normscope.live, name)

@@ -16,7 +16,7 @@ from torch import nn
 
 import normscope
 from normscope.errors import BadInputError
-from normscope.sources.jsonl_log import (
+from normscope.live.log import (
     LogFollower,
     find_log_file,
     is_jsonl_log,

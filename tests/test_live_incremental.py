@@ -1,12 +1,21 @@
-"""A followed tracker log's trajectory, grown record by record, equals the log read whole."""
+"""A followed tracker log's trajectory, grown record by record, equals the log read whole, and the
+live view's frame, grown the same way, equals the frame of the whole analysis."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
+import pytest
+
+import normscope
+import normscope.live as live
+
+from normscope.live.view import LiveView
+from normscope.analysis.runner import RunOptions, analyze_run
 from normscope.api import trajectory_from_run
-from normscope.live_source import LiveSource
-from normscope.sources.jsonl_log import live_log_run, load_live_log
+from normscope.live.source import LiveSource
+from normscope.live.log import live_log_run, load_live_log
 
 SAMPLE_LOG = Path(__file__).resolve().parent.parent / "sample_runs" / "digits_bn_cnn_live" / "track.jsonl"
 
@@ -40,3 +49,67 @@ def test_growing_log_gives_the_whole_logs_trajectory(tmp_path):
     grown = source.poll()
     _same(grown, _read_whole(log))
     assert grown.snapshots[-1].step < 700 and any("superseded" in w for w in grown.warnings)
+
+
+def _scratch_frame(path, options):
+    return analyze_run(_read_whole(path), options).live
+
+
+@pytest.mark.parametrize("options", [RunOptions(probe=False),
+                                     RunOptions(probe=False, recent=23, total_epochs=60),
+                                     RunOptions(probe=False, steps_per_epoch=23.0)],
+                         ids=["defaults", "recent-23-budget-60", "steps-per-epoch"])
+def test_incremental_frame_equals_a_frame_from_scratch(tmp_path, options):
+    """`LiveView` takes in only the new records; at every point its frame is the one the whole
+    analysis of the log so far gives: before the first epoch ends, around the LR cut at epoch 45
+    (record 1035), and at the end, in steps of one record, part of an epoch and many epochs."""
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    _grow_and_compare(tmp_path / "track.jsonl", lines,
+                      (2, 3, 24, 71, 94, 300, 1034, 1035, 1036, 1037, 1058, 1200, len(lines)), options)
+
+
+def test_incremental_frame_of_a_sparse_log(tmp_path):
+    """Every 4th step logged (`every=4`): no against-the-previous-record fields, the same frames."""
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    sparse = [lines[0], *lines[4::4]]
+    _grow_and_compare(tmp_path / "track.jsonl", sparse, (2, 5, 40, 259, 261, len(sparse)),
+                      RunOptions(probe=False))
+
+
+def _grow_and_compare(log, lines, points, options):
+    log.write_bytes(lines[0])
+    source, view = LiveSource(log), LiveView(options)
+    at = 1
+    for upto in points:
+        with open(log, "ab") as f:
+            f.write(b"".join(lines[at:upto]))
+        at = upto
+        trajectory = source.poll()
+        frame = view.frame(trajectory)
+        assert view.follows_incrementally  # the fast path, not the whole analysis again
+        # repr: the floats to the last bit, and NaN equal to NaN
+        assert repr(frame) == repr(_scratch_frame(log, options)), f"after record {upto - 1}"
+        assert repr(view.frame(trajectory)) == repr(frame)  # a refresh with nothing new
+
+
+def test_view_starts_over_when_the_log_does(tmp_path):
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    log = tmp_path / "track.jsonl"
+    log.write_bytes(b"".join(lines[:400]))
+    options = RunOptions(probe=False)
+    source, view = LiveSource(log), LiveView(options)
+    view.frame(source.poll())
+    # a resumed run superseding records from step 300 on: the table is not the old one grown
+    with open(log, "ab") as f:
+        f.write(lines[0] + b"".join(lines[300:320]))
+    assert repr(view.frame(source.poll())) == repr(_scratch_frame(log, options))
+    assert view.follows_incrementally
+
+
+def test_the_live_package_names_what_its_modules_define():
+    assert normscope.track is live.track and normscope.Tracker is live.Tracker
+    for name in live.__all__:
+        if name in ("NormscopeCallback", "NormscopeTrainerCallback"):
+            continue  # they import their framework: tests/test_integrations.py
+        module = importlib.import_module(live._LAZY[name])
+        assert getattr(live, name) is getattr(module, name)

@@ -284,10 +284,10 @@ def every_view(request, tmp_path_factory) -> dict:
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.api import load_with_options
     from normscope.report.analyze_json import analyze_document
+    from normscope.live.render import render_frame
     from normscope.report.documents.assemble import run_report
     from normscope.report.documents.html import render_html
     from normscope.report.documents.markdown import render_markdown
-    from normscope.report.live_view import render_frame
     from normscope.report.machine.recommend_json import to_json
     from normscope.report.terminal.analyze_view import analyze_view
     from normscope.report.terminal.recommend_view import recommend_view

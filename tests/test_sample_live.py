@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from normscope.analysis.live import live_frame
+from normscope.live.view import live_frame
 from normscope.api import load_trajectory, trajectory_from_run
-from normscope.sources.jsonl_log import read_jsonl_log
+from normscope.live.log import read_jsonl_log
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
 LIVE = SAMPLES / "digits_bn_cnn_live"
@@ -72,7 +72,7 @@ def test_watch_once_on_the_sample_shows_the_abel_verdict():
 
 
 def test_equilibrium_status_for_the_invariant_convs_only():
-    from normscope.analysis.live import equilibrium_status
+    from normscope.live.view import equilibrium_status
 
     if not LIVE.exists():
         pytest.skip("no sample")

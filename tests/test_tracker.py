@@ -17,7 +17,7 @@ from torch import nn
 
 import normscope
 from normscope.errors import BadInputError
-from normscope.sources.jsonl_log import LogFollower, read_jsonl_log
+from normscope.live.log import LogFollower, read_jsonl_log
 from normscope.trajectory import build_trajectory
 
 

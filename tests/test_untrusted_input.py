@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 from normscope import load_trajectory
 from normscope.cli import app
 from normscope.errors import BadInputError
-from normscope.live_source import LiveSource
+from normscope.live.source import LiveSource
 from normscope.sources import open_run
-from normscope.sources.jsonl_log import load_live_log
+from normscope.live.log import load_live_log
 
 RECORDS = 8
 

@@ -17,9 +17,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 import normscope
-from normscope.analysis.live import equilibrium_angle, live_frame
+from normscope.live.view import equilibrium_angle, live_frame
 from normscope.cli import app
-from normscope.live_source import LiveSource
+from normscope.live.source import LiveSource
 
 LR, WD, MU = 0.1, 1e-3, 0.9
 

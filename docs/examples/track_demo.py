@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 import normscope
-from normscope.sources.jsonl_log import read_jsonl_log
+from normscope.live import read_jsonl_log
 
 try:
     from sample_runs.digits import load_digits_split, shuffled_batches

@@ -91,7 +91,7 @@ class RunAnalysis:
     rows: tuple[Any, ...] | None = None
     premise: Any | None = None  # normscope.analysis.premise.Premise of the recommendation
     texp: Any | None = None  # normscope.lr_schedules.TexpSchedule, with `RunOptions.texp`
-    live: Any | None = None  # normscope.analysis.live.LiveFrame: the latest state, what `watch` shows
+    live: Any | None = None  # normscope.live.view.LiveFrame: the latest state, what `watch` shows
     # the weight rules' numbers (normscope.analysis.weights.WeightStats) and the check's findings
     # (normscope.check.CheckResult), given a check configuration
     weights: Any | None = None
@@ -118,7 +118,7 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        from normscope.analysis.live import live_frame
+        from normscope.live.view import live_frame
 
         result = replace(result, live=live_frame(trajectory, recent=options.recent))
         return _with_check(result, trajectory, options, check, baseline, rules)
@@ -158,7 +158,7 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
-    from normscope.analysis.live import live_advice, live_frame
+    from normscope.live.view import live_advice, live_frame
 
     advice = live_advice(trajectory, analysis=result) if recommendation else ()
     result = replace(result, live=live_frame(trajectory, recent=options.recent, advice=advice, analysis=result))

@@ -15,6 +15,7 @@ from normscope.cli._common import (
     stderr_console,
     stdout_console,
 )
+from normscope.report.escape import printable
 
 PathArg = Annotated[
     Path,
@@ -41,15 +42,19 @@ TagPatternOpt = Annotated[
 def frame_maker(source, options, *, warnings: bool = True):
     """The function that turns the source's latest trajectory into the rendered frame: the live
     state of `analyze_run` under `options` (a `RunOptions`), with the run's warnings at its foot
-    unless `warnings` is false."""
-    from normscope.analysis.runner import analyze_run
-    from normscope.report.live_view import render_frame
+    unless `warnings` is false. It keeps a `LiveView`, so a growing tracker log's new records are
+    taken in rather than the whole run analysed again at each refresh."""
+    # lazy: pandas and rich's tables, on the first frame; `normscope --help` imports this module
+    from normscope.live.render import render_frame
+    from normscope.live.view import LiveView
+
+    view = LiveView(options)
 
     def frame(trajectory):
         stamp = time.strftime("refreshed %H:%M:%S")
         if source.last_error:
             stamp += f" · last read failed: {source.last_error}"
-        return render_frame(analyze_run(trajectory, options).live, updated=stamp, warnings=warnings)
+        return render_frame(view.frame(trajectory), updated=stamp, warnings=warnings)
 
     return frame
 
@@ -60,8 +65,9 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           steps_per_epoch: StepsPerEpochOpt = None, one_file_per_epoch: OneFilePerEpochOpt = False,
           tag_pattern: TagPatternOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
+    # lazy: the analyses and the readers, when watch runs; `normscope --help` imports this module
     from normscope.analysis.runner import RunOptions
-    from normscope.live_source import LiveSource
+    from normscope.live.source import LiveSource
 
     options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
@@ -70,13 +76,11 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
     trajectory = source.poll()
     if once:  # the frame on stdout, the run's warnings on stderr as every command prints them
         stdout_console().print(frame(trajectory))
-        from normscope.report.escape import printable
-
         for warning in trajectory.warnings if trajectory is not None else ():
             stderr_console().print(f"normscope: warning: {printable(warning)}")
         return
 
-    from rich.live import Live
+    from rich.live import Live  # lazy: only a live view on a terminal needs it
 
     console = stderr_console(soft_wrap=False)
     try:

@@ -1,4 +1,5 @@
-"""Adapters that start `normscope.track` from inside a training framework.
+"""Adapters that start `normscope.track` from inside a training framework (the documented import
+paths; the adapters live in `normscope.live.adapters`).
 
 Import the one you need; each imports its framework, and says which extra to install if it is
 missing:

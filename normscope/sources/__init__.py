@@ -20,7 +20,7 @@ from .accelerate_state import AccelerateStates
 from .deepspeed_zero import DeepSpeedCheckpoints
 from .dcp import DistributedCheckpoints
 from .hf_trainer import HFTrainerDirs
-from .jsonl_log import TrackerLogs
+from normscope.live.log import TrackerLogs
 from .lightning import LightningCheckpoints
 from .safetensors_files import SafetensorsFiles
 from .tensorboard_log import TensorBoardEvents

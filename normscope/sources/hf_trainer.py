@@ -16,7 +16,7 @@ from normscope.errors import BadInputError
 from normscope.file_stamps import merge_stamps, stamp_path
 from normscope.snapshot import Run
 
-from . import _json
+from normscope import _json
 from ._assemble import build_run
 from ._bounds import check_declared
 from ._files import label_of, subdirs_in

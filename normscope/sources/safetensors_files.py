@@ -17,7 +17,7 @@ from normscope.errors import BadInputError
 from normscope.file_stamps import stamp_path
 from normscope.snapshot import Run
 
-from . import _json
+from normscope import _json
 from ._assemble import build_run
 from ._files import files_in, inside, label_of
 from ._keys import clean_names

@@ -34,8 +34,8 @@ from normscope.snapshot import (
     SnapshotMeta,
     SnapshotStats,
 )
-from normscope.sources import _json
-from normscope.track_schema import (
+from normscope import _json
+from normscope.live.schema import (
     HEADER_TYPE,
     NONFINITE_FIELD,
     SCHEMA_NAME,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 CHUNK = 4096
-# rows of the stacked result, in the order of normscope.track_schema.STAT_FIELDS
+# rows of the stacked result, in the order of normscope.live.schema.STAT_FIELDS
 W_SQ, W0_SQ, G_SQ, WG, DW_SQ = range(5)
 N_STATS = 5
 

@@ -9,8 +9,8 @@
 
 `normscope.track` is this module's `track`. Hooks on `optimizer.step` measure, every `every`
 optimizer steps, |w|^2 before and after the step, |g|^2, <w, g> and |Δw|^2 for each parameter (see
-`normscope.track_reduce`), plus the optimizer's hyper-parameters, and append one JSON line per
-logged step to the log (`normscope.track_schema`).
+`normscope.live.reduce`), plus the optimizer's hyper-parameters, and append one JSON line per
+logged step to the log (`normscope.live.schema`).
 Each line is written with one write call and flushed, so a crash leaves every earlier line readable.
 
 Optimizers stepped with a closure (LBFGS, Lightning's automatic optimization) compute gradients
@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from normscope.errors import BadInputError
-from normscope.track_reduce import StepReducer
-from normscope.track_schema import (
+from normscope.live.reduce import StepReducer
+from normscope.live.schema import (
     GROUP_KEYS,
     HEADER_TYPE,
     NONFINITE_FIELD,

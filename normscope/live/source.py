@@ -11,14 +11,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from normscope.api import trajectory_from_run
+import pandas as pd
+
+from normscope.api import open_selected_run, trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
-from normscope.sources._files import walk
+from normscope.live.log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
 from normscope.snapshot import ORDER_LOG
-from normscope.sources.jsonl_log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
-from normscope.trajectory import Trajectory, TrajectoryBuilder, build_trajectory
+from normscope.sources.tensorboard_log import read_tensorboard
+from normscope.trajectory import (
+    COLUMNS,
+    Trajectory,
+    TrajectoryBuilder,
+    build_trajectory,
+    with_column_types,
+)
 
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
+
+
+def _entries(root: Path):
+    """Every entry under `root`, depth first, in name order, without following symlinked
+    directories; a loop with its own stack (a tree a thousand levels deep is no RecursionError)."""
+    stack = [os.fspath(root)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as entries:
+                found = sorted(entries, key=lambda e: e.name)
+        except OSError:  # unreadable, or removed while we looked
+            continue
+        for entry in found:
+            yield entry
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except OSError:
+                continue
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -26,7 +53,7 @@ def _fingerprint(path: Path) -> tuple:
         st = path.stat()
         return ((str(path), st.st_size, st.st_mtime_ns),)
     out = []
-    for i, entry in enumerate(walk(path)):
+    for i, entry in enumerate(_entries(path)):
         if i >= _FINGERPRINT_LIMIT:
             break
         try:
@@ -45,6 +72,19 @@ class _LogRows:
     builder: TrajectoryBuilder
     count: int = 0  # records converted
     last: Any = None  # the last of them, as the log held it
+    table: Any = None  # the trajectory table of the `count` records (a DataFrame), None before the first
+
+    def grow_table(self) -> Any:
+        """The table with the rows the builder gained since the last call appended: only the new
+        rows are made into a frame (the same column types), not the whole table again."""
+        done = 0 if self.table is None else len(self.table)
+        columns = self.builder.columns
+        if done == len(columns["param"]) and self.table is not None:
+            return self.table
+        added = with_column_types(pd.DataFrame({name: columns[name][done:] for name in COLUMNS},
+                                               columns=list(COLUMNS)))
+        self.table = added if self.table is None else pd.concat([self.table, added], ignore_index=True)
+        return self.table
 
 
 class LiveSource:
@@ -71,6 +111,15 @@ class LiveSource:
                                 "steps; give --steps-per-epoch N instead")
 
     def poll(self) -> Trajectory | None:
+        """The run as it stands, when something changed since the last poll.
+
+        Returns:
+            The trajectory (a tracker log's: the previous one's rows and the new records'), or
+            None when nothing changed or the source cannot be read right now (`last_error` says why).
+
+        Raises:
+            NormscopeError: on the first poll, when the source cannot be read.
+        """
         if self.follower is not None:
             return self._poll_log(self.follower)
         return self._poll_reload()
@@ -94,8 +143,12 @@ class LiveSource:
             self._rows = None
             return build_trajectory([], layout=LAYOUT, root=log.path, warnings=log.warnings)
         self._add_new_records(log)
-        return self._rows.builder.trajectory(layout=LAYOUT, root=log.path, ordering=ORDER_LOG,
-                                             warnings=log.warnings)
+        rows = self._rows
+        # what `TrajectoryBuilder.trajectory` returns, with the table grown rather than rebuilt; a
+        # shallow copy (copy-on-write): a caller that changes its table leaves the next one alone
+        return Trajectory(table=rows.grow_table().copy(deep=False), snapshots=list(rows.builder.metas),
+                          layout=LAYOUT, root=log.path, ordering=ORDER_LOG,
+                          warnings=[*log.warnings, *rows.builder.notes])
 
     def _add_new_records(self, log: LiveLog) -> None:
         """Add the records that arrived to the table's rows. Only when the log changed other than
@@ -115,11 +168,7 @@ class LiveSource:
 
     def _open(self):
         if self.tag_pattern is not None:
-            from normscope.sources.tensorboard_log import read_tensorboard
-
             return read_tensorboard(self.path, self.tag_pattern)
-        from normscope.api import open_selected_run
-
         return open_selected_run(self.path, one_file_per_epoch=self.one_file_per_epoch)
 
     def _poll_reload(self) -> Trajectory | None:
