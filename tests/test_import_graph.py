@@ -188,7 +188,7 @@ def test_the_graph_reader_sees_every_kind_of_import():
     tree = ast.parse(
         "from __future__ import annotations\n"
         "from typing import TYPE_CHECKING\n"
-        "from . import _json\n"
+        "from . import _keys\n"
         "from ._files import files_in\n"
         "from .. import errors\n"
         "import normscope.engine.plan as plan\n"
@@ -199,7 +199,7 @@ def test_the_graph_reader_sees_every_kind_of_import():
         "    importlib.import_module('normscope.api')\n"
     )
     found = {(i.target, i.lazy) for i in _imports_of(module, tree)}
-    assert found == {("normscope.sources._json", False), ("normscope.sources._files", False),
+    assert found == {("normscope.sources._keys", False), ("normscope.sources._files", False),
                      ("normscope.errors", False), ("normscope.engine.plan", False),
                      ("normscope.trajectory", False), ("normscope.report.escape", True),
                      ("normscope.api", True)}
@@ -231,7 +231,8 @@ def test_no_module_imports_itself_through_others():
 
 def _unmarked(source: str) -> list[ast.stmt]:
     """The imports inside functions of `source` with no `# lazy:` comment on their first line or on
-    the line above (unless that comment belongs to an import of its own)."""
+    the line above them or above the block of imports they stand in (unless that comment belongs to
+    an import of its own)."""
     tree = ast.parse(source)
     comments = _comments(source)
     import_lines = {n for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
@@ -244,8 +245,11 @@ def _unmarked(source: str) -> list[ast.stmt]:
             if not isinstance(inner, (ast.Import, ast.ImportFrom)):
                 continue
             line = inner.lineno
+            above = line - 1
+            while above in import_lines and LAZY_MARK not in comments.get(above, ""):
+                above -= 1  # one comment above a block of imports marks the block
             marked = LAZY_MARK in comments.get(line, "") or (
-                line - 1 not in import_lines and LAZY_MARK in comments.get(line - 1, ""))
+                above not in import_lines and LAZY_MARK in comments.get(above, ""))
             if not marked:
                 found[line] = inner
     return [found[line] for line in sorted(found)]
@@ -271,6 +275,11 @@ def test_the_lazy_mark_is_read_where_it_belongs():
         "        j)\n"
         "    from k import (\n"
         "        m)  # lazy: on the last line only\n"
+        "    # lazy: above a block\n"
+        "    import n\n"
+        "    from o import (\n"
+        "        p)\n"
+        "    import q\n"
     )
     assert [node.lineno for node in _unmarked(source)] == [4, 14, 17]
 
