@@ -80,3 +80,19 @@ def test_describe_values_of_random_tables():
         table = pd.DataFrame({"snapshot": snapshot[order], "param": [f"p{i}" for i in range(len(order))],
                               "lr": values[order]})  # fmt: skip
         assert _describe_values(table, "lr") == _describe_values_by_groupby(table, "lr")
+
+
+def test_next_norm_from_the_layers_by_parent_is_the_full_scans(table):
+    from normscope.analysis import invariance_structure as structure
+
+    for rows in (table, table.sort_values(["snapshot", "param"], kind="stable")):  # as the file had them, sorted
+        layers = structure._layers_in_order(rows)
+        siblings_of: dict = {}
+        for layer in layers:
+            siblings_of.setdefault(structure._parent(layer.name), []).append(layer)
+        for i, layer in enumerate(layers):
+            weight = layer.params.get("weight")
+            channels = weight[1][0] if weight is not None and len(weight[1]) >= 2 else None
+            for sorted_names in (False, True):
+                assert (structure._next_norm(layers, i, channels, sorted_names, siblings_of)
+                        == structure._next_norm(layers, i, channels, sorted_names))

@@ -9,7 +9,10 @@ from typing import Any
 
 from normscope import __version__
 from normscope.analysis.overview import Overview
+from normscope.report.equilibrium_view import to_json
 from normscope.report.jsonable import jsonable
+from normscope.report.recommend_view import bounce_analysis_json
+from normscope.report.row_view import rows_json
 from normscope.snapshot import SnapshotMeta
 from normscope.trajectory import SCHEMA_VERSION, Trajectory
 
@@ -44,18 +47,12 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
     """The whole analyze result as JSON-safe data (NaN/Inf as null)."""
     sections: dict[str, Any] = {}
     if result.bounces is not None:
-        from normscope.report.recommend_view import bounce_analysis_json
-
         sections["bounces"] = bounce_analysis_json(result.bounces)
     if result.invariance:
-        from normscope.report.equilibrium_view import to_json
-
         found = to_json(result.invariance, result.equilibrium)
         found.pop("schema_version", None)  # the document's own schema_version covers it
         sections.update(found)
     if result.rows is not None:  # read with --granularity row
-        from normscope.report.row_view import rows_json
-
         sections["rows"] = rows_json(result.rows)
     live = getattr(result, "live", None)
     if live is not None:  # what `watch` shows: the latest record of each parameter, recent averages
