@@ -489,6 +489,13 @@ def equilibrium_for(
     return equilibrium_report(traj.table, verdicts, overrides=overrides, hyperparams_source=sources[-1] if sources else None)
 
 
+# the table columns `layer_equilibrium` (and what it calls) reads
+_LAYER_COLUMNS = frozenset((
+    "snapshot", "step", "epoch", "param", "layer", "numel", "norm", "angle_rad", "buf_dot", "buf_norm",
+    "grad_norm", "optimizer", "lr", "weight_decay", "momentum", "beta1",
+))
+
+
 def equilibrium_report(
     table: pd.DataFrame,
     verdicts: Sequence[InvarianceVerdict],
@@ -497,11 +504,16 @@ def equilibrium_report(
     hyperparams_source: str | None = None,
 ) -> EquilibriumReport:
     """The equilibrium section: every invariant parameter's analysis; everything else as not applicable."""
-    by_param = {name: rows for name, rows in table.groupby("param", sort=False)}
+    present = set(pd.unique(table["param"]))
+    # the rows of the invariant parameters only, in the columns `layer_equilibrium` reads: a run of
+    # thousands of tensors made a frame of every column for every parameter
+    invariant = {v.param for v in verdicts if v.verdict == INVARIANT and v.param in present}
+    read = table.loc[table["param"].isin(invariant), [c for c in table.columns if c in _LAYER_COLUMNS]]
+    by_param = {name: rows for name, rows in read.groupby("param", sort=False)}
     layers: list[LayerEquilibrium] = []
     skipped: list[NotApplicable] = []
     for v in verdicts:
-        if v.param not in by_param:
+        if v.param not in present:
             continue
         if v.verdict != INVARIANT:
             what = "not scale-invariant" if v.invariant is False else "scale invariance unknown"
