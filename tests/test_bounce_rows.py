@@ -140,3 +140,10 @@ def test_median_by_sorting_is_numpys_median():
         assert np.array_equal(norm_noise._median_last(a[0]), np.median(a[0]))
     with_nan = np.array([[1.0, np.nan, 3.0], [1.0, 2.0, 3.0]])
     assert np.array_equal(norm_noise._median_last(with_nan), [np.nan, 2.0], equal_nan=True)
+
+
+def test_noise_models_without_the_stacked_lstsq_are_the_same(monkeypatch):
+    y = np.cumsum(np.random.default_rng(3).normal(0, 0.01, (12, 40)), axis=1)
+    stacked = [norm_noise.estimate_noise_rows(y, tau) for tau in (None, 3.0)]
+    monkeypatch.setattr(norm_noise, "_umath_linalg", None)  # a numpy without the gufunc: one lstsq per row
+    assert [norm_noise.estimate_noise_rows(y, tau) for tau in (None, 3.0)] == stacked
