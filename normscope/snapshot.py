@@ -222,7 +222,15 @@ class ParamTable(Mapping[str, ParamStats]):
 
 
 def param_float_column(params: Mapping[str, ParamStats], field: str) -> np.ndarray:
-    """`param_column` as a float64 array, None as NaN."""
+    """`param_column` as a float64 array, None as NaN.
+
+    Args:
+        params: one snapshot's stats by parameter (a `ParamTable` or any mapping).
+        field: a `ParamStats` field.
+
+    Returns:
+        One value per parameter, in iteration order.
+    """
     if isinstance(params, ParamTable):
         return params.float_column(field)
     return np.array(param_column(params, field), dtype=float)

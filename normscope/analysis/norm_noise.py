@@ -475,8 +475,17 @@ def _simulated_null(keys: Sequence[NullKey], n: int, window: int, tau: float | N
 
 
 def null_key(model: NoiseModel, n: int, window: int) -> NullKey | None:
-    """The key of the null distribution `null_drawups` uses for `model` (None: no noise, no null).
-    Rounded: the cache serves every layer of a model with nearly the same noise shape."""
+    """The key of the null distribution `null_drawups` uses for `model`. Rounded: the cache serves
+    every layer of a model with nearly the same noise shape.
+
+    Args:
+        model: the series' fitted noise.
+        n: epochs in the series.
+        window: the smoothing window.
+
+    Returns:
+        (n, window, rho, white share, tau or None), or None where there is no noise (no null).
+    """
     total = model.total
     if total <= 0 or n < 2:
         return None
