@@ -13,9 +13,12 @@ This module must stay importable without torch (the CLI's start-up path imports 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol, TypeGuard, runtime_checkable
+
+import numpy as np
 
 from normscope.file_stamps import FileSpan, FileStamp
 
@@ -259,6 +262,29 @@ class ParamTable(Mapping[str, ParamStats]):
         values = self._columns.get(name)
         return list(values) if values is not None else [_DEFAULT[name]] * len(self._names)
 
+    def float_column(self, name: str) -> np.ndarray:
+        """Field `name` of every parameter as float64, None as NaN (a column the table lacks, or
+        holds only None in, without a Python float per parameter).
+
+        Args:
+            name: a `ParamStats` field.
+
+        Returns:
+            One value per parameter, in order.
+
+        Raises:
+            KeyError: `name` is not a `ParamStats` field.
+        """
+        if name not in _PARAM_FIELDS:
+            raise KeyError(name)
+        values = self._columns.get(name)
+        if values is None:
+            default = _DEFAULT[name]
+            return np.full(len(self._names), math.nan if default is None else float(default))
+        if values.count(None) == len(values):
+            return np.full(len(values), math.nan)
+        return np.array(values, dtype=float)
+
     def _positions(self) -> dict[str, int]:
         if self._index is None:  # made on the first lookup by name; columns need none
             self._index = {n: i for i, n in enumerate(self._names)}
@@ -287,6 +313,21 @@ class ParamTable(Mapping[str, ParamStats]):
 
     def __reduce__(self) -> tuple[Any, ...]:  # pickled as its columns (Dask sends results)
         return (ParamTable, (self._names, self._columns))
+
+
+def param_float_column(params: Mapping[str, ParamStats], field: str) -> np.ndarray:
+    """`param_column` as a float64 array, None as NaN.
+
+    Args:
+        params: one snapshot's stats by parameter (a `ParamTable` or any mapping).
+        field: a `ParamStats` field.
+
+    Returns:
+        One value per parameter, in iteration order.
+    """
+    if isinstance(params, ParamTable):
+        return params.float_column(field)
+    return np.array(param_column(params, field), dtype=float)
 
 
 def param_column(params: Mapping[str, ParamStats], field: str) -> list[Any]:

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column
+from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column, param_float_column
 
 SCHEMA_VERSION = 1
 
@@ -137,18 +137,28 @@ def build_trajectory(
                               framework=framework, granularity=granularity)
 
 
+_STRING_COLUMNS = ("path", "param", "layer", "kind", "shape", "dtype", "optimizer")
+_INT_COLUMNS = ("snapshot", "numel", "nonfinite")
+_FLOAT_COLUMNS = tuple(c for c in COLUMNS if c not in (*_STRING_COLUMNS, *_INT_COLUMNS, "step"))
+
+
 class TrajectoryBuilder:
     """The table's columns, grown a snapshot at a time: a live view adds the records that arrived
-    since its last refresh instead of rebuilding the rows of every earlier one."""
+    since its last refresh instead of rebuilding the rows of every earlier one.
+
+    Each snapshot adds a block of columns made with array operations: numbers as numpy arrays,
+    text as codes into one list of distinct strings per column (a run repeats its parameter names
+    in every snapshot)."""
 
     def __init__(self) -> None:
-        self.columns: dict[str, list] = {name: [] for name in COLUMNS}
         self.metas: list[SnapshotMeta] = []
         self.notes: list[str] = []  # parameters that appear or vanish
-        self._prev_norms: dict[str, float] = {}
+        self.rows: list[Mapping[str, Any]] = []  # each snapshot's per-row spreads
+        self._blocks: list[_Block] = []
+        self._strings = {name: _Strings() for name in _STRING_COLUMNS}
+        self._prev: _Block | None = None
         self._prev_names: set[str] | None = None
         self._described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]] = {}
-        self.rows: list[Mapping[str, Any]] = []  # each snapshot's per-row spreads
 
     def add(self, stats: Iterable[SnapshotStats]) -> None:
         """Append snapshots that follow the ones added so far, in time order."""
@@ -165,17 +175,15 @@ class TrajectoryBuilder:
                 if vanished:
                     self.notes.append(f"{len(vanished)} parameter(s) vanish at {where}: {_preview(vanished)}")
             self._prev_names = names
-            self._prev_norms = _add_snapshot(self.columns, index, snap, self._prev_norms, self._described)
+            self._prev = _snapshot_block(index, snap, self._prev, self._strings, self._described)
+            self._blocks.append(self._prev)
 
     def trajectory(self, *, layout: str = "unknown", root: str = "", ordering: str = "unknown",
                    warnings: Iterable[str] = (), framework: str | None = None,
                    granularity: str = "tensor") -> Trajectory:
         """The trajectory of the snapshots added so far (the table is a copy: adding more later
         leaves it as it is)."""
-        columns = self.columns
-        table = with_column_types(
-            pd.DataFrame(columns if columns["param"] else None, columns=list(COLUMNS))
-        )
+        table = with_column_types(_table_of(self._blocks, self._strings))
         return Trajectory(table=table, snapshots=list(self.metas), layout=layout, root=root,
                           ordering=ordering, warnings=[*warnings, *self.notes], framework=framework,
                           granularity=granularity,
@@ -194,94 +202,205 @@ def with_column_types(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _add_snapshot(
-    columns: dict[str, list],
-    index: int,
-    snap: SnapshotStats,
-    prev_norms: dict[str, float],
-    described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]],
-) -> dict[str, float]:
-    """Append one snapshot's rows to `columns`; return its norms by parameter (for the next
-    snapshot's angles). `described` caches layer, kind and shape text per (param, shape)."""
+class _Strings:
+    """One text column's distinct values, in order of first appearance, and their codes."""
+
+    __slots__ = ("codes_of", "values")
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self.codes_of: dict[Any, int] = {}
+
+    def codes(self, texts: list[Any]) -> np.ndarray:
+        codes_of, values = self.codes_of, self.values
+        out = []
+        for text in texts:
+            code = codes_of.get(text)
+            if code is None:
+                code = codes_of[text] = len(values)
+                values.append(text)
+            out.append(code)
+        return np.array(out, dtype=np.int64)
+
+
+@dataclass
+class _Block:
+    """One snapshot's rows, column by column, and what the next snapshot's block can reuse."""
+
+    count: int
+    numbers: dict[str, np.ndarray]  # float and int columns
+    codes: dict[str, np.ndarray]  # text columns, as codes into `_Strings`
+    step: Any
+    params: list[str]
+    norms: np.ndarray
+    shapes: Mapping[str, tuple[int, ...]]
+    dtypes: Mapping[str, str]
+    groups: tuple[ParamGroup, ...]
+
+
+def _snapshot_block(index: int, snap: SnapshotStats, prev: _Block | None, strings: dict[str, _Strings],
+                    described: dict[tuple[str, tuple[int, ...]], tuple[str, str, str]]) -> _Block:
+    """One snapshot's rows as columns (the per-row formulas of the module docstring, each over all
+    parameters at once). What depends only on the parameter names, shapes, dtypes and groups is
+    taken from `prev` when those are the same as in the previous snapshot."""
     params = list(snap.params)
-
-    def column(field: str) -> list[Any]:  # columns as the engine keeps them (`ParamTable`)
-        return param_column(snap.params, field)
-
     count = len(params)
     meta = snap.meta
+
+    def column(name: str) -> np.ndarray:  # a `ParamStats` field of every parameter, None as NaN
+        return param_float_column(snap.params, name)
+
     norm_sq = column("norm_sq")
-    norms = [math.sqrt(x) if x >= 0 else math.nan for x in norm_sq]
-    dot_prev = column("dot_prev")
-    diff_sq = column("diff_sq")
-    angles = [
-        angle_between(prev, norm, dot, diff)
-        if prev is not None and (dot is not None or diff is not None)
-        else math.nan
-        for prev, norm, dot, diff in zip(map(prev_norms.get, params), norms, dot_prev, diff_sq)
-    ]
+    with np.errstate(invalid="ignore"):
+        norms = np.where(norm_sq >= 0, np.sqrt(norm_sq), math.nan)
+    same_params = prev is not None and prev.params == params
+    if same_params:
+        prev_norms = prev.norms
+    elif prev is not None:
+        by_name = dict(zip(prev.params, prev.norms.tolist()))
+        prev_norms = np.array([by_name.get(p, math.nan) for p in params], dtype=float)
+    else:
+        prev_norms = np.full(count, math.nan)
+    dot_prev, diff_sq = column("dot_prev"), column("diff_sq")
     update_sq = column("update_norm_sq")
-    update_angles = [
-        angle_between(math.sqrt(max(before, 0.0)), norm, None, update)
-        if before is not None and update is not None
-        else math.nan
-        for before, norm, update in zip(column("norm_sq_before"), norms, update_sq)
-    ]
-    shapes = snap.shapes
-    texts = []
-    for param in params:
-        shape = tuple(shapes.get(param, ()))
-        text = described.get((param, shape))
-        if text is None:
-            text = described[(param, shape)] = (
-                layer_of(param), kind_of(param, shape), "x".join(map(str, shape))
-            )
-        texts.append(text)
-    groups = _group_of(meta)
-    in_group = [groups.get(param) for param in params]
-    betas = [g.betas if g is not None and g.betas is not None else (None, None) for g in in_group]
-    added = {
-        "snapshot": [index] * count,
-        "step": [meta.step] * count,
-        "epoch": [meta.epoch] * count,
-        "path": [meta.path] * count,
-        "param": params,
-        "layer": [t[0] for t in texts],
-        "kind": [t[1] for t in texts],
-        "shape": [t[2] for t in texts],
-        "numel": column("numel"),
-        "dtype": [snap.dtypes.get(param, "") for param in params],
+    before = column("norm_sq_before")
+    numbers = {
+        "snapshot": np.full(count, index, dtype=np.int64),
+        "epoch": np.full(count, math.nan if meta.epoch is None else meta.epoch, dtype=float),
+        "numel": np.array(param_column(snap.params, "numel")),
         "norm": norms,
         "norm_sq": norm_sq,
-        "dot_prev": _floats(dot_prev),
+        "dot_prev": dot_prev,
         "delta_norm": _roots(diff_sq),
-        "angle_rad": angles,
-        "nonfinite": column("nonfinite"),
-        "buf_dot": _floats(column("buf_dot")),
+        "angle_rad": angles_between(prev_norms, norms, dot_prev, diff_sq),
+        "nonfinite": np.array(param_column(snap.params, "nonfinite")),
+        "buf_dot": column("buf_dot"),
         "buf_norm": _roots(column("buf_norm_sq")),
-        "exp_avg_sq_sum": _floats(column("exp_avg_sq_sum")),
+        "exp_avg_sq_sum": column("exp_avg_sq_sum"),
         "grad_norm": _roots(column("grad_norm_sq")),
-        "grad_dot": _floats(column("grad_dot")),
+        "grad_dot": column("grad_dot"),
         "update_norm": _roots(update_sq),
-        "update_angle_rad": update_angles,
-        "optimizer": [meta.optimizer or ""] * count,
-        "lr": _floats([g.lr if g else None for g in in_group]),
-        "weight_decay": _floats([g.weight_decay if g else None for g in in_group]),
-        "momentum": _floats([g.momentum if g else None for g in in_group]),
-        "beta1": _floats([b[0] for b in betas]),
-        "beta2": _floats([b[1] for b in betas]),
+        "update_angle_rad": angles_between(np.sqrt(np.where(0.0 > before, 0.0, before)), norms,
+                                           np.full(count, math.nan), update_sq),
     }
-    for name, values in added.items():
-        columns[name].extend(values)
-    return dict(zip(params, norms))
+    reuse = same_params and prev.shapes == snap.shapes and prev.dtypes == snap.dtypes
+    codes = {
+        "path": np.full(count, strings["path"].codes([meta.path])[0], dtype=np.int64),
+        "param": prev.codes["param"] if same_params else strings["param"].codes(params),
+        "optimizer": np.full(count, strings["optimizer"].codes([meta.optimizer or ""])[0], dtype=np.int64),
+    }
+    if reuse:
+        codes.update({name: prev.codes[name] for name in ("layer", "kind", "shape", "dtype")})
+    else:
+        shapes = snap.shapes
+        texts = []
+        for param in params:
+            shape = tuple(shapes.get(param, ()))
+            text = described.get((param, shape))
+            if text is None:
+                text = described[(param, shape)] = (
+                    layer_of(param), kind_of(param, shape), "x".join(map(str, shape))
+                )
+            texts.append(text)
+        for k, name in enumerate(("layer", "kind", "shape")):
+            codes[name] = strings[name].codes([t[k] for t in texts])
+        codes["dtype"] = strings["dtype"].codes([snap.dtypes.get(param, "") for param in params])
+    if same_params and prev.groups == meta.param_groups:
+        numbers.update({name: prev.numbers[name] for name in ("lr", "weight_decay", "momentum", "beta1", "beta2")})
+    else:
+        groups = _group_of(meta)
+        in_group = [groups.get(param) for param in params]
+        betas = [g.betas if g is not None and g.betas is not None else (None, None) for g in in_group]
+        numbers.update({
+            "lr": _floats([g.lr if g else None for g in in_group]),
+            "weight_decay": _floats([g.weight_decay if g else None for g in in_group]),
+            "momentum": _floats([g.momentum if g else None for g in in_group]),
+            "beta1": _floats([b[0] for b in betas]),
+            "beta2": _floats([b[1] for b in betas]),
+        })
+    return _Block(count=count, numbers=numbers, codes=codes, step=meta.step, params=params, norms=norms,
+                  shapes=snap.shapes, dtypes=snap.dtypes, groups=meta.param_groups)
 
 
-def _floats(values: list[float | None]) -> list[float]:
-    return [math.nan if x is None else float(x) for x in values]
+def _table_of(blocks: list[_Block], strings: dict[str, _Strings]) -> pd.DataFrame:
+    """The DataFrame of the blocks' rows, in the schema's column order."""
+    if not any(block.count for block in blocks):
+        return pd.DataFrame(None, columns=list(COLUMNS))
+    data: dict[str, Any] = {}
+    for name in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
+        data[name] = np.concatenate([block.numbers[name] for block in blocks])
+    data["step"] = [step for block in blocks for step in [block.step] * block.count]
+    for name in _STRING_COLUMNS:
+        data[name] = _text_column(strings[name].values, np.concatenate([block.codes[name] for block in blocks]))
+    return pd.DataFrame({name: data[name] for name in COLUMNS}, columns=list(COLUMNS))
 
 
-def _roots(values: list[float | None]) -> list[float]:
-    return [math.nan if x is None else math.sqrt(x) for x in values]
+_STR_DTYPE: Any = None  # the dtype pandas gives a column of str (found on first use)
+
+
+def _text_column(values: list[Any], codes: np.ndarray) -> Any:
+    """`[values[c] for c in codes]` as the column pandas makes of that list: through pyarrow's take
+    where pandas keeps its text in pyarrow (no Python string per row), else as an object array."""
+    global _STR_DTYPE
+    if _STR_DTYPE is None:
+        _STR_DTYPE = pd.Series(["text"]).dtype
+    if getattr(_STR_DTYPE, "storage", None) == "pyarrow" and all(type(v) is str for v in values):
+        import pyarrow as pa  # lazy: pandas keeps text in pyarrow here, so it is installed and loaded
+
+        return pd.array(pa.array(values, type=pa.large_string()).take(pa.array(codes)), dtype=_STR_DTYPE)
+    objects = np.empty(len(values), dtype=object)
+    objects[:] = values
+    return objects[codes]
+
+
+# Python's square, arcsine and arccosine of each element (numpy's own can differ in the last bit)
+_python_pow = np.frompyfunc(pow, 2, 1)
+_python_asin = np.frompyfunc(math.asin, 1, 1)
+_python_acos = np.frompyfunc(math.acos, 1, 1)
+
+
+def angles_between(norm_a: np.ndarray, norm_b: np.ndarray, dot: np.ndarray, diff_sq: np.ndarray) -> np.ndarray:
+    """`angle_between` of each element (NaN where a quantity is unknown), to the bit: the square,
+    arcsine and arccosine of each element as Python takes them.
+
+    Args:
+        norm_a, norm_b: the two tensors' norms.
+        dot: their inner products (NaN: not measured).
+        diff_sq: their squared distances (NaN: not measured).
+
+    Returns:
+        The angles in radians, NaN where they cannot be told.
+    """
+    out = np.full(np.shape(norm_b), math.nan)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        valid = (norm_a > 0) & (norm_b > 0) & np.isfinite(norm_a) & np.isfinite(norm_b)
+        chord = valid & np.isfinite(diff_sq)
+        if chord.any():
+            a, b = norm_a[chord], norm_b[chord]
+            gap_sq = _python_pow(a - b, 2.0).astype(float)
+            chord_sq = diff_sq[chord] - gap_sq
+            chord_sq = np.where(0.0 > chord_sq, 0.0, chord_sq) / (a * b)
+            half = np.sqrt(chord_sq) / 2.0
+            half = np.where(half < 1.0, half, 1.0)
+            out[chord] = 2.0 * _python_asin(half).astype(float)
+        cosine = valid & ~chord & np.isfinite(dot)
+        if cosine.any():
+            ratio = dot[cosine] / (norm_a[cosine] * norm_b[cosine])
+            ratio = np.where(ratio < 1.0, ratio, 1.0)
+            ratio = np.where(ratio > -1.0, ratio, -1.0)
+            out[cosine] = _python_acos(ratio).astype(float)
+    return out
+
+
+def _floats(values: list[float | None]) -> np.ndarray:
+    return np.array([math.nan if x is None else float(x) for x in values], dtype=float)
+
+
+def _roots(values: np.ndarray) -> np.ndarray:
+    """The square root of each (NaN stays NaN); a negative one is an error, as `math.sqrt` has it."""
+    if np.any(values < 0):
+        raise ValueError("math domain error")
+    return np.sqrt(values)
 
 
 def _preview(names: list[str], limit: int = 3) -> str:

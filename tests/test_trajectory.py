@@ -206,3 +206,29 @@ def test_column_wise_build_equals_the_row_wise_one_on_odd_stats():
     )
     for stats in ([first, second, live], [], [live]):
         pd.testing.assert_frame_equal(build_trajectory(stats).table, _rows_reference(stats))
+
+
+def test_angles_of_arrays_are_angle_between_of_each_element():
+    from normscope.trajectory import angles_between
+
+    rng = np.random.default_rng(11)
+    count = 4000
+    a = rng.uniform(0.01, 10, count) * rng.choice([1e-6, 1.0, 1e6], count)
+    b = a * (1 + rng.normal(0, rng.choice([1e-12, 1e-6, 1e-2, 1.0], count)))
+    dot = a * b * np.cos(rng.uniform(0, np.pi, count))
+    diff = rng.uniform(0, 1, count) * (a + b) ** 2
+    specials = [0.0, -1.0, math.nan, math.inf, 1e-150]
+    for values in (a, b, dot, diff):
+        picked = rng.random(count) < 0.1
+        values[picked] = rng.choice(specials, picked.sum())
+    diff[rng.random(count) < 0.3] = math.nan  # the chord form unknown: the cosine form
+    dot[rng.random(count) < 0.1] = 2 * a[:1] * b[:1]  # |cos| > 1 from rounding: clipped
+
+    def one(x, y, d, s):
+        return angle_between(x, y, None if math.isnan(d) else d, None if math.isnan(s) else s)
+
+    with np.errstate(all="ignore"):
+        expected = [one(*row) for row in zip(a.tolist(), b.tolist(), dot.tolist(), diff.tolist())]
+        got = angles_between(a, b, dot, diff)
+    assert np.array_equal(got, np.array(expected), equal_nan=True)
+    assert np.isfinite(got).sum() > count // 2

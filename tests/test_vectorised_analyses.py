@@ -80,3 +80,65 @@ def test_describe_values_of_random_tables():
         table = pd.DataFrame({"snapshot": snapshot[order], "param": [f"p{i}" for i in range(len(order))],
                               "lr": values[order]})  # fmt: skip
         assert _describe_values(table, "lr") == _describe_values_by_groupby(table, "lr")
+
+
+def test_next_norm_from_the_layers_by_parent_is_the_full_scans(table):
+    from normscope.analysis import invariance_structure as structure
+
+    for rows in (table, table.sort_values(["snapshot", "param"], kind="stable")):  # as the file had them, sorted
+        layers = structure._layers_in_order(rows)
+        siblings_of: dict = {}
+        for layer in layers:
+            siblings_of.setdefault(structure._parent(layer.name), []).append(layer)
+        for i, layer in enumerate(layers):
+            weight = layer.params.get("weight")
+            channels = weight[1][0] if weight is not None and len(weight[1]) >= 2 else None
+            for sorted_names in (False, True):
+                assert (structure._next_norm(layers, i, channels, sorted_names, siblings_of)
+                        == structure._next_norm(layers, i, channels, sorted_names))
+
+
+def _weight_stats_by_groupby(trajectory, kinds):
+    """The pandas form `weights._nonfinite` and `weights._growth` replaced: a frame per parameter."""
+    from normscope.analysis.weights import NonFiniteParam, ParamGrowth, _growth_ratios, selected_rows
+
+    nonfinite = []
+    for param, rows in trajectory.table.groupby("param", sort=False):
+        bad = rows[(rows["nonfinite"] > 0) | ~np.isfinite(rows["norm"].to_numpy(dtype=float))]
+        nonfinite.append(NonFiniteParam(
+            param=str(param), layer=str(rows["layer"].iloc[0]), snapshots=len(rows), bad_snapshots=len(bad),
+            first_bad_snapshot=None if bad.empty else int(bad["snapshot"].iloc[0]),
+            first_bad_count=0 if bad.empty else int(bad["nonfinite"].iloc[0])))
+    growth = []
+    for param, group in selected_rows(trajectory, kinds).groupby("param", sort=False):
+        group = group.sort_values("snapshot")
+        norms = group["norm"].to_numpy(dtype=float)
+        layer = str(group["layer"].iloc[0])
+        finite = bool(np.isfinite(norms).all())
+        if len(norms) < 2 or not finite:
+            growth.append(ParamGrowth(str(param), layer, len(norms), finite))
+            continue
+        snapshots = group["snapshot"].to_numpy()
+        last, at_last, _, _ = _growth_ratios(norms, "last_first")
+        high, at_high, low, at_low = _growth_ratios(norms, "max_min")
+        growth.append(ParamGrowth(str(param), layer, len(norms), finite, last, int(snapshots[at_last]),
+                                  high, int(snapshots[at_high]), low, int(snapshots[at_low])))
+    return tuple(nonfinite), tuple(growth)
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_weight_stats_of_the_whole_table_are_each_parameters(run):
+    import copy
+
+    from normscope.analysis.weights import weight_stats
+
+    trajectory = load_trajectory(str(SAMPLE_RUNS / run))
+    broken = copy.copy(trajectory)
+    rows = trajectory.table.sample(frac=1.0, random_state=1).copy()  # rows in any order
+    rows.loc[rows.index[:7], "nonfinite"] = 3
+    rows.loc[rows.index[7:12], "norm"] = np.nan
+    broken.table = rows
+    for traj in (trajectory, broken):
+        for kinds in (("weight",), (), ("norm", "bias")):
+            stats = weight_stats(traj, kinds)
+            assert repr((stats.nonfinite, stats.growth)) == repr(_weight_stats_by_groupby(traj, kinds))

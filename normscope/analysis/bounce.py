@@ -40,15 +40,19 @@ from normscope.analysis.abel_rule import (
     abel_step,
     final_decay_epoch,
 )
-from normscope.analysis.epochs import EpochSeries
+from normscope.analysis.epochs import EpochSeries, epoch_series
 from normscope.analysis.norm_noise import (
     NoiseModel,
     estimate_noise,
+    estimate_noise_rows,
     exceedance,
     null_drawups,
+    null_key,
+    null_ratios_many,
     simulate_noise,
     smooth_rows,
 )
+from normscope.analysis.theory import correlation_epochs as relaxation_correlation_epochs
 from normscope.errors import BadInputError
 
 REASON_BOUNCE = "bounce"
@@ -254,6 +258,26 @@ def detect_bounces(
     step_noise = model.smoothed_difference_sd(1, w)
     found = _candidates(z, h, pivots, step_noise, params)
     intervals = _decay_intervals(z, found, model, h, step_noise, params) if params.repeats else {}
+    bounces = _bounces(epochs, y, z, found, model, null, far_sd, intervals, params)
+    return BounceDetection(
+        bounces=tuple(bounces),
+        noise=model.total,
+        threshold=float(h),
+        threshold_sigmas=float(h / model.total) if model.total > 0 else math.nan,
+        noise_limited=noise_h >= params.min_depth,
+        trend_at_end=_recent_trend(z, h, max(3, w)),
+        last_turn_epoch=int(epochs[pivots[-1][1]]) if pivots else None,
+        epochs=tuple(int(e) for e in epochs),
+        smoothed_log_norm_sq=tuple(float(v) for v in z),
+        params=params,
+        noise_model=model,
+    )
+
+
+def _bounces(epochs: Sequence[int], y: np.ndarray, z: np.ndarray, found, model: NoiseModel, null: np.ndarray,
+             far_sd: float, intervals: dict[int, tuple[int, int, float]], params: RobustParams) -> list[Bounce]:
+    """The `Bounce` of each candidate of `_candidates` (y: log N, z: its smoothed series)."""
+    w = params.smooth_window
     bounces: list[Bounce] = []
     for start, m, confirmed, end, decay in found:
         drop = float(z[start] - z[m])
@@ -284,19 +308,7 @@ def detect_bounces(
             interval_confidence=params.interval_confidence if interval is not None else math.nan,
             reproducibility=math.nan if spread is None else spread[2],
         ))
-    return BounceDetection(
-        bounces=tuple(bounces),
-        noise=model.total,
-        threshold=float(h),
-        threshold_sigmas=float(h / model.total) if model.total > 0 else math.nan,
-        noise_limited=noise_h >= params.min_depth,
-        trend_at_end=_recent_trend(z, h, max(3, w)),
-        last_turn_epoch=int(epochs[pivots[-1][1]]) if pivots else None,
-        epochs=tuple(int(e) for e in epochs),
-        smoothed_log_norm_sq=tuple(float(v) for v in z),
-        params=params,
-        noise_model=model,
-    )
+    return bounces
 
 
 def _candidates(z: np.ndarray, h: float, pivots, step_noise: float, params: RobustParams
@@ -387,21 +399,172 @@ def layer_bounces(
     series: EpochSeries, params: RobustParams | None = None, *, correlation_epochs: float | None = None
 ) -> tuple[LayerBounces, ...]:
     """Both detectors on every layer's own end-of-epoch squared norm (without decay intervals: those
-    are the total norm's, and simulating repeats for thousands of layers would dominate the time)."""
+    are the total norm's, and simulating repeats for thousands of layers would dominate the time).
+
+    All layers at once, each step an array operation over them: the same results, bit for bit, as
+    `abel_replay` and `detect_bounces` of each layer alone.
+
+    Args:
+        series: the run's end-of-epoch series (`epochs.epoch_series`), with its layers.
+        params: the robust detector's parameters (`repeats` is ignored: no intervals).
+        correlation_epochs: the norm's correlation time in epochs; fitted per layer when None.
+
+    Returns:
+        One `LayerBounces` per layer of `series`, in its order.
+    """
     params = replace(params or RobustParams(), repeats=0)
+    layers = series.layers
+    if not layers:
+        return ()
+    values = np.array([layer.norm_sq for layer in layers], dtype=float).reshape(len(layers), len(series.epochs))
+    finite = np.all(np.isfinite(values), axis=1)
+    positive = finite & np.all(values > 0, axis=1)
+    exact = dict(zip(np.flatnonzero(finite).tolist(), _abel_replay_rows(series.epochs, values[finite])))
+    robust = dict(zip(np.flatnonzero(positive).tolist(), _detect_rows(
+        series.epochs, values[positive], params, correlation_epochs)))
     out: list[LayerBounces] = []
-    for layer in series.layers:
-        values = np.asarray(layer.norm_sq, dtype=float)
-        if np.any(~np.isfinite(values)):
+    for i, layer in enumerate(layers):
+        if i not in exact:
             out.append(LayerBounces(layer.layer, abel_replay((), ()), None, "missing in some epochs"))
-            continue
-        exact = abel_replay(series.epochs, values)
-        if np.any(values <= 0):
-            out.append(LayerBounces(layer.layer, exact, None, "zero norm in some epoch"))
-            continue
-        out.append(LayerBounces(layer.layer, exact, detect_bounces(
-            series.epochs, values, params, correlation_epochs=correlation_epochs)))
+        elif i not in robust:
+            out.append(LayerBounces(layer.layer, exact[i], None, "zero norm in some epoch"))
+        else:
+            out.append(LayerBounces(layer.layer, exact[i], robust[i]))
     return tuple(out)
+
+
+def _abel_replay_rows(epochs: Sequence[int], values: np.ndarray) -> list[AbelReplay]:
+    """`abel_replay(epochs, row)` of each row of finite squared norms (no budget): a sign change of
+    Δ at epoch i is Δ_i·Δ_{i−1} < 0, and the changes alternate between setting the flag (a minimum)
+    and decaying."""
+    count, n = values.shape
+    if n < 3:  # no two deltas: no sign change
+        return [AbelReplay((), (), 0, False, None) for _ in range(count)]
+    labels = np.asarray(epochs, dtype=np.int64)
+    delta = np.diff(values, axis=1)
+    change = delta[:, 1:] * delta[:, :-1] < 0  # column j: the change at index j + 2
+    rows, cols = np.nonzero(change)
+    at = cols + 2
+    ordinal = np.cumsum(change, axis=1)[rows, cols] - 1  # 0: the first change of the row
+    minimum = ordinal % 2 == 0
+    # a decay's flag was set at the change before it (the same row's previous one), at index - 1
+    flagged = np.zeros_like(at)
+    flagged[1:] = at[:-1] - 1
+    bottom = np.where(values[rows, np.maximum(flagged, 0)] <= values[rows, at - 1], flagged, at - 1)
+    bounds = np.searchsorted(rows, np.arange(count + 1)).tolist()
+    minimum_epochs = labels[at - 1].tolist()
+    decay_epochs, bottom_epochs = labels[np.minimum(at, n - 1)].tolist(), labels[np.maximum(bottom, 0)].tolist()
+    kinds = minimum.tolist()
+    out = []
+    for r in range(count):
+        lo, hi = bounds[r], bounds[r + 1]
+        minima = tuple(minimum_epochs[k] for k in range(lo, hi) if kinds[k])
+        decays = tuple(AbelDecay(decay_epochs[k], REASON_BOUNCE, bottom_epochs[k])
+                       for k in range(lo, hi) if not kinds[k])
+        out.append(AbelReplay(decays, minima, hi - lo, (hi - lo) % 2 == 1, None))
+    return out
+
+
+def _detect_rows(epochs: Sequence[int], values: np.ndarray, params: RobustParams,
+                 correlation_epochs: float | None) -> list[BounceDetection]:
+    """`detect_bounces(epochs, row, params)` of each row of finite positive squared norms, with
+    `params.repeats` 0 (no decay intervals)."""
+    count, n = values.shape
+    if count == 0:
+        return []
+    y = np.log(values)
+    models = estimate_noise_rows(y, correlation_epochs)
+    w = params.smooth_window
+    z = smooth_rows(y, w)
+    keys = [null_key(model, n, w) for model in models]
+    ratios = null_ratios_many(key for key in keys if key is not None)
+    totals = np.array([model.total for model in models])
+    quantile = np.zeros(count)  # of a null of zeros where there is no noise
+    by_key: dict = {}
+    for i, key in enumerate(keys):
+        if key is not None:
+            by_key.setdefault(key, []).append(i)
+    for key, index in by_key.items():
+        for first in range(0, len(index), 512):
+            part = index[first:first + 512]
+            nulls = totals[part][:, None] * ratios[key][None, :]
+            quantile[part] = np.quantile(nulls, 1.0 - params.false_alarm, axis=-1)
+    thresholds, noise_limited = [], []
+    for q, model in zip(quantile.tolist(), models):
+        noise_h = max(q, params.depth_sigmas * model.white)
+        h = max(noise_h, params.min_depth)
+        thresholds.append(math.inf if h <= 0 else h)
+        noise_limited.append(noise_h >= params.min_depth)
+    pivots = _turning_points_rows(z, np.array(thresholds))
+    span = max(3, w)
+    moves = (z[:, -1] - z[:, -min(span, n)]).tolist() if n >= 2 else [0.0] * count
+    labels = tuple(int(e) for e in epochs)
+    smoothed = z.tolist()
+    out = []
+    for i, model in enumerate(models):
+        h, turns = thresholds[i], pivots[i]
+        found = []
+        if any(kind == "min" for kind, _, _ in turns):
+            found = _candidates(z[i], h, turns, model.smoothed_difference_sd(1, w), params)
+        bounces = ()
+        if found:
+            null = np.zeros(1) if keys[i] is None else model.total * ratios[keys[i]]
+            bounces = tuple(_bounces(epochs, y[i], z[i], found, model, null, model.far_difference_sd(w), {},
+                                     params))
+        move = moves[i]
+        trend = "flat" if n < 2 else "rising" if move > h / 2 else "falling" if move < -h / 2 else "flat"
+        out.append(BounceDetection(
+            bounces=bounces,
+            noise=model.total,
+            threshold=float(h),
+            threshold_sigmas=float(h / model.total) if model.total > 0 else math.nan,
+            noise_limited=noise_limited[i],
+            trend_at_end=trend,
+            last_turn_epoch=int(epochs[turns[-1][1]]) if turns else None,
+            epochs=labels,
+            smoothed_log_norm_sq=tuple(smoothed[i]),
+            params=params,
+            noise_model=model,
+        ))
+    return out
+
+
+def _turning_points_rows(z: np.ndarray, h: np.ndarray) -> list[list[tuple[str, int, int]]]:
+    """`_turning_points(z[r], h[r])[0]` of every row r: the zig-zag run over all rows at once, one
+    epoch at a time."""
+    count, n = z.shape
+    rows = np.arange(count)
+    trend = np.zeros(count, dtype=np.int8)
+    hi = np.zeros(count, dtype=np.int64)
+    lo = np.zeros(count, dtype=np.int64)
+    events: list[tuple[np.ndarray, str, np.ndarray, int]] = []
+    for i in range(1, n):
+        zi = z[:, i]
+        flat, up, down = trend == 0, trend == 1, trend == -1
+        # no trend yet: the running high and low, and the first move of h between them
+        hi = np.where(flat & (zi > z[rows, hi]), i, hi)
+        lo = np.where(flat & (zi < z[rows, lo]), i, lo)
+        fire = flat & (z[rows, hi] - z[rows, lo] >= h)
+        first_min, first_max = fire & (hi > lo), fire & ~(hi > lo)
+        # rising: a new high, or a fall of h from it confirms the maximum
+        higher = up & (zi > z[rows, hi])
+        turn_down = up & ~higher & (z[rows, hi] - zi >= h)
+        # falling: a new low, or a rise of h from it confirms the minimum
+        lower = down & (zi < z[rows, lo])
+        turn_up = down & ~lower & (zi - z[rows, lo] >= h)
+        for mask, kind, where in ((first_min, "min", lo), (first_max, "max", hi), (turn_down, "max", hi),
+                                  (turn_up, "min", lo)):
+            if mask.any():
+                at = np.flatnonzero(mask)
+                events.append((at, kind, where[at], i))
+        hi = np.where(higher | turn_up, i, hi)
+        lo = np.where(lower | turn_down, i, lo)
+        trend = np.where(first_min | turn_up, 1, np.where(first_max | turn_down, -1, trend)).astype(np.int8)
+    out: list[list[tuple[str, int, int]]] = [[] for _ in range(count)]
+    for at, kind, where, i in events:  # in epoch order, so each row's list is too
+        for r, index in zip(at.tolist(), where.tolist()):
+            out[r].append((kind, index, i))
+    return out
 
 
 # ------------------------------------------------------------------------------------- all of it
@@ -424,8 +587,6 @@ def analyze_bounces(
     params: RobustParams | None = None,
 ) -> BounceAnalysis:
     """Bounces of the trajectory table's end-of-epoch norm (raises BadInputError below 3 epochs)."""
-    from normscope.analysis.epochs import epoch_series
-
     series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
     tau = series_correlation_epochs(series)
     return BounceAnalysis(
@@ -439,10 +600,8 @@ def analyze_bounces(
 def series_correlation_epochs(series: EpochSeries) -> float | None:
     """The norm's correlation time in epochs: its relaxation time at the run's largest recorded LR
     (docs/science.md §3.5); None (fit it from the series) when LR, weight decay or steps per epoch are unknown."""
-    from normscope.analysis.theory import correlation_epochs
-
     known = [x for x in series.lr if math.isfinite(x) and x > 0]
     if not known or not series.steps_per_epoch:
         return None
-    return correlation_epochs(series.optimizer, max(known), series.weight_decay, series.momentum,
+    return relaxation_correlation_epochs(series.optimizer, max(known), series.weight_decay, series.momentum,
                               series.beta1, series.steps_per_epoch)

@@ -36,6 +36,7 @@ next epoch's LR (the sample SGD run does exactly this); `lr_at="end"` for loops 
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +45,9 @@ import numpy as np
 import pandas as pd
 
 from normscope.analysis import theory
-from normscope.analysis.invariance import INVARIANT, InvarianceVerdict
+from normscope.analysis.invariance import INVARIANT, InvarianceVerdict, classify_invariance
 from normscope.analysis.theory import optimizer_family
+from normscope.analysis.user_model import build_model
 from normscope.trajectory import Trajectory
 
 # Band on the angle ratio for "at equilibrium". The prediction assumes successive gradients are
@@ -270,8 +272,6 @@ def _phase_starts(eta: np.ndarray) -> np.ndarray:
     """For each interval i, the first interval of its LR phase: the one after the last interval whose
     LR lies outside [η_i / LR_PHASE_BAND, η_i · LR_PHASE_BAND] (or is unknown). O(n log n): the last
     index with a value above (below) a threshold is found by bisection on a monotone stack."""
-    import bisect
-
     starts = np.ones(len(eta), dtype=int)
     high: list[tuple[int, float]] = []  # values strictly decreasing upwards: "previous greater" candidates
     low: list[tuple[int, float]] = []  # values strictly increasing upwards: "previous smaller" candidates
@@ -475,12 +475,8 @@ def scale_invariance(traj: Trajectory, *, model_spec: str | None = None, probe: 
                      ) -> list[InvarianceVerdict]:
     """Per-parameter invariance verdicts: exact when `model_spec` names the model (imports and runs it),
     from the checkpoints alone otherwise."""
-    from normscope.analysis.invariance import classify_invariance
-
     model = None
     if model_spec:
-        from normscope.analysis.user_model import build_model
-
         model = build_model(model_spec)
     return classify_invariance(traj.table, model=model, probe=probe)
 
@@ -493,6 +489,13 @@ def equilibrium_for(
     return equilibrium_report(traj.table, verdicts, overrides=overrides, hyperparams_source=sources[-1] if sources else None)
 
 
+# the table columns `layer_equilibrium` (and what it calls) reads
+_LAYER_COLUMNS = frozenset((
+    "snapshot", "step", "epoch", "param", "layer", "numel", "norm", "angle_rad", "buf_dot", "buf_norm",
+    "grad_norm", "optimizer", "lr", "weight_decay", "momentum", "beta1",
+))
+
+
 def equilibrium_report(
     table: pd.DataFrame,
     verdicts: Sequence[InvarianceVerdict],
@@ -501,11 +504,16 @@ def equilibrium_report(
     hyperparams_source: str | None = None,
 ) -> EquilibriumReport:
     """The equilibrium section: every invariant parameter's analysis; everything else as not applicable."""
-    by_param = {name: rows for name, rows in table.groupby("param", sort=False)}
+    present = set(pd.unique(table["param"]))
+    # the rows of the invariant parameters only, in the columns `layer_equilibrium` reads: a run of
+    # thousands of tensors made a frame of every column for every parameter
+    invariant = {v.param for v in verdicts if v.verdict == INVARIANT and v.param in present}
+    read = table.loc[table["param"].isin(invariant), [c for c in table.columns if c in _LAYER_COLUMNS]]
+    by_param = {name: rows for name, rows in read.groupby("param", sort=False)}
     layers: list[LayerEquilibrium] = []
     skipped: list[NotApplicable] = []
     for v in verdicts:
-        if v.param not in by_param:
+        if v.param not in present:
             continue
         if v.verdict != INVARIANT:
             what = "not scale-invariant" if v.invariant is False else "scale invariance unknown"

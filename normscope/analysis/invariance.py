@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN
+from normscope.analysis.homogeneity import INVARIANT, NOT_INVARIANT, VERDICT_UNKNOWN, analyze_homogeneity
 from normscope.analysis.invariance_dynamics import (
     Evidence,
     dynamic_evidence_by_param,
     optimizer_family,
 )
 from normscope.analysis.invariance_structure import StructuralGuess, structural_guesses
+from normscope.analysis.probe import probe_invariance
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -55,9 +56,6 @@ def model_evidence(
 
     The probe costs three forward passes per parameter; `probe=False` leaves the fx verdict alone.
     """
-    from normscope.analysis.homogeneity import analyze_homogeneity
-    from normscope.analysis.probe import probe_invariance
-
     fx = analyze_homogeneity(model, params)
     probed = probe_invariance(model, list(fx), inputs=probe_inputs) if probe else {}
     out: dict[str, list[Evidence]] = {}

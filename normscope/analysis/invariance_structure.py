@@ -49,7 +49,8 @@ def _parent(layer: str) -> str:
 
 
 def _layers_in_order(table: pd.DataFrame) -> list[_Layer]:
-    first = table[table["snapshot"] == table["snapshot"].min()]
+    snapshot = table["snapshot"]
+    first = table.loc[snapshot == snapshot.min(), ["param", "layer", "kind", "shape"]]  # not every column
     layers: dict[str, _Layer] = {}
     for param, layer, kind, shape in zip(first["param"], first["layer"], first["kind"], first["shape"]):
         leaf = param[len(layer) + 1:] if param.startswith(layer + ".") else param
@@ -71,12 +72,14 @@ def _norm_kind(layer: _Layer, channels: int) -> str | None:
     return None
 
 
-def _next_norm(layers: list[_Layer], i: int, channels: int | None, sorted_names: bool) -> tuple[str | None, str | None]:
+def _next_norm(layers: list[_Layer], i: int, channels: int | None, sorted_names: bool,
+               siblings_of: dict[str, list[_Layer]] | None = None) -> tuple[str | None, str | None]:
     """(kind, layer name) of the normalization that follows layer i, if any.
 
     With real module order, the next layer must be it. When the file sorted its names (safetensors
     does), order says nothing, so take the one sibling BatchNorm of matching size, if unique; a
     sibling LayerNorm is as likely to normalize a residual stream the weight writes into.
+    `siblings_of` (the layers by parent, in order) spares a pass over every layer for each.
     """
     layer = layers[i]
     if channels is None:
@@ -87,7 +90,9 @@ def _next_norm(layers: list[_Layer], i: int, channels: int | None, sorted_names:
             return None, None
         kind = _norm_kind(nxt, channels)
         return (kind, nxt.name) if kind else (None, None)
-    siblings = [(k, other.name) for other in layers if other is not layer and _parent(other.name) == _parent(layer.name)
+    same_parent = (siblings_of[_parent(layer.name)] if siblings_of is not None
+                   else [other for other in layers if _parent(other.name) == _parent(layer.name)])
+    siblings = [(k, other.name) for other in same_parent if other is not layer
                 for k in [_norm_kind(other, channels)] if k == "batch"]
     return siblings[0] if len(siblings) == 1 else (None, None)
 
@@ -97,11 +102,14 @@ def structural_guesses(table: pd.DataFrame) -> dict[str, StructuralGuess]:
     layers = _layers_in_order(table)
     names = [layer.name for layer in layers]
     sorted_names = len(names) > 2 and names == sorted(names)
+    siblings_of: dict[str, list[_Layer]] = {}
+    for layer in layers:
+        siblings_of.setdefault(_parent(layer.name), []).append(layer)
     guesses: dict[str, StructuralGuess] = {}
     for i, layer in enumerate(layers):
         weight = layer.params.get("weight")
         channels = weight[1][0] if weight is not None and len(weight[1]) >= 2 else None
-        norm, norm_layer = _next_norm(layers, i, channels, sorted_names)
+        norm, norm_layer = _next_norm(layers, i, channels, sorted_names, siblings_of)
         has_bias = "bias" in layer.params
         for leaf, (kind, _shape) in layer.params.items():
             param = f"{layer.name}.{leaf}" if leaf != layer.name else leaf

@@ -25,15 +25,23 @@ it is fitted too (the τ of a geometric grid with the smallest residual).
 
 from __future__ import annotations
 
-import functools
 import math
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+try:  # the gufunc behind np.linalg.lstsq: it solves a stack of systems, each as lstsq solves one
+    from numpy.linalg import _umath_linalg
+except ImportError:  # pragma: no cover - a numpy without it: one lstsq per system
+    _umath_linalg = None
+
 _MAD_TO_SIGMA = 1.4826  # MAD of a normal sample → its standard deviation
 _NULL_REPEATS = 2000  # simulated noise-only series behind each false-alarm quantile
 _NULL_SEED = 20210325  # fixed: the detector is a pure function of its input
+_NULL_CACHE_SIZE = 512  # null distributions kept (a key each: see `null_drawups`)
+_NULL_BATCH_ELEMENTS = 400_000  # simulated values per batch of null distributions
 TAU_GIVEN = "relaxation time"
 TAU_FITTED = "fitted"
 TAU_NONE = "white (too short to fit a correlation)"
@@ -97,6 +105,16 @@ def _max_lag(n: int, correlation_epochs: float | None) -> int:
     return min(longest, max(3, wanted))
 
 
+def _median_last(a: np.ndarray) -> np.ndarray:
+    """`np.median(a, axis=-1)` to the bit (the same middle values, averaged by the same `mean`),
+    sorting instead of partitioning: several times faster on many short rows."""
+    ordered = np.sort(a, axis=-1)
+    m = ordered.shape[-1]
+    middle = ordered[..., m // 2 : m // 2 + 1] if m % 2 else ordered[..., m // 2 - 1 : m // 2 + 1]
+    out = np.mean(middle, axis=-1)
+    return np.where(np.isnan(ordered[..., -1]), math.nan, out) if m else out
+
+
 def second_difference_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
     """Robust Var D_L for L = 1..max_lag along the last axis (NaN where fewer than 3 differences exist)."""
     y = np.asarray(y, dtype=float)
@@ -104,14 +122,38 @@ def second_difference_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
     for lag in range(1, max_lag + 1):
         if y.shape[-1] - 2 * lag >= 3:
             d = y[..., 2 * lag:] - 2 * y[..., lag:-lag] + y[..., : -2 * lag]
-            mad = np.median(np.abs(d - np.median(d, axis=-1, keepdims=True)), axis=-1)
+            mad = _median_last(np.abs(d - _median_last(d)[..., None]))
             out[..., lag - 1] = (_MAD_TO_SIGMA * mad) ** 2
     return out
 
 
+def _series_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
+    """`second_difference_variances` of each row of y as it is of that row alone: the MADs of all
+    rows at once, each squared as the one series' scalar is (a scalar's square and an array's can
+    differ in the last bit)."""
+    y = np.asarray(y, dtype=float)
+    out = np.full(y.shape[:-1] + (max_lag,), math.nan)
+    for lag in range(1, max_lag + 1):
+        if y.shape[-1] - 2 * lag >= 3:
+            d = y[..., 2 * lag:] - 2 * y[..., lag:-lag] + y[..., : -2 * lag]
+            mad = _median_last(np.abs(d - _median_last(d)[..., None]))
+            scaled = _MAD_TO_SIGMA * mad
+            out[..., lag - 1] = np.reshape([x**2 for x in scaled.ravel().tolist()], scaled.shape)
+    return out
+
+
+def _lag_shape(rho: float, lags: np.ndarray) -> np.ndarray:
+    """f_L(ρ) = 6 − 8ρ^L + 2ρ^{2L}: how much of the correlated variance b the lag-L difference sees."""
+    return 6 - 8 * rho**lags + 2 * rho ** (2 * lags)
+
+
 def _fit_rows(v: np.ndarray, lags: np.ndarray, rho: float) -> np.ndarray:
     """`_fit`'s total variance a + b for many rows of lag variances at once (the simulated null)."""
-    f = 6 - 8 * rho**lags + 2 * rho ** (2 * lags)
+    return _fit_rows_of_shape(v, _lag_shape(rho, lags))
+
+
+def _fit_rows_of_shape(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """`_fit_rows` with f_L(ρ) given (broadcast against v: one ρ per stack of rows)."""
     w = 1.0 / np.maximum(v, 1e-300)
     s00, s01, s11 = (w * 36).sum(-1), (w * 6 * f).sum(-1), (w * f * f).sum(-1)
     t0, t1 = (w * 6 * v).sum(-1), (w * f * v).sum(-1)
@@ -137,7 +179,7 @@ def _fit_rows(v: np.ndarray, lags: np.ndarray, rho: float) -> np.ndarray:
 
 def _fit(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[float, float, float]:
     """Non-negative weighted least squares of v_L = 6a + b·f_L(ρ): (a, b, weighted residual)."""
-    f = 6 - 8 * rho**lags + 2 * rho ** (2 * lags)
+    f = _lag_shape(rho, lags)
     w = 1.0 / np.maximum(v, 1e-300)
     design = np.stack([np.full_like(f, 6.0), f], axis=1) * np.sqrt(w)[:, None]
     target = v * np.sqrt(w)
@@ -188,6 +230,115 @@ def estimate_noise(y: np.ndarray, correlation_epochs: float | None = None) -> No
     return NoiseModel(math.sqrt(a), math.sqrt(b), tau, TAU_FITTED)
 
 
+def _lstsq_rows(design: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`np.linalg.lstsq(design[i], target[i])[0]` for every i (design: rows × m × 2), in one call
+    of the gufunc lstsq uses: the same LAPACK routine, workspace and tolerance for each system."""
+    m = design.shape[-2]
+    rcond = np.finfo(float).eps * max(m, design.shape[-1])
+    if _umath_linalg is not None and len(design):
+        try:
+            with np.errstate(invalid="raise", over="ignore", divide="ignore", under="ignore"):
+                x, *_ = _umath_linalg.lstsq(design, target[..., None], rcond, signature="ddd->ddid")
+            return x[..., 0]
+        except (FloatingPointError, TypeError, ValueError):
+            pass  # a system LAPACK cannot solve: lstsq on each says which, as it always did
+    return np.array([np.linalg.lstsq(a, b, rcond=None)[0] for a, b in zip(design, target)]).reshape(
+        design.shape[:-2] + (design.shape[-1],))
+
+
+def _fit_many(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_fit` of each row of v (rows × lags) at once, to the bit: arrays of a, b and the residual."""
+    f = _lag_shape(rho, lags)
+    w = 1.0 / np.maximum(v, 1e-300)
+    root = np.sqrt(w)
+    design = np.stack([np.broadcast_to(np.full_like(f, 6.0), v.shape), np.broadcast_to(f, v.shape)],
+                      axis=-1) * root[..., None]
+    target = v * root
+
+    def residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        predicted = (design @ np.stack([a, b], axis=-1)[..., None])[..., 0]
+        return np.sum((predicted - target) ** 2, axis=-1)
+
+    sol = _lstsq_rows(design, target)
+    a_ls, b_ls = sol[:, 0], sol[:, 1]
+    feasible = (a_ls >= 0) & (b_ls >= 0)
+    edges = []
+    for col in (0, 1):  # one component alone: max(x·t / x·x, 0), 0 where x·x is 0
+        x = design[..., col]
+        xx = (x[:, None, :] @ x[:, :, None])[:, 0, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            coef = (x[:, None, :] @ target[:, :, None])[:, 0, 0] / xx
+        coef = np.where(xx > 0, np.where(0.0 > coef, 0.0, coef), 0.0)
+        zero = np.zeros_like(coef)
+        edges.append((coef, zero) if col == 0 else (zero, coef))
+    # the candidates in `_fit`'s order, each taking over only where its residual is smaller
+    (a0, b0), (a1, b1) = edges
+    r_ls, r0, r1 = residual(a_ls, b_ls), residual(a0, b0), residual(a1, b1)
+    a, b, best = np.where(feasible, a_ls, a0), np.where(feasible, b_ls, b0), np.where(feasible, r_ls, r0)
+    better = feasible & (r0 < best)
+    a, b, best = np.where(better, a0, a), np.where(better, b0, b), np.where(better, r0, best)
+    better = r1 < best
+    return np.where(better, a1, a), np.where(better, b1, b), np.where(better, r1, best)
+
+
+def estimate_noise_rows(y: np.ndarray, correlation_epochs: float | None = None) -> list[NoiseModel]:
+    """`estimate_noise` of each row of y (series × epochs), all rows at once; the same models, bit
+    for bit, as fitting each row alone.
+
+    Args:
+        y: log-norm series, one per row, of equal length.
+        correlation_epochs: the correlation time in epochs shared by every row, or None to fit it.
+
+    Returns:
+        One `NoiseModel` per row.
+    """
+    y = np.asarray(y, dtype=float)
+    count, n = y.shape
+    if n < 4:
+        return [NoiseModel(0.0, 0.0, 0.0, TAU_NONE) for _ in range(count)]
+    if correlation_epochs is not None and not (math.isfinite(correlation_epochs) and correlation_epochs > 0):
+        correlation_epochs = None
+    max_lag = _max_lag(n, correlation_epochs)
+    v = _series_variances(y, max_lag)
+    finite = np.isfinite(v)
+    keep = np.all(finite, axis=0)  # which lags have enough differences: the same for every row ...
+    if not np.array_equal(finite, np.broadcast_to(keep, finite.shape)):  # ... unless a row holds NaN
+        return [estimate_noise(row, correlation_epochs) for row in y]
+    lags, v = np.arange(1, max_lag + 1)[keep], v[:, keep]
+    models: list[NoiseModel | None] = [None] * count
+    empty = NoiseModel(0.0, 0.0, correlation_epochs or 0.0, TAU_GIVEN if correlation_epochs else TAU_NONE)
+    if v.shape[1] == 0:
+        return [empty] * count
+    fit = np.any(v > 0, axis=1)
+    for i in np.flatnonzero(~fit).tolist():
+        models[i] = empty
+    rows = np.flatnonzero(fit)
+    v = v[rows]
+    if v.shape[1] < 3 and correlation_epochs is None:
+        for i, first in zip(rows.tolist(), v[:, 0].tolist()):
+            models[i] = NoiseModel(math.sqrt(first / 6.0), 0.0, 0.0, TAU_NONE)
+        return models  # type: ignore[return-value]
+    if correlation_epochs is not None:
+        a, b, _ = _fit_many(v, lags, math.exp(-1.0 / correlation_epochs))
+        tau = float(correlation_epochs)
+        for i, ai, bi in zip(rows.tolist(), a.tolist(), b.tolist()):
+            models[i] = NoiseModel(math.sqrt(ai), math.sqrt(bi), tau, TAU_GIVEN)
+        return models  # type: ignore[return-value]
+    best_a = best_b = best_tau = best_res = None
+    for tau in np.geomspace(0.5, max(1.0, n / _FIT_TAU_SHARE), 16):
+        a, b, res = _fit_many(v, lags, math.exp(-1.0 / tau))
+        if best_res is None:
+            best_a, best_b, best_res = a, b, res
+            best_tau = np.full(len(rows), float(tau))
+            continue
+        better = res < best_res * (1 - 1e-9)
+        best_a, best_b = np.where(better, a, best_a), np.where(better, b, best_b)
+        best_tau, best_res = np.where(better, float(tau), best_tau), np.where(better, res, best_res)
+    for i, ai, bi, ti in zip(rows.tolist(), best_a.tolist(), best_b.tolist(), best_tau.tolist()):
+        models[i] = NoiseModel(math.sqrt(ai), math.sqrt(bi), 0.0 if bi == 0 else ti, TAU_FITTED)
+    return models  # type: ignore[return-value]
+
+
 # ------------------------------------------------------------------------------ false-alarm levels
 def simulate_noise(model: NoiseModel, n: int, repeats: int, rng: np.random.Generator) -> np.ndarray:
     """`repeats` noise-only series of length n drawn from the model (rows)."""
@@ -220,45 +371,137 @@ def max_drawup(z: np.ndarray) -> np.ndarray:
     return np.max(z - np.minimum.accumulate(z, axis=-1), axis=-1)
 
 
-@functools.lru_cache(maxsize=512)
+NullKey = tuple  # (n, window, rho, white share, tau or None): what a null distribution depends on
+_null_cache: OrderedDict[NullKey, np.ndarray] = OrderedDict()
+
+
 def _null_ratios(n: int, window: int, rho: float, white_share: float, tau: float | None) -> np.ndarray:
     """Sorted max drawups of smoothed noise-only series over each series' own estimated total σ.
 
     Studentized: the threshold is a multiple of the σ estimated from the run, so the null must carry
     the error of that estimate too — with few correlation times in the run it is large, and a
     threshold from the true σ would let one run in three through at τ = n/3."""
-    repeats = max(400, min(_NULL_REPEATS, 4_000_000 // max(n, 1)))
-    model = NoiseModel(math.sqrt(white_share), math.sqrt(1 - white_share),
-                       -1.0 / math.log(rho) if rho > 0 else 0.0, TAU_GIVEN)
-    rng = np.random.default_rng(_NULL_SEED)
-    y = simulate_noise(model, n, repeats, rng)
+    return null_ratios_many([(n, window, rho, white_share, tau)])[(n, window, rho, white_share, tau)]
+
+
+def null_ratios_many(keys: Iterable[NullKey]) -> dict[NullKey, np.ndarray]:
+    """`_null_ratios` of every key (n, window, rho, white share, tau), from the cache or simulated,
+    those of one (n, window, tau) together: every key draws the same normal numbers (one seed), so
+    they are drawn once and each key's noise is made of them as it would be alone.
+
+    Args:
+        keys: the null distributions wanted, as `null_drawups` keys them.
+
+    Returns:
+        The sorted, read-only ratios of each key.
+    """
+    wanted = list(dict.fromkeys(keys))
+    found: dict[NullKey, np.ndarray] = {}
+    missing: dict[tuple[int, int, float | None], list[NullKey]] = {}
+    for key in wanted:
+        ratios = _null_cache.get(key)
+        if ratios is not None:
+            _null_cache.move_to_end(key)
+            found[key] = ratios
+        else:
+            missing.setdefault((int(key[0]), int(key[1]), key[4]), []).append(key)
+    for (n, window, tau), group in missing.items():
+        repeats = max(400, min(_NULL_REPEATS, 4_000_000 // max(n, 1)))
+        rng = np.random.default_rng(_NULL_SEED)
+        draws = (rng.standard_normal((repeats, n)), rng.standard_normal(repeats),
+                 rng.standard_normal((repeats, n)))  # the white part, then the AR(1) start and shocks
+        per_batch = max(1, _NULL_BATCH_ELEMENTS // max(repeats * n, 1))
+        for first in range(0, len(group), per_batch):
+            batch = group[first:first + per_batch]
+            found.update(zip(batch, _simulated_null(batch, n, window, tau, repeats, draws)))
+    for key in wanted:
+        _null_cache[key] = found[key]
+        _null_cache.move_to_end(key)
+    while len(_null_cache) > _NULL_CACHE_SIZE:
+        _null_cache.popitem(last=False)
+    return found
+
+
+def _simulated_null(keys: Sequence[NullKey], n: int, window: int, tau: float | None, repeats: int,
+                    draws: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """The ratios of keys sharing (n, window, tau): `simulate_noise` of each key's model from the
+    same draws, then the drawups and the fitted σ of all of them at once."""
+    white_draws, start, shocks = draws
+    models = [NoiseModel(math.sqrt(share), math.sqrt(1 - share), -1.0 / math.log(rho) if rho > 0 else 0.0,
+                         TAU_GIVEN) for _, _, rho, share, _ in keys]
+    y = np.stack([model.white * white_draws for model in models])
+    correlated = [k for k, model in enumerate(models) if model.correlated > 0]
+    if correlated:
+        rho = np.array([models[k].rho for k in correlated])[:, None]
+        innovation = np.array([models[k].correlated * math.sqrt(1 - models[k].rho * models[k].rho)
+                               for k in correlated])[:, None]
+        x = np.array([models[k].correlated for k in correlated])[:, None] * start
+        part = y[correlated]
+        for t in range(n):
+            if t:
+                x = rho * x + innovation * shocks[:, t]
+            part[:, :, t] += x
+        y[correlated] = part
     drawups = max_drawup(smooth_rows(y, window))
     max_lag = _max_lag(n, tau)
     v = second_difference_variances(y, max_lag)
-    keep = np.all(np.isfinite(v), axis=0)
-    lags = np.arange(1, max_lag + 1)[keep]
-    if len(lags) == 0 or rho <= 0 and white_share >= 1:
-        total = np.sqrt(np.maximum(v[:, :1] / 6.0, 0)).ravel() if len(lags) else np.ones(repeats)
+    out: list[np.ndarray | None] = [None] * len(keys)
+    fitted = []
+    for k, (_, _, rho, share, _) in enumerate(keys):
+        keep = np.all(np.isfinite(v[k]), axis=0)
+        lags = np.arange(1, max_lag + 1)[keep]
+        if len(lags) == 0 or rho <= 0 and share >= 1:
+            out[k] = np.sqrt(np.maximum(v[k, :, :1] / 6.0, 0)).ravel() if len(lags) else np.ones(repeats)
+        else:
+            fitted.append((k, keep, _lag_shape(rho if rho > 0 else 1e-9, lags)))
+    keeps = {tuple(keep) for _, keep, _ in fitted}
+    if len(keeps) == 1:  # every lag usable by every key (always, in practice): one fit for all
+        index = [k for k, _, _ in fitted]
+        keep = fitted[0][1]
+        totals = np.sqrt(_fit_rows_of_shape(v[index][:, :, keep], np.stack([f for _, _, f in fitted])[:, None, :]))
+        for k, total in zip(index, totals):
+            out[k] = total
     else:
-        total = np.sqrt(_fit_rows(v[:, keep], lags, rho if rho > 0 else 1e-9))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = np.where(total > 0, drawups / total, np.inf)
-    ratios.sort()
-    ratios.setflags(write=False)
-    return ratios
+        for k, keep, f in fitted:
+            out[k] = np.sqrt(_fit_rows_of_shape(v[k][:, keep], f))
+    ratios_all = []
+    for k, total in enumerate(out):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratios = np.where(total > 0, drawups[k] / total, np.inf)
+        ratios.sort()
+        ratios.setflags(write=False)
+        ratios_all.append(ratios)
+    return ratios_all
+
+
+def null_key(model: NoiseModel, n: int, window: int) -> NullKey | None:
+    """The key of the null distribution `null_drawups` uses for `model`. Rounded: the cache serves
+    every layer of a model with nearly the same noise shape.
+
+    Args:
+        model: the series' fitted noise.
+        n: epochs in the series.
+        window: the smoothing window.
+
+    Returns:
+        (n, window, rho, white share, tau or None), or None where there is no noise (no null).
+    """
+    total = model.total
+    if total <= 0 or n < 2:
+        return None
+    white_share = round(model.white**2 / total**2, 2)
+    tau = round(model.correlation_epochs, 2) if model.correlation_epochs > 0 else None
+    return (int(n), int(window), round(model.rho, 3), white_share, tau)
 
 
 def null_drawups(model: NoiseModel, n: int, window: int) -> np.ndarray:
     """Max drawups (in log N) that the model's noise alone produces over n epochs, sorted, scaled by
     this run's estimated σ (see `_null_ratios`). The noise is symmetric, so the same distribution
     holds for the largest drawdown."""
-    total = model.total
-    if total <= 0 or n < 2:
+    key = null_key(model, n, window)
+    if key is None:
         return np.zeros(1)
-    # rounded keys: the cache serves every layer of a model with nearly the same noise shape
-    white_share = round(model.white**2 / total**2, 2)
-    tau = round(model.correlation_epochs, 2) if model.correlation_epochs > 0 else None
-    return total * _null_ratios(int(n), int(window), round(model.rho, 3), white_share, tau)
+    return model.total * _null_ratios(*key)
 
 
 def exceedance(null: np.ndarray, value: float) -> float:

@@ -13,13 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from normscope.analysis.bounce import analyze_bounces
+from normscope.analysis.equilibrium import HyperparamOverrides, equilibrium_for, scale_invariance
+from normscope.analysis.premise import abel_premise
+from normscope.analysis.recommend import recommend_table
+from normscope.analysis.row_equilibrium import row_report
 from normscope.analysis.summary import (
     ParamSummary,
     RunSummary,
     summarize_params,
     summarize_run,
 )
-from normscope.errors import NormscopeError
+from normscope.analysis.weights import weight_stats
+from normscope.errors import BadInputError, NormscopeError
+from normscope.lr_schedules import texp_schedule
 from normscope.trajectory import Trajectory
 
 # Names of the analyses, as `RunAnalysis.skipped` keys them.
@@ -59,8 +66,6 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.one_file_per_epoch and self.steps_per_epoch is not None:
-            from normscope.errors import BadInputError
-
             raise BadInputError("give --one-file-per-epoch or --steps-per-epoch, not both: one numbers the "
                                 "files as epochs, the other divides their steps")
 
@@ -68,8 +73,6 @@ class RunOptions:
         """The equilibrium analysis's overrides for this run. Which LR governs an interval depends on
         the source: a tracker record holds the LR its own step used; a checkpoint usually the next
         epoch's (the scheduler stepped before the save)."""
-        from normscope.analysis.equilibrium import HyperparamOverrides
-
         return HyperparamOverrides(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
                                    momentum=self.momentum, beta1=self.beta1,
                                    steps_per_epoch=self.steps_per_epoch,
@@ -112,13 +115,10 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     out (a view that does not show them need not pay for them). `check` (a `CheckConfig`) adds the
     weight rules' numbers over its kinds and the findings of its rules (or of `rules`), against
     `baseline` where one is given."""
-    from normscope.analysis.bounce import analyze_bounces
-    from normscope.analysis.equilibrium import equilibrium_for, scale_invariance
-
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        from normscope.live.view import live_frame
+        from normscope.live.view import live_frame  # lazy: live imports this module (analyze_run)
 
         result = replace(result, live=live_frame(trajectory, recent=options.recent))
         return _with_check(result, trajectory, options, check, baseline, rules)
@@ -136,9 +136,6 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
             skipped[EQUILIBRIUM] = exc.message
     rec = premise = texp = None
     if recommendation:
-        from normscope.analysis.premise import abel_premise
-        from normscope.analysis.recommend import recommend_table
-
         try:
             rec = recommend_table(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch,
                                   lr=options.base_lr, decay_factor=options.decay_factor, min_lr=options.min_lr,
@@ -153,12 +150,10 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
                     skipped[TEXP] = why
     rows = None
     if trajectory.granularity == "row":
-        from normscope.analysis.row_equilibrium import row_report
-
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
-    from normscope.live.view import live_advice, live_frame
+    from normscope.live.view import live_advice, live_frame  # lazy: live imports this module (analyze_run)
 
     advice = live_advice(trajectory, analysis=result) if recommendation else ()
     result = replace(result, live=live_frame(trajectory, recent=options.recent, advice=advice, analysis=result))
@@ -170,7 +165,7 @@ def _with_check(result: RunAnalysis, trajectory: Trajectory, options: RunOptions
     """`result` with the weight rules' numbers and the check's findings, when `check` is given."""
     if check is None:
         return result
-    from normscope.analysis.weights import weight_stats
+    # lazy: the check rules read this module's names, and only a check needs them
     from normscope.check.runner import evaluate_rules
 
     result = replace(result, weights=weight_stats(trajectory, tuple(check.kinds)))
@@ -187,8 +182,6 @@ def check_options(config: Any, options: RunOptions | None = None) -> RunOptions:
 def texp_equivalent(rec) -> tuple[Any | None, str | None]:
     """The TEXP equivalent of the recommended schedule, or None and why it does not apply here (an
     optional part of the answer: the recommendation stands without it)."""
-    from normscope.lr_schedules import texp_schedule
-
     s = rec.series
     if s.optimizer and not s.optimizer.upper().startswith("SGD"):
         return None, f"the TEXP equivalence holds for SGD (with momentum); this run used {s.optimizer}"

@@ -95,57 +95,65 @@ def summarize_params(traj: Trajectory, kinds: tuple[str, ...] | None = None) -> 
         table = table[table["kind"].isin(kinds)]
     if table.empty:
         return []
-    order = pd.unique(table["param"])
-    rows = table.sort_values("snapshot", kind="stable").reset_index(drop=True)
-    codes, names = pd.factorize(rows["param"], sort=False)
-    positions = np.arange(len(rows))
+    # codes in first-seen order (so code i is the i-th parameter of the result); the rows taken in
+    # snapshot order (stable) as positions into the table, without sorting the table itself
+    codes_seen, order = pd.factorize(table["param"], sort=False)
+    sorted_rows = np.argsort(table["snapshot"].to_numpy(), kind="stable")
+    codes = codes_seen[sorted_rows]
+    count = len(order)
+    positions = np.arange(len(sorted_rows))
     # per code: the first and last row (rows are in snapshot order within each parameter)
     _, first_at = np.unique(codes, return_index=True)
     _, last_from_end = np.unique(codes[::-1], return_index=True)
-    last_at = len(rows) - 1 - last_from_end
+    last_at = len(sorted_rows) - 1 - last_from_end
     # the row of the smallest finite norm; a parameter with none points at its first row
-    norms = rows["norm"].to_numpy(dtype=np.float64)
+    norms = table["norm"].to_numpy(dtype=np.float64)[sorted_rows]
     key = np.where(np.isfinite(norms), norms, np.inf)
     ranked = np.lexsort((positions, key, codes))
     min_at = ranked[np.r_[0, np.flatnonzero(np.diff(codes[ranked])) + 1]]
-    angles = rows["angle_rad"].to_numpy(dtype=np.float64)
-    angle_sums = np.bincount(codes, weights=np.where(np.isfinite(angles), angles, 0.0), minlength=len(names))
+    angles = table["angle_rad"].to_numpy(dtype=np.float64)[sorted_rows]
+    angle_sums = np.bincount(codes, weights=np.where(np.isfinite(angles), angles, 0.0), minlength=count)
     # A parameter's angle sum is only a total when every interval between its snapshots was measured:
     # tracker logs at every > 1 and TensorBoard sources measure none (no dot product with the previous
     # snapshot). An interval that starts at the zero vector was measured; its angle just has no value.
-    unmeasured = ~np.isfinite(angles) & ~np.isfinite(rows["dot_prev"].to_numpy(dtype=np.float64))
-    rows_per_code = np.bincount(codes, minlength=len(names))
-    angle_sums[(np.bincount(codes, weights=unmeasured, minlength=len(names)) > 1) | (rows_per_code < 2)] = np.nan
+    unmeasured = ~np.isfinite(angles) & ~np.isfinite(table["dot_prev"].to_numpy(dtype=np.float64)[sorted_rows])
+    rows_per_code = np.bincount(codes, minlength=count)
+    angle_sums[(np.bincount(codes, weights=unmeasured, minlength=count) > 1) | (rows_per_code < 2)] = np.nan
     peaks = pd.Series(np.where(np.isfinite(norms), norms, np.nan)).groupby(codes).max().to_numpy()
-    bad = rows["nonfinite"].to_numpy() > 0
+    nonfinite = table["nonfinite"].to_numpy()[sorted_rows]
+    bad = nonfinite > 0
     first_bad = dict(zip(*np.unique(codes[bad], return_index=True)))
     bad_positions = positions[bad]
-    columns = {c: rows[c].to_numpy() for c in
-               ("layer", "kind", "shape", "numel", "dtype", "snapshot", "step", "epoch", "nonfinite")}
-    code_of = {name: i for i, name in enumerate(names)}
+    # the columns at the rows the summaries read (a few per parameter), not at every row
+    def at(column: str, rows: np.ndarray) -> list:
+        return table[column].take(sorted_rows[rows]).tolist()
+
+    last_norms, first_norms = norms[last_at].tolist(), norms[first_at].tolist()
+    bad_snapshot = {c: at("snapshot", bad_positions[[i]])[0] for c, i in first_bad.items()}
     out: list[ParamSummary] = []
-    for param in order:
-        c = code_of[param]
-        first, last, low = first_at[c], last_at[c], min_at[c]
-        first_norm, last_norm = float(norms[first]), float(norms[last])
+    for c, (param, layer, kind, shape, numel, dtype, first_norm, min_norm, min_snapshot, min_step, min_epoch,
+            last_norm, peak, angle_sum, bad_count) in enumerate(zip(
+                order.tolist(), at("layer", last_at), at("kind", last_at), at("shape", last_at),
+                at("numel", last_at), at("dtype", last_at), first_norms, norms[min_at].tolist(),
+                at("snapshot", min_at), at("step", min_at), at("epoch", min_at), last_norms, peaks.tolist(),
+                angle_sums.tolist(), at("nonfinite", last_at))):
         out.append(ParamSummary(
             param=str(param),
-            layer=str(columns["layer"][last]),
-            kind=str(columns["kind"][last]),
-            shape=str(columns["shape"][last]),
-            numel=int(columns["numel"][last]),
-            dtype=str(columns["dtype"][last]),
+            layer=str(layer),
+            kind=str(kind),
+            shape=str(shape),
+            numel=int(numel),
+            dtype=str(dtype),
             first_norm=first_norm,
-            min_norm=float(norms[low]),
-            min_snapshot=int(columns["snapshot"][low]),
-            min_step=_opt_int(columns["step"][low]),
-            min_epoch=_opt_float(columns["epoch"][low]),
+            min_norm=min_norm,
+            min_snapshot=int(min_snapshot),
+            min_step=_opt_int(min_step),
+            min_epoch=_opt_float(min_epoch),
             last_norm=last_norm,
-            rel_change=relative_change(first_norm, last_norm, float(peaks[c])),
-            total_angle_rad=float(angle_sums[c]),
-            nonfinite=int(columns["nonfinite"][last]),
-            first_nonfinite_snapshot=(int(columns["snapshot"][bad_positions[first_bad[c]]])
-                                      if c in first_bad else None),
+            rel_change=relative_change(first_norm, last_norm, float(peak)),
+            total_angle_rad=angle_sum,
+            nonfinite=int(bad_count),
+            first_nonfinite_snapshot=int(bad_snapshot[c]) if c in bad_snapshot else None,
         ))
     return out
 

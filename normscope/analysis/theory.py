@@ -9,6 +9,8 @@ Notation: η lr, λ weight decay, μ momentum / β1.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 SGD = "sgd"
@@ -140,8 +142,6 @@ def correlation_epochs(optimizer: str, lr: float, weight_decay: float, momentum:
     >>> correlation_epochs("SGD", 0.2, 0.0, 0.9, float("nan"), 23.0) is None
     True
     """
-    import math
-
     values = (lr, weight_decay, steps_per_epoch)
     if not all(isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in values):
         return None

@@ -33,7 +33,7 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
 
 def build_model(spec: str) -> nn.Module:
     """Import `package.module`, call `factory()` and check that it returned a torch.nn.Module."""
-    from torch import nn
+    from torch import nn  # lazy: torch is heavy, and only a --model needs it
 
     module_name, attr = parse_model_spec(spec)
     added = os.getcwd() not in sys.path
@@ -66,7 +66,7 @@ def build_model(spec: str) -> nn.Module:
 def parameter_names(spec: str) -> list[str]:
     """The user's model's `named_parameters()` names: the order its optimizer numbered them in.
     Built on the meta device where the factory allows it (no memory, no initialisation)."""
-    import torch
+    import torch  # lazy: torch is heavy, and only a --model needs it
 
     try:
         with torch.device("meta"):
