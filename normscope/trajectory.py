@@ -178,13 +178,22 @@ class TrajectoryBuilder:
             self._prev = _snapshot_block(index, snap, self._prev, self._strings, self._described)
             self._blocks.append(self._prev)
 
+    @property
+    def snapshot_count(self) -> int:
+        """How many snapshots were added so far."""
+        return len(self._blocks)
+
+    def table(self, *, since: int = 0) -> pd.DataFrame:
+        """The table of the snapshots added after the first `since` (all of them by default), with
+        the schema's column types: a live view appends only the new snapshots' rows."""
+        return with_column_types(_table_of(self._blocks[since:], self._strings))
+
     def trajectory(self, *, layout: str = "unknown", root: str = "", ordering: str = "unknown",
                    warnings: Iterable[str] = (), framework: str | None = None,
                    granularity: str = "tensor") -> Trajectory:
         """The trajectory of the snapshots added so far (the table is a copy: adding more later
         leaves it as it is)."""
-        table = with_column_types(_table_of(self._blocks, self._strings))
-        return Trajectory(table=table, snapshots=list(self.metas), layout=layout, root=root,
+        return Trajectory(table=self.table(), snapshots=list(self.metas), layout=layout, root=root,
                           ordering=ordering, warnings=[*warnings, *self.notes], framework=framework,
                           granularity=granularity,
                           rows=list(self.rows) if granularity == "row" else [])

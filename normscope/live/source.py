@@ -18,13 +18,7 @@ from normscope.errors import BadInputError, NormscopeError
 from normscope.live.log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
 from normscope.snapshot import ORDER_LOG
 from normscope.sources.tensorboard_log import read_tensorboard
-from normscope.trajectory import (
-    COLUMNS,
-    Trajectory,
-    TrajectoryBuilder,
-    build_trajectory,
-    with_column_types,
-)
+from normscope.trajectory import Trajectory, TrajectoryBuilder, build_trajectory
 
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
 
@@ -73,16 +67,15 @@ class _LogRows:
     count: int = 0  # records converted
     last: Any = None  # the last of them, as the log held it
     table: Any = None  # the trajectory table of the `count` records (a DataFrame), None before the first
+    tabled: int = 0  # the builder's snapshots that `table` holds
 
     def grow_table(self) -> Any:
         """The table with the rows the builder gained since the last call appended: only the new
-        rows are made into a frame (the same column types), not the whole table again."""
-        done = 0 if self.table is None else len(self.table)
-        columns = self.builder.columns
-        if done == len(columns["param"]) and self.table is not None:
+        snapshots are made into a frame (the same column types), not the whole table again."""
+        if self.table is not None and self.tabled == self.builder.snapshot_count:
             return self.table
-        added = with_column_types(pd.DataFrame({name: columns[name][done:] for name in COLUMNS},
-                                               columns=list(COLUMNS)))
+        added = self.builder.table(since=self.tabled)
+        self.tabled = self.builder.snapshot_count
         self.table = added if self.table is None else pd.concat([self.table, added], ignore_index=True)
         return self.table
 
