@@ -159,17 +159,26 @@ def _frame(trajectory: Trajectory, window: pd.DataFrame, last_snapshot: int, *, 
 
     cos = recent_means(window["grad_dot"] / (window["norm"] * window["grad_norm"]))
     angles = recent_means(window[UPDATE_ANGLE] if per_step else window["angle_rad"])
-    latest = window.drop_duplicates("param", keep="last").set_index("param")
+    order = pd.unique(window["param"])
+    # each parameter's numbers as plain lists in one order: one reindex per column, not a pandas
+    # lookup per parameter (thousands of tensors)
+    latest = window.drop_duplicates("param", keep="last").set_index("param").reindex(order)
+    kinds = latest["kind"].tolist()
+    norms = latest["norm"].to_numpy(dtype=float).tolist()
+    grad_norms = latest["grad_norm"].to_numpy(dtype=float).tolist()
+    mean_coses = cos.reindex(order).to_numpy(dtype=float).tolist()
+    mean_angles = angles.reindex(order).to_numpy(dtype=float).tolist()
+    first_norms = pd.Series(firsts, dtype=float).reindex(order).to_numpy(dtype=float).tolist()
+    peak_norms = pd.Series(peaks, dtype=float).reindex(order).to_numpy(dtype=float).tolist()
     layers = []
-    for param in pd.unique(window["param"]):
-        now = latest.loc[param]
-        mean_cos = float(cos[param])
+    for i, param in enumerate(order):
+        mean_cos = mean_coses[i]
         equilibrium = covered.get(str(param))
         layers.append(LayerLive(
-            param=str(param), kind=str(now["kind"]), norm=float(now["norm"]),
-            norm_change=relative_change(float(firsts.get(param, math.nan)), float(now["norm"]), float(peaks[param])),
-            grad_norm=float(now["grad_norm"]), cos_wg=mean_cos,
-            angle_rad=float(angles[param]), angle_is_per_step=per_step,
+            param=str(param), kind=str(kinds[i]), norm=norms[i],
+            norm_change=relative_change(first_norms[i], norms[i], peak_norms[i]),
+            grad_norm=grad_norms[i], cos_wg=mean_cos,
+            angle_rad=mean_angles[i], angle_is_per_step=per_step,
             equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,
             scale_invariant=bool(abs(mean_cos) < INVARIANT_COS),
             equilibrium_status="" if equilibrium is None else equilibrium.status,
