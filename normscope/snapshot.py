@@ -346,7 +346,7 @@ class SnapshotStats:
     params: Mapping[str, ParamStats]
     shapes: Mapping[str, tuple[int, ...]]
     dtypes: Mapping[str, str]
-    # per-row sums against the previous snapshot (`engine.rows.RowSums`), by parameter; only with
+    # per-row sums against the previous snapshot (`normscope.row_stats.RowSums`), by parameter; only with
     # the engine's row granularity, else empty
     rows: Mapping[str, Any] = field(default_factory=dict)
 

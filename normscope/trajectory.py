@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from normscope.angles import angle_between  # noqa: F401 (documented here: normscope.trajectory.angle_between)
 from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column, param_float_column
 
 SCHEMA_VERSION = 1
@@ -74,22 +75,6 @@ def kind_of(param: str, shape: tuple[int, ...]) -> str:
     return "other"
 
 
-def angle_between(norm_a: float, norm_b: float, dot: float | None, diff_sq: float | None) -> float:
-    """Angle (radians) between two tensors from their reduced stats, accurate for tiny angles.
-
-    arccos(<a,b>/|a||b|) cannot resolve angles below ~1e-8 rad; the chord form uses |a-b|^2, which
-    the engine measures directly:  |a-b|^2 - (|a|-|b|)^2 = 2|a||b|(1-cos).
-    """
-    if norm_a <= 0 or norm_b <= 0 or not (math.isfinite(norm_a) and math.isfinite(norm_b)):
-        return math.nan
-    if diff_sq is not None and math.isfinite(diff_sq):
-        chord_sq = max(diff_sq - (norm_a - norm_b) ** 2, 0.0) / (norm_a * norm_b)  # = 2(1-cos)
-        return 2.0 * math.asin(min(1.0, math.sqrt(chord_sq) / 2.0))
-    if dot is not None and math.isfinite(dot):
-        return math.acos(max(-1.0, min(1.0, dot / (norm_a * norm_b))))
-    return math.nan
-
-
 @dataclass
 class Trajectory:
     """The tidy table plus what is known about the run as a whole."""
@@ -102,7 +87,7 @@ class Trajectory:
     warnings: list[str] = field(default_factory=list)
     framework: str | None = None  # the saver the source recognised, if any
     # "row": `rows[t]` holds each tensor's per-row spread over the interval ending at snapshot t
-    # (`engine.rows.RowSpread`); "tensor": `rows` is empty
+    # (`normscope.row_stats.RowSpread`); "tensor": `rows` is empty
     granularity: str = "tensor"
     rows: list[Mapping[str, Any]] = field(default_factory=list)
 

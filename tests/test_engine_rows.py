@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from normscope.engine import compute_stats
-from normscope.engine.rows import SPREAD_POINTS, RowCollector, row_angles, row_sums, spread_of
+from normscope.engine.rows import RowCollector, row_sums
+from normscope.row_stats import SPREAD_POINTS, row_angles, spread_of
 from normscope.errors import BadInputError
 from normscope.sources import open_run
 

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from normscope.analysis.row_equilibrium import predicted_angle
 from normscope.cli import app
-from normscope.engine.rows import row_angles, row_sums
+from normscope.engine.rows import row_sums
+from normscope.row_stats import row_angles
 
 runner = CliRunner()
 

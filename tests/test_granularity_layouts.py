@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from normscope.api import load_trajectory
-from normscope.engine.rows import SPREAD_POINTS, row_sums, spread_of
+from normscope.engine.rows import row_sums
+from normscope.row_stats import SPREAD_POINTS, spread_of
 from normscope.errors import BadInputError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_runs"

@@ -17,7 +17,8 @@ from torch import nn
 from typer.testing import CliRunner
 
 import normscope
-from normscope.live.view import equilibrium_angle, live_frame
+from normscope.live.frame import equilibrium_angle
+from normscope.live.view import live_frame
 from normscope.cli import app
 from normscope.live.source import LiveSource
 

@@ -101,7 +101,8 @@ def _probe_copy(model: nn.Module, *, generic: bool = True, seed: int = 0) -> nn.
 
 def _input_candidates(model: nn.Module, batch: int) -> list[tuple[Any, ...]]:
     """Guesses for an input batch, from the first layer that shows its input size."""
-    import torch  # lazy: torch; the analyses import this module on runs without it
+    # lazy: torch; the analyses import this module on runs without it
+    import torch
     from torch import nn
 
     gen = torch.Generator().manual_seed(0)

@@ -25,7 +25,7 @@ import numpy as np
 
 from normscope.analysis import theory
 from normscope.analysis.equilibrium import TOLERANCE, effective_steps
-from normscope.engine.rows import RowSpread, RowSums, row_angles, spread_of
+from normscope.row_stats import RowSpread, RowSums, row_angles, spread_of
 from normscope.errors import BadInputError
 
 

@@ -25,15 +25,13 @@ from normscope.analysis.summary import (
     summarize_run,
 )
 from normscope.analysis.weights import weight_stats
+from normscope.analysis.skipped import BOUNCES, EQUILIBRIUM, RECOMMENDATION, TEXP
+from normscope.check.rules import evaluate_rules
 from normscope.errors import BadInputError, NormscopeError
+from normscope.live.frame import advice_lines, frame_of
 from normscope.lr_schedules import texp_schedule
 from normscope.trajectory import Trajectory
 
-# Names of the analyses, as `RunAnalysis.skipped` keys them.
-BOUNCES = "bounces"
-EQUILIBRIUM = "equilibrium"
-RECOMMENDATION = "recommendation"
-TEXP = "texp"
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,7 @@ class RunAnalysis:
     rows: tuple[Any, ...] | None = None
     premise: Any | None = None  # normscope.analysis.premise.Premise of the recommendation
     texp: Any | None = None  # normscope.lr_schedules.TexpSchedule, with `RunOptions.texp`
-    live: Any | None = None  # normscope.live.view.LiveFrame: the latest state, what `watch` shows
+    live: Any | None = None  # normscope.live.frame.LiveFrame: the latest state, what `watch` shows
     # the weight rules' numbers (normscope.analysis.weights.WeightStats) and the check's findings
     # (normscope.check.CheckResult), given a check configuration
     weights: Any | None = None
@@ -118,9 +116,7 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        from normscope.live.view import live_frame  # lazy: live imports this module (analyze_run)
-
-        result = replace(result, live=live_frame(trajectory, recent=options.recent))
+        result = replace(result, live=frame_of(trajectory, result, recent=options.recent))
         return _with_check(result, trajectory, options, check, baseline, rules)
     kinds = options.kinds or None
     try:
@@ -153,10 +149,8 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
-    from normscope.live.view import live_advice, live_frame  # lazy: live imports this module (analyze_run)
-
-    advice = live_advice(trajectory, analysis=result) if recommendation else ()
-    result = replace(result, live=live_frame(trajectory, recent=options.recent, advice=advice, analysis=result))
+    advice = advice_lines(rec, skipped.get(RECOMMENDATION)) if recommendation else ()
+    result = replace(result, live=frame_of(trajectory, result, recent=options.recent, advice=advice))
     return _with_check(result, trajectory, options, check, baseline, rules)
 
 
@@ -165,9 +159,6 @@ def _with_check(result: RunAnalysis, trajectory: Trajectory, options: RunOptions
     """`result` with the weight rules' numbers and the check's findings, when `check` is given."""
     if check is None:
         return result
-    # lazy: the check rules read this module's names, and only a check needs them
-    from normscope.check.runner import evaluate_rules
-
     result = replace(result, weights=weight_stats(trajectory, tuple(check.kinds)))
     return replace(result, check=evaluate_rules(trajectory, check, result, baseline=baseline, rules=rules,
                                                 options=options))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from normscope.analysis.runner import BOUNCES
+from normscope.analysis.skipped import BOUNCES
 from normscope.check.findings import CheckContext, Finding
 from normscope.errors import BadInputError
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from normscope.analysis.runner import analyze_run, check_options
 from normscope.analysis.weights import weight_stats
 from normscope.errors import EXIT_OK, EXIT_VIOLATIONS
 
@@ -72,13 +71,17 @@ class CheckContext:
     config: CheckConfig
     baseline: Trajectory | None = None
     options: Any = None  # normscope.analysis.runner.RunOptions: epochs, model, hyper-parameter overrides
-    run: Any = None  # normscope.analysis.runner.RunAnalysis of the checked run, when already computed
+    run: Any = None  # normscope.analysis.runner.RunAnalysis of the checked run
 
     def run_analysis(self, trajectory: Trajectory) -> Any:
-        """`analyze_run` of the checked run (with the weight numbers of `config`), once per check:
-        the numbers every other view shows."""
+        """The analysis of the checked run (`analyze_run` with the check configuration): the numbers
+        every other view shows. The runner that calls the rules gives it; no rule computes one.
+
+        Raises:
+            ValueError: when the context was made without the run's analysis.
+        """
         if self.run is None:
-            self.run = analyze_run(trajectory, check_options(self.config, self.options), recommendation=False)
+            raise ValueError("a check context needs the run's analysis (analyze_run(..., check=config))")
         return self.run
 
     def weights(self, trajectory: Trajectory) -> Any:

@@ -10,7 +10,8 @@ from typing import Any
 from normscope.analysis.runner import RunOptions
 from normscope.api import load_with_options
 from normscope.check.findings import CheckResult
-from normscope.check.runner import build_rules, run_check
+from normscope.check.rules import build_rules
+from normscope.check.runner import run_check
 from normscope.config import ResolvedConfig, load_config
 
 

@@ -59,7 +59,7 @@ class WorkItem:
 @dataclass(frozen=True)
 class ShardResult:
     """A task's answer: per-parameter stats (and, at row granularity, each tensor's per-row spread,
-    `engine.rows.RowSpread`: a few hundred numbers, not the rows), or the user-facing error it hit
+    `normscope.row_stats.RowSpread`: a few hundred numbers, not the rows), or the user-facing error it hit
     (not raised on the worker, so that `retries=` is spent on lost workers and transient failures,
     not corrupt files)."""
 

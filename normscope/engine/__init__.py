@@ -44,7 +44,7 @@ def compute_stats(
             snapshot.
         granularity: "row" also gives, in `SnapshotStats.rows`, each tensor's per-row (dim 0)
             angles and norms against the previous snapshot, from the same pass, compacted
-            (`engine.rows.RowSpread`); "tensor" does not.
+            (`normscope.row_stats.RowSpread`); "tensor" does not.
 
     Returns:
         One `SnapshotStats` per snapshot, in `snapshots`' order.

@@ -9,8 +9,9 @@ while it is written, and show the run as it trains (`normscope watch`).
                               and the layout registry's entry for tracker logs (`TrackerLogs`)
     normscope.live.source     `LiveSource`: what `watch` follows (a log incrementally, checkpoints by
                               re-reading)
-    normscope.live.view       the frame `watch` shows (`LiveFrame`, `live_frame`) and `LiveView`,
-                              which keeps it up to date as a log grows
+    normscope.live.frame      the frame `watch` shows (`LiveFrame`, `frame_of` a run's analysis)
+    normscope.live.view       `live_frame` and `LiveView`, which keeps the frame up to date as a
+                              log grows
     normscope.live.render     the frame for the terminal (rich)
     normscope.live.adapters   Lightning and 🤗 Trainer callbacks (`normscope.integrations.*`)
 
@@ -38,10 +39,11 @@ _LAZY = {
     "load_live_log": "normscope.live.log",
     "read_jsonl_log": "normscope.live.log",
     "LiveSource": "normscope.live.source",
-    "LayerLive": "normscope.live.view",
-    "LiveFrame": "normscope.live.view",
+    "LayerLive": "normscope.live.frame",
+    "LiveFrame": "normscope.live.frame",
     "LiveView": "normscope.live.view",
-    "equilibrium_angle": "normscope.live.view",
+    "equilibrium_angle": "normscope.live.frame",
+    "frame_of": "normscope.live.frame",
     "equilibrium_status": "normscope.live.view",
     "live_advice": "normscope.live.view",
     "live_frame": "normscope.live.view",

@@ -7,7 +7,7 @@ import math
 from rich.console import Group
 from rich.text import Text
 
-from normscope.live.view import LiveFrame
+from normscope.live.frame import LiveFrame
 from normscope.report.escape import printable
 from normscope.report.quantities import angle, ratio
 from normscope.report.terminal.tables import NAME_WIDTH, Col, FitTable

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -37,73 +37,21 @@ from normscope.analysis.equilibrium import (
 from normscope.analysis.invariance import INVARIANT
 from normscope.analysis.recommend import Recommendation, recommend
 from normscope.analysis.runner import RECOMMENDATION, RunAnalysis, RunOptions, analyze_run
-from normscope.analysis.summary import relative_change
 from normscope.errors import NormscopeError
+from normscope.live.frame import (
+    UPDATE_ANGLE,
+    LiveFrame,
+    _frame,
+    advice_lines,
+    frame_of,
+)
 from normscope.live.log import LAYOUT
 from normscope.trajectory import Trajectory
 
-UPDATE_ANGLE = "update_angle_rad"
-# |cos(w, g)| below this, averaged over recent records, marks a layer as acting scale-invariant
-INVARIANT_COS = 1e-3
-
-
-def equilibrium_angle(optimizer: str, lr: float, weight_decay: float, momentum: float,
-                      beta1: float) -> float:
-    """Predicted per-step angular update of a scale-invariant weight at equilibrium (NaN: unknown)."""
-    if not (lr > 0 and weight_decay > 0):
-        return math.nan
-    family = theory.optimizer_family(optimizer)
-    if family == theory.SGD:
-        return float(theory.angle_per_step(family, lr, weight_decay, momentum if math.isfinite(momentum) else 0.0))
-    if family == theory.ADAMW and math.isfinite(beta1):
-        return float(theory.angle_per_step(family, lr, weight_decay, beta1))
-    return math.nan  # Adam with coupled decay, Lion, ...: no formula here
-
-
-@dataclass(frozen=True)
-class LayerLive:
-    param: str
-    kind: str
-    norm: float
-    norm_change: float  # relative to the first record
-    grad_norm: float  # NaN: source has no gradients
-    cos_wg: float  # mean over the recent records
-    angle_rad: float  # mean per-step update angle over the recent records
-    angle_is_per_step: bool  # False: angle since the previous snapshot (checkpoints)
-    # From the equilibrium analysis (`analyze --equilibrium`), for the parameters it covers (those
-    # the invariance verdicts call scale-invariant); NaN / "" for every other parameter.
-    equilibrium_angle_rad: float  # predicted per-step angle at equilibrium
-    scale_invariant: bool  # |cos(w, g)| < INVARIANT_COS on recent records
-    equilibrium_status: str = ""
-    angle_ratio: float = math.nan  # measured / predicted angle over the latest interval ("ratio last")
-
-
-@dataclass(frozen=True)
-class LiveFrame:
-    root: str
-    layout: str
-    records: int
-    step: int | None
-    epoch: float | None
-    optimizer: str
-    lr: float
-    weight_decay: float
-    momentum: float
-    beta1: float
-    total_weight_norm: float  # sqrt(sum |w|^2) over kind "weight"
-    total_weight_norm_first: float
-    layers: tuple[LayerLive, ...]
-    warnings: tuple[str, ...] = ()
-    advice: tuple[str, ...] = field(default_factory=tuple)  # bounce status / ABEL advice lines
-
-
 def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
                analysis: RunAnalysis | None = None) -> LiveFrame:
-    """Summarise the latest `recent` records of each parameter.
-
-    The prediction, ratio and status of scale-invariant parameters come from `analysis` (computed
-    here when not given), so `watch` shows the numbers `analyze --equilibrium` shows; no other
-    parameter gets any.
+    """Summarise the latest `recent` records of each parameter (`frame_of`), analysing the run
+    first when `analysis` is not given.
 
     Args:
         trajectory: the run so far.
@@ -114,85 +62,9 @@ def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str]
     Returns:
         The frame `normscope watch` renders.
     """
-    table = trajectory.table
-    if table.empty:
-        return _empty_frame(trajectory, advice)
-    if analysis is None:
+    if analysis is None and not trajectory.table.empty:
         analysis = analyze_run(trajectory, RunOptions(probe=False), recommendation=False)
-    covered = {} if analysis.equilibrium is None else {layer.param: layer for layer in analysis.equilibrium.layers}
-    # column-wise over the table (a few grouped reductions), not a loop of pandas calls per parameter:
-    # checkpoints of thousands of tensors
-    finite = table[np.isfinite(table["norm"].to_numpy(dtype=float))]
-    firsts = finite.groupby("param", sort=False)["norm"].first()  # first finite norm, whole run
-    peaks = table.groupby("param", sort=False)["norm"].max()
-    weights = table[table["kind"] == "weight"]
-    by_snapshot = weights.groupby("snapshot")["norm_sq"].sum()
-    total_first = math.sqrt(by_snapshot.iloc[0]) if len(by_snapshot) else math.nan
-    total_last = math.sqrt(by_snapshot.iloc[-1]) if len(by_snapshot) else math.nan
-    last_snapshot = int(table["snapshot"].max())
-    window = table[table["snapshot"] > last_snapshot - recent]
-    per_step = UPDATE_ANGLE in table and table[UPDATE_ANGLE].notna().any()
-    return _frame(trajectory, window, last_snapshot, per_step=bool(per_step), firsts=firsts, peaks=peaks,
-                  totals=(total_first, total_last), covered=covered, advice=advice)
-
-
-def _empty_frame(trajectory: Trajectory, advice: Sequence[str]) -> LiveFrame:
-    return LiveFrame(root=trajectory.root, layout=trajectory.layout, records=0, step=None,
-                     epoch=None, optimizer="", lr=math.nan, weight_decay=math.nan,
-                     momentum=math.nan, beta1=math.nan, total_weight_norm=math.nan,
-                     total_weight_norm_first=math.nan, layers=(),
-                     warnings=tuple(trajectory.warnings), advice=tuple(advice))
-
-
-def _frame(trajectory: Trajectory, window: pd.DataFrame, last_snapshot: int, *, per_step: bool,
-           firsts: Mapping[str, float], peaks: Mapping[str, float], totals: tuple[float, float],
-           covered: Mapping[str, Any], advice: Sequence[str]) -> LiveFrame:
-    """The frame from the rows of the latest records (`window`, ending at `last_snapshot`) and what
-    the whole run contributes: whether it has per-step angles, each parameter's first finite and
-    largest norm, the first and latest total weight norm, and the equilibrium analysis of the parameters it
-    covers."""
-    last = window[window["snapshot"] == last_snapshot]
-
-    def recent_means(values: pd.Series) -> pd.Series:  # mean of the finite values per parameter
-        values = values.astype(float)
-        return values.where(np.isfinite(values.to_numpy())).groupby(window["param"], sort=False).mean()
-
-    cos = recent_means(window["grad_dot"] / (window["norm"] * window["grad_norm"]))
-    angles = recent_means(window[UPDATE_ANGLE] if per_step else window["angle_rad"])
-    order = pd.unique(window["param"])
-    # each parameter's numbers as plain lists in one order: one reindex per column, not a pandas
-    # lookup per parameter (thousands of tensors)
-    latest = window.drop_duplicates("param", keep="last").set_index("param").reindex(order)
-    kinds = latest["kind"].tolist()
-    norms = latest["norm"].to_numpy(dtype=float).tolist()
-    grad_norms = latest["grad_norm"].to_numpy(dtype=float).tolist()
-    mean_coses = cos.reindex(order).to_numpy(dtype=float).tolist()
-    mean_angles = angles.reindex(order).to_numpy(dtype=float).tolist()
-    first_norms = pd.Series(firsts, dtype=float).reindex(order).to_numpy(dtype=float).tolist()
-    peak_norms = pd.Series(peaks, dtype=float).reindex(order).to_numpy(dtype=float).tolist()
-    layers = []
-    for i, param in enumerate(order):
-        mean_cos = mean_coses[i]
-        equilibrium = covered.get(str(param))
-        layers.append(LayerLive(
-            param=str(param), kind=str(kinds[i]), norm=norms[i],
-            norm_change=relative_change(first_norms[i], norms[i], peak_norms[i]),
-            grad_norm=grad_norms[i], cos_wg=mean_cos,
-            angle_rad=mean_angles[i], angle_is_per_step=per_step,
-            equilibrium_angle_rad=math.nan if equilibrium is None else equilibrium.predicted_angle_per_step_rad,
-            scale_invariant=bool(abs(mean_cos) < INVARIANT_COS),
-            equilibrium_status="" if equilibrium is None else equilibrium.status,
-            angle_ratio=math.nan if equilibrium is None else equilibrium.ratio))
-    head = last.iloc[0]
-    return LiveFrame(
-        root=trajectory.root, layout=trajectory.layout, records=last_snapshot + 1,
-        step=None if pd.isna(head["step"]) else int(head["step"]),
-        epoch=None if pd.isna(head["epoch"]) else float(head["epoch"]),
-        optimizer=str(head["optimizer"]), lr=float(head["lr"]),
-        weight_decay=float(head["weight_decay"]), momentum=float(head["momentum"]),
-        beta1=float(head["beta1"]),
-        total_weight_norm=totals[1], total_weight_norm_first=totals[0],
-        layers=tuple(layers), warnings=tuple(trajectory.warnings), advice=tuple(advice))
+    return frame_of(trajectory, analysis, recent=recent, advice=advice)
 
 
 def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None,
@@ -212,25 +84,6 @@ def live_advice(trajectory: Trajectory, *, total_epochs: int | None = None,
     if analysis is None:
         analysis = analyze_run(trajectory, RunOptions(total_epochs=total_epochs, probe=False), equilibrium=False)
     return advice_lines(analysis.recommendation, analysis.skipped.get(RECOMMENDATION))
-
-
-def advice_lines(rec: Recommendation | None, why_not: str | None) -> tuple[str, ...]:
-    """The display lines of a recommendation, or of why there is none yet.
-
-    Args:
-        rec: the recommendation, or None.
-        why_not: why there is none (`RunAnalysis.skipped`), when `rec` is None.
-
-    Returns:
-        The bounce / ABEL lines `watch` shows.
-    """
-    if rec is None:  # e.g. no completed epoch yet, no epochs in the log
-        return (f"bounce: not assessed yet ({why_not or 'no recommendation'})",)
-    verdict = rec.verdict
-    head = f"bounce / ABEL at epoch {verdict.at_epoch}: {verdict.status}"
-    if verdict.evidence:
-        head += f" — {verdict.evidence[0]}"
-    return (head, *rec.advice)
 
 
 def equilibrium_status(trajectory: Trajectory) -> dict[str, str]:
