@@ -2,34 +2,34 @@
 
 `torch.load(weights_only=True)` interprets `data.pkl` one opcode at a time in Python: about a
 second for a ResNet-sized checkpoint of 8.4k tensors. Here the C unpickler (`_unpickle`) runs the
-same pickle under one of two policies:
+same pickle under one policy, whose rebuild stubs keep their arguments (`Rebuilt`); every tensor
+of the file is then checked a column at a time (`_resolve`: one Python call per tensor costs more
+than the unpickle) and made in one of two ways:
 
-- `load_torch_zip_fast` builds the tensors the way `torch.load(path, weights_only=True,
-  mmap=True, map_location="cpu")` builds them: one private (MAP_PRIVATE, copy-on-write) mapping of
-  the whole file, one storage slice per `data/<key>` record, `set_` on it with the pickled offset,
-  size and stride. Tensors naming the same key share a storage.
-- `scan_torch_zip` builds nothing for the tensors the engine reduces: its stubs keep their
-  arguments, every record is checked a column at a time (`_resolve`), and each contiguous float
-  tensor of more than one element becomes a `MappedTensorRef` (the address of its bytes in the
-  mapping, checked in bounds). That path needs no torch: the file is mapped with `mmap` and read
-  with numpy, its dtypes are `DType` tokens, and torch is imported only to build a tensor the
-  engine cannot read in place (figures: docs/benchmarks.md, "Behind the design").
+- built as `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds it
+  (`load_torch_zip_fast`): one private (MAP_PRIVATE, copy-on-write) mapping of the whole file,
+  one storage slice per `data/<key>` record, shared by the tensors naming that key, `set_` on it
+  with the pickled offset, size and stride;
+- or, for the engine (`scan_torch_zip`), left as a `MappedTensorRef` where it is a contiguous
+  float tensor of more than one element: the address of its bytes in the mapping, checked in
+  bounds, read in place by the CPU kernel. That path needs no torch: the file is mapped with
+  `mmap` and read with numpy, dtypes are `DType` tokens, and torch is imported only to build a
+  tensor the engine cannot read in place (figures: docs/benchmarks.md, "Behind the design").
 
 Security: `find_class` hands a pickle only a closed table of small functions defined below
-(rebuild a tensor from a storage of *this* archive, a Parameter, an OrderedDict/Counter/set from
-plain data, bytes from latin-1 text, a torch.Size/device/layout from its name) plus dtypes and
-inert storage-type tokens. No real class or function of any other module is ever returned, so a
-`__reduce__` naming `os.system` stops the load before anything runs; the stubs check their
-arguments' types and build nothing but tensors over the archive's own records (mapped storages
-are not resizable, so `set_` refuses sizes and strides past a record's end). The stubs and the
-storage-type tokens are made fresh for each load: a pickle that BUILDs attributes onto one cannot
-change the next load. Persistent ids resolve only as `("storage", <token>, key, location, numel)`.
+(record a tensor's arguments, an OrderedDict/Counter/set from plain data, bytes from latin-1
+text, a torch.Size/device/layout from its name) plus dtypes and inert storage-type tokens. No real
+class or function of any other module is ever returned, so a `__reduce__` naming `os.system`
+stops the load before anything runs. Tensors are built only over the archive's own records
+(mapped storages are not resizable, so `set_` refuses sizes and strides past a record's end).
+The stubs and the storage-type tokens are made fresh for each load: a pickle that BUILDs
+attributes onto one cannot change the next load.
 
 Anything unexpected — another global, a protocol other than torch's 2, an unusual archive
-(`_zipdir`), a record whose local header or size disagrees, big-endian data, Parameters with extra
-state, tensor metadata — raises `Declined` with its `Reason`: the loader (`_torchio`) then runs
-`torch.load` itself, so torch alone decides about every file not read here, and its refusals and
-messages stay torch's.
+(`_zipdir`), a record whose local header or size disagrees, a tensor outside a dict or list,
+big-endian data, Parameters with extra state, tensor metadata — raises `Declined` with its
+`Reason`: the loader (`_torchio`) then runs `torch.load` itself, so torch alone decides about
+every file not read here, and its refusals and messages stay torch's.
 """
 
 from __future__ import annotations
@@ -116,13 +116,6 @@ class StorageType:
     def __init__(self, dtype: torch.dtype | DType) -> None:
         self.dtype = dtype
         self.itemsize = dtype.itemsize
-
-
-class _Storage(NamedTuple):
-    """What the tensor policy's `persistent_load` returns: a record's bytes and its dtype."""
-
-    untyped: torch.UntypedStorage
-    dtype: torch.dtype
 
 
 @functools.cache
@@ -235,44 +228,6 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
         ("torch", "Size"): size,
         ("torch", "device"): device,
         ("torch.serialization", "_get_layout"): get_layout,
-    }
-
-
-def _tensor_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
-    """Rebuild stubs that build tensors, as torch._utils' do."""
-
-    def new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
-                   requires_grad: Any, hooks: Any, metadata: Any) -> torch.Tensor:  # fmt: skip
-        _arguments(
-            type(storage) is _Storage
-            and type(dtype) is _torch().dtype
-            and type(requires_grad) is bool
-            and (hooks is None or (type(hooks) is OrderedDict and not hooks))
-            and not metadata,  # conj/neg bits: rare, left to torch
-            "tensor",
-        )
-        return tensor_over(storage.untyped, dtype, offset, size, stride, requires_grad, hooks)
-
-    def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any,
-                          requires_grad: Any, hooks: Any, metadata: Any = None) -> torch.Tensor:  # fmt: skip
-        dtype = storage.dtype if type(storage) is _Storage else None
-        return new_tensor(storage, dtype, offset, size, stride, requires_grad, hooks, metadata)
-
-    def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any, dtype: Any, metadata: Any = None) -> torch.Tensor:  # fmt: skip
-        return new_tensor(storage, dtype, offset, size, stride, requires_grad, hooks, metadata)
-
-    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> torch.nn.Parameter:
-        torch = _torch()
-        _arguments(type(data) is torch.Tensor and type(requires_grad) is bool and not hooks, "Parameter")
-        param = torch.nn.Parameter(data, requires_grad)
-        param._backward_hooks = hooks  # as torch._utils._rebuild_parameter does
-        return param
-
-    return {
-        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     }
 
 
@@ -443,97 +398,11 @@ def open_archive(path: str, *, any_protocol: bool = False) -> tuple[bytes, Recor
     return facts.pickle, Records(path, facts.records, size)
 
 
-def tensor_policy(records: Records) -> Policy:
-    """The policy that builds tensors over `records` as torch.load does."""
-    storages: dict[str, _Storage] = {}
-
-    def persistent_load(pid: Any) -> _Storage:
-        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-            raise Declined(Reason.STORAGE_ID)
-        _, kind, key, location, numel = pid
-        if (
-            type(kind) is not StorageType
-            or type(key) is not str
-            or type(location) is not str  # ignored: everything is mapped to the CPU
-            or type(numel) is not int
-            or numel < 0
-        ):
-            raise Declined(Reason.STORAGE_ID)
-        # as torch.load: the first id naming a key fixes its dtype; later ones share it
-        storage = storages.get(key)
-        if storage is None:
-            nbytes = numel * kind.itemsize
-            storage = _Storage(records.get(key, nbytes).storage(), kind.dtype)
-            if nbytes:  # torch.load does not share empty storages either
-                storages[key] = storage
-        return storage
-
-    return Policy({**constants(), **stubs(), **_tensor_stubs()}, persistent_load=persistent_load)
-
-
-def load_torch_zip_fast(path: str) -> Any:
-    """What `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` returns.
-
-    Raises:
-        Declined: this file is for torch.load to read (and any other error counts the same).
-    """
-    pickled, records = open_archive(path)
-    # Thousands of new containers trigger full collections that walk everything alive: half
-    # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
-    with collector_paused():
-        result = unpickle(pickled, tensor_policy(records))
-        record_places(result)  # checks it holds none of our own objects
-        return result
-
-
-_CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
-# no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
-_PRIVATE = (_Storage, StorageType, DType, types.FunctionType)
-
-
-def record_places(result: Any, record: type | None = None) -> list[tuple[Any, list[Any]]]:
-    """(container, keys) of every instance of `record` in the result: dict values only (state
-    dicts and optimizer states keep tensors there); Declined for one elsewhere. Declined too for a
-    result holding our own objects — a storage or storage type pickled on its own (torch.load
-    gives a torch storage there), a stub — which is all the check the eager loader needs.
-    Containers (and the attributes a BUILD gave a dict, like a state_dict's `_metadata`) are
-    walked once."""
-    places: list[tuple[Any, list[Any]]] = []
-    stack, seen = [result], set()
-    while stack:
-        value = stack.pop()
-        kind = type(value)
-        if kind in _CONTAINERS:
-            if id(value) in seen:
-                continue
-            seen.add(id(value))
-            if kind is dict or kind is OrderedDict or kind is Counter:
-                stack.extend(value.keys())
-                keys = [key for key, item in value.items() if type(item) is record]
-                if keys:
-                    places.append((value, keys))
-                    stack.extend(item for item in value.values() if type(item) is not record)
-                else:
-                    stack.extend(value.values())
-                attributes = getattr(value, "__dict__", None)
-                if attributes:
-                    stack.append(attributes)
-            else:
-                stack.extend(value)
-        elif kind is record:
-            raise Declined(Reason.PLACE, "a tensor outside a dict's values")
-        elif isinstance(value, _PRIVATE):
-            raise Declined(Reason.PLACE, f"a bare {kind.__name__}")
-    return places
-
-
-# ---- the scan: refs in place of the tensors the engine reduces ---------------------------------
-
-
-class _Rebuilt(NamedTuple):
-    """What a pickled `_rebuild_tensor_v2/v3(...)` call makes in the scan: its arguments,
-    unchecked (`dtype`: v3's, None for v2, whose tensors take their storage's). `_resolve` checks
-    all of a file's at once, as one `_Rebuilt` of columns."""
+class Rebuilt(NamedTuple):
+    """What a pickled `_rebuild_tensor_v2/v3(...)` call makes: its arguments, unchecked (`dtype`:
+    v3's, None for v2, whose tensors take their storage's; `parameter`: the `requires_grad` of the
+    Parameter it is wrapped in, None for a plain tensor). `_resolve` checks all of a file's at
+    once, as one `Rebuilt` of columns."""
 
     storage: Any  # the persistent id, a `_StorageId` once checked
     offset: Any
@@ -542,6 +411,7 @@ class _Rebuilt(NamedTuple):
     requires_grad: Any
     hooks: Any
     dtype: Any
+    parameter: Any
 
 
 class _StorageId(NamedTuple):
@@ -554,30 +424,100 @@ class _StorageId(NamedTuple):
     numel: Any
 
 
-_new_rebuilt = functools.partial(tuple.__new__, _Rebuilt)
+_new_rebuilt = functools.partial(tuple.__new__, Rebuilt)
 
 
-def _scan_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
-    # torch writes the optional `metadata` only when there is some (conj/neg bits): left to
-    # load_torch_zip_fast, which leaves it to torch
+def _rebuild_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
+    # torch writes the optional `metadata` only when there is some (conj/neg bits): an argument
+    # too many, which torch.load then reads
     def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any) -> _Rebuilt:  # fmt: skip
-        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, None))
+                          hooks: Any) -> Rebuilt:  # fmt: skip
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, None, None))
 
     def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any, dtype: Any) -> _Rebuilt:  # fmt: skip
+                          hooks: Any, dtype: Any) -> Rebuilt:  # fmt: skip
         _arguments(is_dtype(dtype), "tensor dtype")
-        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype))
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype, None))
 
-    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> _Rebuilt:
-        _arguments(type(data) is _Rebuilt and type(requires_grad) is bool and not hooks, "Parameter")
-        return data
+    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> Rebuilt:
+        _arguments(type(data) is Rebuilt and data.parameter is None and type(requires_grad) is bool
+                   and not hooks, "Parameter")  # fmt: skip
+        return data._replace(parameter=requires_grad)
 
     return {
         ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
         ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
         ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     }
+
+
+def torch_policy(*, torch_dtypes: bool) -> Policy:
+    """The policy of a torch.save pickle: `Rebuilt` records for tensors, storage ids as pickled.
+
+    Args:
+        torch_dtypes: torch's own dtypes (imports torch), not `DType` tokens where torch is not
+            imported.
+    """
+    dtypes = constants() if torch_dtypes else scan_constants()
+    return Policy({**dtypes, **stubs(), **_rebuild_stubs()}, persistent_load=lambda pid: pid)
+
+
+_CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
+_DICTS = frozenset({dict, OrderedDict, Counter})
+# no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
+_PRIVATE = (StorageType, DType, types.FunctionType)
+
+
+def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
+    """(container, keys) of every `Rebuilt` in the result: dict values and list items only
+    (state dicts and optimizer states keep tensors there); Declined for one elsewhere, or for
+    our own objects — a storage type pickled on its own (torch.load gives a torch storage
+    there), a stub. Containers (and the attributes a BUILD gave a dict, like a state_dict's
+    `_metadata`) are walked once."""
+    places: list[tuple[Any, list[Any]]] = []
+    stack, seen = [result], set()
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind in _CONTAINERS:
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            if kind in _DICTS:
+                stack.extend(value.keys())
+                if getattr(value, "__dict__", None):
+                    stack.append(value.__dict__)
+                pairs: Any = value.items()
+            elif kind is list:
+                pairs = enumerate(value)
+            else:
+                stack.extend(value)
+                continue
+            keys = [key for key, item in pairs if type(item) is Rebuilt]
+            if keys:
+                places.append((value, keys))
+                stack.extend(item for item in (value.values() if kind in _DICTS else value)
+                             if type(item) is not Rebuilt)  # fmt: skip
+            else:
+                stack.extend(value.values() if kind in _DICTS else value)
+        elif kind is Rebuilt:
+            raise Declined(Reason.PLACE, "a tensor outside a dict or list")
+        elif isinstance(value, _PRIVATE) or (kind is tuple and value[:1] == ("storage",)):
+            raise Declined(Reason.PLACE, f"a bare {kind.__name__}")
+    return places
+
+
+def resolve_places(result: Any, records: Records, *, refs: bool) -> Any:
+    """`result` with each `Rebuilt` in it replaced by its tensor (with `refs`: by a
+    `MappedTensorRef` where the engine reads it in place)."""
+    places = record_places(result)
+    keys = [key for _, keys in places for key in keys]
+    rebuilt = [container[key] for container, keys in places for key in keys]
+    made = iter(_resolve(rebuilt, keys, records, refs=refs))
+    for container, keys in places:
+        for key in keys:
+            container[key] = next(made)
+    return result
 
 
 # The dtypes the engine's CPU kernel reads in place (`engine/fused.py`).
@@ -596,11 +536,10 @@ def _types(column: Any) -> set[type]:
     return set(map(type, column))
 
 
-def _checked(rebuilt: list[_Rebuilt]) -> tuple[_Rebuilt, _StorageId]:
-    """The tensors' arguments and storage ids as columns, each checked as `tensor_policy` and
-    `tensor_over` check one tensor's (a column at a time: a call per tensor costs more than the
-    unpickle)."""
-    args = _Rebuilt._make(zip(*rebuilt))
+def _checked(rebuilt: list[Rebuilt]) -> tuple[Rebuilt, _StorageId]:
+    """The tensors' arguments and storage ids as columns, each checked as torch.load checks one
+    tensor's (a column at a time: a call per tensor costs more than the unpickle)."""
+    args = Rebuilt._make(zip(*rebuilt))
     if _types(args.storage) != {tuple} or set(map(len, args.storage)) != {5}:
         raise Declined(Reason.STORAGE_ID)
     ids = _StorageId._make(zip(*args.storage))
@@ -630,10 +569,10 @@ def _checked(rebuilt: list[_Rebuilt]) -> tuple[_Rebuilt, _StorageId]:
     return args, ids
 
 
-def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> list[Any]:
-    """A `MappedTensorRef` or a tensor for each `_Rebuilt`: refs for contiguous tensors of a dtype
-    the engine reads in place and more than one element; tensors, built as torch.load builds them,
-    for the rest (integer buffers, scalars such as an optimizer's `step`, views)."""
+def _resolve(rebuilt: list[Rebuilt], names: list[Any], records: Records, *, refs: bool) -> list[Any]:
+    """A tensor for each `Rebuilt`, built as torch.load builds it; with `refs`, a `MappedTensorRef`
+    instead for each contiguous tensor of a dtype the engine reads in place and more than one
+    element (not integer buffers, scalars such as an optimizer's `step`, views)."""
     if not rebuilt:
         return []
     args, ids = _checked(rebuilt)
@@ -643,11 +582,14 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
         raise Declined(Reason.STORAGE_ID, "a storage named with two dtypes or sizes")
     storage_bytes = [kind.itemsize * numel for kind, numel in storages.values()]
     row_of = dict(zip(storages, records.indices(list(storages), storage_bytes)))
+    # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
+    dtypes = [kind.dtype if dtype is None else dtype for kind, dtype in zip(ids.kind, args.dtype)]
+    if not refs:
+        shared: dict[str, Any] = {}  # the storage of each key, as torch.load shares it
+        return [_built(records, r, dtype, shared) for r, dtype in zip(rebuilt, dtypes)]
     rows = list(map(row_of.__getitem__, ids.key))
     layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(args.size)}
     counts, contiguous = zip(*map(layouts.__getitem__, args.size))
-    # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
-    dtypes = [kind.dtype if dtype is None else dtype for kind, dtype in zip(ids.kind, args.dtype)]
     # per dtype (a handful): its name, item size, and whether the engine reads it in place
     facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype_name(dtype) in _IN_PLACE_DTYPES)
              for dtype in set(dtypes)}  # fmt: skip
@@ -668,20 +610,32 @@ def _resolve(rebuilt: list[_Rebuilt], names: list[Any], records: Records) -> lis
     addresses = (records.base + starts + offsets * np_itemsizes).tolist()
     # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
     labels = names if _types(names) == {str} else [key if type(key) is str else "" for key in names]
-    refs = map(_new_ref, zip(labels, args.size, dtype_names, counts, addresses, repeat(records), rows,
+    made = map(_new_ref, zip(labels, args.size, dtype_names, counts, addresses, repeat(records), rows,
                              args.offset, args.stride))  # fmt: skip
     if in_place.all():
-        return list(refs)
-    return [ref if mapped else _built(records, r, dtype)
-            for ref, mapped, r, dtype in zip(refs, in_place.tolist(), rebuilt, dtypes)]  # fmt: skip
+        return list(made)
+    return [ref if mapped else _built(records, r, dtype, {})
+            for ref, mapped, r, dtype in zip(made, in_place.tolist(), rebuilt, dtypes)]  # fmt: skip
 
 
-def _built(records: Records, rebuilt: _Rebuilt, dtype: Any) -> Any:
-    """The tensor of one `_Rebuilt` (checked by `_checked`), built as torch.load builds it."""
+def _built(records: Records, rebuilt: Rebuilt, dtype: Any, shared: dict[str, Any]) -> Any:
+    """The tensor (or Parameter) of one `Rebuilt` (checked by `_checked`), as torch.load builds
+    it; over the storage in `shared` for its key, where a tensor built before has left one."""
     storage = _StorageId._make(rebuilt.storage)
-    data = records.get(storage.key, storage.kind.itemsize * storage.numel)
-    return tensor_over(data, dtype, rebuilt.offset, rebuilt.size, rebuilt.stride, rebuilt.requires_grad,
-                       rebuilt.hooks)  # fmt: skip
+    data = shared.get(storage.key)
+    if data is None:
+        data = records.get(storage.key, storage.kind.itemsize * storage.numel)
+        if type(dtype) is not DType:  # a torch storage, shared as torch.load shares it
+            data = data.storage()
+        if data.nbytes if type(data) is RecordBytes else data.nbytes():  # torch shares no empty one
+            shared[storage.key] = data
+    tensor = tensor_over(data, dtype, rebuilt.offset, rebuilt.size, rebuilt.stride, rebuilt.requires_grad,
+                         rebuilt.hooks)  # fmt: skip
+    if rebuilt.parameter is None:
+        return tensor
+    param = _torch().nn.Parameter(tensor, rebuilt.parameter)
+    param._backward_hooks = OrderedDict()  # as torch._utils._rebuild_parameter does
+    return param
 
 
 def _bounded(values: tuple[int, ...], size: int) -> np.ndarray:
@@ -699,26 +653,26 @@ def _bounded(values: tuple[int, ...], size: int) -> np.ndarray:
 _new_ref = functools.partial(tuple.__new__, MappedTensorRef)  # a ref from its fields, no call
 
 
-def scan_policy() -> Policy:
-    """The policy whose rebuild stubs keep their arguments (`_Rebuilt`) and storage ids as pickled."""
-    return Policy({**scan_constants(), **stubs(), **_scan_stubs()}, persistent_load=lambda pid: pid)
+def read_torch_zip(path: str, *, refs: bool) -> Any:
+    """What `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` returns; with
+    `refs`, a `MappedTensorRef` (named by its key) in place of each contiguous floating-point
+    tensor (see `_resolve`): nothing is built for them, and the engine reads them in place.
+
+    Raises:
+        Declined: this file is for torch.load to read (and any other error counts the same).
+    """
+    pickled, records = open_archive(path)
+    # Thousands of new containers trigger full collections that walk everything alive: half
+    # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
+    with collector_paused():
+        return resolve_places(unpickle(pickled, torch_policy(torch_dtypes=not refs)), records, refs=refs)
+
+
+def load_torch_zip_fast(path: str) -> Any:
+    """`read_torch_zip(path, refs=False)`: the object torch.load returns, every tensor built."""
+    return read_torch_zip(path, refs=False)
 
 
 def scan_torch_zip(path: str) -> Any:
-    """What `load_torch_zip_fast` returns, with a `MappedTensorRef` (named by its key) in place of
-    each contiguous floating-point tensor (see `_resolve`): nothing is built for them, and the
-    engine reads their bytes in place.
-
-    Raises:
-        Declined: this file is for another reader (and any other error counts the same).
-    """
-    pickled, records = open_archive(path)
-    with collector_paused():
-        result = unpickle(pickled, scan_policy())
-        places = record_places(result, _Rebuilt)
-        keys = [key for _, keys in places for key in keys]
-        rebuilt = [container[key] for container, keys in places for key in keys]
-        refs = iter(_resolve(rebuilt, keys, records))
-        for container, keys in places:
-            container.update(zip(keys, refs))
-        return result
+    """`read_torch_zip(path, refs=True)`: refs for the tensors the engine reads in place."""
+    return read_torch_zip(path, refs=True)

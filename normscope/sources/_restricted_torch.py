@@ -17,10 +17,9 @@ from collections import OrderedDict
 from typing import Any
 
 from normscope._gc import collector_paused
-from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError
 
-from ._fast_torch_zip import open_archive, tensor_policy
+from ._fast_torch_zip import Rebuilt, open_archive, resolve_places, torch_policy
 from ._unpickle import Declined, Reason, unpickle
 
 
@@ -86,7 +85,7 @@ def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> Orde
     for key in ("_parameters", "_buffers"):
         found = state.get(key)
         for name, value in (found.items() if isinstance(found, dict) else ()):
-            if isinstance(value, tensor_type()) and name not in skip:
+            if type(value) is Rebuilt and name not in skip:
                 budget.spend()
                 out[f"{prefix}{name}"] = value
     children = state.get("_modules")
@@ -109,7 +108,7 @@ def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None =
     container once (`done`, by identity: what the pickle shared stays shared)."""
     budget = budget or _Budget()
     done = {} if done is None else done
-    if not (_is_module(obj) or isinstance(obj, (dict, list, tuple))):
+    if type(obj) is Rebuilt or not (_is_module(obj) or isinstance(obj, (dict, list, tuple))):
         return obj
     if id(obj) in done:
         return done[id(obj)]
@@ -125,13 +124,13 @@ def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None =
 
 
 def load_torch_zip_restricted(path: str) -> tuple[Any, list[str]]:
-    """The checkpoint with every global outside the tensor policy as an inert placeholder.
+    """The checkpoint with every global outside the torch policy as an inert placeholder.
 
     Returns:
         (the object, pickled modules as their state_dicts; the globals left inert, sorted).
 
     Raises:
-        Declined: an archive the fast reader does not map, or tensor arguments it does not build.
+        Declined: an archive the fast reader does not map, or tensors it does not build.
         BadInputError: an object graph shared too often to walk.
     """
     pickled, records = open_archive(path, any_protocol=True)
@@ -142,7 +141,7 @@ def load_torch_zip_restricted(path: str) -> tuple[Any, list[str]]:
         refused.add(f"{module}.{name}")
         return _inert_class(f"{module}.{name}")
 
-    policy = tensor_policy(records)
+    policy = torch_policy(torch_dtypes=True)
     rebuild_parameter = policy.globals[("torch._utils", "_rebuild_parameter")]
 
     def make_frozenset(items: Any = ()) -> frozenset[Any]:
@@ -158,5 +157,5 @@ def load_torch_zip_restricted(path: str) -> tuple[Any, list[str]]:
     }  # fmt: skip
     policy = dataclasses.replace(policy, globals={**policy.globals, **extras}, unknown=inert)
     with collector_paused():
-        obj = unpickle(pickled, policy)
-    return plain(obj), sorted(refused)
+        obj = plain(unpickle(pickled, policy))
+        return resolve_places(obj, records, refs=False), sorted(refused)
