@@ -118,38 +118,24 @@ class StorageType:
         self.itemsize = dtype.itemsize
 
 
-@functools.cache
-def _constant_names() -> tuple[dict[tuple[str, str], torch.dtype], dict[tuple[str, str], torch.dtype]]:
-    """(globals that are dtypes, globals that are storage types → their dtype): torch's legacy
-    storage names, and `UntypedStorage` for dtypes without one (pickled as bytes)."""
-    torch = _torch()
-    dtypes = {("torch", name): value for name, value in vars(torch).items()
-              if isinstance(value, torch.dtype)}  # fmt: skip
-    storages = {("torch", name): dtype for dtype, name in torch.storage._dtype_to_storage_type_map().items()}
-    storages[("torch.storage", "UntypedStorage")] = torch.uint8
-    return dtypes, storages
+def constants(*, torch_dtypes: bool) -> dict[tuple[str, str], object]:
+    """Globals that are plain values: the dtypes of the tables above, and storage-type tokens over
+    them, made anew for each load (a pickle can BUILD attributes onto what `find_class` gave it).
 
-
-def constants() -> dict[tuple[str, str], object]:
-    """Globals that are plain values: dtypes, and storage-type tokens made anew for each load (a
-    pickle can BUILD attributes onto what `find_class` gave it)."""
-    dtypes, storages = _constant_names()
-    return {**dtypes, **{key: StorageType(dtype) for key, dtype in storages.items()}}
-
-
-def scan_constants() -> dict[tuple[str, str], object]:
-    """`constants()` where torch is imported; without torch, `DType` tokens for the dtypes and
-    storage-type tokens over them (a dtype pickled as a value then makes the scan decline)."""
-    if imported_torch() is not None:
-        return constants()
-    dtypes = {("torch", name): DTYPES[_DTYPE_ALIASES.get(name, name)] for name in (*DTYPES, *_DTYPE_ALIASES)}
-    storages = {("torch", name): StorageType(DTYPES[dtype]) for name, dtype in _STORAGE_DTYPES.items()}
-    storages[("torch.storage", "UntypedStorage")] = StorageType(DTYPES["uint8"])
-    return {**dtypes, **storages}
+    Args:
+        torch_dtypes: torch's own dtypes (imports torch); otherwise torch's where torch is
+            imported, `DType` tokens where not (a dtype pickled as a value is then torch's to build).
+    """
+    torch = _torch() if torch_dtypes else imported_torch()
+    found = {name: DTYPES[name] if torch is None else getattr(torch, name, None) for name in DTYPES}
+    dtypes = {("torch", name): found[_DTYPE_ALIASES.get(name, name)] for name in (*DTYPES, *_DTYPE_ALIASES)}
+    storages = {("torch", name): StorageType(found[dtype]) for name, dtype in _STORAGE_DTYPES.items()}
+    storages[("torch.storage", "UntypedStorage")] = StorageType(found["uint8"])
+    return {key: value for key, value in {**dtypes, **storages}.items() if value is not None}
 
 
 def is_dtype(value: Any) -> bool:
-    """A dtype `scan_constants()` gives: a `DType` token, or torch's own where torch is imported."""
+    """A dtype `constants()` gives: a `DType` token, or torch's own where torch is imported."""
     if type(value) is DType:
         return True
     torch = imported_torch()
@@ -237,7 +223,7 @@ class Records:
 
     def __init__(self, path: str, records: TorchRecords, size: int) -> None:
         self.path = path
-        self._size = size
+        self.size = size  # the bytes mapped: the whole file as it was when it was opened
         # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (ACCESS_COPY: writes to a
         # tensor stay in this process, never reach the file), pages read only when touched.
         with open(path, "rb") as f:
@@ -245,42 +231,25 @@ class Records:
         # The local headers are read through that same mapping: each sits just before its
         # record's bytes, on a page the engine maps anyway.
         self._bytes = np.frombuffer(self._mapping, dtype=np.uint8)
-        self._base = self._bytes.ctypes.data
+        self.base = self._bytes.ctypes.data  # the address of the file's first byte in the mapping
         self._storage: torch.UntypedStorage | None = None  # the mapping as torch sees it, once asked
         self._np_starts = self._data_starts(records.header_offsets, records.sizes)
         self._np_sizes = records.sizes
-        self._starts, self._sizes = self._np_starts.tolist(), records.sizes.tolist()
+        self._starts, self.sizes = self._np_starts.tolist(), records.sizes.tolist()
 
     def _data_starts(self, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Where each record's bytes begin: after its local header, its name and extra field, as
         torch's reader finds them (all headers at once: a 1 GB ResNet-shaped run has 34k records);
         -1 where the header is not one or the bytes run past the end of the file."""
-        inside = offsets + LOCAL_HEADER.size <= self._size
+        inside = offsets + LOCAL_HEADER.size <= self.size
         at = np.where(inside, offsets, 0)
         starts = at + LOCAL_HEADER.size + le_field(self._bytes, at + 26, 2) + le_field(self._bytes, at + 28, 2)
         ok = inside & (le_field(self._bytes, at, 4) == int.from_bytes(LOCAL_SIG, "little"))
-        return np.where(ok & (starts + sizes <= self._size), starts, -1)
-
-    @property
-    def size(self) -> int:
-        """The bytes mapped: the whole file as it was when it was opened."""
-        return self._size
-
-    @property
-    def base(self) -> int:
-        """The address of the file's first byte in the mapping."""
-        return self._base
-
-    def index(self, key: str, nbytes: int) -> int:
-        """The record `data/<key>`, checked: its local header found, `nbytes` long (what its
-        storage id says it holds)."""
-        found = record_numbers([key], len(self._starts))
-        if found is None or self._starts[found[0]] < 0 or self._sizes[found[0]] != nbytes:
-            raise Declined(Reason.RECORD, f"data/{key}")
-        return found[0]
+        return np.where(ok & (starts + sizes <= self.size), starts, -1)
 
     def indices(self, keys: list[str], nbytes: list[int]) -> list[int]:
-        """`index()` for many keys, a column at a time."""
+        """The records `data/<key>` of `keys`, checked a column at a time: each with its local
+        header found, and `nbytes` long (what its storage id says it holds)."""
         found = record_numbers(keys, len(self._starts))
         if found is None:
             raise Declined(Reason.RECORD, "a storage key that names no record")
@@ -295,8 +264,8 @@ class Records:
         return self._np_starts[at], self._np_sizes[at]
 
     def get(self, key: str, nbytes: int) -> RecordBytes:
-        """The `nbytes` of record `data/<key>` (checked by `index()`), not yet a torch storage."""
-        return RecordBytes(self, self._starts[self.index(key, nbytes)], nbytes)
+        """The `nbytes` of record `data/<key>` (checked by `indices()`), not yet a torch storage."""
+        return RecordBytes(self, self._starts[self.indices([key], [nbytes])[0]], nbytes)
 
     def storage(self, start: int, nbytes: int) -> torch.UntypedStorage:
         """`nbytes` from `start` as a slice of the whole mapping as one torch storage
@@ -313,8 +282,8 @@ class Records:
 
     def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
                stride: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
-        """The tensor of a `MappedTensorRef` (record checked by `index()` when it was made)."""
-        untyped = self.storage(self._starts[record], self._sizes[record])
+        """The tensor of a `MappedTensorRef` (record checked by `indices()` when it was made)."""
+        untyped = self.storage(self._starts[record], self.sizes[record])
         return tensor_over(untyped, getattr(_torch(), dtype), offset, shape, stride, False, None)
 
 
@@ -458,8 +427,8 @@ def torch_policy(*, torch_dtypes: bool) -> Policy:
         torch_dtypes: torch's own dtypes (imports torch), not `DType` tokens where torch is not
             imported.
     """
-    dtypes = constants() if torch_dtypes else scan_constants()
-    return Policy({**dtypes, **stubs(), **_rebuild_stubs()}, persistent_load=lambda pid: pid)
+    return Policy({**constants(torch_dtypes=torch_dtypes), **stubs(), **_rebuild_stubs()},
+                  persistent_load=lambda pid: pid)
 
 
 _CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
