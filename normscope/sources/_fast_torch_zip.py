@@ -3,33 +3,30 @@
 `torch.load(weights_only=True)` interprets `data.pkl` one opcode at a time in Python: about a
 second for a ResNet-sized checkpoint of 8.4k tensors. Here the C unpickler (`_unpickle`) runs the
 same pickle under one policy, whose rebuild stubs keep their arguments (`Rebuilt`); every tensor
-of the file is then checked a column at a time (`_resolve`: one Python call per tensor costs more
-than the unpickle) and made in one of two ways:
-
-- built as `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds it
-  (`load_torch_zip_fast`): one private (MAP_PRIVATE, copy-on-write) mapping of the whole file,
-  one storage slice per `data/<key>` record, shared by the tensors naming that key, `set_` on it
-  with the pickled offset, size and stride;
-- or, for the engine (`scan_torch_zip`), left as a `MappedTensorRef` where it is a contiguous
-  float tensor of more than one element: the address of its bytes in the mapping, checked in
-  bounds, read in place by the CPU kernel. That path needs no torch: the file is mapped with
-  `mmap` and read with numpy, dtypes are `DType` tokens, and torch is imported only to build a
-  tensor the engine cannot read in place (figures: docs/benchmarks.md, "Behind the design").
+is then checked a column at a time (`_resolve`: a Python call per tensor costs more than the
+unpickle), and either built as `torch.load(path, weights_only=True, mmap=True,
+map_location="cpu")` builds it (`load_torch_zip_fast`: one private, copy-on-write mapping of the
+file, one storage slice per `data/<key>` record shared by the tensors naming it, `set_` on it with
+the pickled offset, size and stride), or, for the engine (`scan_torch_zip`), left as a
+`MappedTensorRef` where it is a contiguous float tensor of more than one element: the address of
+its bytes in the mapping, checked in bounds, read in place by the CPU kernel. That path needs no
+torch: the file is mapped with `mmap` and read with numpy, dtypes are `DType` tokens, and torch is
+imported only to build a tensor the engine cannot read in place (docs/benchmarks.md, "Behind the
+design").
 
 Security: `find_class` hands a pickle only a closed table of small functions defined below
 (record a tensor's arguments, an OrderedDict/Counter/set from plain data, bytes from latin-1
-text, a torch.Size/device/layout from its name) plus dtypes and inert storage-type tokens. No real
-class or function of any other module is ever returned, so a `__reduce__` naming `os.system`
+text, a torch.Size/device/layout from its name) plus dtypes and inert storage-type tokens, made
+fresh for each load (a pickle that BUILDs attributes onto one cannot change the next load). No
+real class or function of any other module is ever returned, so a `__reduce__` naming `os.system`
 stops the load before anything runs. Tensors are built only over the archive's own records
 (mapped storages are not resizable, so `set_` refuses sizes and strides past a record's end).
-The stubs and the storage-type tokens are made fresh for each load: a pickle that BUILDs
-attributes onto one cannot change the next load.
 
 Anything unexpected — another global, a protocol other than torch's 2, an unusual archive
 (`_zipdir`), a record whose local header or size disagrees, a tensor outside a dict or list,
 big-endian data, Parameters with extra state, tensor metadata — raises `Declined` with its
-`Reason`: the loader (`_torchio`) then runs `torch.load` itself, so torch alone decides about
-every file not read here, and its refusals and messages stay torch's.
+`Reason`: the loader (`_torchio`) then runs `torch.load`, so torch alone decides about every file
+not read here, and its refusals and messages stay torch's.
 """
 
 from __future__ import annotations
@@ -230,12 +227,12 @@ class Records:
             self._mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
         # The local headers are read through that same mapping: each sits just before its
         # record's bytes, on a page the engine maps anyway.
-        self._bytes = np.frombuffer(self._mapping, dtype=np.uint8)
-        self.base = self._bytes.ctypes.data  # the address of the file's first byte in the mapping
+        self.bytes = np.frombuffer(self._mapping, dtype=np.uint8)  # the file, as mapped
+        self.base = self.bytes.ctypes.data  # the address of the file's first byte in the mapping
         self._storage: torch.UntypedStorage | None = None  # the mapping as torch sees it, once asked
         self._np_starts = self._data_starts(records.header_offsets, records.sizes)
         self._np_sizes = records.sizes
-        self._starts, self.sizes = self._np_starts.tolist(), records.sizes.tolist()
+        self._starts, self._sizes = self._np_starts.tolist(), records.sizes.tolist()
 
     def _data_starts(self, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Where each record's bytes begin: after its local header, its name and extra field, as
@@ -243,8 +240,8 @@ class Records:
         -1 where the header is not one or the bytes run past the end of the file."""
         inside = offsets + LOCAL_HEADER.size <= self.size
         at = np.where(inside, offsets, 0)
-        starts = at + LOCAL_HEADER.size + le_field(self._bytes, at + 26, 2) + le_field(self._bytes, at + 28, 2)
-        ok = inside & (le_field(self._bytes, at, 4) == int.from_bytes(LOCAL_SIG, "little"))
+        starts = at + LOCAL_HEADER.size + le_field(self.bytes, at + 26, 2) + le_field(self.bytes, at + 28, 2)
+        ok = inside & (le_field(self.bytes, at, 4) == int.from_bytes(LOCAL_SIG, "little"))
         return np.where(ok & (starts + sizes <= self.size), starts, -1)
 
     def indices(self, keys: list[str], nbytes: list[int]) -> list[int]:
@@ -276,14 +273,10 @@ class Records:
         # without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta storages)
         return _torch()._C.StorageBase.__getitem__(self._storage, slice(start, start + nbytes))
 
-    def array(self, start: int, nbytes: int) -> np.ndarray:
-        """`nbytes` from `start` as uint8 over the mapping, no copy."""
-        return self._bytes[start : start + nbytes]
-
     def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
                stride: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
         """The tensor of a `MappedTensorRef` (record checked by `indices()` when it was made)."""
-        untyped = self.storage(self._starts[record], self.sizes[record])
+        untyped = self.storage(self._starts[record], self._sizes[record])
         return tensor_over(untyped, getattr(_torch(), dtype), offset, shape, stride, False, None)
 
 
@@ -298,26 +291,19 @@ class RecordBytes(NamedTuple):
         return self.records.storage(self.start, self.nbytes)
 
     def array(self, dtype: DType, offset: Any, size: Any, stride: Any) -> np.ndarray | None:
-        """The tensor `(offset, size, stride)` of `dtype` over these bytes as a numpy array (the
-        mapping's, no copy); None where numpy does not hold that dtype, the arguments are not
-        what torch.save writes, or an element would lie past the record (torch's `set_` refuses
-        those too, and decides the message)."""
+        """The tensor `(offset, size, stride)` (non-negative ints, as `_checked` leaves them) of
+        `dtype` over these bytes as a numpy array (the mapping's, no copy); None where numpy does
+        not hold that dtype, or an element would lie past the record (torch's `set_` refuses those
+        too, and decides the message)."""
         kind = _NUMPY_DTYPES.get(dtype.name)
-        if (
-            kind is None
-            or type(offset) is not int
-            or type(size) is not tuple
-            or type(stride) is not tuple
-            or len(size) != len(stride)
-            or not all(type(n) is int and n >= 0 for n in (offset, *size, *stride))
-        ):
+        if kind is None:
             return None
         itemsize, count = dtype.itemsize, math.prod(size)
         # the last element's index plus one (exact: Python ints); an empty tensor reaches nothing
         reach = 0 if count == 0 else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
         if reach * itemsize > self.nbytes:
             return None
-        data = self.records.array(self.start, self.nbytes)
+        data = self.records.bytes[self.start : self.start + self.nbytes]
         start = offset * itemsize if count else 0
         base = data[start : start + max(reach - offset, 0) * itemsize].view(kind)
         return np.lib.stride_tricks.as_strided(
@@ -456,19 +442,16 @@ def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
                 stack.extend(value.keys())
                 if getattr(value, "__dict__", None):
                     stack.append(value.__dict__)
-                pairs: Any = value.items()
+                pairs, items = value.items(), value.values()
             elif kind is list:
-                pairs = enumerate(value)
+                pairs, items = enumerate(value), value
             else:
                 stack.extend(value)
                 continue
             keys = [key for key, item in pairs if type(item) is Rebuilt]
             if keys:
                 places.append((value, keys))
-                stack.extend(item for item in (value.values() if kind in _DICTS else value)
-                             if type(item) is not Rebuilt)  # fmt: skip
-            else:
-                stack.extend(value.values() if kind in _DICTS else value)
+            stack.extend(item for item in items if type(item) is not Rebuilt)
         elif kind is Rebuilt:
             raise Declined(Reason.PLACE, "a tensor outside a dict or list")
         elif isinstance(value, _PRIVATE) or (kind is tuple and value[:1] == ("storage",)):

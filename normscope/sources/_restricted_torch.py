@@ -33,9 +33,6 @@ class Inert:
         obj.__dict__.update(args=args, state=None, items={}, list_items=[])
         return obj
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
     def __setstate__(self, state: Any) -> None:
         self.__dict__["state"] = state
 
@@ -66,14 +63,12 @@ _MAX_VISITS = 1 << 20
 
 
 class _Budget:
-    def __init__(self) -> None:
-        self.left = _MAX_VISITS
+    left = _MAX_VISITS
 
     def spend(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise BadInputError("its objects are shared so often that reading them would not end "
-                                "(a crafted file?)")  # fmt: skip
+            raise BadInputError("its objects are shared so often that reading them would not end (a crafted file?)")
 
 
 def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> OrderedDict[str, Any]:
@@ -96,11 +91,7 @@ def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> Orde
 
 
 def _is_module(value: Any) -> bool:
-    return (
-        isinstance(value, Inert)
-        and isinstance(value.state, dict)
-        and "_parameters" in value.state
-    )
+    return isinstance(value, Inert) and isinstance(value.state, dict) and "_parameters" in value.state
 
 
 def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None = None) -> Any:

@@ -241,11 +241,7 @@ def _torch_load(path: str, is_zip: bool, recover_unsafe: bool, notes: list[str] 
         raise Failure.CORRUPT.error(path, _first_line(exc)) from None
 
 
-class _TorchLoad:
-    """The fast reader's answer where torch.load must read the file."""
-
-
-_TORCH_LOAD = _TorchLoad()
+_TORCH_LOAD = object()  # the fast reader's answer where torch.load must read the file
 
 
 def _read_fast(path: str, *, refs: bool, declined: list[Declined]) -> Any:
@@ -269,24 +265,23 @@ def _read_fast(path: str, *, refs: bool, declined: list[Declined]) -> Any:
     return _TORCH_LOAD
 
 
-def _by_reason(counts: Counter[Any]) -> str:
-    named = ", ".join(f"{'no reason given' if r is None else r.value}: {n}" for r, n in counts.most_common())
-    return f" (reasons: {named})" if named else ""
-
-
 def fallback_summary() -> str | None:
     """One line: how many torch files were read, how many by torch.load and why; None if none."""
+
+    def by_reason(counts: Counter[Any]) -> str:
+        named = ", ".join(f"{'no reason given' if r is None else r.value}: {n}" for r, n in counts.most_common())
+        return f" (reasons: {named})" if named else ""
+
     if not READ:
         return None
     line = f"torch files read by torch.load: {sum(BY_TORCH_LOAD.values())} of {READ['torch']}"
-    line += _by_reason(BY_TORCH_LOAD)
     if WITHOUT_REFS:
-        line += f"; read without in-place refs: {sum(WITHOUT_REFS.values())}{_by_reason(WITHOUT_REFS)}"
-    return line
+        line += f"{by_reason(BY_TORCH_LOAD)}; read without in-place refs: {sum(WITHOUT_REFS.values())}"
+        return line + by_reason(WITHOUT_REFS)
+    return line + by_reason(BY_TORCH_LOAD)
 
 
 def log_fallbacks() -> None:
     """Log `fallback_summary()` at INFO level (what `-v` shows), if any torch file was read."""
-    line = fallback_summary()
-    if line:
-        log.info(line)
+    if READ:
+        log.info(fallback_summary())

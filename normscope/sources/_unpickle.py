@@ -46,13 +46,11 @@ class Declined(Exception):
         self.reason = reason
 
 
-def refuse_global(module: str, name: str) -> Any:
-    """The default `Policy.unknown`: a global outside the table declines the file."""
+def refuse_global(module: str, name: str) -> Any:  # the default `Policy.unknown`
     raise Declined(Reason.GLOBAL, f"{module}.{name}")
 
 
-def refuse_persistent_id(pid: Any) -> Any:
-    """The default `Policy.persistent_load`: no persistent ids."""
+def refuse_persistent_id(pid: Any) -> Any:  # the default `Policy.persistent_load`
     raise Declined(Reason.STORAGE_ID)
 
 

@@ -1,28 +1,25 @@
 """The archive layer of a `torch.save` zip: its directory, its small records, where its tensor
 records lie. Nothing here imports torch or unpickles anything.
 
-`torch.save` writes one kind of zip: a single-disk archive without comment, every member
-stored (uncompressed, unencrypted) under one directory `<archive>/` — `data.pkl`, `data/0` …
-`data/<n-1>` and a few small records (`version`, `byteorder`, …) — and a zip64 end record.
-`read_directory` reads exactly that kind, with numpy over the whole central directory at once
-(`zipfile` builds an object per member; figures: docs/benchmarks.md, "Behind the design").
-Anything else — a comment, data before the first member, a compressed member, a name that is
-not UTF-8, a member torch does not write, a small record whose CRC fails — makes the archive
-"unusual": it is then read by `zipfile`, only to sniff it, and its `records` are None, so the
-fast readers decline it and `torch.load` decides about it. This layer therefore need not know
-everything torch's own reader (miniz) accepts: it accepts less, and leaves the rest to torch.
+`torch.save` writes one kind of zip: single-disk, no comment, every member stored (not compressed
+or encrypted) under one directory `<archive>/` — `data.pkl`, `data/0` … `data/<n-1>`, a few small
+records (`version`, `byteorder`, …) — and a zip64 end record. `read_directory` reads that kind,
+with numpy over the whole central directory at once (`zipfile` builds an object per member;
+docs/benchmarks.md, "Behind the design"). Anything else — a comment, data before the first member,
+a compressed member, a name that is not UTF-8, a member torch does not write, a small record whose
+CRC fails — is "unusual": `zipfile` reads it only to sniff it, its `records` are None, the fast
+reader declines it and `torch.load` decides. So this layer need not know all that torch's reader
+(miniz) accepts: it accepts less, and leaves the rest to torch.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
 import os
 import struct
 import zipfile
 import zlib
-from dataclasses import dataclass, field
-from itertools import compress, repeat
+from itertools import repeat
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
@@ -201,15 +198,14 @@ class TorchRecords(NamedTuple):
     sizes: np.ndarray
 
 
-@dataclass(frozen=True)
-class ZipFacts:
+class ZipFacts(NamedTuple):
     """What the sniffers and the loader ask of a zip archive, from one read of its directory."""
 
     readable: bool  # False: not a zip, or its central directory is missing (truncated)
     has_pickle: bool  # a `data.pkl` record: a torch.save archive
     torchscript: bool  # a `constants.pkl` record: code, not a checkpoint
-    pickle: bytes | None = field(default=None, repr=False)  # the `data.pkl` record
-    records: TorchRecords | None = field(default=None, repr=False)  # None: an unusual archive
+    pickle: bytes | None = None  # the `data.pkl` record
+    records: TorchRecords | None = None  # None: an unusual archive
 
 
 def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None = None) -> ZipFacts:
@@ -244,15 +240,14 @@ def _torch_facts(f: BinaryIO, directory: Directory) -> ZipFacts | None:
     data = archive + "data/"
     if archive.count("/") != 1 or not all(map(str.startswith, names, repeat(archive))):
         return None  # torch wants every record in the archive's one directory
-    is_data = list(map(str.startswith, names, repeat(data)))
-    rows = list(compress(range(len(names)), is_data))
-    small = [i for i in compress(range(len(names)), map(operator.not_, is_data)) if i != pickle_at]
+    rows = [i for i, name in enumerate(names) if name.startswith(data)]
+    small = [i for i, name in enumerate(names) if not name.startswith(data) and i != pickle_at]
     kinds = [names[i][len(archive) :] for i in small]
     count = len(rows)
     numbers = record_numbers([names[i][len(data) :] for i in rows], count) if count <= NUMBERED_MAX else None
     if (
         numbers is None
-        or (count and np.bincount(numbers, minlength=count).max() > 1)  # a record named twice
+        or len(set(numbers)) != count  # a record named twice
         or not _SMALL.issuperset(kinds)
         or len(set(kinds)) != len(kinds)
         or ("version" not in kinds and ".data/version" not in kinds)

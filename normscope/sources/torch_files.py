@@ -115,7 +115,7 @@ def as_ref(name: str, value: Any) -> Any:
     if type(value) is MappedTensorRef:
         return value.named(name)
     if type(value) is np.ndarray:  # a tensor the in-place reader left as numpy (a scalar, a view)
-        # here: only such a tensor, rare in a model or optimizer state, needs torch
+        # lazy: only such a tensor, rare in a model or optimizer state, needs torch
         import torch
 
         return TorchTensorRef(name, torch.from_numpy(value))
