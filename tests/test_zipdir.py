@@ -144,3 +144,12 @@ def test_le_field_reads_little_endian_fields_at_every_position():
         got = le_field(data, at, size)
         assert got.dtype == np.int64
         assert got.tolist() == [struct.unpack_from(code, data.tobytes(), a)[0] for a in at.tolist()]
+
+
+def test_an_archive_named_in_utf8_has_its_records(tmp_path):
+    # torch names the archive after the file: a name that is not ASCII is UTF-8, flagged so
+    path = tmp_path / "модель.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    assert [tuple(m) for m in central_directory(path)] == _as_zipfile_sees_it(path)
+    facts = zip_facts(str(path))
+    assert facts.records is not None and facts.records.archive == "модель/"
