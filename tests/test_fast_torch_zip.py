@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import hashlib
 import logging
 import math
@@ -25,11 +26,11 @@ from test_sources_bad_input import Exploit
 from test_sources_restricted import RunsOpen, RunsShell
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
-from normscope.sources import _torch_archive as torch_archive
-from normscope.sources._fast_torch_zip import Declined, load_torch_zip_fast
+from normscope.sources import _torchio, _zipdir
+from normscope.sources._fast_torch_zip import load_torch_zip_fast, scan_torch_zip
 from normscope.sources._refs import MappedTensorRef
-from normscope.sources._scan_torch_zip import scan_torch_zip
 from normscope.sources._torchio import ZIP_MAGIC, load_torch_file, read_head
+from normscope.sources._unpickle import Declined, Reason
 
 SAMPLE_RUNS = Path(__file__).resolve().parent.parent / "sample_runs"
 
@@ -349,9 +350,10 @@ def test_truncated_and_corrupt_files_keep_their_one_line_errors(tmp_path):
 
 
 @pytest.mark.parametrize("change", ["signature", "method", "name"])
-def test_a_local_header_that_disagrees_with_the_directory_is_declined(tmp_path, change):
-    # The data start comes from each record's local header; the fast reader checks every one
-    # (all at once) against what the central directory says, and leaves any mismatch to torch.
+def test_a_local_header_is_read_where_torch_reads_it(tmp_path, change):
+    # The data start comes from each record's local header (its name and extra lengths), as
+    # torch's reader finds it, all headers at once. torch ignores the local method and name:
+    # so does the fast reader. A header that is not one (its signature) is left to torch.
     path = tmp_path / "m.pt"
     torch.save({f"w{i}": torch.full((16,), float(i)) for i in range(12)}, path)
     assert load_torch_zip_fast(str(path))["w11"][0] == 11.0  # two-digit records read fine
@@ -367,8 +369,12 @@ def test_a_local_header_that_disagrees_with_the_directory_is_declined(tmp_path, 
         name_end = at + 30 + struct.unpack_from("<H", data, at + 26)[0]
         data[name_end - 1] = ord("2")
     path.write_bytes(bytes(data))
-    with pytest.raises(Declined):
-        load_torch_zip_fast(str(path))
+    if change == "signature":
+        with pytest.raises(Declined, match="local header"):
+            load_torch_zip_fast(str(path))
+    else:
+        assert_same(load_torch_zip_fast(str(path)), _torch_load(path))
+    assert_same(load_torch_file(str(path)), _torch_load(path))
 
 
 # ---- scan_torch_zip: refs in place of the tensors the engine reduces ---------------------------
@@ -465,13 +471,16 @@ def test_scan_reads_every_sample_run_file_as_torch_load_reads_it():
     assert sum(len(assert_scan_reads_as_torch(path)) for path in files) > 1000
 
 
-def test_scan_with_many_records_reads_the_same(checkpoint_file, tmp_path, monkeypatch):
-    # archives past the table of record names convert each key instead (a fresh copy: the zip
-    # facts of a file already read are cached)
-    monkeypatch.setattr(torch_archive, "NUMBERED_MAX", 0)
+def test_an_archive_past_the_table_of_record_names_is_left_to_torch_load(checkpoint_file, tmp_path,
+                                                                         monkeypatch):
+    # (a fresh copy: the zip facts of a file already read are cached)
+    monkeypatch.setattr(_zipdir, "NUMBERED_MAX", 0)
     copy = tmp_path / "copy.pt"
     copy.write_bytes(checkpoint_file.read_bytes())
-    assert_scan_reads_as_torch(copy)
+    with pytest.raises(Declined) as info:
+        scan_torch_zip(str(copy))
+    assert info.value.reason is Reason.ARCHIVE
+    assert_same(load_torch_file(str(copy)), _torch_load(copy))
 
 
 def test_what_a_pickle_does_to_a_storage_type_does_not_outlive_its_load(tmp_path):
@@ -486,29 +495,46 @@ def test_what_a_pickle_does_to_a_storage_type_does_not_outlive_its_load(tmp_path
     assert_same(load_torch_zip_fast(str(tmp_path / "next.pt")), _torch_load(tmp_path / "next.pt"))
 
 
-def test_a_file_the_fast_readers_decline_says_why_at_info_level(tmp_path, caplog, monkeypatch):
-    # a torch upgrade that broke the fast readers would make every file slower: -v shows why
+def test_a_file_the_fast_readers_decline_says_why_at_debug_level_and_is_counted(tmp_path, caplog,
+                                                                               monkeypatch):
+    # a torch upgrade that broke the fast readers would make every file slower: -v counts them
     torch.save({"w": torch.ones(2)}, tmp_path / "w.pt")
     monkeypatch.setattr(torch.serialization, "get_default_mmap_options", lambda: mmap.MAP_SHARED)
-    with caplog.at_level(logging.INFO, logger="normscope"):
+    monkeypatch.setattr(_torchio, "READ", Counter())
+    monkeypatch.setattr(_torchio, "BY_TORCH_LOAD", Counter())
+    with caplog.at_level(logging.DEBUG, logger="normscope"):
         loaded = load_torch_file(str(tmp_path / "w.pt"))
     assert torch.equal(loaded["w"], torch.ones(2))
-    [line] = [r.getMessage() for r in caplog.records if "read by torch.load" in r.getMessage()]
-    assert "load_torch_zip_fast declined: torch.load is set to map files shared" in line
+    [line] = [r.getMessage() for r in caplog.records if "declined" in r.getMessage()]
+    assert r"load_torch_zip_fast declined: " in line and "(torch.load is set to map files shared)" in line
+    assert caplog.records[0].levelno == logging.DEBUG
+    assert _torchio.fallback_summary() == (
+        f"torch files read by torch.load: 1 of 1 (reasons: {Reason.SETTINGS.value}: 1)")
 
 
 def test_a_file_the_fast_readers_take_logs_nothing(checkpoint_file, caplog):
-    with caplog.at_level(logging.INFO, logger="normscope"):
+    with caplog.at_level(logging.DEBUG, logger="normscope"):
         load_torch_file(str(checkpoint_file), refs=True)
     assert not caplog.records
 
 
-def test_verbose_names_the_fast_path_a_file_missed_on_stderr(tmp_path):
-    # a tensor inside a tuple is built by the eager reader, not left in place: -v says so
-    for i in range(2):
-        torch.save({"w": torch.full((3,), i + 1.0), "extra": (torch.ones(2),)}, tmp_path / f"{i}.pt")
-    done = subprocess.run([sys.executable, "-m", "normscope", "-v", "analyze", str(tmp_path),
-                           "--format", "json"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "read without in-place refs (scan_torch_zip declined: a tensor outside a dict's values)" \
-        in done.stderr
+def test_verbose_counts_the_files_the_fast_path_missed_on_stderr(tmp_path):
+    # -v counts, by reason, once at the end: a dtype pickled as a value, which the scan leaves to
+    # the reader with torch; a tensor in a tuple, and a global outside the allow-list, which go
+    # to torch.load
+    for name, extra in (("dtype", torch.float32), ("tuple", (torch.ones(2),)),
+                        ("date", datetime.date(2026, 1, 1))):  # fmt: skip
+        (tmp_path / name).mkdir()
+        torch.save({"w": torch.full((3,), 1.0), "extra": extra}, tmp_path / name / "0.pt")
+
+    def stderr(name: str, code: int) -> str:
+        done = subprocess.run([sys.executable, "-m", "normscope", "-v", "analyze", str(tmp_path / name),
+                               "--format", "json"], capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == code, done.stderr
+        return done.stderr
+
+    assert (f"torch files read by torch.load: 0 of 1; read without in-place refs: 1 (reasons: "
+            f"{Reason.PLACE.value}: 1)") in stderr("dtype", 0)
+    assert f"torch files read by torch.load: 1 of 1 (reasons: {Reason.PLACE.value}: 1)" in stderr("tuple", 0)
+    assert (f"torch files read by torch.load: 1 of 1 (reasons: {Reason.GLOBAL.value}: 1)"
+            in stderr("date", 2))  # torch.load refuses the date too

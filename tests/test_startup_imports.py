@@ -86,7 +86,7 @@ def test_analyzing_a_safetensors_run_imports_no_matplotlib():
 def test_without_torch_the_scan_reads_the_tensors_it_builds_as_numpy_arrays_of_torchs_values():
     path = SGD_RUN / "epoch_007.pt"
     code = (
-        "from normscope.sources._scan_torch_zip import scan_torch_zip\n"
+        "from normscope.sources._fast_torch_zip import scan_torch_zip\n"
         f"found = scan_torch_zip({str(path)!r})\n"
         "import numpy as np\n"
         "arrays = {k: [str(v.dtype), list(v.shape), v.tolist()] for k, v in found['model'].items()\n"

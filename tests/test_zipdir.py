@@ -1,4 +1,5 @@
-"""The quick central-directory reader against `zipfile`, on real torch.save archives and odd zips."""
+"""The archive layer against `zipfile`: real torch.save archives read the same, anything else is
+"unusual" (left to zipfile for sniffing, and to torch.load for reading)."""
 
 from __future__ import annotations
 
@@ -6,135 +7,137 @@ import struct
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from normscope.sources._zipdir import Member, _zip64_values, read_directory, read_member
-
-
-def central_directory(f):  # type: ignore[no-untyped-def]
-    """`read_directory`'s columns as one `Member` per entry, the form zipfile's view compares to."""
-    directory = read_directory(f)
-    return None if directory is None else list(map(Member, *directory))
+from normscope.sources._fast_torch_zip import load_torch_zip_fast
+from normscope.sources._zipdir import Member, _zip64_values, le_field, read_directory, read_member, zip_facts
 
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
 ARCHIVES = sorted(p for p in SAMPLES.rglob("*") if p.suffix in (".pt", ".ckpt"))
 
 
+def central_directory(path: Path) -> list[Member] | None:
+    """`read_directory`'s columns as one `Member` per entry, the form zipfile's view compares to."""
+    with open(path, "rb") as f:
+        directory = read_directory(f)
+    return None if directory is None else list(map(Member, *directory))
+
+
 def _as_zipfile_sees_it(path: Path) -> list[tuple]:
     with zipfile.ZipFile(path) as zf:
-        return [(i.filename, i.flag_bits, i.compress_type, i.CRC, i.compress_size, i.file_size,
-                 i.header_offset) for i in zf.infolist()]
+        return [(i.filename, i.CRC, i.file_size, i.header_offset) for i in zf.infolist()]
 
 
 def test_sample_archives_read_the_same_as_zipfile():
     assert len(ARCHIVES) > 50
     for path in ARCHIVES:
-        with open(path, "rb") as f:
-            members = central_directory(f)
-            assert members is not None, path
-            assert [tuple(m) for m in members] == _as_zipfile_sees_it(path), path
-            with zipfile.ZipFile(path) as zf:
-                for m in members:
-                    if m.name.endswith(("data.pkl", "byteorder")):
-                        assert read_member(f, m) == zf.read(m.name)
+        members = central_directory(path)
+        assert members is not None, path
+        assert [tuple(m) for m in members] == _as_zipfile_sees_it(path), path
+        with open(path, "rb") as f, zipfile.ZipFile(path) as zf:
+            for m in members:
+                assert read_member(f, m) == zf.read(m.name)
+        facts = zip_facts(str(path))
+        assert facts.records is not None and facts.pickle is not None, path
 
 
 def test_a_fresh_torch_save_with_many_records(tmp_path):
     path = tmp_path / "m.pt"
     torch.save({f"t{i}": torch.full((i % 7 + 1,), float(i)) for i in range(3000)}, path)
-    with open(path, "rb") as f:
-        members = central_directory(f)
-    assert [tuple(m) for m in members] == _as_zipfile_sees_it(path)
+    assert [tuple(m) for m in central_directory(path)] == _as_zipfile_sees_it(path)
+    records = zip_facts(str(path)).records
+    with zipfile.ZipFile(path) as zf:
+        for i in (0, 7, 2999):
+            info = zf.getinfo(f"{records.archive}data/{i}")
+            assert (records.header_offsets[i], records.sizes[i]) == (info.header_offset, info.file_size)
 
 
-def _write_zip(path: Path, *, comment: bytes = b"", compress: int = zipfile.ZIP_STORED) -> None:
+def _write_zip(path: Path, *, comment: bytes = b"", compress: int = zipfile.ZIP_STORED,
+               name: str = "archive/data.pkl") -> None:  # fmt: skip
     with zipfile.ZipFile(path, "w", compression=compress) as zf:
-        zf.writestr("archive/data.pkl", b"x" * 100)
+        zf.writestr(name, b"x" * 100)
         zf.comment = comment
 
 
-def test_unusual_archives_are_left_to_zipfile(tmp_path):
+def test_unusual_archives_are_not_read(tmp_path):
     commented = tmp_path / "c.zip"
     _write_zip(commented, comment=b"hello")
     prepended = tmp_path / "p.zip"
     _write_zip(prepended)
     prepended.write_bytes(b"#!/bin/sh\n" + prepended.read_bytes())
+    deflated = tmp_path / "d.zip"
+    _write_zip(deflated, compress=zipfile.ZIP_DEFLATED)
+    signature = tmp_path / "s.zip"  # a false candidate: the chain of lengths no longer matches
+    _write_zip(signature, name="archive/PK\x01\x02odd")
     truncated = tmp_path / "t.pt"
     torch.save({"w": torch.ones(100)}, truncated)
     truncated.write_bytes(truncated.read_bytes()[:-30])
     empty = tmp_path / "e.zip"
     empty.write_bytes(b"")
-    for path in (commented, prepended, truncated, empty):
-        with open(path, "rb") as f:
-            assert central_directory(f) is None, path
+    for path in (commented, prepended, deflated, signature, truncated, empty):
+        assert central_directory(path) is None, path
 
 
-def test_compressed_or_corrupted_members_are_not_read(tmp_path):
-    deflated = tmp_path / "d.zip"
-    _write_zip(deflated, compress=zipfile.ZIP_DEFLATED)
-    with open(deflated, "rb") as f:
-        (member,) = central_directory(f)
-        assert member.method == zipfile.ZIP_DEFLATED and read_member(f, member) is None
+def test_an_unusual_torch_archive_is_sniffed_by_zipfile_without_records(tmp_path):
+    torch.save({"w": torch.ones(4)}, tmp_path / "w.pt")
+    extra = tmp_path / "extra.pt"  # a member torch.save does not write
+    with zipfile.ZipFile(tmp_path / "w.pt") as zin, zipfile.ZipFile(extra, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info))
+        zout.writestr(info.filename.split("/")[0] + "/notes.txt", b"hi")
+    facts = zip_facts(str(extra))
+    assert facts.has_pickle and facts.pickle is not None and facts.records is None
+    assert torch.equal(torch.load(extra, weights_only=True)["w"], torch.ones(4))
+
+
+def test_a_member_whose_bytes_no_longer_match_its_crc_is_not_read(tmp_path):
     flipped = tmp_path / "f.zip"
     _write_zip(flipped)
     data = bytearray(flipped.read_bytes())
-    data[data.index(b"x" * 100)] = ord("y")  # a byte of the member changes: its CRC no longer fits
+    data[data.index(b"x" * 100)] = ord("y")
     flipped.write_bytes(bytes(data))
+    (member,) = central_directory(flipped)
     with open(flipped, "rb") as f:
-        (member,) = central_directory(f)
         assert read_member(f, member) is None
 
 
-@pytest.mark.parametrize(
-    ("wanted", "expected"),
-    [((True, True, True), [1, 2, 3]), ((False, False, True), [1]), ((True, False, False), [1])],
-)
-def test_zip64_extra_values_in_order(wanted, expected):
-    values = [1, 2, 3][: sum(wanted)]
-    extra = struct.pack("<2H", 0x9901, 2) + b"ab" + struct.pack(f"<2H{len(values)}Q", 1, 8 * len(values), *values)
-    assert _zip64_values(extra, *wanted) == expected
-    assert _zip64_values(b"", *wanted) is None
+def _with_zip64_directory(src: Path, dst: Path) -> None:
+    """`src` with every central-directory entry's sizes and offset moved to a zip64 extra field
+    (what torch writes for members past 4 GiB)."""
+    data = src.read_bytes()
+    with zipfile.ZipFile(src) as zf:
+        infos = zf.infolist()
+    body = data[: data.index(b"PK\x01\x02", max(i.header_offset for i in infos))]
+    directory = b""
+    for i in infos:
+        name = i.filename.encode()
+        extra = struct.pack("<2H3Q", 1, 24, i.file_size, i.compress_size, i.header_offset)
+        directory += struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, i.flag_bits, 0, 0, 0, i.CRC,
+                                 0xFFFFFFFF, 0xFFFFFFFF, len(name), len(extra), 0, 0, 0, 0,
+                                 0xFFFFFFFF) + name + extra  # fmt: skip
+    end_record = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(infos), len(infos), len(directory),
+                             len(body), 0)  # fmt: skip
+    dst.write_bytes(body + directory + end_record)
 
 
-def test_the_numpy_reading_takes_real_archives_and_agrees_with_the_walk():
-    from normscope.sources._zipdir import _columns, _walk
-
-    for path in ARCHIVES[:20]:
-        data = path.read_bytes()
-        with zipfile.ZipFile(path) as zf:
-            count = len(zf.infolist())
-            start = min(i.header_offset for i in zf.infolist())
-        assert start == 0
-        cd_at = data.rindex(b"PK\x05\x06")
-        cd_size, cd_offset = struct.unpack_from("<2L", data, cd_at + 12)
-        if cd_offset == 0xFFFFFFFF:  # zip64 end record: take the directory from zipfile's view
-            continue
-        directory = data[cd_offset : cd_offset + cd_size]
-        fast = _columns(directory, count, len(data))
-        assert fast is not None, path
-        assert fast == _walk(directory, count, len(data)), path
+def test_zip64_sizes_and_offsets_read_as_zipfile_reads_them(tmp_path):
+    torch.save({f"w{i}": torch.full((i + 1,), float(i)) for i in range(5)}, tmp_path / "w.pt")
+    _with_zip64_directory(tmp_path / "w.pt", tmp_path / "z.pt")
+    assert central_directory(tmp_path / "z.pt") is not None
+    assert [tuple(m) for m in central_directory(tmp_path / "z.pt")] == _as_zipfile_sees_it(tmp_path / "w.pt")
 
 
-def test_a_member_signature_inside_a_name_falls_back_to_the_walk(tmp_path):
-    # a name holding the central-directory signature makes a false candidate: the numpy reading
-    # must notice (its chain no longer matches) and the walk must still read every member
-    path = tmp_path / "odd.zip"
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", b"x")
-        zf.writestr("archive/PK\x01\x02odd", b"y")
-    with open(path, "rb") as f:
-        members = central_directory(f)
-    assert [tuple(m) for m in members] == _as_zipfile_sees_it(path)
+@pytest.mark.parametrize(("count", "expected"), [(3, [1, 2, 3]), (1, [1])])
+def test_zip64_extra_values_in_order(count, expected):
+    extra = struct.pack("<2H", 0x9901, 2) + b"ab" + struct.pack("<2H3Q", 1, 24, 1, 2, 3)
+    assert _zip64_values(extra, count) == expected
+    assert _zip64_values(b"", count) is None
+    assert _zip64_values(struct.pack("<2HQ", 1, 8, 1), 2) is None  # shorter than it must be
 
 
 def test_le_field_reads_little_endian_fields_at_every_position():
-    import struct
-
-    import numpy as np
-
-    from normscope.sources._zipdir import le_field
-
     rng = np.random.default_rng(5)
     data = rng.integers(0, 256, 4096, dtype=np.uint8)
     at = rng.integers(0, 4096 - 8, 500)
@@ -142,3 +145,17 @@ def test_le_field_reads_little_endian_fields_at_every_position():
         got = le_field(data, at, size)
         assert got.dtype == np.int64
         assert got.tolist() == [struct.unpack_from(code, data.tobytes(), a)[0] for a in at.tolist()]
+
+
+def test_an_archive_named_in_utf8_has_its_records(tmp_path):
+    # older torch versions named the archive after the file: a name that is not ASCII is UTF-8,
+    # flagged so
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "w.pt")
+    path = tmp_path / "модель.pt"
+    with zipfile.ZipFile(tmp_path / "w.pt") as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            zout.writestr("модель/" + info.filename.split("/", 1)[1], zin.read(info))
+    assert [tuple(m) for m in central_directory(path)] == _as_zipfile_sees_it(path)
+    facts = zip_facts(str(path))
+    assert facts.records is not None and facts.records.archive == "модель/"
+    assert torch.equal(load_torch_zip_fast(str(path))["w"], torch.load(path, weights_only=True)["w"])

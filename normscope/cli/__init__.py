@@ -6,6 +6,7 @@ its own module and imports the heavy parts of the library inside its body.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 
@@ -88,6 +89,8 @@ def _verbose(value: bool) -> None:
         handler.setFormatter(logging.Formatter("normscope: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        # at exit: "torch files read by torch.load: N of M (reasons: …)"
+        atexit.register(lambda: getattr(sys.modules.get("normscope.sources._torchio"), "log_fallbacks", str)())
 
 
 @app.callback()

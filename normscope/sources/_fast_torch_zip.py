@@ -1,56 +1,47 @@
-"""Opening a `torch.save` zip without torch's pure-Python unpickler: the same object, ~10x sooner.
+"""Reading a `torch.save` zip without torch's pure-Python unpickler: the same object, ~10x sooner.
 
 `torch.load(weights_only=True)` interprets `data.pkl` one opcode at a time in Python: about a
-second for a ResNet-sized checkpoint of 8.4k tensors, while its data is mapped lazily anyway. Here the C `pickle.Unpickler` runs the same pickle, and the tensors are built the
-way `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` builds them: one private
-(MAP_PRIVATE, copy-on-write) mapping of the whole file, one storage slice per `data/<key>` record,
-`set_` on it with the pickled offset, size and stride. Tensors naming the same key share a storage.
-Figures against torch.load: docs/benchmarks.md, "Behind the design".
+second for a ResNet-sized checkpoint of 8.4k tensors. Here the C unpickler (`_unpickle`) runs the
+same pickle under one policy, whose rebuild stubs keep their arguments (`Rebuilt`); every tensor
+is then checked a column at a time (`_resolve`: a Python call per tensor costs more than the
+unpickle), and either built as `torch.load(path, weights_only=True, mmap=True,
+map_location="cpu")` builds it (`load_torch_zip_fast`: one private, copy-on-write mapping of the
+file, one storage slice per `data/<key>` record shared by the tensors naming it, `set_` on it with
+the pickled offset, size and stride), or, for the engine (`scan_torch_zip`), left as a
+`MappedTensorRef` where it is a contiguous float tensor of more than one element: the address of
+its bytes in the mapping, checked in bounds, read in place by the CPU kernel. That path needs no
+torch: the file is mapped with `mmap` and read with numpy, dtypes are `DType` tokens, and torch is
+imported only to build a tensor the engine cannot read in place (docs/benchmarks.md, "Behind the
+design").
 
-`_scan_torch_zip` goes one step further for the engine: the same archive checks, allow-list and
-unpickle, with refs that point into the mapping in place of the tensors the engine reduces. That
-path needs no torch: the file is mapped with `mmap` and read with numpy, its dtypes are `DType`
-tokens, and torch is imported (`_torch`) only to build a tensor the engine cannot read in place.
-
-Security: the "Restricting Globals" pattern of the `pickle` docs. A pickle can only call what
-`find_class` hands it, and here that is a closed allow-list of small functions defined below
-(rebuild a tensor from a storage of *this* archive, a Parameter, an OrderedDict/Counter/set from
-plain data, bytes from latin-1 text, a torch.Size/device/layout from its name) plus dtype objects
-and inert storage-type tokens. No real class or function of any other module is ever returned,
-so a `__reduce__` naming `os.system` or `builtins.open` stops the load before anything runs; the
-stubs check their arguments' types and build nothing but tensors over the archive's own records
+Security: `find_class` hands a pickle only a closed table of small functions defined below
+(record a tensor's arguments, an OrderedDict/Counter/set from plain data, bytes from latin-1
+text, a torch.Size/device/layout from its name) plus dtypes and inert storage-type tokens, made
+fresh for each load (a pickle that BUILDs attributes onto one cannot change the next load). No
+real class or function of any other module is ever returned, so a `__reduce__` naming `os.system`
+stops the load before anything runs. Tensors are built only over the archive's own records
 (mapped storages are not resizable, so `set_` refuses sizes and strides past a record's end).
-The stubs and the storage-type tokens are made fresh for each load: a pickle that BUILDs
-attributes onto one cannot change the next load. `persistent_load` resolves only `("storage", <token>, key, location, numel)` ids.
 
-Anything unexpected — another global, a protocol other than torch's 2, a compressed or
-out-of-bounds record, big-endian data, Parameters with extra state, tensor metadata — raises
-`Declined` (and any other error counts the same): the caller then runs `torch.load` itself, so
-refusals and error messages stay torch's, and torch alone decides about every file not read here.
-
-Damaged files: the zip checks here and in `_zipdir`/`_torchio` mirror what torch's reader
-(miniz) refuses — encryption and other unsupported flags, other disks, sizes that disagree,
-records past the end, damaged small records (`version`, `.format_version`, the serialization id),
-members outside the archive's directory, names that are not UTF-8 — so that a fuzzed file
-(bytes changed at random) is read here only if torch.load reads the same bytes. In 6,000 fuzzed
-files, 3 were read here that torch refused: damage in zip fields that leave every tensor record
-where the directory says (parsed by miniz, ignored here). The fuzz test in
-tests/test_sources_bad_input.py holds the rest.
+Anything unexpected — another global, a protocol other than torch's 2, an unusual archive
+(`_zipdir`), a record whose local header or size disagrees, a tensor outside a dict or list,
+big-endian data, Parameters with extra state, tensor metadata — raises `Declined` with its
+`Reason`: the loader (`_torchio`) then runs `torch.load`, so torch alone decides about every file
+not read here, and its refusals and messages stay torch's.
 """
 
 from __future__ import annotations
 
 import copyreg
 import functools
-import io
+import math
 import mmap
 import operator
 import os
-import pickle
 import sys
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Callable
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -58,8 +49,9 @@ import numpy as np
 from normscope._gc import collector_paused
 from normscope._torch_seen import imported_torch
 
-from ._torch_archive import TorchRecords, record_numbers, zip_facts
-from ._zipdir import LOCAL_HEADER, LOCAL_SIG, STORED, le_field
+from ._refs import MappedTensorRef, dtype_name
+from ._unpickle import Declined, Policy, Reason, unpickle
+from ._zipdir import LOCAL_HEADER, LOCAL_SIG, TorchRecords, le_field, record_numbers, zip_facts
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -69,22 +61,14 @@ _TORCH_PROTOCOL = b"\x80\x02"  # torch.save's default pickle protocol, the one t
 
 def _torch() -> Any:
     """The torch module, imported on first use."""
-    # here, not at the top: a file whose tensors are all read in place needs no torch (~1.4 s)
-    import torch
+    import torch  # lazy: a file whose tensors are all read in place needs no torch (~1.4 s)
 
     return torch
 
 
-def _slice(storage: torch.UntypedStorage, at: slice) -> torch.UntypedStorage:
-    # `storage[a:b]` without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta
-    # storages; ours is a CPU mapping), at well under half the cost per slice
-    return _torch()._C.StorageBase.__getitem__(storage, at)
-
-
 class DType(NamedTuple):
-    """A torch dtype as `_scan_torch_zip` knows it without torch: its name and item size.
-    Immutable (a BUILD cannot change it), so one token per dtype serves every load; it prints
-    as torch's does (`torch.float32`)."""
+    """A torch dtype as the scan knows it without torch: its name and item size. Immutable (a
+    BUILD cannot change it), so one token per dtype serves every load; it prints as torch's does."""
 
     name: str
     itemsize: int
@@ -116,12 +100,9 @@ _STORAGE_DTYPES = {
 DTYPES = {name: DType(name, size) for name, size in _DTYPE_SIZES.items()}
 # what a tensor the kernel does not read in place becomes without torch: a numpy array of the
 # same values (dtypes numpy has)
-_NUMPY_DTYPES = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "int64": "<i8", "int32": "<i4", "int16": "<i2", "int8": "i1", "uint64": "<u8",
-                 "uint32": "<u4", "uint16": "<u2", "uint8": "u1", "bool": "?"}  # fmt: skip
-
-
-class Declined(Exception):
-    """Not a file this path reads the way torch.load would: let torch.load decide."""
+_NUMPY_DTYPES = {"float64": "<f8", "float32": "<f4", "float16": "<f2", "int64": "<i8", "int32": "<i4",
+                 "int16": "<i2", "int8": "i1", "uint64": "<u8", "uint32": "<u4", "uint16": "<u2",
+                 "uint8": "u1", "bool": "?"}  # fmt: skip
 
 
 class StorageType:
@@ -134,54 +115,24 @@ class StorageType:
         self.itemsize = dtype.itemsize
 
 
-class _Storage:
-    """What `persistent_load` returns: one record's bytes (a slice of the mapping) and its dtype."""
+def constants(*, torch_dtypes: bool) -> dict[tuple[str, str], object]:
+    """Globals that are plain values: the dtypes of the tables above, and storage-type tokens over
+    them, made anew for each load (a pickle can BUILD attributes onto what `find_class` gave it).
 
-    __slots__ = ("dtype", "untyped")
-
-    def __init__(self, untyped: torch.UntypedStorage, dtype: torch.dtype) -> None:
-        self.untyped = untyped
-        self.dtype = dtype
-
-
-@functools.cache
-def _constant_names() -> tuple[dict[tuple[str, str], torch.dtype], dict[tuple[str, str], torch.dtype]]:
-    """(globals that are dtypes, globals that are storage types → their dtype): torch's legacy
-    storage names, and `UntypedStorage` for dtypes without one (pickled as bytes)."""
-    torch = _torch()
-    dtypes = {
-        ("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)
-    }
-    storages = {
-        ("torch", name): dtype for dtype, name in torch.storage._dtype_to_storage_type_map().items()
-    }
-    storages[("torch.storage", "UntypedStorage")] = torch.uint8
-    return dtypes, storages
-
-
-def constants() -> dict[tuple[str, str], object]:
-    """Globals that are plain values: dtypes, and storage-type tokens. The tokens are made anew
-    for each load: a pickle can BUILD attributes onto what `find_class` gave it, and a token
-    shared between loads would carry that into the next file."""
-    dtypes, storages = _constant_names()
-    return {**dtypes, **{key: StorageType(dtype) for key, dtype in storages.items()}}
-
-
-def scan_constants() -> dict[tuple[str, str], object]:
-    """`constants()` where torch is imported; without torch, `DType` tokens for the dtypes and
-    storage-type tokens over them (a dtype pickled as a value then makes the scan decline: that
-    value is torch's to build)."""
-    if imported_torch() is not None:
-        return constants()
-    dtypes = {("torch", name): DTYPES[_DTYPE_ALIASES.get(name, name)]
-              for name in (*DTYPES, *_DTYPE_ALIASES)}  # fmt: skip
-    storages = {("torch", name): StorageType(DTYPES[dtype]) for name, dtype in _STORAGE_DTYPES.items()}
-    storages[("torch.storage", "UntypedStorage")] = StorageType(DTYPES["uint8"])
-    return {**dtypes, **storages}
+    Args:
+        torch_dtypes: torch's own dtypes (imports torch); otherwise torch's where torch is
+            imported, `DType` tokens where not (a dtype pickled as a value is then torch's to build).
+    """
+    torch = _torch() if torch_dtypes else imported_torch()
+    found = {name: DTYPES[name] if torch is None else getattr(torch, name, None) for name in DTYPES}
+    dtypes = {("torch", name): found[_DTYPE_ALIASES.get(name, name)] for name in (*DTYPES, *_DTYPE_ALIASES)}
+    storages = {("torch", name): StorageType(found[dtype]) for name, dtype in _STORAGE_DTYPES.items()}
+    storages[("torch.storage", "UntypedStorage")] = StorageType(found["uint8"])
+    return {key: value for key, value in {**dtypes, **storages}.items() if value is not None}
 
 
 def is_dtype(value: Any) -> bool:
-    """A dtype `scan_constants()` gives: a `DType` token, or torch's own where torch is imported."""
+    """A dtype `constants()` gives: a `DType` token, or torch's own where torch is imported."""
     if type(value) is DType:
         return True
     torch = imported_torch()
@@ -189,21 +140,6 @@ def is_dtype(value: Any) -> bool:
 
 
 _EMPTY: dict[torch.dtype, torch.Tensor] = {}  # per dtype, to make new tensors from cheaply
-
-
-def _new_tensor(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any,
-                requires_grad: Any, hooks: Any, metadata: Any) -> torch.Tensor:  # fmt: skip
-    """`torch._utils._rebuild_tensor_v2/v3`: a tensor over a storage from this archive."""
-    torch = _torch()
-    if (
-        type(storage) is not _Storage
-        or type(dtype) is not torch.dtype
-        or type(requires_grad) is not bool
-        or not (hooks is None or (type(hooks) is OrderedDict and not hooks))
-        or metadata  # conj/neg bits: rare, left to torch
-    ):
-        raise Declined("tensor arguments torch.save does not write")
-    return tensor_over(storage.untyped, dtype, offset, size, stride, requires_grad, hooks)
 
 
 def tensor_over(untyped: torch.UntypedStorage | RecordBytes, dtype: torch.dtype | DType, offset: Any,
@@ -233,65 +169,41 @@ def tensor_over(untyped: torch.UntypedStorage | RecordBytes, dtype: torch.dtype 
     return tensor
 
 
+def _arguments(ok: bool, what: str) -> None:
+    if not ok:
+        raise Declined(Reason.ARGUMENTS, what)
+
+
 def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
-    """The callables a pickle may reach, made fresh per load (see the module docstring)."""
-
-    def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any,
-                          requires_grad: Any, hooks: Any, metadata: Any = None) -> torch.Tensor:  # fmt: skip
-        dtype = storage.dtype if type(storage) is _Storage else None
-        return _new_tensor(storage, dtype, offset, size, stride, requires_grad, hooks, metadata)
-
-    def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
-                          hooks: Any, dtype: Any, metadata: Any = None) -> torch.Tensor:  # fmt: skip
-        return _new_tensor(storage, dtype, offset, size, stride, requires_grad, hooks, metadata)
-
-    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> torch.nn.Parameter:
-        torch = _torch()
-        if type(data) is not torch.Tensor or type(requires_grad) is not bool or hooks:
-            raise Declined("parameter arguments torch.save does not write")
-        param = torch.nn.Parameter(data, requires_grad)
-        param._backward_hooks = hooks  # as torch._utils._rebuild_parameter does
-        return param
-
-    def ordered_dict() -> OrderedDict[Any, Any]:  # OrderedDict.__reduce__ passes no arguments
-        return OrderedDict()
+    """The callables every torch policy gives a pickle beside its rebuild stubs, made fresh per
+    load (see the module docstring)."""
 
     def counter(counts: Any = None) -> Counter[Any]:  # Counter.__reduce__ passes a dict
-        if counts is not None and type(counts) is not dict:
-            raise Declined("Counter of something other than a dict")
+        _arguments(counts is None or type(counts) is dict, "Counter of something other than a dict")
         return Counter(counts or {})
 
     def make_set(items: Any) -> set[Any]:  # protocol 2 pickles a set as set([items])
-        if type(items) is not list:
-            raise Declined("set of something other than a list")
+        _arguments(type(items) is list, "set of something other than a list")
         return set(items)
 
     def encode(text: Any, encoding: Any) -> bytes:  # protocol 2 pickles bytes as latin-1 text
-        if type(text) is not str or encoding not in ("latin1", "latin-1"):
-            raise Declined("_codecs.encode other than latin-1 text")
+        _arguments(type(text) is str and encoding in ("latin1", "latin-1"), "_codecs.encode")
         return text.encode("latin1")
 
     def size(dims: Any) -> torch.Size:
-        if type(dims) is not tuple or any(type(d) is not int for d in dims):
-            raise Declined("torch.Size of something other than ints")
+        _arguments(type(dims) is tuple and all(type(d) is int for d in dims), "torch.Size")
         return _torch().Size(dims)
 
     def device(kind: Any, index: Any = None) -> torch.device:
-        if type(kind) is not str or not (index is None or type(index) is int):
-            raise Declined("torch.device of something other than a name and an index")
-        torch = _torch()
-        return torch.device(kind) if index is None else torch.device(kind, index)
+        _arguments(type(kind) is str and (index is None or type(index) is int), "torch.device")
+        return _torch().device(kind) if index is None else _torch().device(kind, index)
 
     def get_layout(name: Any) -> torch.layout:
-        if type(name) is not str:
-            raise Declined("layout of something other than a name")
+        _arguments(type(name) is str, "layout")
         return _torch().serialization._get_layout(name)
 
     return {
-        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
-        ("collections", "OrderedDict"): ordered_dict,
+        ("collections", "OrderedDict"): lambda: OrderedDict(),  # its __reduce__ passes nothing
         ("collections", "Counter"): counter,
         ("__builtin__", "set"): make_set,  # protocol 2's spelling of builtins
         ("builtins", "set"): make_set,
@@ -302,116 +214,45 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     }
 
 
-ITEMSIZE_OF = operator.attrgetter("itemsize")  # of storage types
-
-
 class Records:
-    """The archive's `data/<key>` records as slices of one private mapping of the file."""
+    """The archive's `data/<i>` records as slices of one private mapping of the file: the path,
+    `base` and `tensor()` a `MappedTensorRef` builds its tensor with."""
 
     def __init__(self, path: str, records: TorchRecords, size: int) -> None:
         self.path = path
-        self._sizes = records.sizes
-        self._size = size
+        self.size = size  # the bytes mapped: the whole file as it was when it was opened
         # What torch.load(mmap=True) maps: the whole file, MAP_PRIVATE (ACCESS_COPY: writes to a
         # tensor stay in this process, never reach the file), pages read only when touched.
         with open(path, "rb") as f:
             self._mapping = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
         # The local headers are read through that same mapping: each sits just before its
-        # record's bytes, on a page the engine maps anyway. A mapping of their own cost a fault
-        # per header and an unmap.
-        whole = np.frombuffer(self._mapping, dtype=np.uint8)
-        self._bytes = whole
-        self._base = whole.ctypes.data
+        # record's bytes, on a page the engine maps anyway.
+        self.bytes = np.frombuffer(self._mapping, dtype=np.uint8)  # the file, as mapped
+        self.base = self.bytes.ctypes.data  # the address of the file's first byte in the mapping
         self._storage: torch.UntypedStorage | None = None  # the mapping as torch sees it, once asked
-        self._np_starts = self._data_starts(records, whole)
-        self._np_sizes = np.frombuffer(records.sizes, dtype=np.int64)
-        self._starts = self._np_starts.tolist()
+        self._np_starts = self._data_starts(records.header_offsets, records.sizes)
+        self._np_sizes = records.sizes
+        self._starts, self._sizes = self._np_starts.tolist(), records.sizes.tolist()
 
-    def _data_starts(self, records: TorchRecords, data: np.ndarray) -> np.ndarray:
-        """Where each record's bytes begin, from its local header; -1 where the record is not
-        plain (stored) or its local header disagrees with the central directory (signature,
-        method, name) or its bytes would run past the end of the file.
-
-        All headers at once with numpy rather than one Python call per record: a 1 GB
-        ResNet-shaped run has 34k records."""
-
-        count = len(records.sizes)
-        starts = np.full(count, -1, dtype=np.int64)
-        offsets = np.frombuffer(records.header_offsets, dtype=np.int64)
-        sizes = np.frombuffer(records.sizes, dtype=np.int64)
-        prefix = f"{records.archive}data/".encode()
-        index = np.arange(count, dtype=np.int64)
-        digits = 1 + sum((index >= 10**k).astype(np.int64) for k in range(1, 19))
-        name_at = offsets + LOCAL_HEADER.size
-        # the header and the name it should hold lie inside the file
-        keep = (offsets >= 0) & (name_at + len(prefix) + digits <= self._size)
-        index, at, name_at, digits = index[keep], offsets[keep], name_at[keep], digits[keep]
-
-        def field(offset: int, size: int) -> np.ndarray:  # of each header
-            return le_field(data, at + offset, size)
-
-        name_len = field(26, 2)
-        first = name_at + name_len + field(28, 2)
-        # each term at most the file's size before they are added: no int64 sum can wrap
-        record_sizes = sizes[index]
-        ok = (
-            (field(0, 4) == int.from_bytes(LOCAL_SIG, "little"))
-            & (field(8, 2) == STORED)
-            & (name_len == len(prefix) + digits)
-            & (record_sizes >= 0)
-            & (record_sizes <= self._size)
-            & (first + record_sizes <= self._size)
-        )
-        for k, byte in enumerate(prefix):  # "<archive>/data/" ...
-            ok &= data[name_at + k] == byte
-        for d in range(int(digits.max(initial=0))):  # ... then the decimal digits of i
-            has = digits > d
-            place = 10 ** np.maximum(digits - 1 - d, 0)
-            digit = data[np.where(has, name_at + len(prefix) + d, 0)]
-            ok &= ~has | (digit == (index // place) % 10 + ord("0"))
-        starts[index[ok]] = first[ok]
-        return starts
-
-    @property
-    def size(self) -> int:
-        """The bytes mapped: the whole file as it was when it was opened."""
-        return self._size
-
-    @property
-    def base(self) -> int:
-        """The address of the file's first byte in the mapping."""
-        return self._base
-
-    def _whole(self) -> torch.UntypedStorage:
-        """The whole mapping as one torch storage (non-resizable: `set_` refuses a tensor past a
-        record's end), made the first time a tensor is built."""
-        if self._storage is None:
-            self._storage = _torch().frombuffer(self._mapping, dtype=_torch().uint8).untyped_storage()
-        return self._storage
-
-    def index(self, key: str, nbytes: int) -> int:
-        """The record `data/<key>`, checked: stored plain, where its local header says, and
-        `nbytes` long (what its storage id says it holds)."""
-        found = record_numbers([key], len(self._starts))
-        if found is None:
-            raise Declined(f"no record data/{key}")
-        index = found[0]
-        if self._starts[index] < 0:
-            raise Declined(f"data/{key} is not a stored record that matches its local header")
-        if self._sizes[index] != nbytes:
-            raise Declined(f"data/{key} is not the size its tensor needs")
-        return index
+    def _data_starts(self, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Where each record's bytes begin: after its local header, its name and extra field, as
+        torch's reader finds them (all headers at once: a 1 GB ResNet-shaped run has 34k records);
+        -1 where the header is not one or the bytes run past the end of the file."""
+        inside = offsets + LOCAL_HEADER.size <= self.size
+        at = np.where(inside, offsets, 0)
+        starts = at + LOCAL_HEADER.size + le_field(self.bytes, at + 26, 2) + le_field(self.bytes, at + 28, 2)
+        ok = inside & (le_field(self.bytes, at, 4) == int.from_bytes(LOCAL_SIG, "little"))
+        return np.where(ok & (starts + sizes <= self.size), starts, -1)
 
     def indices(self, keys: list[str], nbytes: list[int]) -> list[int]:
-        """`index()` for many keys, a column at a time."""
+        """The records `data/<key>` of `keys`, checked a column at a time: each with its local
+        header found, and `nbytes` long (what its storage id says it holds)."""
         found = record_numbers(keys, len(self._starts))
         if found is None:
-            raise Declined("a storage key that names no record")
+            raise Declined(Reason.RECORD, "a storage key that names no record")
         at = np.array(found, dtype=np.int64)
-        if np.any(self._np_starts[at] < 0):
-            raise Declined("a record that is not stored where its local header says")
-        if np.any(self._np_sizes[at] != np.array(nbytes, dtype=np.int64)):
-            raise Declined("a record of another size than its storage needs")
+        if np.any(self._np_starts[at] < 0) or np.any(self._np_sizes[at] != np.array(nbytes, dtype=np.int64)):
+            raise Declined(Reason.RECORD, "a record without its local header, or not the size its storage needs")
         return found
 
     def extents(self, indices: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -420,20 +261,21 @@ class Records:
         return self._np_starts[at], self._np_sizes[at]
 
     def get(self, key: str, nbytes: int) -> RecordBytes:
-        """The `nbytes` of record `data/<key>` (checked by `index()`), not yet a torch storage."""
-        return RecordBytes(self, self._starts[self.index(key, nbytes)], nbytes)
+        """The `nbytes` of record `data/<key>` (checked by `indices()`), not yet a torch storage."""
+        return RecordBytes(self, self._starts[self.indices([key], [nbytes])[0]], nbytes)
 
     def storage(self, start: int, nbytes: int) -> torch.UntypedStorage:
-        """`nbytes` from `start` as a slice of the mapping's storage."""
-        return _slice(self._whole(), slice(start, start + nbytes))
-
-    def array(self, start: int, nbytes: int) -> np.ndarray:
-        """`nbytes` from `start` as uint8 over the mapping, no copy."""
-        return self._bytes[start : start + nbytes]
+        """`nbytes` from `start` as a slice of the whole mapping as one torch storage
+        (non-resizable: `set_` refuses a tensor past a record's end), made when first asked."""
+        if self._storage is None:
+            torch = _torch()
+            self._storage = torch.frombuffer(self._mapping, dtype=torch.uint8).untyped_storage()
+        # without UntypedStorage.__getitem__'s Python wrapper (it only refuses meta storages)
+        return _torch()._C.StorageBase.__getitem__(self._storage, slice(start, start + nbytes))
 
     def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
                stride: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
-        """The tensor of a `MappedTensorRef` (record checked by `index()` when it was made)."""
+        """The tensor of a `MappedTensorRef` (record checked by `indices()` when it was made)."""
         untyped = self.storage(self._starts[record], self._sizes[record])
         return tensor_over(untyped, getattr(_torch(), dtype), offset, shape, stride, False, None)
 
@@ -449,29 +291,19 @@ class RecordBytes(NamedTuple):
         return self.records.storage(self.start, self.nbytes)
 
     def array(self, dtype: DType, offset: Any, size: Any, stride: Any) -> np.ndarray | None:
-        """The tensor `(offset, size, stride)` of `dtype` over these bytes as a numpy array (the
-        mapping's, no copy); None where numpy does not hold that dtype, the arguments are not
-        what torch.save writes, or an element would lie past the record (torch's `set_` refuses
-        those too, and decides the message)."""
+        """The tensor `(offset, size, stride)` (non-negative ints, as `_checked` leaves them) of
+        `dtype` over these bytes as a numpy array (the mapping's, no copy); None where numpy does
+        not hold that dtype, or an element would lie past the record (torch's `set_` refuses those
+        too, and decides the message)."""
         kind = _NUMPY_DTYPES.get(dtype.name)
-        if (
-            kind is None
-            or type(offset) is not int
-            or type(size) is not tuple
-            or type(stride) is not tuple
-            or len(size) != len(stride)
-            or not all(type(n) is int and n >= 0 for n in (offset, *size, *stride))
-        ):
+        if kind is None:
             return None
-        itemsize = dtype.itemsize
-        count = 1
-        for n in size:
-            count *= n
+        itemsize, count = dtype.itemsize, math.prod(size)
         # the last element's index plus one (exact: Python ints); an empty tensor reaches nothing
         reach = 0 if count == 0 else offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
         if reach * itemsize > self.nbytes:
             return None
-        data = self.records.array(self.start, self.nbytes)
+        data = self.records.bytes[self.start : self.start + self.nbytes]
         start = offset * itemsize if count else 0
         base = data[start : start + max(reach - offset, 0) * itemsize].view(kind)
         return np.lib.stride_tricks.as_strided(
@@ -479,108 +311,124 @@ class RecordBytes(NamedTuple):
         )
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """The C unpickler, reaching only `globals_` (see the module docstring)."""
-
-    def __init__(self, pickled: bytes, globals_: dict[tuple[str, str], object]) -> None:
-        # BufferedReader: the C unpickler prefetches through `peek` instead of a call per opcode
-        super().__init__(io.BufferedReader(io.BytesIO(pickled)), encoding="utf-8")
-        self._globals = globals_
-
-    def find_class(self, module: str, name: str) -> Any:
-        found = self._globals.get((module, name))
-        if found is None:
-            raise Declined(f"global {module}.{name}")
-        return found
-
-
-class _TensorUnpickler(RestrictedUnpickler):
-    """Builds the tensors as it goes, as torch.load does."""
-
-    def __init__(self, pickled: bytes, records: Records) -> None:
-        super().__init__(pickled, {**constants(), **stubs()})
-        self._get = records.get  # bound once: called for every storage
-        self._storages: dict[str, _Storage] = {}
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
-            raise Declined("a persistent id other than a storage")
-        _, storage_type, key, location, numel = pid
-        if (
-            type(storage_type) is not StorageType
-            or type(key) is not str
-            or type(location) is not str  # ignored: everything is mapped to the CPU
-            or type(numel) is not int
-            or numel < 0
-        ):
-            raise Declined("a storage id torch.save does not write")
-        # as torch.load: the first id naming a key fixes its dtype; later ones share it
-        storage = self._storages.get(key)
-        if storage is None:
-            nbytes = numel * storage_type.itemsize
-            storage = _Storage(self._get(key, nbytes).storage(), storage_type.dtype)
-            if nbytes:  # torch.load does not share empty storages either
-                self._storages[key] = storage
-        return storage
-
-
-_CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
-# no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
-_PRIVATE = (_Storage, StorageType, DType, types.FunctionType)
-
-
 def _check_environment(byteorder: bytes | None) -> None:
     """Settings under which torch.load would build something else than what we build."""
-    if sys.byteorder != "little":
-        raise Declined("big-endian machine")
-    if byteorder is not None and byteorder != b"little":
-        raise Declined("big-endian checkpoint")
+    if sys.byteorder != "little" or (byteorder is not None and byteorder != b"little"):
+        raise Declined(Reason.SETTINGS, "big-endian machine or checkpoint")
     # torch.load's settings: where torch is not imported, nothing has changed them from their defaults
     torch = imported_torch()
     if torch is not None:
-        if byteorder is None:  # old files: torch assumes little unless told otherwise
-            endianness = torch.serialization.get_default_load_endianness()
-            if endianness not in (None, torch.serialization.LoadEndianness.LITTLE):
-                raise Declined("a non-default load endianness is set")
+        endianness = torch.serialization.get_default_load_endianness()
+        if byteorder is None and endianness not in (None, torch.serialization.LoadEndianness.LITTLE):
+            raise Declined(Reason.SETTINGS, "a non-default load endianness is set")
         if torch.serialization.get_default_mmap_options() != mmap.MAP_PRIVATE:
-            raise Declined("torch.load is set to map files shared")
+            raise Declined(Reason.SETTINGS, "torch.load is set to map files shared")
     # EXT opcodes resolve through copyreg's registry, and its cache bypasses find_class
     if copyreg._inverted_registry:  # type: ignore[attr-defined]
-        raise Declined("copyreg extensions are registered")
+        raise Declined(Reason.SETTINGS, "copyreg extensions are registered")
 
 
-def open_archive(path: str) -> tuple[bytes, Records]:
-    """The pickle and the records of a torch.save zip this module reads; Declined otherwise."""
+def open_archive(path: str, *, any_protocol: bool = False) -> tuple[bytes, Records]:
+    """The pickle and the mapped records of a torch.save zip this module reads.
+
+    Args:
+        path: the file.
+        any_protocol: take a pickle of any protocol (the recovery reader), not only torch's 2.
+
+    Returns:
+        (the `data.pkl` bytes, its records over a private mapping of the file).
+
+    Raises:
+        Declined: an unusual archive, another protocol, or settings torch.load reads otherwise.
+    """
     facts = zip_facts(path)
     if facts.pickle is None or facts.records is None:
-        raise Declined("not a torch.save zip with numbered records")
-    if not facts.pickle.startswith(_TORCH_PROTOCOL):
-        raise Declined("pickle protocol other than torch's 2")
+        raise Declined(Reason.ARCHIVE)
+    if not (any_protocol or facts.pickle.startswith(_TORCH_PROTOCOL)):
+        raise Declined(Reason.PROTOCOL)
     _check_environment(facts.records.byteorder)
     size = os.path.getsize(path)
     if size == 0:  # nothing to map; zip_facts said otherwise, so the file changed under us
-        raise Declined("an empty file")
+        raise Declined(Reason.ARCHIVE, "an empty file")
     return facts.pickle, Records(path, facts.records, size)
 
 
-def load_torch_zip_fast(path: str) -> Any:
-    """What `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` returns, or
-    `Declined` (or another exception) when this file is for torch.load to read."""
-    pickled, records = open_archive(path)
-    # Thousands of new containers trigger full collections that walk everything alive: half
-    # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
-    with collector_paused():
-        result = _TensorUnpickler(pickled, records).load()
-        record_places(result)  # checks it holds none of our own objects
-        return result
+class Rebuilt(NamedTuple):
+    """What a pickled `_rebuild_tensor_v2/v3(...)` call makes: its arguments, unchecked (`dtype`:
+    v3's, None for v2, whose tensors take their storage's; `parameter`: the `requires_grad` of the
+    Parameter it is wrapped in, None for a plain tensor). `_resolve` checks all of a file's at
+    once, as one `Rebuilt` of columns."""
+
+    storage: Any  # the persistent id, a `_StorageId` once checked
+    offset: Any
+    size: Any
+    stride: Any
+    requires_grad: Any
+    hooks: Any
+    dtype: Any
+    parameter: Any
 
 
-def record_places(result: Any, record: type | None = None) -> list[tuple[Any, list[Any]]]:
-    """(container, keys) of every instance of `record` in the result: dict values only (state
-    dicts and optimizer states keep tensors there); Declined for one elsewhere. Declined too for a result
-    holding our own objects — a storage or storage type pickled on its own (torch.load gives a
-    torch storage there), a stub — which is all the check the eager loader needs. Containers
-    (and the attributes a BUILD gave a dict, like a state_dict's `_metadata`) are walked once."""
+class _StorageId(NamedTuple):
+    """A persistent id as torch.save writes it: `("storage", <storage type>, key, location, numel)`."""
+
+    tag: Any
+    kind: Any
+    key: Any
+    location: Any  # ignored: everything is mapped to the CPU
+    numel: Any
+
+
+_new_rebuilt = functools.partial(tuple.__new__, Rebuilt)
+
+
+def _rebuild_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
+    # torch writes the optional `metadata` only when there is some (conj/neg bits): an argument
+    # too many, which torch.load then reads
+    def rebuild_tensor_v2(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                          hooks: Any) -> Rebuilt:  # fmt: skip
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, None, None))
+
+    def rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any,
+                          hooks: Any, dtype: Any) -> Rebuilt:  # fmt: skip
+        _arguments(is_dtype(dtype), "tensor dtype")
+        return _new_rebuilt((storage, offset, size, stride, requires_grad, hooks, dtype, None))
+
+    def rebuild_parameter(data: Any, requires_grad: Any, hooks: Any) -> Rebuilt:
+        _arguments(type(data) is Rebuilt and data.parameter is None and type(requires_grad) is bool
+                   and not hooks, "Parameter")  # fmt: skip
+        return data._replace(parameter=requires_grad)
+
+    return {
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+    }
+
+
+def torch_policy(*, torch_dtypes: bool) -> Policy:
+    """The policy of a torch.save pickle: `Rebuilt` records for tensors, storage ids as pickled.
+
+    Args:
+        torch_dtypes: torch's own dtypes (imports torch), not `DType` tokens where torch is not
+            imported.
+    """
+    return Policy({**constants(torch_dtypes=torch_dtypes), **stubs(), **_rebuild_stubs()},
+                  persistent_load=lambda pid: pid)
+
+
+_CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
+_DICTS = frozenset({dict, OrderedDict, Counter})
+# no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
+_PRIVATE = (StorageType, DType, types.FunctionType)
+
+
+def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
+    """(container, keys) of every `Rebuilt` in the result: dict values and list items only
+    (state dicts and optimizer states keep tensors there); Declined for one elsewhere, or for
+    our own objects — a storage type pickled on its own (torch.load gives a torch storage
+    there), a stub. Containers (and the attributes a BUILD gave a dict, like a state_dict's
+    `_metadata`) are walked once."""
     places: list[tuple[Any, list[Any]]] = []
     stack, seen = [result], set()
     while stack:
@@ -590,21 +438,193 @@ def record_places(result: Any, record: type | None = None) -> list[tuple[Any, li
             if id(value) in seen:
                 continue
             seen.add(id(value))
-            if kind is dict or kind is OrderedDict or kind is Counter:
+            if kind in _DICTS:
                 stack.extend(value.keys())
-                keys = [key for key, item in value.items() if type(item) is record]
-                if keys:
-                    places.append((value, keys))
-                    stack.extend(item for item in value.values() if type(item) is not record)
-                else:
-                    stack.extend(value.values())
-                attributes = getattr(value, "__dict__", None)
-                if attributes:
-                    stack.append(attributes)
+                if getattr(value, "__dict__", None):
+                    stack.append(value.__dict__)
+                pairs, items = value.items(), value.values()
+            elif kind is list:
+                pairs, items = enumerate(value), value
             else:
                 stack.extend(value)
-        elif kind is record:
-            raise Declined("a tensor outside a dict's values")
-        elif isinstance(value, _PRIVATE):
-            raise Declined(f"the checkpoint holds a bare {kind.__name__}")
+                continue
+            keys = [key for key, item in pairs if type(item) is Rebuilt]
+            if keys:
+                places.append((value, keys))
+            stack.extend(item for item in items if type(item) is not Rebuilt)
+        elif kind is Rebuilt:
+            raise Declined(Reason.PLACE, "a tensor outside a dict or list")
+        elif isinstance(value, _PRIVATE) or (kind is tuple and value[:1] == ("storage",)):
+            raise Declined(Reason.PLACE, f"a bare {kind.__name__}")
     return places
+
+
+def resolve_places(result: Any, records: Records, *, refs: bool) -> Any:
+    """`result` with each `Rebuilt` in it replaced by its tensor (with `refs`: by a
+    `MappedTensorRef` where the engine reads it in place)."""
+    places = record_places(result)
+    keys = [key for _, keys in places for key in keys]
+    rebuilt = [container[key] for container, keys in places for key in keys]
+    made = iter(_resolve(rebuilt, keys, records, refs=refs))
+    for container, keys in places:
+        for key in keys:
+            container[key] = next(made)
+    return result
+
+
+# The dtypes the engine's CPU kernel reads in place (`engine/fused.py`).
+_IN_PLACE_DTYPES = frozenset({"float32", "float64", "bfloat16", "float16"})
+
+
+def _contiguous_strides(size: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(size):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+def _types(column: Any) -> set[type]:
+    return set(map(type, column))
+
+
+def _checked(rebuilt: list[Rebuilt]) -> tuple[Rebuilt, _StorageId]:
+    """The tensors' arguments and storage ids as columns, each checked as torch.load checks one
+    tensor's (a column at a time: a call per tensor costs more than the unpickle)."""
+    args = Rebuilt._make(zip(*rebuilt))
+    if _types(args.storage) != {tuple} or set(map(len, args.storage)) != {5}:
+        raise Declined(Reason.STORAGE_ID)
+    ids = _StorageId._make(zip(*args.storage))
+    if (
+        set(ids.tag) != {"storage"}
+        or _types(ids.kind) != {StorageType}
+        or _types(ids.key) != {str}
+        or _types(ids.location) != {str}
+        or _types(ids.numel) != {int}
+        or min(ids.numel) < 0
+    ):
+        raise Declined(Reason.STORAGE_ID)
+    dims, steps = list(chain.from_iterable(args.size)), list(chain.from_iterable(args.stride))
+    _arguments(
+        _types(args.offset) == {int}
+        and min(args.offset) >= 0
+        and _types(args.size) == _types(args.stride) == {tuple}
+        and _types(dims) | _types(steps) <= {int}
+        and min(dims, default=0) >= 0
+        and min(steps, default=0) >= 0
+        and list(map(len, args.size)) == list(map(len, args.stride))
+        and _types(args.requires_grad) == {bool}
+        and _types(args.hooks) <= {type(None), OrderedDict}
+        and not any(args.hooks),  # only empty OrderedDicts (v3's dtype: checked by its stub)
+        "tensor",
+    )
+    return args, ids
+
+
+def _resolve(rebuilt: list[Rebuilt], names: list[Any], records: Records, *, refs: bool) -> list[Any]:
+    """A tensor for each `Rebuilt`, built as torch.load builds it; with `refs`, a `MappedTensorRef`
+    instead for each contiguous tensor of a dtype the engine reads in place and more than one
+    element (not integer buffers, scalars such as an optimizer's `step`, views)."""
+    if not rebuilt:
+        return []
+    args, ids = _checked(rebuilt)
+    # torch.load lets the first id of a key fix its dtype and size; torch.save writes one
+    storages = dict(zip(ids.key, zip(ids.kind, ids.numel)))
+    if len(storages) != len(ids.key) and len(set(zip(ids.key, ids.kind, ids.numel))) != len(storages):
+        raise Declined(Reason.STORAGE_ID, "a storage named with two dtypes or sizes")
+    storage_bytes = [kind.itemsize * numel for kind, numel in storages.values()]
+    row_of = dict(zip(storages, records.indices(list(storages), storage_bytes)))
+    # the tensors' dtypes: their storages' (v2), or their own (v3, over untyped bytes)
+    dtypes = [kind.dtype if dtype is None else dtype for kind, dtype in zip(ids.kind, args.dtype)]
+    if not refs:
+        shared: dict[str, Any] = {}  # the storage of each key, as torch.load shares it
+        return [_built(records, r, dtype, shared) for r, dtype in zip(rebuilt, dtypes)]
+    rows = list(map(row_of.__getitem__, ids.key))
+    layouts = {size: (math.prod(size), _contiguous_strides(size)) for size in set(args.size)}
+    counts, contiguous = zip(*map(layouts.__getitem__, args.size))
+    # per dtype (a handful): its name, item size, and whether the engine reads it in place
+    facts = {dtype: (dtype_name(dtype), dtype.itemsize, dtype_name(dtype) in _IN_PLACE_DTYPES)
+             for dtype in set(dtypes)}  # fmt: skip
+    dtype_names, itemsizes, in_place_dtype = zip(*map(facts.__getitem__, dtypes))
+    offsets, np_counts = _bounded(args.offset, records.size), _bounded(counts, records.size)
+    np_itemsizes = np.array(itemsizes, dtype=np.int64)
+    in_place = (
+        (np_counts > 1)
+        & np.array(list(map(operator.eq, args.stride, contiguous)), dtype=bool)
+        & np.array(in_place_dtype, dtype=bool)
+    )
+    starts, record_bytes = records.extents(rows)  # `indices` checked each against its storage id
+    # Exact: offsets and counts are at most the file's size + 1 (`_bounded`), item sizes at most
+    # 8 and records within the file, so no int64 here can wrap. A wrapped product would pass
+    # and hand the kernel an address outside the record: another record's bytes, or a fault.
+    if np.any(in_place & ((offsets + np_counts) * np_itemsizes > record_bytes)):
+        raise Declined(Reason.RECORD, "a tensor past the end of its record")
+    addresses = (records.base + starts + offsets * np_itemsizes).tolist()
+    # named by their keys (`model_refs` renames the few it cleans); "" for keys not text
+    labels = names if _types(names) == {str} else [key if type(key) is str else "" for key in names]
+    made = map(_new_ref, zip(labels, args.size, dtype_names, counts, addresses, repeat(records), rows,
+                             args.offset, args.stride))  # fmt: skip
+    if in_place.all():
+        return list(made)
+    return [ref if mapped else _built(records, r, dtype, {})
+            for ref, mapped, r, dtype in zip(made, in_place.tolist(), rebuilt, dtypes)]  # fmt: skip
+
+
+def _built(records: Records, rebuilt: Rebuilt, dtype: Any, shared: dict[str, Any]) -> Any:
+    """The tensor (or Parameter) of one `Rebuilt` (checked by `_checked`), as torch.load builds
+    it; over the storage in `shared` for its key, where a tensor built before has left one."""
+    storage = _StorageId._make(rebuilt.storage)
+    data = shared.get(storage.key)
+    if data is None:
+        data = records.get(storage.key, storage.kind.itemsize * storage.numel)
+        if type(dtype) is not DType:  # a torch storage, shared as torch.load shares it
+            data = data.storage()
+        if data.nbytes if type(data) is RecordBytes else data.nbytes():  # torch shares no empty one
+            shared[storage.key] = data
+    tensor = tensor_over(data, dtype, rebuilt.offset, rebuilt.size, rebuilt.stride, rebuilt.requires_grad,
+                         rebuilt.hooks)  # fmt: skip
+    if rebuilt.parameter is None:
+        return tensor
+    param = _torch().nn.Parameter(tensor, rebuilt.parameter)
+    param._backward_hooks = OrderedDict()  # as torch._utils._rebuild_parameter does
+    return param
+
+
+def _bounded(values: tuple[int, ...], size: int) -> np.ndarray:
+    """Non-negative ints (checked by the caller) as int64, each clipped to `size + 1`: a value
+    past the file's size fails every bound the same, and numpy cannot hold a pickle's larger
+    ints (or would wrap what it computes from them). `size` is a file's, far below 2**58, so
+    sums and products of a few of these stay exact."""
+    if size >= 1 << 58:
+        raise Declined(Reason.ARCHIVE, "a file too large to check in 64-bit arithmetic")
+    if max(values, default=0) > size:  # rare: only a damaged or crafted file
+        values = tuple(min(value, size + 1) for value in values)
+    return np.array(values, dtype=np.int64)
+
+
+_new_ref = functools.partial(tuple.__new__, MappedTensorRef)  # a ref from its fields, no call
+
+
+def read_torch_zip(path: str, *, refs: bool) -> Any:
+    """What `torch.load(path, weights_only=True, mmap=True, map_location="cpu")` returns; with
+    `refs`, a `MappedTensorRef` (named by its key) in place of each contiguous floating-point
+    tensor (see `_resolve`): nothing is built for them, and the engine reads them in place.
+
+    Raises:
+        Declined: this file is for torch.load to read (and any other error counts the same).
+    """
+    pickled, records = open_archive(path)
+    # Thousands of new containers trigger full collections that walk everything alive: half
+    # the time of a load, measured. An unpickle makes no garbage cycles worth collecting.
+    with collector_paused():
+        return resolve_places(unpickle(pickled, torch_policy(torch_dtypes=not refs)), records, refs=refs)
+
+
+def load_torch_zip_fast(path: str) -> Any:
+    """`read_torch_zip(path, refs=False)`: the object torch.load returns, every tensor built."""
+    return read_torch_zip(path, refs=False)
+
+
+def scan_torch_zip(path: str) -> Any:
+    """`read_torch_zip(path, refs=True)`: refs for the tensors the engine reads in place."""
+    return read_torch_zip(path, refs=True)

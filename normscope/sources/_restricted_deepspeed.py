@@ -9,6 +9,7 @@ to the records below, which keep the values and run nothing; any other global is
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from typing import Any
 
@@ -70,9 +71,7 @@ DEEPSPEED_GLOBALS = (
 def load_deepspeed_file(path: str) -> Any:
     """A DeepSpeed `*_model_states.pt` / `*_optim_states.pt`: weights_only, mmap, its globals
     as records. One-line errors for anything unreadable or needing other code."""
-    import pickle
-
-    import torch
+    import torch  # lazy: only a DeepSpeed checkpoint needs it, and it is read by torch.load
 
     try:
         with warnings.catch_warnings(), torch.serialization.safe_globals(list(DEEPSPEED_GLOBALS)):

@@ -1,40 +1,28 @@
-"""A pickle loader that can only build an explicit allow-list of classes.
+"""torch.distributed.checkpoint's `.metadata`, read by the restricted unpickler (`_unpickle`).
 
 torch.distributed.checkpoint writes its `.metadata` with plain pickle and reads it back with plain
-pickle, so a crafted `.metadata` could run any code. This loader resolves only the metadata
-dataclasses, `pathlib` paths, `torch.Size`, dtypes and layouts; any other global stops the load
-with UnsafeCheckpointError before anything is called.
+pickle, so a crafted `.metadata` could run any code. Here the policy resolves only the metadata
+dataclasses, `pathlib` paths, `torch.Size`, dtypes and layouts; any other global, and any
+persistent id, stops the load with UnsafeCheckpointError before anything is called.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
+import importlib
 from typing import Any
 
 from normscope.errors import BadInputError, UnsafeCheckpointError
 
+from ._unpickle import Policy, unpickle
+
 _DCP_METADATA_CLASSES = {
-    ("torch.distributed.checkpoint.metadata", name)
-    for name in (
-        "Metadata",
-        "MetadataIndex",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
-    )
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("pathlib", "PosixPath"),
-    ("pathlib", "PurePosixPath"),
-    ("pathlib", "PureWindowsPath"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("collections", "OrderedDict"),
-}
+    *(("torch.distributed.checkpoint.metadata", name) for name in (
+        "Metadata", "MetadataIndex", "TensorStorageMetadata", "BytesStorageMetadata",
+        "ChunkStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+}  # fmt: skip
 
 
 def _shown(text: object, limit: int = 80) -> str:
@@ -44,33 +32,33 @@ def _shown(text: object, limit: int = 80) -> str:
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
-class _AllowListUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BufferedIOBase, where: str) -> None:
-        super().__init__(file)
-        self._where = where
+def _dcp_policy(where: str) -> Policy:
+    """The metadata classes, imported from their modules when a pickle names them, and dtypes."""
+    import torch  # lazy: only a DCP directory's metadata needs it
 
-    def find_class(self, module: str, name: str) -> Any:
-        import torch
-
+    def metadata_class(module: str, name: str) -> Any:
         if (module, name) in _DCP_METADATA_CLASSES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise UnsafeCheckpointError(
-            f"{self._where} needs {_shown(f'{module}.{name}')} to load; normscope never runs code "
-            "from a checkpoint"
-        )
+            return getattr(importlib.import_module(module), name)
+        raise UnsafeCheckpointError(f"{where} needs {_shown(f'{module}.{name}')} to load; normscope "
+                                    "never runs code from a checkpoint")  # fmt: skip
 
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafeCheckpointError(
-            f"{self._where} uses persistent ids; refusing to load it"
-        )
+    def no_persistent_ids(pid: Any) -> Any:
+        raise UnsafeCheckpointError(f"{where} uses persistent ids; refusing to load it")
+
+    dtypes = {("torch", name): value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+    return Policy(dtypes, metadata_class, no_persistent_ids)
 
 
 def load_dcp_metadata(path: str) -> Any:
+    """The metadata object of a torch.distributed.checkpoint directory's `.metadata` file.
+
+    Raises:
+        UnsafeCheckpointError: it names a global outside the allow-list, or a persistent id.
+        BadInputError: it cannot be read or is not a whole pickle.
+    """
     try:
         with open(path, "rb") as f:
-            return _AllowListUnpickler(f, path).load()
+            return unpickle(f.read(), _dcp_policy(path))
     except UnsafeCheckpointError:
         raise
     except PermissionError:

@@ -1,35 +1,26 @@
-"""Recovering the tensors of a `torch.save` zip that `weights_only` refuses, without running code.
+"""Recovering the tensors of a `torch.save` zip that weights_only refuses, without running code.
 
-Opt-in (`open_run(..., recover_unsafe=True)`). The pickle is read by an unpickler whose `find_class`
-returns torch's tensor-rebuild functions, `OrderedDict`, `set`, `torch.Size` and dtypes, and for any
-other global an *inert placeholder class* that only records its arguments and state. So a pickled
-`nn.Module` becomes a tree of placeholders whose recorded `_parameters`/`_buffers`/`_modules` give
-the state_dict back, an `argparse.Namespace` becomes a placeholder that is ignored, and a
-`__reduce__` that names `os.system` gets a placeholder instead of the function. TorchScript archives
-are refused (torch.load would hand them to `torch.jit.load`). Legacy non-zip files are not handled.
+Opt-in (`open_run(..., recover_unsafe=True)`). The pickle is read by the one restricted unpickler
+(`_unpickle`) under `_fast_torch_zip`'s tensor policy, widened: every other global becomes an
+*inert placeholder class* that only records its arguments and state. So a pickled `nn.Module`
+becomes a tree of placeholders whose recorded `_parameters`/`_buffers`/`_modules` give the
+state_dict back, an `argparse.Namespace` becomes a placeholder that is ignored, and a
+`__reduce__` that names `os.system` gets a placeholder instead of the function. TorchScript
+archives are refused before this (`_torchio`); legacy non-zip files, and archives the fast reader
+does not map (`_zipdir`), are not recovered.
 """
 
 from __future__ import annotations
 
-import pickle
-import types
-import warnings
-import zipfile
+import dataclasses
 from collections import OrderedDict
-from typing import Any, ClassVar
+from typing import Any
 
-from normscope.errors import BadInputError, UnsafeCheckpointError
+from normscope._gc import collector_paused
+from normscope.errors import BadInputError
 
-_ALLOWED_CALLABLES = {
-    ("torch._utils", "_rebuild_tensor_v2"),
-    ("torch._utils", "_rebuild_tensor"),
-    ("torch._utils", "_rebuild_parameter"),
-    ("torch._utils", "_rebuild_parameter_with_state"),
-    ("collections", "OrderedDict"),
-    ("builtins", "set"),
-    ("builtins", "frozenset"),
-    ("torch", "Size"),
-}
+from ._fast_torch_zip import Rebuilt, open_archive, resolve_places, torch_policy
+from ._unpickle import Declined, Reason, unpickle
 
 
 class Inert:
@@ -41,9 +32,6 @@ class Inert:
         obj = object.__new__(cls)
         obj.__dict__.update(args=args, state=None, items={}, list_items=[])
         return obj
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
     def __setstate__(self, state: Any) -> None:
         self.__dict__["state"] = state
@@ -68,32 +56,6 @@ def _inert_class(global_name: str) -> type[Inert]:
     return type("Inert", (Inert,), {"global_name": global_name})
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    refused: ClassVar[set[str]]  # set per load by `_pickle_module`
-
-    def find_class(self, module: str, name: str) -> Any:
-        import torch
-
-        module = (
-            "builtins" if module == "__builtin__" else module
-        )  # protocol-2 spelling
-        if (module, name) in _ALLOWED_CALLABLES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        self.refused.add(f"{module}.{name}")
-        return _inert_class(f"{module}.{name}")
-
-
-def _pickle_module(refused: set[str]) -> types.ModuleType:
-    """A stand-in `pickle` module for torch.load: our Unpickler, reporting refused globals."""
-    unpickler = type("Unpickler", (_RestrictedUnpickler,), {"refused": refused})
-    module = types.ModuleType("normscope_restricted_pickle")
-    module.Unpickler = unpickler  # type: ignore[attr-defined]
-    module.__name__ = "normscope_restricted_pickle"
-    return module
-
-
 # Entries of the state dicts rebuilt from pickled modules, and containers walked, at most: a
 # pickle can share one object many times over (a DAG), and a walk along every path through it
 # is exponential in its depth. Real checkpoints are far below this.
@@ -101,19 +63,15 @@ _MAX_VISITS = 1 << 20
 
 
 class _Budget:
-    def __init__(self) -> None:
-        self.left = _MAX_VISITS
+    left = _MAX_VISITS
 
     def spend(self) -> None:
         self.left -= 1
         if self.left < 0:
-            raise BadInputError("its objects are shared so often that reading them would not end "
-                                "(a crafted file?)")  # fmt: skip
+            raise BadInputError("its objects are shared so often that reading them would not end (a crafted file?)")
 
 
 def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> OrderedDict[str, Any]:
-    import torch
-
     budget.spend()
     out: OrderedDict[str, Any] = OrderedDict()
     state = module.state if isinstance(module.state, dict) else {}
@@ -122,7 +80,7 @@ def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> Orde
     for key in ("_parameters", "_buffers"):
         found = state.get(key)
         for name, value in (found.items() if isinstance(found, dict) else ()):
-            if isinstance(value, torch.Tensor) and name not in skip:
+            if type(value) is Rebuilt and name not in skip:
                 budget.spend()
                 out[f"{prefix}{name}"] = value
     children = state.get("_modules")
@@ -133,11 +91,7 @@ def _module_state_dict(module: Inert, budget: _Budget, prefix: str = "") -> Orde
 
 
 def _is_module(value: Any) -> bool:
-    return (
-        isinstance(value, Inert)
-        and isinstance(value.state, dict)
-        and "_parameters" in value.state
-    )
+    return isinstance(value, Inert) and isinstance(value.state, dict) and "_parameters" in value.state
 
 
 def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None = None) -> Any:
@@ -145,7 +99,7 @@ def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None =
     container once (`done`, by identity: what the pickle shared stays shared)."""
     budget = budget or _Budget()
     done = {} if done is None else done
-    if not (_is_module(obj) or isinstance(obj, (dict, list, tuple))):
+    if type(obj) is Rebuilt or not (_is_module(obj) or isinstance(obj, (dict, list, tuple))):
         return obj
     if id(obj) in done:
         return done[id(obj)]
@@ -161,22 +115,38 @@ def plain(obj: Any, budget: _Budget | None = None, done: dict[int, Any] | None =
 
 
 def load_torch_zip_restricted(path: str) -> tuple[Any, list[str]]:
-    """The checkpoint with every non-allowed object as an inert placeholder, and those globals."""
-    import torch
+    """The checkpoint with every global outside the torch policy as an inert placeholder.
 
-    with zipfile.ZipFile(path) as zf:
-        if any(n.endswith("constants.pkl") for n in zf.namelist()):
-            raise UnsafeCheckpointError(
-                f"{path} is a TorchScript archive; normscope does not load code"
-            )
+    Returns:
+        (the object, pickled modules as their state_dicts; the globals left inert, sorted).
+
+    Raises:
+        Declined: an archive the fast reader does not map, or tensors it does not build.
+        BadInputError: an object graph shared too often to walk.
+    """
+    pickled, records = open_archive(path, any_protocol=True)
     refused: set[str] = set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        obj = torch.load(
-            path,
-            weights_only=False,
-            pickle_module=_pickle_module(refused),
-            mmap=True,
-            map_location="cpu",
-        )
-    return plain(obj), sorted(refused)
+
+    def inert(module: str, name: str) -> type[Inert]:
+        module = "builtins" if module == "__builtin__" else module  # protocol 2's spelling
+        refused.add(f"{module}.{name}")
+        return _inert_class(f"{module}.{name}")
+
+    policy = torch_policy(torch_dtypes=True)
+    rebuild_parameter = policy.globals[("torch._utils", "_rebuild_parameter")]
+
+    def make_frozenset(items: Any = ()) -> frozenset[Any]:
+        if type(items) not in (list, tuple):
+            raise Declined(Reason.ARGUMENTS, "frozenset of something other than a list")
+        return frozenset(items)
+
+    extras = {  # what torch.save writes for modules beside tensors and containers
+        ("builtins", "frozenset"): make_frozenset,
+        ("__builtin__", "frozenset"): make_frozenset,
+        ("torch._utils", "_rebuild_parameter_with_state"):
+            lambda data, requires_grad, hooks, state: rebuild_parameter(data, requires_grad, hooks),
+    }  # fmt: skip
+    policy = dataclasses.replace(policy, globals={**policy.globals, **extras}, unknown=inert)
+    with collector_paused():
+        obj = plain(unpickle(pickled, policy))
+        return resolve_places(obj, records, refs=False), sorted(refused)

@@ -1,26 +1,31 @@
-"""Reading `torch.save` files safely: weights_only always, mmap when the file is a zip.
+"""The loader of `torch.save` files: the fast reader where it reads the file, torch.load where not.
 
-No code from a checkpoint ever runs here: torch's weights_only unpickler refuses anything that is
-not a tensor, container or primitive, and we name the refused globals by disassembling the pickle
-(never by executing it).
+No code from a checkpoint ever runs here. A torch.save zip is read by `_fast_torch_zip` (the C
+unpickler under an allow-list policy, ~10x sooner than torch.load); whatever that reader declines
+goes to `torch.load(weights_only=True)`, whose unpickler refuses anything that is not a tensor,
+container or primitive, and which then decides alone. Each file the fast reader declines is logged
+at DEBUG level with its `Reason`, and counted: `-v` prints the count and the reasons once, at the
+end (`log_fallbacks`), so a torch upgrade that breaks the fast reader is seen. Refused globals are
+named by disassembling the pickle (never by executing it).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import pickle
 import pickletools
 import warnings
-from collections.abc import Callable, Mapping
+from collections import Counter
 from typing import Any
 
-import numpy as np
-
-from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError, UnsafeCheckpointError
 
-from ._torch_archive import zip_facts
+from ._fast_torch_zip import load_torch_zip_fast, scan_torch_zip
+from ._restricted_torch import load_torch_zip_restricted
+from ._unpickle import Declined, Reason
+from ._zipdir import zip_facts
 
 log = logging.getLogger(__name__)
 
@@ -28,17 +33,46 @@ ZIP_MAGIC = b"PK\x03\x04"
 PICKLE_PROTO = 0x80  # protocol >= 2 pickles start with PROTO
 
 
+class Failure(enum.Enum):
+    """Why a torch file cannot be read, each with the error the user sees (exit code 2)."""
+
+    UNREADABLE = (BadInputError, "cannot read {path}: {detail}")
+    DIRECTORY = (BadInputError, "{path} is a directory, expected a file")
+    TORCHSCRIPT = (UnsafeCheckpointError, "{path} is a TorchScript archive (a program, not a checkpoint); "
+                   "normscope reads only tensors — save the model's state_dict instead")
+    MISNAMED = (BadInputError, "{path} is a torch.save file named .safetensors; rename it to .pt")
+    NEEDS_CODE = (UnsafeCheckpointError, "{path} needs code to load ({detail}); normscope never runs "
+                  "code from a checkpoint — {remedy}")
+    REFUSED = (BadInputError, "{path} is not a readable torch checkpoint: {detail}")
+    CORRUPT = (BadInputError, "{path} is not a readable torch checkpoint (truncated or corrupt?): {detail}")
+    NOT_RECOVERED = (BadInputError, "{path} could not be recovered with the restricted unpickler: {detail}")
+
+    def error(self, path: str, detail: str = "", remedy: str = "") -> BadInputError:
+        """The user-facing error, its message filled in."""
+        kind, text = self.value
+        return kind(text.format(path=path, detail=detail, remedy=remedy))
+
+
+_RECOVERABLE = ("--recover-unsafe (recover_unsafe=True) reads its tensors with a restricted unpickler "
+                "that runs nothing and leaves those objects inert")  # fmt: skip
+_RESAVE = "re-save it as a zip torch.save file, a plain state_dict or safetensors"
+
+
 def read_head(path: str, n: int = 16) -> bytes:
-    """The first bytes of a file, or a BadInputError naming why it cannot be read."""
+    """The first bytes of a file.
+
+    Raises:
+        BadInputError: it cannot be read (missing, permission denied, a directory).
+    """
     try:
         with open(path, "rb") as f:
             return f.read(n)
     except PermissionError:
-        raise BadInputError(f"cannot read {path}: permission denied") from None
+        raise Failure.UNREADABLE.error(path, "permission denied") from None
     except IsADirectoryError:
-        raise BadInputError(f"{path} is a directory, expected a file") from None
+        raise Failure.DIRECTORY.error(path) from None
     except OSError as exc:
-        raise BadInputError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise Failure.UNREADABLE.error(path, str(exc.strerror or exc)) from None
 
 
 def is_torch_zip(path: str) -> bool:
@@ -58,6 +92,7 @@ def is_pickle(path: str) -> bool:
 
 
 def sniff_torch_file(path: str) -> bool:
+    """A file `load_torch_file` reads: a torch.save zip or a legacy torch pickle."""
     return os.path.isfile(path) and (is_torch_zip(path) or is_pickle(path))
 
 
@@ -73,7 +108,7 @@ def zip_pickle_bytes(path: str) -> bytes | None:
 
 def _legacy_globals(path: str) -> list[str]:
     """Globals named in a non-zip pickle stream, found by disassembly (nothing is executed)."""
-    from torch import _weights_only_unpickler as wou
+    from torch import _weights_only_unpickler as wou  # lazy: only a refused legacy file needs it
 
     allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
     found: set[str] = set()
@@ -95,7 +130,8 @@ def _legacy_globals(path: str) -> list[str]:
 
 
 def unsafe_globals(path: str) -> list[str]:
-    import torch
+    """The globals torch's safe unpickler refuses in `path` (found without running the pickle)."""
+    import torch  # lazy: only a file torch.load has refused gets here
 
     try:
         if read_head(path, 4) == ZIP_MAGIC:
@@ -127,202 +163,125 @@ def _weights_only_reason(exc: BaseException) -> str:
 
 
 def _recover(path: str, notes: list[str] | None) -> Any:
-    from ._restricted_torch import load_torch_zip_restricted
-
     try:
         obj, placeholders = load_torch_zip_restricted(path)
     except UnsafeCheckpointError:
         raise
-    except Exception as exc:  # noqa: BLE001 - corrupt in some other way: one line
-        raise BadInputError(
-            f"{path} could not be recovered with the restricted unpickler: {_first_line(exc)}"
-        ) from None
+    except Exception as exc:  # noqa: BLE001 - an unusual or damaged archive: one line
+        raise Failure.NOT_RECOVERED.error(path, _first_line(exc)) from None
     if notes is not None:
-        notes.append(
-            f"{path}: tensors read with the restricted unpickler; left inert: "
-            f"{', '.join(placeholders)}"
-        )
+        notes.append(f"{path}: tensors read with the restricted unpickler; left inert: "
+                     f"{', '.join(placeholders)}")  # fmt: skip
     return obj
+
+
+# What -v reports at the end: files read, and those the fast reader left to torch.load (or read
+# without in-place refs), by reason.
+READ: Counter[str] = Counter()
+BY_TORCH_LOAD: Counter[Reason | None] = Counter()
+WITHOUT_REFS: Counter[Reason] = Counter()
 
 
 def load_torch_file(
     path: str, *, recover_unsafe: bool = False, notes: list[str] | None = None,
     refs: bool = False,
 ) -> Any:
-    """`torch.load` with weights_only (always) and mmap (zip files); one-line errors otherwise.
+    """`torch.load` with weights_only (always) and mmap (zip files), or the fast reader's same object.
 
-    A torch.save zip is first read by `_fast_torch_zip` (the same object, ~10x sooner); whatever
-    that path declines or fails on goes to torch.load, which then decides alone. With `refs`,
-    that path first tries to leave the floating-point tensors as `MappedTensorRef`s
-    (`scan_torch_zip`: nothing built, read in place by the engine); callers that ask for them
-    must take refs wherever they take tensors.
+    Args:
+        path: a torch.save zip or a legacy torch file.
+        recover_unsafe: a zip file that weights_only refuses is read again by the restricted
+            unpickler (`_restricted_torch`): the tensors come back, other objects stay inert
+            placeholders, and a line in `notes` names what was not loaded.
+        notes: where that line goes.
+        refs: leave the floating-point tensors as `MappedTensorRef`s where the fast reader can
+            (nothing built, read in place by the engine); callers that ask for them must take
+            refs wherever they take tensors.
 
-    With `recover_unsafe`, a zip file that weights_only refuses is read again by the restricted
-    unpickler (`_restricted_torch`): the tensors come back, other objects stay inert placeholders,
-    and a line in `notes` names what was not loaded.
+    Returns:
+        The loaded object.
+
+    Raises:
+        BadInputError: a `Failure`, in its one line (UnsafeCheckpointError where code would run).
     """
     read_head(path, 1)  # permission and existence errors as one line
     is_zip = read_head(path, 4) == ZIP_MAGIC
     if is_zip and is_torchscript(path):
-        raise UnsafeCheckpointError(
-            f"{path} is a TorchScript archive (a program, not a checkpoint); normscope reads only "
-            "tensors — save the model's state_dict instead"
-        )
-    # torch.load would hand a file with this name to the safetensors reader
-    if path.endswith(".safetensors"):
-        raise BadInputError(
-            f"{path} is a torch.save file named .safetensors; rename it to .pt"
-        )
-    declined: list[str] = []
+        raise Failure.TORCHSCRIPT.error(path)
+    if path.endswith(".safetensors"):  # torch.load would hand it to the safetensors reader
+        raise Failure.MISNAMED.error(path)
+    READ["torch"] += 1
+    declined: list[Declined] = []
     if is_zip:
         result = _read_fast(path, refs=refs, declined=declined)
         if result is not _TORCH_LOAD:
             return result
-    # here, not at the top: the fast readers need no torch for a file they read in place
-    import torch
+    # a file torch.load reads but the fast reader did not: slower (torch.load builds every
+    # tensor, ~10x the time)
+    BY_TORCH_LOAD[declined[-1].reason if declined else (Reason.LEGACY if not is_zip else None)] += 1
+    return _torch_load(path, is_zip, recover_unsafe, notes)
+
+
+def _torch_load(path: str, is_zip: bool, recover_unsafe: bool, notes: list[str] | None) -> Any:
+    import torch  # lazy: the fast reader needs no torch for a file it reads in place
 
     try:
         # torch's notes on pickle protocols are not for our users
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            loaded = torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
+            return torch.load(path, weights_only=True, mmap=is_zip, map_location="cpu")
     except pickle.UnpicklingError as exc:
         names = unsafe_globals(path)
         if names and recover_unsafe and is_zip:
             return _recover(path, notes)
         if names:
-            recover = (
-                "--recover-unsafe (recover_unsafe=True) reads its tensors with a restricted unpickler "
-                "that runs nothing and leaves those objects inert"
-                if is_zip else "re-save it as a zip torch.save file, a plain state_dict or safetensors"
-            )
-            raise UnsafeCheckpointError(
-                f"{path} needs code to load ({', '.join(names)}); normscope never runs code from "
-                f"a checkpoint — {recover}"
-            ) from None
-        raise BadInputError(
-            f"{path} is not a readable torch checkpoint: {_weights_only_reason(exc)}"
-        ) from None
+            raise Failure.NEEDS_CODE.error(path, ", ".join(names), _RECOVERABLE if is_zip else _RESAVE) from None
+        raise Failure.REFUSED.error(path, _weights_only_reason(exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
-        raise BadInputError(
-            f"{path} is not a readable torch checkpoint (truncated or corrupt?): {_first_line(exc)}"
-        ) from None
-    if declined:
-        # a file torch.load reads but the fast readers did not: slower (torch.load builds every
-        # tensor, ~10x the time); `-v` says why, so a torch upgrade that breaks them is seen
-        log.info("%s: read by torch.load, not the fast reader (%s)", path, "; ".join(declined))
-    return loaded
+        raise Failure.CORRUPT.error(path, _first_line(exc)) from None
 
 
-class _TorchLoad:
-    """The fast readers' answer where torch.load must read the file."""
+_TORCH_LOAD = object()  # the fast reader's answer where torch.load must read the file
 
 
-_TORCH_LOAD = _TorchLoad()
-
-
-def _read_fast(path: str, *, refs: bool, declined: list[str]) -> Any:
-    """The object the fast readers build (with `refs`, in-place refs first), or `_TORCH_LOAD`;
-    each reader that declines or fails adds why to `declined`."""
-    # imported here: a run of safetensors files or logs never needs them
-    from ._fast_torch_zip import Declined, load_torch_zip_fast
-    from ._scan_torch_zip import scan_torch_zip
-
-    readers = ((scan_torch_zip,) if refs else ()) + (load_torch_zip_fast,)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        for reader in readers:
-            try:
+def _read_fast(path: str, *, refs: bool, declined: list[Declined]) -> Any:
+    """The object the fast reader builds (with `refs`, in-place refs first), or `_TORCH_LOAD`;
+    each reading it declines adds its `Declined` to `declined`, logged at DEBUG level."""
+    for reader in ((scan_torch_zip,) if refs else ()) + (load_torch_zip_fast,):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
                 result = reader(path)
-            except Declined as exc:
-                declined.append(f"{reader.__name__} declined: {_first_line(exc)}")
-            # a corrupt archive, or a torch internal that changed: torch.load decides alone
-            except Exception as exc:  # noqa: BLE001
-                declined.append(f"{reader.__name__} failed: {type(exc).__name__}: {_first_line(exc)}")
-            else:
-                if declined:
-                    log.info("%s: read without in-place refs (%s)", path, "; ".join(declined))
-                return result
+        except Declined as exc:
+            declined.append(exc)
+        # a damaged pickle or record, or a torch internal that changed: torch.load decides
+        except Exception as exc:  # noqa: BLE001 - counted and logged under its reason
+            declined.append(Declined(Reason.FAILED, f"{type(exc).__name__}: {_first_line(exc)}"))
+        else:
+            if declined:
+                WITHOUT_REFS[declined[-1].reason] += 1
+            return result
+        log.debug("%s: %s declined: %s", path, reader.__name__, declined[-1])
     return _TORCH_LOAD
 
 
-# -- taking a loaded checkpoint apart -------------------------------------------------------------
+def fallback_summary() -> str | None:
+    """One line: how many torch files were read, how many by torch.load and why; None if none."""
 
-MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
-              "weights", "params", "params_ema")  # fmt: skip
-OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
-# nanoGPT's `iter_num`, DeepSpeed's `global_steps`
-STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "iter_num", "global_steps")
-EPOCH_KEYS = ("epoch",)
+    def by_reason(counts: Counter[Any]) -> str:
+        named = ", ".join(f"{'no reason given' if r is None else r.value}: {n}" for r, n in counts.most_common())
+        return f" (reasons: {named})" if named else ""
 
-
-def _is_tensor(value: Any) -> bool:
-    """A torch tensor, or the numpy array the in-place reader leaves for one it does not hand to
-    the kernel (`_fast_torch_zip.tensor_over`). Without torch imported there is no torch tensor."""
-    return isinstance(value, tensor_type()) or type(value) is np.ndarray
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    if not READ:
         return None
-    if isinstance(value, (int, float)):
-        return value
-    if type(value) is np.ndarray:
-        return value.item() if value.size == 1 else None
-    if _is_tensor(value) and value.numel() == 1:
-        from normscope.file_reads import item
-
-        return item(value)  # read, not touched in the mapping: the file may be cut short
-    return None
+    line = f"torch files read by torch.load: {sum(BY_TORCH_LOAD.values())} of {READ['torch']}"
+    if WITHOUT_REFS:
+        line += f"{by_reason(BY_TORCH_LOAD)}; read without in-place refs: {sum(WITHOUT_REFS.values())}"
+        return line + by_reason(WITHOUT_REFS)
+    return line + by_reason(BY_TORCH_LOAD)
 
 
-def split_checkpoint(
-    obj: Any, path: str, is_tensor: Callable[[Any], bool] = _is_tensor
-) -> tuple[Mapping[str, Any], Any, int | None, float | None]:
-    """(model state_dict, optimizer state_dict or None, embedded step, embedded epoch).
-
-    `is_tensor` tells tensors (or lazy refs standing for them) from other values.
-    """
-
-    def _tensor_dict(value: Any) -> bool:
-        return isinstance(value, Mapping) and any(is_tensor(v) for v in value.values())
-
-    if not isinstance(obj, Mapping):
-        if is_tensor(obj):
-            raise BadInputError(f"{path} holds a single tensor, not a state_dict")
-        raise BadInputError(f"{path} holds a {type(obj).__name__}, not a state_dict")
-    if all(is_tensor(v) for v in obj.values()) and obj:
-        return obj, None, None, None
-    model: Mapping[str, Any] | None = None
-    for key in MODEL_KEYS:
-        value = obj.get(key)
-        if _tensor_dict(value):
-            model = value
-            break
-        # one more level, e.g. {"model": {"state_dict": ...}}
-        if isinstance(value, Mapping):
-            inner = next(
-                (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
-            )
-            if inner is not None:
-                model = inner
-                break
-    if model is None:
-        tensors = {k: v for k, v in obj.items() if is_tensor(v)}
-        if not tensors:
-            keys = ", ".join(sorted(map(str, obj))[:8])
-            raise BadInputError(f"{path} has no model tensors (top-level keys: {keys})")
-        model = tensors
-    optimizer = next(
-        (obj[k] for k in OPTIMIZER_KEYS if isinstance(obj.get(k), Mapping)), None
-    )
-    if optimizer is None and isinstance(obj.get("optimizer_states"), (list, tuple)):
-        states = obj["optimizer_states"]
-        optimizer = states[0] if states and isinstance(states[0], Mapping) else None
-    step = next(
-        (_number(obj[k]) for k in STEP_KEYS if _number(obj.get(k)) is not None), None
-    )
-    epoch = next(
-        (_number(obj[k]) for k in EPOCH_KEYS if _number(obj.get(k)) is not None), None
-    )
-    return model, optimizer, None if step is None else int(step), epoch
+def log_fallbacks() -> None:
+    """Log `fallback_summary()` at INFO level (what `-v` shows), if any torch file was read."""
+    if READ:
+        log.info(fallback_summary())

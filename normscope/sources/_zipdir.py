@@ -1,271 +1,309 @@
-"""A zip archive's central directory, read in one pass for the archives `torch.save` writes.
+"""The archive layer of a `torch.save` zip: its directory, its small records, where its tensor
+records lie. Nothing here imports torch or unpickles anything.
 
-`zipfile.ZipFile` builds a `ZipInfo` object per member, paid again for every file of a run: a
-large share of opening a checkpoint of thousands of tensors. Sniffing and the fast torch reader
-only need each member's name, method, flags, sizes, CRC and local-header offset, which this reads
-with numpy at once or, failing that, with one `struct` call per member (figures:
-docs/benchmarks.md, "Behind the design").
-
-It handles exactly what torch writes: a single-disk archive, no archive comment, a zip64 end
-record (torch always writes one), zip64 extra fields where sizes or offsets overflow 32 bits, and
-no data before the first member. Anything else (or anything inconsistent) returns None and the
-caller reads the archive with `zipfile`, which then decides what is readable and what is corrupt.
+`torch.save` writes one kind of zip: single-disk, no comment, every member stored (not compressed
+or encrypted) under one directory `<archive>/` — `data.pkl`, `data/0` … `data/<n-1>`, a few small
+records (`version`, `byteorder`, …) — and a zip64 end record. `read_directory` reads that kind,
+with numpy over the whole central directory at once (`zipfile` builds an object per member;
+docs/benchmarks.md, "Behind the design"). Anything else — a comment, data before the first member,
+a compressed member, a name that is not UTF-8, a member torch does not write, a small record whose
+CRC fails — is "unusual": `zipfile` reads it only to sniff it, its `records` are None, the fast
+reader declines it and `torch.load` decides. So this layer need not know all that torch's reader
+(miniz) accepts: it accepts less, and leaves the rest to torch.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
+import zipfile
 import zlib
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from itertools import repeat
+from typing import BinaryIO, NamedTuple
 
-if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
+import numpy as np
 
 _END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
-_END_SIG = b"PK\x05\x06"
 _LOCATOR = struct.Struct("<4sLQL")  # zip64 end of central directory locator, 20 bytes
-_LOCATOR_SIG = b"PK\x06\x07"
 _END64 = struct.Struct("<4sQ2H2L4Q")  # zip64 end of central directory record, 56 bytes
-_END64_SIG = b"PK\x06\x06"
-_MEMBER = struct.Struct("<4s6H3L5H2L")  # central directory file header, 46 bytes
+_MEMBER_SIZE = 46  # central directory file header
 _MEMBER_SIG = b"PK\x01\x02"
 LOCAL_HEADER = struct.Struct("<4s5H3L2H")  # local file header, 30 bytes
 LOCAL_SIG = b"PK\x03\x04"
-_ZIP64_EXTRA = 0x0001
-# general-purpose flags torch's reader (miniz) refuses: encrypted, strong encryption, masked
-# local headers; and compressed patched data, which nothing here reads either
-_UNSUPPORTED_FLAGS = 0x0001 | 0x0020 | 0x0040 | 0x2000
 _MAX32 = 0xFFFFFFFF
-STORED = 0
+_FLAGS = 0x0008 | 0x0800  # the flags torch writes: data descriptor, UTF-8 names
+# Past this the directory is left to zipfile: the numpy reading holds a few byte masks of its size.
+_MAX_DIRECTORY = 64 << 20  # over a million members of the names torch writes
+# the small records torch.save writes beside data.pkl and data/<i>
+_SMALL = frozenset({"version", ".data/version", ".format_version", ".storage_alignment",
+                    "byteorder", ".data/serialization_id"})  # fmt: skip
+NUMBERED_MAX = 1 << 18  # records; ~25 MB for the table of names
 
 
 class Member(NamedTuple):
     name: str
-    flags: int
-    method: int
     crc: int
-    compressed_size: int
     size: int
     header_offset: int
 
 
 class Directory(NamedTuple):
-    """The members' fields as columns, in directory order (`Member`'s fields, in its order).
-
-    Columns rather than a `Member` per entry: the torch source reads the directories of runs of
-    tens of thousands of records, and only two or three members are ever needed one by one."""
+    """The members' fields as columns, in directory order (`Member`'s fields): the torch source
+    reads directories of tens of thousands of records, and needs two or three members one by one."""
 
     names: list[str]
-    flags: list[int]
-    methods: list[int]
-    crcs: list[int]
-    compressed_sizes: list[int]
-    sizes: list[int]
-    header_offsets: list[int]
+    crcs: np.ndarray  # int64, as the other columns
+    sizes: np.ndarray
+    header_offsets: np.ndarray
 
     def member(self, i: int) -> Member:
         return Member(*(column[i] for column in self))
 
 
 def read_directory(f: BinaryIO) -> Directory | None:
-    """The members of the open archive `f`, in directory order, as columns; None: read it with
-    `zipfile`."""
+    """The members of the open archive `f`, as columns; None for an archive of another kind
+    than torch.save writes (module docstring)."""
     size = os.fstat(f.fileno()).st_size
     if size < _END.size + _LOCATOR.size:
         return None
     f.seek(size - _END.size - _LOCATOR.size)
     tail = f.read(_END.size + _LOCATOR.size)
-    sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = _END.unpack_from(
-        tail, _LOCATOR.size
-    )
-    if sig != _END_SIG or disk or cd_disk or on_disk != count or comment:
+    sig, disk, cd_disk, on_disk, count, cd_size, cd_offset, comment = _END.unpack_from(tail, 20)
+    if sig != b"PK\x05\x06" or disk or cd_disk or on_disk != count or comment:
         return None
     end_at = size - _END.size
     lsig, _, end64_at, _ = _LOCATOR.unpack_from(tail)
-    if lsig == _LOCATOR_SIG:
-        if not 0 <= end64_at <= size - _END64.size:
+    if lsig == b"PK\x06\x07":  # torch always writes one, right before the end record
+        if end64_at != end_at - _LOCATOR.size - _END64.size:
             return None
         f.seek(end64_at)
-        record = f.read(_END64.size)
-        if len(record) != _END64.size:
-            return None
-        sig64, _, _, _, disk, cd_disk, on_disk, count, cd_size, cd_offset = _END64.unpack(record)
-        if sig64 != _END64_SIG or disk or cd_disk or on_disk != count:
+        sig, _, _, _, disk, cd_disk, on_disk, count, cd_size, cd_offset = _END64.unpack(
+            f.read(_END64.size))  # fmt: skip
+        if sig != b"PK\x06\x06" or disk or cd_disk or on_disk != count:
             return None
         end_at = end64_at
-    # the directory must end where the end records begin: no data prepended to the archive
-    if cd_offset + cd_size != end_at:
+    # the directory ends where the end records begin: no data prepended to the archive
+    if cd_offset + cd_size != end_at or not 0 < count * _MEMBER_SIZE <= cd_size <= _MAX_DIRECTORY:
         return None
     f.seek(cd_offset)
-    directory = f.read(cd_size)
-    if len(directory) != cd_size:
-        return None
-    return _columns(directory, count, size) or _walk(directory, count, size)
-
-
-def _refused_by_torch(flags: Any, method: Any, csize: Any, usize: Any, disk: Any, offset: Any,
-                      archive_size: int) -> Any:  # fmt: skip
-    """What torch's zip reader (miniz) refuses in any member of an archive: encryption (or another
-    flag in `_UNSUPPORTED_FLAGS`), another disk, a stored member whose two sizes differ, data
-    without compressed bytes, compressed bytes past the end of the file. Such an archive is left
-    to `zipfile` and `torch.load`, so that torch decides about it. Written with `&`, `|` and
-    comparisons only, so one member's ints give a bool and `_columns`' arrays give one per member."""
-    return (
-        ((flags & _UNSUPPORTED_FLAGS) != 0)
-        | (disk != 0)
-        | ((method == STORED) & (csize != usize))
-        | ((usize != 0) & (csize == 0))
-        | (offset + LOCAL_HEADER.size + csize > archive_size)
-    )
+    return _members(f.read(cd_size), count, size)
 
 
 def le_field(data: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
     """The little-endian unsigned field of `size` bytes at each position `at` of the byte array
     `data`, as int64: one gather per byte, so memory stays O(len(at)) whatever the header."""
-    import numpy as np
-
     value = data[at].astype(np.int64)
     for k in range(1, size):
         value |= data[at + k].astype(np.int64) << (8 * k)
     return value
 
 
-# Past this the walk reads the directory: the numpy reading holds a few byte masks of its size.
-_COLUMNS_MAX_BYTES = 64 << 20  # over a million members of the names torch writes
-
-
-def _columns(directory: bytes, count: int, archive_size: int) -> Directory | None:
-    """All members at once with numpy (a third of the walk's time): each is found
-    by its signature and the chain of lengths must lead from the first to the end of the
-    directory through exactly those. None where that does not hold (a signature inside a name,
-    a zip64 field, a name that does not decode) or the directory is huge: the walk then decides.
-    Memory: a few bytes per byte of directory and per member, whatever the input claims."""
-    if not 0 < count * _MEMBER.size <= len(directory) <= _COLUMNS_MAX_BYTES:
-        return None
-    import numpy as np
-
+def _members(directory: bytes, count: int, archive_size: int) -> Directory | None:
+    """Every member at once: each found by its signature, and the chain of lengths must lead from
+    the first to the end of the directory through exactly those (a signature inside a name breaks
+    it). Memory: a few bytes per byte of directory, whatever the input claims."""
     raw = np.frombuffer(directory, dtype=np.uint8)
     found = raw[:-3] == _MEMBER_SIG[0]
     for k in (1, 2, 3):
         found &= raw[k : len(raw) - 3 + k] == _MEMBER_SIG[k]
     starts = np.flatnonzero(found)
-    if len(starts) != count or starts[0] != 0 or starts[-1] + _MEMBER.size > len(raw):
+    if len(starts) != count or starts[0] != 0 or starts[-1] + _MEMBER_SIZE > len(raw):
         return None
 
-    def field(offset: int, size: int) -> np.ndarray:  # of every member
+    def column(offset: int, size: int) -> np.ndarray:  # of every member
         return le_field(raw, starts + offset, size)
 
-    name_len = field(28, 2)
-    ends = starts + _MEMBER.size + name_len + field(30, 2) + field(32, 2)
+    name_at, name_len, extra_len = starts + _MEMBER_SIZE, column(28, 2), column(30, 2)
+    ends = name_at + name_len + extra_len + column(32, 2)
     if not (np.array_equal(ends[:-1], starts[1:]) and ends[-1] == len(raw)):
         return None
-    csize, usize, offset = field(20, 4), field(24, 4), field(42, 4)
-    if (csize == _MAX32).any() or (usize == _MAX32).any() or (offset == _MAX32).any():
-        return None
-    flag_bits, method = field(8, 2), field(10, 2)
-    if _refused_by_torch(flag_bits, method, csize, usize, field(34, 2), offset, archive_size).any():
-        return None
-    flags = flag_bits.tolist()
-    names = _ascii_names(raw, starts + _MEMBER.size, name_len)
-    if names is None:
-        try:
-            names = [
-                directory[at : at + n].decode("utf-8" if flag & 0x800 else "cp437")
-                for at, n, flag in zip((starts + _MEMBER.size).tolist(), name_len.tolist(), flags)
-            ]
-        except UnicodeDecodeError:
+    flags, csize, usize, offset = column(8, 2), column(20, 4), column(24, 4), column(42, 4)
+    wide = [usize, csize, offset]
+    for i in np.flatnonzero((usize == _MAX32) | (csize == _MAX32) | (offset == _MAX32)).tolist():
+        # zip64: the values in the member's extra field, in this order, for those at 0xFFFFFFFF
+        at, wanted = int(name_at[i] + name_len[i]), [c for c in wide if c[i] == _MAX32]
+        extra = directory[at : at + int(extra_len[i])]
+        values = _zip64_values(extra, len(wanted))
+        if values is None or max(values) > archive_size:
             return None
-    return Directory(names, flags, method.tolist(), field(16, 4).tolist(),
-                     csize.tolist(), usize.tolist(), offset.tolist())  # fmt: skip
-
-
-def _ascii_names(raw: np.ndarray, at: np.ndarray, lengths: np.ndarray) -> list[str] | None:
-    """The names, where all are ASCII (the same text in UTF-8 and cp437, whatever the flags say):
-    their bytes gathered and decoded at once, then cut, rather than a decode per name. None where
-    some name is not ASCII."""
-    import numpy as np
-
-    total = int(lengths.sum())
-    if total > len(raw):
+        for c, value in zip(wanted, values):
+            c[i] = value
+    if (
+        ((flags & ~_FLAGS) | column(10, 2) | column(34, 2)).any()  # flags, method, disk
+        or (csize != usize).any()
+        or (offset + LOCAL_HEADER.size + usize > archive_size).any()
+    ):
         return None
-    ends = np.cumsum(lengths)
-    # byte j of the blob comes from its name's start plus its place in that name
-    gather = np.repeat(at - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)
-    blob = raw[gather].tobytes()
-    if not blob.isascii():
+    names = _names(raw, name_at, name_len, flags)
+    if names is None:
         return None
-    text = blob.decode("ascii")
-    cuts = [0, *ends.tolist()]
-    return list(map(text.__getitem__, map(slice, cuts[:-1], cuts[1:])))
+    return Directory(names, column(16, 4), usize, offset)
 
 
-def _walk(directory: bytes, count: int, archive_size: int) -> Directory | None:
-    """The members one after another, zip64 extra fields included."""
-    cd_size = len(directory)
-    members: list[Member] = []
-    pos = 0
-    try:
-        for _ in range(count):
-            (sig, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len,
-             comment_len, disk, _, _, offset) = _MEMBER.unpack_from(directory, pos)
-            if sig != _MEMBER_SIG:
-                return None
-            start = pos + _MEMBER.size
-            raw_name = directory[start : start + name_len]
-            name = raw_name.decode("utf-8" if flags & 0x800 else "cp437")
-            if _MAX32 in (csize, usize, offset):
-                extra = directory[start + name_len : start + name_len + extra_len]
-                found = _zip64_values(extra, usize == _MAX32, csize == _MAX32, offset == _MAX32)
-                if found is None:
-                    return None
-                usize, csize, offset = (
-                    found.pop(0) if usize == _MAX32 else usize,
-                    found.pop(0) if csize == _MAX32 else csize,
-                    found.pop(0) if offset == _MAX32 else offset,
-                )
-            if _refused_by_torch(flags, method, csize, usize, disk, offset, archive_size):
-                return None
-            members.append(Member(name, flags, method, crc, csize, usize, offset))
-            pos = start + name_len + extra_len + comment_len
-    except (struct.error, UnicodeDecodeError):
-        return None
-    if pos != cd_size:
-        return None
-    return Directory(*map(list, zip(*members))) if members else Directory([], [], [], [], [], [], [])
-
-
-def _zip64_values(extra: bytes, *wanted: bool) -> list[int] | None:
-    """The 8-byte values of the zip64 extra field, in the order zip defines, for those `wanted`."""
+def _zip64_values(extra: bytes, count: int) -> list[int] | None:
+    """The first `count` 8-byte values of the zip64 field (id 1) of a member's extra field."""
     pos = 0
     while pos + 4 <= len(extra):
         kind, length = struct.unpack_from("<2H", extra, pos)
-        if kind == _ZIP64_EXTRA:
-            need = sum(wanted)
-            if length < 8 * need:
+        if kind == 1:
+            if length < 8 * count or pos + 4 + 8 * count > len(extra):
                 return None
-            return list(struct.unpack_from(f"<{need}Q", extra, pos + 4))
+            return list(struct.unpack_from(f"<{count}Q", extra, pos + 4))
         pos += 4 + length
     return None
 
 
-def read_member(f: BinaryIO, member: Member) -> bytes | None:
-    """A stored member's bytes, checked against its local header and CRC; None: use `zipfile`
-    (compressed, encrypted, or not what the directory says)."""
-    if member.method != STORED or member.flags & 0x1:
+def _names(raw: np.ndarray, at: np.ndarray, lengths: np.ndarray, flags: np.ndarray) -> list[str] | None:
+    """The names: their bytes gathered and decoded at once, then cut (not a decode per name).
+    ASCII, or UTF-8 with the UTF-8 flag (what torch writes; torch reads every name as UTF-8)."""
+    ends = np.cumsum(lengths)
+    total = int(ends[-1])
+    # byte j of the blob comes from its name's start plus its place in that name
+    blob = raw[np.repeat(at - (ends - lengths), lengths) + np.arange(total, dtype=np.int64)].tobytes()
+    cuts = [0, *ends.tolist()]
+    if blob.isascii():
+        return list(map(blob.decode("ascii").__getitem__, map(slice, cuts[:-1], cuts[1:])))
+    if not (flags & 0x0800).all():
         return None
+    try:
+        return [blob[a:b].decode("utf-8") for a, b in zip(cuts[:-1], cuts[1:])]
+    except UnicodeDecodeError:
+        return None
+
+
+def read_member(f: BinaryIO, member: Member) -> bytes | None:
+    """A member's bytes, checked against its local header (signature, name) and its CRC; None
+    where they disagree."""
     f.seek(member.header_offset)
     header = f.read(LOCAL_HEADER.size)
     if len(header) != LOCAL_HEADER.size:
         return None
     sig, _, _, _, _, _, _, _, _, name_len, extra_len = LOCAL_HEADER.unpack(header)
-    if sig != LOCAL_SIG:
-        return None
-    name = f.read(name_len)
-    if name.decode("utf-8" if member.flags & 0x800 else "cp437", "replace") != member.name:
+    if sig != LOCAL_SIG or f.read(name_len) != member.name.encode():
         return None
     f.seek(extra_len, os.SEEK_CUR)
     data = f.read(member.size)
-    if len(data) != member.size or zlib.crc32(data) != member.crc:
+    return data if len(data) == member.size and zlib.crc32(data) == member.crc else None
+
+
+class TorchRecords(NamedTuple):
+    """Where a torch.save archive keeps its tensor data: record `<archive>/data/i` has its local
+    header at `header_offsets[i]` and `sizes[i]` bytes (columns, not a dict of tuples: ~200 bytes
+    a tensor less in every cached entry)."""
+
+    archive: str  # the records' prefix, "<archive>/"
+    byteorder: bytes | None  # the `byteorder` record; older torch versions wrote none
+    header_offsets: np.ndarray
+    sizes: np.ndarray
+
+
+class ZipFacts(NamedTuple):
+    """What the sniffers and the loader ask of a zip archive, from one read of its directory."""
+
+    readable: bool  # False: not a zip, or its central directory is missing (truncated)
+    has_pickle: bool  # a `data.pkl` record: a torch.save archive
+    torchscript: bool  # a `constants.pkl` record: code, not a checkpoint
+    pickle: bytes | None = None  # the `data.pkl` record
+    records: TorchRecords | None = None  # None: an unusual archive
+
+
+def _facts(names: list[str], pickled: bytes | None, records: TorchRecords | None = None) -> ZipFacts:
+    def has(member: str) -> bool:  # a column at a time: thousands of names
+        return member in names or any(map(str.endswith, names, repeat("/" + member)))
+
+    return ZipFacts(True, has("data.pkl"), has("constants.pkl"), pickled, records)
+
+
+@functools.lru_cache(maxsize=4)
+def _record_table(count: int) -> dict[str, int]:
+    """{"0": 0, …, str(count - 1): count - 1}, made once per record count (a run's checkpoints
+    share theirs): each key is then one lookup, in its canonical spelling only ("07", "+7" miss)."""
+    return {str(i): i for i in range(count)}
+
+
+def record_numbers(keys: list[str], count: int) -> list[int] | None:
+    """The record each key names among `count` records "0" … str(count - 1); None if one names none."""
+    try:
+        return list(map(_record_table(count).__getitem__, keys))
+    except KeyError:
         return None
-    return data
+
+
+def _torch_facts(f: BinaryIO, directory: Directory) -> ZipFacts | None:
+    """The facts of an archive torch.save wrote, records included; None for an unusual one."""
+    names = directory.names
+    pickle_at = next((i for i, n in enumerate(names) if n.endswith("data.pkl")), None)
+    if pickle_at is None:
+        return _facts(names, None)
+    archive = names[pickle_at][: -len("data.pkl")]
+    data = archive + "data/"
+    if archive.count("/") != 1 or not all(map(str.startswith, names, repeat(archive))):
+        return None  # torch wants every record in the archive's one directory
+    rows = [i for i, name in enumerate(names) if name.startswith(data)]
+    small = [i for i, name in enumerate(names) if not name.startswith(data) and i != pickle_at]
+    kinds = [names[i][len(archive) :] for i in small]
+    count = len(rows)
+    numbers = record_numbers([names[i][len(data) :] for i in rows], count) if count <= NUMBERED_MAX else None
+    if (
+        numbers is None
+        or len(set(numbers)) != count  # a record named twice
+        or not _SMALL.issuperset(kinds)
+        or len(set(kinds)) != len(kinds)
+        or ("version" not in kinds and ".data/version" not in kinds)
+    ):
+        return None
+    # torch reads (and checks) the small records, and would refuse the file for a damaged one
+    contents = dict(zip(kinds, (read_member(f, directory.member(i)) for i in small)))
+    pickled = read_member(f, directory.member(pickle_at))
+    if pickled is None or None in contents.values():
+        return None
+    try:
+        contents.get(".data/serialization_id", b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    order = np.array(numbers, dtype=np.int64)
+    header_offsets, sizes = np.empty(count, dtype=np.int64), np.empty(count, dtype=np.int64)
+    header_offsets[order] = directory.header_offsets[rows]
+    sizes[order] = directory.sizes[rows]
+    records = TorchRecords(archive, contents.get("byteorder"), header_offsets, sizes)
+    return _facts(names, pickled, records)
+
+
+# Sniffing a directory of torch files asks each file the same questions several times (one
+# layout after another, then the loader), and parsing a zip directory of thousands of tensors is
+# not free. The key holds the file's identity, size and mtime, so a rewritten file is read again.
+@functools.lru_cache(maxsize=32)
+def _zip_facts(path: str, identity: tuple[int, int, int, int]) -> ZipFacts:
+    try:
+        with open(path, "rb") as f:
+            directory = read_directory(f)
+            facts = None if directory is None else _torch_facts(f, directory)
+        if facts is not None:
+            return facts
+    except OSError:
+        pass  # zipfile below says what is wrong
+    # An unusual archive: zipfile reads its names for the sniffers (and its pickle for
+    # Lightning's), no records. zipfile on a corrupt archive raises more than BadZipFile
+    # (EOFError, NotImplementedError, UnicodeDecodeError, zlib.error, struct.error…): each means
+    # that part of the archive is unreadable, and torch.load then says so in one line.
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            pickle_name = next((n for n in names if n.endswith("data.pkl")), None)
+            try:
+                pickled = zf.read(pickle_name) if pickle_name else None
+            except Exception:  # noqa: BLE001 - a damaged record: the sniffers still see the names
+                pickled = None
+    except Exception:  # noqa: BLE001 - see above
+        return ZipFacts(readable=False, has_pickle=False, torchscript=False)
+    return _facts(names, pickled)
+
+
+def zip_facts(path: str) -> ZipFacts:
+    """What `path`'s zip directory says (cached by file identity, size and mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ZipFacts(readable=False, has_pickle=False, torchscript=False)
+    return _zip_facts(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))

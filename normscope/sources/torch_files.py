@@ -16,6 +16,7 @@ import numpy as np
 
 from normscope._torch_seen import tensor_type
 from normscope.errors import BadInputError
+from normscope.file_reads import item
 from normscope.file_stamps import FileStamp, check_unchanged, merge_stamps, stamp_path
 from normscope.snapshot import Run
 
@@ -26,13 +27,85 @@ from ._keys import clean_names
 from ._optimizer import read_optimizer
 from ._ordering import PendingSnapshot
 from ._refs import FLOAT_DTYPES, ChunkedTensorRef, MappedTensorRef, TorchTensorRef
-from ._torchio import (
-    ZIP_MAGIC,
-    load_torch_file,
-    read_head,
-    sniff_torch_file,
-    split_checkpoint,
-)
+from ._torchio import ZIP_MAGIC, load_torch_file, read_head, sniff_torch_file
+
+
+MODEL_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network", "model_state",
+              "weights", "params", "params_ema")  # fmt: skip
+OPTIMIZER_KEYS = ("optimizer", "optimizer_state_dict", "optimizer_state", "optim")
+# nanoGPT's `iter_num`, DeepSpeed's `global_steps`
+STEP_KEYS = ("global_step", "step", "iteration", "iter", "num_updates", "iter_num", "global_steps")
+EPOCH_KEYS = ("epoch",)
+
+
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, or the numpy array the in-place reader leaves for one it does not hand to
+    the kernel (`_fast_torch_zip.tensor_over`). Without torch imported there is no torch tensor."""
+    return isinstance(value, tensor_type()) or type(value) is np.ndarray
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if type(value) is np.ndarray:
+        return value.item() if value.size == 1 else None
+    if _is_tensor(value) and value.numel() == 1:
+        return item(value)  # read, not touched in the mapping: the file may be cut short
+    return None
+
+
+def split_checkpoint(
+    obj: Any, path: str, is_tensor: Callable[[Any], bool] = _is_tensor
+) -> tuple[Mapping[str, Any], Any, int | None, float | None]:
+    """(model state_dict, optimizer state_dict or None, embedded step, embedded epoch).
+
+    `is_tensor` tells tensors (or lazy refs standing for them) from other values.
+    """
+
+    def _tensor_dict(value: Any) -> bool:
+        return isinstance(value, Mapping) and any(is_tensor(v) for v in value.values())
+
+    if not isinstance(obj, Mapping):
+        if is_tensor(obj):
+            raise BadInputError(f"{path} holds a single tensor, not a state_dict")
+        raise BadInputError(f"{path} holds a {type(obj).__name__}, not a state_dict")
+    if all(is_tensor(v) for v in obj.values()) and obj:
+        return obj, None, None, None
+    model: Mapping[str, Any] | None = None
+    for key in MODEL_KEYS:
+        value = obj.get(key)
+        if _tensor_dict(value):
+            model = value
+            break
+        # one more level, e.g. {"model": {"state_dict": ...}}
+        if isinstance(value, Mapping):
+            inner = next(
+                (value[k] for k in MODEL_KEYS if _tensor_dict(value.get(k))), None
+            )
+            if inner is not None:
+                model = inner
+                break
+    if model is None:
+        tensors = {k: v for k, v in obj.items() if is_tensor(v)}
+        if not tensors:
+            keys = ", ".join(sorted(map(str, obj))[:8])
+            raise BadInputError(f"{path} has no model tensors (top-level keys: {keys})")
+        model = tensors
+    optimizer = next(
+        (obj[k] for k in OPTIMIZER_KEYS if isinstance(obj.get(k), Mapping)), None
+    )
+    if optimizer is None and isinstance(obj.get("optimizer_states"), (list, tuple)):
+        states = obj["optimizer_states"]
+        optimizer = states[0] if states and isinstance(states[0], Mapping) else None
+    step = next(
+        (_number(obj[k]) for k in STEP_KEYS if _number(obj.get(k)) is not None), None
+    )
+    epoch = next(
+        (_number(obj[k]) for k in EPOCH_KEYS if _number(obj.get(k)) is not None), None
+    )
+    return model, optimizer, None if step is None else int(step), epoch
 
 
 def as_ref(name: str, value: Any) -> Any:
@@ -42,7 +115,7 @@ def as_ref(name: str, value: Any) -> Any:
     if type(value) is MappedTensorRef:
         return value.named(name)
     if type(value) is np.ndarray:  # a tensor the in-place reader left as numpy (a scalar, a view)
-        # here: only such a tensor, rare in a model or optimizer state, needs torch
+        # lazy: only such a tensor, rare in a model or optimizer state, needs torch
         import torch
 
         return TorchTensorRef(name, torch.from_numpy(value))
