@@ -251,7 +251,7 @@ def _loads_as_torch_or_is_refused(path) -> str:  # type: ignore[no-untyped-def]
         expected = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     except Exception:  # noqa: BLE001
         # torch's zip reader refuses a few directory-level damages that leave every tensor's
-        # record intact (the fast reader reads those; see _fast_torch_zip's docstring)
+        # record intact; the fast reader reads only archives as torch.save writes them
         return "loaded"
     tensors = run.snapshots[0].tensors
     assert set(tensors) == set(expected)

@@ -1,7 +1,7 @@
 """Buckets of refs read in place, as arrays from the reader to the accumulator.
 
 When every piece of a (bucket, snapshot) is a whole ref with an `address` (a torch file opened by
-`sources._scan_torch_zip`) and none has optimizer state, the reader describes the bucket with
+`sources._fast_torch_zip`) and none has optimizer state, the reader describes the bucket with
 three numpy arrays (addresses, dtype codes, lengths), the fused kernel reads them with the
 previous snapshot's arrays as its `prev` stream, and its sums go to the accumulator as one array:
 no Python object per piece between the reader and the stats. A ResNet-shaped bucket holds

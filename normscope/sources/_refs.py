@@ -118,7 +118,7 @@ class TensorMaker(Protocol):
 
 class MappedTensorRef(NamedTuple):
     """A tensor of a `torch.save` zip whose bytes lie, contiguous and checked in bounds, at
-    `address` in a private mapping of the file (`_scan_torch_zip.scan_torch_zip`).
+    `address` in a private mapping of the file (`_fast_torch_zip`'s in-place scan).
 
     Nothing is built on open: the engine's CPU kernel reads the bytes at `address`
     (`snapshot.AddressedTensorRef`), and `load()` builds the same tensor `torch.load(mmap=True)`
