@@ -321,7 +321,7 @@ def runner_scope(runner: Runner) -> Iterator[Runner]:
 def _make_stager(device: torch.device, plan: Plan) -> CudaStager | None:
     if device.type != "cuda":
         return None
-    from normscope.engine.staging import CudaStager
+    from normscope.engine.staging import CudaStager  # lazy: it imports torch; only CUDA needs it
 
     largest = max((max(sizes, default=0) for sizes in plan.sizes), default=0)
     # Packing aligns each tensor to 64 bytes; leave room for that on top of the bucket's bytes.
