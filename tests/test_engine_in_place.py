@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from normscope.engine import compute_stats
+from normscope.engine import compute_stats, reduce_snapshot_pair
 from normscope.engine import driver as engine_driver
 from normscope.engine.fused import fused_kernel
 from normscope.snapshot import ParamTable
-from normscope.sources import open_run
+from normscope.sources import open_run, safetensors_files
+from normscope.sources._refs import MappedTensorRef, SafetensorsHandles
 
 pytestmark = pytest.mark.skipif(fused_kernel() is None, reason="needs the fused kernel")
 
@@ -84,8 +86,6 @@ def test_snapshots_that_change_take_the_general_path_where_they_must(tmp_path, m
 
 def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):
     # reduce_snapshot_pair reads the previous snapshot only as `prev`: the same numbers as the run
-    from normscope.engine import reduce_snapshot_pair
-
     model = {f"l{i}.weight": (16, 8) for i in range(12)}
     _save_run(tmp_path, [model] * 3)
     snapshots = open_run(tmp_path).snapshots
@@ -123,3 +123,72 @@ def test_without_the_fused_kernel_refs_are_loaded_and_agree(tmp_path, monkeypatc
                 assert (u is None) == (v is None)
                 if u is not None and math.isfinite(u):
                     assert v == pytest.approx(u, rel=1e-6, abs=1e-9)
+
+
+def _float64_stats(states: list[dict[str, torch.Tensor]], name: str) -> list[tuple[float, ...]]:
+    out, prev = [], None
+    for state in states:
+        x = state[name].double().reshape(-1)
+        y = None if prev is None else prev[name].double().reshape(-1)
+        out.append((float(x.dot(x)), None if y is None else float(x.dot(y)),
+                    None if y is None else float((y - x).dot(y - x))))  # fmt: skip
+        prev = state
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_safetensors_read_in_place_whole_even_past_a_bucket(tmp_path, monkeypatch, dtype):
+    # an embedding larger than a bucket's share: read where it lies, one piece, not row slices
+    # copied into memory; the numbers are the float64 reference's
+    g = torch.Generator().manual_seed(3)
+    states = [{"embed.weight": torch.randn(300, 64, generator=g).to(dtype),
+               "norm.weight": torch.randn(64, generator=g).to(dtype)} for _ in range(3)]  # fmt: skip
+    for step, state in enumerate(states):
+        save_file(state, tmp_path / f"step_{step}.safetensors")
+    run = open_run(tmp_path)
+    assert all(isinstance(r, MappedTensorRef) for s in run.snapshots for r in s.tensors.values())
+    planned = []
+    plan = engine_driver.plan_buckets
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        planned.append(plan(*args, **kwargs))
+        return planned[-1]
+
+    monkeypatch.setattr(engine_driver, "plan_buckets", recording)
+    bucket_bytes = 4 * 8192  # 8 KiB per bucket and snapshot: the embedding is 19-38 KiB
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=bucket_bytes)
+    assert taken > 0
+    assert all(piece.whole for bucket in planned[0].buckets for piece in bucket)
+    for stats in (fast, general):
+        for name in ("embed.weight", "norm.weight"):
+            want = _float64_stats(states, name)
+            got = [(s.params[name].norm_sq, s.params[name].dot_prev, s.params[name].diff_sq)
+                   for s in stats]  # fmt: skip
+            for g_row, w_row in zip(got, want):
+                for u, v in zip(g_row, w_row):
+                    assert (u is None) == (v is None)
+                    assert u is None or u == pytest.approx(v, rel=1e-12)
+
+
+def test_torch_kernels_read_a_large_parameter_in_row_slices(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    for step in range(2):
+        save_file({"embed.weight": torch.randn(300, 64, generator=g)},
+                  tmp_path / f"step_{step}.safetensors")  # fmt: skip
+    monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    planned = []
+    plan = engine_driver.plan_buckets
+    monkeypatch.setattr(engine_driver, "plan_buckets",
+                        lambda *a, **k: planned.append(plan(*a, **k)) or planned[-1])  # fmt: skip
+    compute_stats(open_run(tmp_path).snapshots, device="cpu", bucket_bytes=4 * 8192)
+    assert not any(piece.whole for bucket in planned[0].buckets for piece in bucket)
+
+
+def test_a_run_maps_at_most_its_pool_s_share_of_files(tmp_path):
+    for step in range(3):
+        save_file({"w": torch.randn(8, 8)}, tmp_path / f"step_{step}.safetensors")
+    handles = SafetensorsHandles(keep=2)
+    kinds = [type(safetensors_files.safetensors_refs({str(tmp_path / f"step_{s}.safetensors"): []},
+                                                    handles)[0]["w"]).__name__
+             for s in range(3)]  # fmt: skip
+    assert kinds == ["SafetensorsMappedRef", "SafetensorsMappedRef", "SafetensorsTensorRef"]

@@ -80,16 +80,16 @@ def _run(
         raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
     snapshots = list(snapshots)
     wanted = None if names is None else set(names)
+    in_place = reads_in_place(device, rows=rows is not None)
     plan = plan_buckets(
         snapshots,
         max(1, bucket_bytes // BUCKETS_IN_FLIGHT),
         names=wanted,
         state_from=report_from,
+        read_in_place=_lies_mapped(snapshots) if in_place else None,
     )
     stager = _make_stager(device, plan)
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
-
-    in_place = reads_in_place(device, rows=rows is not None)
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
@@ -152,6 +152,19 @@ def reads_in_place(device: torch.device, *, rows: bool) -> bool:
     (the fused kernel off or not built), the row sums, which need tensors, and the CUDA staging
     copy."""
     return device.type == "cpu" and fused_kernel() is not None and not rows
+
+
+def _lies_mapped(snapshots: Sequence[Snapshot]) -> Callable[[str], bool]:
+    """Whether the kernel reads a parameter where it lies in every snapshot: a ref with an
+    address everywhere (`snapshot.TensorRef`) and no optimizer state, whose streams would be
+    read into memory. Such a parameter needs no memory of its own however large it is, so the
+    plan keeps it whole; row slices would be read into memory (`load_work`)."""
+
+    def mapped(name: str) -> bool:
+        return all(getattr(s.tensors.get(name), "address", None) is not None
+                   and not s.optimizer_state.get(name) for s in snapshots)  # fmt: skip
+
+    return mapped
 
 
 def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:
