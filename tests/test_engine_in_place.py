@@ -31,18 +31,27 @@ def _save_run(root: Path, shapes: list[dict[str, tuple[int, ...]]], seed: int = 
 
 
 def _both(path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[list, list, int]:
-    """(in-place stats, general stats, buckets that took the in-place path)."""
+    """(in-place stats, general stats, (bucket, snapshot) items that took the in-place path).
+    The in-place stats are also checked to be the same bits item by item as in chains of
+    snapshots (`driver._start_chain`)."""
     run = open_run(path)
     taken = []
-    start = engine_driver._start_in_place
+    start, chained = engine_driver._start_in_place, engine_driver._start_chain
 
     def counting(*args):  # type: ignore[no-untyped-def]
         started = start(*args)
         taken.append(started is not None)
         return started
 
+    def counting_chain(chain, *args):  # type: ignore[no-untyped-def]
+        taken.extend([True] * len(chain))
+        return chained(chain, *args)
+
     monkeypatch.setattr(engine_driver, "_start_in_place", counting)
+    monkeypatch.setattr(engine_driver, "_start_chain", counting_chain)
     fast = compute_stats(run.snapshots, device="cpu", **kwargs)
+    monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", 1)  # item by item
+    _same(compute_stats(run.snapshots, device="cpu", **kwargs), fast)
     monkeypatch.setattr(engine_driver, "_start_in_place", lambda *args: None)
     general = compute_stats(run.snapshots, device="cpu", **kwargs)
     return fast, general, sum(taken)
@@ -92,16 +101,24 @@ def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):
     whole = compute_stats(snapshots, device="cpu")
     names = [f"l{i}.weight" for i in range(0, 12, 2)]  # a shard
     taken: list = []
-    start = engine_driver._start_in_place
+    start, chained = engine_driver._start_in_place, engine_driver._start_chain
 
     def counting(*args):  # type: ignore[no-untyped-def]
         taken.append(start(*args))
         return taken[-1]
 
+    def counting_chain(*args):  # type: ignore[no-untyped-def]
+        taken.append(chained(*args))
+        return taken[-1]
+
     monkeypatch.setattr(engine_driver, "_start_in_place", counting)
-    pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
-    assert taken and all(t is not None for t in taken) and list(pair) == names
-    assert all(pair[n] == whole[2].params[n] for n in names)
+    monkeypatch.setattr(engine_driver, "_start_chain", counting_chain)
+    for chain in (engine_driver.CHAIN_SNAPSHOTS, 1):  # both snapshots in one call, or one by one
+        monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", chain)
+        taken.clear()
+        pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
+        assert taken and all(t is not None for t in taken) and list(pair) == names
+        assert all(pair[n] == whole[2].params[n] for n in names)
 
 
 def test_without_the_fused_kernel_refs_are_loaded_and_agree(tmp_path, monkeypatch):
@@ -192,3 +209,16 @@ def test_a_run_maps_at_most_its_pool_s_share_of_files(tmp_path):
                                                     handles)[0]["w"]).__name__
              for s in range(3)]  # fmt: skip
     assert kinds == ["SafetensorsMappedRef", "SafetensorsMappedRef", "SafetensorsTensorRef"]
+
+
+def test_chains_of_snapshots_continue_from_the_previous_chain(tmp_path, monkeypatch):
+    # chains of 3: snapshots 0-2, 3-5 (read against 2), 6 (against 5); the same bits as item by
+    # item and as the general path, NaN counted in whichever chain holds it
+    model = {f"l{i}.weight": (16, 8, 3, 3) for i in range(6)} | {"a.weight": (4, 4)}
+    _save_run(tmp_path, [model] * 7)
+    monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", 3)
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=64 << 10)
+    assert taken >= 2 * 7 and taken % 7 == 0  # every (bucket, snapshot) in place, several buckets
+    _same(fast, general)
+    assert all(s.params["l0.weight"].dot_prev is not None for s in fast[1:])
+    assert fast[2].params["a.weight"].nonfinite == 1

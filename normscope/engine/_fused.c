@@ -316,6 +316,40 @@ void normscope_reduce(int64_t count, const int64_t *numel, const void *const *x,
     }
 }
 
+/* The sums of the same pieces in `snapshots` consecutive snapshots, each against the one before:
+ * `x[s * stride + i]`, `xt[s * stride + i]` is piece i in snapshot s, and `out + 6 * (s * stride +
+ * i)` receives its sums, added to, for s >= `first`; snapshots before `first` are only read as the
+ * previous of the next (and snapshot 0, where `first` is 0, has none). Each chunk of a piece is
+ * reduced in every snapshot in turn, so the previous snapshot's chunk is still in the L1 cache
+ * when it is read again as `y`: memory is read once, not twice. Per (snapshot, piece) the sums
+ * are added in the order `normscope_reduce` adds them, so the results are the same bits. */
+void normscope_reduce_chain(int64_t count, const int64_t *numel, int64_t snapshots, int64_t first,
+                            int64_t stride, const void *const *x, const int32_t *xt, double *out) {
+    for (int64_t i = 0; i < count; i++) {
+        int64_t n = numel[i];
+        if (n <= 2 * CHUNK) { /* as `reduce_entry`: one span */
+            for (int64_t s = first, at_s = i + first * stride; s < snapshots; s++, at_s += stride) {
+                const void *y = s ? x[at_s - stride] : 0;
+                reduce_span(n, x[at_s], xt[at_s], y, s ? xt[at_s - stride] : 0, 0, 0, 0, 0,
+                            out + 6 * at_s);
+            }
+            continue;
+        }
+        for (int64_t lo = 0; lo < n; lo += CHUNK) { /* as `reduce_entry`: chunk by chunk */
+            int64_t k = n - lo < CHUNK ? n - lo : CHUNK, ahead = lo + 2 * CHUNK;
+            if (first > 0) prefetch_pages(x[i + (first - 1) * stride], xt[i + (first - 1) * stride],
+                                          ahead, ahead + CHUNK);
+            for (int64_t s = first, at_s = i + first * stride; s < snapshots; s++, at_s += stride) {
+                const void *y = s ? x[at_s - stride] : 0;
+                int yt = s ? xt[at_s - stride] : 0;
+                prefetch_pages(x[at_s], xt[at_s], ahead, ahead + CHUNK);
+                reduce_span(k, at(x[at_s], xt[at_s], lo), xt[at_s], y ? at(y, yt, lo) : 0, yt, 0,
+                            0, 0, 0, out + 6 * at_s);
+            }
+        }
+    }
+}
+
 /* Reading mapped files: a page whose file was cut short under the mapping (a job rewriting the
  * checkpoint in place) raises SIGBUS on the reading thread. `normscope_reduce_guarded` runs
  * `normscope_reduce` with this thread's jump point set, and the handler jumps back there: the
@@ -368,6 +402,18 @@ int normscope_reduce_guarded(int64_t count, const int64_t *numel, const void *co
     if (sigsetjmp(jump, 1)) return -1; /* 1: the signal mask comes back as it was */
     ns_jump = &jump;
     normscope_reduce(count, numel, x, xt, y, yt, m, mt, v, vt, out);
+    ns_jump = 0;
+    return 0;
+}
+
+/* `normscope_reduce_chain`, returning 0, or -1 where a page it read had vanished (SIGBUS). */
+int normscope_reduce_chain_guarded(int64_t count, const int64_t *numel, int64_t snapshots,
+                                   int64_t first, int64_t stride, const void *const *x,
+                                   const int32_t *xt, double *out) {
+    sigjmp_buf jump;
+    if (sigsetjmp(jump, 1)) return -1;
+    ns_jump = &jump;
+    normscope_reduce_chain(count, numel, snapshots, first, stride, x, xt, out);
     ns_jump = 0;
     return 0;
 }

@@ -53,6 +53,10 @@ PIECE_ELEMENTS = 1 << 22
 _REDUCE = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 10)
 _REDUCE_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, *[ctypes.c_void_p] * 10)
 _GUARD_INSTALL = ctypes.CFUNCTYPE(ctypes.c_int)
+_CHAIN_ARGS = (ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)  # fmt: skip
+_CHAIN = ctypes.CFUNCTYPE(None, *_CHAIN_ARGS)
+_CHAIN_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, *_CHAIN_ARGS)
 
 
 class VanishedPage(Exception):
@@ -69,8 +73,10 @@ class FusedKernel:
         self._guarded = _GUARD_INSTALL(module.guard_install_address)() == 0
         if self._guarded:
             self._reduce = _REDUCE_GUARDED(module.reduce_guarded_address)
+            self._chain = _CHAIN_GUARDED(module.reduce_chain_guarded_address)
         else:
             self._reduce = _REDUCE(module.reduce_address)
+            self._chain = _CHAIN(module.reduce_chain_address)
 
     def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
                out: int) -> None:
@@ -79,6 +85,17 @@ class FusedKernel:
         for stream in streams:
             args.extend(stream if stream is not None else (None, None))
         if self._reduce(count, numel, *args, out) and self._guarded:
+            raise VanishedPage("a page of a mapped file vanished while the kernel read it")
+
+    def reduce_chain(self, count: int, numel: int, snapshots: int, first: int, stride: int,
+                     pointers: int, codes: int, out: int) -> None:  # fmt: skip
+        """The same pieces in `snapshots` consecutive snapshots, each against the one before
+        (`_fused.c`, `normscope_reduce_chain`): `pointers` (int64) and `codes` (int32) hold
+        `snapshots` rows of `stride` entries, `out` as many rows of `stride` x COLUMNS sums;
+        `count` entries of each row from the addresses given are reduced, in the rows from
+        `first` on (the rows before are read only as the previous of the next)."""
+        if self._chain(count, numel, snapshots, first, stride, pointers, codes, out) and (
+                self._guarded):
             raise VanishedPage("a page of a mapped file vanished while the kernel read it")
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from normscope.engine.fused import (
     COLUMNS,
     PIECE_ELEMENTS,
+    _balanced_spans,
     dtype_codes,
     fused_kernel,
     launch,
@@ -91,5 +92,50 @@ def start_in_place(
         for future in running:
             future.result()
         return BlockSums(out, nonfinite_counts(out[:, 0], refs), prev is not None)
+
+    return finish
+
+
+def start_in_place_chain(
+    columns: Sequence[InPlaceColumns],
+    refs: Sequence[Sequence[Any]],
+    runner: Runner,
+    previous: InPlaceColumns | None = None,
+) -> Callable[[], list[BlockSums]] | None:
+    """Start the kernel over a bucket in consecutive snapshots at once, each against the one
+    before: `columns[s]` describes the bucket in snapshot s, `previous` (if any) in the snapshot
+    before the first, all with the same pieces and lengths; `refs[s]` are the weight refs of
+    snapshot s, kept alive by the caller (with `previous`'s) until the result is collected.
+
+    Each chunk of a piece is reduced in every snapshot in turn, so the previous snapshot's bytes
+    are read from the cache, not from memory again; per snapshot the sums are the same bits as
+    `start_in_place`'s. Returns what waits for the sums, one `BlockSums` per `columns` entry;
+    None without the kernel."""
+    kernel = fused_kernel()
+    if kernel is None:
+        return None
+    rows = [previous, *columns] if previous is not None else list(columns)
+    first = len(rows) - len(columns)
+    count = len(columns[0].numels)
+    pointers = np.stack([c.addresses for c in rows])
+    codes = np.stack([c.codes for c in rows])
+    numels = columns[0].numels
+    out = np.zeros((len(rows), count, len(COLUMNS)), dtype=np.float64)
+    width = len(COLUMNS) * 8
+
+    def run(lo: int, hi: int) -> None:
+        kernel.reduce_chain(hi - lo, numels.ctypes.data + 8 * lo, len(rows), first, count,
+                            pointers.ctypes.data + 8 * lo, codes.ctypes.data + 4 * lo,
+                            out.ctypes.data + width * lo)  # fmt: skip
+
+    # `run` holds the arrays the kernel reads until it has run
+    running = [runner.submit(run, lo, hi)
+               for lo, hi in _balanced_spans(numels.tolist(), runner.workers)]  # fmt: skip
+
+    def finish() -> list[BlockSums]:
+        for future in running:
+            future.result()
+        return [BlockSums(out[s], nonfinite_counts(out[s, :, 0], refs[s - first]), s > 0)
+                for s in range(first, len(rows))]  # fmt: skip
 
     return finish
