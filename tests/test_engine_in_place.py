@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from normscope.engine import compute_stats, reduce_snapshot_pair
 from normscope.engine import driver as engine_driver
+from normscope.engine import fused, in_place
 from normscope.engine.fused import fused_kernel
 from normscope.snapshot import ParamTable
 from normscope.sources import open_run, safetensors_files
@@ -222,3 +223,16 @@ def test_chains_of_snapshots_continue_from_the_previous_chain(tmp_path, monkeypa
     _same(fast, general)
     assert all(s.params["l0.weight"].dot_prev is not None for s in fast[1:])
     assert fast[2].params["a.weight"].nonfinite == 1
+
+
+def test_refs_longer_than_a_piece_are_cut_as_the_general_path_cuts_them(tmp_path, monkeypatch):
+    # a large matrix read in place is cut into pieces for the workers: the same bits as the
+    # general path's pieces, in chains and item by item
+    monkeypatch.setattr(in_place, "PIECE_ELEMENTS", 1000)
+    monkeypatch.setattr(fused, "PIECE_ELEMENTS", 1000)
+    model = {"big.weight": (70, 64), "l1.weight": (10, 10)}
+    _save_run(tmp_path, [model] * 4)
+    fast, general, taken = _both(tmp_path, monkeypatch)
+    assert taken >= 4  # every snapshot's bucket read in place (counted in chains and one by one)
+    _same(fast, general)
+    assert fast[2].params["big.weight"].dot_prev is not None
