@@ -154,7 +154,7 @@ def _float64_stats(states: list[dict[str, torch.Tensor]], name: str) -> list[tup
     return out
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
 def test_safetensors_read_in_place_whole_even_past_a_bucket(tmp_path, monkeypatch, dtype):
     # an embedding larger than a bucket's share: read where it lies, one piece, not row slices
     # copied into memory; the numbers are the float64 reference's
