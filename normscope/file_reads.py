@@ -101,7 +101,7 @@ class FileReader:
     def bytes_at(self, path: str, offset: int, nbytes: int) -> np.ndarray:
         """`nbytes` of `path` from `offset`, read into a fresh uint8 array; a file that ends
         sooner has changed since it was opened (its header said the bytes were there)."""
-        import numpy as np
+        import numpy as np  # lazy: start-up of `normscope --version`, which imports this module
 
         out = np.empty(nbytes, dtype=np.uint8)  # a numpy array costs a fraction of a tensor
         if nbytes == 0:
@@ -121,7 +121,7 @@ class FileReader:
 
     def span(self, span: FileSpan, dtype: str, shape: Sequence[int]) -> torch.Tensor:
         """The tensor of `dtype` and `shape` whose bytes `span` locates (C order)."""
-        import torch
+        import torch  # lazy: only a tensor to build needs torch (see _torch_seen)
 
         kind = getattr(torch, dtype)
         expected = math.prod(shape) * kind.itemsize
@@ -158,7 +158,7 @@ class FileReader:
         """`tensor` itself where no file backs its memory; else the same elements (shape, strides)
         read from the file into memory of their own. Where the process's mappings cannot be
         listed (no /proc), the tensor as it is."""
-        import torch
+        import torch  # lazy: only a tensor to build needs torch (see _torch_seen)
 
         if tensor.device.type != "cpu" or tensor.numel() == 0:
             return tensor
@@ -173,7 +173,7 @@ class FileReader:
     def scalar(self, value: np.ndarray) -> Any:
         """The one element of a numpy array (the in-place reader's scalars are views of its
         file's mapping), read from the file with a read call where a file backs it."""
-        import numpy as np
+        import numpy as np  # lazy: start-up of `normscope --version`, which imports this module
 
         raw = self._mapped_bytes(value.ctypes.data, value.itemsize, "a value")
         if raw is None:

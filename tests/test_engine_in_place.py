@@ -8,12 +8,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from normscope.engine import compute_stats
+from normscope.engine import compute_stats, reduce_snapshot_pair
 from normscope.engine import driver as engine_driver
+from normscope.engine import fused, in_place
 from normscope.engine.fused import fused_kernel
 from normscope.snapshot import ParamTable
-from normscope.sources import open_run
+from normscope.sources import open_run, safetensors_files
+from normscope.sources._refs import MappedTensorRef, SafetensorsHandles
 
 pytestmark = pytest.mark.skipif(fused_kernel() is None, reason="needs the fused kernel")
 
@@ -29,18 +32,27 @@ def _save_run(root: Path, shapes: list[dict[str, tuple[int, ...]]], seed: int = 
 
 
 def _both(path: Path, monkeypatch: pytest.MonkeyPatch, **kwargs) -> tuple[list, list, int]:
-    """(in-place stats, general stats, buckets that took the in-place path)."""
+    """(in-place stats, general stats, (bucket, snapshot) items that took the in-place path).
+    The in-place stats are also checked to be the same bits item by item as in chains of
+    snapshots (`driver._start_chain`)."""
     run = open_run(path)
     taken = []
-    start = engine_driver._start_in_place
+    start, chained = engine_driver._start_in_place, engine_driver._start_chain
 
     def counting(*args):  # type: ignore[no-untyped-def]
         started = start(*args)
         taken.append(started is not None)
         return started
 
+    def counting_chain(chain, *args):  # type: ignore[no-untyped-def]
+        taken.extend([True] * len(chain))
+        return chained(chain, *args)
+
     monkeypatch.setattr(engine_driver, "_start_in_place", counting)
+    monkeypatch.setattr(engine_driver, "_start_chain", counting_chain)
     fast = compute_stats(run.snapshots, device="cpu", **kwargs)
+    monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", 1)  # item by item
+    _same(compute_stats(run.snapshots, device="cpu", **kwargs), fast)
     monkeypatch.setattr(engine_driver, "_start_in_place", lambda *args: None)
     general = compute_stats(run.snapshots, device="cpu", **kwargs)
     return fast, general, sum(taken)
@@ -84,24 +96,30 @@ def test_snapshots_that_change_take_the_general_path_where_they_must(tmp_path, m
 
 def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):
     # reduce_snapshot_pair reads the previous snapshot only as `prev`: the same numbers as the run
-    from normscope.engine import reduce_snapshot_pair
-
     model = {f"l{i}.weight": (16, 8) for i in range(12)}
     _save_run(tmp_path, [model] * 3)
     snapshots = open_run(tmp_path).snapshots
     whole = compute_stats(snapshots, device="cpu")
     names = [f"l{i}.weight" for i in range(0, 12, 2)]  # a shard
     taken: list = []
-    start = engine_driver._start_in_place
+    start, chained = engine_driver._start_in_place, engine_driver._start_chain
 
     def counting(*args):  # type: ignore[no-untyped-def]
         taken.append(start(*args))
         return taken[-1]
 
+    def counting_chain(*args):  # type: ignore[no-untyped-def]
+        taken.append(chained(*args))
+        return taken[-1]
+
     monkeypatch.setattr(engine_driver, "_start_in_place", counting)
-    pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
-    assert taken and all(t is not None for t in taken) and list(pair) == names
-    assert all(pair[n] == whole[2].params[n] for n in names)
+    monkeypatch.setattr(engine_driver, "_start_chain", counting_chain)
+    for chain in (engine_driver.CHAIN_SNAPSHOTS, 1):  # both snapshots in one call, or one by one
+        monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", chain)
+        taken.clear()
+        pair = reduce_snapshot_pair(snapshots[2], snapshots[1], names=names, device="cpu")
+        assert taken and all(t is not None for t in taken) and list(pair) == names
+        assert all(pair[n] == whole[2].params[n] for n in names)
 
 
 def test_without_the_fused_kernel_refs_are_loaded_and_agree(tmp_path, monkeypatch):
@@ -123,3 +141,98 @@ def test_without_the_fused_kernel_refs_are_loaded_and_agree(tmp_path, monkeypatc
                 assert (u is None) == (v is None)
                 if u is not None and math.isfinite(u):
                     assert v == pytest.approx(u, rel=1e-6, abs=1e-9)
+
+
+def _float64_stats(states: list[dict[str, torch.Tensor]], name: str) -> list[tuple[float, ...]]:
+    out, prev = [], None
+    for state in states:
+        x = state[name].double().reshape(-1)
+        y = None if prev is None else prev[name].double().reshape(-1)
+        out.append((float(x.dot(x)), None if y is None else float(x.dot(y)),
+                    None if y is None else float((y - x).dot(y - x))))  # fmt: skip
+        prev = state
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_safetensors_read_in_place_whole_even_past_a_bucket(tmp_path, monkeypatch, dtype):
+    # an embedding larger than a bucket's share: read where it lies, one piece, not row slices
+    # copied into memory; the numbers are the float64 reference's
+    g = torch.Generator().manual_seed(3)
+    states = [{"embed.weight": torch.randn(300, 64, generator=g).to(dtype),
+               "norm.weight": torch.randn(64, generator=g).to(dtype)} for _ in range(3)]  # fmt: skip
+    for step, state in enumerate(states):
+        save_file(state, tmp_path / f"step_{step}.safetensors")
+    run = open_run(tmp_path)
+    assert all(isinstance(r, MappedTensorRef) for s in run.snapshots for r in s.tensors.values())
+    planned = []
+    plan = engine_driver.plan_buckets
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        planned.append(plan(*args, **kwargs))
+        return planned[-1]
+
+    monkeypatch.setattr(engine_driver, "plan_buckets", recording)
+    bucket_bytes = 4 * 8192  # 8 KiB per bucket and snapshot: the embedding is 19-38 KiB
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=bucket_bytes)
+    assert taken > 0
+    assert all(piece.whole for bucket in planned[0].buckets for piece in bucket)
+    for stats in (fast, general):
+        for name in ("embed.weight", "norm.weight"):
+            want = _float64_stats(states, name)
+            got = [(s.params[name].norm_sq, s.params[name].dot_prev, s.params[name].diff_sq)
+                   for s in stats]  # fmt: skip
+            for g_row, w_row in zip(got, want):
+                for u, v in zip(g_row, w_row):
+                    assert (u is None) == (v is None)
+                    assert u is None or u == pytest.approx(v, rel=1e-12)
+
+
+def test_torch_kernels_read_a_large_parameter_in_row_slices(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    for step in range(2):
+        save_file({"embed.weight": torch.randn(300, 64, generator=g)},
+                  tmp_path / f"step_{step}.safetensors")  # fmt: skip
+    monkeypatch.setenv("NORMSCOPE_FUSED", "0")
+    planned = []
+    plan = engine_driver.plan_buckets
+    monkeypatch.setattr(engine_driver, "plan_buckets",
+                        lambda *a, **k: planned.append(plan(*a, **k)) or planned[-1])  # fmt: skip
+    compute_stats(open_run(tmp_path).snapshots, device="cpu", bucket_bytes=4 * 8192)
+    assert not any(piece.whole for bucket in planned[0].buckets for piece in bucket)
+
+
+def test_a_run_maps_at_most_its_pool_s_share_of_files(tmp_path):
+    for step in range(3):
+        save_file({"w": torch.randn(8, 8)}, tmp_path / f"step_{step}.safetensors")
+    handles = SafetensorsHandles(keep=2)
+    kinds = [type(safetensors_files.safetensors_refs({str(tmp_path / f"step_{s}.safetensors"): []},
+                                                    handles)[0]["w"]).__name__
+             for s in range(3)]  # fmt: skip
+    assert kinds == ["SafetensorsMappedRef", "SafetensorsMappedRef", "SafetensorsTensorRef"]
+
+
+def test_chains_of_snapshots_continue_from_the_previous_chain(tmp_path, monkeypatch):
+    # chains of 3: snapshots 0-2, 3-5 (read against 2), 6 (against 5); the same bits as item by
+    # item and as the general path, NaN counted in whichever chain holds it
+    model = {f"l{i}.weight": (16, 8, 3, 3) for i in range(6)} | {"a.weight": (4, 4)}
+    _save_run(tmp_path, [model] * 7)
+    monkeypatch.setattr(engine_driver, "CHAIN_SNAPSHOTS", 3)
+    fast, general, taken = _both(tmp_path, monkeypatch, bucket_bytes=64 << 10)
+    assert taken >= 2 * 7 and taken % 7 == 0  # every (bucket, snapshot) in place, several buckets
+    _same(fast, general)
+    assert all(s.params["l0.weight"].dot_prev is not None for s in fast[1:])
+    assert fast[2].params["a.weight"].nonfinite == 1
+
+
+def test_refs_longer_than_a_piece_are_cut_as_the_general_path_cuts_them(tmp_path, monkeypatch):
+    # a large matrix read in place is cut into pieces for the workers: the same bits as the
+    # general path's pieces, in chains and item by item
+    monkeypatch.setattr(in_place, "PIECE_ELEMENTS", 1000)
+    monkeypatch.setattr(fused, "PIECE_ELEMENTS", 1000)
+    model = {"big.weight": (70, 64), "l1.weight": (10, 10)}
+    _save_run(tmp_path, [model] * 4)
+    fast, general, taken = _both(tmp_path, monkeypatch)
+    assert taken >= 4  # every snapshot's bucket read in place (counted in chains and one by one)
+    _same(fast, general)
+    assert fast[2].params["big.weight"].dot_prev is not None

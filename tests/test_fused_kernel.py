@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,15 +59,18 @@ def _tensors(numels: list[int], dtype: torch.dtype, seed: int) -> list[torch.Ten
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("streams", ["weight", "prev", "optimizer", "adam"])
+@pytest.mark.parametrize(
+    "streams", ["weight", "prev", "optimizer", "adam", "first_optimizer", "first_adam"])
 def test_same_dtype_streams_match_float64(dtype, streams):
-    numels = [0, 1, 7, 513, 4096, 100_003]
+    # lengths around the kernel's blocks (512), chunks (2048, prefetched from 4096 on) and pages
+    numels = [0, 1, 7, 513, 4096, 4097, 8193, 100_003]
     weight = _tensors(numels, dtype, 1)
+    first = streams.startswith("first_")  # the first snapshot: optimizer state, no previous
     group = GroupInput(
         weight=weight,
-        prev=_tensors(numels, dtype, 2) if streams in ("prev", "optimizer", "adam") else None,
-        buf=_tensors(numels, dtype, 3) if streams in ("optimizer", "adam") else None,
-        sq=[t.abs() for t in _tensors(numels, dtype, 4)] if streams == "adam" else None,
+        prev=_tensors(numels, dtype, 2) if streams not in ("weight",) and not first else None,
+        buf=_tensors(numels, dtype, 3) if streams.endswith(("optimizer", "adam")) else None,
+        sq=[t.abs() for t in _tensors(numels, dtype, 4)] if streams.endswith("adam") else None,
     )
     result = reduce_fused(group, Inline())
     assert result is not None
@@ -102,6 +107,22 @@ def test_half_conversion_of_subnormals_extremes_and_signed_zero():
     group = GroupInput(weight=[values], prev=[values.flip(0)])
     result = reduce_fused(group, Inline())
     _assert_close(result.sums, _reference(group))
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["as_the_kernel_does", "by_bits"])
+def test_half_to_float_matches_torch_for_every_bit_pattern(portable):
+    # the kernel converts fp16 by F16C where the CPU has it, else by bits: both must be exact
+    from normscope.engine import _fused  # lazy: absent where the kernel was not built
+
+    convert = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                               ctypes.c_int)(_fused.half_to_float_address)  # fmt: skip
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    got = np.empty(bits.size, dtype=np.float32)
+    convert(bits.size, bits.ctypes.data, got.ctypes.data, int(portable))
+    want = torch.from_numpy(bits.view(np.int16).copy()).view(torch.float16).float().numpy()
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -172,7 +193,7 @@ def test_an_install_without_the_kernel_uses_the_torch_kernels(monkeypatch):
 
 
 def test_the_kernel_is_the_package_s_own_module():
-    from normscope.engine import _fused
+    from normscope.engine import _fused  # lazy: absent where the kernel was not built
 
     status = fused.kernel_status()
     assert status.active, status.detail

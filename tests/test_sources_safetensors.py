@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from normscope.engine import compute_stats
 from normscope.snapshot import ORDER_EMBEDDED, ORDER_FILENAME
 from normscope.sources import open_run
-from normscope.sources._refs import SafetensorsTensorRef
+from normscope.sources._refs import MappedTensorRef
 
 
 def _save_sharded(directory, tensors, n_shards=2, prefix="model"):  # type: ignore[no-untyped-def]
@@ -36,7 +36,7 @@ def test_single_file_is_lazy_and_exact(tmp_path):
     (snap,) = run.snapshots
     assert set(snap.tensors) == {"emb.weight", "ln.weight"}  # integer tensor skipped
     ref = snap.tensors["emb.weight"]
-    assert isinstance(ref, SafetensorsTensorRef)
+    assert isinstance(ref, MappedTensorRef)  # read in place by the kernel, at its address
     assert (ref.shape, ref.dtype, ref.numel, ref.nbytes) == (
         (10, 4),
         "float32",
@@ -112,25 +112,41 @@ def test_other_files_beside_safetensors_are_reported(tmp_path):
     assert any("not safetensors: b.pt" in w for w in run.warnings)
 
 
+def _fp8(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state in float8: tensors the kernel does not read in place (the pool's)."""
+    return {k: v.to(torch.float8_e4m3fn) for k, v in model.state_dict().items()}
+
+
 def test_refs_of_a_run_share_a_bounded_set_of_open_files(tmp_path):
-    model = small_mlp()
+    state = _fp8(small_mlp())
     for step in range(12):
-        save_file(model.state_dict(), tmp_path / f"step_{step}.safetensors")
+        save_file(state, tmp_path / f"step_{step}.safetensors")
     run = open_run(tmp_path)
     refs = [ref for snap in run.snapshots for ref in snap.tensors.values()]
     handles = {id(ref.handles) for ref in refs}
     assert len(handles) == 1  # one cache for the whole run, not one open per tensor
     for ref in refs:
-        assert torch.equal(ref.load(), model.state_dict()[ref.name])
+        assert torch.equal(ref.load().view(torch.uint8), state[ref.name].view(torch.uint8))
     assert len(refs[0].handles._open) <= refs[0].handles.keep
+
+
+def test_tensors_read_in_place_share_one_mapping_per_file(tmp_path):
+    model = small_mlp()
+    for step in range(3):
+        save_file(model.state_dict(), tmp_path / f"step_{step}.safetensors")
+    run = open_run(tmp_path)
+    for snap in run.snapshots:
+        assert len({id(ref.archive) for ref in snap.tensors.values()}) == 1
+        for ref in snap.tensors.values():
+            assert torch.equal(ref.load(), model.state_dict()[ref.name])
 
 
 def test_a_bucket_walk_over_many_snapshots_keeps_each_file_open(tmp_path):
     # The engine reads each bucket from every snapshot in turn: a pool smaller than the run
     # would reopen (and re-parse) every file once per bucket.
-    model = small_mlp()
+    state = _fp8(small_mlp())
     for step in range(12):
-        save_file(model.state_dict(), tmp_path / f"step_{step}.safetensors")
+        save_file(state, tmp_path / f"step_{step}.safetensors")
     run = open_run(tmp_path)
     handles = next(iter(run.snapshots[0].tensors.values())).handles
     stats = compute_stats(run.snapshots, device="cpu", bucket_bytes=3 * 64)

@@ -16,6 +16,12 @@ int normscope_reduce_guarded(int64_t count, const int64_t *numel, const void *co
                              const void *const *m, const int32_t *mt, const void *const *v,
                              const int32_t *vt, double *out);
 int normscope_guard_install(void);
+void normscope_reduce_chain(int64_t count, const int64_t *numel, int64_t snapshots, int64_t first,
+                            int64_t stride, const void *const *x, const int32_t *xt, double *out);
+int normscope_reduce_chain_guarded(int64_t count, const int64_t *numel, int64_t snapshots,
+                                   int64_t first, int64_t stride, const void *const *x,
+                                   const int32_t *xt, double *out);
+void normscope_half_to_float(int64_t n, const uint16_t *src, float *dst, int portable);
 int normscope_fused_abi(void);
 
 /* Publish one function's address as a module attribute; 0 on success. */
@@ -43,7 +49,11 @@ PyMODINIT_FUNC PyInit__fused(void) {
     }
     if (add_address(module, "reduce_address", (void *)normscope_reduce) < 0 ||
         add_address(module, "reduce_guarded_address", (void *)normscope_reduce_guarded) < 0 ||
-        add_address(module, "guard_install_address", (void *)normscope_guard_install) < 0) {
+        add_address(module, "guard_install_address", (void *)normscope_guard_install) < 0 ||
+        add_address(module, "reduce_chain_address", (void *)normscope_reduce_chain) < 0 ||
+        add_address(module, "reduce_chain_guarded_address",
+                    (void *)normscope_reduce_chain_guarded) < 0 ||
+        add_address(module, "half_to_float_address", (void *)normscope_half_to_float) < 0) {
         Py_DECREF(module);
         return NULL;
     }

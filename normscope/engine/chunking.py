@@ -37,7 +37,7 @@ class RowLayout:
 
     def owners(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """For every row, the index of the entry it belongs to (int64, on `device`)."""
-        import torch
+        import torch  # lazy: the torch kernels' module; a run read in place needs no torch
 
         counts = torch.tensor(
             [self.rows_of(i) for i in range(len(self.numels))], dtype=torch.int64
@@ -70,7 +70,7 @@ def fill_rows(
     One `_foreach_copy_` moves (and upcasts) every overlapping segment; each entry's partial last
     row is zero-filled with one `_foreach_zero_`.
     """
-    import torch
+    import torch  # lazy: the torch kernels' module; a run read in place needs no torch
 
     chunk = layout.chunk
     flat = block[: r1 - r0].reshape(-1)

@@ -39,8 +39,7 @@ def resolve_device(device: str = "auto") -> torch.device | CpuDevice:
     spec = (device or "auto").strip().lower()
     if spec == "cpu" or (spec == "auto" and _no_gpu_here()):
         return CPU
-    # here, not at the top: only a machine that may have a GPU asks torch about it
-    import torch
+    import torch  # lazy: only a machine that may have a GPU asks torch about it
 
     if spec == "auto":
         return torch.device("cuda") if torch.cuda.is_available() else CPU

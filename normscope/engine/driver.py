@@ -20,17 +20,18 @@ from typing import TYPE_CHECKING
 from normscope._gc import collector_paused
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import VanishedPage, fused_kernel
-from normscope.engine.in_place import start_in_place
+from normscope.engine.in_place import start_in_place, start_in_place_chain
 from normscope.engine.loading import LoadedWork, WorkItem, load_work
 from normscope._torch_seen import tensor_type
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
-from normscope.engine.reduce import GroupInput, start_group
+from normscope.engine.group import GroupInput
+from normscope.engine.reduce import start_group
 from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR, RowCollector
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.file_stamps import check_unchanged
-from normscope.snapshot import Snapshot, SnapshotStats
+from normscope.snapshot import Snapshot, SnapshotStats, has_address
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -40,6 +41,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # Buffers alive at once: the current snapshot's bucket, the previous one, the one before it (its
 # pair's kernels may still be running while the current item starts), and the one read ahead.
 BUCKETS_IN_FLIGHT = 4
+# Snapshots of a bucket read in place reduced by one kernel call (`_start_chain`): each is read
+# from memory once, its previous from the cache, except the first's previous.
+CHAIN_SNAPSHOTS = 8
 
 
 def run_engine(
@@ -80,16 +84,16 @@ def _run(
         raise BadInputError(f"bucket size must be positive, got {bucket_bytes} bytes")
     snapshots = list(snapshots)
     wanted = None if names is None else set(names)
+    in_place = reads_in_place(device, rows=rows is not None)
     plan = plan_buckets(
         snapshots,
         max(1, bucket_bytes // BUCKETS_IN_FLIGHT),
         names=wanted,
         state_from=report_from,
+        read_in_place=_lies_mapped(snapshots) if in_place else None,
     )
     stager = _make_stager(device, plan)
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
-
-    in_place = reads_in_place(device, rows=rows is not None)
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
@@ -105,8 +109,13 @@ def _run(
     # so the Python-side work of one overlaps the arithmetic of the other. It holds `previous`
     # and the bucket before it (its kernels read both): the fourth bucket in flight.
     in_flight: Callable[[Accumulator], None] | None = None
-    in_flight_snapshot = 0
+    in_flight_snapshots: Sequence[int] = ()
     runner = CpuWorkers() if device.type == "cpu" else Inline()
+    # Items of a bucket read in place, in consecutive snapshots, held (refs: no memory of their
+    # own) and then reduced in one kernel call (`_start_chain`); `chain_previous` is the item
+    # before the first, read again as its previous snapshot.
+    chain: list[LoadedWork] = []
+    chain_previous: LoadedWork | None = None
 
     def collect() -> None:
         nonlocal in_flight
@@ -114,30 +123,55 @@ def _run(
             try:
                 in_flight(accumulator)
             except VanishedPage:  # a file cut short during the arithmetic: name it
-                raise _vanished(snapshots, in_flight_snapshot) from None
+                raise _vanished(snapshots, in_flight_snapshots) from None
             in_flight = None
             # the sums are of the files as they were opened only if they still are
-            check_unchanged(snapshots[in_flight_snapshot].files)
+            for t in in_flight_snapshots:
+                check_unchanged(snapshots[t].files)
             if progress is not None:
                 progress(done, plan.total_bytes)
+
+    def flush_chain() -> None:
+        """Start the held chain's kernel, collect the item before it; the chain's last item
+        becomes the previous snapshot of what follows."""
+        nonlocal in_flight, in_flight_snapshots, previous, done, chain_previous
+        if not chain:
+            return
+        started = _start_chain(chain, chain_previous, runner, report_from)
+        collect()
+        in_flight, in_flight_snapshots = started, [w.snapshot for w in chain]
+        previous, chain_previous = chain[-1], None
+        done += sum(plan.sizes[w.bucket][w.snapshot] for w in chain)
+        chain.clear()
 
     with runner_scope(runner), Prefetcher(items, read, depth=1) as loaded:
         for (b, t), (work, staged) in loaded:
             if staged is not None:
                 work.replace_tensors(staged.wait())
+            if chain and (chain[-1].bucket != b or not _continues(chain[-1], work)):
+                flush_chain()
             if previous is not None and previous.bucket != b:
                 previous = None
+            if chain or (CHAIN_SNAPSHOTS > 1 and work.columns is not None
+                         and (previous is None or _continues(previous, work))):  # fmt: skip
+                if not chain:
+                    chain_previous = previous
+                chain.append(work)
+                if len(chain) == CHAIN_SNAPSHOTS:
+                    flush_chain()
+                continue
             started = _start_work(work, previous, runner) if t >= report_from else None
             if rows is not None and t >= report_from:
                 for piece, shape, weight, prev in zip(work.pieces, work.shapes, work.weight,
                                                       _previous_weights(work, previous)):
                     rows.add(t, piece.name, piece.start, weight, prev, shape[0] if shape else None)
             collect()
-            in_flight, in_flight_snapshot = started, t
+            in_flight, in_flight_snapshots = started, (t,)
             previous = work
             done += plan.sizes[b][t]
             if in_flight is None and progress is not None:
                 progress(done, plan.total_bytes)
+        flush_chain()
         collect()
     stats = accumulator.stats(snapshots, plan.entries, first=report_from)
     if rows is not None:
@@ -154,17 +188,66 @@ def reads_in_place(device: torch.device, *, rows: bool) -> bool:
     return device.type == "cpu" and fused_kernel() is not None and not rows
 
 
-def _vanished(snapshots: Sequence[Snapshot], t: int) -> BadInputError:
-    """The error for a page that vanished while the kernel read snapshot `t` (and `t - 1`, its
-    previous): the file that changed, named by its stamp."""
-    for snapshot in (snapshots[t], snapshots[t - 1] if t else None):
-        if snapshot is not None:
-            try:
-                check_unchanged(snapshot.files)
-            except BadInputError as exc:
-                return exc
-    return BadInputError(f"a file of {snapshots[t].meta.path} was cut short while normscope was "
-                         "reading it (a job still writing it?); run again once it is complete")
+def _mapped_ref(ref: object) -> bool:
+    """Whether `ref` lies at an address the kernel reads (`snapshot.AddressedTensorRef`)."""
+    return has_address(ref) and ref.address is not None
+
+
+def _lies_mapped(snapshots: Sequence[Snapshot]) -> Callable[[str], bool]:
+    """Whether the kernel reads a parameter where it lies in every snapshot: a ref with an
+    address everywhere (`snapshot.TensorRef`) and no optimizer state, whose streams would be
+    read into memory. Such a parameter needs no memory of its own however large it is, so the
+    plan keeps it whole; row slices would be read into memory (`load_work`)."""
+
+    def mapped(name: str) -> bool:
+        return all(_mapped_ref(s.tensors.get(name)) and not s.optimizer_state.get(name)
+                   for s in snapshots)  # fmt: skip
+
+    return mapped
+
+
+def _vanished(snapshots: Sequence[Snapshot], read: Sequence[int]) -> BadInputError:
+    """The error for a page that vanished while the kernel read snapshots `read` (and the one
+    before each, its previous): the file that changed, named by its stamp."""
+    for t in read:
+        for snapshot in (snapshots[t], snapshots[t - 1] if t else None):
+            if snapshot is not None:
+                try:
+                    check_unchanged(snapshot.files)
+                except BadInputError as exc:
+                    return exc
+    return BadInputError(f"a file of {snapshots[read[-1]].meta.path} was cut short while "
+                         "normscope was reading it (a job still writing it?); run again once it "
+                         "is complete")
+
+
+def _continues(last: LoadedWork, work: LoadedWork) -> bool:
+    """Whether `work` extends a chain ending in `last`: the next snapshot of the same bucket,
+    read in place with the same pieces and shapes."""
+    return (work.columns is not None and work.snapshot == last.snapshot + 1
+            and work.pieces == last.pieces and work.shapes == last.shapes)  # fmt: skip
+
+
+def _start_chain(chain: Sequence[LoadedWork], previous: LoadedWork | None, runner: Runner,
+                 report_from: int) -> Callable[[Accumulator], None]:  # fmt: skip
+    """Start one kernel call over a bucket read in place in consecutive snapshots, each against
+    the one before (`in_place.start_in_place_chain`; `previous`: the item before the first);
+    the returned function adds the sums of the snapshots from `report_from` on to the
+    accumulator."""
+    columns = [w.columns for w in chain]
+    started = start_in_place_chain(columns, [w.weight for w in chain], runner,  # type: ignore[arg-type]
+                                   None if previous is None else previous.columns)
+    if started is None:  # pragma: no cover - a chain is made only where the kernel reads in place
+        raise RuntimeError("the fused kernel is gone")
+
+    kept = (list(chain), previous)  # their refs keep alive the memory the kernel reads
+
+    def collect(accumulator: Accumulator) -> None:
+        for work, block in zip(kept[0], started()):
+            if work.snapshot >= report_from:
+                accumulator.add_block(work.snapshot, work.pieces, block)
+
+    return collect
 
 
 def _start_work(
@@ -321,7 +404,7 @@ def runner_scope(runner: Runner) -> Iterator[Runner]:
 def _make_stager(device: torch.device, plan: Plan) -> CudaStager | None:
     if device.type != "cuda":
         return None
-    from normscope.engine.staging import CudaStager
+    from normscope.engine.staging import CudaStager  # lazy: it imports torch; only CUDA needs it
 
     largest = max((max(sizes, default=0) for sizes in plan.sizes), default=0)
     # Packing aligns each tensor to 64 bytes; leave room for that on top of the bucket's bytes.

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from normscope._torch_seen import imported_torch, tensor_type
 from normscope.engine.group import GroupInput, GroupSums
 from normscope.engine.workers import Runner
+from normscope.file_reads import FileReader
 
 if TYPE_CHECKING:  # pragma: no cover
     from concurrent.futures import Future
@@ -51,6 +52,10 @@ PIECE_ELEMENTS = 1 << 22
 _REDUCE = ctypes.CFUNCTYPE(None, ctypes.c_int64, *[ctypes.c_void_p] * 10)
 _REDUCE_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int64, *[ctypes.c_void_p] * 10)
 _GUARD_INSTALL = ctypes.CFUNCTYPE(ctypes.c_int)
+_CHAIN_ARGS = (ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+               ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)  # fmt: skip
+_CHAIN = ctypes.CFUNCTYPE(None, *_CHAIN_ARGS)
+_CHAIN_GUARDED = ctypes.CFUNCTYPE(ctypes.c_int, *_CHAIN_ARGS)
 
 
 class VanishedPage(Exception):
@@ -67,8 +72,10 @@ class FusedKernel:
         self._guarded = _GUARD_INSTALL(module.guard_install_address)() == 0
         if self._guarded:
             self._reduce = _REDUCE_GUARDED(module.reduce_guarded_address)
+            self._chain = _CHAIN_GUARDED(module.reduce_chain_guarded_address)
         else:
             self._reduce = _REDUCE(module.reduce_address)
+            self._chain = _CHAIN(module.reduce_chain_address)
 
     def reduce(self, count: int, numel: int, streams: Sequence[tuple[int, int] | None],
                out: int) -> None:
@@ -77,6 +84,17 @@ class FusedKernel:
         for stream in streams:
             args.extend(stream if stream is not None else (None, None))
         if self._reduce(count, numel, *args, out) and self._guarded:
+            raise VanishedPage("a page of a mapped file vanished while the kernel read it")
+
+    def reduce_chain(self, count: int, numel: int, snapshots: int, first: int, stride: int,
+                     pointers: int, codes: int, out: int) -> None:  # fmt: skip
+        """The same pieces in `snapshots` consecutive snapshots, each against the one before
+        (`_fused.c`, `normscope_reduce_chain`): `pointers` (int64) and `codes` (int32) hold
+        `snapshots` rows of `stride` entries, `out` as many rows of `stride` x COLUMNS sums;
+        `count` entries of each row from the addresses given are reduced, in the rows from
+        `first` on (the rows before are read only as the previous of the next)."""
+        if self._chain(count, numel, snapshots, first, stride, pointers, codes, out) and (
+                self._guarded):
             raise VanishedPage("a page of a mapped file vanished while the kernel read it")
 
 
@@ -121,6 +139,7 @@ def _load(disabled: bool) -> tuple[FusedKernel | None, KernelStatus]:
     if refused is not None:
         return None, KernelStatus(False, f"not loaded: {refused}")
     try:
+        # lazy: the native module, absent from an install built without a C compiler
         from normscope.engine import _fused  # type: ignore[attr-defined]
     except ImportError as exc:
         return None, KernelStatus(False, f"cannot be loaded ({exc})")
@@ -176,95 +195,177 @@ def _kernel_dtypes() -> frozenset[Any]:
     return frozenset(dtype_codes())
 
 
-def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
-    """Start the kernel on the runner's threads and return what waits for and collects its sums
-    (None where the kernel does not apply). The caller's thread is free meanwhile: the engine
-    does the next item's Python-side bookkeeping while the kernel runs."""
-    import numpy as np
+class _Declined(Exception):
+    """A stream the kernel cannot read (a dtype without a code, a tensor not on the CPU)."""
 
-    tensor = tensor_type()
-    kernel = fused_kernel()
-    if kernel is None:
-        return None
-    codes = dtype_codes()
-    # Per stream: its entries' addresses, dtypes and lengths, whole columns at a time (map over
-    # C methods): a group can hold tens of thousands of small tensors. `keep` holds what owns the
-    # memory (tensors, made contiguous where needed; refs, which keep their mapping) until the
-    # calls have returned: the kernel reads raw memory.
-    described: list[tuple[list[int], list[torch.dtype | str], list[int]] | None] = []
-    keep: list[list[torch.Tensor] | None] = []
-    for stream in (group.weight, group.prev, group.buf, group.sq):
-        if stream is None:
-            described.append(None)
-            keep.append(None)
-            continue
-        stream = list(stream)
-        tensors = sum(map(isinstance, stream, repeat(tensor)))
-        if tensors == 0:  # refs read in place (see `snapshot.TensorRef`)
-            dtypes = list(map(_DTYPE, stream))
-            if not set(dtypes) <= codes.keys():
-                return None
-            described.append((list(map(_ADDRESS, stream)), dtypes, list(map(_NUMEL_FIELD, stream))))
-            keep.append(stream)
-            continue
-        if tensors < len(stream):  # tensors and refs in one stream: rare, so build tensors
-            stream = [t if isinstance(t, tensor) else t.load() for t in stream]
-        if not all(map(_IS_CPU, stream)) or not set(map(_DTYPE, stream)) <= codes.keys():
-            return None
-        if not all(map(_IS_CONTIGUOUS, stream)):
-            stream = [t if t.is_contiguous() else t.contiguous() for t in stream]
-        described.append((list(map(_DATA_PTR, stream)), list(map(_DTYPE, stream)),
-                          list(map(_NUMEL, stream))))  # fmt: skip
-        keep.append(stream)
-    entries = len(group.weight)
-    numels = described[0][2]
-    # Pieces: (entry, start, length); one per tensor, long tensors cut in PIECE_ELEMENTS.
-    split = max(numels, default=0) > PIECE_ELEMENTS
-    owner: Sequence[int] = range(entries)
-    starts: Sequence[int] = [0] * entries
-    lengths: Sequence[int] = numels
-    if split:
+
+@dataclasses.dataclass(frozen=True)
+class _Stream:
+    """One stream of a group as the kernel reads it: per entry its address, dtype and length,
+    and `keep`, what owns that memory (tensors, made contiguous where needed; refs, which keep
+    their mapping) until the kernel has returned, for the kernel reads raw memory."""
+
+    pointers: list[int]
+    dtypes: list[Any]
+    numels: list[int]
+    keep: list[Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Readable:
+    """What the kernel reads: its dtype codes (by torch dtype and by name) and the tensor type
+    (torch.Tensor where torch is imported; anything else in a stream is a ref)."""
+
+    codes: dict[Any, int]
+    tensor: type
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pieces:
+    """What the kernel is called on: (entry, start, length) per piece. One piece per entry,
+    unless an entry is longer than PIECE_ELEMENTS: then every entry is cut into pieces of at
+    most that many elements (`split`), so that one large matrix still feeds every worker."""
+
+    entries: int
+    owner: Sequence[int]
+    starts: Sequence[int]
+    lengths: Sequence[int]
+    split: bool
+
+    @classmethod
+    def of(cls, numels: Sequence[int]) -> _Pieces:
+        entries = len(numels)
+        if max(numels, default=0) <= PIECE_ELEMENTS:
+            return cls(entries, range(entries), [0] * entries, numels, split=False)
         owner, starts, lengths = [], [], []
         for i, n in enumerate(numels):
             for lo in range(0, max(n, 1), PIECE_ELEMENTS):
                 owner.append(i)
                 starts.append(lo)
                 lengths.append(min(PIECE_ELEMENTS, n - lo))
-    count = len(owner)
-    # The kernel's argument arrays are numpy's: from a list of ints, several times quicker to
-    # make than torch's, which matters with a group per (bucket, snapshot).
-    arrays: list[tuple[np.ndarray, np.ndarray] | None] = []
-    for description in described:
-        if description is None:
-            arrays.append(None)
-            continue
-        pointers, dtypes, _ = description
-        if split:
-            pointers = [pointers[e] + s * _ITEMSIZE[codes[dtypes[e]]]
-                        for e, s in zip(owner, starts)]  # fmt: skip
-            dtypes = [dtypes[e] for e in owner]
-        if len(set(dtypes)) <= 1:  # one dtype: no per-tensor list
-            type_codes = np.full(count, codes[dtypes[0]] if dtypes else 0, dtype=np.int32)
-        else:
-            type_codes = np.array([codes[d] for d in dtypes], dtype=np.int32)
-        arrays.append((np.array(pointers, dtype=np.int64), type_codes))
-    numel = np.array(lengths, dtype=np.int64)
-    out = np.zeros((count, len(COLUMNS)), dtype=np.float64)
+        return cls(entries, owner, starts, lengths, split=True)
+
+
+def start_fused(group: GroupInput, runner: Runner) -> Callable[[], GroupSums] | None:
+    """Start the kernel on a group.
+
+    Args:
+        group: the group's streams (weights, and the previous snapshot's, momentum and second
+            moment where present), tensors or refs read in place.
+        runner: the threads the kernel runs on.
+
+    Returns:
+        What waits for the kernel and collects its sums, or None where the kernel does not apply
+        (no kernel, a dtype without a code, a tensor not on the CPU). The caller's thread is
+        free meanwhile: the engine does the next item's Python-side bookkeeping while the
+        kernel runs.
+    """
+    kernel = fused_kernel()
+    if kernel is None:
+        return None
+    readable = _Readable(dtype_codes(), tensor_type())
+    try:
+        streams = [_describe(s, readable) for s in (group.weight, group.prev, group.buf, group.sq)]
+    except _Declined:
+        return None
+    weights = streams[0]
+    assert weights is not None  # a group always has weights
+    pieces = _Pieces.of(weights.numels)
+    arrays = [None if s is None else _kernel_arrays(s, pieces, readable.codes) for s in streams]
+    numel = _int64(pieces.lengths)
+    out = _zeros(len(pieces.lengths))
     running = launch(kernel, runner, numel, arrays, out)
+    return functools.partial(_collect, group, running, pieces, out, streams)
 
-    def finish() -> GroupSums:
-        for future in running:
-            future.result()
-        sums = out
-        if split:
-            sums = np.zeros((entries, len(COLUMNS)), dtype=np.float64)
-            np.add.at(sums, np.array(owner, dtype=np.int64), out)
-        nonfinite = nonfinite_counts(sums[:, 0], keep[0])
-        quantities = group.quantities()
-        columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
-        return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
 
-    return finish
+def _describe(stream: Sequence[Any] | None, readable: _Readable) -> _Stream | None:
+    """The stream's addresses, dtypes and lengths, whole columns at a time (map over C
+    methods): a group can hold tens of thousands of small tensors. None for an absent stream.
+
+    Raises:
+        _Declined: where the kernel cannot read the stream.
+    """
+    if stream is None:
+        return None
+    stream = list(stream)
+    tensor = readable.tensor
+    tensors = sum(map(isinstance, stream, repeat(tensor)))
+    if tensors == 0:  # refs read in place (see `snapshot.TensorRef`)
+        return _describe_refs(stream, readable.codes)
+    if tensors < len(stream):  # tensors and refs in one stream: rare, so build tensors
+        stream = [t if isinstance(t, tensor) else t.load() for t in stream]
+    return _describe_tensors(stream, readable.codes)
+
+
+def _describe_refs(refs: list[Any], codes: dict[Any, int]) -> _Stream:
+    dtypes = list(map(_DTYPE, refs))
+    if not set(dtypes) <= codes.keys():
+        raise _Declined
+    return _Stream(list(map(_ADDRESS, refs)), dtypes, list(map(_NUMEL_FIELD, refs)), refs)
+
+
+def _describe_tensors(tensors: list[torch.Tensor], codes: dict[Any, int]) -> _Stream:
+    if not all(map(_IS_CPU, tensors)) or not set(map(_DTYPE, tensors)) <= codes.keys():
+        raise _Declined
+    if not all(map(_IS_CONTIGUOUS, tensors)):
+        tensors = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    return _Stream(list(map(_DATA_PTR, tensors)), list(map(_DTYPE, tensors)),
+                   list(map(_NUMEL, tensors)), tensors)  # fmt: skip
+
+
+def _kernel_arrays(stream: _Stream, pieces: _Pieces, codes: dict[Any, int]
+                   ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The stream's (addresses int64, dtype codes int32) per piece, as the kernel takes them.
+    numpy's: from a list of ints, several times quicker to make than torch's, which matters
+    with a group per (bucket, snapshot)."""
+    # lazy: numpy is start-up time for `normscope --version`, which imports this module
+    import numpy as np
+
+    pointers, dtypes = stream.pointers, stream.dtypes
+    if pieces.split:
+        pointers = [pointers[e] + s * _ITEMSIZE[codes[dtypes[e]]]
+                    for e, s in zip(pieces.owner, pieces.starts)]  # fmt: skip
+        dtypes = [dtypes[e] for e in pieces.owner]
+    count = len(pieces.lengths)
+    if len(set(dtypes)) <= 1:  # one dtype: no per-tensor list
+        type_codes = np.full(count, codes[dtypes[0]] if dtypes else 0, dtype=np.int32)
+    else:
+        type_codes = np.array([codes[d] for d in dtypes], dtype=np.int32)
+    return np.array(pointers, dtype=np.int64), type_codes
+
+
+def _int64(values: Sequence[int]) -> np.ndarray:
+    # lazy: numpy is start-up time for `normscope --version`, which imports this module
+    import numpy as np
+
+    return np.array(values, dtype=np.int64)
+
+
+def _zeros(rows: int) -> np.ndarray:
+    """The kernel's output: one row of COLUMNS sums per piece, added to."""
+    # lazy: numpy is start-up time for `normscope --version`, which imports this module
+    import numpy as np
+
+    return np.zeros((rows, len(COLUMNS)), dtype=np.float64)
+
+
+def _collect(group: GroupInput, running: list[Future[None]], pieces: _Pieces, out: np.ndarray,
+             streams: list[_Stream | None]) -> GroupSums:  # fmt: skip
+    """Wait for the kernel (`streams` keep what it reads alive until then), sum the pieces of
+    each entry, count NaN/Inf where there are any."""
+    # lazy: numpy is start-up time for `normscope --version`, which imports this module
+    import numpy as np
+
+    for future in running:
+        future.result()
+    sums = out
+    if pieces.split:
+        sums = np.zeros((pieces.entries, len(COLUMNS)), dtype=np.float64)
+        np.add.at(sums, np.array(pieces.owner, dtype=np.int64), out)
+    nonfinite = nonfinite_counts(sums[:, 0], streams[0].keep)
+    quantities = group.quantities()
+    columns = sums[:, [COLUMNS.index(q) for q in quantities]].T.tolist()
+    return GroupSums(dict(zip(quantities, columns)), nonfinite, quantities)
 
 
 def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
@@ -272,15 +373,14 @@ def nonfinite_counts(norm_sq: np.ndarray, weights: Sequence[Any]) -> list[int]:
     accumulated it, so the entry holds none), counted in the rare others. `weights` are tensors
     or refs, read for the count into memory of their own (`file_reads`): torch counts them,
     and its kernels have no SIGBUS guard."""
+    # lazy: numpy is start-up time for `normscope --version`, which imports this module
     import numpy as np
-
-    from normscope.file_reads import FileReader
 
     counts = [0] * len(weights)
     rare = np.flatnonzero(~np.isfinite(norm_sq)).tolist()
     if not rare:
         return counts
-    import torch  # here: only a weight holding NaN or Inf needs torch, to count them
+    import torch  # lazy: only a weight holding NaN or Inf needs torch, to count them
 
     with FileReader() as reader:
         for i in rare:

@@ -22,6 +22,7 @@ import numpy as np
 from normscope.engine.fused import (
     COLUMNS,
     PIECE_ELEMENTS,
+    _balanced_spans,
     dtype_codes,
     fused_kernel,
     launch,
@@ -35,27 +36,50 @@ _NUMEL = operator.attrgetter("numel")
 
 @dataclass(frozen=True)
 class InPlaceColumns:
-    """A bucket's refs as the kernel reads them: the address of each one's first byte, its dtype
-    code and its number of elements (int64, int32, int64)."""
+    """A bucket's refs as the kernel reads them, per kernel piece: the address of its first byte,
+    its dtype code and its number of elements (int64, int32, int64). One piece per ref, unless a
+    ref is longer than PIECE_ELEMENTS: then every ref is cut into pieces of at most that many
+    elements, as the general path cuts them (`fused._Pieces`), and `owner` says whose each is."""
 
     addresses: np.ndarray
     codes: np.ndarray
     numels: np.ndarray
+    owner: np.ndarray | None = None  # int64 ref index per piece, where refs were cut
+    entries: int = 0  # refs (where cut)
+
+    def per_ref(self, sums: np.ndarray) -> np.ndarray:
+        """Sums per piece → sums per ref, added in piece order as the general path adds them."""
+        if self.owner is None:
+            return sums
+        total = np.zeros((self.entries, sums.shape[1]), dtype=np.float64)
+        np.add.at(total, self.owner, sums)
+        return total
+
+
+_ITEMSIZE = np.array([4, 8, 2, 2], dtype=np.int64)  # by dtype code
 
 
 def in_place_columns(refs: Sequence[Any], addresses: Sequence[int]) -> InPlaceColumns | None:
     """The columns of refs that all expose `address` (`addresses`, read off them by the caller),
-    `dtype` (a name) and `numel`; None where a dtype is not the kernel's or a ref is long enough
-    that the kernel's pieces must split it (the general path does that)."""
+    `dtype` (a name) and `numel`; None where a dtype is not the kernel's."""
     codes = dtype_codes()
     try:
         kinds = np.array(list(map(codes.__getitem__, map(_DTYPE, refs))), dtype=np.int32)
     except KeyError:
         return None
     numels = np.array(list(map(_NUMEL, refs)), dtype=np.int64)
-    if len(numels) and int(numels.max()) > PIECE_ELEMENTS:
-        return None
-    return InPlaceColumns(np.array(addresses, dtype=np.int64), kinds, numels)
+    where = np.array(addresses, dtype=np.int64)
+    if not len(numels) or int(numels.max()) <= PIECE_ELEMENTS:
+        return InPlaceColumns(where, kinds, numels)
+    # pieces of at most PIECE_ELEMENTS (an empty ref is one empty piece), so that one large
+    # matrix still feeds every worker
+    cuts = np.maximum(-(-numels // PIECE_ELEMENTS), 1)
+    owner = np.repeat(np.arange(len(numels), dtype=np.int64), cuts)
+    first = np.repeat(np.cumsum(cuts) - cuts, cuts)
+    start = (np.arange(len(owner), dtype=np.int64) - first) * PIECE_ELEMENTS
+    lengths = np.minimum(PIECE_ELEMENTS, numels[owner] - start)
+    return InPlaceColumns(where[owner] + start * _ITEMSIZE[kinds[owner]], kinds[owner], lengths,
+                          owner, len(numels))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -90,6 +114,55 @@ def start_in_place(
     def finish() -> BlockSums:
         for future in running:
             future.result()
-        return BlockSums(out, nonfinite_counts(out[:, 0], refs), prev is not None)
+        sums = weight.per_ref(out)
+        return BlockSums(sums, nonfinite_counts(sums[:, 0], refs), prev is not None)
+
+    return finish
+
+
+def start_in_place_chain(
+    columns: Sequence[InPlaceColumns],
+    refs: Sequence[Sequence[Any]],
+    runner: Runner,
+    previous: InPlaceColumns | None = None,
+) -> Callable[[], list[BlockSums]] | None:
+    """Start the kernel over a bucket in consecutive snapshots at once, each against the one
+    before: `columns[s]` describes the bucket in snapshot s, `previous` (if any) in the snapshot
+    before the first, all with the same pieces and lengths; `refs[s]` are the weight refs of
+    snapshot s, kept alive by the caller (with `previous`'s) until the result is collected.
+
+    Each chunk of a piece is reduced in every snapshot in turn, so the previous snapshot's bytes
+    are read from the cache, not from memory again; per snapshot the sums are the same bits as
+    `start_in_place`'s. Returns what waits for the sums, one `BlockSums` per `columns` entry;
+    None without the kernel."""
+    kernel = fused_kernel()
+    if kernel is None:
+        return None
+    rows = [previous, *columns] if previous is not None else list(columns)
+    first = len(rows) - len(columns)
+    count = len(columns[0].numels)
+    pointers = np.stack([c.addresses for c in rows])
+    codes = np.stack([c.codes for c in rows])
+    numels = columns[0].numels
+    out = np.zeros((len(rows), count, len(COLUMNS)), dtype=np.float64)
+    width = len(COLUMNS) * 8
+
+    def run(lo: int, hi: int) -> None:
+        kernel.reduce_chain(hi - lo, numels.ctypes.data + 8 * lo, len(rows), first, count,
+                            pointers.ctypes.data + 8 * lo, codes.ctypes.data + 4 * lo,
+                            out.ctypes.data + width * lo)  # fmt: skip
+
+    # `run` holds the arrays the kernel reads until it has run
+    running = [runner.submit(run, lo, hi)
+               for lo, hi in _balanced_spans(numels.tolist(), runner.workers)]  # fmt: skip
+
+    def finish() -> list[BlockSums]:
+        for future in running:
+            future.result()
+        blocks = []
+        for s in range(first, len(rows)):
+            sums = columns[0].per_ref(out[s])
+            blocks.append(BlockSums(sums, nonfinite_counts(sums[:, 0], refs[s - first]), s > 0))
+        return blocks
 
     return finish

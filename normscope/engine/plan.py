@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
 from types import MappingProxyType
@@ -164,9 +164,13 @@ class _Presence(NamedTuple):
         return self.shape[0] if self.shape else 1
 
 
-def _pieces(name: str, seen: Sequence[_Presence], budget: int) -> list[Piece]:
-    """One whole piece if the parameter fits the budget in every snapshot, else row slices."""
+def _pieces(name: str, seen: Sequence[_Presence], budget: int,
+            read_in_place: Callable[[str], bool] | None = None) -> list[Piece]:  # fmt: skip
+    """One whole piece if the parameter fits the budget in every snapshot (or is read where it
+    lies, see `plan_buckets`), else row slices."""
     if max(map(_NBYTES, seen)) <= budget or not all(map(_SHAPE, seen)):
+        return [Piece(name)]
+    if read_in_place is not None and read_in_place(name):
         return [Piece(name)]
     row_bytes = max(-(-p.nbytes // max(p.rows, 1)) for p in seen)
     rows_per_piece = max(1, budget // max(row_bytes, 1))
@@ -196,11 +200,26 @@ def plan_buckets(
     *,
     names: Iterable[str] | None = None,
     state_from: int = 0,
+    read_in_place: Callable[[str], bool] | None = None,
 ) -> Plan:
-    """Buckets of pieces, each at most `budget` bytes in any one snapshot (a single row may exceed it).
+    """Buckets of pieces, each at most `budget` bytes in any one snapshot (a single row may exceed
+    it, and so may a parameter `read_in_place`).
 
-    Parameters are taken in first-appearance order (file order), packed greedily. `state_from`:
-    snapshots before it are read only as the previous snapshot of the next one (no optimizer state).
+    Args:
+        snapshots: the run, in time order.
+        budget: bytes of tensor data per bucket and snapshot.
+        names: only these parameters (all where None).
+        state_from: snapshots before it are read only as the previous snapshot of the next one
+            (no optimizer state).
+        read_in_place: asked for each parameter over the budget: True where the engine reads it
+            where it lies in every snapshot (mapped file pages, no memory of its own), so it
+            stays one piece instead of row slices read into memory.
+
+    Returns:
+        The buckets, parameters in first-appearance order (file order), packed greedily.
+
+    Raises:
+        BadInputError: a budget below one byte, or a dtype without a known size.
     """
     if budget < 1:
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
@@ -218,7 +237,7 @@ def plan_buckets(
         entries.append(planned)
     packed = _uniform_buckets(entries, budget)
     if packed is None:
-        packed = _greedy_buckets(_presences(entries), budget, len(snapshots))
+        packed = _greedy_buckets(_presences(entries), budget, len(snapshots), read_in_place)
     buckets, bucket_sizes = packed
     return Plan(buckets, bucket_sizes, tuple(entries), sum(map(sum, bucket_sizes)))
 
@@ -239,15 +258,15 @@ def _presences(entries: Sequence[Mapping[str, Entry]]) -> dict[str, list[_Presen
 _Packed = tuple[tuple[tuple[Piece, ...], ...], tuple[tuple[int, ...], ...]]
 
 
-def _greedy_buckets(seen: Mapping[str, Sequence[_Presence]], budget: int, snapshots: int
-                    ) -> _Packed:  # fmt: skip
+def _greedy_buckets(seen: Mapping[str, Sequence[_Presence]], budget: int, snapshots: int,
+                    read_in_place: Callable[[str], bool] | None = None) -> _Packed:  # fmt: skip
     """Pieces packed greedily in first-appearance order; (buckets, bytes per snapshot of each)."""
     buckets: list[tuple[Piece, ...]] = []
     bucket_sizes: list[tuple[int, ...]] = []
     current: list[Piece] = []
     current_bytes = [0] * snapshots
     for name, presence in seen.items():
-        for piece in _pieces(name, presence, budget):
+        for piece in _pieces(name, presence, budget, read_in_place):
             if piece.stop is None:
                 sizes = [(p.snapshot, p.nbytes) for p in presence]
             else:

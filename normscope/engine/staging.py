@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+import torch  # this module is imported only where torch is (CUDA runs, tests)
 
 _ALIGN = 64  # bytes; keeps every packed tensor aligned for vectorised kernels
 
@@ -41,8 +39,6 @@ def pack(
     buffer: torch.Tensor, tensors: Sequence[torch.Tensor], slots: Sequence[Slot]
 ) -> None:
     """Copy flat `tensors` into the uint8 `buffer` at their slots (one `_foreach_copy_`)."""
-    import torch
-
     dst = unpack(buffer, slots)
     if dst:
         torch._foreach_copy_(dst, [t.reshape(-1) for t in tensors])
@@ -50,8 +46,6 @@ def pack(
 
 def unpack(buffer: torch.Tensor, slots: Sequence[Slot]) -> list[torch.Tensor]:
     """Typed flat views of the packed tensors inside the uint8 `buffer`."""
-    import torch
-
     views = []
     for s in slots:
         nbytes = s.numel * torch.empty((), dtype=s.dtype).element_size()
@@ -69,8 +63,6 @@ class Staged:
 
     def wait(self) -> list[torch.Tensor]:
         """Make the current stream wait for the copy; mark the buffer as used by that stream."""
-        import torch
-
         if self.ready is not None:
             stream = torch.cuda.current_stream(self.device_buffer.device)
             stream.wait_event(self.ready)
@@ -82,8 +74,6 @@ class CudaStager:
     """Two pinned host buffers used alternately; one side stream for the copies."""
 
     def __init__(self, device: torch.device, capacity_bytes: int) -> None:
-        import torch
-
         self.device = device
         self.capacity = max(_ALIGN, capacity_bytes)
         self._pinned = [
@@ -96,8 +86,6 @@ class CudaStager:
         self._stream = torch.cuda.Stream(device)
 
     def to_device(self, tensors: Sequence[torch.Tensor]) -> Staged:
-        import torch
-
         slots, total = layout(tensors)
         if total > self.capacity:  # a single oversized row: copy it as it is, unpinned
             with torch.cuda.stream(self._stream):

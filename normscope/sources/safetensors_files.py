@@ -1,7 +1,11 @@
 """safetensors: single files, sharded models (`*.safetensors.index.json`), or directories of them.
 
-Only the JSON header is read when opening; when the engine asks, tensors are views of a private
-mapping of the file (`_refs.SafetensorsHandles.mapped`), or `safe_open` reads where no view can be made.
+Only the JSON header is read when opening, and the file is mapped privately (`SafetensorsMapping`):
+each tensor the fused CPU kernel can read (float32/64, bf16, fp16, aligned to its dtype, more than
+one element) becomes a `SafetensorsMappedRef` (a `MappedTensorRef`) at the address of its bytes,
+read in place as a `torch.save` zip's tensors are, with no torch imported. Any other tensor, or a
+file that cannot be mapped, is a `SafetensorsTensorRef`: a view of the file's shared private mapping
+(`_refs.SafetensorsHandles`), or what `safe_open` reads where no view can be made.
 A step or epoch in the header's `__metadata__` counts as embedded ordering evidence.
 """
 
@@ -9,9 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from normscope.errors import BadInputError
 from normscope.file_stamps import stamp_path
@@ -26,10 +34,14 @@ from ._refs import (
     FLOAT_DTYPES,
     ITEMSIZE,
     SAFETENSORS_DTYPES,
+    MappedTensorRef,
     SafetensorsHandles,
     SafetensorsTensorRef,
 )
 from ._torchio import read_head
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 INDEX_SUFFIX = ".safetensors.index.json"
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors itself refuses larger headers
@@ -125,6 +137,96 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
+# what the fused kernel reads (`engine/_fused.c`); float8 goes to the torch kernels
+_IN_PLACE_DTYPES = frozenset({"float64", "float32", "float16", "bfloat16"})
+
+
+class SafetensorsMapping:
+    """One safetensors file mapped whole, privately (ACCESS_COPY: nothing done to a tensor
+    reaches the file; pages read only when touched), as torch.load(mmap=True) maps a torch file:
+    the archive of its `MappedTensorRef`s, which keep it alive."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            self._mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        whole = np.frombuffer(self._mapping, dtype=np.uint8)
+        self._base = whole.ctypes.data
+        self.size = whole.size
+        self._whole: torch.Tensor | None = None  # the mapping as torch sees it, once asked
+
+    @property
+    def base(self) -> int:
+        """The address of the file's first byte in the mapping."""
+        return self._base
+
+    def tensor(self, record: int, dtype: str, offset: int, shape: tuple[int, ...],
+               stride: tuple[int, ...]) -> torch.Tensor:  # fmt: skip
+        """The tensor whose bytes start at byte `record` of the file (checked in bounds when its
+        ref was made); `offset` and `stride` as `MappedTensorRef` has them (0, C order)."""
+        import torch  # lazy: only a tensor to build needs torch; the kernel reads the address
+
+        if self._whole is None:
+            self._whole = torch.frombuffer(self._mapping, dtype=torch.uint8)
+        kind = getattr(torch, dtype)
+        first = record + offset * kind.itemsize
+        flat = self._whole[first : first + math.prod(shape) * kind.itemsize].view(kind)
+        return torch.as_strided(flat, shape, stride)
+
+
+class SafetensorsMappedRef(MappedTensorRef):
+    """A `MappedTensorRef` into a safetensors file, which also names its file (`path`, as a
+    `SafetensorsTensorRef` does: a distributed plan groups a snapshot's tensors by shard file)."""
+
+    __slots__ = ()
+
+    @property
+    def path(self) -> str:
+        return self.archive.path
+
+
+def _c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
+
+
+def _in_place(mapping: SafetensorsMapping | None, name: str, shape: tuple[int, ...], dtype: str,
+              start: int) -> SafetensorsMappedRef | None:  # fmt: skip
+    """The ref the kernel reads in place at byte `start` of the mapped file, or None where it
+    cannot: no mapping, a dtype it has no loop for, one element or none, bytes not aligned to
+    the dtype or (the file shrank since its header was read) past the mapping's end."""
+    numel = math.prod(shape)
+    size = ITEMSIZE[dtype]
+    if (mapping is None or dtype not in _IN_PLACE_DTYPES or numel <= 1
+            or (mapping.base + start) % size or start + numel * size > mapping.size):  # fmt: skip
+        return None
+    return SafetensorsMappedRef(name, shape, dtype, numel, mapping.base + start, mapping, start,
+                                0, _c_strides(shape))  # fmt: skip
+
+
+# Files mapped for refs read in place, per run (its `SafetensorsHandles`). A mapping holds a file
+# descriptor for as long as its refs live, so a run maps at most `handles.keep` files this way,
+# as many as its pool keeps open; the refs of any further file go through the pool.
+_MAPPED_FILES: weakref.WeakKeyDictionary[SafetensorsHandles, int] = weakref.WeakKeyDictionary()
+
+
+def _mapped(path: str, handles: SafetensorsHandles) -> SafetensorsMapping | None:
+    """The file mapped for its refs to be read in place; None past the run's share of mappings,
+    or where it cannot be mapped (empty or unreadable: the pool's readers say what is wrong)."""
+    count = _MAPPED_FILES.get(handles, 0)
+    if count >= handles.keep:
+        return None
+    try:
+        mapping = SafetensorsMapping(path)
+    except (OSError, ValueError):
+        return None
+    _MAPPED_FILES[handles] = count + 1
+    return mapping
+
+
 def _metadata_number(meta: dict[str, Any], *keys: str) -> float | None:
     for key in keys:
         try:
@@ -143,13 +245,27 @@ def _first_line(exc: BaseException) -> str:
 
 def safetensors_refs(
     files: dict[str, list[str]], handles: SafetensorsHandles
-) -> tuple[dict[str, SafetensorsTensorRef], dict[str, Any]]:
-    """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`."""
+) -> tuple[dict[str, SafetensorsTensorRef | MappedTensorRef], dict[str, Any]]:
+    """Refs for the floating tensors of `{file: [keys or all]}`, and the merged `__metadata__`.
+
+    Args:
+        files: each file and the keys wanted from it (all where the list is empty).
+        handles: the run's pool of open files, for the refs not read in place.
+
+    Returns:
+        The refs by parameter name (read in place where the kernel can, see `_in_place`) and
+        the files' `__metadata__` merged.
+
+    Raises:
+        BadInputError: a file that is not valid safetensors (`read_header`).
+    """
     raw: dict[str, tuple[str, str, tuple[int, ...], str]] = {}
     offsets: dict[str, int | None] = {}
+    mappings: dict[str, SafetensorsMapping | None] = {}
     metadata: dict[str, Any] = {}
     for path, wanted in files.items():
         header, data_start = read_header(path)
+        mappings[path] = _mapped(path, handles)  # after the header was checked against its size
         found = header.get("__metadata__")
         if isinstance(found, dict):  # the format's; anything else is ignored
             metadata.update(found)
@@ -163,10 +279,13 @@ def safetensors_refs(
                 start, _ = info["data_offsets"]  # its size is the shape's (`read_header`)
                 offsets[key] = data_start + start
     names = clean_names(raw)
-    refs = {
-        names[k]: SafetensorsTensorRef(names[k], *v, handles=handles, offset=offsets[k])
-        for k, v in raw.items()
-    }
+    refs: dict[str, SafetensorsTensorRef | MappedTensorRef] = {}
+    for k, (path, key, shape, dtype) in raw.items():
+        name = names[k]
+        start = offsets[k]
+        ref = None if start is None else _in_place(mappings[path], name, shape, dtype, start)
+        refs[name] = ref or SafetensorsTensorRef(name, path, key, shape, dtype, handles=handles,
+                                                 offset=start)  # fmt: skip
     return refs, metadata
 
 
