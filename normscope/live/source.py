@@ -15,6 +15,7 @@ import pandas as pd
 
 from normscope.api import open_selected_run, trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
+from normscope.file_tree import walk
 from normscope.live.log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
 from normscope.snapshot import ORDER_LOG
 from normscope.sources.tensorboard_log import read_tensorboard
@@ -23,31 +24,12 @@ from normscope.trajectory import Trajectory, TrajectoryBuilder, build_trajectory
 _FINGERPRINT_LIMIT = 100_000  # files looked at per refresh of a checkpoint directory
 
 
-def _entries(root: Path):
-    """Every entry under `root`, depth first, in name order, without following symlinked
-    directories; a loop with its own stack (a tree a thousand levels deep is no RecursionError)."""
-    stack = [os.fspath(root)]
-    while stack:
-        try:
-            with os.scandir(stack.pop()) as entries:
-                found = sorted(entries, key=lambda e: e.name)
-        except OSError:  # unreadable, or removed while we looked
-            continue
-        for entry in found:
-            yield entry
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-            except OSError:
-                continue
-
-
 def _fingerprint(path: Path) -> tuple:
     if path.is_file():
         st = path.stat()
         return ((str(path), st.st_size, st.st_mtime_ns),)
     out = []
-    for i, entry in enumerate(_entries(path)):
+    for i, entry in enumerate(walk(path)):
         if i >= _FINGERPRINT_LIMIT:
             break
         try:

@@ -1,16 +1,7 @@
-"""What the live view shows: the latest state of a run, per layer, from the trajectory table.
-
-Functions from a `Trajectory` (plus, for tracker logs, the per-step update angle) to a
-`LiveFrame` dataclass, and `LiveView`, which keeps the frame of a growing tracker log up to date
-by taking in only the records that arrived; rendering lives in `normscope.live.render`.
-
-The angular update per step is the angle between w before and after one optimizer step. Tracker
-logs know it exactly (|w| before, |w| after, |Δw|); for checkpoints it is the angle since the
-previous snapshot, whatever the spacing (labelled so). At equilibrium a scale-invariant weight
-turns by (docs/science.md §3, Wan et al. 2006.08419, Kosson et al. 2305.17212):
-
-    SGD + momentum μ    sqrt(2 η λ / (1 + μ))
-    AdamW (β1)          sqrt(2 η λ (1 − β1) / (1 + β1))
+"""The live view kept up to date: `live_frame` (a run's frame, analysing it first where the caller
+has no analysis) and `LiveView`, which keeps the frame of a growing tracker log up to date by taking
+in only the records that arrived. The frame itself and the science of its angles are in
+`normscope.live.frame`; rendering lives in `normscope.live.render`.
 """
 
 from __future__ import annotations

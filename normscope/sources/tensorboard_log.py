@@ -33,7 +33,7 @@ from normscope.snapshot import (
     SnapshotMeta,
     SnapshotStats,
 )
-from normscope.sources._files import walk
+from normscope.file_tree import walk
 
 LAYOUT = "tensorboard"
 _EVENT_GLOB = "events.out.tfevents*"
