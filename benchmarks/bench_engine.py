@@ -54,7 +54,13 @@ def _llm_shapes(snapshot_bytes: int) -> dict[str, tuple[int, ...]]:
     hidden = max(
         64, int((-b + math.sqrt(b * b + 4 * a * snapshot_bytes)) / (2 * a)) // 64 * 64
     )
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (8000, hidden)}
+    return _decoder_shapes(vocab=8000, hidden=hidden, layers=layers)
+
+
+def _decoder_shapes(*, vocab: int, hidden: int, layers: int) -> dict[str, tuple[int, ...]]:
+    """The tensors of a decoder: the embedding, then per layer 4 attention and 2 MLP matrices and
+    2 norm vectors, named as Hugging Face names them."""
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
     for i in range(layers):
         p = f"model.layers.{i}."
         for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -132,17 +138,7 @@ HF5_SNAPSHOTS, HF5_LAYERS, HF5_HIDDEN, HF5_VOCAB = 5, 12, 1152, 31000
 def hf5_shapes() -> dict[str, tuple[int, ...]]:
     """A decoder of 97 tensors, 227M parameters (454 MB in bf16): the embedding, then 12 layers of
     4 attention and 2 MLP matrices and 2 norm vectors."""
-    h = HF5_HIDDEN
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (HF5_VOCAB, h)}
-    for i in range(HF5_LAYERS):
-        p = f"model.layers.{i}."
-        for m in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{m}.weight"] = (h, h)
-        shapes[p + "mlp.up_proj.weight"] = (4 * h, h)
-        shapes[p + "mlp.down_proj.weight"] = (h, 4 * h)
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-    return shapes
+    return _decoder_shapes(vocab=HF5_VOCAB, hidden=HF5_HIDDEN, layers=HF5_LAYERS)
 
 
 def float_shapes(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:

@@ -115,15 +115,24 @@ def _median_last(a: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(ordered[..., -1]), math.nan, out) if m else out
 
 
-def second_difference_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
-    """Robust Var D_L for L = 1..max_lag along the last axis (NaN where fewer than 3 differences exist)."""
+def _scaled_mads(y: np.ndarray, max_lag: int):
+    """`out`, the all-NaN array of Var D_L to fill, and (lag, sigma) for each lag with at least 3
+    second differences along the last axis: their robust sigma (MAD × 1.4826)."""
     y = np.asarray(y, dtype=float)
     out = np.full(y.shape[:-1] + (max_lag,), math.nan)
+    sigmas = []
     for lag in range(1, max_lag + 1):
         if y.shape[-1] - 2 * lag >= 3:
             d = y[..., 2 * lag:] - 2 * y[..., lag:-lag] + y[..., : -2 * lag]
-            mad = _median_last(np.abs(d - _median_last(d)[..., None]))
-            out[..., lag - 1] = (_MAD_TO_SIGMA * mad) ** 2
+            sigmas.append((lag, _MAD_TO_SIGMA * _median_last(np.abs(d - _median_last(d)[..., None]))))
+    return out, sigmas
+
+
+def second_difference_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
+    """Robust Var D_L for L = 1..max_lag along the last axis (NaN where fewer than 3 differences exist)."""
+    out, sigmas = _scaled_mads(y, max_lag)
+    for lag, sigma in sigmas:
+        out[..., lag - 1] = sigma ** 2
     return out
 
 
@@ -131,14 +140,9 @@ def _series_variances(y: np.ndarray, max_lag: int) -> np.ndarray:
     """`second_difference_variances` of each row of y as it is of that row alone: the MADs of all
     rows at once, each squared as the one series' scalar is (a scalar's square and an array's can
     differ in the last bit)."""
-    y = np.asarray(y, dtype=float)
-    out = np.full(y.shape[:-1] + (max_lag,), math.nan)
-    for lag in range(1, max_lag + 1):
-        if y.shape[-1] - 2 * lag >= 3:
-            d = y[..., 2 * lag:] - 2 * y[..., lag:-lag] + y[..., : -2 * lag]
-            mad = _median_last(np.abs(d - _median_last(d)[..., None]))
-            scaled = _MAD_TO_SIGMA * mad
-            out[..., lag - 1] = np.reshape([x**2 for x in scaled.ravel().tolist()], scaled.shape)
+    out, sigmas = _scaled_mads(y, max_lag)
+    for lag, sigma in sigmas:
+        out[..., lag - 1] = np.reshape([x**2 for x in sigma.ravel().tolist()], sigma.shape)
     return out
 
 
