@@ -116,7 +116,7 @@ def frame_of(trajectory: Trajectory, analysis: Any, *, recent: int = 5,
     last_snapshot = int(table["snapshot"].max())
     window = table[table["snapshot"] > last_snapshot - recent]
     per_step = UPDATE_ANGLE in table and table[UPDATE_ANGLE].notna().any()
-    return _frame(trajectory, window, last_snapshot, per_step=bool(per_step), firsts=firsts, peaks=peaks,
+    return window_frame(trajectory, window, last_snapshot, per_step=bool(per_step), firsts=firsts, peaks=peaks,
                   totals=(total_first, total_last), covered=covered, advice=advice)
 
 
@@ -129,7 +129,7 @@ def _empty_frame(trajectory: Trajectory, advice: Sequence[str]) -> LiveFrame:
                      warnings=tuple(trajectory.warnings), advice=tuple(advice))
 
 
-def _frame(trajectory: Trajectory, window: pd.DataFrame, last_snapshot: int, *, per_step: bool,
+def window_frame(trajectory: Trajectory, window: pd.DataFrame, last_snapshot: int, *, per_step: bool,
            firsts: Mapping[str, float], peaks: Mapping[str, float], totals: tuple[float, float],
            covered: Mapping[str, Any], advice: Sequence[str]) -> LiveFrame:
     """The frame from the rows of the latest records (`window`, ending at `last_snapshot`) and what

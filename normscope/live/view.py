@@ -32,9 +32,9 @@ from normscope.errors import NormscopeError
 from normscope.live.frame import (
     UPDATE_ANGLE,
     LiveFrame,
-    _frame,
     advice_lines,
     frame_of,
+    window_frame,
 )
 from normscope.live.log import LAYOUT
 from normscope.trajectory import Trajectory
@@ -329,7 +329,7 @@ class _GrowingLog:
         closing = table.iloc[last * width:]
         weights = closing[closing["kind"] == "weight"].groupby("snapshot")["norm_sq"].sum()
         total_last = math.sqrt(weights.iloc[-1]) if len(weights) else math.nan
-        frame = _frame(trajectory, window, last, per_step=self.per_step, firsts=self.firsts,
+        frame = window_frame(trajectory, window, last, per_step=self.per_step, firsts=self.firsts,
                        peaks=dict(zip(self.params, self.peaks.tolist())),
                        totals=(self.total_first if len(weights) else math.nan, total_last),
                        covered=covered, advice=advice_lines(rec, why_not))
