@@ -198,3 +198,28 @@ def test_the_kernel_is_the_package_s_own_module():
     status = fused.kernel_status()
     assert status.active, status.detail
     assert os.path.dirname(_fused.__file__) == os.path.dirname(fused.__file__)
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["as_the_kernel_does", "general_loops"])
+@pytest.mark.parametrize("with_prev", [False, True], ids=["weights", "with_previous"])
+def test_bf16_sums_match_float64_for_every_bit_pattern_and_tail(generic, with_prev):
+    # the kernel reduces bf16 by AVX-512 where the CPU has it (32 elements a step), else by the
+    # compiler's loops: both must give float64-accurate sums over every finite bf16 value
+    # (subnormals and extremes included) and over every length of the tail after the last step
+    from normscope.engine import _fused  # lazy: absent where the kernel was not built
+
+    sums = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_void_p, ctypes.c_int)(_fused.bf16_sums_address)  # fmt: skip
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = bits[((bits >> 7) & 0xFF) != 0xFF]
+    rng = np.random.default_rng(0)
+    for n in [*range(0, 70), 1000, finite.size]:
+        x = finite[:n] if n == finite.size else rng.choice(finite, n)
+        y = rng.permutation(x)
+        got = np.zeros(3)
+        sums(n, x.ctypes.data, y.ctypes.data if with_prev else None, got.ctypes.data, int(generic))
+        a = torch.from_numpy(x.view(np.int16).copy()).view(torch.bfloat16).double()
+        b = torch.from_numpy(y.view(np.int16).copy()).view(torch.bfloat16).double()
+        want = [float(a.dot(a)), float(a.dot(b)), float((b - a).dot(b - a))] if with_prev else [
+            float(a.dot(a)), 0.0, 0.0]
+        assert got.tolist() == pytest.approx(want, rel=1e-12, abs=1e-300), n

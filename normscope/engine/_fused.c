@@ -248,6 +248,95 @@ NS_SAME(float32)
 NS_SAME(float64)
 NS_SAME(bfloat16)
 
+#ifdef NS_X86
+/* bf16 by AVX-512: interleaving 16-bit words with zeros makes each bf16 the float32 with the same
+ * upper half (an exact conversion) in one shuffle per 16 elements, where the compiler's widening
+ * of the loops above takes three shuffles (measured on a bf16 pair: 2.25 G elements/s per core
+ * from the general loop, the kernel's bottleneck on bf16 checkpoints). The interleave puts the
+ * elements in another order within each 128-bit lane; every element still adds to the same sums
+ * in float64, in an order fixed by `n` alone. */
+#define NS_AVX512 __attribute__((target("avx512f,avx512bw")))
+
+NS_AVX512 static inline void bf16_halves(__m512i words, __m512d part[4]) {
+    __m512i zero = _mm512_setzero_si512();
+    __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words));
+    __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words));
+    part[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(lo));
+    part[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lo), 1)));
+    part[2] = _mm512_cvtps_pd(_mm512_castps512_ps256(hi));
+    part[3] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(hi), 1)));
+}
+
+NS_AVX512 static inline double sum4(const __m512d acc[4]) {
+    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]),
+                                              _mm512_add_pd(acc[2], acc[3])));
+}
+
+NS_AVX512 static void weight_bfloat16_avx512(int64_t n, const void *x, double *out) {
+    const uint16_t *p = (const uint16_t *)x;
+    __m512d xx[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
+                     _mm512_setzero_pd()};
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512d a[4];
+        bf16_halves(_mm512_loadu_si512((const void *)(p + i)), a);
+        for (int j = 0; j < 4; j++) xx[j] = _mm512_fmadd_pd(a[j], a[j], xx[j]);
+    }
+    double t = 0;
+    for (; i < n; i++) {
+        double a = NS_LOAD_bfloat16(p, i);
+        t += a * a;
+    }
+    out[0] += sum4(xx) + t;
+}
+
+NS_AVX512 static void pair_bfloat16_avx512(int64_t n, const void *x, const void *y, double *out) {
+    const uint16_t *p = (const uint16_t *)x, *q = (const uint16_t *)y;
+    __m512d xx[4], xy[4], dd[4];
+    for (int j = 0; j < 4; j++) xx[j] = xy[j] = dd[j] = _mm512_setzero_pd();
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512d a[4], b[4];
+        bf16_halves(_mm512_loadu_si512((const void *)(p + i)), a);
+        bf16_halves(_mm512_loadu_si512((const void *)(q + i)), b);
+        for (int j = 0; j < 4; j++) {
+            __m512d d = _mm512_sub_pd(b[j], a[j]);
+            xx[j] = _mm512_fmadd_pd(a[j], a[j], xx[j]);
+            xy[j] = _mm512_fmadd_pd(a[j], b[j], xy[j]);
+            dd[j] = _mm512_fmadd_pd(d, d, dd[j]);
+        }
+    }
+    double t0 = 0, t1 = 0, t2 = 0;
+    for (; i < n; i++) {
+        double a = NS_LOAD_bfloat16(p, i), b = NS_LOAD_bfloat16(q, i), d = b - a;
+        t0 += a * a;
+        t1 += a * b;
+        t2 += d * d;
+    }
+    out[0] += sum4(xx) + t0;
+    out[1] += sum4(xy) + t1;
+    out[2] += sum4(dd) + t2;
+}
+
+static int ns_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+#endif
+
+/* bf16 weights, alone or with the previous snapshot's, by AVX-512 where the CPU has it. */
+static void reduce_bfloat16(int64_t n, const void *x, const void *y, const void *m, const void *v,
+                            double *out) {
+#ifdef NS_X86
+    if (!m && !v && ns_has_avx512()) {
+        if (y) pair_bfloat16_avx512(n, x, y, out);
+        else weight_bfloat16_avx512(n, x, out);
+        return;
+    }
+#endif
+    same_bfloat16(n, x, y, m, v, out);
+}
+
 /* fp16: each stream converted to float32 a block at a time (F16C where the CPU has it, see
  * `half_block`), then reduced by the float32 loops; float32 holds every half exactly. */
 static void same_float16(int64_t n, const void *x, const void *y, const void *m, const void *v,
@@ -273,7 +362,7 @@ static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt,
     switch (xt) {
     case NS_FLOAT32: same_float32(n, x, y, m, v, out); break;
     case NS_FLOAT64: same_float64(n, x, y, m, v, out); break;
-    case NS_BFLOAT16: same_bfloat16(n, x, y, m, v, out); break;
+    case NS_BFLOAT16: reduce_bfloat16(n, x, y, m, v, out); break;
     default: same_float16(n, x, y, m, v, out); break;
     }
 }
@@ -423,6 +512,14 @@ int normscope_reduce_chain_guarded(int64_t count, const int64_t *numel, int64_t 
 void normscope_half_to_float(int64_t n, const uint16_t *src, float *dst, int portable) {
     for (int64_t lo = 0; lo < n; lo += BLOCK)
         half_block(src + lo, n - lo < BLOCK ? n - lo : BLOCK, dst + lo, portable);
+}
+
+/* The sums of `n` bf16 weights `x` (and the previous snapshot's `y`, where not NULL) into `out`
+ * (3 doubles, added to), by the path the kernel takes (`generic` 0) or by the compiler's loops
+ * (1): for the tests, which compare both with a float64 reference. */
+void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int generic) {
+    if (generic) same_bfloat16(n, x, y, 0, 0, out);
+    else reduce_bfloat16(n, x, y, 0, 0, out);
 }
 
 /* The ABI version the Python side checks, so a build from another normscope is never called. */
