@@ -35,15 +35,26 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
     # each group is compared through its latest member, so a model that grows step by step
     # (progressive growing, added heads) stays one group while an unrelated model starts another
     groups: list[tuple[list[set[str]], list[Snapshot]]] = []
+    # a snapshot with the names of the one before (in the same order: a run of one model) joins
+    # that one's group, whose latest names are those: no sets built for it
+    previous_names: list[str] | None = None
+    previous_group: list[Snapshot] | None = None
     for snap in snapshots:
-        names = set(snap.tensors)
+        ordered = list(snap.tensors)
+        if ordered == previous_names and previous_group is not None:
+            previous_group.append(snap)
+            continue
+        previous_names = ordered
+        names = set(ordered)
         for latest, members in groups:
             if _overlap(names, latest[0]) >= MIN_OVERLAP:
                 latest[0] = names
                 members.append(snap)
+                previous_group = members
                 break
         else:
             groups.append(([names], [snap]))
+            previous_group = groups[-1][1]
     if len(groups) > 1:
         a, b = groups[0][1], groups[1][1]
         raise BadInputError(
@@ -52,6 +63,8 @@ def check_same_model(snapshots: list[Snapshot], root: str) -> list[str]:
         )
     notes: list[str] = []
     for prev, snap in itertools.pairwise(snapshots):
+        if prev.tensors.keys() == snap.tensors.keys():
+            continue
         before, after = set(prev.tensors), set(snap.tensors)
         where = (
             f"step {snap.meta.step}" if snap.meta.step is not None else snap.meta.path

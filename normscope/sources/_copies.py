@@ -27,9 +27,12 @@ from ._torchio import ZIP_MAGIC, read_head, zip_pickle_bytes
 _HEAD = 1 << 20
 
 
-def _bucket(p: PendingSnapshot) -> tuple[Any, ...]:
-    shapes = frozenset((name, tuple(ref.shape)) for name, ref in p.tensors.items())
-    return (p.embedded_step, p.embedded_epoch, p.trainer_step, shapes)
+def _numbers(p: PendingSnapshot) -> tuple[Any, ...]:
+    return (p.embedded_step, p.embedded_epoch, p.trainer_step)
+
+
+def _shapes(p: PendingSnapshot) -> frozenset[tuple[str, tuple[int, ...]]]:
+    return frozenset((name, tuple(ref.shape)) for name, ref in p.tensors.items())
 
 
 def _content(p: PendingSnapshot) -> tuple[Any, ...]:
@@ -78,10 +81,17 @@ def _may_copy(p: PendingSnapshot, original: PendingSnapshot) -> bool:
 
 def drop_copies(pending: Sequence[PendingSnapshot]) -> tuple[list[PendingSnapshot], list[str]]:
     """The snapshots without copies of one another, and a note for each copy left out."""
-    by_bucket: dict[tuple[Any, ...], list[PendingSnapshot]] = {}
+    # by step and epoch first: a run's snapshots differ there, and only files that share them
+    # have their tensor names and shapes compared (tens of thousands per file in a large model)
+    by_numbers: dict[tuple[Any, ...], list[PendingSnapshot]] = {}
     for p in pending:
         if os.path.isfile(p.path):
-            by_bucket.setdefault(_bucket(p), []).append(p)
+            by_numbers.setdefault(_numbers(p), []).append(p)
+    by_bucket: dict[tuple[Any, ...], list[PendingSnapshot]] = {}
+    for numbers, same in by_numbers.items():
+        for p in same:
+            key = (*numbers, _shapes(p)) if len(same) > 1 else numbers
+            by_bucket.setdefault(key, []).append(p)
     dropped: dict[int, str] = {}
     for group in by_bucket.values():
         if len(group) < 2:

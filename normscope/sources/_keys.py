@@ -29,7 +29,11 @@ def _strip_wrappers(name: str) -> str:
 def clean_names(names: Iterable[str]) -> dict[str, str]:
     """Map each original name to its clean name; keeps the originals if cleaning would collide."""
     names = list(names)
-    cleaned = [_strip_wrappers(n) for n in names]
+    joined = "\0".join(names)  # one scan for the wrappers in every name at once
+    if "module." not in joined and "_orig_mod." not in joined:
+        cleaned = names
+    else:
+        cleaned = [_strip_wrappers(n) for n in names]
     if cleaned and all(c.startswith("model.") for c in cleaned):
         cleaned = [c[len("model.") :] for c in cleaned]
         cleaned = [_strip_wrappers(c) for c in cleaned]

@@ -8,6 +8,7 @@ and `mmap=True`, so tensors stay on disk until the engine touches them.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -130,11 +131,19 @@ def is_tensor_or_ref(value: Any) -> bool:
     return isinstance(value, tensor_type())
 
 
+_REF_NAME = operator.attrgetter("name")
+
+
 def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     """Floating-point tensors under clean names; integer/bool buffers (num_batches_tracked) skipped.
 
     Written for checkpoints of tens of thousands of tensors: one pass per step, no call per
     tensor beyond the ref itself."""
+    values = list(state_dict.values())
+    if set(map(type, values)) == {MappedTensorRef}:  # a torch.save file read in place
+        keys = list(state_dict)
+        if list(clean_names(keys).values()) == keys and list(map(_REF_NAME, values)) == keys:
+            return dict(zip(keys, values))
     tensor = tensor_type()
     floats = {
         k: v
