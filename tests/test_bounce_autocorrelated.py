@@ -103,3 +103,19 @@ def test_real_bounce_found_and_its_interval_covers_the_true_end_of_the_rise(sigm
             assert b.interval_confidence == 0.9 and b.confidence > 0.99 and 0 < b.reproducibility <= 1
     assert found >= 36 and covered >= 0.9 * found
     assert np.median(widths) <= 8  # an interval, not the whole run
+
+
+@pytest.mark.parametrize("tau", [None, 5.43])
+def test_a_short_run_s_noise_reading_does_not_move_with_the_last_digit(tau):
+    # five epochs leave one lag of second differences: one equation for the white and the
+    # correlated part, which every split fits exactly; the reading is white noise, whatever the
+    # rounding (it flipped between white and correlated, 0.69 and 4.2 sigma, on 1e-16 changes)
+    from normscope.analysis.norm_noise import estimate_noise_rows
+
+    y = np.log([1.0, 1.031, 1.047, 1.052, 1.071])
+    models = [estimate_noise(y * (1 + eps), tau) for eps in (0.0, 1e-16, -1e-16, 3e-16, -5e-15)]
+    assert all(m.correlated == 0.0 for m in models)
+    assert max(m.white for m in models) == pytest.approx(min(m.white for m in models), rel=1e-12)
+    rows = estimate_noise_rows(np.stack([y * (1 + eps) for eps in (0.0, 1e-16, -5e-15)]), tau)
+    assert [(m.white, m.correlated) for m in rows] == [
+        (m.white, m.correlated) for m in (models[0], models[1], models[4])]
