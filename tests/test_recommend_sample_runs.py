@@ -82,3 +82,60 @@ def test_cli_on_the_sgd_sample_run(tmp_path):
     doc = json.loads(result.stdout)
     assert doc["schema_version"] == 1 and doc["decay_epochs"] == [51] and doc["robust"]["bounces"] == []
     assert doc["texp"]["steps_per_epoch"] == 23 and png.stat().st_size > 20_000
+
+
+def test_recommend_reads_the_run_as_analyze_does_with_the_same_options():
+    # --include/--exclude/--every choose what of the run is read, as in `analyze`: the advice is
+    # the library's on the trajectory loaded with those options, and analyze's table agrees
+    run = SAMPLES / "digits_bn_cnn_sgd"
+    options = ["--every", "3", "--exclude", "*fc*"]
+    result = CliRunner().invoke(app, ["recommend", str(run), "-f", "json", "--device", "cpu", *options])
+    assert result.exit_code == 0, result.output
+    traj = load_trajectory(run, device="cpu", every=3, exclude=("*fc*",))
+    expected = recommend_table(traj.table)
+    doc = json.loads(result.stdout)
+    assert doc["decay_epochs"] == list(expected.decay_epochs)
+    assert doc["exact_decay_epochs"] == list(expected.exact.decay_epochs)
+    analyzed = CliRunner().invoke(app, ["analyze", str(run), "-f", "json", "--device", "cpu", *options])
+    params = {p["param"] for p in json.loads(analyzed.stdout)["params"]}
+    assert params == set(traj.table["param"].unique()) and not any("fc" in p for p in params)
+    whole = recommend_table(load_trajectory(run, device="cpu").table)
+    assert expected.series.epochs != whole.series.epochs  # the options took effect
+
+
+def test_recommend_reads_tensorboard_events_with_a_user_tag_pattern(tmp_path):
+    SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(40):
+        writer.add_scalar("norms/conv.weight", 3.0 - 0.05 * step + 0.002 * step * step, step)
+    writer.close()
+    # a logged norm carries no shape, so its kind is "other": counted with --include-kinds all
+    result = CliRunner().invoke(app, ["recommend", str(tmp_path), "-f", "json", "--steps-per-epoch", "1",
+                                      "--include-kinds", "all", "--lr", "0.1",
+                                      "--tag-pattern", r"^norms/(?P<param>.+)$"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["schema_version"] == 1
+    bad = CliRunner().invoke(app, ["recommend", str(tmp_path), "--tag-pattern", "no_named_group"])
+    assert bad.exit_code == 2 and "(?P<param>" in bad.stderr
+
+
+def test_recommend_reads_torch_files_holding_other_objects_with_recover_unsafe(tmp_path):
+    # a training script's argparse.Namespace beside the weights: refused by default, with the
+    # flag that reads it named; read through the restricted unpickler with --recover-unsafe
+    import argparse
+
+    import torch
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, 4)
+    for epoch in range(6):
+        weight = weight * (0.9 if epoch < 3 else 1.1)
+        torch.save({"model": {"fc.weight": weight.clone()}, "epoch": epoch,
+                    "args": argparse.Namespace(lr=0.1)}, tmp_path / f"epoch_{epoch}.pt")
+    refused = CliRunner().invoke(app, ["recommend", str(tmp_path), "--lr", "0.1", "-f", "json"])
+    assert refused.exit_code == 2 and "--recover-unsafe" in refused.stderr
+    assert "Traceback" not in refused.output
+    read = CliRunner().invoke(app, ["recommend", str(tmp_path), "--lr", "0.1", "-f", "json",
+                                    "--one-file-per-epoch", "--recover-unsafe"])
+    assert read.exit_code == 0, read.output
+    assert json.loads(read.stdout)["schema_version"] == 1

@@ -13,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, NormscopeError
 from normscope.report.escape import printable
 from normscope.report.terminal.safe_console import SafeConsole
@@ -46,6 +47,31 @@ ONE_FILE_PER_EPOCH_HELP = ("Each checkpoint file is one epoch: number them 1..N 
 StepsPerEpochOpt = Annotated[float | None, typer.Option("--steps-per-epoch", help=STEPS_PER_EPOCH_HELP,
                                                         show_default=False)]
 OneFilePerEpochOpt = Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
+
+# The options that choose what of a run is read, shared by the commands that read a run.
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
+]
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
+]
+EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
+RecoverOpt = Annotated[
+    bool,
+    typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
+                      "through a restricted unpickler that runs nothing; refused by default."),
+]
+TagPatternOpt = Annotated[
+    str | None,
+    typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a named group "
+                 "(?P<param>...) (and optionally (?P<stat>weight|grad)).", show_default=False),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help=MODEL_OPTION_HELP, show_default=False),
+]
 
 
 def stderr_console(soft_wrap: bool = True) -> SafeConsole:

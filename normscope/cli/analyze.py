@@ -8,13 +8,19 @@ from typing import Annotated
 
 import typer
 
-from normscope.analysis.user_model import MODEL_OPTION_HELP, parameter_names
+from normscope.analysis.user_model import parameter_names
 from normscope.cli._common import (
     GRANULARITY_HELP,
     Device,
+    EveryOpt,
+    ExcludeOpt,
     Granularity,
+    IncludeOpt,
+    ModelOpt,
     OneFilePerEpochOpt,
+    RecoverOpt,
     StepsPerEpochOpt,
+    TagPatternOpt,
     check_output_path,
     emit_text,
     handle_errors,
@@ -44,26 +50,10 @@ OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write the output here instead of stdout.")
 ]
 DeviceOpt = Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")]
-IncludeOpt = Annotated[
-    list[str] | None,
-    typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
-]
-ExcludeOpt = Annotated[
-    list[str] | None,
-    typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
-]
 RowsOpt = Annotated[
     int,
     typer.Option("--rows", help="Table format: rows per per-parameter table (0: all); csv, json and "
                  "parquet always hold every parameter.", min=0),
-]
-EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
-EquilibriumOpt = Annotated[
-    bool, typer.Option(help="Add the equilibrium report for scale-invariant layers (predicted vs measured).")
-]
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(help=MODEL_OPTION_HELP, show_default=False),
 ]
 PlotsOpt = Annotated[
     Path | None,
@@ -80,16 +70,9 @@ WorkersOpt = Annotated[
     typer.Option("--workers", help="Reduce on a local Dask cluster of N worker processes.", min=1,
                  show_default=False),
 ]
-TagPatternOpt = Annotated[
-    str | None,
-    typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a named group "
-                 "(?P<param>...) (and optionally (?P<stat>weight|grad)).", show_default=False),
-]
 GranularityOpt = Annotated[Granularity, typer.Option(help=GRANULARITY_HELP)]
-RecoverOpt = Annotated[
-    bool,
-    typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
-                      "through a restricted unpickler that runs nothing; refused by default."),
+EquilibriumOpt = Annotated[
+    bool, typer.Option(help="Add the equilibrium report for scale-invariant layers (predicted vs measured).")
 ]
 
 

@@ -8,10 +8,17 @@ from typing import Annotated
 
 import typer
 
+from normscope.analysis.user_model import parameter_names
 from normscope.cli._common import (
     Device,
+    EveryOpt,
+    ExcludeOpt,
+    IncludeOpt,
+    ModelOpt,
     OneFilePerEpochOpt,
+    RecoverOpt,
     StepsPerEpochOpt,
+    TagPatternOpt,
     check_output_path,
     emit_text,
     handle_errors,
@@ -50,6 +57,12 @@ def recommend(
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
     = None,
     device: Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")] = Device.auto,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    every: EveryOpt = 1,
+    recover_unsafe: RecoverOpt = False,
+    tag_pattern: TagPatternOpt = None,
+    model: ModelOpt = None,
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
     # lazy: the analyses import numpy and pandas, which `normscope --help` does not
@@ -57,14 +70,19 @@ def recommend(
     from normscope.analysis.runner import RECOMMENDATION, TEXP, RunOptions, analyze_run  # lazy: as above
     from normscope.api import load_with_options  # lazy: as above
 
-    options = RunOptions(device=device.value, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
+    # what of the run is read: the same options, with the same meaning, as `analyze`'s
+    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
+                         device=device.value, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
                          total_epochs=total_epochs, kinds=parse_kinds(include_kinds), base_lr=lr,
-                         decay_factor=decay_factor, min_lr=min_lr, texp=texp)
+                         decay_factor=decay_factor, min_lr=min_lr, texp=texp, model_spec=model)
     check_output_path(output)
     check_output_path(plot, "--plot")
+    reading = {"recover_unsafe": recover_unsafe, "tag_pattern": tag_pattern}
+    if model is not None:
+        reading["parameter_order"] = parameter_names(model)
     progress, update = progress_reporter()
     with progress:
-        traj = load_with_options(path, options, progress=update)
+        traj = load_with_options(path, options, progress=update, **reading)
     analysis = analyze_run(traj, options, equilibrium=False)
     rec = analysis.recommendation
     if rec is None:
