@@ -122,3 +122,34 @@ def test_report_command_writes_html_and_markdown(runs, tmp_path):
     assert (tmp_path / "r_norms.png").is_file() and (tmp_path / "r.md").is_file()
     wrong = runner.invoke(app, ["report", str(runs / "runs" / "clean"), "-o", str(tmp_path / "r.pdf")])
     assert wrong.exit_code == 2 and "name it .html or .md" in wrong.stderr
+
+
+def test_check_reads_runs_with_the_reading_options_of_analyze(tmp_path):
+    # torch files holding an argparse.Namespace: refused (exit 2, the flag named), then checked
+    # with --recover-unsafe; the NaN they hold fails the gate as in any other run
+    import argparse
+
+    weight = torch.ones(4, 4)
+    for epoch in range(3):
+        if epoch == 2:
+            weight[0, 0] = float("nan")
+        torch.save({"model": {"fc.weight": weight.clone() * (1 + epoch)}, "epoch": epoch,
+                    "args": argparse.Namespace(lr=0.1)}, tmp_path / f"epoch_{epoch}.pt")
+    refused = invoke([tmp_path])
+    assert refused.exit_code == 2 and "--recover-unsafe" in refused.stderr
+    checked = invoke([tmp_path, "--recover-unsafe", "--format", "json"])
+    assert checked.exit_code == 1, checked.output
+    failed = {f["rule"] for f in json.loads(checked.stdout)["findings"] if not f["passed"]}
+    assert failed == {"nonfinite"}
+
+
+def test_check_reads_tensorboard_events_with_a_user_tag_pattern(tmp_path):
+    SummaryWriter = pytest.importorskip("torch.utils.tensorboard").SummaryWriter
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(5):
+        writer.add_scalar("norms/fc.weight", 2.0 + step, step)
+    writer.close()
+    passed = invoke([tmp_path, "--tag-pattern", r"^norms/(?P<param>.+)$", "--format", "json"])
+    assert passed.exit_code == 0, passed.output
+    grown = invoke([tmp_path, "--tag-pattern", r"^norms/(?P<param>.+)$", "--max-growth", "2", "--kind", "other"])
+    assert grown.exit_code == 1, grown.output  # 6 / 2 = 3x

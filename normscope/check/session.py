@@ -30,19 +30,23 @@ def check_path(
     environ: Mapping[str, str] | None = None,
     steps_per_epoch: float | None = None,
     one_file_per_epoch: bool = False,
+    recover_unsafe: bool = False,
+    tag_pattern: str | None = None,
 ) -> CheckOutcome:
     """Resolve the configuration for `path`, load the run (and baseline, with the same options) and
-    run the rules on the analysis of the run (`analyze_run` with the check configuration)."""
+    run the rules on the analysis of the run (`analyze_run` with the check configuration).
+    `recover_unsafe` and `tag_pattern` read the runs as `load_trajectory` does with them."""
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
     config = resolved.config
     options = RunOptions(include=tuple(config.include), exclude=tuple(config.exclude), every=config.every,
                          device=config.device, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch)
     rules = build_rules(config.check, with_baseline=bool(config.check.baseline))  # config errors first
-    trajectory = load_with_options(path, options)
+    reading = {"recover_unsafe": recover_unsafe, "tag_pattern": tag_pattern}
+    trajectory = load_with_options(path, options, **reading)
     baseline = None
     if config.check.baseline:
-        baseline = load_with_options(config.check.baseline, options)
+        baseline = load_with_options(config.check.baseline, options, **reading)
     result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
                        baseline_path=config.check.baseline,
                        config_file=str(resolved.file) if resolved.file else None, options=options)

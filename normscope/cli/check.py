@@ -14,6 +14,8 @@ from normscope.cli._common import (
     ONE_FILE_PER_EPOCH_HELP,
     STEPS_PER_EPOCH_HELP,
     Device,
+    RecoverOpt,
+    TagPatternOpt,
     check_output_path,
     handle_errors,
     stderr_console,
@@ -53,6 +55,8 @@ def check(
     steps_per_epoch: Annotated[float | None, _opt("--steps-per-epoch", STEPS_PER_EPOCH_HELP)] = None,
     one_file_per_epoch: Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
     = False,
+    recover_unsafe: RecoverOpt = False,
+    tag_pattern: TagPatternOpt = None,
     nonfinite: Annotated[bool | None, _opt("--nonfinite/--no-nonfinite", "Fail on NaN/Inf weights.",
                                               panel=RULES)] = None,
     kind: Annotated[list[str] | None, _opt("--kind", "Parameter kinds the norm rules read "
@@ -102,7 +106,8 @@ def check(
         "check.warn": tuple(warn) if warn else None,
     }
     outcome = check_path(path, config_file=config, flags=flags, environ=os.environ, steps_per_epoch=steps_per_epoch,
-                         one_file_per_epoch=one_file_per_epoch)
+                         one_file_per_epoch=one_file_per_epoch, recover_unsafe=recover_unsafe,
+                         tag_pattern=tag_pattern)
     result = outcome.result
 
     if junit is not None:
