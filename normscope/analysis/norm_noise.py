@@ -161,12 +161,12 @@ def _fit_rows_of_shape(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     w = 1.0 / np.maximum(v, 1e-300)
     s00, s01, s11 = (w * 36).sum(-1), (w * 6 * f).sum(-1), (w * f * f).sum(-1)
     t0, t1 = (w * 6 * v).sum(-1), (w * f * v).sum(-1)
+    if v.shape[-1] < 2:  # one lag: white noise alone (`_fit`)
+        return np.maximum(t0 / s00, 0)
     det = s00 * s11 - s01 * s01
     with np.errstate(divide="ignore", invalid="ignore"):
         a_both = (s11 * t0 - s01 * t1) / det
         b_both = (s00 * t1 - s01 * t0) / det
-    if v.shape[-1] < 2:  # one lag: white noise alone (`_fit`)
-        return np.maximum(t0 / s00, 0)
     candidates = [(np.maximum(t0 / s00, 0), np.zeros_like(t0)), (np.zeros_like(t1), np.maximum(t1 / s11, 0))]
     feasible = (a_both >= 0) & (b_both >= 0) & np.isfinite(a_both) & np.isfinite(b_both)
     candidates.append((np.where(feasible, a_both, 0.0), np.where(feasible, b_both, 0.0)))
@@ -196,11 +196,12 @@ def _fit(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[float, float, flo
     target = v * np.sqrt(w)
     best = None
     candidates = []
-    if len(v) >= 2:
+    separable = len(v) >= 2  # else white noise alone
+    if separable:
         sol, *_ = np.linalg.lstsq(design, target, rcond=None)
         if sol[0] >= 0 and sol[1] >= 0:
             candidates.append((float(sol[0]), float(sol[1])))
-    for col in (0, 1) if len(v) >= 2 else (0,):  # the boundary solutions: one component alone
+    for col in (0, 1) if separable else (0,):  # the boundary solutions: one component alone
         x = design[:, col]
         coef = max(float(x @ target / (x @ x)), 0.0) if x @ x > 0 else 0.0
         candidates.append((coef, 0.0) if col == 0 else (0.0, coef))
@@ -271,9 +272,6 @@ def _fit_many(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[np.ndarray, 
         predicted = (design @ np.stack([a, b], axis=-1)[..., None])[..., 0]
         return np.sum((predicted - target) ** 2, axis=-1)
 
-    sol = _lstsq_rows(design, target)
-    a_ls, b_ls = sol[:, 0], sol[:, 1]
-    feasible = (a_ls >= 0) & (b_ls >= 0)
     edges = []
     for col in (0, 1):  # one component alone: max(x·t / x·x, 0), 0 where x·x is 0
         x = design[..., col]
@@ -287,6 +285,9 @@ def _fit_many(v: np.ndarray, lags: np.ndarray, rho: float) -> tuple[np.ndarray, 
     (a0, b0), (a1, b1) = edges
     if v.shape[-1] < 2:  # one lag: white noise alone (`_fit`)
         return a0, b0, residual(a0, b0)
+    sol = _lstsq_rows(design, target)
+    a_ls, b_ls = sol[:, 0], sol[:, 1]
+    feasible = (a_ls >= 0) & (b_ls >= 0)
     r_ls, r0, r1 = residual(a_ls, b_ls), residual(a0, b0), residual(a1, b1)
     a, b, best = np.where(feasible, a_ls, a0), np.where(feasible, b_ls, b0), np.where(feasible, r_ls, r0)
     better = feasible & (r0 < best)
