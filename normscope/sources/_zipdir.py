@@ -19,7 +19,7 @@ import os
 import struct
 import zipfile
 import zlib
-from itertools import repeat
+from itertools import compress, repeat
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
@@ -240,8 +240,9 @@ def _torch_facts(f: BinaryIO, directory: Directory) -> ZipFacts | None:
     data = archive + "data/"
     if archive.count("/") != 1 or not all(map(str.startswith, names, repeat(archive))):
         return None  # torch wants every record in the archive's one directory
-    rows = [i for i, name in enumerate(names) if name.startswith(data)]
-    small = [i for i, name in enumerate(names) if not name.startswith(data) and i != pickle_at]
+    is_data = list(map(str.startswith, names, repeat(data)))  # once per name: thousands of records
+    rows = list(compress(range(len(names)), is_data))
+    small = [i for i, record in enumerate(is_data) if not record and i != pickle_at]
     kinds = [names[i][len(archive) :] for i in small]
     count = len(rows)
     numbers = record_numbers([names[i][len(data) :] for i in rows], count) if count <= NUMBERED_MAX else None
