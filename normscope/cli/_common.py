@@ -48,7 +48,9 @@ StepsPerEpochOpt = Annotated[float | None, typer.Option("--steps-per-epoch", hel
                                                         show_default=False)]
 OneFilePerEpochOpt = Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
 
-# The options that choose what of a run is read, shared by the commands that read a run.
+# The options that choose what of a run is read, shared by the commands that read a run. Those
+# the config file also sets (`[tool.normscope]`: include, exclude, every, device) are None when
+# not given, so the file (and NORMSCOPE_* variables) can fill them: `reading_settings`.
 IncludeOpt = Annotated[
     list[str] | None,
     typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
@@ -57,7 +59,20 @@ ExcludeOpt = Annotated[
     list[str] | None,
     typer.Option("--exclude", help="Drop parameters matching this glob (repeatable).", show_default=False),
 ]
-EveryOpt = Annotated[int, typer.Option(help="Keep every N-th snapshot (the last is always kept).", min=1)]
+EveryOpt = Annotated[
+    int | None,
+    typer.Option("--every", help="Keep every N-th snapshot (the last is always kept; default 1).", min=1,
+                 show_default=False),
+]
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option("--device", help="Where to reduce tensors (default auto: CUDA if present).", show_default=False),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Config file (default: nearest normscope.toml or pyproject.toml "
+                 "\\[tool.normscope], searching upward).", show_default=False, readable=False),
+]
 RecoverOpt = Annotated[
     bool,
     typer.Option(help="Read tensors from torch files that hold other objects (e.g. argparse.Namespace) "
@@ -72,6 +87,22 @@ ModelOpt = Annotated[
     str | None,
     typer.Option(help=MODEL_OPTION_HELP, show_default=False),
 ]
+
+
+def reading_flags(include: list[str] | None, exclude: list[str] | None, every: int | None,
+                  device: Device | None) -> dict[str, Any]:  # fmt: skip
+    """The reading options given on the command line, under their config keys (None: not given)."""
+    return {"include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
+            "every": every, "device": device.value if device is not None else None}
+
+
+def reading_settings(path: Path, config_file: Path | None, flags: dict[str, Any]) -> Any:
+    """The `NormscopeConfig` a command reads `path` with: its flags, then NORMSCOPE_* variables,
+    then the config file (`--config`, else the nearest one above the run or the current
+    directory), then the defaults: every command that reads a run reads it the same way."""
+    from normscope.config import load_config  # lazy: tomllib and the schema, once a run is read
+
+    return load_config(path, config_file=config_file, flags=flags).config
 
 
 def stderr_console(soft_wrap: bool = True) -> SafeConsole:

@@ -11,7 +11,8 @@ import typer
 from normscope.analysis.user_model import parameter_names
 from normscope.cli._common import (
     GRANULARITY_HELP,
-    Device,
+    ConfigOpt,
+    DeviceOpt,
     EveryOpt,
     ExcludeOpt,
     Granularity,
@@ -25,6 +26,8 @@ from normscope.cli._common import (
     emit_text,
     handle_errors,
     progress_reporter,
+    reading_flags,
+    reading_settings,
     render_to_text,
     stderr_console,
     stdout_console,
@@ -49,7 +52,6 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write the output here instead of stdout.")
 ]
-DeviceOpt = Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")]
 RowsOpt = Annotated[
     int,
     typer.Option("--rows", help="Table format: rows per per-parameter table (0: all); csv, json and "
@@ -81,10 +83,10 @@ def analyze(
     path: PathArg,
     format: FormatOpt = Format.table,
     output: OutputOpt = None,
-    device: DeviceOpt = Device.auto,
+    device: DeviceOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
-    every: EveryOpt = 1,
+    every: EveryOpt = None,
     rows: RowsOpt = 200,
     recover_unsafe: RecoverOpt = False,
     steps_per_epoch: StepsPerEpochOpt = None,
@@ -95,6 +97,7 @@ def analyze(
     equilibrium: EquilibriumOpt = False,
     granularity: GranularityOpt = Granularity.tensor,
     model: ModelOpt = None,
+    config: ConfigOpt = None,
     plots: PlotsOpt = None,
     optimizer: Annotated[str | None, typer.Option(help="Override the optimizer type (SGD, AdamW).",
                                                   rich_help_panel="Hyper-parameter overrides")] = None,
@@ -112,8 +115,9 @@ def analyze(
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.api import load_trajectory  # lazy: numpy and pandas, as above
 
-    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
-                         device=device.value, steps_per_epoch=steps_per_epoch,
+    settings = reading_settings(path, config, reading_flags(include, exclude, every, device))
+    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
+                         device=settings.device, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, model_spec=model, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, beta1=beta1)
     if format is Format.parquet and output is None:

@@ -13,11 +13,16 @@ import typer
 from normscope.cli._common import (
     ONE_FILE_PER_EPOCH_HELP,
     STEPS_PER_EPOCH_HELP,
-    Device,
+    ConfigOpt,
+    DeviceOpt,
+    EveryOpt,
+    ExcludeOpt,
+    IncludeOpt,
     RecoverOpt,
     TagPatternOpt,
     check_output_path,
     handle_errors,
+    reading_flags,
     stderr_console,
     stdout_console,
 )
@@ -40,18 +45,16 @@ RULES = "Rule overrides (beat env and config file)"
 def check(
     path: Annotated[Path, typer.Argument(help="A checkpoint directory, one checkpoint, or a live log.",
                                          show_default=False, readable=False)],
-    config: Annotated[Path | None, _opt("--config", "Config file (default: nearest normscope.toml or "
-                                            "pyproject.toml \\[tool.normscope], searching upward).",
-                                        readable=False)] = None,
+    config: ConfigOpt = None,
     baseline: Annotated[Path | None, _opt("--baseline", "Compare per-layer norms with this run.",
                                               readable=False)] = None,
     junit: Annotated[Path | None, _opt("--junit", "Also write JUnit XML here.")] = None,
     format: Annotated[CheckFormat, typer.Option("--format", "-f", help="stdout format.")] = CheckFormat.table,
     show_all: Annotated[bool, typer.Option("--all", help="List passing checks too.")] = False,
-    include: Annotated[list[str] | None, _opt("--include", "Only parameters matching this glob.")] = None,
-    exclude: Annotated[list[str] | None, _opt("--exclude", "Drop parameters matching this glob.")] = None,
-    every: Annotated[int | None, _opt("--every", "Keep every N-th snapshot.", min=1)] = None,
-    device: Annotated[Device | None, _opt("--device", "Where to reduce tensors.")] = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    every: EveryOpt = None,
+    device: DeviceOpt = None,
     steps_per_epoch: Annotated[float | None, _opt("--steps-per-epoch", STEPS_PER_EPOCH_HELP)] = None,
     one_file_per_epoch: Annotated[bool, typer.Option("--one-file-per-epoch", help=ONE_FILE_PER_EPOCH_HELP)]
     = False,
@@ -94,8 +97,7 @@ def check(
 
     check_output_path(junit, "--junit")
     flags = {
-        "include": tuple(include) if include else None, "exclude": tuple(exclude) if exclude else None,
-        "every": every, "device": device.value if device else None,
+        **reading_flags(include, exclude, every, device),
         "check.nonfinite": nonfinite, "check.kinds": tuple(kind) if kind else None,
         "check.max_growth": max_growth, "check.min_growth": min_growth,
         "check.growth_measure": growth_measure, "check.min_total_norm": min_total_norm,

@@ -10,7 +10,8 @@ import typer
 
 from normscope.analysis.user_model import parameter_names
 from normscope.cli._common import (
-    Device,
+    ConfigOpt,
+    DeviceOpt,
     EveryOpt,
     ExcludeOpt,
     IncludeOpt,
@@ -23,6 +24,8 @@ from normscope.cli._common import (
     emit_text,
     handle_errors,
     progress_reporter,
+    reading_flags,
+    reading_settings,
     render_to_text,
     stderr_console,
     stdout_console,
@@ -56,13 +59,14 @@ def recommend(
     texp: Annotated[bool, typer.Option("--texp", help="Add Li & Arora's tapered-exponential equivalent.")] = False,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the norm, bounces and LR to FILE.png.")]
     = None,
-    device: Annotated[Device, typer.Option(help="Where to reduce tensors (auto: CUDA if present).")] = Device.auto,
+    device: DeviceOpt = None,
     include: IncludeOpt = None,
     exclude: ExcludeOpt = None,
-    every: EveryOpt = 1,
+    every: EveryOpt = None,
     recover_unsafe: RecoverOpt = False,
     tag_pattern: TagPatternOpt = None,
     model: ModelOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Where ABEL would decay the LR on this run, the schedule that makes, and a verdict for its latest epoch."""
     # lazy: the analyses import numpy and pandas, which `normscope --help` does not
@@ -71,8 +75,9 @@ def recommend(
     from normscope.api import load_with_options  # lazy: as above
 
     # what of the run is read: the same options, with the same meaning, as `analyze`'s
-    options = RunOptions(include=tuple(include or ()), exclude=tuple(exclude or ()), every=every,
-                         device=device.value, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
+    settings = reading_settings(path, config, reading_flags(include, exclude, every, device))
+    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
+                         device=settings.device, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
                          total_epochs=total_epochs, kinds=parse_kinds(include_kinds), base_lr=lr,
                          decay_factor=decay_factor, min_lr=min_lr, texp=texp, model_spec=model)
     check_output_path(output)
