@@ -65,21 +65,33 @@ def select(run: Run, include: Sequence[str] = (), exclude: Sequence[str] = ()) -
     """The run restricted to the parameters the filters keep; an empty result is a usage error."""
     if not include and not exclude:
         return run
-    keep = name_filter(include, exclude)
     if run.stats is not None:
-        stats = [_filter_stats(s, keep) for s in run.stats]
-        empty = not any(s.params for s in stats)
-        run = replace(run, stats=stats)
-    else:
-        snapshots = [_filter_snapshot(s, keep) for s in run.snapshots]
-        empty = not any(s.tensors for s in snapshots)
-        run = replace(run, snapshots=snapshots)
-    if empty:
-        raise BadInputError(
-            f"no parameter matches the filters (include={list(include) or 'all'}, "
-            f"exclude={list(exclude) or 'none'})"
-        )
-    return run
+        if not run.stats:
+            raise _nothing_matches(include, exclude)
+        return replace(run, stats=select_stats(run.stats, include, exclude))
+    keep = name_filter(include, exclude)
+    snapshots = [_filter_snapshot(s, keep) for s in run.snapshots]
+    if not any(s.tensors for s in snapshots):
+        raise _nothing_matches(include, exclude)
+    return replace(run, snapshots=snapshots)
+
+
+def select_stats(stats: Sequence[SnapshotStats], include: Sequence[str] = (),
+                 exclude: Sequence[str] = ()) -> list[SnapshotStats]:  # fmt: skip
+    """A live log's stats restricted to the parameters the filters keep (as `select` does a run's);
+    an empty result from stats that held some is a usage error."""
+    if not include and not exclude:
+        return list(stats)
+    keep = name_filter(include, exclude)
+    kept = [_filter_stats(s, keep) for s in stats]
+    if kept and not any(s.params for s in kept):
+        raise _nothing_matches(include, exclude)
+    return kept
+
+
+def _nothing_matches(include: Sequence[str], exclude: Sequence[str]) -> BadInputError:
+    return BadInputError(f"no parameter matches the filters (include={list(include) or 'all'}, "
+                         f"exclude={list(exclude) or 'none'})")
 
 
 def trajectory_from_run(

@@ -11,17 +11,18 @@ import pytest
 import normscope
 import normscope.live as live
 
+from normscope.errors import BadInputError
 from normscope.live.view import LiveView
 from normscope.analysis.runner import RunOptions, analyze_run
-from normscope.api import trajectory_from_run
+from normscope.api import select, trajectory_from_run
 from normscope.live.source import LiveSource
 from normscope.live.log import live_log_run, load_live_log
 
 SAMPLE_LOG = Path(__file__).resolve().parent.parent / "sample_runs" / "digits_bn_cnn_live" / "track.jsonl"
 
 
-def _read_whole(path):
-    return trajectory_from_run(live_log_run(load_live_log(path)))
+def _read_whole(path, include=(), exclude=()):
+    return trajectory_from_run(select(live_log_run(load_live_log(path)), include, exclude))
 
 
 def _same(grown, whole):
@@ -51,8 +52,8 @@ def test_growing_log_gives_the_whole_logs_trajectory(tmp_path):
     assert grown.snapshots[-1].step < 700 and any("superseded" in w for w in grown.warnings)
 
 
-def _scratch_frame(path, options):
-    return analyze_run(_read_whole(path), options).live
+def _scratch_frame(path, options, include=(), exclude=()):
+    return analyze_run(_read_whole(path, include, exclude), options).live
 
 
 @pytest.mark.parametrize("options", [RunOptions(probe=False),
@@ -76,9 +77,30 @@ def test_incremental_frame_of_a_sparse_log(tmp_path):
                       RunOptions(probe=False))
 
 
-def _grow_and_compare(log, lines, points, options):
+def test_a_followed_log_with_filters_is_the_whole_log_with_them(tmp_path):
+    """`watch --include/--exclude`: the records taken in, filtered as they arrive, give the
+    trajectory and the frames of the whole log filtered by `select`, as analyze filters it."""
+    lines = SAMPLE_LOG.read_bytes().splitlines(keepends=True)
+    include, exclude = ("block*", "head.weight"), ("*.bias",)
+    _grow_and_compare(tmp_path / "track.jsonl", lines, (2, 24, 95, 1035, 1036, len(lines)),
+                      RunOptions(probe=False), include=include, exclude=exclude)
+    grown = LiveSource(tmp_path / "track.jsonl", include=include, exclude=exclude).poll()
+    _same(grown, _read_whole(tmp_path / "track.jsonl", include, exclude))
+    params = set(grown.table["param"])
+    assert params and "head.weight" in params and not any(p.endswith(".bias") for p in params)
+    assert params < set(_read_whole(tmp_path / "track.jsonl").table["param"])
+
+
+def test_a_followed_log_whose_filters_match_nothing_says_so(tmp_path):
+    log = tmp_path / "track.jsonl"
+    log.write_bytes(SAMPLE_LOG.read_bytes())
+    with pytest.raises(BadInputError, match="no parameter matches the filters"):
+        LiveSource(log, include=("nothing.*",)).poll()
+
+
+def _grow_and_compare(log, lines, points, options, include=(), exclude=()):
     log.write_bytes(lines[0])
-    source, view = LiveSource(log), LiveView(options)
+    source, view = LiveSource(log, include=include, exclude=exclude), LiveView(options)
     at = 1
     for upto in points:
         with open(log, "ab") as f:
@@ -88,7 +110,7 @@ def _grow_and_compare(log, lines, points, options):
         frame = view.frame(trajectory)
         assert view.follows_incrementally  # the fast path, not the whole analysis again
         # repr: the floats to the last bit, and NaN equal to NaN
-        assert repr(frame) == repr(_scratch_frame(log, options)), f"after record {upto - 1}"
+        assert repr(frame) == repr(_scratch_frame(log, options, include, exclude)), f"after record {upto - 1}"
         assert repr(view.frame(trajectory)) == repr(frame)  # a refresh with nothing new
 
 

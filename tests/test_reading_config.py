@@ -1,7 +1,7 @@
 """The config file's reading keys (include, exclude, every, device) read a run the same way in every
 command that reads one: analyze, recommend, report and check show the parameters and snapshots the
-file chose, a flag beats NORMSCOPE_* variables, which beat the file, and a bad file is one line and
-exit 2 in each of them."""
+file chose (watch its parameters), a flag beats NORMSCOPE_* variables, which beat the file, and a bad
+file is one line and exit 2 in each of them."""
 
 from __future__ import annotations
 
@@ -106,7 +106,20 @@ def test_every_command_reads_the_parameters_the_file_chose(project, tmp_path):
     assert "head.weight" not in text and "running_mean" not in text
 
 
-@pytest.mark.parametrize("command", [["analyze"], ["recommend"], ["check"], ["report", "-o", "{tmp}/r.md"]])
+def test_watch_follows_the_parameters_the_file_chose(sample_runs_dir, tmp_path):
+    shutil.copytree(sample_runs_dir / "digits_bn_cnn_live", tmp_path / "live")
+    (tmp_path / "normscope.toml").write_text('include = ["head.*"]\nevery = 5\n', encoding="utf-8")
+    watched = _invoke(["watch", str(tmp_path / "live"), "--once"])
+    assert watched.exit_code == 0, watched.output
+    assert "head.weight" in watched.stdout and "block1" not in watched.stdout
+    assert "1380 record(s)" in watched.stdout  # a live view shows every record: `every` is not its key
+    flagged = _invoke(["watch", str(tmp_path / "live"), "--once", "--include", "block1.*"])
+    assert flagged.exit_code == 0, flagged.output
+    assert "block1.conv.weight" in flagged.stdout and "head.weight" not in flagged.stdout
+
+
+@pytest.mark.parametrize("command", [["analyze"], ["recommend"], ["check"], ["report", "-o", "{tmp}/r.md"],
+                                     ["watch", "--once"]])
 def test_a_bad_config_file_is_one_line_and_exit_2_in_every_command(project, tmp_path, command):
     config = tmp_path / "bad.toml"
     config.write_text("every = 0\nbogus = 1\n", encoding="utf-8")

@@ -9,9 +9,16 @@ from typing import Annotated
 import typer
 
 from normscope.cli._common import (
+    ConfigOpt,
+    DeviceOpt,
+    ExcludeOpt,
+    IncludeOpt,
     OneFilePerEpochOpt,
     StepsPerEpochOpt,
+    TagPatternOpt,
     handle_errors,
+    reading_flags,
+    reading_settings,
     stderr_console,
     stdout_console,
 )
@@ -31,14 +38,6 @@ BudgetOpt = Annotated[
     typer.Option("--total-epochs", help="The run's epoch budget, for ABEL's final decay (default: "
                  "the epochs so far).", min=1, show_default=False),
 ]
-TagPatternOpt = Annotated[
-    str | None,
-    typer.Option("--tag-pattern", help="TensorBoard: regex for per-layer norm tags, with a "
-                 "(?P<param>...) group and an optional (?P<stat>...) group ('grad…' = gradient).",
-                 show_default=False),
-]
-
-
 def frame_maker(source, options, *, warnings: bool = True):
     """The function that turns the source's latest trajectory into the rendered frame: the live
     state of `analyze_run` under `options` (a `RunOptions`), with the run's warnings at its foot
@@ -63,15 +62,20 @@ def frame_maker(source, options, *, warnings: bool = True):
 def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
           recent: RecentOpt = 5, total_epochs: BudgetOpt = None,
           steps_per_epoch: StepsPerEpochOpt = None, one_file_per_epoch: OneFilePerEpochOpt = False,
-          tag_pattern: TagPatternOpt = None) -> None:
+          tag_pattern: TagPatternOpt = None, include: IncludeOpt = None, exclude: ExcludeOpt = None,
+          device: DeviceOpt = None, config: ConfigOpt = None) -> None:
     """Follow a training run live: per-layer norms, gradients, angular update vs equilibrium."""
     # lazy: the analyses and the readers, when watch runs; `normscope --help` imports this module
     from normscope.analysis.runner import RunOptions
     from normscope.live.source import LiveSource
 
-    options = RunOptions(total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+    # the parameters and device of the other commands (a live view shows every snapshot: no `every`)
+    settings = reading_settings(path, config, reading_flags(include, exclude, None, device))
+    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude),
+                         device=settings.device, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
-    source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch)
+    source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch,
+                        include=options.include, exclude=options.exclude, device=options.device)
     frame = frame_maker(source, options, warnings=not once)
     trajectory = source.poll()
     if once:  # the frame on stdout, the run's warnings on stderr as every command prints them

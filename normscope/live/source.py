@@ -7,13 +7,14 @@ nothing changed, so a viewer can refresh cheaply at a fixed interval.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from normscope.api import open_selected_run, trajectory_from_run
+from normscope.api import open_selected_run, select, select_stats, trajectory_from_run
 from normscope.errors import BadInputError, NormscopeError
 from normscope.file_tree import walk
 from normscope.live.log import LAYOUT, LiveLog, LogFollower, find_log_file, log_to_stats
@@ -66,10 +67,14 @@ class LiveSource:
     """What `normscope watch` follows. Raises BadInputError at once when `path` is unusable."""
 
     def __init__(self, path: str | os.PathLike[str], *, tag_pattern: str | None = None,
-                 one_file_per_epoch: bool = False) -> None:
+                 one_file_per_epoch: bool = False, include: Sequence[str] = (),
+                 exclude: Sequence[str] = (), device: str = "auto") -> None:  # fmt: skip
+        """`include`/`exclude`: the parameters followed (`api.select`'s globs); `device`: where a
+        checkpoint directory's tensors are reduced at each re-read."""
         self.path = Path(path)
         self.tag_pattern = tag_pattern
         self.one_file_per_epoch = one_file_per_epoch  # checkpoints numbered epoch 1..N (`--one-file-per-epoch`)
+        self.include, self.exclude, self.device = tuple(include), tuple(exclude), device
         self.follower: LogFollower | None = None
         self._fingerprint: tuple | None = None
         self._first = True
@@ -138,13 +143,14 @@ class LiveSource:
         )
         if not grown:
             rows = self._rows = _LogRows(header=log.header, builder=TrajectoryBuilder())
-        rows.builder.add(log_to_stats(log, start=rows.count))
+        rows.builder.add(select_stats(log_to_stats(log, start=rows.count), self.include, self.exclude))
         rows.count, rows.last = len(records), records[-1]
 
     def _open(self):
         if self.tag_pattern is not None:
-            return read_tensorboard(self.path, self.tag_pattern)
-        return open_selected_run(self.path, one_file_per_epoch=self.one_file_per_epoch)
+            return select(read_tensorboard(self.path, self.tag_pattern), self.include, self.exclude)
+        return open_selected_run(self.path, one_file_per_epoch=self.one_file_per_epoch, include=self.include,
+                                 exclude=self.exclude)
 
     def _poll_reload(self) -> Trajectory | None:
         fingerprint = _fingerprint(self.path)
@@ -161,4 +167,4 @@ class LiveSource:
         self._fingerprint = fingerprint
         self._first = False
         self.last_error = None
-        return trajectory_from_run(run)
+        return trajectory_from_run(run, device=self.device)
