@@ -6,8 +6,7 @@ import torch until a function that needs it is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from normscope._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -29,15 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'normscope' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = [

@@ -21,8 +21,7 @@ The names below are this package's public surface; each is imported on first use
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from normscope._lazy import lazy_attributes
 
 # public name -> module that defines it
 _LAZY = {
@@ -53,15 +52,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'normscope.live' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 __all__ = sorted(_LAZY)
