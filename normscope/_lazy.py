@@ -9,8 +9,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 
-def lazy_attributes(package: str, names: Mapping[str, str],
-                    namespace: Mapping[str, Any]) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:  # fmt: skip
+_GetAttr = Callable[[str], Any]
+_Dir = Callable[[], list[str]]
+
+
+def lazy_attributes(package: str, names: Mapping[str, str], namespace: Mapping[str, Any]) -> tuple[_GetAttr, _Dir]:
     """The package's `__getattr__` and `__dir__`: `names` maps each public name to the module that
     defines it; `namespace` is the package's `globals()` (what it defines itself)."""
 

@@ -1,10 +1,15 @@
-"""The plan's two packings agree: the column-wise one for runs of one model, the general one."""
+"""The plan's two packings agree: the column-wise one for runs of one model, the general one; and
+the entries it shares between snapshots are each snapshot's own."""
 
 from __future__ import annotations
 
 import random
 
-from normscope.engine.plan import Entry, _greedy_buckets, _presences, _uniform_buckets
+import torch
+
+from engine_helpers import snapshot
+
+from normscope.engine.plan import Entry, _entry, _greedy_buckets, _presences, _uniform_buckets, plan_buckets
 
 
 def _entries(nbytes: list[int], snapshots: int) -> list[dict[str, Entry]]:
@@ -33,3 +38,20 @@ def test_uniform_packing_declines_runs_it_does_not_cover():
     grown[1]["p2"] = Entry((5,), "uint8", {}, 5, 5)
     assert _uniform_buckets(grown, 100) is None
     assert _uniform_buckets([], 100) is None
+
+
+def test_snapshots_of_one_model_share_their_entries_and_a_changed_one_gets_its_own():
+    """The plan takes a snapshot's entries as the previous one's only where its names, shapes and
+    dtypes are the same: each snapshot's entries are those `_entry` makes for it alone."""
+
+    a = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+    runs = [a, dict(a), {"w": torch.zeros(5, 3), "b": torch.zeros(3)},
+            {"w": torch.zeros(5, 3), "b": torch.zeros(3, dtype=torch.float64)},
+            {"b": torch.zeros(3, dtype=torch.float64), "w": torch.zeros(5, 3)}]
+    snapshots = [snapshot(i, tensors) for i, tensors in enumerate(runs)]
+    plan = plan_buckets(snapshots, 1 << 20)
+    for snap, planned in zip(snapshots, plan.entries):
+        assert planned == {name: _entry(snap, name, ref, False) for name, ref in snap.tensors.items()}
+        assert list(planned) == list(snap.tensors)
+    assert plan.entries[1]["w"] is plan.entries[0]["w"]  # the same model: taken as it was
+    assert plan.entries[2]["w"].shape == (5, 3) and plan.entries[3]["b"].dtype == "float64"

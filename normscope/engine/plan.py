@@ -135,18 +135,34 @@ def _entry(snapshot: Snapshot, name: str, ref: Any, with_state: bool) -> Entry:
     return Entry(shape, dtype, state, nbytes, numel)
 
 
-def _plain_entries(snapshot: Snapshot) -> dict[str, Entry] | None:
+def _plain_entries(snapshot: Snapshot,
+                   before: _Columns | None = None) -> tuple[dict[str, Entry], _Columns] | None:  # fmt: skip
     """`_entry` for every tensor of a snapshot without optimizer state, column by column (no call
-    per tensor); None where some ref needs `_entry`'s conversions or its error message."""
+    per tensor), and the columns they were made from; None where some ref needs `_entry`'s
+    conversions or its error message. `before`: the previous snapshot's columns, whose entries
+    are taken as they are where this snapshot has the same names, shapes and dtypes (a run of one
+    model: the entries are tuples of those alone)."""
     refs = list(snapshot.tensors.values())
     shapes = list(map(_SHAPE, refs))
     dtypes = list(map(_DTYPE, refs))
+    names = list(snapshot.tensors)
+    if before is not None and before.shapes == shapes and before.dtypes == dtypes and before.names == names:
+        return dict(zip(names, before.entries)), before
     if set(map(type, shapes)) - {tuple} or not set(dtypes) <= _ITEMSIZE.keys():
         return None
     numels = list(map(math.prod, shapes))
     nbytes = map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes))
-    fields = zip(shapes, dtypes, repeat(_NO_STATE), nbytes, numels)
-    return dict(zip(snapshot.tensors, map(_new_entry, fields)))
+    entries = list(map(_new_entry, zip(shapes, dtypes, repeat(_NO_STATE), nbytes, numels)))
+    return dict(zip(names, entries)), _Columns(names, shapes, dtypes, entries)
+
+
+class _Columns(NamedTuple):
+    """A snapshot's planned tensors as columns: what the next snapshot's are compared with."""
+
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    dtypes: list[str]
+    entries: list[Entry]
 
 
 _new_entry = functools.partial(tuple.__new__, Entry)  # Entry(*fields) without its Python __new__
@@ -225,9 +241,11 @@ def plan_buckets(
         raise BadInputError(f"bucket size must be positive, got {budget} bytes")
     wanted = None if names is None else set(names)
     entries: list[dict[str, Entry]] = []
+    columns: _Columns | None = None
     for i, snap in enumerate(snapshots):
         with_state = i >= state_from and bool(snap.optimizer_state)
-        planned = None if with_state or wanted is not None else _plain_entries(snap)
+        plain = None if with_state or wanted is not None else _plain_entries(snap, columns)
+        planned, columns = plain if plain is not None else (None, None)
         if planned is None:
             planned = {
                 name: _entry(snap, name, ref, with_state)
