@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -17,6 +17,9 @@ from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, NormscopeError
 from normscope.report.escape import printable
 from normscope.report.terminal.safe_console import SafeConsole
+
+if TYPE_CHECKING:
+    from normscope.config import NormscopeConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -96,7 +99,7 @@ def reading_flags(include: list[str] | None, exclude: list[str] | None, every: i
             "every": every, "device": device.value if device is not None else None}
 
 
-def reading_settings(path: Path, config_file: Path | None, flags: dict[str, Any]) -> Any:
+def reading_settings(path: Path, config_file: Path | None, flags: dict[str, Any]) -> NormscopeConfig:
     """The `NormscopeConfig` a command reads `path` with: its flags, then NORMSCOPE_* variables,
     then the config file (`--config`, else the nearest one above the run or the current
     directory), then the defaults: every command that reads a run reads it the same way."""
