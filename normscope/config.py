@@ -65,6 +65,12 @@ class NormscopeConfig:
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     check: CheckConfig = field(default_factory=CheckConfig)
 
+    def reading(self) -> dict[str, Any]:
+        """The keys that choose what of a run is read, as `RunOptions` fields (what every command
+        that reads a run, and `check_path`, read it with)."""
+        return {"include": tuple(self.include), "exclude": tuple(self.exclude), "every": self.every,
+                "device": self.device}
+
 
 @dataclass(frozen=True)
 class Origin:

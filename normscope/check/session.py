@@ -38,8 +38,7 @@ def check_path(
     `recover_unsafe` and `tag_pattern` read the runs as `load_trajectory` does with them."""
     resolved = load_config(path, config_file=config_file, flags=flags, environ=environ)
     config = resolved.config
-    options = RunOptions(include=tuple(config.include), exclude=tuple(config.exclude), every=config.every,
-                         device=config.device, steps_per_epoch=steps_per_epoch,
+    options = RunOptions(**config.reading(), steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch)
     rules = build_rules(config.check, with_baseline=bool(config.check.baseline))  # config errors first
     reading = {"recover_unsafe": recover_unsafe, "tag_pattern": tag_pattern}

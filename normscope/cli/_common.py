@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -17,9 +17,6 @@ from normscope.analysis.user_model import MODEL_OPTION_HELP
 from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, NormscopeError
 from normscope.report.escape import printable
 from normscope.report.terminal.safe_console import SafeConsole
-
-if TYPE_CHECKING:
-    from normscope.config import NormscopeConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,7 +50,7 @@ OneFilePerEpochOpt = Annotated[bool, typer.Option("--one-file-per-epoch", help=O
 
 # The options that choose what of a run is read, shared by the commands that read a run. Those
 # the config file also sets (`[tool.normscope]`: include, exclude, every, device) are None when
-# not given, so the file (and NORMSCOPE_* variables) can fill them: `reading_settings`.
+# not given, so the file (and NORMSCOPE_* variables) can fill them: `reading_options`.
 IncludeOpt = Annotated[
     list[str] | None,
     typer.Option("--include", help="Only parameters matching this glob (repeatable).", show_default=False),
@@ -99,13 +96,15 @@ def reading_flags(include: list[str] | None, exclude: list[str] | None, every: i
             "every": every, "device": device.value if device is not None else None}
 
 
-def reading_settings(path: Path, config_file: Path | None, flags: dict[str, Any]) -> NormscopeConfig:
-    """The `NormscopeConfig` a command reads `path` with: its flags, then NORMSCOPE_* variables,
-    then the config file (`--config`, else the nearest one above the run or the current
+def reading_options(path: Path, config_file: Path | None, include: list[str] | None, exclude: list[str] | None,
+                    every: int | None, device: Device | None) -> dict[str, Any]:  # fmt: skip
+    """The `RunOptions` reading fields a command reads `path` with: its flags, then NORMSCOPE_*
+    variables, then the config file (`--config`, else the nearest one above the run or the current
     directory), then the defaults: every command that reads a run reads it the same way."""
     from normscope.config import load_config  # lazy: tomllib and the schema, once a run is read
 
-    return load_config(path, config_file=config_file, flags=flags).config
+    flags = reading_flags(include, exclude, every, device)
+    return load_config(path, config_file=config_file, flags=flags).config.reading()
 
 
 def stderr_console(soft_wrap: bool = True) -> SafeConsole:

@@ -26,8 +26,7 @@ from normscope.cli._common import (
     emit_text,
     handle_errors,
     progress_reporter,
-    reading_flags,
-    reading_settings,
+    reading_options,
     render_to_text,
     stderr_console,
     stdout_console,
@@ -115,9 +114,8 @@ def analyze(
     from normscope.analysis.runner import RunOptions, analyze_run
     from normscope.api import load_trajectory  # lazy: numpy and pandas, as above
 
-    settings = reading_settings(path, config, reading_flags(include, exclude, every, device))
-    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
-                         device=settings.device, steps_per_epoch=steps_per_epoch,
+    reading_keys = reading_options(path, config, include, exclude, every, device)
+    options = RunOptions(**reading_keys, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, model_spec=model, optimizer=optimizer, lr=lr,
                          weight_decay=weight_decay, momentum=momentum, beta1=beta1)
     if format is Format.parquet and output is None:

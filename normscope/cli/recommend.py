@@ -24,8 +24,7 @@ from normscope.cli._common import (
     emit_text,
     handle_errors,
     progress_reporter,
-    reading_flags,
-    reading_settings,
+    reading_options,
     render_to_text,
     stderr_console,
     stdout_console,
@@ -75,9 +74,8 @@ def recommend(
     from normscope.api import load_with_options  # lazy: as above
 
     # what of the run is read: the same options, with the same meaning, as `analyze`'s
-    settings = reading_settings(path, config, reading_flags(include, exclude, every, device))
-    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
-                         device=settings.device, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
+    reading_keys = reading_options(path, config, include, exclude, every, device)
+    options = RunOptions(**reading_keys, steps_per_epoch=steps_per_epoch, one_file_per_epoch=one_file_per_epoch,
                          total_epochs=total_epochs, kinds=parse_kinds(include_kinds), base_lr=lr,
                          decay_factor=decay_factor, min_lr=min_lr, texp=texp, model_spec=model)
     check_output_path(output)

@@ -19,8 +19,7 @@ from normscope.cli._common import (
     TagPatternOpt,
     check_output_path,
     handle_errors,
-    reading_flags,
-    reading_settings,
+    reading_options,
     stderr_console,
 )
 from normscope.report.escape import printable
@@ -54,9 +53,8 @@ def report(
 
     report_format(output)  # refuse a bad name or place before reading any checkpoint
     check_output_path(output)
-    settings = reading_settings(path, config, reading_flags(include, exclude, every, device))
-    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude), every=settings.every,
-                         device=settings.device, steps_per_epoch=steps_per_epoch,
+    reading_keys = reading_options(path, config, include, exclude, every, device)
+    options = RunOptions(**reading_keys, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, total_epochs=total_epochs)
     trajectory = load_with_options(path, options, recover_unsafe=recover_unsafe, tag_pattern=tag_pattern)
     written = write_report(run_report(trajectory, options), output)

@@ -17,8 +17,7 @@ from normscope.cli._common import (
     StepsPerEpochOpt,
     TagPatternOpt,
     handle_errors,
-    reading_flags,
-    reading_settings,
+    reading_options,
     stderr_console,
     stdout_console,
 )
@@ -69,10 +68,10 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
     from normscope.analysis.runner import RunOptions
     from normscope.live.source import LiveSource
 
-    # the parameters and device of the other commands (a live view shows every snapshot: no `every`)
-    settings = reading_settings(path, config, reading_flags(include, exclude, None, device))
-    options = RunOptions(include=tuple(settings.include), exclude=tuple(settings.exclude),
-                         device=settings.device, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
+    # the parameters and device of the other commands; a live view shows every snapshot, so the
+    # config's `every` is not its key
+    reading_keys = {**reading_options(path, config, include, exclude, None, device), "every": 1}
+    options = RunOptions(**reading_keys, total_epochs=total_epochs, steps_per_epoch=steps_per_epoch,
                          one_file_per_epoch=one_file_per_epoch, probe=False, recent=recent)
     source = LiveSource(path, tag_pattern=tag_pattern, one_file_per_epoch=one_file_per_epoch,
                         include=options.include, exclude=options.exclude, device=options.device)
