@@ -15,6 +15,7 @@ import sys
 import normscope
 from normscope import __version__
 from normscope.engine.fused import kernel_status
+from normscope.sources._speedups import status as reader_status
 
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
 _EXTRA = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
@@ -80,6 +81,7 @@ def describe() -> list[tuple[str, str]]:
                 else "CPU-only torch build"
             lines.append(("cuda", f"not available ({built})"))
     lines.append(("fused CPU kernel", kernel_status().detail))
+    lines.append(("torch zip reader loops", reader_status.detail))
     found = extras()
     if found:
         installed = [e.name for e in found if e.installed]

@@ -84,6 +84,21 @@ def tiny_trained_run(tmp_path, make_tiny_run) -> Path:
     return make_tiny_run(tmp_path / "tiny_run")
 
 
+@pytest.fixture(params=["c-loops", "python-loops"])
+def each_reader_loops(request, monkeypatch):
+    """Run a test once with the torch.save reader's C loops and once with its Python ones."""
+    from normscope.sources import _speedups, _zipdir
+
+    # the directory facts of a file are cached: each test reads its files with its own loops
+    _zipdir._zip_facts.cache_clear()
+    request.addfinalizer(_zipdir._zip_facts.cache_clear)
+    if request.param == "python-loops":
+        monkeypatch.setattr(_speedups, "torchzip", None)
+    elif _speedups.torchzip is None:
+        pytest.skip("this install has no C reader loops (built without a C compiler)")
+    return request.param
+
+
 @pytest.fixture(params=["fused", "torch"])
 def each_cpu_kernel(request, monkeypatch):
     """Run a test once with the fused C kernel and once with the torch row-block kernels."""

@@ -133,30 +133,46 @@ def _package_copy(tmp_path: Path) -> Path:
     return site
 
 
-def _status_in(site: Path) -> tuple[str, str]:
-    code = ("import sys; from normscope.engine import fused; s = fused.kernel_status(); "
-            "print(s.active, 'normscope.engine._fused' in sys.modules); print(s.detail)")
+# The two native modules, each with what says whether it loaded: (package directory, file
+# pattern, the status expression, the variable that would switch it off).
+NATIVE = {
+    "kernel": ("engine", "_fused*.so", "normscope.engine.fused.kernel_status()",
+               "normscope.engine._fused", "NORMSCOPE_FUSED"),
+    "reader loops": ("sources", "_torchzip*.so", "normscope.sources._speedups.status",
+                     "normscope.sources._torchzip", "NORMSCOPE_NO_C_READER"),
+}  # fmt: skip
+
+
+def _status_in(site: Path, native: str = "kernel") -> tuple[str, str]:
+    _, _, status, module, variable = NATIVE[native]
+    code = (f"import sys, normscope.engine.fused, normscope.sources._speedups; s = {status}; "
+            f"print(s.active, {module!r} in sys.modules); print(s.detail)")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(site)}
-    env.pop("NORMSCOPE_FUSED", None)
+    env.pop(variable, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=site).stdout.splitlines()
     return out[0], out[1]
 
 
-def test_the_kernel_is_not_loaded_from_a_directory_others_can_write(tmp_path):
+@pytest.mark.parametrize("native", list(NATIVE))
+def test_native_code_is_not_loaded_from_a_directory_others_can_write(tmp_path, native):
     site = _package_copy(tmp_path)
-    assert _status_in(site)[0] == "True True"
-    os.chmod(site / "normscope" / "engine", 0o777)
-    loaded, detail = _status_in(site)
+    if _status_in(site, native)[0] != "True True":
+        pytest.skip(f"this install has no {native} (built without a C compiler)")
+    os.chmod(site / "normscope" / NATIVE[native][0], 0o777)
+    loaded, detail = _status_in(site, native)
     assert loaded == "False False"
     assert "writable by other users" in detail
 
 
-def test_the_kernel_is_not_loaded_from_a_file_others_can_write(tmp_path):
+@pytest.mark.parametrize("native", list(NATIVE))
+def test_native_code_is_not_loaded_from_a_file_others_can_write(tmp_path, native):
     site = _package_copy(tmp_path)
-    (module,) = (site / "normscope" / "engine").glob("_fused*.so")
+    if _status_in(site, native)[0] != "True True":
+        pytest.skip(f"this install has no {native} (built without a C compiler)")
+    (module,) = (site / "normscope" / NATIVE[native][0]).glob(NATIVE[native][1])
     os.chmod(module, 0o666)
-    loaded, detail = _status_in(site)
+    loaded, detail = _status_in(site, native)
     assert loaded == "False False"
     assert "writable by other users" in detail
 
@@ -203,3 +219,4 @@ def test_a_run_on_the_torch_kernels_says_so_once_with_verbose(tiny_trained_run):
     assert verbose.returncode == 0
     assert verbose.stderr.count("torch kernels") == 1
     assert "NORMSCOPE_FUSED=0" in verbose.stderr
+

@@ -14,6 +14,9 @@ import torch
 from normscope.sources._fast_torch_zip import load_torch_zip_fast
 from normscope.sources._zipdir import Member, _zip64_values, le_field, read_directory, read_member, zip_facts
 
+# every test here, with the reader's C loops and with its Python ones
+pytestmark = pytest.mark.usefixtures("each_reader_loops")
+
 SAMPLES = Path(__file__).resolve().parent.parent / "sample_runs"
 ARCHIVES = sorted(p for p in SAMPLES.rglob("*") if p.suffix in (".pt", ".ckpt"))
 

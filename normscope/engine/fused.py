@@ -24,11 +24,11 @@ import itertools
 import logging
 import operator
 import os
-import stat
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
+from normscope._native import untrusted
 from normscope._torch_seen import imported_torch, tensor_type
 from normscope.engine.group import GroupInput, GroupSums
 from normscope.engine.workers import Runner
@@ -106,24 +106,6 @@ class KernelStatus:
     detail: str
 
 
-def _untrusted(path: str) -> str | None:
-    """Why a file, or the directory it is in, may hold code someone else put there (None: it
-    cannot). Python imports whatever lies on its path; for native code normscope also asks that
-    the file and its directory are owned by this user or by root and not writable by others."""
-    if not hasattr(os, "getuid"):
-        return None
-    for target in (path, os.path.dirname(path)):
-        try:
-            st = os.stat(target)
-        except OSError as exc:
-            return f"cannot check {target}: {exc.strerror}"
-        if st.st_uid not in (os.getuid(), 0):
-            return f"{target} belongs to another user"
-        if st.st_mode & stat.S_IWOTH:
-            return f"{target} is writable by other users"
-    return None
-
-
 @functools.lru_cache(maxsize=1)
 def _load(disabled: bool) -> tuple[FusedKernel | None, KernelStatus]:
     if disabled:
@@ -135,7 +117,7 @@ def _load(disabled: bool) -> tuple[FusedKernel | None, KernelStatus]:
     if spec is None or not spec.origin:
         return None, KernelStatus(
             False, "not built into this install (no C compiler when it was built)")
-    refused = _untrusted(spec.origin)
+    refused = untrusted(spec.origin)
     if refused is not None:
         return None, KernelStatus(False, f"not loaded: {refused}")
     try:

@@ -38,6 +38,7 @@ import mmap
 import operator
 import os
 import sys
+import threading
 import types
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -49,6 +50,7 @@ import numpy as np
 from normscope._gc import collector_paused
 from normscope._torch_seen import imported_torch
 
+from . import _speedups
 from ._refs import MappedTensorRef, dtype_name
 from ._unpickle import Declined, Policy, Reason, unpickle
 from ._zipdir import LOCAL_HEADER, LOCAL_SIG, TorchRecords, le_field, record_numbers, zip_facts
@@ -203,7 +205,10 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
         return _torch().serialization._get_layout(name)
 
     return {
-        ("collections", "OrderedDict"): lambda: OrderedDict(),  # its __reduce__ passes nothing
+        # its __reduce__ passes nothing; the bound `copy` of an empty one the pickle never sees
+        # makes a new empty OrderedDict per call without a Python frame (a tensor's hooks), and
+        # takes no arguments, as the call it stands for
+        ("collections", "OrderedDict"): OrderedDict().copy,
         ("collections", "Counter"): counter,
         ("__builtin__", "set"): make_set,  # protocol 2's spelling of builtins
         ("builtins", "set"): make_set,
@@ -212,6 +217,43 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
         ("torch", "device"): device,
         ("torch.serialization", "_get_layout"): get_layout,
     }
+
+
+_SMALL_RECORD = 64 << 10  # bytes: records this small on average are paged in whole (`Records`)
+
+
+def _background_worth(offsets: np.ndarray) -> bool:
+    """Whether finding these records' starts on a thread pays: with the C loop (which releases
+    the GIL), and for enough records that a thread's start (~0.1 ms) is small beside it."""
+    return _speedups.torchzip is not None and len(offsets) >= 512
+
+
+def _in_background(work: Callable[..., Any], *args: Any, then: Callable[[], Any] | None = None) -> Callable[[], Any]:
+    """`work(*args)` started on a thread, and `then()` after it on the same thread; the call
+    returned waits for `work` only and gives its result (or raises what it raised)."""
+    outcome: list[Any] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        try:
+            outcome.append((True, work(*args)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome.append((False, exc))
+        ready.set()
+        if then is not None:
+            then()
+
+    thread = threading.Thread(target=run, name="normscope-headers", daemon=True)
+    thread.start()
+
+    def result() -> Any:
+        ready.wait()
+        done, value = outcome[0]
+        if not done:
+            raise value
+        return value
+
+    return result
 
 
 class Records:
@@ -230,14 +272,54 @@ class Records:
         self.bytes = np.frombuffer(self._mapping, dtype=np.uint8)  # the file, as mapped
         self.base = self.bytes.ctypes.data  # the address of the file's first byte in the mapping
         self._storage: torch.UntypedStorage | None = None  # the mapping as torch sees it, once asked
-        self._np_starts = self._data_starts(records.header_offsets, records.sizes)
-        self._np_sizes = records.sizes
-        self._starts, self._sizes = self._np_starts.tolist(), records.sizes.tolist()
+        # int64, contiguous: the C loop (`_speedups`) reads the records' extents from both
+        self._np_sizes = np.ascontiguousarray(records.sizes, dtype=np.int64)
+        self._sizes = records.sizes.tolist()
+        # Reading the headers maps most of the file's pages (a page fault per 64 KiB or so, a
+        # third of the open of a file of small tensors): the C loop does it on a thread of its
+        # own while this one unpickles, and the records' starts are waited for when first asked.
+        # Where the records are small (64 KiB on average at most), the headers' faults map
+        # nearly every page anyway (a fault maps the pages around it too): that thread then maps
+        # the rest in one call, so the kernel meets no fault. A file of larger tensors is left to
+        # fault as the kernel reads the tensors it is asked for.
+        headers = (records.header_offsets, records.sizes)
+        then = self._populate if len(headers[0]) * _SMALL_RECORD >= size else None
+        self._finding: Callable[[], np.ndarray] | None = None
+        self._found: np.ndarray | None = None
+        if _background_worth(headers[0]):
+            self._finding = _in_background(self._data_starts, *headers, then=then)
+        else:
+            self._found = self._data_starts(*headers)
+
+    def _populate(self) -> None:
+        """Every page of the mapping mapped, in one call that cannot raise SIGBUS (the C loops'
+        `populate`). A file cut short since its headers were read is left to the kernel's guard
+        and the engine's check of the file's stamp, which name it."""
+        try:
+            _speedups.torchzip.populate(self._mapping)
+        except OSError:
+            pass
+
+    @functools.cached_property
+    def _np_starts(self) -> np.ndarray:
+        if self._finding is not None:
+            return self._finding()
+        return self._found
+
+    @functools.cached_property
+    def _starts(self) -> list[int]:
+        return self._np_starts.tolist()
 
     def _data_starts(self, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         """Where each record's bytes begin: after its local header, its name and extra field, as
         torch's reader finds them (all headers at once: a 1 GB ResNet-shaped run has 34k records);
         -1 where the header is not one or the bytes run past the end of the file."""
+        fast = _speedups.torchzip
+        if fast is not None:
+            starts = np.empty(len(offsets), dtype=np.int64)
+            fast.data_starts(self._mapping, np.ascontiguousarray(offsets, dtype=np.int64),
+                             np.ascontiguousarray(sizes, dtype=np.int64), starts)  # fmt: skip
+            return starts
         inside = offsets + LOCAL_HEADER.size <= self.size
         at = np.where(inside, offsets, 0)
         starts = at + LOCAL_HEADER.size + le_field(self.bytes, at + 26, 2) + le_field(self.bytes, at + 28, 2)
@@ -399,8 +481,10 @@ def _rebuild_stubs() -> dict[tuple[str, str], Callable[..., Any]]:
                    and not hooks, "Parameter")  # fmt: skip
         return data._replace(parameter=requires_grad)
 
+    fast = _speedups.torchzip
     return {
-        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
+        # the C packer returns the same `Rebuilt` without a Python frame per tensor
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2 if fast is None else fast.packer(Rebuilt, 6, 8),
         ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
         ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
     }
@@ -413,14 +497,22 @@ def torch_policy(*, torch_dtypes: bool) -> Policy:
         torch_dtypes: torch's own dtypes (imports torch), not `DType` tokens where torch is not
             imported.
     """
+    fast = _speedups.torchzip
     return Policy({**constants(torch_dtypes=torch_dtypes), **stubs(), **_rebuild_stubs()},
-                  persistent_load=lambda pid: pid)
+                  persistent_load=_same if fast is None else fast.identity)  # fmt: skip
+
+
+def _same(pid: Any) -> Any:  # the ids are checked afterwards, all at once (`_checked`)
+    return pid
 
 
 _CONTAINERS = frozenset({dict, OrderedDict, Counter, list, tuple, set, frozenset})
+_ATOMS = frozenset({str, int})  # nothing inside them to walk
 _DICTS = frozenset({dict, OrderedDict, Counter})
 # no real function is reachable; a dtype pickled as a value is torch's to build (scan: a DType)
-_PRIVATE = (StorageType, DType, types.FunctionType)
+_PRIVATE: tuple[type, ...] = (StorageType, DType, types.FunctionType)
+if _speedups.torchzip is not None:  # the C rebuild stub, as the Python one
+    _PRIVATE += (_speedups.torchzip.Packer,)
 
 
 def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
@@ -439,7 +531,8 @@ def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
                 continue
             seen.add(id(value))
             if kind in _DICTS:
-                stack.extend(value.keys())
+                if not _ATOMS.issuperset(map(type, value.keys())):  # str keys hold nothing to walk
+                    stack.extend(value.keys())
                 if getattr(value, "__dict__", None):
                     stack.append(value.__dict__)
                 pairs, items = value.items(), value.values()
@@ -465,10 +558,16 @@ def resolve_places(result: Any, records: Records, *, refs: bool) -> Any:
     places = record_places(result)
     keys = [key for _, keys in places for key in keys]
     rebuilt = [container[key] for container, keys in places for key in keys]
-    made = iter(_resolve(rebuilt, keys, records, refs=refs))
+    made = _resolve(rebuilt, keys, records, refs=refs)
+    at = 0
     for container, keys in places:
-        for key in keys:
-            container[key] = next(made)
+        values = made[at : at + len(keys)]
+        at += len(keys)
+        if type(container) is dict or type(container) is OrderedDict:  # not Counter: its update adds
+            container.update(zip(keys, values))
+        else:
+            for key, value in zip(keys, values):
+                container[key] = value
     return result
 
 
@@ -527,6 +626,16 @@ def _resolve(rebuilt: list[Rebuilt], names: list[Any], records: Records, *, refs
     element (not integer buffers, scalars such as an optimizer's `step`, views)."""
     if not rebuilt:
         return []
+    fast = _speedups.torchzip
+    if refs and fast is not None:
+        made = fast.resolve_refs(rebuilt, names, records._np_starts, records._np_sizes, records.base,
+                                 records.size, records, MappedTensorRef, StorageType, OrderedDict,
+                                 _dtype_facts(imported_torch()))  # fmt: skip
+        if made is not None:  # else something it does not read plainly: the checks below decide
+            for i in [i for i, ref in enumerate(made) if ref is None]:
+                r = rebuilt[i]
+                made[i] = _built(records, r, r.storage[1].dtype if r.dtype is None else r.dtype, {})
+            return made
     args, ids = _checked(rebuilt)
     # torch.load lets the first id of a key fix its dtype and size; torch.save writes one
     storages = dict(zip(ids.key, zip(ids.kind, ids.numel)))
@@ -568,6 +677,16 @@ def _resolve(rebuilt: list[Rebuilt], names: list[Any], records: Records, *, refs
         return list(made)
     return [ref if mapped else _built(records, r, dtype, {})
             for ref, mapped, r, dtype in zip(made, in_place.tolist(), rebuilt, dtypes)]  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _dtype_facts(torch: Any) -> dict[Any, tuple[str, int, bool]]:
+    """(name, item size, read in place) of every dtype a policy hands a pickle: the `DType`
+    tokens, and torch's own where torch is imported (the C loop looks them up by identity)."""
+    found: list[Any] = list(DTYPES.values())
+    if torch is not None:
+        found += [d for d in (getattr(torch, name, None) for name in DTYPES) if d is not None]
+    return {d: (dtype_name(d), d.itemsize, dtype_name(d) in _IN_PLACE_DTYPES) for d in found}
 
 
 def _built(records: Records, rebuilt: Rebuilt, dtype: Any, shared: dict[str, Any]) -> Any:

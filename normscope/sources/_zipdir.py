@@ -15,6 +15,7 @@ reader declines it and `torch.load` decides. So this layer need not know all tha
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import struct
 import zipfile
@@ -23,6 +24,8 @@ from itertools import compress, repeat
 from typing import BinaryIO, NamedTuple
 
 import numpy as np
+
+from . import _speedups
 
 _END = struct.Struct("<4s4H2LH")  # end of central directory record, 22 bytes
 _LOCATOR = struct.Struct("<4sLQL")  # zip64 end of central directory locator, 20 bytes
@@ -102,7 +105,14 @@ def le_field(data: np.ndarray, at: np.ndarray, size: int) -> np.ndarray:
 def _members(directory: bytes, count: int, archive_size: int) -> Directory | None:
     """Every member at once: each found by its signature, and the chain of lengths must lead from
     the first to the end of the directory through exactly those (a signature inside a name breaks
-    it). Memory: a few bytes per byte of directory, whatever the input claims."""
+    it). Memory: a few bytes per byte of directory, whatever the input claims. The C loop
+    (`_speedups`) reads the common case; anything else is read here."""
+    fast = _speedups.torchzip
+    if fast is not None:
+        crcs, sizes, offsets = (np.empty(count, dtype=np.int64) for _ in range(3))
+        names = fast.members(directory, count, archive_size, crcs, sizes, offsets)
+        if names is not None:
+            return Directory(names, crcs, sizes, offsets)
     raw = np.frombuffer(directory, dtype=np.uint8)
     found = raw[:-3] == _MEMBER_SIG[0]
     for k in (1, 2, 3):
@@ -242,10 +252,12 @@ def _torch_facts(f: BinaryIO, directory: Directory) -> ZipFacts | None:
         return None  # torch wants every record in the archive's one directory
     is_data = list(map(str.startswith, names, repeat(data)))  # once per name: thousands of records
     rows = list(compress(range(len(names)), is_data))
-    small = [i for i, record in enumerate(is_data) if not record and i != pickle_at]
+    small = [i for i in compress(range(len(names)), map(operator.not_, is_data)) if i != pickle_at]
     kinds = [names[i][len(archive) :] for i in small]
     count = len(rows)
-    numbers = record_numbers([names[i][len(data) :] for i in rows], count) if count <= NUMBERED_MAX else None
+    # each record's key, the name past "<archive>/data/" (map over C methods: thousands of names)
+    keys = list(map(operator.getitem, map(names.__getitem__, rows), repeat(slice(len(data), None))))
+    numbers = record_numbers(keys, count) if count <= NUMBERED_MAX else None
     if (
         numbers is None
         or len(set(numbers)) != count  # a record named twice
