@@ -19,15 +19,22 @@ from typing import Any
 from normscope.errors import BadInputError
 from normscope.file_stamps import FileStamp
 
+from ._refs import ITEMSIZE, MappedTensorRef
+
 DECLARED_PER_STORED = 4
 SLACK_BYTES = 1 << 20  # tiny files: a few expanded buffers are fine
 
 _NBYTES = operator.attrgetter("nbytes")
+_NUMEL, _DTYPE = operator.attrgetter("numel"), operator.attrgetter("dtype")
 
 
 def declared_bytes(tensors: Mapping[str, Any], optimizer_state: Mapping[str, Mapping[str, Any]]) -> int:
     """The bytes the snapshot's tensors and optimizer tensors declare (exact: Python ints)."""
-    total = sum(map(_NBYTES, tensors.values()))
+    refs = tensors.values()
+    if set(map(type, refs)) == {MappedTensorRef}:  # thousands of them: the columns, not a call each
+        total = sum(map(operator.mul, map(_NUMEL, refs), map(ITEMSIZE.__getitem__, map(_DTYPE, refs))))
+    else:
+        total = sum(map(_NBYTES, refs))
     for state in optimizer_state.values():
         total += sum(getattr(handle, "nbytes", 0) for handle in state.values())
     return total

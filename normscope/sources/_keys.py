@@ -9,6 +9,7 @@ plain model may well have a sub-module called `model`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from itertools import repeat
 
 _ALWAYS = ("module.", "_orig_mod.")
 
@@ -31,10 +32,12 @@ def clean_names(names: Iterable[str]) -> dict[str, str]:
     names = list(names)
     joined = "\0".join(names)  # one scan for the wrappers in every name at once
     if "module." not in joined and "_orig_mod." not in joined:
+        if not (names and all(map(str.startswith, names, repeat("model.")))):
+            return dict(zip(names, names))  # nothing to clean (most checkpoints)
         cleaned = names
     else:
         cleaned = [_strip_wrappers(n) for n in names]
-    if cleaned and all(c.startswith("model.") for c in cleaned):
+    if cleaned and all(map(str.startswith, cleaned, repeat("model."))):
         cleaned = [c[len("model.") :] for c in cleaned]
         cleaned = [_strip_wrappers(c) for c in cleaned]
     if len(set(cleaned)) != len(cleaned):

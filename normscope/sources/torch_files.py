@@ -140,7 +140,12 @@ def model_refs(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     Written for checkpoints of tens of thousands of tensors: one pass per step, no call per
     tensor beyond the ref itself."""
     values = list(state_dict.values())
-    if set(map(type, values)) == {MappedTensorRef}:  # a torch.save file read in place
+    kinds = set(map(type, values))
+    if kinds == {MappedTensorRef, np.ndarray}:  # read in place, beside integer buffers
+        state_dict = {k: v for k, v in state_dict.items() if type(v) is MappedTensorRef or v.dtype.kind == "f"}
+        values = list(state_dict.values())
+        kinds = set(map(type, values))
+    if kinds == {MappedTensorRef}:  # a torch.save file read in place
         keys = list(state_dict)
         if list(clean_names(keys).values()) == keys and list(map(_REF_NAME, values)) == keys:
             return dict(zip(keys, values))
