@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Mapping, Sequence
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,9 @@ class Accumulator:
         self._totals: dict[int, dict[str, tuple[Any, ...]]] = {}
         # per snapshot, the in-place path's sums, bucket by bucket, as the kernel left them
         self._blocks: dict[int, list[tuple[Sequence[Piece], BlockSums]]] = {}
+        # per bucket (known by its first piece: every snapshot's blocks hold the plan's Piece
+        # objects), its pieces' names and whether all are whole, found once for all snapshots
+        self._bucket_facts: dict[int, tuple[Sequence[Piece], list[str], bool]] = {}
 
     def add_block(self, snapshot: int, pieces: Sequence[Piece], block: BlockSums) -> None:
         """Add a bucket's sums from the in-place path (`in_place.start_in_place`): kept as the
@@ -68,6 +71,7 @@ class Accumulator:
         """Stats for snapshots[first:], for the planned parameters (`entries[t]`, file order),
         as `ParamTable`s: columns straight from the rows, no object per parameter."""
         out = []
+        last: tuple[list[str], list[Entry], dict[str, Any], dict[str, str]] | None = None
         for t in range(first, len(snapshots)):
             planned = entries[t]
             names = list(planned)
@@ -75,14 +79,17 @@ class Accumulator:
             params = self._block_table(t, names, values)
             if params is None:
                 params = self._row_table(t, names, values)
-            out.append(
-                SnapshotStats(
-                    meta=snapshots[t].meta,
-                    params=params,
-                    shapes=dict(zip(names, map(_SHAPE, values))),
-                    dtypes=dict(zip(names, map(_DTYPE, values))),
-                )
-            )
+            # a run of one model plans each snapshot with the previous one's Entry objects:
+            # its shapes and dtypes are then copies (identity only: an Entry's equality would
+            # compare the tensors of its optimizer state)
+            if last is not None and last[0] == names and len(last[1]) == len(values) and all(
+                map(operator.is_, last[1], values)
+            ):
+                shapes, dtypes = dict(last[2]), dict(last[3])
+            else:
+                shapes, dtypes = dict(zip(names, map(_SHAPE, values))), dict(zip(names, map(_DTYPE, values)))
+            last = (names, values, shapes, dtypes)
+            out.append(SnapshotStats(meta=snapshots[t].meta, params=params, shapes=shapes, dtypes=dtypes))
         return out
 
     def _row_table(self, t: int, names: list[str], values: list[Entry]) -> ParamTable:
@@ -105,20 +112,26 @@ class Accumulator:
         blocks = self._blocks.get(t)
         if not blocks or t in self._totals:
             return None
-        if [piece.name for pieces, _ in blocks for piece in pieces] != names:
-            return None
-        if any(not piece.whole for pieces, _ in blocks for piece in pieces):
+        facts = [self._facts_of(pieces) for pieces, _ in blocks]
+        if not all(whole for _, whole in facts) or list(chain.from_iterable(n for n, _ in facts)) != names:
             return None
         columns: dict[str, list[Any]] = {"numel": list(map(_NUMEL, values))}
         columns["norm_sq"] = np.concatenate([b.column("norm_sq") for _, b in blocks]).tolist()
-        columns["nonfinite"] = [n for _, b in blocks for n in b.nonfinite]
+        columns["nonfinite"] = list(chain.from_iterable(b.nonfinite for _, b in blocks))
         for name, source in (("dot_prev", "dot"), ("diff_sq", "diff_sq")):
-            columns[name] = [
-                value
-                for _, b in blocks
-                for value in (b.column(source).tolist() if b.with_prev else [None] * len(b.sums))
-            ]
+            columns[name] = list(chain.from_iterable(
+                b.column(source).tolist() if b.with_prev else [None] * len(b.sums) for _, b in blocks))  # fmt: skip
         return ParamTable(names, columns)
+
+    def _facts_of(self, pieces: Sequence[Piece]) -> tuple[list[str], bool]:
+        """A bucket's piece names and whether every piece is whole (`_bucket_facts`)."""
+        key = id(pieces[0]) if pieces else 0
+        known = self._bucket_facts.get(key)
+        # the same Piece objects compare by identity: a pointer comparison each
+        if known is None or list(known[0]) != list(pieces):
+            known = (pieces, [piece.name for piece in pieces], all(piece.whole for piece in pieces))
+            self._bucket_facts[key] = known
+        return known[1], known[2]
 
     def _blocks_to_rows(self, t: int) -> None:
         """Snapshot t's blocks as `add_group` rows, for the general `stats()`."""

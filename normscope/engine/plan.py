@@ -31,9 +31,11 @@ _ITEMSIZE = {
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Piece:
-    """Rows `start:stop` of parameter `name` (`whole` when the parameter is read in one go)."""
+class Piece(NamedTuple):
+    """Rows `start:stop` of parameter `name` (`whole` when the parameter is read in one go).
+
+    A NamedTuple, as `Entry`: a ResNet-shaped plan makes one per parameter, 8.4k a snapshot, and
+    a frozen dataclass's __init__ costs several times more."""
 
     name: str
     start: int = 0
@@ -166,6 +168,7 @@ class _Columns(NamedTuple):
 
 
 _new_entry = functools.partial(tuple.__new__, Entry)  # Entry(*fields) without its Python __new__
+_new_piece = functools.partial(tuple.__new__, Piece)
 
 
 class _Presence(NamedTuple):
@@ -322,7 +325,7 @@ def _uniform_buckets(entries: Sequence[Mapping[str, Entry]], budget: int) -> _Pa
             total = 0
         total += n
     bounds = list(zip([0, *ends], [*ends, len(names)]))
-    pieces = list(map(Piece, names))
+    pieces = list(map(_new_piece, zip(names, repeat(0), repeat(None))))
     buckets = tuple(tuple(pieces[lo:hi]) for lo, hi in bounds if hi > lo)
     snapshots = len(entries)
     sizes = tuple((sum(nbytes[lo:hi]),) * snapshots for lo, hi in bounds if hi > lo)
