@@ -12,7 +12,8 @@ the pickled offset, size and stride), or, for the engine (`scan_torch_zip`), lef
 its bytes in the mapping, checked in bounds, read in place by the CPU kernel. That path needs no
 torch: the file is mapped with `mmap` and read with numpy, dtypes are `DType` tokens, and torch is
 imported only to build a tensor the engine cannot read in place (docs/benchmarks.md, "Behind the
-design").
+design"). The per-record and per-tensor loops have C versions (`_speedups`, `_torchzip.c`) that
+read the common case and leave everything else to the Python code here, which decides.
 
 Security: `find_class` hands a pickle only a closed table of small functions defined below
 (record a tensor's arguments, an OrderedDict/Counter/set from plain data, bytes from latin-1
@@ -682,7 +683,7 @@ def _resolve(rebuilt: list[Rebuilt], names: list[Any], records: Records, *, refs
 @functools.lru_cache(maxsize=4)
 def _dtype_facts(torch: Any) -> dict[Any, tuple[str, int, bool]]:
     """(name, item size, read in place) of every dtype a policy hands a pickle: the `DType`
-    tokens, and torch's own where torch is imported (the C loop looks them up by identity)."""
+    tokens, and torch's own where torch is imported (the C loop looks each tensor's up here)."""
     found: list[Any] = list(DTYPES.values())
     if torch is not None:
         found += [d for d in (getattr(torch, name, None) for name in DTYPES) if d is not None]
