@@ -16,8 +16,10 @@
  *   k = 5  sum v          (v: exp_avg_sq)
  * for the streams that are present (a NULL pointer array means absent). Products of inputs up
  * to float32 are exact in float64, and the sums are accumulated in float64 over short vector
- * lanes: ~1e-13 relative where the engine promises 1e-6. Non-finite inputs make k = 0
- * non-finite; the caller recounts those rare entries.
+ * lanes: ~1e-13 relative where the engine promises 1e-6. bf16 weights and pairs, where the CPU
+ * has AVX-512, are summed in float32 lanes for a few steps at a time: within 5e-7 (see
+ * `bf16_f32_steps`). Non-finite inputs make k = 0 non-finite; the caller recounts those rare
+ * entries.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -272,7 +274,7 @@ NS_AVX512 static inline double sum4(const __m512d acc[4]) {
                                               _mm512_add_pd(acc[2], acc[3])));
 }
 
-NS_AVX512 static void weight_bfloat16_avx512(int64_t n, const void *x, double *out) {
+NS_AVX512 static void weight_bfloat16_f64(int64_t n, const void *x, double *out) {
     const uint16_t *p = (const uint16_t *)x;
     __m512d xx[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
                      _mm512_setzero_pd()};
@@ -290,7 +292,7 @@ NS_AVX512 static void weight_bfloat16_avx512(int64_t n, const void *x, double *o
     out[0] += sum4(xx) + t;
 }
 
-NS_AVX512 static void pair_bfloat16_avx512(int64_t n, const void *x, const void *y, double *out) {
+NS_AVX512 static void pair_bfloat16_f64(int64_t n, const void *x, const void *y, double *out) {
     const uint16_t *p = (const uint16_t *)x, *q = (const uint16_t *)y;
     __m512d xx[4], xy[4], dd[4];
     for (int j = 0; j < 4; j++) xx[j] = xy[j] = dd[j] = _mm512_setzero_pd();
@@ -318,6 +320,117 @@ NS_AVX512 static void pair_bfloat16_avx512(int64_t n, const void *x, const void 
     out[2] += sum4(dd) + t2;
 }
 
+/* bf16 sums in float32 lanes, widened to float64 every NS_F32_STEPS steps of 32 elements. A product
+ * of two bf16 values is exact in float32 (8 + 8 significant bits), so only the additions round:
+ * each float32 lane adds 4 products, its two halves are added once more, and a difference b - a
+ * and its square round once each, so a sum is within 8 * 2^-24 (< 5e-7) of the float64 one
+ * (a dot product within 5e-7 of |x||y|). That takes the shuffles and float64 conversions, the
+ * float64 path's bottleneck, off all but one step in NS_F32_STEPS. float32 has bf16's exponent
+ * range, so a product can overflow (Inf/NaN in a sum) or fall below float32's normal range,
+ * where it rounds to a multiple of 2^-149; `bf16_f32_trusted` takes a span's sums only where
+ * neither can have moved them, and the span is summed again in float64 lanes otherwise. */
+#define NS_F32_STEPS 4
+
+NS_AVX512 static inline void bf16_floats(__m512i words, __m512 *lo, __m512 *hi) {
+    __m512i zero = _mm512_setzero_si512();
+    *lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words));
+    *hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words));
+}
+
+/* lo + hi in float32, then its 16 lanes widened and added to the 8 float64 lanes `acc`. */
+NS_AVX512 static inline __m512d widen_add(__m512d acc, __m512 lo, __m512 hi) {
+    __m512 s = _mm512_add_ps(lo, hi);
+    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(s));
+    __m512d b = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+    return _mm512_add_pd(acc, _mm512_add_pd(a, b));
+}
+
+/* The first `n - n % 32` elements' sums into `s` (x^2, and x*y, (y - x)^2 where `q`). */
+NS_AVX512 static void bf16_f32_steps(int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {
+    __m512d xx = _mm512_setzero_pd(), xy = _mm512_setzero_pd(), dd = _mm512_setzero_pd();
+    int64_t i = 0;
+    while (i + 32 <= n) {
+        __m512 xx0 = _mm512_setzero_ps(), xx1 = xx0, xy0 = xx0, xy1 = xx0, dd0 = xx0, dd1 = xx0;
+        for (int k = 0; k < NS_F32_STEPS && i + 32 <= n; k++, i += 32) {
+            __m512 a0, a1, b0, b1;
+            bf16_floats(_mm512_loadu_si512((const void *)(p + i)), &a0, &a1);
+            xx0 = _mm512_fmadd_ps(a0, a0, xx0);
+            xx1 = _mm512_fmadd_ps(a1, a1, xx1);
+            if (q) {
+                bf16_floats(_mm512_loadu_si512((const void *)(q + i)), &b0, &b1);
+                __m512 d0 = _mm512_sub_ps(b0, a0), d1 = _mm512_sub_ps(b1, a1);
+                xy0 = _mm512_fmadd_ps(a0, b0, xy0);
+                xy1 = _mm512_fmadd_ps(a1, b1, xy1);
+                dd0 = _mm512_fmadd_ps(d0, d0, dd0);
+                dd1 = _mm512_fmadd_ps(d1, d1, dd1);
+            }
+        }
+        xx = widen_add(xx, xx0, xx1);
+        if (q) {
+            xy = widen_add(xy, xy0, xy1);
+            dd = widen_add(dd, dd0, dd1);
+        }
+    }
+    s[0] = _mm512_reduce_add_pd(xx);
+    s[1] = _mm512_reduce_add_pd(xy);
+    s[2] = _mm512_reduce_add_pd(dd);
+}
+
+static int bf16_all_zero(int64_t n, const uint16_t *p) {
+    uint16_t any = 0;
+    for (int64_t i = 0; i < n; i++) any |= p[i] & 0x7fffu;
+    return !any;
+}
+
+/* Whether float32 lanes summed the first `n` elements (a multiple of 32) as float64 would within
+ * the bound above. Every rounding of a product or a sum below float32's normal range is off by at
+ * most 2^-150, so a sum of at least n * 2^-100 is off by a relative 2^-48 at most from those; a
+ * smaller one (0 included) is taken only where it is exact: all x zero (x^2 and x*y are 0), or y
+ * the same bits as x ((y - x)^2 is 0). A non-finite sum is an overflow or a NaN/Inf input. */
+static int bf16_f32_trusted(int64_t n, const uint16_t *p, const uint16_t *q, const double s[3]) {
+    double floor = (double)n * 0x1p-100;
+    int finite = s[0] - s[0] == 0 && s[1] - s[1] == 0 && s[2] - s[2] == 0;
+    if (!finite || n == 0) return finite;
+    int zero_x = s[0] < floor && s[0] == 0 && bf16_all_zero(n, p);
+    if (s[0] < floor && !zero_x) return 0;
+    if (!q) return 1;
+    if (!(s[1] >= floor || s[1] <= -floor) && !zero_x) return 0;
+    return s[2] >= floor || (s[2] == 0 && memcmp(p, q, (size_t)n * sizeof *p) == 0);
+}
+
+/* Elements from `i` on (fewer than 32), in float64. */
+static void bf16_tail(int64_t i, int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {
+    for (; i < n; i++) {
+        double a = NS_LOAD_bfloat16(p, i);
+        s[0] += a * a;
+        if (q) {
+            double b = NS_LOAD_bfloat16(q, i), d = b - a;
+            s[1] += a * b;
+            s[2] += d * d;
+        }
+    }
+}
+
+NS_AVX512 static void bf16_sums_avx512(int64_t n, const uint16_t *p, const uint16_t *q,
+                                       double *out) {
+    int64_t steps = n - n % 32;
+    double s[3] = {0, 0, 0};
+    bf16_f32_steps(steps, p, q, s);
+    if (bf16_f32_trusted(steps, p, q, s)) {
+        double t[3] = {0, 0, 0};
+        bf16_tail(steps, n, p, q, t);
+        out[0] += s[0] + t[0];
+        if (q) {
+            out[1] += s[1] + t[1];
+            out[2] += s[2] + t[2];
+        }
+    } else if (q) {
+        pair_bfloat16_f64(n, p, q, out);
+    } else {
+        weight_bfloat16_f64(n, p, out);
+    }
+}
+
 static int ns_has_avx512(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
@@ -329,8 +442,7 @@ static void reduce_bfloat16(int64_t n, const void *x, const void *y, const void 
                             double *out) {
 #ifdef NS_X86
     if (!m && !v && ns_has_avx512()) {
-        if (y) pair_bfloat16_avx512(n, x, y, out);
-        else weight_bfloat16_avx512(n, x, out);
+        bf16_sums_avx512(n, (const uint16_t *)x, (const uint16_t *)y, out);
         return;
     }
 #endif
@@ -515,10 +627,18 @@ void normscope_half_to_float(int64_t n, const uint16_t *src, float *dst, int por
 }
 
 /* The sums of `n` bf16 weights `x` (and the previous snapshot's `y`, where not NULL) into `out`
- * (3 doubles, added to), by the path the kernel takes (`generic` 0) or by the compiler's loops
- * (1): for the tests, which compare both with a float64 reference. */
-void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int generic) {
-    if (generic) same_bfloat16(n, x, y, 0, 0, out);
+ * (3 doubles, added to), by the path the kernel takes (`path` 0), by the compiler's loops (1) or
+ * by the AVX-512 float64 lanes a span falls back to (2; the compiler's loops without AVX-512):
+ * for the tests, which compare each with a float64 reference. */
+void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int path) {
+#ifdef NS_X86
+    if (path == 2 && ns_has_avx512()) {
+        if (y) pair_bfloat16_f64(n, x, y, out);
+        else weight_bfloat16_f64(n, x, out);
+        return;
+    }
+#endif
+    if (path) same_bfloat16(n, x, y, 0, 0, out);
     else reduce_bfloat16(n, x, y, 0, 0, out);
 }
 

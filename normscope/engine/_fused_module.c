@@ -22,7 +22,7 @@ int normscope_reduce_chain_guarded(int64_t count, const int64_t *numel, int64_t 
                                    int64_t first, int64_t stride, const void *const *x,
                                    const int32_t *xt, double *out);
 void normscope_half_to_float(int64_t n, const uint16_t *src, float *dst, int portable);
-void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int generic);
+void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int path);
 int normscope_fused_abi(void);
 
 /* Publish one function's address as a module attribute; 0 on success. */
