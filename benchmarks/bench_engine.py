@@ -612,6 +612,10 @@ def main() -> None:
         with open(manifest_path) as f:
             manifest = json.load(f)
     else:
+        if os.path.isdir(root) and os.listdir(root):
+            # dd and the naive loop read every file under the run, normscope only the run's own
+            raise SystemExit(f"{root} holds files but no manifest.json: not a run this script "
+                             "generated; remove it or pass another --dir")  # fmt: skip
         t0 = time.perf_counter()
         manifest = generate(args.shape, size_gb, args.snapshots, root)
         print(f"generated {root} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)

@@ -56,6 +56,18 @@ def test_a_failing_process_is_reported(bench, tmp_path):
         bench.measure_cli(str(tmp_path / "missing"), "cpu", installed=False)
 
 
+def test_a_run_directory_it_did_not_generate_is_refused(bench, tmp_path, monkeypatch):
+    # dd and the naive loop would read the stray files too, normscope only its run: no figures
+    stray = tmp_path / "resnet-0.002gb" / "resnet"
+    stray.mkdir(parents=True)
+    (stray / "epoch_1.pt").write_bytes(b"an older run")
+    monkeypatch.setattr("sys.argv", ["bench_engine.py", "--shape", "resnet", "--size-gb", "0.002",
+                                     "--dir", str(tmp_path)])  # fmt: skip
+    with pytest.raises(SystemExit, match="no manifest.json"):
+        bench.main()
+    assert (stray / "epoch_1.pt").read_bytes() == b"an older run"
+
+
 def test_hf5_shape_is_97_bf16_tensors_of_2_27_gb(bench):
     shapes = bench.hf5_shapes()
     assert len(shapes) == 97
