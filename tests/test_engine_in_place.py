@@ -182,13 +182,14 @@ def test_safetensors_read_in_place_whole_even_past_a_bucket(tmp_path, monkeypatc
             want = _float64_stats(states, name)
             got = [(s.params[name].norm_sq, s.params[name].dot_prev, s.params[name].diff_sq)
                    for s in stats]  # fmt: skip
-            # bf16 is summed in float32 lanes where the CPU has AVX-512: within 8 * 2^-24, and
-            # a dot product within that of |x||y| (docs/engine.md); float64's otherwise
-            rel = 8 * 2.0**-24 if dtype == torch.bfloat16 else 1e-12
+            # bf16 and fp16 are summed in float32 lanes where the CPU has AVX-512: within
+            # 8 * 2^-24, a dot product within that of |x||y| (docs/engine.md); float64's otherwise
+            lanes = dtype in (torch.bfloat16, torch.float16)
+            rel = 8 * 2.0**-24 if lanes else 1e-12
             for k, (g_row, w_row) in enumerate(zip(got, want)):
                 for q, (u, v) in enumerate(zip(g_row, w_row)):
                     assert (u is None) == (v is None)
-                    in_lanes = q == 1 and dtype == torch.bfloat16
+                    in_lanes = q == 1 and lanes
                     scale = (w_row[0] * want[k - 1][0]) ** 0.5 if in_lanes else abs(v or 0.0)
                     assert u is None or abs(u - v) <= rel * scale, (name, k, q)
 

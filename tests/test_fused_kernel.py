@@ -46,16 +46,17 @@ def _reference(group: GroupInput) -> dict[str, list[float]]:
     return out
 
 
-# bf16 weights (alone or with the previous snapshot's) are summed in float32 lanes where the CPU
-# has AVX-512: within 8 * 2^-24 of float64 (a dot product within that of |x||y|), see _fused.c
-BF16_LANES = 8 * 2.0**-24
+# bf16 and fp16 weights (alone or with the previous snapshot's, all of one dtype) are summed in
+# float32 lanes where the CPU has AVX-512: within 8 * 2^-24 of float64 (a dot product within that
+# of |x||y|), see _fused.c
+F32_LANES = 8 * 2.0**-24
 
 
 def _tolerance(group: GroupInput) -> float:
-    streams = [group.weight, group.prev or []]
-    in_lanes = group.buf is None and group.sq is None and all(
-        t.dtype == torch.bfloat16 for ts in streams for t in ts)  # fmt: skip
-    return BF16_LANES if in_lanes else 1e-12
+    dtypes = {t.dtype for ts in (group.weight, group.prev or []) for t in ts}
+    in_lanes = group.buf is None and group.sq is None and len(dtypes) == 1 and dtypes <= {
+        torch.bfloat16, torch.float16}  # fmt: skip
+    return F32_LANES if in_lanes else 1e-12
 
 
 def _assert_close(got: dict[str, list[float]], want: dict[str, list[float]],
@@ -248,6 +249,21 @@ def _assert_bf16_close(got: list[float], x: np.ndarray, y: np.ndarray | None, re
     assert got[2] == pytest.approx(want[2], rel=rel, abs=1e-300), x.size
 
 
+def test_fp16_float32_lanes_stay_within_their_bound():
+    # fp16 weights, alone and with the previous snapshot's: summed in float32 lanes (within the
+    # bound), where the same weights beside a momentum buffer go through float64 throughout
+    numels = [31, 32, 33, 1000, 4096, 4097, 100_003]
+    weight, prev, buf = (_tensors(numels, torch.float16, seed) for seed in (11, 12, 13))
+    for group in (GroupInput(weight=weight), GroupInput(weight=weight, prev=prev)):
+        lanes = reduce_fused(group, Inline())
+        _assert_close(lanes.sums, _reference(group), group)
+        exact = reduce_fused(GroupInput(weight=weight, prev=group.prev, buf=buf), Inline())
+        _assert_close({q: exact.sums[q] for q in lanes.sums}, _reference(group),
+                      GroupInput(weight=weight, prev=group.prev, buf=buf))  # fmt: skip
+        if _has_avx512bw():
+            assert lanes.sums["norm_sq"][-1] != exact.sums["norm_sq"][-1]
+
+
 def _has_avx512bw() -> bool:
     try:
         with open("/proc/cpuinfo") as info:
@@ -277,7 +293,7 @@ def test_bf16_sums_match_float64_for_every_bit_pattern_and_tail(path, with_prev)
     for n in [*range(0, 70), 1000, finite.size]:
         x = finite[:n] if n == finite.size else rng.choice(finite, n)
         y = rng.permutation(x) if with_prev else None
-        _assert_bf16_close(_bf16_sums(x, y, path), x, y, BF16_LANES if path == 0 else 1e-12)
+        _assert_bf16_close(_bf16_sums(x, y, path), x, y, F32_LANES if path == 0 else 1e-12)
 
 
 @pytest.mark.parametrize("n", [32, 64, 96, 127, 128, 129, 1000, 2048, 4096, 100_003])
@@ -288,7 +304,7 @@ def test_bf16_float32_lanes_stay_within_their_bound(n):
     w = torch.randn(n, generator=g) * 0.02 + 0.001
     x, y = _bf16_words(w), _bf16_words(w + torch.randn(n, generator=g) * 1e-4)
     got = _bf16_sums(x, y, 0)
-    _assert_bf16_close(got, x, y, BF16_LANES)
+    _assert_bf16_close(got, x, y, F32_LANES)
     if _has_avx512bw() and n >= 1000:
         assert got != _bf16_sums(x, y, 2)
 
@@ -312,7 +328,7 @@ def test_bf16_a_few_tiny_values_among_normal_ones_stay_within_the_bound():
     w = torch.randn(4096, generator=g) * 0.02
     w[::97] = 1e-30  # squares underflow float32, but are nothing beside the others
     x, y = _bf16_words(w), _bf16_words(w * 1.001)
-    _assert_bf16_close(_bf16_sums(x, y, 0), x, y, BF16_LANES)
+    _assert_bf16_close(_bf16_sums(x, y, 0), x, y, F32_LANES)
 
 
 def test_bf16_frozen_and_zero_tensors_give_exact_zeros():
@@ -321,7 +337,7 @@ def test_bf16_frozen_and_zero_tensors_give_exact_zeros():
     x = _bf16_words(w)
     frozen = _bf16_sums(x, x.copy(), 0)  # a layer that did not move: no update at all
     assert frozen[2] == 0.0
-    _assert_bf16_close(frozen, x, x, BF16_LANES)
+    _assert_bf16_close(frozen, x, x, F32_LANES)
     signed = x.copy()
     signed[x == 0] = 0x8000
     zeros = np.zeros_like(x)
@@ -329,7 +345,7 @@ def test_bf16_frozen_and_zero_tensors_give_exact_zeros():
     assert _bf16_sums(zeros, None, 0) == [0.0, 0.0, 0.0]
     from_zero = _bf16_sums(zeros, x, 0)  # a layer started at zero, then trained
     assert from_zero[:2] == [0.0, 0.0]
-    _assert_bf16_close(from_zero, zeros, x, BF16_LANES)
+    _assert_bf16_close(from_zero, zeros, x, F32_LANES)
     to_zero = _bf16_sums(x, zeros, 0)  # a layer zeroed: the dot product is exactly 0
     assert to_zero[1] == 0.0
-    _assert_bf16_close(to_zero, x, zeros, BF16_LANES)
+    _assert_bf16_close(to_zero, x, zeros, F32_LANES)

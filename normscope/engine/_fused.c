@@ -16,8 +16,8 @@
  *   k = 5  sum v          (v: exp_avg_sq)
  * for the streams that are present (a NULL pointer array means absent). Products of inputs up
  * to float32 are exact in float64, and the sums are accumulated in float64 over short vector
- * lanes: ~1e-13 relative where the engine promises 1e-6. bf16 weights and pairs, where the CPU
- * has AVX-512, are summed in float32 lanes for a few steps at a time: within 5e-7 (see
+ * lanes: ~1e-13 relative where the engine promises 1e-6. bf16 and fp16 weights and pairs, where
+ * the CPU has AVX-512, are summed in float32 lanes for a few steps at a time: within 5e-7 (see
  * `bf16_f32_steps`). Non-finite inputs make k = 0 non-finite; the caller recounts those rare
  * entries.
  */
@@ -345,36 +345,48 @@ NS_AVX512 static inline __m512d widen_add(__m512d acc, __m512 lo, __m512 hi) {
     return _mm512_add_pd(acc, _mm512_add_pd(a, b));
 }
 
-/* The first `n - n % 32` elements' sums into `s` (x^2, and x*y, (y - x)^2 where `q`). */
-NS_AVX512 static void bf16_f32_steps(int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {
-    __m512d xx = _mm512_setzero_pd(), xy = _mm512_setzero_pd(), dd = _mm512_setzero_pd();
-    int64_t i = 0;
-    while (i + 32 <= n) {
-        __m512 xx0 = _mm512_setzero_ps(), xx1 = xx0, xy0 = xx0, xy1 = xx0, dd0 = xx0, dd1 = xx0;
-        for (int k = 0; k < NS_F32_STEPS && i + 32 <= n; k++, i += 32) {
-            __m512 a0, a1, b0, b1;
-            bf16_floats(_mm512_loadu_si512((const void *)(p + i)), &a0, &a1);
-            xx0 = _mm512_fmadd_ps(a0, a0, xx0);
-            xx1 = _mm512_fmadd_ps(a1, a1, xx1);
-            if (q) {
-                bf16_floats(_mm512_loadu_si512((const void *)(q + i)), &b0, &b1);
-                __m512 d0 = _mm512_sub_ps(b0, a0), d1 = _mm512_sub_ps(b1, a1);
-                xy0 = _mm512_fmadd_ps(a0, b0, xy0);
-                xy1 = _mm512_fmadd_ps(a1, b1, xy1);
-                dd0 = _mm512_fmadd_ps(d0, d0, dd0);
-                dd1 = _mm512_fmadd_ps(d1, d1, dd1);
-            }
-        }
-        xx = widen_add(xx, xx0, xx1);
-        if (q) {
-            xy = widen_add(xy, xy0, xy1);
-            dd = widen_add(dd, dd0, dd1);
-        }
+/* The first `n - n % 32` elements' sums into `s` (x^2, and x*y, (y - x)^2 where `q`), 32
+ * elements a step loaded as two float32 vectors by LOAD(pointer, lo, hi). */
+#define NS_F32_LANES(NAME, LOAD)                                                                \
+    NS_AVX512 static void NAME(int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {  \
+        __m512d xx = _mm512_setzero_pd(), xy = _mm512_setzero_pd(), dd = _mm512_setzero_pd();   \
+        int64_t i = 0;                                                                          \
+        while (i + 32 <= n) {                                                                   \
+            __m512 xx0 = _mm512_setzero_ps(), xx1 = xx0, xy0 = xx0, xy1 = xx0, dd0 = xx0,       \
+                   dd1 = xx0;                                                                   \
+            for (int k = 0; k < NS_F32_STEPS && i + 32 <= n; k++, i += 32) {                    \
+                __m512 a0, a1, b0, b1;                                                          \
+                LOAD(p + i, a0, a1);                                                            \
+                xx0 = _mm512_fmadd_ps(a0, a0, xx0);                                             \
+                xx1 = _mm512_fmadd_ps(a1, a1, xx1);                                             \
+                if (q) {                                                                        \
+                    LOAD(q + i, b0, b1);                                                        \
+                    __m512 d0 = _mm512_sub_ps(b0, a0), d1 = _mm512_sub_ps(b1, a1);              \
+                    xy0 = _mm512_fmadd_ps(a0, b0, xy0);                                         \
+                    xy1 = _mm512_fmadd_ps(a1, b1, xy1);                                         \
+                    dd0 = _mm512_fmadd_ps(d0, d0, dd0);                                         \
+                    dd1 = _mm512_fmadd_ps(d1, d1, dd1);                                         \
+                }                                                                               \
+            }                                                                                   \
+            xx = widen_add(xx, xx0, xx1);                                                       \
+            if (q) {                                                                            \
+                xy = widen_add(xy, xy0, xy1);                                                   \
+                dd = widen_add(dd, dd0, dd1);                                                   \
+            }                                                                                   \
+        }                                                                                       \
+        s[0] = _mm512_reduce_add_pd(xx);                                                        \
+        s[1] = _mm512_reduce_add_pd(xy);                                                        \
+        s[2] = _mm512_reduce_add_pd(dd);                                                        \
     }
-    s[0] = _mm512_reduce_add_pd(xx);
-    s[1] = _mm512_reduce_add_pd(xy);
-    s[2] = _mm512_reduce_add_pd(dd);
-}
+
+#define NS_LOAD_BF16_LANES(at, lo, hi) bf16_floats(_mm512_loadu_si512((const void *)(at)), &lo, &hi)
+/* fp16 by F16C's 16-wide form (AVX-512F): the halves' float32 values, exact, in element order */
+#define NS_LOAD_HALF_LANES(at, lo, hi)                                                          \
+    (lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(at))),                           \
+     hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((at) + 16))))
+
+NS_F32_LANES(bf16_f32_steps, NS_LOAD_BF16_LANES)
+NS_F32_LANES(half_f32_steps, NS_LOAD_HALF_LANES)
 
 static int bf16_all_zero(int64_t n, const uint16_t *p) {
     uint16_t any = 0;
@@ -464,6 +476,50 @@ static void same_float16(int64_t n, const void *x, const void *y, const void *m,
     }
 }
 
+#ifdef NS_X86
+/* fp16 in float32 lanes (see `bf16_f32_steps`): a product of two halves is exact in float32 (11 +
+ * 11 significant bits), and unlike bf16 no finite half can overflow float32 or leave its normal
+ * range when squared (|x| <= 65504, and the smallest half 2^-24 squares to 2^-48), so the bound
+ * holds for every finite input; a non-finite sum (a NaN/Inf input) sends the span to the float64
+ * loops, which count it. */
+NS_AVX512 static void half_sums_avx512(int64_t n, const uint16_t *p, const uint16_t *q,
+                                       double *out) {
+    int64_t steps = n - n % 32;
+    double s[3] = {0, 0, 0};
+    half_f32_steps(steps, p, q, s);
+    if (!(s[0] - s[0] == 0 && s[1] - s[1] == 0 && s[2] - s[2] == 0)) {
+        same_float16(n, p, q, 0, 0, out);
+        return;
+    }
+    for (int64_t i = steps; i < n; i++) { /* the tail, in float64 */
+        double a = half_to_float(p[i]);
+        s[0] += a * a;
+        if (q) {
+            double b = half_to_float(q[i]), d = b - a;
+            s[1] += a * b;
+            s[2] += d * d;
+        }
+    }
+    out[0] += s[0];
+    if (q) {
+        out[1] += s[1];
+        out[2] += s[2];
+    }
+}
+#endif
+
+/* fp16 weights, alone or with the previous snapshot's, by AVX-512 where the CPU has it. */
+static void reduce_float16(int64_t n, const void *x, const void *y, const void *m, const void *v,
+                           double *out) {
+#ifdef NS_X86
+    if (!m && !v && ns_has_avx512()) {
+        half_sums_avx512(n, (const uint16_t *)x, (const uint16_t *)y, out);
+        return;
+    }
+#endif
+    same_float16(n, x, y, m, v, out);
+}
+
 static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
                         int mt, const void *v, int vt, double *out) {
     int same = (!y || yt == xt) && (!m || mt == xt) && (!v || vt == xt);
@@ -475,7 +531,7 @@ static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt,
     case NS_FLOAT32: same_float32(n, x, y, m, v, out); break;
     case NS_FLOAT64: same_float64(n, x, y, m, v, out); break;
     case NS_BFLOAT16: reduce_bfloat16(n, x, y, m, v, out); break;
-    default: same_float16(n, x, y, m, v, out); break;
+    default: reduce_float16(n, x, y, m, v, out); break;
     }
 }
 
