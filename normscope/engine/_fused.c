@@ -449,18 +449,6 @@ static int ns_has_avx512(void) {
 }
 #endif
 
-/* bf16 weights, alone or with the previous snapshot's, by AVX-512 where the CPU has it. */
-static void reduce_bfloat16(int64_t n, const void *x, const void *y, const void *m, const void *v,
-                            double *out) {
-#ifdef NS_X86
-    if (!m && !v && ns_has_avx512()) {
-        bf16_sums_avx512(n, (const uint16_t *)x, (const uint16_t *)y, out);
-        return;
-    }
-#endif
-    same_bfloat16(n, x, y, m, v, out);
-}
-
 /* fp16: each stream converted to float32 a block at a time (F16C where the CPU has it, see
  * `half_block`), then reduced by the float32 loops; float32 holds every half exactly. */
 static void same_float16(int64_t n, const void *x, const void *y, const void *m, const void *v,
@@ -508,16 +496,19 @@ NS_AVX512 static void half_sums_avx512(int64_t n, const uint16_t *p, const uint1
 }
 #endif
 
-/* fp16 weights, alone or with the previous snapshot's, by AVX-512 where the CPU has it. */
-static void reduce_float16(int64_t n, const void *x, const void *y, const void *m, const void *v,
-                           double *out) {
+/* 16-bit streams (`dtype` bf16 or fp16): weights, alone or with the previous snapshot's, in
+ * float32 lanes where the CPU has AVX-512; the rest by the float64 loops. */
+static void reduce_16bit(int dtype, int64_t n, const void *x, const void *y, const void *m,
+                         const void *v, double *out) {
+    int bf16 = dtype == NS_BFLOAT16;
 #ifdef NS_X86
     if (!m && !v && ns_has_avx512()) {
-        half_sums_avx512(n, (const uint16_t *)x, (const uint16_t *)y, out);
+        (bf16 ? bf16_sums_avx512 : half_sums_avx512)(n, (const uint16_t *)x, (const uint16_t *)y,
+                                                     out);
         return;
     }
 #endif
-    same_float16(n, x, y, m, v, out);
+    (bf16 ? same_bfloat16 : same_float16)(n, x, y, m, v, out);
 }
 
 static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
@@ -530,8 +521,7 @@ static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt,
     switch (xt) {
     case NS_FLOAT32: same_float32(n, x, y, m, v, out); break;
     case NS_FLOAT64: same_float64(n, x, y, m, v, out); break;
-    case NS_BFLOAT16: reduce_bfloat16(n, x, y, m, v, out); break;
-    default: reduce_float16(n, x, y, m, v, out); break;
+    default: reduce_16bit(xt, n, x, y, m, v, out); break;
     }
 }
 
@@ -695,7 +685,7 @@ void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double
     }
 #endif
     if (path) same_bfloat16(n, x, y, 0, 0, out);
-    else reduce_bfloat16(n, x, y, 0, 0, out);
+    else reduce_16bit(NS_BFLOAT16, n, x, y, 0, 0, out);
 }
 
 /* The ABI version the Python side checks, so a build from another normscope is never called. */
