@@ -269,6 +269,17 @@ def test_worker_dying_mid_run_has_its_task_retried(client, copied_run, tmp_path)
     assert_same_stats(compute_stats(run.snapshots, device="cpu"), remote)
 
 
+def test_no_worker_registered_when_items_are_submitted(client, copied_run, monkeypatch):
+    # a worker that just died may leave the scheduler with none registered for a moment: the
+    # items then go without a preferred worker (Dask refuses allow_other_workers without one)
+    from normscope.distributed import client as client_module
+
+    monkeypatch.setattr(client_module, "preferred_workers", lambda _client, count: [None] * count)
+    run = open_run(copied_run)
+    remote = compute_stats_dask(run, client=client, device="cpu")
+    assert_same_stats(compute_stats(run.snapshots, device="cpu"), remote)
+
+
 def test_file_corrupted_before_a_worker_reads_it_is_bad_input(
     client, copied_run, capsys
 ):

@@ -161,7 +161,9 @@ def run_items(
             retries=retries,
             pure=False,
             workers=homes[i],
-            allow_other_workers=True,
+            # Dask refuses the flag without `workers`: a cluster with no worker registered
+            # at this moment (one restarting after a crash) gets plain tasks, which wait for one
+            allow_other_workers=homes[i] is not None,
         ): item
         for i, item in enumerate(items)
     }
