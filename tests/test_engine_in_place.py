@@ -182,8 +182,8 @@ def test_safetensors_read_in_place_whole_even_past_a_bucket(tmp_path, monkeypatc
             want = _float64_stats(states, name)
             got = [(s.params[name].norm_sq, s.params[name].dot_prev, s.params[name].diff_sq)
                    for s in stats]  # fmt: skip
-            # bf16 and fp16 are summed in float32 lanes where the CPU has AVX-512: within
-            # 8 * 2^-24, a dot product within that of |x||y| (docs/engine.md); float64's otherwise
+            # bf16 and fp16 are summed in float32 lanes: within 8 * 2^-24, a dot product within
+            # that of |x||y| (docs/engine.md); float64's otherwise
             lanes = dtype in (torch.bfloat16, torch.float16)
             rel = 8 * 2.0**-24 if lanes else 1e-12
             for k, (g_row, w_row) in enumerate(zip(got, want)):

@@ -16,10 +16,10 @@
  *   k = 5  sum v          (v: exp_avg_sq)
  * for the streams that are present (a NULL pointer array means absent). Products of inputs up
  * to float32 are exact in float64, and the sums are accumulated in float64 over short vector
- * lanes: ~1e-13 relative where the engine promises 1e-6. bf16 and fp16 weights and pairs, where
- * the CPU has AVX-512, are summed in float32 lanes for a few steps at a time: within 5e-7 (see
- * `bf16_f32_steps`). Non-finite inputs make k = 0 non-finite; the caller recounts those rare
- * entries.
+ * lanes of a fixed width: ~1e-13 relative where the engine promises 1e-6, and the same bits on
+ * every CPU (see `NS_LANES`). bf16 and fp16 weights and pairs are summed in float32 lanes
+ * for a few steps at a time: within 5e-7 (see `NS_F32_STEPS`). Non-finite inputs make k = 0
+ * non-finite; the caller recounts those rare entries.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -137,6 +137,72 @@ static void to_double(const void *src, int dtype, int64_t n, double *restrict ds
     }
 }
 
+/* Every sum is kept in NS_LANES = 8 float64 lanes: element i of a span adds to lane i % 8, the
+ * lanes are added in a fixed tree (`lanes_total`), and the tail of fewer than 8 elements after
+ * them in element order. The lanes are the compiler's vector types, two of 4 doubles a sum,
+ * whose arithmetic is defined lane by lane: each lane is an independent IEEE sum, whatever
+ * registers the compiler carries it in (AVX2 or AVX-512 registers, two SSE2 or NEON registers
+ * each), and setup.py builds with -ffp-contract=off so no product is fused into an addition.
+ * So every build the loader can pick gives the same bits for the same input, and the numbers a
+ * report prints do not depend on the machine that read the run. */
+#define NS_LANES 8
+#define NS_INLINE static inline __attribute__((always_inline))
+#if defined(__GNUC__) && !defined(__clang__)
+/* the lane vectors never cross a call (`NS_INLINE`), so the vector ABI they would have is moot */
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+
+typedef double ns_d4 __attribute__((vector_size(32)));
+typedef float ns_f4 __attribute__((vector_size(16)));
+typedef float ns_f8 __attribute__((vector_size(32)));
+typedef uint16_t ns_h8 __attribute__((vector_size(16)));
+typedef uint32_t ns_u8 __attribute__((vector_size(32)));
+
+/* Lanes 0-3 and 4-7 of 8 floats, widened (exactly). */
+NS_INLINE void widen8(ns_f8 f, ns_d4 *lo, ns_d4 *hi) {
+    ns_f4 a, b;
+    memcpy(&a, &f, sizeof a);
+    memcpy(&b, (const char *)&f + sizeof a, sizeof b);
+    *lo = __builtin_convertvector(a, ns_d4);
+    *hi = __builtin_convertvector(b, ns_d4);
+}
+
+/* 8 bf16 words as floats: each bf16 is the upper half of its float32. */
+NS_INLINE ns_f8 floats_bf16(const uint16_t *p) {
+    ns_h8 h;
+    memcpy(&h, p, sizeof h);
+    ns_u8 u = __builtin_convertvector(h, ns_u8) << 16;
+    ns_f8 f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+NS_INLINE ns_f8 floats_f32(const float *p) {
+    ns_f8 f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+/* 8 elements from element i of a stream, as float64 lanes 0-3 (`lo`) and 4-7 (`hi`). */
+NS_INLINE void lanes_float32(const void *p, int64_t i, ns_d4 *lo, ns_d4 *hi) {
+    widen8(floats_f32((const float *)p + i), lo, hi);
+}
+
+NS_INLINE void lanes_float64(const void *p, int64_t i, ns_d4 *lo, ns_d4 *hi) {
+    memcpy(lo, (const double *)p + i, sizeof *lo);
+    memcpy(hi, (const double *)p + i + 4, sizeof *hi);
+}
+
+NS_INLINE void lanes_bfloat16(const void *p, int64_t i, ns_d4 *lo, ns_d4 *hi) {
+    widen8(floats_bf16((const uint16_t *)p + i), lo, hi);
+}
+
+/* The 8 lanes' total: lane j with lane j + 4, then j + 2, then the two. */
+NS_INLINE double lanes_total(ns_d4 lo, ns_d4 hi) {
+    ns_d4 s = lo + hi;
+    return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
 static inline int64_t itemsize(int dtype) {
     return dtype == NS_FLOAT64 ? 8 : dtype == NS_FLOAT32 ? 4 : 2;
 }
@@ -146,311 +212,166 @@ static inline const void *at(const void *base, int dtype, int64_t offset) {
 }
 
 /* The general case (streams of different dtypes): convert a block of each stream to float64
- * in an L1-resident buffer, then reduce the buffers. */
+ * in an L1-resident buffer (BLOCK is a multiple of NS_LANES, so the lanes run on across blocks),
+ * then reduce the buffers. */
 NS_CLONES
 static void reduce_mixed(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
                          int mt, const void *v, int vt, double *out) {
     double xb[BLOCK], yb[BLOCK], mb[BLOCK], vb[BLOCK];
-    double xx = 0, xy = 0, dd = 0, xm = 0, mm = 0, vs = 0;
+    ns_d4 z = {0, 0, 0, 0};
+    ns_d4 xx0 = z, xx1 = z, xy0 = z, xy1 = z, dd0 = z, dd1 = z, xm0 = z, xm1 = z, mm0 = z,
+          mm1 = z, vs0 = z, vs1 = z;
+    double t[6] = {0, 0, 0, 0, 0, 0}; /* the last block's tail */
     for (int64_t lo = 0; lo < n; lo += BLOCK) {
-        int64_t k = n - lo < BLOCK ? n - lo : BLOCK, i;
+        int64_t k = n - lo < BLOCK ? n - lo : BLOCK, lanes = k - k % NS_LANES, i;
         to_double(at(x, xt, lo), xt, k, xb);
-#pragma omp simd reduction(+ : xx)
-        for (i = 0; i < k; i++) xx += xb[i] * xb[i];
-        if (y) {
-            to_double(at(y, yt, lo), yt, k, yb);
-#pragma omp simd reduction(+ : xy, dd)
-            for (i = 0; i < k; i++) {
-                double d = yb[i] - xb[i];
-                xy += xb[i] * yb[i];
-                dd += d * d;
+        if (y) to_double(at(y, yt, lo), yt, k, yb);
+        if (m) to_double(at(m, mt, lo), mt, k, mb);
+        if (v) to_double(at(v, vt, lo), vt, k, vb);
+        for (i = 0; i < lanes; i += NS_LANES) {
+            ns_d4 a0, a1, b0, b1, c0, c1;
+            lanes_float64(xb, i, &a0, &a1);
+            xx0 += a0 * a0;
+            xx1 += a1 * a1;
+            if (y) {
+                lanes_float64(yb, i, &b0, &b1);
+                ns_d4 d0 = b0 - a0, d1 = b1 - a1;
+                xy0 += a0 * b0;
+                xy1 += a1 * b1;
+                dd0 += d0 * d0;
+                dd1 += d1 * d1;
+            }
+            if (m) {
+                lanes_float64(mb, i, &c0, &c1);
+                xm0 += a0 * c0;
+                xm1 += a1 * c1;
+                mm0 += c0 * c0;
+                mm1 += c1 * c1;
+            }
+            if (v) {
+                lanes_float64(vb, i, &c0, &c1);
+                vs0 += c0;
+                vs1 += c1;
             }
         }
-        if (m) {
-            to_double(at(m, mt, lo), mt, k, mb);
-#pragma omp simd reduction(+ : xm, mm)
-            for (i = 0; i < k; i++) {
-                xm += xb[i] * mb[i];
-                mm += mb[i] * mb[i];
+        for (; i < k; i++) {
+            double a = xb[i];
+            t[0] += a * a;
+            if (y) {
+                double d = yb[i] - a;
+                t[1] += a * yb[i];
+                t[2] += d * d;
             }
-        }
-        if (v) {
-            to_double(at(v, vt, lo), vt, k, vb);
-#pragma omp simd reduction(+ : vs)
-            for (i = 0; i < k; i++) vs += vb[i];
+            if (m) {
+                t[3] += a * mb[i];
+                t[4] += mb[i] * mb[i];
+            }
+            if (v) t[5] += vb[i];
         }
     }
-    out[0] += xx; out[1] += xy; out[2] += dd; out[3] += xm; out[4] += mm; out[5] += vs;
+    out[0] += lanes_total(xx0, xx1) + t[0];
+    out[1] += lanes_total(xy0, xy1) + t[1];
+    out[2] += lanes_total(dd0, dd1) + t[2];
+    out[3] += lanes_total(xm0, xm1) + t[3];
+    out[4] += lanes_total(mm0, mm1) + t[4];
+    out[5] += lanes_total(vs0, vs1) + t[5];
 }
 
 /* The common cases, all streams of one dtype: each element is loaded, converted and used in
- * registers. One function per (dtype, streams present), with no test inside a loop, so every
- * inner loop vectorises. */
+ * registers. One function per (dtype, streams present), with no test inside a loop. */
 #define NS_LOAD_float32(p, i) ((double)((const float *)(p))[i])
 #define NS_LOAD_float64(p, i) (((const double *)(p))[i])
 #define NS_LOAD_bfloat16(p, i) ((double)bits_to_float((uint32_t)((const uint16_t *)(p))[i] << 16))
 
-/* x, with y (the previous snapshot) where Y, with v (exp_avg_sq) where V; m always. */
-#define NS_OPTIM(T, NAME, Y, V)                                                                 \
+/* x, with y (the previous snapshot) where Y, with m (momentum / exp_avg) where M, with v
+ * (exp_avg_sq) where V. */
+#define NS_SUMS(T, NAME, Y, M, V)                                                               \
     NS_CLONES static void NAME##_##T(int64_t n, const void *x, const void *y, const void *m,   \
                                      const void *v, double *out) {                              \
-        double xx = 0, xy = 0, dd = 0, xm = 0, mm = 0, vs = 0;                                  \
+        ns_d4 z = {0, 0, 0, 0};                                                                 \
+        ns_d4 xx0 = z, xx1 = z, xy0 = z, xy1 = z, dd0 = z, dd1 = z, xm0 = z, xm1 = z, mm0 = z,  \
+              mm1 = z, vs0 = z, vs1 = z;                                                        \
+        double t[6] = {0, 0, 0, 0, 0, 0};                                                       \
+        int64_t i = 0;                                                                          \
         (void)y;                                                                                \
+        (void)m;                                                                                \
         (void)v;                                                                                \
-        _Pragma("omp simd reduction(+ : xx, xy, dd, xm, mm, vs)") for (int64_t i = 0; i < n;    \
-                                                                       i++) {                  \
-            double a = NS_LOAD_##T(x, i), c = NS_LOAD_##T(m, i);                                \
-            xx += a * a;                                                                        \
-            xm += a * c;                                                                        \
-            mm += c * c;                                                                        \
+        for (; i + NS_LANES <= n; i += NS_LANES) {                                              \
+            ns_d4 a0, a1, b0, b1, c0, c1;                                                       \
+            lanes_##T(x, i, &a0, &a1);                                                          \
+            xx0 += a0 * a0;                                                                     \
+            xx1 += a1 * a1;                                                                     \
+            if (Y) {                                                                            \
+                lanes_##T(y, i, &b0, &b1);                                                      \
+                ns_d4 d0 = b0 - a0, d1 = b1 - a1;                                               \
+                xy0 += a0 * b0;                                                                 \
+                xy1 += a1 * b1;                                                                 \
+                dd0 += d0 * d0;                                                                 \
+                dd1 += d1 * d1;                                                                 \
+            }                                                                                   \
+            if (M) {                                                                            \
+                lanes_##T(m, i, &c0, &c1);                                                      \
+                xm0 += a0 * c0;                                                                 \
+                xm1 += a1 * c1;                                                                 \
+                mm0 += c0 * c0;                                                                 \
+                mm1 += c1 * c1;                                                                 \
+            }                                                                                   \
+            if (V) {                                                                            \
+                lanes_##T(v, i, &c0, &c1);                                                      \
+                vs0 += c0;                                                                      \
+                vs1 += c1;                                                                      \
+            }                                                                                   \
+        }                                                                                       \
+        for (; i < n; i++) {                                                                    \
+            double a = NS_LOAD_##T(x, i);                                                       \
+            t[0] += a * a;                                                                      \
             if (Y) {                                                                            \
                 double b = NS_LOAD_##T(y, i), d = b - a;                                        \
-                xy += a * b;                                                                    \
-                dd += d * d;                                                                    \
+                t[1] += a * b;                                                                  \
+                t[2] += d * d;                                                                  \
             }                                                                                   \
-            if (V) vs += NS_LOAD_##T(v, i);                                                     \
+            if (M) {                                                                            \
+                double c = NS_LOAD_##T(m, i);                                                   \
+                t[3] += a * c;                                                                  \
+                t[4] += c * c;                                                                  \
+            }                                                                                   \
+            if (V) t[5] += NS_LOAD_##T(v, i);                                                   \
         }                                                                                       \
-        out[0] += xx; out[1] += xy; out[2] += dd; out[3] += xm; out[4] += mm; out[5] += vs;    \
+        out[0] += lanes_total(xx0, xx1) + t[0];                                                 \
+        if (Y) {                                                                                \
+            out[1] += lanes_total(xy0, xy1) + t[1];                                             \
+            out[2] += lanes_total(dd0, dd1) + t[2];                                             \
+        }                                                                                       \
+        if (M) {                                                                                \
+            out[3] += lanes_total(xm0, xm1) + t[3];                                             \
+            out[4] += lanes_total(mm0, mm1) + t[4];                                             \
+        }                                                                                       \
+        if (V) out[5] += lanes_total(vs0, vs1) + t[5];                                          \
     }
 
 #define NS_SAME(T)                                                                              \
-    NS_CLONES static void weight_##T(int64_t n, const void *x, double *out) {                 \
-        double xx = 0;                                                                          \
-        _Pragma("omp simd reduction(+ : xx)") for (int64_t i = 0; i < n; i++) {                 \
-            double a = NS_LOAD_##T(x, i);                                                       \
-            xx += a * a;                                                                        \
-        }                                                                                       \
-        out[0] += xx;                                                                           \
-    }                                                                                           \
-    NS_CLONES static void pair_##T(int64_t n, const void *x, const void *y, double *out) {     \
-        double xx = 0, xy = 0, dd = 0;                                                          \
-        _Pragma("omp simd reduction(+ : xx, xy, dd)") for (int64_t i = 0; i < n; i++) {         \
-            double a = NS_LOAD_##T(x, i), b = NS_LOAD_##T(y, i), d = b - a;                     \
-            xx += a * a;                                                                        \
-            xy += a * b;                                                                        \
-            dd += d * d;                                                                        \
-        }                                                                                       \
-        out[0] += xx; out[1] += xy; out[2] += dd;                                               \
-    }                                                                                           \
-    NS_OPTIM(T, optim_m, 0, 0)                                                                  \
-    NS_OPTIM(T, optim_my, 1, 0)                                                                 \
-    NS_OPTIM(T, optim_mv, 0, 1)                                                                 \
-    NS_OPTIM(T, optim_myv, 1, 1)                                                                \
+    NS_SUMS(T, weight, 0, 0, 0)                                                                 \
+    NS_SUMS(T, pair, 1, 0, 0)                                                                   \
+    NS_SUMS(T, optim_m, 0, 1, 0)                                                                \
+    NS_SUMS(T, optim_my, 1, 1, 0)                                                               \
+    NS_SUMS(T, optim_mv, 0, 1, 1)                                                               \
+    NS_SUMS(T, optim_myv, 1, 1, 1)                                                              \
     static void same_##T(int64_t n, const void *x, const void *y, const void *m, const void *v, \
                          double *out) {                                                         \
         if (m && y && v) optim_myv_##T(n, x, y, m, v, out);                                     \
         else if (m && y) optim_my_##T(n, x, y, m, v, out);                                      \
         else if (m && v) optim_mv_##T(n, x, y, m, v, out);                                      \
         else if (m) optim_m_##T(n, x, y, m, v, out);                                            \
-        else if (y) pair_##T(n, x, y, out);                                                     \
-        else weight_##T(n, x, out);                                                             \
+        else if (y) pair_##T(n, x, y, m, v, out);                                               \
+        else weight_##T(n, x, y, m, v, out);                                                    \
     }
 
 NS_SAME(float32)
 NS_SAME(float64)
 NS_SAME(bfloat16)
 
-#ifdef NS_X86
-/* bf16 by AVX-512: interleaving 16-bit words with zeros makes each bf16 the float32 with the same
- * upper half (an exact conversion) in one shuffle per 16 elements, where the compiler's widening
- * of the loops above takes three shuffles (measured on a bf16 pair: 2.25 G elements/s per core
- * from the general loop, the kernel's bottleneck on bf16 checkpoints). The interleave puts the
- * elements in another order within each 128-bit lane; every element still adds to the same sums
- * in float64, in an order fixed by `n` alone. */
-#define NS_AVX512 __attribute__((target("avx512f,avx512bw")))
-
-NS_AVX512 static inline void bf16_halves(__m512i words, __m512d part[4]) {
-    __m512i zero = _mm512_setzero_si512();
-    __m512 lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words));
-    __m512 hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words));
-    part[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(lo));
-    part[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lo), 1)));
-    part[2] = _mm512_cvtps_pd(_mm512_castps512_ps256(hi));
-    part[3] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(hi), 1)));
-}
-
-NS_AVX512 static inline double sum4(const __m512d acc[4]) {
-    return _mm512_reduce_add_pd(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]),
-                                              _mm512_add_pd(acc[2], acc[3])));
-}
-
-NS_AVX512 static void weight_bfloat16_f64(int64_t n, const void *x, double *out) {
-    const uint16_t *p = (const uint16_t *)x;
-    __m512d xx[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
-                     _mm512_setzero_pd()};
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512d a[4];
-        bf16_halves(_mm512_loadu_si512((const void *)(p + i)), a);
-        for (int j = 0; j < 4; j++) xx[j] = _mm512_fmadd_pd(a[j], a[j], xx[j]);
-    }
-    double t = 0;
-    for (; i < n; i++) {
-        double a = NS_LOAD_bfloat16(p, i);
-        t += a * a;
-    }
-    out[0] += sum4(xx) + t;
-}
-
-NS_AVX512 static void pair_bfloat16_f64(int64_t n, const void *x, const void *y, double *out) {
-    const uint16_t *p = (const uint16_t *)x, *q = (const uint16_t *)y;
-    __m512d xx[4], xy[4], dd[4];
-    for (int j = 0; j < 4; j++) xx[j] = xy[j] = dd[j] = _mm512_setzero_pd();
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512d a[4], b[4];
-        bf16_halves(_mm512_loadu_si512((const void *)(p + i)), a);
-        bf16_halves(_mm512_loadu_si512((const void *)(q + i)), b);
-        for (int j = 0; j < 4; j++) {
-            __m512d d = _mm512_sub_pd(b[j], a[j]);
-            xx[j] = _mm512_fmadd_pd(a[j], a[j], xx[j]);
-            xy[j] = _mm512_fmadd_pd(a[j], b[j], xy[j]);
-            dd[j] = _mm512_fmadd_pd(d, d, dd[j]);
-        }
-    }
-    double t0 = 0, t1 = 0, t2 = 0;
-    for (; i < n; i++) {
-        double a = NS_LOAD_bfloat16(p, i), b = NS_LOAD_bfloat16(q, i), d = b - a;
-        t0 += a * a;
-        t1 += a * b;
-        t2 += d * d;
-    }
-    out[0] += sum4(xx) + t0;
-    out[1] += sum4(xy) + t1;
-    out[2] += sum4(dd) + t2;
-}
-
-/* bf16 sums in float32 lanes, widened to float64 every NS_F32_STEPS steps of 32 elements. A product
- * of two bf16 values is exact in float32 (8 + 8 significant bits), so only the additions round:
- * each float32 lane adds 4 products, its two halves are added once more, and a difference b - a
- * and its square round once each, so a sum is within 8 * 2^-24 (< 5e-7) of the float64 one
- * (a dot product within 5e-7 of |x||y|). That takes the shuffles and float64 conversions, the
- * float64 path's bottleneck, off all but one step in NS_F32_STEPS. float32 has bf16's exponent
- * range, so a product can overflow (Inf/NaN in a sum) or fall below float32's normal range,
- * where it rounds to a multiple of 2^-149; `bf16_f32_trusted` takes a span's sums only where
- * neither can have moved them, and the span is summed again in float64 lanes otherwise. */
-#define NS_F32_STEPS 4
-
-NS_AVX512 static inline void bf16_floats(__m512i words, __m512 *lo, __m512 *hi) {
-    __m512i zero = _mm512_setzero_si512();
-    *lo = _mm512_castsi512_ps(_mm512_unpacklo_epi16(zero, words));
-    *hi = _mm512_castsi512_ps(_mm512_unpackhi_epi16(zero, words));
-}
-
-/* lo + hi in float32, then its 16 lanes widened and added to the 8 float64 lanes `acc`. */
-NS_AVX512 static inline __m512d widen_add(__m512d acc, __m512 lo, __m512 hi) {
-    __m512 s = _mm512_add_ps(lo, hi);
-    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(s));
-    __m512d b = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
-    return _mm512_add_pd(acc, _mm512_add_pd(a, b));
-}
-
-/* The first `n - n % 32` elements' sums into `s` (x^2, and x*y, (y - x)^2 where `q`), 32
- * elements a step loaded as two float32 vectors by LOAD(pointer, lo, hi). */
-#define NS_F32_LANES(NAME, LOAD)                                                                \
-    NS_AVX512 static void NAME(int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {  \
-        __m512d xx = _mm512_setzero_pd(), xy = _mm512_setzero_pd(), dd = _mm512_setzero_pd();   \
-        int64_t i = 0;                                                                          \
-        while (i + 32 <= n) {                                                                   \
-            __m512 xx0 = _mm512_setzero_ps(), xx1 = xx0, xy0 = xx0, xy1 = xx0, dd0 = xx0,       \
-                   dd1 = xx0;                                                                   \
-            for (int k = 0; k < NS_F32_STEPS && i + 32 <= n; k++, i += 32) {                    \
-                __m512 a0, a1, b0, b1;                                                          \
-                LOAD(p + i, a0, a1);                                                            \
-                xx0 = _mm512_fmadd_ps(a0, a0, xx0);                                             \
-                xx1 = _mm512_fmadd_ps(a1, a1, xx1);                                             \
-                if (q) {                                                                        \
-                    LOAD(q + i, b0, b1);                                                        \
-                    __m512 d0 = _mm512_sub_ps(b0, a0), d1 = _mm512_sub_ps(b1, a1);              \
-                    xy0 = _mm512_fmadd_ps(a0, b0, xy0);                                         \
-                    xy1 = _mm512_fmadd_ps(a1, b1, xy1);                                         \
-                    dd0 = _mm512_fmadd_ps(d0, d0, dd0);                                         \
-                    dd1 = _mm512_fmadd_ps(d1, d1, dd1);                                         \
-                }                                                                               \
-            }                                                                                   \
-            xx = widen_add(xx, xx0, xx1);                                                       \
-            if (q) {                                                                            \
-                xy = widen_add(xy, xy0, xy1);                                                   \
-                dd = widen_add(dd, dd0, dd1);                                                   \
-            }                                                                                   \
-        }                                                                                       \
-        s[0] = _mm512_reduce_add_pd(xx);                                                        \
-        s[1] = _mm512_reduce_add_pd(xy);                                                        \
-        s[2] = _mm512_reduce_add_pd(dd);                                                        \
-    }
-
-#define NS_LOAD_BF16_LANES(at, lo, hi) bf16_floats(_mm512_loadu_si512((const void *)(at)), &lo, &hi)
-/* fp16 by F16C's 16-wide form (AVX-512F): the halves' float32 values, exact, in element order */
-#define NS_LOAD_HALF_LANES(at, lo, hi)                                                          \
-    (lo = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(at))),                           \
-     hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((at) + 16))))
-
-NS_F32_LANES(bf16_f32_steps, NS_LOAD_BF16_LANES)
-NS_F32_LANES(half_f32_steps, NS_LOAD_HALF_LANES)
-
-static int bf16_all_zero(int64_t n, const uint16_t *p) {
-    uint16_t any = 0;
-    for (int64_t i = 0; i < n; i++) any |= p[i] & 0x7fffu;
-    return !any;
-}
-
-/* Whether float32 lanes summed the first `n` elements (a multiple of 32) as float64 would within
- * the bound above. Every rounding of a product or a sum below float32's normal range is off by at
- * most 2^-150, so a sum of at least n * 2^-100 is off by a relative 2^-48 at most from those; a
- * smaller one (0 included) is taken only where it is exact: all x zero (x^2 and x*y are 0), or y
- * the same bits as x ((y - x)^2 is 0). A non-finite sum is an overflow or a NaN/Inf input. */
-static int bf16_f32_trusted(int64_t n, const uint16_t *p, const uint16_t *q, const double s[3]) {
-    double floor = (double)n * 0x1p-100;
-    int finite = s[0] - s[0] == 0 && s[1] - s[1] == 0 && s[2] - s[2] == 0;
-    if (!finite || n == 0) return finite;
-    int zero_x = s[0] < floor && s[0] == 0 && bf16_all_zero(n, p);
-    if (s[0] < floor && !zero_x) return 0;
-    if (!q) return 1;
-    if (!(s[1] >= floor || s[1] <= -floor) && !zero_x) return 0;
-    return s[2] >= floor || (s[2] == 0 && memcmp(p, q, (size_t)n * sizeof *p) == 0);
-}
-
-/* Elements from `i` on (fewer than 32), in float64. */
-static void bf16_tail(int64_t i, int64_t n, const uint16_t *p, const uint16_t *q, double s[3]) {
-    for (; i < n; i++) {
-        double a = NS_LOAD_bfloat16(p, i);
-        s[0] += a * a;
-        if (q) {
-            double b = NS_LOAD_bfloat16(q, i), d = b - a;
-            s[1] += a * b;
-            s[2] += d * d;
-        }
-    }
-}
-
-NS_AVX512 static void bf16_sums_avx512(int64_t n, const uint16_t *p, const uint16_t *q,
-                                       double *out) {
-    int64_t steps = n - n % 32;
-    double s[3] = {0, 0, 0};
-    bf16_f32_steps(steps, p, q, s);
-    if (bf16_f32_trusted(steps, p, q, s)) {
-        double t[3] = {0, 0, 0};
-        bf16_tail(steps, n, p, q, t);
-        out[0] += s[0] + t[0];
-        if (q) {
-            out[1] += s[1] + t[1];
-            out[2] += s[2] + t[2];
-        }
-    } else if (q) {
-        pair_bfloat16_f64(n, p, q, out);
-    } else {
-        weight_bfloat16_f64(n, p, out);
-    }
-}
-
-static int ns_has_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-}
-#endif
-
 /* fp16: each stream converted to float32 a block at a time (F16C where the CPU has it, see
- * `half_block`), then reduced by the float32 loops; float32 holds every half exactly. */
+ * `half_block`; exact either way), then reduced by the float32 loops. */
 static void same_float16(int64_t n, const void *x, const void *y, const void *m, const void *v,
                          double *out) {
     float xb[BLOCK], yb[BLOCK], mb[BLOCK], vb[BLOCK];
@@ -464,52 +385,144 @@ static void same_float16(int64_t n, const void *x, const void *y, const void *m,
     }
 }
 
-#ifdef NS_X86
-/* fp16 in float32 lanes (see `bf16_f32_steps`): a product of two halves is exact in float32 (11 +
- * 11 significant bits), and unlike bf16 no finite half can overflow float32 or leave its normal
- * range when squared (|x| <= 65504, and the smallest half 2^-24 squares to 2^-48), so the bound
- * holds for every finite input; a non-finite sum (a NaN/Inf input) sends the span to the float64
- * loops, which count it. */
-NS_AVX512 static void half_sums_avx512(int64_t n, const uint16_t *p, const uint16_t *q,
-                                       double *out) {
-    int64_t steps = n - n % 32;
-    double s[3] = {0, 0, 0};
-    half_f32_steps(steps, p, q, s);
-    if (!(s[0] - s[0] == 0 && s[1] - s[1] == 0 && s[2] - s[2] == 0)) {
-        same_float16(n, p, q, 0, 0, out);
-        return;
+/* 16-bit weights and pairs in float32 lanes, widened to float64 every NS_F32_STEPS steps of
+ * NS_F32_WIDTH = 16 elements. A product of two bf16 or two fp16 values is exact in float32 (8 + 8
+ * or 11 + 11 significant bits), so only the additions round: each of the 16 float32 lanes adds
+ * NS_F32_STEPS = 4 products, lanes j and j + 8 are added once more before float64 lane j takes
+ * them, and a difference b - a and its square round once each, so a sum is within 8 * 2^-24
+ * (< 5e-7) of the float64 one (a dot product within 5e-7 of |x||y|). The float64 conversions,
+ * which bound the float64 loops on 16-bit data, happen once per 64 elements. float32 has bf16's
+ * exponent range, so a bf16 product can overflow (Inf/NaN in a sum) or fall below float32's
+ * normal range, where it rounds to a multiple of 2^-149: `bf16_f32_trusted` takes a span's sums
+ * only where neither can have moved them, and the span is summed again by the float64 loops
+ * otherwise. No finite half can overflow float32 or leave its normal range when squared
+ * (|x| <= 65504, and the smallest half 2^-24 squares to 2^-48), so an fp16 span goes back to the
+ * float64 loops only where its sums are not finite (a NaN/Inf input). */
+#define NS_F32_STEPS 4
+#define NS_F32_WIDTH 16
+
+/* Float32 lanes 0-7 (`lo`) and 8-15 (`hi`): lane j plus lane j + 8, into float64 lanes 0-7. */
+NS_INLINE void widen_add(ns_f8 lo, ns_f8 hi, ns_d4 *acc0, ns_d4 *acc1) {
+    ns_d4 a, b;
+    widen8(lo + hi, &a, &b);
+    *acc0 += a;
+    *acc1 += b;
+}
+
+/* The first `n` elements (a multiple of NS_F32_WIDTH) of p (and q, where Q) into the float64
+ * lanes `acc` (lanes 0-3 and 4-7 of x^2, and x*y, (y - x)^2 where Q). */
+#define NS_F32_LANES(NAME, E, FLOATS, Q)                                                        \
+    NS_CLONES static void NAME(int64_t n, const E *p, const E *q, ns_d4 acc[6]) {               \
+        ns_d4 s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], s4 = acc[4], s5 = acc[5];     \
+        (void)q;                                                                                \
+        for (int64_t lo = 0; lo < n; lo += NS_F32_STEPS * NS_F32_WIDTH) {                       \
+            int64_t hi = n - lo < NS_F32_STEPS * NS_F32_WIDTH ? n : lo + NS_F32_STEPS * NS_F32_WIDTH; \
+            ns_f8 z = {0, 0, 0, 0, 0, 0, 0, 0};                                                 \
+            ns_f8 xx0 = z, xx1 = z, xy0 = z, xy1 = z, dd0 = z, dd1 = z;                         \
+            for (int64_t i = lo; i < hi; i += NS_F32_WIDTH) {                                   \
+                ns_f8 a0 = FLOATS(p + i), a1 = FLOATS(p + i + 8);                               \
+                xx0 += a0 * a0;                                                                 \
+                xx1 += a1 * a1;                                                                 \
+                if (Q) {                                                                        \
+                    ns_f8 b0 = FLOATS(q + i), b1 = FLOATS(q + i + 8);                           \
+                    ns_f8 d0 = b0 - a0, d1 = b1 - a1;                                           \
+                    xy0 += a0 * b0;                                                             \
+                    xy1 += a1 * b1;                                                             \
+                    dd0 += d0 * d0;                                                             \
+                    dd1 += d1 * d1;                                                             \
+                }                                                                               \
+            }                                                                                   \
+            widen_add(xx0, xx1, &s0, &s1);                                                      \
+            if (Q) {                                                                            \
+                widen_add(xy0, xy1, &s2, &s3);                                                  \
+                widen_add(dd0, dd1, &s4, &s5);                                                  \
+            }                                                                                   \
+        }                                                                                       \
+        acc[0] = s0; acc[1] = s1; acc[2] = s2; acc[3] = s3; acc[4] = s4; acc[5] = s5;           \
     }
-    for (int64_t i = steps; i < n; i++) { /* the tail, in float64 */
-        double a = half_to_float(p[i]);
-        s[0] += a * a;
-        if (q) {
-            double b = half_to_float(q[i]), d = b - a;
-            s[1] += a * b;
-            s[2] += d * d;
+
+NS_F32_LANES(bf16_weight_steps, uint16_t, floats_bf16, 0)
+NS_F32_LANES(bf16_pair_steps, uint16_t, floats_bf16, 1)
+NS_F32_LANES(float_weight_steps, float, floats_f32, 0)
+NS_F32_LANES(float_pair_steps, float, floats_f32, 1)
+
+static int bf16_all_zero(int64_t n, const uint16_t *p) {
+    uint16_t any = 0;
+    for (int64_t i = 0; i < n; i++) any |= p[i] & 0x7fffu;
+    return !any;
+}
+
+/* Whether float32 lanes summed the first `n` elements (a multiple of NS_F32_WIDTH) as float64
+ * would within the bound above. Every rounding of a product or a sum below float32's normal range
+ * is off by at most 2^-150, so a sum of at least n * 2^-100 is off by a relative 2^-48 at most
+ * from those; a smaller one (0 included) is taken only where it is exact: all x zero (x^2 and x*y
+ * are 0), or y the same bits as x ((y - x)^2 is 0). A non-finite sum is an overflow or a NaN/Inf
+ * input. */
+static int sums_finite(const double s[3]) {
+    return s[0] - s[0] == 0 && s[1] - s[1] == 0 && s[2] - s[2] == 0;
+}
+
+static int bf16_f32_trusted(int64_t n, const uint16_t *p, const uint16_t *q, const double s[3]) {
+    double floor = (double)n * 0x1p-100;
+    if (!sums_finite(s) || n == 0) return sums_finite(s);
+    int zero_x = s[0] == 0 && bf16_all_zero(n, p);
+    if (s[0] < floor && !zero_x) return 0;
+    if (!q) return 1;
+    if (!(s[1] >= floor || s[1] <= -floor) && !zero_x) return 0;
+    return s[2] >= floor || (s[2] == 0 && memcmp(p, q, (size_t)n * sizeof *p) == 0);
+}
+
+/* The float32 lanes' sums of the first `steps` elements of 16-bit p (and q) into `s`; fp16 is
+ * converted a block at a time (BLOCK is a multiple of NS_F32_WIDTH * NS_F32_STEPS, so the steps
+ * group as they would in one pass). */
+static void lanes_of_16bit(int bf16, int64_t steps, const uint16_t *p, const uint16_t *q,
+                           double s[3]) {
+    ns_d4 acc[6] = {{0}, {0}, {0}, {0}, {0}, {0}};
+    if (bf16) {
+        (q ? bf16_pair_steps : bf16_weight_steps)(steps, p, q, acc);
+    } else {
+        float xb[BLOCK], yb[BLOCK];
+        for (int64_t lo = 0; lo < steps; lo += BLOCK) {
+            int64_t k = steps - lo < BLOCK ? steps - lo : BLOCK;
+            half_block(p + lo, k, xb, 0);
+            if (q) half_block(q + lo, k, yb, 0);
+            (q ? float_pair_steps : float_weight_steps)(k, xb, q ? yb : 0, acc);
         }
     }
-    out[0] += s[0];
-    if (q) {
-        out[1] += s[1];
-        out[2] += s[2];
-    }
+    for (int j = 0; j < 3; j++) s[j] = lanes_total(acc[2 * j], acc[2 * j + 1]);
 }
-#endif
 
-/* 16-bit streams (`dtype` bf16 or fp16): weights, alone or with the previous snapshot's, in
- * float32 lanes where the CPU has AVX-512; the rest by the float64 loops. */
+/* 16-bit streams (`dtype` bf16 or fp16). Weights, alone or with the previous snapshot's `q`, in
+ * float32 lanes, the tail after the last full step in float64; a span the lanes cannot be
+ * trusted with, and every span with optimizer state, by the float64 loops. */
 static void reduce_16bit(int dtype, int64_t n, const void *x, const void *y, const void *m,
                          const void *v, double *out) {
     int bf16 = dtype == NS_BFLOAT16;
-#ifdef NS_X86
-    if (!m && !v && ns_has_avx512()) {
-        (bf16 ? bf16_sums_avx512 : half_sums_avx512)(n, (const uint16_t *)x, (const uint16_t *)y,
-                                                     out);
+    const uint16_t *p = (const uint16_t *)x, *q = (const uint16_t *)y;
+    int64_t steps = n - n % NS_F32_WIDTH;
+    double s[3] = {0, 0, 0};
+    if (!m && !v) lanes_of_16bit(bf16, steps, p, q, s);
+    if (m || v || !(bf16 ? bf16_f32_trusted(steps, p, q, s) : sums_finite(s))) {
+        (bf16 ? same_bfloat16 : same_float16)(n, x, y, m, v, out);
         return;
     }
-#endif
-    (bf16 ? same_bfloat16 : same_float16)(n, x, y, m, v, out);
+    double t[3] = {0, 0, 0}; /* the tail, in float64 */
+    for (int64_t i = steps; i < n; i++) {
+        double a = bf16 ? NS_LOAD_bfloat16(p, i) : half_to_float(p[i]);
+        t[0] += a * a;
+        if (q) {
+            double b = bf16 ? NS_LOAD_bfloat16(q, i) : half_to_float(q[i]), d = b - a;
+            t[1] += a * b;
+            t[2] += d * d;
+        }
+    }
+    out[0] += s[0] + t[0];
+    if (q) {
+        out[1] += s[1] + t[1];
+        out[2] += s[2] + t[2];
+    }
 }
+
 
 static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
                         int mt, const void *v, int vt, double *out) {
@@ -673,20 +686,13 @@ void normscope_half_to_float(int64_t n, const uint16_t *src, float *dst, int por
 }
 
 /* The sums of `n` bf16 weights `x` (and the previous snapshot's `y`, where not NULL) into `out`
- * (3 doubles, added to), by the path the kernel takes (`path` 0), by the compiler's loops (1) or
- * by the AVX-512 float64 lanes a span falls back to (2; the compiler's loops without AVX-512):
- * for the tests, which compare each with a float64 reference. */
+ * (3 doubles, added to), by the path the kernel takes (`path` 0: float32 lanes where trusted) or
+ * by the float64 loops a span falls back to (1): for the tests, which compare both with a float64
+ * reference. */
 void normscope_bf16_sums(int64_t n, const uint16_t *x, const uint16_t *y, double *out, int path) {
-#ifdef NS_X86
-    if (path == 2 && ns_has_avx512()) {
-        if (y) pair_bfloat16_f64(n, x, y, out);
-        else weight_bfloat16_f64(n, x, out);
-        return;
-    }
-#endif
     if (path) same_bfloat16(n, x, y, 0, 0, out);
     else reduce_16bit(NS_BFLOAT16, n, x, y, 0, 0, out);
 }
 
 /* The ABI version the Python side checks, so a build from another normscope is never called. */
-int normscope_fused_abi(void) { return 2; }
+int normscope_fused_abi(void) { return 3; }

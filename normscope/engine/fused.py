@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MODULE = "normscope.engine._fused"
-ABI = 2
+ABI = 3
 # Columns of the kernel's output rows, in `_fused.c`'s order.
 COLUMNS = ("norm_sq", "dot", "diff_sq", "buf_dot", "buf_norm_sq", "sq_sum")
 # Longer tensors are cut into pieces so both workers get work from a single large matrix.
