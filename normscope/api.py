@@ -11,6 +11,7 @@ import fnmatch
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from normscope.engine import compute_stats
 from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR
@@ -27,6 +28,9 @@ from normscope.snapshot import (
 from normscope.sources import open_run
 from normscope.sources._assemble import subsample
 from normscope.trajectory import Trajectory, build_trajectory
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 
@@ -97,7 +101,7 @@ def _nothing_matches(include: Sequence[str], exclude: Sequence[str]) -> BadInput
 def trajectory_from_run(
     run: Run,
     *,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
     granularity: str = GRANULARITY_TENSOR,
@@ -194,7 +198,7 @@ def load_trajectory(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     every: int = 1,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
     recover_unsafe: bool = False,

@@ -262,6 +262,13 @@ def test_unknown_device_is_bad_input_and_auto_works():
     assert stats[0].params["w"].norm_sq == 12.0
 
 
+def test_a_torch_device_is_taken_as_its_name():
+    stats = compute_stats([snapshot(0, {"w": torch.full((3,), 2.0)})], device=torch.device("cpu"))
+    assert stats[0].params["w"].norm_sq == 12.0
+    with pytest.raises(BadInputError, match="invalid device 'meta'"):
+        compute_stats([snapshot(0, {"w": torch.ones(3)})], device=torch.device("meta"))
+
+
 def test_torch_thread_setting_is_restored():
     torch.set_num_threads(2)
     compute_stats([snapshot(0, {"w": torch.ones(10)})], device="cpu")

@@ -13,9 +13,13 @@ thread), `staging` (CUDA pinned double buffering), `fused` (the CPU's one-pass C
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from normscope.engine.device import resolve_device
 from normscope.snapshot import ParamStats, Snapshot, SnapshotStats
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 DEFAULT_BUCKET_BYTES = 256 * 2**20
 
@@ -25,7 +29,7 @@ __all__ = ["DEFAULT_BUCKET_BYTES", "compute_stats", "reduce_pair", "reduce_snaps
 def compute_stats(
     snapshots: Sequence[Snapshot],
     *,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     progress: Callable[[int, int], None] | None = None,
     granularity: str = "tensor",
@@ -38,7 +42,7 @@ def compute_stats(
 
     Args:
         snapshots: the run's snapshots, in time order.
-        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N", or a `torch.device`.
         bucket_bytes: the bound on tensor data in memory.
         progress: called as `progress(done_bytes, total_bytes)` after each bucket of each
             snapshot.
@@ -67,7 +71,7 @@ def reduce_snapshot_pair(
     previous: Snapshot | None = None,
     *,
     names: Iterable[str] | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
 ) -> dict[str, ParamStats]:
     """Stats of `current`'s parameters, with dot and diff against `previous`.
@@ -96,7 +100,7 @@ def reduce_pair(
     previous: Snapshot | None = None,
     *,
     names: Iterable[str] | None = None,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     granularity: str = "tensor",
 ) -> SnapshotStats:

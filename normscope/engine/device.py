@@ -35,7 +35,10 @@ def _no_gpu_here() -> bool:
     return sys.platform.startswith("linux") and not any(map(os.path.exists, _GPU_PATHS))
 
 
-def resolve_device(device: str = "auto") -> torch.device | CpuDevice:
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device | CpuDevice:
+    """"auto", "cpu", "cuda" or "cuda:N" (or a `torch.device` naming one) as the engine's device."""
+    if device is not None and not isinstance(device, str):
+        device = str(device)  # a torch.device's name ("cpu", "cuda:1") takes the same checks
     spec = (device or "auto").strip().lower()
     if spec == "cpu" or (spec == "auto" and _no_gpu_here()):
         return CPU
