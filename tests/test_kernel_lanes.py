@@ -18,17 +18,18 @@ from normscope.engine.fused import COLUMNS, dtype_codes, fused_kernel
 
 pytestmark = pytest.mark.skipif(fused_kernel() is None, reason="the fused kernel is not built")
 
+BLOCK = 512  # `_fused.c`: streams of other dtypes are converted BLOCK elements at a time
 CHUNK = 2048  # `_fused.c`: entries longer than 2 * CHUNK are reduced CHUNK elements at a time
 LANES = 8  # `_fused.c`: NS_LANES, float64 lanes of every sum
 F32_STEPS, F32_WIDTH = 4, 16  # `_fused.c`: NS_F32_STEPS steps of NS_F32_WIDTH float32 lanes
 LENGTHS = [0, 1, 7, 8, 15, 16, 17, 31, 32, 33, 127, 128, 129, 1000, 4096, 4097, 10_007]
 
 
-def _kernel_sums(streams: dict[str, np.ndarray], dtype: str) -> np.ndarray:
-    """One entry through the kernel: `streams` x (weights) and any of y, m, v, all of `dtype`
-    (numpy arrays of its bytes: uint16 words for bf16)."""
+def _kernel_sums(streams: dict[str, np.ndarray], dtype: str | dict[str, str]) -> np.ndarray:
+    """One entry through the kernel: `streams` x (weights) and any of y, m, v, all of `dtype` or
+    of the dtype given per stream (numpy arrays of its bytes: uint16 words for bf16)."""
     kernel = fused_kernel()
-    code = dtype_codes()[dtype]
+    dtypes = dtype if isinstance(dtype, dict) else dict.fromkeys(streams, dtype)
     x = streams["x"]
     numel = np.array([x.size], dtype=np.int64)
     keep = []
@@ -36,7 +37,7 @@ def _kernel_sums(streams: dict[str, np.ndarray], dtype: str) -> np.ndarray:
     for name in ("x", "y", "m", "v"):
         if name in streams:
             pointers = np.array([streams[name].ctypes.data], dtype=np.int64)
-            codes = np.array([code], dtype=np.int32)
+            codes = np.array([dtype_codes()[dtypes[name]]], dtype=np.int32)
             keep += [pointers, codes]
             args.append((pointers.ctypes.data, codes.ctypes.data))
         else:
@@ -75,12 +76,16 @@ def _spans(n: int) -> list[tuple[int, int]]:
     return [(lo, min(n, lo + CHUNK)) for lo in range(0, n, CHUNK)]
 
 
-def _model_float64_loops(values: dict[str, np.ndarray]) -> np.ndarray:
-    """The float64 loops' sums of streams given as float64 values, span by span, each span's
-    added to the row."""
+def _model_float64_loops(values: dict[str, np.ndarray], block: int | None = None) -> np.ndarray:
+    """The float64 loops' sums of streams given as float64 values, span by span (and `block`
+    by `block` within a span, as streams of different dtypes are converted), each added to the
+    row."""
     width = LANES
     out = np.zeros(len(COLUMNS))
-    for lo, hi in _spans(values["x"].size):
+    spans = _spans(values["x"].size)
+    if block is not None:
+        spans = [(b, min(hi, b + block)) for lo, hi in spans for b in range(lo, hi, block)]
+    for lo, hi in spans:
         x = values["x"][lo:hi]
         terms = {0: x * x}
         if "y" in values:
@@ -140,7 +145,7 @@ def _trained(n: int, seed: int, scale: float = 0.02) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("streams", ["x", "xy", "xm", "xym", "xmv", "xymv"])
+@pytest.mark.parametrize("streams", ["x", "xy", "xm", "xym", "xmv", "xymv", "xv", "xyv"])
 @pytest.mark.parametrize("n", LENGTHS)
 def test_float_sums_are_the_fixed_lane_order_bit_for_bit(dtype, streams, n):
     np_dtype = np.float32 if dtype == "float32" else np.float64
@@ -150,6 +155,20 @@ def test_float_sums_are_the_fixed_lane_order_bit_for_bit(dtype, streams, n):
         arrays[name] = np.abs(values).astype(np_dtype) if name == "v" else values.astype(np_dtype)
     got = _kernel_sums(arrays, dtype)
     want = _model_float64_loops({k: a.astype(np.float64) for k, a in arrays.items()})
+    assert got.tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+def test_streams_of_different_dtypes_are_the_float64_loops_block_by_block(n):
+    # fp32 weights beside the previous snapshot in fp64 and a bf16 momentum: each stream is
+    # converted to float64 BLOCK elements at a time, then summed by the float64 loops
+    x = _trained(n, seed=n).astype(np.float32)
+    y = _trained(n, seed=n + 1)
+    m = (_trained(n, seed=n + 2).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+    got = _kernel_sums({"x": x, "y": y, "m": m},
+                       {"x": "float32", "y": "float64", "m": "bfloat16"})  # fmt: skip
+    want = _model_float64_loops({"x": x.astype(np.float64), "y": y,
+                                 "m": _bf16(m).astype(np.float64)}, block=BLOCK)  # fmt: skip
     assert got.tolist() == want.tolist()
 
 

@@ -211,72 +211,6 @@ static inline const void *at(const void *base, int dtype, int64_t offset) {
     return (const char *)base + offset * itemsize(dtype);
 }
 
-/* The general case (streams of different dtypes): convert a block of each stream to float64
- * in an L1-resident buffer (BLOCK is a multiple of NS_LANES, so the lanes run on across blocks),
- * then reduce the buffers. */
-NS_CLONES
-static void reduce_mixed(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
-                         int mt, const void *v, int vt, double *out) {
-    double xb[BLOCK], yb[BLOCK], mb[BLOCK], vb[BLOCK];
-    ns_d4 z = {0, 0, 0, 0};
-    ns_d4 xx0 = z, xx1 = z, xy0 = z, xy1 = z, dd0 = z, dd1 = z, xm0 = z, xm1 = z, mm0 = z,
-          mm1 = z, vs0 = z, vs1 = z;
-    double t[6] = {0, 0, 0, 0, 0, 0}; /* the last block's tail */
-    for (int64_t lo = 0; lo < n; lo += BLOCK) {
-        int64_t k = n - lo < BLOCK ? n - lo : BLOCK, lanes = k - k % NS_LANES, i;
-        to_double(at(x, xt, lo), xt, k, xb);
-        if (y) to_double(at(y, yt, lo), yt, k, yb);
-        if (m) to_double(at(m, mt, lo), mt, k, mb);
-        if (v) to_double(at(v, vt, lo), vt, k, vb);
-        for (i = 0; i < lanes; i += NS_LANES) {
-            ns_d4 a0, a1, b0, b1, c0, c1;
-            lanes_float64(xb, i, &a0, &a1);
-            xx0 += a0 * a0;
-            xx1 += a1 * a1;
-            if (y) {
-                lanes_float64(yb, i, &b0, &b1);
-                ns_d4 d0 = b0 - a0, d1 = b1 - a1;
-                xy0 += a0 * b0;
-                xy1 += a1 * b1;
-                dd0 += d0 * d0;
-                dd1 += d1 * d1;
-            }
-            if (m) {
-                lanes_float64(mb, i, &c0, &c1);
-                xm0 += a0 * c0;
-                xm1 += a1 * c1;
-                mm0 += c0 * c0;
-                mm1 += c1 * c1;
-            }
-            if (v) {
-                lanes_float64(vb, i, &c0, &c1);
-                vs0 += c0;
-                vs1 += c1;
-            }
-        }
-        for (; i < k; i++) {
-            double a = xb[i];
-            t[0] += a * a;
-            if (y) {
-                double d = yb[i] - a;
-                t[1] += a * yb[i];
-                t[2] += d * d;
-            }
-            if (m) {
-                t[3] += a * mb[i];
-                t[4] += mb[i] * mb[i];
-            }
-            if (v) t[5] += vb[i];
-        }
-    }
-    out[0] += lanes_total(xx0, xx1) + t[0];
-    out[1] += lanes_total(xy0, xy1) + t[1];
-    out[2] += lanes_total(dd0, dd1) + t[2];
-    out[3] += lanes_total(xm0, xm1) + t[3];
-    out[4] += lanes_total(mm0, mm1) + t[4];
-    out[5] += lanes_total(vs0, vs1) + t[5];
-}
-
 /* The common cases, all streams of one dtype: each element is loaded, converted and used in
  * registers. One function per (dtype, streams present), with no test inside a loop. */
 #define NS_LOAD_float32(p, i) ((double)((const float *)(p))[i])
@@ -356,12 +290,16 @@ static void reduce_mixed(int64_t n, const void *x, int xt, const void *y, int yt
     NS_SUMS(T, optim_my, 1, 1, 0)                                                               \
     NS_SUMS(T, optim_mv, 0, 1, 1)                                                               \
     NS_SUMS(T, optim_myv, 1, 1, 1)                                                              \
+    NS_SUMS(T, second_v, 0, 0, 1)                                                               \
+    NS_SUMS(T, second_yv, 1, 0, 1)                                                              \
     static void same_##T(int64_t n, const void *x, const void *y, const void *m, const void *v, \
                          double *out) {                                                         \
         if (m && y && v) optim_myv_##T(n, x, y, m, v, out);                                     \
         else if (m && y) optim_my_##T(n, x, y, m, v, out);                                      \
         else if (m && v) optim_mv_##T(n, x, y, m, v, out);                                      \
         else if (m) optim_m_##T(n, x, y, m, v, out);                                            \
+        else if (v && y) second_yv_##T(n, x, y, m, v, out);                                     \
+        else if (v) second_v_##T(n, x, y, m, v, out);                                           \
         else if (y) pair_##T(n, x, y, m, v, out);                                               \
         else weight_##T(n, x, y, m, v, out);                                                    \
     }
@@ -369,6 +307,21 @@ static void reduce_mixed(int64_t n, const void *x, int xt, const void *y, int yt
 NS_SAME(float32)
 NS_SAME(float64)
 NS_SAME(bfloat16)
+
+/* The general case (streams of different dtypes): each stream converted to float64 a block at a
+ * time in an L1-resident buffer, then reduced by the float64 loops. */
+static void reduce_mixed(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
+                         int mt, const void *v, int vt, double *out) {
+    double xb[BLOCK], yb[BLOCK], mb[BLOCK], vb[BLOCK];
+    for (int64_t lo = 0; lo < n; lo += BLOCK) {
+        int64_t k = n - lo < BLOCK ? n - lo : BLOCK;
+        to_double(at(x, xt, lo), xt, k, xb);
+        if (y) to_double(at(y, yt, lo), yt, k, yb);
+        if (m) to_double(at(m, mt, lo), mt, k, mb);
+        if (v) to_double(at(v, vt, lo), vt, k, vb);
+        same_float64(k, xb, y ? yb : 0, m ? mb : 0, v ? vb : 0, out);
+    }
+}
 
 /* fp16: each stream converted to float32 a block at a time (F16C where the CPU has it, see
  * `half_block`; exact either way), then reduced by the float32 loops. */
@@ -400,6 +353,7 @@ static void same_float16(int64_t n, const void *x, const void *y, const void *m,
  * float64 loops only where its sums are not finite (a NaN/Inf input). */
 #define NS_F32_STEPS 4
 #define NS_F32_WIDTH 16
+#define NS_F32_GROUP (NS_F32_STEPS * NS_F32_WIDTH) /* elements between widenings */
 
 /* Float32 lanes 0-7 (`lo`) and 8-15 (`hi`): lane j plus lane j + 8, into float64 lanes 0-7. */
 NS_INLINE void widen_add(ns_f8 lo, ns_f8 hi, ns_d4 *acc0, ns_d4 *acc1) {
@@ -415,8 +369,8 @@ NS_INLINE void widen_add(ns_f8 lo, ns_f8 hi, ns_d4 *acc0, ns_d4 *acc1) {
     NS_CLONES static void NAME(int64_t n, const E *p, const E *q, ns_d4 acc[6]) {               \
         ns_d4 s0 = acc[0], s1 = acc[1], s2 = acc[2], s3 = acc[3], s4 = acc[4], s5 = acc[5];     \
         (void)q;                                                                                \
-        for (int64_t lo = 0; lo < n; lo += NS_F32_STEPS * NS_F32_WIDTH) {                       \
-            int64_t hi = n - lo < NS_F32_STEPS * NS_F32_WIDTH ? n : lo + NS_F32_STEPS * NS_F32_WIDTH; \
+        for (int64_t lo = 0; lo < n; lo += NS_F32_GROUP) {                                      \
+            int64_t hi = n - lo < NS_F32_GROUP ? n : lo + NS_F32_GROUP;                         \
             ns_f8 z = {0, 0, 0, 0, 0, 0, 0, 0};                                                 \
             ns_f8 xx0 = z, xx1 = z, xy0 = z, xy1 = z, dd0 = z, dd1 = z;                         \
             for (int64_t i = lo; i < hi; i += NS_F32_WIDTH) {                                   \
@@ -527,7 +481,7 @@ static void reduce_16bit(int dtype, int64_t n, const void *x, const void *y, con
 static void reduce_span(int64_t n, const void *x, int xt, const void *y, int yt, const void *m,
                         int mt, const void *v, int vt, double *out) {
     int same = (!y || yt == xt) && (!m || mt == xt) && (!v || vt == xt);
-    if (!same || (v && !m)) {
+    if (!same) {
         reduce_mixed(n, x, xt, y, yt, m, mt, v, vt, out);
         return;
     }
