@@ -6,9 +6,18 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import os
+
 import pytest
 
 from sample_runs.cpu_kernels import pin_cpu_kernels
+
+# A view's width comes from COLUMNS when its output is not a terminal, and the commands the tests
+# run inherit this environment: a test that needs a width sets it. Whatever the caller's shell
+# exports (and what GNU readline exports in a pytest-xdist worker, COLUMNS=80 LINES=24) is dropped,
+# so the suite reads the same from any shell and in parallel.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 # Before any tensor work: the fresh tiny run must reproduce the committed one bit for bit, and
 # torch's kernels depend on the CPU's instruction set unless pinned.

@@ -143,7 +143,7 @@ def test_nothing_cites_the_science_notes_that_do_not_ship():
 def test_the_readme_is_short_and_names_the_command_ci_runs():
     text = README.read_text(encoding="utf-8")
     assert len(text.encode("utf-8")) <= 15_000
-    test_command = "python3 -m pytest -q"
+    test_command = "python3 -m pytest -q -n auto"
     assert test_command in text
     ci = ROOT / ".ci" / "run"
     if ci.exists():  # a copy of the tests outside the checkout has no .ci/
