@@ -14,8 +14,9 @@ from sample_runs.cpu_kernels import pin_cpu_kernels
 
 # A view's width comes from COLUMNS when its output is not a terminal, and the commands the tests
 # run inherit this environment: a test that needs a width sets it. Whatever the caller's shell
-# exports (and what GNU readline exports in a pytest-xdist worker, COLUMNS=80 LINES=24) is dropped,
-# so the suite reads the same from any shell and in parallel.
+# exports is dropped, and so is what GNU readline sets once a process imports it (COLUMNS=80
+# LINES=24, which pytest-xdist's workers inherit from the process that starts them), so the suite
+# reads the same from any shell and in parallel.
 for _name in ("COLUMNS", "LINES"):
     os.environ.pop(_name, None)
 
