@@ -208,16 +208,68 @@ def hyperparams_used(table: pd.DataFrame, overrides: HyperparamOverrides, source
     return tuple(out)
 
 
-def _column(rows: pd.DataFrame, name: str, override: float | None) -> np.ndarray:
+class LayerRows:
+    """One parameter's rows as arrays, one per table column, in snapshot order: what
+    `layer_equilibrium` reads. `equilibrium_report` cuts them from whole columns (one frame per
+    parameter cost milliseconds each, seconds on a run of thousands of invariant weights)."""
+
+    __slots__ = ("columns", "count")
+
+    def __init__(self, columns: dict[str, np.ndarray], count: int) -> None:
+        self.columns = columns
+        self.count = count
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns of `frame` that `layer_equilibrium` reads, as arrays in its row order (the
+    nullable step column as floats, NaN where unknown)."""
+    out = {}
+    for name in frame.columns:
+        if name not in _LAYER_COLUMNS:
+            continue
+        column = frame[name]
+        out[name] = (column.astype("Float64").to_numpy(dtype=float, na_value=math.nan) if name == "step"
+                     else column.to_numpy())
+    return out
+
+
+def layer_rows(frame: pd.DataFrame) -> LayerRows:
+    """One parameter's rows of the trajectory table as `LayerRows` (sorted by snapshot)."""
+    frame = frame.sort_values("snapshot")
+    return LayerRows(_arrays(frame), len(frame))
+
+
+def _rows_by_param(table: pd.DataFrame, params: set[str]) -> dict[str, LayerRows]:
+    """`layer_rows` of each of `params`, cut from whole columns: one sort of their rows by
+    parameter, then snapshot."""
+    read = table.loc[table["param"].isin(params), [c for c in table.columns if c in _LAYER_COLUMNS]]
+    codes, names = pd.factorize(read["param"], sort=False)
+    order = np.lexsort((read["snapshot"].to_numpy(), codes))
+    columns = {name: values[order] for name, values in _arrays(read).items()}
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    return {str(name): LayerRows({c: values[lo:hi] for c, values in columns.items()}, int(hi - lo))
+            for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
+
+
+def _column(rows: LayerRows, name: str, override: float | None) -> np.ndarray:
     if override is not None:
         return np.full(len(rows), float(override))
-    return rows[name].to_numpy(dtype=float) if name in rows else np.full(len(rows), math.nan)
+    return np.asarray(rows[name], dtype=float) if name in rows else np.full(len(rows), math.nan)
 
 
-def _steps(rows: pd.DataFrame, overrides: HyperparamOverrides) -> np.ndarray:
-    steps = rows["step"].astype("Float64").to_numpy(dtype=float, na_value=math.nan)
+def _steps(rows: LayerRows, overrides: HyperparamOverrides) -> np.ndarray:
+    steps = np.array(rows["step"], dtype=float)
     if np.isnan(steps).any() and overrides.steps_per_epoch is not None:
-        by_epoch = rows["epoch"].to_numpy(dtype=float) * overrides.steps_per_epoch
+        by_epoch = np.asarray(rows["epoch"], dtype=float) * overrides.steps_per_epoch
         steps = np.where(np.isnan(steps), by_epoch, steps)
     return steps
 
@@ -303,31 +355,33 @@ def _last_beyond(stack: list[tuple[int, float]], threshold: float, *, greater: b
     return stack[cut - 1][0] if cut > 0 else 0
 
 
-def _grad_ratio(rows: pd.DataFrame, eta: np.ndarray, lam: np.ndarray, mom: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _grad_ratio(rows: LayerRows, eta: np.ndarray, lam: np.ndarray, mom: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Measured η|g|/|w|, its SGD prediction √(2ηλ(1−μ)), and where |g| came from, per row."""
-    norm = rows["norm"].to_numpy(dtype=float)
-    live = rows["grad_norm"].to_numpy(dtype=float)
-    b_sq = rows["buf_norm"].to_numpy(dtype=float) ** 2
-    b_dot = rows["buf_dot"].to_numpy(dtype=float)
+    norm = _column(rows, "norm", None)
+    live = _column(rows, "grad_norm", None)
+    b_sq = _column(rows, "buf_norm", None) ** 2
+    b_dot = _column(rows, "buf_dot", None)
     predicted = theory.grad_to_weight_ratio(eta, lam, mom) if family == "sgd" else np.full(len(rows), math.nan)
-    measured = np.full(len(rows), math.nan)
-    sources = [""] * len(rows)
-    for i in range(len(rows)):
-        if np.isfinite(live[i]) and live[i] > 0:
-            measured[i], sources[i] = eta[i] * live[i] / norm[i], "live log"
-        elif family == "sgd" and np.isfinite(b_sq[i]) and b_sq[i] > 0:
-            a = lam[i] / (1 - mom[i])  # b − a·w ≈ Σ μ^j g_{t−j}
-            noise_sq = b_sq[i] - 2 * a * b_dot[i] + a * a * norm[i] ** 2
-            g = math.sqrt(max((1 - mom[i] ** 2) * noise_sq, 0.0))
-            measured[i], sources[i] = eta[i] * g / norm[i], "momentum buffer"
+    from_log = np.isfinite(live) & (live > 0)
+    from_buffer = ~from_log & (family == "sgd") & np.isfinite(b_sq) & (b_sq > 0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        a = lam / (1 - mom)  # b − a·w ≈ Σ μ^j g_{t−j}
+        noise_sq = b_sq - 2 * a * b_dot + a * a * norm**2
+        # NaN where the buffer is not read; max(·, 0) as `max` takes it (a NaN left as it is)
+        g = np.sqrt(np.where((1 - mom**2) * noise_sq < 0, 0.0, (1 - mom**2) * noise_sq))
+        measured = np.where(from_log, eta * live / norm, np.where(from_buffer, eta * g / norm, math.nan))
+    sources = np.where(from_log, "live log", np.where(from_buffer, "momentum buffer", "")).tolist()
     return measured, predicted, sources
 
 
-def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = HyperparamOverrides()) -> LayerEquilibrium | NotApplicable:
-    """Predicted vs measured equilibrium for one scale-invariant parameter's rows."""
-    rows = rows.sort_values("snapshot").reset_index(drop=True)
-    param, layer = str(rows["param"].iloc[0]), str(rows["layer"].iloc[0])
-    family = optimizer_family(overrides.optimizer or str(rows["optimizer"].iloc[-1]))
+def layer_equilibrium(rows: pd.DataFrame | LayerRows,
+                      overrides: HyperparamOverrides = HyperparamOverrides()) -> LayerEquilibrium | NotApplicable:
+    """Predicted vs measured equilibrium for one scale-invariant parameter's rows (its rows of the
+    trajectory table, or their `LayerRows`)."""
+    if isinstance(rows, pd.DataFrame):
+        rows = layer_rows(rows)
+    param, layer = str(rows["param"][0]), str(rows["layer"][0])
+    family = optimizer_family(overrides.optimizer or str(rows["optimizer"][-1]))
     lam_row = _column(rows, "weight_decay", overrides.weight_decay)
     if family == "":
         return NotApplicable(param, layer, "optimizer unknown: give the optimizer (SGD or AdamW) to predict an equilibrium")
@@ -347,7 +401,7 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     lam_eff = predict.lambda_eff(lam, mom)
     with np.errstate(invalid="ignore", divide="ignore"):
         predicted_angle = np.arccos(np.clip((1 - eta * lam_eff) ** effective_steps(k, mom), -1, 1))
-        ratio = rows["angle_rad"].to_numpy(dtype=float) / predicted_angle
+        ratio = _column(rows, "angle_rad", None) / predicted_angle
     per_step = predict.angle_per_step(eta, lam, mom)
     ratio = np.where(predicted_angle > 0, ratio, math.nan)
     tau = predict.relaxation(eta, lam, mom)
@@ -355,11 +409,11 @@ def layer_equilibrium(rows: pd.DataFrame, overrides: HyperparamOverrides = Hyper
     since = np.array([steps[i] - steps[max(starts[i] - 1, 0)] for i in range(len(rows))])
     relax_in_phase = since / tau
     grad_meas, grad_pred, grad_src = _grad_ratio(rows, eta, lam, mom, family)
-    numel = rows["numel"].to_numpy(dtype=float)
+    numel = _column(rows, "numel", None)
     pred_norm = theory.adamw_equilibrium_norm(eta, lam, numel) if family == "adamw" else np.full(len(rows), math.nan)
     # whole columns once: a cell lookup per point cost most of a live refresh
     snapshots, epochs = rows["snapshot"].tolist(), rows["epoch"].tolist()
-    angles, norms = rows["angle_rad"].tolist(), rows["norm"].tolist()
+    angles, norms = _column(rows, "angle_rad", None).tolist(), _column(rows, "norm", None).tolist()
     points = tuple(
         EquilibriumPoint(
             snapshot=int(snapshots[i]), step=float(steps[i]),
@@ -508,8 +562,7 @@ def equilibrium_report(
     # the rows of the invariant parameters only, in the columns `layer_equilibrium` reads: a run of
     # thousands of tensors made a frame of every column for every parameter
     invariant = {v.param for v in verdicts if v.verdict == INVARIANT and v.param in present}
-    read = table.loc[table["param"].isin(invariant), [c for c in table.columns if c in _LAYER_COLUMNS]]
-    by_param = {name: rows for name, rows in read.groupby("param", sort=False)}
+    by_param = _rows_by_param(table, invariant)
     layers: list[LayerEquilibrium] = []
     skipped: list[NotApplicable] = []
     for v in verdicts:
