@@ -3,8 +3,6 @@ is in here; `schema_version` changes whenever a field is renamed or removed."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from typing import Any
 
 from normscope import __version__
@@ -56,7 +54,7 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         sections["rows"] = rows_json(result.rows)
     live = getattr(result, "live", None)
     if live is not None:  # what `watch` shows: the latest record of each parameter, recent averages
-        sections["live"] = {key: value for key, value in _plain(live).items()
+        sections["live"] = {key: value for key, value in jsonable(live).items()
                             if key not in ("root", "layout", "warnings", "advice")}
     sections["skipped"] = dict(result.skipped)
     doc: dict[str, Any] = {
@@ -75,29 +73,4 @@ def analyze_document(traj: Trajectory, result: Overview) -> dict[str, Any]:
         "params": result.params,
     }
     doc.update(sections)
-    return _plain(doc)
-
-
-_FIELDS: dict[type, tuple[str, ...] | None] = {}  # a dataclass's field names (None: not a dataclass)
-
-
-def _plain(value: Any) -> Any:
-    """`jsonable(value)`, the same values, with the types a result is made of (plain numbers and
-    text, lists, dicts, dataclasses) told apart by their exact type: a run of 8k parameters
-    holds half a million of them. Anything else goes to `jsonable`."""
-    kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
-        return value
-    if kind is float:
-        return value if math.isfinite(value) else None
-    if kind is list or kind is tuple:
-        return [_plain(v) for v in value]
-    if kind is dict:
-        return {str(k): _plain(v) for k, v in value.items()}
-    names = _FIELDS.get(kind, ())
-    if names == ():
-        names = _FIELDS[kind] = (tuple(f.name for f in dataclasses.fields(kind))
-                                 if dataclasses.is_dataclass(kind) else None)
-    if names is not None:
-        return {name: _plain(getattr(value, name)) for name in names}
-    return jsonable(value)
+    return jsonable(doc)
