@@ -25,7 +25,9 @@ catches the heads of three of the four runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -154,21 +156,25 @@ def dynamic_evidence_by_param(table: pd.DataFrame) -> dict[str, list[Evidence]]:
         norm_prev = previous(norm)
         measured = 1 - dot_prev / (norm_prev**2)
         lr_prev = previous(lr)
-    out: dict[str, list[Evidence]] = {}
+    # each parameter's samples first, their medians then in batches of one length (one call of
+    # numpy's median over a stack of rows: the same middle values as a call per parameter)
+    samples: list[np.ndarray] = []
+    pending: dict[str, list[tuple[str, Any]]] = {}
     for lo, hi in zip(starts.tolist(), ends.tolist()):
         name = params[names[lo]]
         family = optimizer_family(str(optimizer[lo]))
-        found: list[Evidence] = []
+        found: list[tuple[str, Any]] = []
         here = slice(lo, hi)
         chosen = logged[here]
         if chosen.any():
-            med = float(np.median(grad_cos[here][chosen]))
-            found.append(_grad_evidence(med, int(chosen.sum())))
+            samples.append(grad_cos[here][chosen])
+            found.append(("grad", int(chosen.sum())))
         chosen = with_buf[here]
         if chosen.any() and family in ("sgd", "adamw"):
             late = _later_half_array((sgd_cos if family == "sgd" else adam_cos)[here][chosen])
             if len(late):
-                found.append(_buffer_evidence(float(np.median(late)), family))
+                samples.append(late)
+                found.append(("buffer", family))
         if (~np.isnan(dot_prev[here])).any() and family in ("sgd", "adamw") and not np.isnan(step[here]).any():
             with np.errstate(all="ignore"):
                 lam_here = lam_sgd[here] if family == "sgd" else lam_prev[here]
@@ -176,8 +182,32 @@ def dynamic_evidence_by_param(table: pd.DataFrame) -> dict[str, list[Evidence]]:
                 ratio = np.where(shrink > 0, measured[here] / shrink, np.nan)
             late = _later_half_array(ratio)
             if len(late):
-                found.append(_radial_evidence(float(np.median(late))))
-        out[name] = found
+                samples.append(late)
+                found.append(("radial", None))
+        pending[name] = found
+    medians = iter(_medians(samples))  # in the order the samples were taken
+    return {name: [_evidence(kind, next(medians), extra) for kind, extra in found]
+            for name, found in pending.items()}
+
+
+def _evidence(kind: str, med: float, extra: Any) -> Evidence:
+    if kind == "grad":
+        return _grad_evidence(med, extra)  # extra: the count of logged steps
+    if kind == "buffer":
+        return _buffer_evidence(med, extra)  # extra: the optimizer family
+    return _radial_evidence(med)
+
+
+def _medians(samples: list[np.ndarray]) -> list[float]:
+    """`float(np.median(s))` of each of `samples` (non-empty, NaN-free), samples of one length
+    taken together."""
+    out = [math.nan] * len(samples)
+    by_length: dict[int, list[int]] = {}
+    for i, values in enumerate(samples):
+        by_length.setdefault(len(values), []).append(i)
+    for indices in by_length.values():
+        for i, med in zip(indices, np.median(np.stack([samples[i] for i in indices]), axis=1).tolist()):
+            out[i] = med
     return out
 
 
