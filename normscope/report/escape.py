@@ -22,6 +22,8 @@ import json
 import re
 from typing import Any
 
+from normscope.report.json_indent import indented
+
 # C0 and C1 control characters, DEL, the Unicode line and paragraph separators, and the bidirectional
 # overrides and isolates (which reorder what a terminal or browser shows).
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u061c\u202a-\u202e\u2066-\u2069]")
@@ -117,8 +119,10 @@ def plot_label(text: object) -> str:
 
 
 def json_text(document: Any, *, indent: int | None = 2) -> str:
-    """A JSON document as text (no NaN), with `##[` in strings written as `##\\u005b`."""
-    return json.dumps(document, indent=indent, allow_nan=False).replace(_LEGACY_COMMAND, "##\\u005b")
+    """A JSON document as text (no NaN), with `##[` in strings written as `##\\u005b`. Indented, it is
+    `json.dumps`'s text, written by `json_indent.indented`."""
+    text = json.dumps(document, allow_nan=False) if indent is None else indented(document, indent)
+    return text.replace(_LEGACY_COMMAND, "##\\u005b")
 
 
 __all__ = ["control_escaped", "csv_field", "github_data", "github_property", "html_text", "json_text",
