@@ -148,9 +148,12 @@ def child_stages(root: str) -> dict:
     from normscope.sources import open_run
     from normscope.trajectory import build_trajectory
 
+    def engine():
+        run = open_run(root)
+        return run, list(compute_stats(run.snapshots, device="cpu"))
+
     results: dict = {}
-    run, stats = _timed(results, "engine", lambda: (lambda r: (r, list(compute_stats(r.snapshots, device="cpu"))))(
-        open_run(root)))
+    run, stats = _timed(results, "engine", engine)
     traj = _timed(results, "table", lambda: build_trajectory(
         stats, layout=run.layout, root=run.root, ordering=run.ordering, warnings=run.warnings,
         framework=run.framework))
@@ -185,7 +188,7 @@ def run_child(kind: str, root: str) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--dir", root], env=env,
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"the {kind} child failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -28,8 +28,6 @@ import json
 import os
 import platform
 import re
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
