@@ -57,48 +57,40 @@ def _write(value: Any, parts: list[str], newline: str, step: str) -> None:
         return
     kind = type(value)
     if kind is list or kind is tuple:
-        if not value:
-            parts.append("[]")
-            return
-        inner = newline + step
-        separator = "," + inner
-        parts.append("[" + inner)
-        first = True
-        for item in value:
-            if first:
-                first = False
-            else:
-                parts.append(separator)
-            text = _leaf(item)
-            if text is None:
-                _write(item, parts, inner, step)
-            else:
-                parts.append(text)
-        parts.append(newline + "]")
+        _members("[]", (("", item) for item in value), len(value), parts, newline, step)
     elif kind is dict:
-        if not value:
-            parts.append("{}")
-            return
-        inner = newline + step
-        separator = "," + inner
-        parts.append("{" + inner)
-        first = True
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _Unplain  # json.dumps's own rules for numbers, booleans and None as keys
-            if first:
-                first = False
-            else:
-                parts.append(separator)
-            text = _leaf(item)
-            if text is None:
-                parts.append(encode_basestring_ascii(key) + ": ")
-                _write(item, parts, inner, step)
-            else:
-                parts.append(encode_basestring_ascii(key) + ": " + text)
-        parts.append(newline + "}")
+        _members("{}", ((_key(key), item) for key, item in value.items()), len(value), parts, newline, step)
     else:
         raise _Unplain
+
+
+def _key(key: Any) -> str:
+    if type(key) is not str:
+        raise _Unplain  # json.dumps's own rules for numbers, booleans and None as keys
+    return encode_basestring_ascii(key) + ": "
+
+
+def _members(brackets: str, members, count: int, parts: list[str], newline: str, step: str) -> None:
+    """A list's items or a dict's (key text, value) pairs, one a line, one step deeper."""
+    if not count:
+        parts.append(brackets)
+        return
+    inner = newline + step
+    separator = "," + inner
+    parts.append(brackets[0] + inner)
+    first = True
+    for prefix, item in members:
+        if first:
+            first = False
+        else:
+            parts.append(separator)
+        text = _leaf(item)
+        if text is None:
+            parts.append(prefix)
+            _write(item, parts, inner, step)
+        else:
+            parts.append(prefix + text)
+    parts.append(newline + brackets[1])
 
 
 __all__ = ["indented"]
