@@ -94,12 +94,13 @@ def generate(root: str, blocks: int, snapshots: int) -> dict:
     start = {n: rng.standard_normal(s).astype(np.float32) * 0.3 for n, s in names if s}
     drift = {n: rng.standard_normal(s).astype(np.float32) * 0.3 for n, s in names if s}
     params = [n for n, s in names if not n.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    is_param = set(params)
     steps_per_epoch = 50
-    momentum: dict[str, np.ndarray] = {}
     for epoch in range(snapshots):
         t = epoch / max(snapshots - 1, 1)
         lr = 0.1 if t <= 0.75 else 0.01
         state: dict[str, torch.Tensor] = {}
+        momentum: dict[str, np.ndarray] = {}
         for n, shape in names:
             if not shape:
                 state[n] = torch.tensor(epoch * steps_per_epoch)
@@ -110,7 +111,7 @@ def generate(root: str, blocks: int, snapshots: int) -> dict:
             turned *= np.linalg.norm(start[n]) / np.linalg.norm(turned)  # only `factor` changes the norm
             factor = _scale(t, block) if n.endswith("conv.weight") else 1.0 + 0.01 * epoch
             state[n] = torch.from_numpy((turned * factor).astype(np.float32))
-            if n in params:
+            if n in is_param:
                 momentum[n] = _momentum_buffer(n, state[n].numpy(), start[n], drift[n], epoch)
         buffers = {i: {"momentum_buffer": torch.from_numpy(momentum[n])} for i, n in enumerate(params)}
         groups = [{"lr": lr, "momentum": 0.9, "dampening": 0, "weight_decay": 5e-4, "nesterov": False,
