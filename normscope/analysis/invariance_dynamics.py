@@ -25,9 +25,10 @@ catches the heads of three of the four runs.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -159,22 +160,22 @@ def dynamic_evidence_by_param(table: pd.DataFrame) -> dict[str, list[Evidence]]:
     # each parameter's samples first, their medians then in batches of one length (one call of
     # numpy's median over a stack of rows: the same middle values as a call per parameter)
     samples: list[np.ndarray] = []
-    pending: dict[str, list[tuple[str, Any]]] = {}
+    pending: dict[str, list[Callable[[float], Evidence]]] = {}  # each sample's Evidence, given its median
     for lo, hi in zip(starts.tolist(), ends.tolist()):
         name = params[names[lo]]
         family = optimizer_family(str(optimizer[lo]))
-        found: list[tuple[str, Any]] = []
+        found: list[Callable[[float], Evidence]] = []
         here = slice(lo, hi)
         chosen = logged[here]
         if chosen.any():
             samples.append(grad_cos[here][chosen])
-            found.append(("grad", int(chosen.sum())))
+            found.append(functools.partial(_grad_evidence, count=int(chosen.sum())))
         chosen = with_buf[here]
         if chosen.any() and family in ("sgd", "adamw"):
             late = _later_half_array((sgd_cos if family == "sgd" else adam_cos)[here][chosen])
             if len(late):
                 samples.append(late)
-                found.append(("buffer", family))
+                found.append(functools.partial(_buffer_evidence, family=family))
         if (~np.isnan(dot_prev[here])).any() and family in ("sgd", "adamw") and not np.isnan(step[here]).any():
             with np.errstate(all="ignore"):
                 lam_here = lam_sgd[here] if family == "sgd" else lam_prev[here]
@@ -183,19 +184,10 @@ def dynamic_evidence_by_param(table: pd.DataFrame) -> dict[str, list[Evidence]]:
             late = _later_half_array(ratio)
             if len(late):
                 samples.append(late)
-                found.append(("radial", None))
+                found.append(_radial_evidence)
         pending[name] = found
     medians = iter(_medians(samples))  # in the order the samples were taken
-    return {name: [_evidence(kind, next(medians), extra) for kind, extra in found]
-            for name, found in pending.items()}
-
-
-def _evidence(kind: str, med: float, extra: Any) -> Evidence:
-    if kind == "grad":
-        return _grad_evidence(med, extra)  # extra: the count of logged steps
-    if kind == "buffer":
-        return _buffer_evidence(med, extra)  # extra: the optimizer family
-    return _radial_evidence(med)
+    return {name: [evidence(next(medians)) for evidence in found] for name, found in pending.items()}
 
 
 def _medians(samples: list[np.ndarray]) -> list[float]:
