@@ -213,11 +213,10 @@ class LayerRows:
     `layer_equilibrium` reads. `equilibrium_report` cuts them from whole columns (one frame per
     parameter cost milliseconds each, seconds on a run of thousands of invariant weights)."""
 
-    __slots__ = ("columns", "count")
+    __slots__ = ("columns",)
 
-    def __init__(self, columns: dict[str, np.ndarray], count: int) -> None:
-        self.columns = columns
-        self.count = count
+    def __init__(self, columns: dict[str, np.ndarray]) -> None:
+        self.columns = columns  # every one as long as "snapshot", which every table has
 
     def __contains__(self, name: object) -> bool:
         return name in self.columns
@@ -226,7 +225,7 @@ class LayerRows:
         return self.columns[name]
 
     def __len__(self) -> int:
-        return self.count
+        return len(self.columns["snapshot"])
 
 
 def _arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -244,8 +243,7 @@ def _arrays(frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def layer_rows(frame: pd.DataFrame) -> LayerRows:
     """One parameter's rows of the trajectory table as `LayerRows` (sorted by snapshot)."""
-    frame = frame.sort_values("snapshot")
-    return LayerRows(_arrays(frame), len(frame))
+    return LayerRows(_arrays(frame.sort_values("snapshot")))
 
 
 def _rows_by_param(table: pd.DataFrame, params: set[str]) -> dict[str, LayerRows]:
@@ -256,7 +254,7 @@ def _rows_by_param(table: pd.DataFrame, params: set[str]) -> dict[str, LayerRows
     order = np.lexsort((read["snapshot"].to_numpy(), codes))
     columns = {name: values[order] for name, values in _arrays(read).items()}
     bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
-    return {str(name): LayerRows({c: values[lo:hi] for c, values in columns.items()}, int(hi - lo))
+    return {str(name): LayerRows({c: values[lo:hi] for c, values in columns.items()})
             for name, lo, hi in zip(names, bounds[:-1], bounds[1:])}
 
 
