@@ -37,8 +37,7 @@ def jsonable(value: Any) -> Any:
 
 
 def _other(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    """Values of the other types (a dataclass instance never gets here: its type is in `_FIELDS`)."""
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
