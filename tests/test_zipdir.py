@@ -162,3 +162,44 @@ def test_an_archive_named_in_utf8_has_its_records(tmp_path):
     facts = zip_facts(str(path))
     assert facts.records is not None and facts.records.archive == "модель/"
     assert torch.equal(load_torch_zip_fast(str(path))["w"], torch.load(path, weights_only=True)["w"])
+
+
+def test_opening_a_run_reads_each_checkpoints_directory_once(monkeypatch):
+    # the layouts' sniffers, the reader's sniff and the loader each ask every file: 61 files, one
+    # read each (a cache bounded by a count below the run's length read each file three times)
+    from normscope.sources import _zipdir, open_run
+
+    run_dir = SAMPLES / "digits_bn_cnn_sgd"
+    files = sorted(run_dir.glob("*.pt"))
+    assert len(files) > 32
+    read: list[str] = []
+    real = _zipdir._zip_facts._read
+    monkeypatch.setattr(_zipdir._zip_facts, "_read", lambda path: read.append(path) or real(path))
+    run = open_run(run_dir)
+    assert len(run.snapshots) == len(files)
+    assert sorted(read) == sorted(map(str, files))
+
+
+def test_the_facts_cache_holds_at_most_its_budget_and_drops_the_oldest(tmp_path):
+    from normscope.sources import _zipdir
+
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"c{i}.pt")
+        torch.save({f"w{j}": torch.ones(2) for j in range(200)}, paths[-1])
+    one = _zipdir._cost(zip_facts(str(paths[0])))
+    reads: list[str] = []
+    cache = _zipdir._FactsCache(lambda p: reads.append(p) or _zipdir._read_facts(p), budget_bytes=3 * one)
+    for p in paths:
+        cache(str(p), (1,))
+    assert cache._held <= 3 * one and len(cache._entries) == 3
+    cache(str(paths[-1]), (1,))  # kept: no read
+    cache(str(paths[0]), (1,))  # the oldest, dropped: read again
+    assert reads == [*map(str, paths), str(paths[0])]
+    cache(str(paths[-1]), (2,))  # another identity (a rewritten file): read again
+    assert reads[-1] == str(paths[-1])
+    # an entry bigger than the budget is still kept (the next question about that file is next)
+    small = _zipdir._FactsCache(_zipdir._read_facts, budget_bytes=1)
+    assert small(str(paths[0]), (1,)) is small(str(paths[0]), (1,))
+    small.cache_clear()
+    assert small._held == 0 and not small._entries
