@@ -94,6 +94,20 @@ def test_nonfinite_weights_are_analysed_and_flagged(tiny_trained_run, tmp_path):
     assert "head.weight holds 3 non-finite value(s)" in result.stderr
     doc = json.loads(result.stdout)
     assert doc["totals"]["nonfinite"][0]["param"] == "head.weight"
+    # csv and parquet, which run no analysis but the run summary, say the same on stderr
+    for fmt in ("table", "csv", "parquet"):
+        again = invoke(damaged, "--format", fmt, "-o", tmp_path / f"out.{fmt}")
+        assert again.exit_code == 0 and again.stderr == result.stderr, fmt
+
+
+def test_each_format_says_the_same_notes_with_the_equilibrium(sgd_run_dir, tmp_path):
+    said = {}
+    for fmt in ("json", "csv", "parquet"):
+        result = invoke(sgd_run_dir, "--format", fmt, "--equilibrium", "-o", tmp_path / f"out.{fmt}")
+        assert result.exit_code == 0, result.output
+        said[fmt] = result.stderr
+    assert "normscope: note:" in said["json"]
+    assert said["csv"] == said["json"] == said["parquet"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

@@ -14,67 +14,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from normscope.analysis.bounce import analyze_bounces
-from normscope.analysis.equilibrium import HyperparamOverrides, equilibrium_for, scale_invariance
-from normscope.analysis.premise import abel_premise
-from normscope.analysis.recommend import recommend_table
-from normscope.analysis.row_equilibrium import row_report
+from normscope.analysis.equilibrium import equilibrium_for, scale_invariance
+from normscope.analysis.options import RunOptions
+from normscope.analysis.skipped import BOUNCES, EQUILIBRIUM, RECOMMENDATION, TEXP
 from normscope.analysis.summary import (
     ParamSummary,
     RunSummary,
     summarize_params,
     summarize_run,
 )
-from normscope.analysis.weights import weight_stats
-from normscope.analysis.skipped import BOUNCES, EQUILIBRIUM, RECOMMENDATION, TEXP
-from normscope.check.rules import evaluate_rules
-from normscope.errors import BadInputError, NormscopeError
+from normscope.errors import NormscopeError
 from normscope.live.frame import advice_lines, frame_of
-from normscope.lr_schedules import texp_schedule
 from normscope.trajectory import Trajectory
 
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """What the commands share: which tensors and snapshots to read, where, and what the run's
-    checkpoints do not say (epochs, budget, model, hyper-parameters)."""
-
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    every: int = 1
-    device: str = "auto"
-    steps_per_epoch: float | None = None
-    # each checkpoint file is one epoch: numbered 1..N in the run's time order (`--one-file-per-epoch`)
-    one_file_per_epoch: bool = False
-    total_epochs: int | None = None
-    # tensor kinds in the total norm of the bounce analysis and the recommendation (None: weight)
-    kinds: tuple[str, ...] | None = None
-    base_lr: float | None = None  # the recommendation's base LR (None: the largest LR recorded)
-    decay_factor: float = 0.1  # the recommendation's LR multiplier at each decay
-    min_lr: float = 0.0  # the recommendation never decays below this LR
-    texp: bool = False  # also Li & Arora's tapered-exponential equivalent of the recommended schedule
-    recent: int = 5  # the live view's averages (cos(w,g), angle) are over this many latest records
-    model_spec: str | None = None  # "package.module:factory": imports and runs the user's code
-    optimizer: str | None = None
-    lr: float | None = None
-    weight_decay: float | None = None
-    momentum: float | None = None
-    beta1: float | None = None
-    probe: bool = True  # numerical homogeneity probe for the invariance verdicts (needs --model)
-
-    def __post_init__(self) -> None:
-        if self.one_file_per_epoch and self.steps_per_epoch is not None:
-            raise BadInputError("give --one-file-per-epoch or --steps-per-epoch, not both: one numbers the "
-                                "files as epochs, the other divides their steps")
-
-    def hyperparam_overrides(self, trajectory: Trajectory):
-        """The equilibrium analysis's overrides for this run. Which LR governs an interval depends on
-        the source: a tracker record holds the LR its own step used; a checkpoint usually the next
-        epoch's (the scheduler stepped before the save)."""
-        return HyperparamOverrides(optimizer=self.optimizer, lr=self.lr, weight_decay=self.weight_decay,
-                                   momentum=self.momentum, beta1=self.beta1,
-                                   steps_per_epoch=self.steps_per_epoch,
-                                   lr_at="end" if trajectory.layout == "jsonl" else "start")
 
 
 @dataclass(frozen=True)
@@ -132,6 +84,10 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
             skipped[EQUILIBRIUM] = exc.message
     rec = premise = texp = None
     if recommendation:
+        # lazy: the analyses a view does not show are not imported either
+        from normscope.analysis.premise import abel_premise
+        from normscope.analysis.recommend import recommend_table
+
         try:
             rec = recommend_table(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch,
                                   lr=options.base_lr, decay_factor=options.decay_factor, min_lr=options.min_lr,
@@ -146,6 +102,8 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
                     skipped[TEXP] = why
     rows = None
     if trajectory.granularity == "row":
+        from normscope.analysis.row_equilibrium import row_report  # lazy: a row-granularity run only
+
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
@@ -159,6 +117,10 @@ def _with_check(result: RunAnalysis, trajectory: Trajectory, options: RunOptions
     """`result` with the weight rules' numbers and the check's findings, when `check` is given."""
     if check is None:
         return result
+    # lazy: the check's rules and numbers, for `check` only
+    from normscope.analysis.weights import weight_stats
+    from normscope.check.rules import evaluate_rules
+
     result = replace(result, weights=weight_stats(trajectory, tuple(check.kinds)))
     return replace(result, check=evaluate_rules(trajectory, check, result, baseline=baseline, rules=rules,
                                                 options=options))
@@ -180,6 +142,8 @@ def texp_equivalent(rec) -> tuple[Any | None, str | None]:
         return None, "it needs steps per epoch: pass --steps-per-epoch N"
     if not (s.weight_decay == s.weight_decay and s.weight_decay > 0):
         return None, "it needs the run's weight decay, and the checkpoints record none"
+    from normscope.lr_schedules import texp_schedule  # lazy: with --texp only
+
     momentum = s.momentum if s.momentum == s.momentum else 0.0
     return texp_schedule(rec.schedule, round(s.steps_per_epoch), s.weight_decay, momentum), None
 

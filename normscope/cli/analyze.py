@@ -110,9 +110,8 @@ def analyze(
                                                 rich_help_panel="Hyper-parameter overrides")] = None,
 ) -> None:
     """Per-layer norm trajectories of a run: first / min / last norm, change, angle moved, bounces."""
-    # lazy: numpy and pandas, which `normscope --help` does not import
-    from normscope.analysis.runner import RunOptions, analyze_run
-    from normscope.api import load_trajectory  # lazy: numpy and pandas, as above
+    from normscope.analysis.options import RunOptions  # lazy: `normscope --help` reads no run
+    from normscope.api import load_trajectory  # lazy: numpy and pandas, which `--help` does not import
 
     reading_keys = reading_options(path, config, include, exclude, every, device)
     options = RunOptions(**reading_keys, steps_per_epoch=steps_per_epoch,
@@ -138,23 +137,35 @@ def analyze(
             traj = load_trajectory_distributed(path, cluster=cluster, workers=workers, **selection)
         else:
             traj = load_trajectory(path, tag_pattern=tag_pattern, **selection)
-    result = analyze_run(traj, options, equilibrium=equilibrium or plots is not None, recommendation=False)
+    with_equilibrium = equilibrium or plots is not None
+    result = None
+    if format in (Format.table, Format.json) or with_equilibrium:
+        from normscope.analysis.runner import analyze_run  # lazy: the analyses, for the views that show them
+
+        result = analyze_run(traj, options, equilibrium=with_equilibrium, recommendation=False)
+        run_summary, report = result.run, result.equilibrium
+    else:
+        # csv and parquet write the table alone: of the analyses only the run summary's
+        # non-finite findings reach the user (on stderr, below)
+        from normscope.analysis.summary import summarize_run  # lazy: as the analyses above
+
+        run_summary, report = summarize_run(traj), None
     if plots is not None:
         # lazy: matplotlib, only when plots are written
         from normscope.report.plots.equilibrium_plots import plot_equilibrium, plot_ratio_heatmap
 
         plots.mkdir(parents=True, exist_ok=True)
-        if result.equilibrium is not None and result.equilibrium.layers:
-            plot_equilibrium(result.equilibrium, plots / "equilibrium.png")
-            plot_ratio_heatmap(result.equilibrium, plots / "equilibrium_heatmap.png")
+        if report is not None and report.layers:
+            plot_equilibrium(report, plots / "equilibrium.png")
+            plot_ratio_heatmap(report, plots / "equilibrium_heatmap.png")
 
     err = stderr_console()
     # on stderr in every format, once: the table view leaves them out, csv and parquet have no room
     for warning in traj.warnings:
         err.print(f"normscope: warning: {printable(warning)}", markup=False)
-    for note in result.equilibrium.notes if result.equilibrium is not None else ():
+    for note in report.notes if report is not None else ():
         err.print(f"normscope: note: {printable(note)}")
-    for finding in result.run.nonfinite:
+    for finding in run_summary.nonfinite:
         err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
                   f"from snapshot {finding.snapshot} on", style="bold red")
 

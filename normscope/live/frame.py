@@ -19,15 +19,17 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from normscope.analysis import theory
-from normscope.analysis.recommend import Recommendation
 from normscope.analysis.summary import relative_change
 from normscope.trajectory import Trajectory
+
+if TYPE_CHECKING:  # pragma: no cover
+    from normscope.analysis.recommend import Recommendation
 
 UPDATE_ANGLE = "update_angle_rad"
 # |cos(w, g)| below this, averaged over recent records, marks a layer as acting scale-invariant
