@@ -36,3 +36,24 @@ def test_every_public_name_resolves():
     assert set(normscope.__all__) == {"__version__", *normscope._LAZY}
     for name in normscope.__all__:
         assert getattr(normscope, name) is not None, name
+
+
+def test_the_exit_leaves_the_last_collections_nothing_to_walk_and_still_runs_exit_handlers(tmp_path):
+    # main() freezes the collector before it exits (the last collections' walk over every
+    # object cost ~0.2 s a command): what the command wrote is whole, and atexit handlers run
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parent.parent / "sample_runs" / "digits_bn_cnn_sgd"
+    out, said = tmp_path / "traj.csv", tmp_path / "exit.txt"
+    code = (
+        "import atexit, gc, sys\n"
+        f"atexit.register(lambda: open({str(said)!r}, 'w').write(str(gc.get_freeze_count())))\n"
+        "from normscope.cli import main\n"
+        f"sys.argv = ['normscope', 'analyze', {str(run)!r}, '-f', 'csv', '-o', {str(out)!r}]\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert int(said.read_text()) > 10_000  # the handler ran, after the objects were frozen
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("snapshot,") and len(lines) == 1 + 61 * 17, (lines[0], len(lines))
