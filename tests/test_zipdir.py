@@ -165,8 +165,8 @@ def test_an_archive_named_in_utf8_has_its_records(tmp_path):
 
 
 def test_opening_a_run_reads_each_checkpoints_directory_once(monkeypatch):
-    # the layouts' sniffers, the reader's sniff and the loader each ask every file: 61 files, one
-    # read each (a cache bounded by a count below the run's length read each file three times)
+    # the layouts' sniffers, then the reader's sniff and the loader each ask every file: 61
+    # files, one read each (a cache bounded by a count below the run's length read each three times)
     from normscope.sources import _zipdir, open_run
 
     run_dir = SAMPLES / "digits_bn_cnn_sgd"
@@ -203,3 +203,26 @@ def test_the_facts_cache_holds_at_most_its_budget_and_drops_the_oldest(tmp_path)
     assert small(str(paths[0]), (1,)) is small(str(paths[0]), (1,))
     small.cache_clear()
     assert small._held == 0 and not small._entries
+
+
+def test_a_run_of_large_checkpoints_is_parsed_once_a_file(tmp_path, monkeypatch):
+    # 40 files of 3,000 tensors: past the 32 entries the cache once held, within its bytes
+    from normscope.sources import _zipdir, open_run
+
+    for epoch in range(40):
+        torch.save({"epoch": epoch, "model": {f"layer{i}.weight": torch.full((2, 2), float(epoch + i))
+                                              for i in range(3000)}}, tmp_path / f"epoch_{epoch:03d}.pt")
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    read: list[str] = []
+    real = _zipdir._zip_facts._read
+    monkeypatch.setattr(_zipdir._zip_facts, "_read", lambda path: read.append(path) or real(path))
+    run = open_run(tmp_path)
+    assert len(run.snapshots) == 40 and len(read) == len(set(read)) == 40
+    assert run.warnings[0] == "ignored 1 non-checkpoint file(s): notes.txt"
+    # a run larger than the cache: the sniffers' pass parses each file, and the reader, which
+    # sniffs a file and reads it in turn, once more (not once for its sniff and again to read)
+    _zipdir._zip_facts.cache_clear()
+    monkeypatch.setattr(_zipdir._zip_facts, "_budget", 4 * _zipdir._cost(real(read[0])))
+    read.clear()
+    assert len(open_run(tmp_path).snapshots) == 40
+    assert len(read) == 80 and all(read.count(p) == 2 for p in read)

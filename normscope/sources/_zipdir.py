@@ -321,12 +321,13 @@ def _cost(facts: ZipFacts) -> int:
 class _FactsCache:
     """The facts of the files read most recently, bounded by the bytes they hold.
 
-    Sniffing a directory of torch files asks each file the same questions three times (one
-    layout after another, then the reader's own sniff, then the loader), each pass over every
-    file, and parsing a zip directory of thousands of tensors is not free. A cache bounded by a
-    count smaller than the run (a run of 100 epochs) is emptied by each pass before the next one
-    comes back; bounded by bytes, it keeps a whole run of small checkpoints and a few of large
-    ones. The key holds the file's identity, size and mtime, so a rewritten file is read again.
+    Opening a directory of torch files asks each file the same questions in two passes over
+    the run (the layouts' sniffers, one after another; then the reader, which sniffs and reads
+    each file in turn), and parsing a zip directory of thousands of tensors is not free. A cache
+    bounded by a count smaller than the run (a run of 100 epochs) is emptied by the first pass
+    before the second comes back; bounded by bytes, it keeps a whole run of small checkpoints
+    and tens of large ones. The key holds the file's identity, size and mtime, so a rewritten
+    file is read again.
     """
 
     def __init__(self, read: Callable[[str], ZipFacts], budget_bytes: int) -> None:
@@ -355,9 +356,10 @@ class _FactsCache:
         self._held = 0
 
 
-# A `data.pkl` holds about 110 bytes a tensor and the record columns 16: 32 MiB keeps ~270k
-# tensors' facts (a checkpoint of 8.4k tensors holds 1 MB, the 61 of the SGD sample run 230 KB)
-_FACTS_BUDGET = 32 << 20
+# A `data.pkl` holds about 110 bytes a tensor and the record columns 16: 64 MiB keeps ~530k
+# tensors' facts (a checkpoint of 8.4k tensors holds 1 MB, the 61 of the SGD sample run 230 KB,
+# the 24 of 17k tensors of the benchmark's 8.5k run 50 MB), little beside the engine's buckets
+_FACTS_BUDGET = 64 << 20
 _ENTRY_OVERHEAD = 512
 _zip_facts = _FactsCache(_read_facts, _FACTS_BUDGET)
 

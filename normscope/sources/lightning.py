@@ -103,7 +103,9 @@ class LightningCheckpoints:
         if os.path.isfile(path):
             files, root = [path], os.path.dirname(path) or "."
         else:
-            files, root = [p for p in files_in(path) if sniff_lightning_file(p)], path
+            # a generator: each file sniffed and read in turn, as `TorchFiles.open` does (its zip
+            # directory is still cached when the reader asks)
+            files, root = (p for p in files_in(path) if sniff_lightning_file(p)), path
         pending = [
             read_lightning_checkpoint(
                 p, label_of(p, root), warnings, recover_unsafe=self.recover_unsafe

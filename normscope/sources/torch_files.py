@@ -265,22 +265,25 @@ class TorchFiles:
         return os.path.isdir(path) and any(sniff_torch_file(p) for p in files_in(path))
 
     def open(self, path: str) -> Run:
-        warnings: list[str] = []
+        read_notes: list[str] = []
+        pending: list[PendingSnapshot] = []
+        skipped: list[str] = []
         if os.path.isfile(path):
-            files, root = [path], os.path.dirname(path) or "."
+            pending.append(self._read(path, os.path.dirname(path) or ".", read_notes))
         else:
-            listed = files_in(path)
-            files = [p for p in listed if sniff_torch_file(p)]
-            root = path
-            skipped = [os.path.basename(p) for p in listed if p not in files]
-            if skipped:
-                warnings.append(
-                    f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"
-                )
-        pending = [
-            read_torch_checkpoint(
-                p, label_of(p, root), warnings, recover_unsafe=self.recover_unsafe
-            )
-            for p in files
-        ]
-        return build_run(path, self.name, pending, warnings)
+            # each file sniffed and read in turn: its zip directory, parsed for the sniff, is
+            # still in the cache when the reader asks (a pass of sniffs over a large run first
+            # would evict it, and every directory would be parsed again)
+            for p in files_in(path):
+                if sniff_torch_file(p):
+                    pending.append(self._read(p, path, read_notes))
+                else:
+                    skipped.append(os.path.basename(p))
+        warnings = (
+            [f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"]
+            if skipped else []
+        )
+        return build_run(path, self.name, pending, [*warnings, *read_notes])
+
+    def _read(self, path: str, root: str, notes: list[str]) -> PendingSnapshot:
+        return read_torch_checkpoint(path, label_of(path, root), notes, recover_unsafe=self.recover_unsafe)
