@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from normscope.angles import angle_between  # noqa: F401 (documented here: normscope.trajectory.angle_between)
-from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column, param_float_column
+from normscope.snapshot import ParamGroup, ParamStats, ParamTable, SnapshotMeta, SnapshotStats, param_column
 
 SCHEMA_VERSION = 1
 
@@ -223,6 +223,8 @@ class _Block:
 
     count: int
     numbers: dict[str, np.ndarray]  # float and int columns
+    # what the derived columns (`_DERIVED`) are made of: made for the whole table at once
+    sources: dict[str, np.ndarray]
     codes: dict[str, np.ndarray]  # text columns, as codes into `_Strings`
     step: Any
     params: list[str]
@@ -241,9 +243,7 @@ def _snapshot_block(index: int, snap: SnapshotStats, prev: _Block | None, string
     count = len(params)
     meta = snap.meta
 
-    def column(name: str) -> np.ndarray:  # a `ParamStats` field of every parameter, None as NaN
-        return param_float_column(snap.params, name)
-
+    column = _float_columns(snap.params).__getitem__  # a `ParamStats` field of every parameter, None as NaN
     norm_sq = column("norm_sq")
     with np.errstate(invalid="ignore"):
         norms = np.where(norm_sq >= 0, np.sqrt(norm_sq), math.nan)
@@ -255,28 +255,20 @@ def _snapshot_block(index: int, snap: SnapshotStats, prev: _Block | None, string
         prev_norms = np.array([by_name.get(p, math.nan) for p in params], dtype=float)
     else:
         prev_norms = np.full(count, math.nan)
-    dot_prev, diff_sq = column("dot_prev"), column("diff_sq")
-    update_sq = column("update_norm_sq")
-    before = column("norm_sq_before")
     numbers = {
         "snapshot": np.full(count, index, dtype=np.int64),
         "epoch": np.full(count, math.nan if meta.epoch is None else meta.epoch, dtype=float),
         "numel": np.array(param_column(snap.params, "numel")),
         "norm": norms,
         "norm_sq": norm_sq,
-        "dot_prev": dot_prev,
-        "delta_norm": _roots(diff_sq),
-        "angle_rad": angles_between(prev_norms, norms, dot_prev, diff_sq),
+        "dot_prev": column("dot_prev"),
         "nonfinite": np.array(param_column(snap.params, "nonfinite")),
         "buf_dot": column("buf_dot"),
-        "buf_norm": _roots(column("buf_norm_sq")),
         "exp_avg_sq_sum": column("exp_avg_sq_sum"),
-        "grad_norm": _roots(column("grad_norm_sq")),
         "grad_dot": column("grad_dot"),
-        "update_norm": _roots(update_sq),
-        "update_angle_rad": angles_between(np.sqrt(np.where(0.0 > before, 0.0, before)), norms,
-                                           np.full(count, math.nan), update_sq),
     }
+    sources = {name: column(name) for name in _SOURCE_FIELDS}
+    sources["prev_norm"] = prev_norms
     reuse = same_params and prev.shapes == snap.shapes and prev.dtypes == snap.dtypes
     codes = {
         "path": np.full(count, strings["path"].codes([meta.path])[0], dtype=np.int64),
@@ -312,8 +304,42 @@ def _snapshot_block(index: int, snap: SnapshotStats, prev: _Block | None, string
             "beta1": _floats([b[0] for b in betas]),
             "beta2": _floats([b[1] for b in betas]),
         })
-    return _Block(count=count, numbers=numbers, codes=codes, step=meta.step, params=params, norms=norms,
-                  shapes=snap.shapes, dtypes=snap.dtypes, groups=meta.param_groups)
+    return _Block(count=count, numbers=numbers, sources=sources, codes=codes, step=meta.step, params=params,
+                  norms=norms, shapes=snap.shapes, dtypes=snap.dtypes, groups=meta.param_groups)
+
+
+# The float `ParamStats` fields a block reads, and those of them kept only to derive other columns
+_FLOAT_FIELDS = ("norm_sq", "dot_prev", "diff_sq", "buf_dot", "buf_norm_sq", "exp_avg_sq_sum", "grad_norm_sq",
+                 "grad_dot", "update_norm_sq", "norm_sq_before")
+_SOURCE_FIELDS = ("diff_sq", "buf_norm_sq", "grad_norm_sq", "update_norm_sq", "norm_sq_before")
+# Columns computed from the blocks' `sources` over the whole table at once: element by element, so
+# the same numbers as a block at a time, without a dozen array calls per snapshot (a tracker log
+# holds a snapshot per logged step)
+_DERIVED = ("delta_norm", "angle_rad", "buf_norm", "grad_norm", "update_norm", "update_angle_rad")
+
+
+def _float_columns(params: Mapping[str, ParamStats]) -> dict[str, np.ndarray]:
+    """Each of `_FLOAT_FIELDS` of every parameter as a float64 array, None as NaN: a table's columns
+    as they are, the fields of other mappings read in one pass."""
+    if isinstance(params, ParamTable):
+        return {name: params.float_column(name) for name in _FLOAT_FIELDS}
+    values = np.array([[getattr(ps, name) for name in _FLOAT_FIELDS] for ps in params.values()], dtype=float)
+    values = values.reshape(len(params), len(_FLOAT_FIELDS))
+    return {name: values[:, k].copy() for k, name in enumerate(_FLOAT_FIELDS)}
+
+
+def _derived_columns(numbers: dict[str, np.ndarray], sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns the module docstring's formulas derive from the measured ones."""
+    norms, before, update_sq = numbers["norm"], sources["norm_sq_before"], sources["update_norm_sq"]
+    return {
+        "delta_norm": _roots(sources["diff_sq"]),
+        "angle_rad": angles_between(sources["prev_norm"], norms, numbers["dot_prev"], sources["diff_sq"]),
+        "buf_norm": _roots(sources["buf_norm_sq"]),
+        "grad_norm": _roots(sources["grad_norm_sq"]),
+        "update_norm": _roots(update_sq),
+        "update_angle_rad": angles_between(np.sqrt(np.where(0.0 > before, 0.0, before)), norms,
+                                           np.full(len(norms), math.nan), update_sq),
+    }
 
 
 def _table_of(blocks: list[_Block], strings: dict[str, _Strings]) -> pd.DataFrame:
@@ -322,7 +348,10 @@ def _table_of(blocks: list[_Block], strings: dict[str, _Strings]) -> pd.DataFram
         return pd.DataFrame(None, columns=list(COLUMNS))
     data: dict[str, Any] = {}
     for name in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
-        data[name] = np.concatenate([block.numbers[name] for block in blocks])
+        if name not in _DERIVED:
+            data[name] = np.concatenate([block.numbers[name] for block in blocks])
+    sources = {name: np.concatenate([block.sources[name] for block in blocks]) for name in blocks[0].sources}
+    data.update(_derived_columns(data, sources))
     data["step"] = [step for block in blocks for step in [block.step] * block.count]
     for name in _STRING_COLUMNS:
         data[name] = _text_column(strings[name].values, np.concatenate([block.codes[name] for block in blocks]))
