@@ -28,7 +28,6 @@ from normscope.live.frame import advice_lines, frame_of
 from normscope.trajectory import Trajectory
 
 
-
 @dataclass(frozen=True)
 class RunAnalysis:
     """Every analysis of one run. `None` parts did not run; `skipped` says why."""
