@@ -226,3 +226,20 @@ def test_a_run_of_large_checkpoints_is_parsed_once_a_file(tmp_path, monkeypatch)
     read.clear()
     assert len(open_run(tmp_path).snapshots) == 40
     assert len(read) == 80 and all(read.count(p) == 2 for p in read)
+
+
+def test_the_facts_cache_answers_threads_at_once(tmp_path):
+    # the engine's reader threads and a Dask worker's task threads share it
+    from concurrent.futures import ThreadPoolExecutor
+
+    from normscope.sources import _zipdir
+
+    paths = []
+    for i in range(8):
+        paths.append(str(tmp_path / f"c{i}.pt"))
+        torch.save({f"w{j}": torch.ones(2) for j in range(50)}, paths[-1])
+    cache = _zipdir._FactsCache(_zipdir._read_facts, budget_bytes=3 * _zipdir._cost(zip_facts(paths[0])))
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda k: cache(paths[k % 8], (1,)).pickle, range(4000)))
+    assert all(a is not None for a in answers)
+    assert len(cache._entries) <= 3 and cache._held == sum(cost for _, cost in cache._entries.values())

@@ -18,6 +18,7 @@ import functools
 import operator
 import os
 import struct
+import threading
 import zipfile
 import zlib
 from collections import OrderedDict
@@ -335,25 +336,32 @@ class _FactsCache:
         self._budget = budget_bytes
         self._entries: OrderedDict[tuple[str, tuple[int, ...]], tuple[ZipFacts, int]] = OrderedDict()
         self._held = 0
+        # the engine's reader threads and a Dask worker's task threads ask at once; a file is
+        # parsed outside the lock (two threads may both parse one: the same facts)
+        self._lock = threading.Lock()
 
     def __call__(self, path: str, identity: tuple[int, ...]) -> ZipFacts:
         key = (path, identity)
-        found = self._entries.get(key)
-        if found is not None:
-            self._entries.move_to_end(key)
-            return found[0]
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found[0]
         facts = self._read(path)
         cost = _cost(facts)
-        self._entries[key] = (facts, cost)
-        self._held += cost
-        while self._held > self._budget and len(self._entries) > 1:
-            _, (_, dropped) = self._entries.popitem(last=False)
-            self._held -= dropped
+        with self._lock:
+            if key not in self._entries:
+                self._entries[key] = (facts, cost)
+                self._held += cost
+            while self._held > self._budget and len(self._entries) > 1:
+                _, (_, dropped) = self._entries.popitem(last=False)
+                self._held -= dropped
         return facts
 
     def cache_clear(self) -> None:
-        self._entries.clear()
-        self._held = 0
+        with self._lock:
+            self._entries.clear()
+            self._held = 0
 
 
 # A `data.pkl` holds about 110 bytes a tensor and the record columns 16: 64 MiB keeps ~530k
