@@ -325,7 +325,7 @@ def _float_columns(params: Mapping[str, ParamStats]) -> dict[str, np.ndarray]:
         return {name: params.float_column(name) for name in _FLOAT_FIELDS}
     values = np.array([[getattr(ps, name) for name in _FLOAT_FIELDS] for ps in params.values()], dtype=float)
     values = values.reshape(len(params), len(_FLOAT_FIELDS))
-    return {name: values[:, k].copy() for k, name in enumerate(_FLOAT_FIELDS)}
+    return {name: values[:, k] for k, name in enumerate(_FLOAT_FIELDS)}
 
 
 def _derived_columns(numbers: dict[str, np.ndarray], sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -265,25 +265,28 @@ class TorchFiles:
         return os.path.isdir(path) and any(sniff_torch_file(p) for p in files_in(path))
 
     def open(self, path: str) -> Run:
-        read_notes: list[str] = []
-        pending: list[PendingSnapshot] = []
+        notes: list[str] = []
         skipped: list[str] = []
         if os.path.isfile(path):
-            pending.append(self._read(path, os.path.dirname(path) or ".", read_notes))
+            files, root = [path], os.path.dirname(path) or "."
         else:
-            # each file sniffed and read in turn: its zip directory, parsed for the sniff, is
-            # still in the cache when the reader asks (a pass of sniffs over a large run first
-            # would evict it, and every directory would be parsed again)
-            for p in files_in(path):
-                if sniff_torch_file(p):
-                    pending.append(self._read(p, path, read_notes))
-                else:
-                    skipped.append(os.path.basename(p))
-        warnings = (
-            [f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}"]
-            if skipped else []
-        )
-        return build_run(path, self.name, pending, [*warnings, *read_notes])
+            # a generator: each file sniffed and read in turn, so its zip directory, parsed for
+            # the sniff, is still in the cache when the reader asks (a pass of sniffs over a
+            # large run first would evict it, and every directory would be parsed again)
+            files, root = _torch_files_in(path, skipped), path
+        pending = [
+            read_torch_checkpoint(p, label_of(p, root), notes, recover_unsafe=self.recover_unsafe)
+            for p in files
+        ]
+        if skipped:
+            notes.insert(0, f"ignored {len(skipped)} non-checkpoint file(s): {', '.join(skipped[:5])}")
+        return build_run(path, self.name, pending, notes)
 
-    def _read(self, path: str, root: str, notes: list[str]) -> PendingSnapshot:
-        return read_torch_checkpoint(path, label_of(path, root), notes, recover_unsafe=self.recover_unsafe)
+
+def _torch_files_in(directory: str, skipped: list[str]) -> Iterator[str]:
+    """The torch files of `directory`, each as it is found; the names of the others go to `skipped`."""
+    for p in files_in(directory):
+        if sniff_torch_file(p):
+            yield p
+        else:
+            skipped.append(os.path.basename(p))
