@@ -262,11 +262,61 @@ def test_worker_dying_mid_run_has_its_task_retried(client, copied_run, tmp_path)
     marker = tmp_path / "killed"
     client.register_plugin(DieOnFirstTask(str(marker)), name="die-once")
     try:
-        remote = compute_stats_dask(run, client=client, device="cpu", retries=2)
+        # Dask now and then loses the task of the worker killed mid-transition: it is then
+        # submitted again after `stall_s` with no worker running it
+        remote = compute_stats_dask(run, client=client, device="cpu", retries=2, stall_s=10)
     finally:
         client.unregister_worker_plugin("die-once")
     assert marker.exists()  # a worker really died on a task
     assert_same_stats(compute_stats(run.snapshots, device="cpu"), remote)
+
+
+def test_items_lost_by_the_scheduler_are_submitted_again(client, copied_run, monkeypatch):
+    from normscope.distributed import client as client_module
+    from normscope.distributed.worker import reduce_work_item
+
+    real_submit = client_module._submit
+    calls = []
+
+    def lose_the_first(client, items, homes, retries):
+        calls.append(len(items))
+        if len(calls) > 1:
+            return real_submit(client, items, homes, retries)
+        # pinned to a worker that is not there: the tasks wait, as lost ones do, on no worker
+        return {
+            client.submit(reduce_work_item, item, pure=False, workers=["tcp://127.0.0.1:9"],
+                          allow_other_workers=False): item
+            for item in items
+        }
+
+    monkeypatch.setattr(client_module, "_submit", lose_the_first)
+    run = open_run(copied_run)
+    remote = compute_stats_dask(run, client=client, device="cpu", stall_s=0.5)
+    assert len(calls) == 2 and calls[0] == calls[1] > 0
+    assert_same_stats(compute_stats(run.snapshots, device="cpu"), remote)
+
+
+def test_items_no_worker_runs_are_submitted_again_then_refused(copied_run, monkeypatch):
+    from normscope.distributed import client as client_module
+
+    submitted = []
+    real_submit = client_module._submit
+
+    def counting_submit(client, items, homes, retries):
+        submitted.append(len(items))
+        return real_submit(client, items, homes, retries)
+
+    monkeypatch.setattr(client_module, "_submit", counting_submit)
+    run = open_run(copied_run)
+    with (
+        distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None,
+                                 silence_logs=40) as empty,
+        distributed.Client(empty) as no_workers,
+    ):
+        with pytest.raises(ClusterError) as err:
+            compute_stats_dask(run, client=no_workers, device="cpu", stall_s=0.5)
+    assert len(submitted) == 2 and submitted[0] == submitted[1] > 0  # once more, the same items
+    assert "no Dask worker ran the" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_no_worker_registered_when_items_are_submitted(client, copied_run, monkeypatch):

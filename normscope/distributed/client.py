@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,11 @@ CONNECT_TIMEOUT_S = 10
 # Lost workers are handled by the scheduler (a task is rescheduled until it has killed
 # `distributed.scheduler.allowed-failures` workers); `retries` re-runs a task that raised.
 DEFAULT_RETRIES = 2
+# How long the remaining items may go with no worker running any of them before they are
+# submitted again (Dask can lose a task with a worker that dies mid-transition), and how often
+# that is looked at.
+STALL_S = 120.0
+STALL_POLL_S = 2.0
 
 
 class ClusterError(NormscopeError):
@@ -143,50 +149,99 @@ def preferred_workers(client: Client, count: int) -> list[list[str] | None]:
     return [[workers[i * len(workers) // count]] for i in range(count)]
 
 
+def _submit(
+    client: Client,
+    items: Sequence[WorkItem],
+    homes: Sequence[list[str] | None],
+    retries: int,
+) -> dict[Any, WorkItem]:
+    return {
+        client.submit(
+            reduce_work_item,
+            item,
+            retries=retries,
+            pure=False,
+            workers=home,
+            # Dask refuses the flag without `workers`: a cluster with no worker registered
+            # at this moment (one restarting after a crash) gets plain tasks, which wait for one
+            allow_other_workers=home is not None,
+        ): item
+        for item, home in zip(items, homes)
+    }
+
+
+def _running_any(client: Client, futures: Iterable[Any]) -> bool:
+    """Whether some worker is running one of `futures` now."""
+    keys = {future.key for future in futures}
+    processing = client.processing()
+    return any(key in keys for running in processing.values() for key in running)
+
+
 def run_items(
     client: Client,
     items: Sequence[WorkItem],
     *,
     retries: int = DEFAULT_RETRIES,
     progress: Callable[[int, int], None] | None = None,
+    stall_s: float = STALL_S,
 ) -> list[ShardResult]:
-    """Submit every item, collect results as they finish; the first failure cancels the rest."""
+    """Submit every item, collect results as they finish; the first failure cancels the rest.
+
+    Items that no worker runs for `stall_s` seconds (a task the scheduler lost with a dying
+    worker, or a cluster with no worker) are submitted once more, to any worker; if they stall
+    again, ClusterError.
+    """
     distributed = require_distributed()
     total = sum(item.nbytes for item in items)
-    homes = preferred_workers(client, len(items))
-    futures = {
-        client.submit(
-            reduce_work_item,
-            item,
-            retries=retries,
-            pure=False,
-            workers=homes[i],
-            # Dask refuses the flag without `workers`: a cluster with no worker registered
-            # at this moment (one restarting after a crash) gets plain tasks, which wait for one
-            allow_other_workers=homes[i] is not None,
-        ): item
-        for i, item in enumerate(items)
-    }
+    futures = _submit(client, items, preferred_workers(client, len(items)), retries)
+    submitted = list(futures)
     results: list[ShardResult] = []
     done = 0
+    resubmitted = False
+    idle_since = time.monotonic()
     try:
-        for future in distributed.as_completed(list(futures)):
-            item = futures[future]
+        while futures:
             try:
-                result = future.result()
-            except distributed.KilledWorker:
-                raise ClusterError(
-                    f"Dask workers kept dying while reducing {item.current.path} "
-                    f"({len(item.names)} parameters); check the workers' memory and logs"
-                ) from None
-            if result.error is not None:
-                raise result.error
-            results.append(result)
-            done += item.nbytes
-            if progress is not None:
-                progress(done, total)
+                finished, _ = distributed.wait(
+                    list(futures), timeout=min(STALL_POLL_S, stall_s), return_when="FIRST_COMPLETED"
+                )
+            except TimeoutError:
+                finished = set()
+            now = time.monotonic()
+            if not finished:
+                if _running_any(client, futures):
+                    idle_since = now
+                elif now - idle_since >= stall_s:
+                    if resubmitted:
+                        raise ClusterError(
+                            f"no Dask worker ran the {len(futures)} remaining items for "
+                            f"{stall_s:g} s, twice; check that the cluster has workers and "
+                            "their logs"
+                        )
+                    stalled = list(futures.values())
+                    client.cancel(list(futures))
+                    futures = _submit(client, stalled, [None] * len(stalled), retries)
+                    submitted.extend(futures)
+                    resubmitted, idle_since = True, now
+                continue
+            idle_since = now
+            for future in finished:
+                item = futures.pop(future)
+                try:
+                    result = future.result()
+                except distributed.KilledWorker:
+                    raise ClusterError(
+                        f"Dask workers kept dying while reducing {item.current.path} "
+                        f"({len(item.names)} parameters); check the workers' memory and logs"
+                    ) from None
+                if result.error is not None:
+                    raise result.error
+                results.append(result)
+                done += item.nbytes
+                if progress is not None:
+                    progress(done, total)
     finally:
-        client.cancel(list(futures))
+        client.cancel(submitted)
     return results
 
 
@@ -201,12 +256,14 @@ def compute_stats_dask(
     recover_unsafe: bool = False,
     progress: Callable[[int, int], None] | None = None,
     granularity: str = "tensor",
+    stall_s: float = STALL_S,
 ) -> list[SnapshotStats]:
     """What `normscope.engine.compute_stats` returns, reduced on the Dask cluster behind `client`.
 
     One task per (snapshot, shard), with the previous snapshot's same parameters for the dot
     products; workers re-open the files by path (see `normscope.distributed.items`). A live log's
-    run carries its stats already and is returned as is. `device` applies on the workers.
+    run carries its stats already and is returned as is. `device` applies on the workers;
+    `stall_s` as for `run_items`.
     """
     if isinstance(run_or_snapshots, Run) and run_or_snapshots.stats is not None:
         return list(run_or_snapshots.stats)
@@ -222,7 +279,7 @@ def compute_stats_dask(
         bucket_bytes=bucket_bytes,
         granularity=granularity,
     )
-    results = run_items(client, items, retries=retries, progress=progress)
+    results = run_items(client, items, retries=retries, progress=progress, stall_s=stall_s)
     return merge(snapshots, results)
 
 
