@@ -512,3 +512,23 @@ def test_the_in_process_document_is_the_one_the_cli_prints(every_view, equilibri
     if run not in equilibrium_json:
         pytest.skip("no CLI document for this run in this module")
     assert every_view["json"]["analyze"] == equilibrium_json[run]
+
+
+def test_table_view_is_the_same_without_the_live_frame():
+    # `analyze`'s table view asks for no live frame (only the json document has it)
+    import io
+
+    from normscope.analysis.runner import analyze_run
+    from normscope.api import load_trajectory
+    from normscope.report.terminal.analyze_view import analyze_view
+    from normscope.report.terminal.safe_console import SafeConsole
+
+    trajectory = load_trajectory(SGD)
+    views = []
+    for live in (True, False):
+        result = analyze_run(trajectory, equilibrium=False, recommendation=False, live=live)
+        assert (result.live is not None) is live
+        buffer = io.StringIO()
+        SafeConsole(file=buffer, width=160).print(analyze_view(trajectory, result, notes=False))
+        views.append(buffer.getvalue())
+    assert views[0] == views[1] and "Per-parameter norm trajectories" in views[0]

@@ -24,7 +24,6 @@ from normscope.analysis.summary import (
     summarize_run,
 )
 from normscope.errors import NormscopeError
-from normscope.live.frame import advice_lines, frame_of
 from normscope.trajectory import Trajectory
 
 
@@ -58,16 +57,19 @@ class RunAnalysis:
 
 
 def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
-                equilibrium: bool = True, recommendation: bool = True, check: Any = None,
+                equilibrium: bool = True, recommendation: bool = True, live: bool = True, check: Any = None,
                 baseline: Trajectory | None = None, rules: Any = None) -> RunAnalysis:
-    """Run every analysis of `trajectory` once. `equilibrium` / `recommendation` False leave those
-    out (a view that does not show them need not pay for them). `check` (a `CheckConfig`) adds the
+    """Run every analysis of `trajectory` once. `equilibrium` / `recommendation` / `live` False
+    leave those out (a view that does not show them need not pay for them). `check` (a `CheckConfig`) adds the
     weight rules' numbers over its kinds and the findings of its rules (or of `rules`), against
     `baseline` where one is given."""
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        result = replace(result, live=frame_of(trajectory, result, recent=options.recent))
+        if live:
+            from normscope.live.frame import frame_of  # lazy: for the views that show the frame
+
+            result = replace(result, live=frame_of(trajectory, result, recent=options.recent))
         return _with_check(result, trajectory, options, check, baseline, rules)
     kinds = options.kinds or None
     try:
@@ -106,8 +108,11 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
-    advice = advice_lines(rec, skipped.get(RECOMMENDATION)) if recommendation else ()
-    result = replace(result, live=frame_of(trajectory, result, recent=options.recent, advice=advice))
+    if live:
+        from normscope.live.frame import advice_lines, frame_of  # lazy: as above
+
+        advice = advice_lines(rec, skipped.get(RECOMMENDATION)) if recommendation else ()
+        result = replace(result, live=frame_of(trajectory, result, recent=options.recent, advice=advice))
     return _with_check(result, trajectory, options, check, baseline, rules)
 
 

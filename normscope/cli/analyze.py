@@ -142,7 +142,9 @@ def analyze(
     if format in (Format.table, Format.json) or with_equilibrium:
         from normscope.analysis.runner import analyze_run  # lazy: the analyses, for the views that show them
 
-        result = analyze_run(traj, options, equilibrium=with_equilibrium, recommendation=False)
+        # the live frame is the json document's section; the table view does not show it
+        result = analyze_run(traj, options, equilibrium=with_equilibrium, recommendation=False,
+                             live=format is Format.json)
         run_summary, report = result.run, result.equilibrium
     else:
         # csv and parquet write the table alone: of the analyses only the run summary's
