@@ -315,19 +315,22 @@ class ParamTable(Mapping[str, ParamStats]):
         return (ParamTable, (self._names, self._columns))
 
 
-def param_float_column(params: Mapping[str, ParamStats], field: str) -> np.ndarray:
-    """`param_column` as a float64 array, None as NaN.
+def param_float_columns(params: Mapping[str, ParamStats], fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """`param_column` of each of `fields` as float64 arrays, None as NaN.
 
     Args:
-        params: one snapshot's stats by parameter (a `ParamTable` or any mapping).
-        field: a `ParamStats` field.
+        params: one snapshot's stats by parameter (a `ParamTable`: its columns as they are; any
+            other mapping: its values read in one pass).
+        fields: `ParamStats` fields with float (or None) values.
 
     Returns:
-        One value per parameter, in iteration order.
+        By field, one value per parameter, in iteration order.
     """
     if isinstance(params, ParamTable):
-        return params.float_column(field)
-    return np.array(param_column(params, field), dtype=float)
+        return {name: params.float_column(name) for name in fields}
+    values = np.array([[getattr(ps, name) for name in fields] for ps in params.values()], dtype=float)
+    values = values.reshape(len(params), len(fields))
+    return {name: values[:, k] for k, name in enumerate(fields)}
 
 
 def param_column(params: Mapping[str, ParamStats], field: str) -> list[Any]:

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from normscope.angles import angle_between  # noqa: F401 (documented here: normscope.trajectory.angle_between)
-from normscope.snapshot import ParamGroup, ParamStats, ParamTable, SnapshotMeta, SnapshotStats, param_column
+from normscope.snapshot import ParamGroup, SnapshotMeta, SnapshotStats, param_column, param_float_columns
 
 SCHEMA_VERSION = 1
 
@@ -243,7 +243,7 @@ def _snapshot_block(index: int, snap: SnapshotStats, prev: _Block | None, string
     count = len(params)
     meta = snap.meta
 
-    column = _float_columns(snap.params).__getitem__  # a `ParamStats` field of every parameter, None as NaN
+    column = param_float_columns(snap.params, _FLOAT_FIELDS).__getitem__  # None as NaN
     norm_sq = column("norm_sq")
     with np.errstate(invalid="ignore"):
         norms = np.where(norm_sq >= 0, np.sqrt(norm_sq), math.nan)
@@ -316,16 +316,6 @@ _SOURCE_FIELDS = ("diff_sq", "buf_norm_sq", "grad_norm_sq", "update_norm_sq", "n
 # the same numbers as a block at a time, without a dozen array calls per snapshot (a tracker log
 # holds a snapshot per logged step)
 _DERIVED = ("delta_norm", "angle_rad", "buf_norm", "grad_norm", "update_norm", "update_angle_rad")
-
-
-def _float_columns(params: Mapping[str, ParamStats]) -> dict[str, np.ndarray]:
-    """Each of `_FLOAT_FIELDS` of every parameter as a float64 array, None as NaN: a table's columns
-    as they are, the fields of other mappings read in one pass."""
-    if isinstance(params, ParamTable):
-        return {name: params.float_column(name) for name in _FLOAT_FIELDS}
-    values = np.array([[getattr(ps, name) for name in _FLOAT_FIELDS] for ps in params.values()], dtype=float)
-    values = values.reshape(len(params), len(_FLOAT_FIELDS))
-    return {name: values[:, k] for k, name in enumerate(_FLOAT_FIELDS)}
 
 
 def _derived_columns(numbers: dict[str, np.ndarray], sources: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
