@@ -66,10 +66,7 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     skipped: dict[str, str] = {}
     result = RunAnalysis(run=summarize_run(trajectory), params=summarize_params(trajectory), skipped=skipped)
     if trajectory.table.empty:
-        if live:
-            from normscope.live.frame import frame_of  # lazy: for the views that show the frame
-
-            result = replace(result, live=frame_of(trajectory, result, recent=options.recent))
+        result = _with_live(result, trajectory, options, live)
         return _with_check(result, trajectory, options, check, baseline, rules)
     kinds = options.kinds or None
     try:
@@ -108,12 +105,21 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         rows = row_report(trajectory, optimizer=options.optimizer)
     result = replace(result, invariance=verdicts, bounces=bounces, equilibrium=report, recommendation=rec,
                      premise=premise, texp=texp, rows=rows)
-    if live:
-        from normscope.live.frame import advice_lines, frame_of  # lazy: as above
-
-        advice = advice_lines(rec, skipped.get(RECOMMENDATION)) if recommendation else ()
-        result = replace(result, live=frame_of(trajectory, result, recent=options.recent, advice=advice))
+    result = _with_live(result, trajectory, options, live,
+                        (rec, skipped.get(RECOMMENDATION)) if recommendation else None)
     return _with_check(result, trajectory, options, check, baseline, rules)
+
+
+def _with_live(result: RunAnalysis, trajectory: Trajectory, options: RunOptions, live: bool,
+               advice_from: tuple[Any, str | None] | None = None) -> RunAnalysis:
+    """`result` with the frame `watch` shows, when `live`; `advice_from` is the recommendation and
+    why it was skipped, for the frame's advice lines (None: no advice)."""
+    if not live:
+        return result
+    from normscope.live.frame import advice_lines, frame_of  # lazy: for the views that show the frame
+
+    advice = advice_lines(*advice_from) if advice_from is not None else ()
+    return replace(result, live=frame_of(trajectory, result, recent=options.recent, advice=advice))
 
 
 def _with_check(result: RunAnalysis, trajectory: Trajectory, options: RunOptions, check: Any,
