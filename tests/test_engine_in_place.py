@@ -92,6 +92,12 @@ def test_snapshots_that_change_take_the_general_path_where_they_must(tmp_path, m
     assert taken  # the snapshots that did not change
     _same(fast, general)
     assert fast[2].params["l0.weight"].dot_prev is None  # reshaped: no previous counterpart
+    # each snapshot's names, shapes and sizes are its own file's, though snapshots of one model
+    # share what the plan and the accumulator found for the first of them
+    for stats, model in zip(fast, [base, base, grown, fewer, fewer]):
+        expected = model | {"half.weight": (40,)}
+        assert stats.shapes == expected and list(stats.params) == list(expected)
+        assert [p.numel for p in stats.params.values()] == [math.prod(s) for s in expected.values()]
 
 
 def test_a_distributed_work_item_reads_in_place_too(tmp_path, monkeypatch):

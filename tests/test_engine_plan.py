@@ -54,4 +54,13 @@ def test_snapshots_of_one_model_share_their_entries_and_a_changed_one_gets_its_o
         assert planned == {name: _entry(snap, name, ref, False) for name, ref in snap.tensors.items()}
         assert list(planned) == list(snap.tensors)
     assert plan.entries[1]["w"] is plan.entries[0]["w"]  # the same model: taken as it was
+    assert plan.entries[1] is plan.entries[0]  # its whole mapping, the same object
+    assert plan.entries[2] is not plan.entries[1] and plan.entries[3] is not plan.entries[2]
     assert plan.entries[2]["w"].shape == (5, 3) and plan.entries[3]["b"].dtype == "float64"
+
+
+def test_uniform_packing_of_one_shared_mapping_equals_that_of_copies():
+    """Snapshots planned with one shared mapping (`_plain_entries`) are packed as copies of it are."""
+    one = _entries([10, 20, 30, 40], 1)[0]
+    shared = [one] * 3
+    assert _uniform_buckets(shared, 50) == _uniform_buckets([dict(one) for _ in range(3)], 50)

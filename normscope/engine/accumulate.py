@@ -15,7 +15,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping, Sequence
 from itertools import chain, repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class Accumulator:
         # per bucket (known by its first piece: every snapshot's blocks hold the plan's Piece
         # objects), its pieces' names and whether all are whole, found once for all snapshots
         self._bucket_facts: dict[int, tuple[Sequence[Piece], list[str], bool]] = {}
+        # `_block_table`'s checks of the last snapshot, kept for the next one (`_covers`)
+        self._covered: tuple[list[str], list[list[str]]] | None = None
+        self._numel_column: tuple[list[Entry], list[int]] | None = None
 
     def add_block(self, snapshot: int, pieces: Sequence[Piece], block: BlockSums) -> None:
         """Add a bucket's sums from the in-place path (`in_place.start_in_place`): kept as the
@@ -71,24 +74,27 @@ class Accumulator:
         """Stats for snapshots[first:], for the planned parameters (`entries[t]`, file order),
         as `ParamTable`s: columns straight from the rows, no object per parameter."""
         out = []
-        last: tuple[list[str], list[Entry], dict[str, Any], dict[str, str]] | None = None
+        last: _Planned | None = None
         for t in range(first, len(snapshots)):
             planned = entries[t]
-            names = list(planned)
-            values = list(planned.values())
+            if last is not None and planned is last.planned:  # the plan's shared mapping
+                names, values = last.names, last.values
+            else:
+                names, values = list(planned), list(planned.values())
             params = self._block_table(t, names, values)
             if params is None:
                 params = self._row_table(t, names, values)
             # a run of one model plans each snapshot with the previous one's Entry objects:
             # its shapes and dtypes are then copies (identity only: an Entry's equality would
             # compare the tensors of its optimizer state)
-            if last is not None and last[0] == names and len(last[1]) == len(values) and all(
-                map(operator.is_, last[1], values)
-            ):
-                shapes, dtypes = dict(last[2]), dict(last[3])
+            if last is not None and (names is last.names or (
+                last.names == names and len(last.values) == len(values)
+                and all(map(operator.is_, last.values, values))
+            )):  # fmt: skip
+                shapes, dtypes = dict(last.shapes), dict(last.dtypes)
             else:
                 shapes, dtypes = dict(zip(names, map(_SHAPE, values))), dict(zip(names, map(_DTYPE, values)))
-            last = (names, values, shapes, dtypes)
+            last = _Planned(planned, names, values, shapes, dtypes)
             out.append(SnapshotStats(meta=snapshots[t].meta, params=params, shapes=shapes, dtypes=dtypes))
         return out
 
@@ -113,15 +119,38 @@ class Accumulator:
         if not blocks or t in self._totals:
             return None
         facts = [self._facts_of(pieces) for pieces, _ in blocks]
-        if not all(whole for _, whole in facts) or list(chain.from_iterable(n for n, _ in facts)) != names:
+        if not self._covers(facts, names):
             return None
-        columns: dict[str, list[Any]] = {"numel": list(map(_NUMEL, values))}
+        columns: dict[str, list[Any]] = {"numel": self._numels(values)}
         columns["norm_sq"] = np.concatenate([b.column("norm_sq") for _, b in blocks]).tolist()
         columns["nonfinite"] = list(chain.from_iterable(b.nonfinite for _, b in blocks))
         for name, source in (("dot_prev", "dot"), ("diff_sq", "diff_sq")):
             columns[name] = list(chain.from_iterable(
                 b.column(source).tolist() if b.with_prev else [None] * len(b.sums) for _, b in blocks))  # fmt: skip
         return ParamTable(names, columns)
+
+    def _covers(self, facts: Sequence[tuple[list[str], bool]], names: list[str]) -> bool:
+        """Whether the buckets of `facts` hold every name of `names`, whole and in order. Every
+        snapshot of a run of one model asks with the same lists (the plan's shared mapping, the
+        buckets' cached facts): the answer found for them once is kept, checked by identity."""
+        lists = [n for n, _ in facts]
+        known = self._covered
+        if known is not None and known[0] is names and len(known[1]) == len(lists) and all(
+            map(operator.is_, known[1], lists)
+        ):
+            return True
+        if not all(whole for _, whole in facts) or list(chain.from_iterable(lists)) != names:
+            return False
+        self._covered = (names, lists)
+        return True
+
+    def _numels(self, values: list[Entry]) -> list[int]:
+        """The `numel` column of `values`; a copy of the last one made where `values` is the same
+        list (see `_covers`)."""
+        known = self._numel_column
+        if known is None or known[0] is not values:
+            known = self._numel_column = (values, list(map(_NUMEL, values)))
+        return list(known[1])
 
     def _facts_of(self, pieces: Sequence[Piece]) -> tuple[list[str], bool]:
         """A bucket's piece names and whether every piece is whole (`_bucket_facts`)."""
@@ -149,6 +178,17 @@ _NEVER_READ = (0.0, 0, None, None, None, None, None, False)
 _NUMEL = operator.attrgetter("numel")
 _SHAPE = operator.attrgetter("shape")
 _DTYPE = operator.attrgetter("dtype")
+
+
+class _Planned(NamedTuple):
+    """A snapshot's planned parameters as `stats()` last used them: the plan's mapping, its
+    names and entries as lists, and the shapes and dtypes made of them."""
+
+    planned: Mapping[str, Entry]
+    names: list[str]
+    values: list[Entry]
+    shapes: dict[str, Any]
+    dtypes: dict[str, str]
 
 
 def _merge(before: tuple[Any, ...], row: tuple[Any, ...]) -> tuple[Any, ...]:

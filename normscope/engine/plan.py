@@ -143,19 +143,22 @@ def _plain_entries(snapshot: Snapshot,
     per tensor), and the columns they were made from; None where some ref needs `_entry`'s
     conversions or its error message. `before`: the previous snapshot's columns, whose entries
     are taken as they are where this snapshot has the same names, shapes and dtypes (a run of one
-    model: the entries are tuples of those alone)."""
+    model: the entries are tuples of those alone). Such a snapshot gets the previous one's
+    mapping itself, not a copy: plan entries are read only, and `_uniform_buckets` and the
+    accumulator then know the two snapshots alike by identity, without comparing 8.4k names."""
     refs = list(snapshot.tensors.values())
     shapes = list(map(_SHAPE, refs))
     dtypes = list(map(_DTYPE, refs))
     names = list(snapshot.tensors)
     if before is not None and before.shapes == shapes and before.dtypes == dtypes and before.names == names:
-        return dict(zip(names, before.entries)), before
+        return before.planned, before
     if set(map(type, shapes)) - {tuple} or not set(dtypes) <= _ITEMSIZE.keys():
         return None
     numels = list(map(math.prod, shapes))
     nbytes = map(operator.mul, numels, map(_ITEMSIZE.__getitem__, dtypes))
     entries = list(map(_new_entry, zip(shapes, dtypes, repeat(_NO_STATE), nbytes, numels)))
-    return dict(zip(names, entries)), _Columns(names, shapes, dtypes, entries)
+    planned = dict(zip(names, entries))
+    return planned, _Columns(names, shapes, dtypes, planned)
 
 
 class _Columns(NamedTuple):
@@ -164,7 +167,7 @@ class _Columns(NamedTuple):
     names: list[str]
     shapes: list[tuple[int, ...]]
     dtypes: list[str]
-    entries: list[Entry]
+    planned: dict[str, Entry]
 
 
 _new_entry = functools.partial(tuple.__new__, Entry)  # Entry(*fields) without its Python __new__
@@ -314,7 +317,8 @@ def _uniform_buckets(entries: Sequence[Mapping[str, Entry]], budget: int) -> _Pa
     names = list(entries[0])
     nbytes = list(map(_NBYTES, entries[0].values()))
     if max(nbytes, default=0) > budget or any(
-        list(other) != names or list(map(_NBYTES, other.values())) != nbytes
+        other is not entries[0]  # the same mapping: the same parameters (`_plain_entries`)
+        and (list(other) != names or list(map(_NBYTES, other.values())) != nbytes)
         for other in entries[1:]
     ):
         return None
