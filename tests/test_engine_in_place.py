@@ -248,3 +248,31 @@ def test_refs_longer_than_a_piece_are_cut_as_the_general_path_cuts_them(tmp_path
     assert taken >= 4  # every snapshot's bucket read in place (counted in chains and one by one)
     _same(fast, general)
     assert fast[2].params["big.weight"].dot_prev is not None
+
+
+def test_what_a_bucket_s_snapshots_share_is_found_once_and_only_for_those_that_share_it(
+    tmp_path, monkeypatch
+):
+    """The reader keeps a bucket's names, shapes and kernel layout for the snapshots the plan
+    gave the same mapping; each snapshot's columns are those found for it alone, cut refs too."""
+    from normscope.engine.loading import WorkItem, _in_place_bucket, load_work
+    from normscope.engine.plan import plan_buckets
+
+    monkeypatch.setattr(in_place, "PIECE_ELEMENTS", 1000)
+    base = {"big.weight": (70, 64), "l1.weight": (10, 10)}
+    _save_run(tmp_path, [base, base, base | {"l1.weight": (12, 10)}, base])
+    snapshots = open_run(tmp_path).snapshots
+    plan = plan_buckets(snapshots, 1 << 20, read_in_place=lambda name: True)
+    assert plan.entries[1] is plan.entries[0] and plan.entries[2] is not plan.entries[1]
+    known: dict = {}
+    for t in range(len(snapshots)):
+        item = WorkItem.from_plan(plan, snapshots, bucket=0, snapshot=t)
+        cached = load_work(item, in_place=True, known=known)
+        alone = load_work(item, in_place=True)
+        assert cached.columns is not None and alone.columns is not None
+        for field in ("addresses", "codes", "numels", "owner"):
+            assert (getattr(cached.columns, field) == getattr(alone.columns, field)).all(), (t, field)
+        assert cached.shapes == alone.shapes == [tuple(snapshots[t].tensors[n].shape)
+                                                 for n in snapshots[t].tensors]  # fmt: skip
+        assert known[0].entries is item.entries  # found again for the changed snapshot and after
+    assert _in_place_bucket(item).layout.entries == 3  # big.weight, l1.weight, half.weight

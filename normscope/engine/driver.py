@@ -18,16 +18,21 @@ from itertools import repeat
 from typing import TYPE_CHECKING
 
 from normscope._gc import collector_paused
+from normscope._torch_seen import tensor_type
 from normscope.engine.accumulate import Accumulator
 from normscope.engine.fused import VanishedPage, fused_kernel
+from normscope.engine.group import GroupInput
 from normscope.engine.in_place import start_in_place, start_in_place_chain
-from normscope.engine.loading import LoadedWork, WorkItem, load_work
-from normscope._torch_seen import tensor_type
+from normscope.engine.loading import InPlaceBuckets, LoadedWork, WorkItem, load_work
 from normscope.engine.plan import Plan, plan_buckets
 from normscope.engine.prefetch import Prefetcher
-from normscope.engine.group import GroupInput
 from normscope.engine.reduce import start_group
-from normscope.engine.rows import GRANULARITIES, GRANULARITY_ROW, GRANULARITY_TENSOR, RowCollector
+from normscope.engine.rows import (
+    GRANULARITIES,
+    GRANULARITY_ROW,
+    GRANULARITY_TENSOR,
+    RowCollector,
+)
 from normscope.engine.workers import CpuWorkers, Inline, Runner
 from normscope.errors import BadInputError
 from normscope.file_stamps import check_unchanged
@@ -94,12 +99,14 @@ def _run(
     )
     stager = _make_stager(device, plan)
     items = [(b, t) for b in range(len(plan.buckets)) for t in range(len(snapshots))]
+    known: InPlaceBuckets = {}  # what `load_work` found of each bucket read in place (reader thread)
 
     def read(item: tuple[int, int]) -> tuple[LoadedWork, Staged | None]:
         b, t = item
         # before any page of a file rewritten since it was opened is touched (`file_stamps`)
         check_unchanged(snapshots[t].files)
-        work = load_work(WorkItem.from_plan(plan, snapshots, bucket=b, snapshot=t), in_place=in_place)
+        work = load_work(WorkItem.from_plan(plan, snapshots, bucket=b, snapshot=t), in_place=in_place,
+                         known=known)  # fmt: skip
         return work, _stage(work, stager)
 
     accumulator = Accumulator()
@@ -404,7 +411,8 @@ def runner_scope(runner: Runner) -> Iterator[Runner]:
 def _make_stager(device: torch.device, plan: Plan) -> CudaStager | None:
     if device.type != "cuda":
         return None
-    from normscope.engine.staging import CudaStager  # lazy: it imports torch; only CUDA needs it
+    # lazy: it imports torch; only CUDA needs it
+    from normscope.engine.staging import CudaStager
 
     largest = max((max(sizes, default=0) for sizes in plan.sizes), default=0)
     # Packing aligns each tensor to 64 bytes; leave room for that on top of the bucket's bytes.

@@ -12,7 +12,6 @@ path (`driver._start_work`), which gives the same sums.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,9 +28,6 @@ from normscope.engine.fused import (
     nonfinite_counts,
 )
 from normscope.engine.workers import Runner
-
-_DTYPE = operator.attrgetter("dtype")
-_NUMEL = operator.attrgetter("numel")
 
 
 @dataclass(frozen=True)
@@ -59,27 +55,47 @@ class InPlaceColumns:
 _ITEMSIZE = np.array([4, 8, 2, 2], dtype=np.int64)  # by dtype code
 
 
-def in_place_columns(refs: Sequence[Any], addresses: Sequence[int]) -> InPlaceColumns | None:
-    """The columns of refs that all expose `address` (`addresses`, read off them by the caller),
-    `dtype` (a name) and `numel`; None where a dtype is not the kernel's."""
+@dataclass(frozen=True)
+class InPlaceLayout:
+    """What of a bucket's `InPlaceColumns` its refs' dtypes and sizes decide: the same in every
+    snapshot of one model, so found once per bucket (`in_place_layout`) and given each
+    snapshot's addresses (`at`). Per kernel piece: its dtype code and number of elements; where
+    refs were cut, each piece's owner and its offset in bytes from its ref's address."""
+
+    codes: np.ndarray
+    numels: np.ndarray
+    owner: np.ndarray | None = None
+    offsets: np.ndarray | None = None
+    entries: int = 0  # refs (where cut)
+
+    def at(self, addresses: Sequence[int]) -> InPlaceColumns:
+        """The columns of refs of this layout that lie at `addresses` (one per ref)."""
+        where = np.array(addresses, dtype=np.int64)
+        if self.owner is None:
+            return InPlaceColumns(where, self.codes, self.numels)
+        return InPlaceColumns(where[self.owner] + self.offsets, self.codes, self.numels, self.owner,
+                              self.entries)  # fmt: skip
+
+
+def in_place_layout(dtypes: Sequence[str], numels: Sequence[int]) -> InPlaceLayout | None:
+    """The layout of refs of `dtypes` (names) and `numels`; None where a dtype is not the
+    kernel's. A ref longer than PIECE_ELEMENTS makes every ref cut into pieces of at most that
+    many elements (an empty ref is one empty piece), as the general path cuts them
+    (`fused._Pieces`), so that one large matrix still feeds every worker."""
     codes = dtype_codes()
     try:
-        kinds = np.array(list(map(codes.__getitem__, map(_DTYPE, refs))), dtype=np.int32)
+        kinds = np.array(list(map(codes.__getitem__, dtypes)), dtype=np.int32)
     except KeyError:
         return None
-    numels = np.array(list(map(_NUMEL, refs)), dtype=np.int64)
-    where = np.array(addresses, dtype=np.int64)
-    if not len(numels) or int(numels.max()) <= PIECE_ELEMENTS:
-        return InPlaceColumns(where, kinds, numels)
-    # pieces of at most PIECE_ELEMENTS (an empty ref is one empty piece), so that one large
-    # matrix still feeds every worker
-    cuts = np.maximum(-(-numels // PIECE_ELEMENTS), 1)
-    owner = np.repeat(np.arange(len(numels), dtype=np.int64), cuts)
+    lengths = np.array(numels, dtype=np.int64)
+    if not len(lengths) or int(lengths.max()) <= PIECE_ELEMENTS:
+        return InPlaceLayout(kinds, lengths)
+    cuts = np.maximum(-(-lengths // PIECE_ELEMENTS), 1)
+    owner = np.repeat(np.arange(len(lengths), dtype=np.int64), cuts)
     first = np.repeat(np.cumsum(cuts) - cuts, cuts)
     start = (np.arange(len(owner), dtype=np.int64) - first) * PIECE_ELEMENTS
-    lengths = np.minimum(PIECE_ELEMENTS, numels[owner] - start)
-    return InPlaceColumns(where[owner] + start * _ITEMSIZE[kinds[owner]], kinds[owner], lengths,
-                          owner, len(numels))  # fmt: skip
+    return InPlaceLayout(kinds[owner], np.minimum(PIECE_ELEMENTS, lengths[owner] - start), owner,
+                         start * _ITEMSIZE[kinds[owner]], len(lengths))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from normscope._torch_seen import tensor_type
 from normscope.engine.fused import takes_as_is
-from normscope.engine.in_place import InPlaceColumns, in_place_columns
+from normscope.engine.in_place import InPlaceColumns, InPlaceLayout, in_place_layout
 from normscope.engine.plan import Entry, Piece, Plan, dtype_of
 from normscope.errors import BadInputError, NormscopeError
 from normscope.file_reads import FileReader
@@ -174,7 +174,8 @@ def _rows(handle: Any, piece: Piece, shape: tuple[int, ...], reader: FileReader 
     return rows
 
 
-def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
+def load_work(item: WorkItem, *, in_place: bool = False,
+              known: InPlaceBuckets | None = None) -> LoadedWork:  # fmt: skip
     """Read one bucket of one snapshot: every piece the snapshot has, and its optimizer streams.
 
     Args:
@@ -186,6 +187,9 @@ def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
             tensor, and every tensor without `in_place`, is read into memory of its own
             (`file_reads`): torch's kernels, the row sums and the CUDA staging copy have no
             guard, and a page of a file cut short would be a SIGBUS.
+        known: one run's `InPlaceBuckets`, kept by the caller from item to item: what the
+            in-place path finds of a bucket from the plan alone is found once for all the
+            snapshots planned with the same mapping.
 
     Returns:
         The pieces read, as columns.
@@ -194,7 +198,7 @@ def load_work(item: WorkItem, *, in_place: bool = False) -> LoadedWork:
         BadInputError: a tensor cannot be read, or is not what its header says.
     """
     if in_place:
-        work = _in_place_work(item)
+        work = _in_place_work(item, known)
         if work is not None:
             return work
     tensors = item.source.tensors
@@ -279,12 +283,32 @@ _SHAPE = operator.attrgetter("shape")
 _STATE = operator.attrgetter("state")
 _WHOLE = operator.attrgetter("whole")
 _NAME = operator.attrgetter("name")
+_DTYPE = operator.attrgetter("dtype")
+_NUMEL = operator.attrgetter("numel")
 
 
-def _in_place_work(item: WorkItem) -> LoadedWork | None:
-    """`load_work(in_place=True)` where every piece is a whole parameter this snapshot has, with
-    no optimizer state, as a ref with an address: the columns are the refs themselves, made a
-    column at a time (a ResNet-shaped bucket holds thousands). None where that is not so."""
+@dataclass(frozen=True)
+class _InPlaceBucket:
+    """What `_in_place_work` finds of a bucket from the plan's entries alone: the parameters'
+    names, shapes and kernel layout. The same for every snapshot planned with the same mapping
+    (`plan._plain_entries` shares one between the snapshots of one model): found once, then
+    only each snapshot's refs and their addresses are read."""
+
+    pieces: tuple[Piece, ...]
+    entries: Mapping[str, Entry]  # the mapping it was found with, known again by identity
+    names: list[str]
+    shapes: list[tuple[int, ...]]
+    layout: InPlaceLayout
+
+
+# One run's `_InPlaceBucket`s, by bucket index: the driver's, from item to item.
+InPlaceBuckets = dict[int, _InPlaceBucket]
+
+
+def _in_place_bucket(item: WorkItem) -> _InPlaceBucket | None:
+    """The bucket's facts where every piece is a whole parameter this snapshot has, with no
+    optimizer state, of a dtype the kernel reads; None otherwise. Dtypes and sizes are the
+    plan's entries': the plan read them off this snapshot's refs."""
     bucket = item.pieces
     if not all(map(_WHOLE, bucket)):
         return None
@@ -292,9 +316,26 @@ def _in_place_work(item: WorkItem) -> LoadedWork | None:
     planned = list(map(item.entries.get, names))
     if any(map(operator.is_, planned, repeat(None))) or any(map(_STATE, planned)):
         return None
+    layout = in_place_layout(list(map(_DTYPE, planned)), list(map(_NUMEL, planned)))
+    if layout is None:
+        return None
+    return _InPlaceBucket(bucket, item.entries, names, list(map(_SHAPE, planned)), layout)
+
+
+def _in_place_work(item: WorkItem, known: InPlaceBuckets | None = None) -> LoadedWork | None:
+    """`load_work(in_place=True)` where every piece is a whole parameter this snapshot has, with
+    no optimizer state, as a ref with an address: the columns are the refs themselves, made a
+    column at a time (a ResNet-shaped bucket holds thousands). None where that is not so."""
+    facts = None if known is None else known.get(item.bucket)
+    if facts is None or facts.entries is not item.entries or facts.pieces is not item.pieces:
+        facts = _in_place_bucket(item)
+        if facts is None:
+            return None
+        if known is not None:
+            known[item.bucket] = facts
     try:
         # refs, in the column of tensors: the kernel reads them where they lie
-        refs: list[Any] = list(map(item.source.tensors.__getitem__, names))
+        refs: list[Any] = list(map(item.source.tensors.__getitem__, facts.names))
     except KeyError:
         return None
     # one ref of each class: whether a class offers an address is decided per class
@@ -304,8 +345,8 @@ def _in_place_work(item: WorkItem) -> LoadedWork | None:
     if None in addresses:  # ints and None only: no tensor's __eq__ runs here
         return None
     absent: list[Any] = [None] * len(refs)
-    return LoadedWork(item.bucket, item.snapshot, list(bucket), list(map(_SHAPE, planned)), refs,
-                      absent, list(absent), in_place_columns(refs, addresses))  # fmt: skip
+    return LoadedWork(item.bucket, item.snapshot, list(item.pieces), list(facts.shapes), refs,
+                      absent, list(absent), facts.layout.at(addresses))  # fmt: skip
 
 
 def _addressed(handle: Any) -> bool:
