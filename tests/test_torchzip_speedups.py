@@ -122,6 +122,30 @@ def test_the_c_loops_make_refs_for_the_same_tensors(checkpoints):
     assert isinstance(scanned["t"], torch.Tensor | np.ndarray) and isinstance(scanned["col"], torch.Tensor | np.ndarray)
 
 
+def test_the_c_loops_refs_are_left_out_of_the_collector_and_still_freed(checkpoints):
+    """The collector does not scan the refs (34k of them made each collection after an open of a
+    ResNet-shaped run cost ~17 ms); reference counting frees them, and with the last one the
+    archive and its mapping."""
+    import gc
+    import weakref
+
+    scanned = scan_torch_zip(str(checkpoints[1]))
+    refs = [v for v in scanned.values() if type(v) is MappedTensorRef]
+    assert refs and not any(map(gc.is_tracked, refs))
+    archive = weakref.ref(refs[0].archive)
+    assert refs[0].archive is refs[1].archive
+    first = refs[0].load().clone()
+    assert torch.equal(first, torch.arange(60.0).reshape(6, 10))
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del scanned, refs
+        assert archive() is None  # freed by reference counting alone: no collection ran
+    finally:
+        if collecting:
+            gc.enable()
+
+
 # ---- the central directory ------------------------------------------------------------------
 
 
