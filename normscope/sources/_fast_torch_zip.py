@@ -545,7 +545,8 @@ def record_places(result: Any) -> list[tuple[Any, list[Any]]]:
             keys = [key for key, item in pairs if type(item) is Rebuilt]
             if keys:
                 places.append((value, keys))
-            stack.extend(item for item in items if type(item) is not Rebuilt)
+            if len(keys) < len(value):  # a state dict holds tensors only: nothing else to walk
+                stack.extend(item for item in items if type(item) is not Rebuilt)
         elif kind is Rebuilt:
             raise Declined(Reason.PLACE, "a tensor outside a dict or list")
         elif isinstance(value, _PRIVATE) or (kind is tuple and value[:1] == ("storage",)):
