@@ -532,3 +532,31 @@ def test_table_view_is_the_same_without_the_live_frame():
         SafeConsole(file=buffer, width=160).print(analyze_view(trajectory, result, notes=False))
         views.append(buffer.getvalue())
     assert views[0] == views[1] and "Per-parameter norm trajectories" in views[0]
+
+
+@pytest.mark.parametrize("run", [SGD, ADAMW], ids=lambda p: p.parent.name if p.suffix else p.name)
+def test_the_bounces_and_the_advice_are_of_one_series_aggregated_once(run, monkeypatch):
+    """`analyze_run` aggregates the table to its end-of-epoch series once: the bounces and the
+    recommendation are of that same series, and the recommendation is what `recommend_table`
+    makes of the table on its own."""
+    from normscope.analysis import epochs, runner
+    from normscope.analysis.recommend import recommend_table
+    from normscope.api import load_trajectory
+
+    if not run.exists():
+        pytest.skip("sample run missing")
+    trajectory = load_trajectory(run)
+    calls = []
+    aggregate = epochs.epoch_series
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        return aggregate(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "epoch_series", counted)
+    result = runner.analyze_run(trajectory, live=False)
+    assert len(calls) == 1
+    assert result.bounces is not None and result.recommendation is not None
+    assert result.recommendation.series is result.bounces.series
+    # by repr: a field that is NaN (an SGD run's beta1) is unequal to itself
+    assert repr(result.recommendation) == repr(recommend_table(trajectory.table))

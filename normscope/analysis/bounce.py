@@ -588,6 +588,12 @@ def analyze_bounces(
 ) -> BounceAnalysis:
     """Bounces of the trajectory table's end-of-epoch norm (raises BadInputError below 3 epochs)."""
     series = epoch_series(table, include_kinds=include_kinds, steps_per_epoch=steps_per_epoch)
+    return bounces_of_series(series, params)
+
+
+def bounces_of_series(series: EpochSeries, params: RobustParams | None = None) -> BounceAnalysis:
+    """`analyze_bounces` of a series already aggregated (`epochs.epoch_series`): what a caller that
+    also advises on it (`recommend.recommend`) uses, so the table is aggregated once."""
     tau = series_correlation_epochs(series)
     return BounceAnalysis(
         series=series,

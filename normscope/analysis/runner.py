@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from normscope.analysis.bounce import analyze_bounces
+from normscope.analysis.bounce import bounces_of_series
+from normscope.analysis.epochs import epoch_series
 from normscope.analysis.equilibrium import equilibrium_for, scale_invariance
 from normscope.analysis.options import RunOptions
 from normscope.analysis.skipped import BOUNCES, EQUILIBRIUM, RECOMMENDATION, TEXP
@@ -69,10 +70,16 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         result = _with_live(result, trajectory, options, live)
         return _with_check(result, trajectory, options, check, baseline, rules)
     kinds = options.kinds or None
+    # the end-of-epoch series, once for the bounces and the advice alike (the aggregation is the
+    # larger part of both on a run of a few hundred tensors)
+    series = series_error = bounces = None
     try:
-        bounces = analyze_bounces(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch)
+        series = epoch_series(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch)
+        bounces = bounces_of_series(series)
     except NormscopeError as exc:
-        bounces, skipped[BOUNCES] = None, exc.message
+        skipped[BOUNCES] = exc.message
+        if series is None:
+            series_error = exc.message
     verdicts = scale_invariance(trajectory, model_spec=options.model_spec, probe=options.probe)
     report = None
     if equilibrium:
@@ -84,14 +91,16 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     if recommendation:
         # lazy: the analyses a view does not show are not imported either
         from normscope.analysis.premise import abel_premise
-        from normscope.analysis.recommend import recommend_table
+        from normscope.analysis.recommend import recommend
 
-        try:
-            rec = recommend_table(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch,
-                                  lr=options.base_lr, decay_factor=options.decay_factor, min_lr=options.min_lr,
-                                  total_epochs=options.total_epochs)
-        except NormscopeError as exc:
-            skipped[RECOMMENDATION] = exc.message
+        if series is None:
+            skipped[RECOMMENDATION] = str(series_error)
+        else:
+            try:
+                rec = recommend(series, lr=options.base_lr, decay_factor=options.decay_factor,
+                                min_lr=options.min_lr, total_epochs=options.total_epochs)
+            except NormscopeError as exc:
+                skipped[RECOMMENDATION] = exc.message
         if rec is not None:
             premise = abel_premise(rec, verdicts)
             if options.texp:
