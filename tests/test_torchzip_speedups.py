@@ -5,13 +5,10 @@ damaged directories, headers and tensor arguments."""
 
 from __future__ import annotations
 
-import errno
-import mmap
 import os
 import random
 import subprocess
 import sys
-import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -356,49 +353,6 @@ def test_the_version_says_which_loops_the_reader_has():
     off = subprocess.run([sys.executable, "-m", "normscope", "--version"], capture_output=True, text=True,
                          check=True, env={**os.environ, _speedups.DISABLE_VARIABLE: "1"})  # fmt: skip
     assert "torch zip reader loops: off" in off.stdout
-
-
-def test_populating_a_mapping_reads_it_and_writes_nothing(checkpoints):
-    path = checkpoints[0]
-    before = path.read_bytes()
-    with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    if not fast.populate(mapping):
-        pytest.skip("this system cannot populate a mapping (Linux 5.14+ can)")
-    assert path.read_bytes() == before
-    assert bytes(mapping[:4]) == before[:4]
-
-
-def test_populating_a_file_cut_short_under_its_mapping_is_an_error_not_a_signal(tmp_path):
-    path = tmp_path / "cut.bin"
-    path.write_bytes(b"x" * (1 << 20))
-    with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    os.truncate(path, 4096)  # reading past here through the mapping would raise SIGBUS
-    try:
-        populated = fast.populate(mapping)
-    except OSError as exc:
-        assert exc.errno == errno.EFAULT
-    else:
-        assert not populated, "a mapping past the end of its file cannot be populated"
-        pytest.skip("this system cannot populate a mapping (Linux 5.14+ can)")
-
-
-def test_a_file_of_small_records_is_populated_on_open_and_one_of_large_ones_is_not(tmp_path, monkeypatch):
-    calls: list[str] = []
-    monkeypatch.setattr(Records, "_populate", lambda self: calls.append(self.path))
-    torch.save({f"w{i}": torch.ones(16) for i in range(600)}, tmp_path / "small.pt")  # 64 B records
-    torch.save({f"w{i}": torch.ones(32 << 10) for i in range(600)}, tmp_path / "large.pt")  # 128 KiB
-    for name in ("small.pt", "large.pt"):
-        path = str(tmp_path / name)
-        records = _zipdir.zip_facts(path).records
-        assert _fast_torch_zip._background_worth(records.header_offsets)
-        Records(path, records, os.path.getsize(path))._np_starts  # noqa: B018 - the headers, found
-    deadline = time.monotonic() + 10
-    while not calls and time.monotonic() < deadline:  # populating follows the headers
-        time.sleep(0.01)
-    time.sleep(0.1)
-    assert calls == [str(tmp_path / "small.pt")]
 
 
 CHILD = """

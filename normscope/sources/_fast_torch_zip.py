@@ -220,18 +220,15 @@ def stubs() -> dict[tuple[str, str], Callable[..., Any]]:
     }
 
 
-_SMALL_RECORD = 64 << 10  # bytes: records this small on average are paged in whole (`Records`)
-
-
 def _background_worth(offsets: np.ndarray) -> bool:
     """Whether finding these records' starts on a thread pays: with the C loop (which releases
     the GIL), and for enough records that a thread's start (~0.1 ms) is small beside it."""
     return _speedups.torchzip is not None and len(offsets) >= 512
 
 
-def _in_background(work: Callable[..., Any], *args: Any, then: Callable[[], Any] | None = None) -> Callable[[], Any]:
-    """`work(*args)` started on a thread, and `then()` after it on the same thread; the call
-    returned waits for `work` only and gives its result (or raises what it raised)."""
+def _in_background(work: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """`work(*args)` started on a thread; the call returned waits for it and gives its result
+    (or raises what it raised)."""
     outcome: list[Any] = []
     ready = threading.Event()
 
@@ -241,8 +238,6 @@ def _in_background(work: Callable[..., Any], *args: Any, then: Callable[[], Any]
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             outcome.append((False, exc))
         ready.set()
-        if then is not None:
-            then()
 
     thread = threading.Thread(target=run, name="normscope-headers", daemon=True)
     thread.start()
@@ -279,27 +274,16 @@ class Records:
         # Reading the headers maps most of the file's pages (a page fault per 64 KiB or so, a
         # third of the open of a file of small tensors): the C loop does it on a thread of its
         # own while this one unpickles, and the records' starts are waited for when first asked.
-        # Where the records are small (64 KiB on average at most), the headers' faults map
-        # nearly every page anyway (a fault maps the pages around it too): that thread then maps
-        # the rest in one call, so the kernel meets no fault. A file of larger tensors is left to
-        # fault as the kernel reads the tensors it is asked for.
+        # The other pages fault as the kernel reads them: mapping them all on that thread
+        # (`madvise(MADV_POPULATE_READ)`) took 20-50 ms a 250 MB file on one of the benchmark's
+        # VMs, against ~4 ms of faults in the kernel (docs/engine.md, "Headers on a thread").
         headers = (records.header_offsets, records.sizes)
-        then = self._populate if len(headers[0]) * _SMALL_RECORD >= size else None
         self._finding: Callable[[], np.ndarray] | None = None
         self._found: np.ndarray | None = None
         if _background_worth(headers[0]):
-            self._finding = _in_background(self._data_starts, *headers, then=then)
+            self._finding = _in_background(self._data_starts, *headers)
         else:
             self._found = self._data_starts(*headers)
-
-    def _populate(self) -> None:
-        """Every page of the mapping mapped, in one call that cannot raise SIGBUS (the C loops'
-        `populate`). A file cut short since its headers were read is left to the kernel's guard
-        and the engine's check of the file's stamp, which name it."""
-        try:
-            _speedups.torchzip.populate(self._mapping)
-        except OSError:
-            pass
 
     @functools.cached_property
     def _np_starts(self) -> np.ndarray:

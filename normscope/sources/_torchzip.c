@@ -12,16 +12,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <errno.h>
 #include <stdint.h>
 #include <string.h>
-#if defined(__linux__)
-#include <sys/mman.h>
-#include <unistd.h>
-#ifndef MADV_POPULATE_READ
-#define MADV_POPULATE_READ 22 /* Linux 5.14; older headers lack the name, older kernels say EINVAL */
-#endif
-#endif
 
 #define MEMBER_SIZE 46
 #define LOCAL_HEADER_SIZE 30
@@ -262,43 +254,6 @@ static PyObject *data_starts(PyObject *module, PyObject *args) {
     PyBuffer_Release(&offsets);
     PyBuffer_Release(&file);
     Py_RETURN_NONE;
-}
-
-/* populate(buffer) -> bool
- *
- * Maps every page of `buffer` (a mapping of a file) into the process at once, without the GIL
- * (`madvise(MADV_POPULATE_READ)`, Linux 5.14+): faster than faulting the pages in one by one,
- * and a page past the file's end (a file cut short under the mapping) is an error here, where
- * reading it would raise SIGBUS. True when populated; False where the system cannot (another
- * OS, an older kernel, a transient refusal): the pages then fault in as they are read. OSError
- * when a page lies past the end of the file. */
-static PyObject *populate(PyObject *module, PyObject *args) {
-    Py_buffer data;
-    if (!PyArg_ParseTuple(args, "y*", &data)) {
-        return NULL;
-    }
-#if defined(__linux__)
-    long page = sysconf(_SC_PAGESIZE);
-    uintptr_t first = (uintptr_t)data.buf & ~(uintptr_t)(page - 1);
-    size_t length = (size_t)data.len + ((uintptr_t)data.buf - first);
-    int result, error = 0;
-    Py_BEGIN_ALLOW_THREADS
-    do {
-        result = madvise((void *)first, length, MADV_POPULATE_READ);
-        error = result ? errno : 0;
-    } while (result && error == EINTR);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&data);
-    if (result == 0) Py_RETURN_TRUE;
-    if (error == EFAULT) {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_FALSE;
-#else
-    PyBuffer_Release(&data);
-    Py_RETURN_FALSE;
-#endif
 }
 
 /* ---- The tensors' refs (`_fast_torch_zip._resolve` with refs) ------------------------------ */
@@ -560,7 +515,6 @@ static PyMethodDef torchzip_methods[] = {
     {"identity", identity, METH_O, "identity(value) -> value"},
     {"members", members, METH_VARARGS, "members(directory, count, archive_size, crcs, sizes, offsets)"},
     {"data_starts", data_starts, METH_VARARGS, "data_starts(file, header_offsets, sizes, out)"},
-    {"populate", populate, METH_VARARGS, "populate(buffer) -> bool"},
     {"resolve_refs", resolve_refs, METH_VARARGS,
      "resolve_refs(rebuilt, labels, starts, sizes, base, file_size, records, ref_type, "
      "storage_type, ordered_dict, dtype_facts)"},
