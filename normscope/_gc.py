@@ -26,3 +26,12 @@ def collector_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def collector_resumed() -> None:
+    """The collector on again inside a `collector_paused()` block, for work that runs on (a live
+    view's refresh loop): what it allocates from here on is collected as usual. Whatever existed
+    before is frozen first (`gc.freeze`: the libraries imported, the first frame's objects), so
+    the collections of the loop do not walk it again and again."""
+    gc.freeze()
+    gc.enable()

@@ -58,3 +58,37 @@ def test_the_exit_leaves_the_last_collections_nothing_to_walk_and_still_runs_exi
     assert int(said.read_text()) > 10_000  # the handler ran, after the objects were frozen
     lines = out.read_text().splitlines()
     assert lines[0].startswith("snapshot,") and len(lines) == 1 + 61 * 17, (lines[0], len(lines))
+
+
+def test_a_command_runs_with_the_collector_paused_and_a_watch_resumes_it(tmp_path):
+    # main() pauses the cyclic collector for the command (its passes over the imports' and the
+    # run's objects cost ~90 ms of an analyze); the live view's loop, which runs on, resumes it
+    from pathlib import Path
+
+    run = Path(__file__).resolve().parent.parent / "sample_runs" / "digits_bn_cnn_sgd"
+    code = (
+        "import gc, sys, time\n"
+        "import normscope.api as api\n"
+        "from normscope.cli import main, watch\n"
+        "seen = []\n"
+        "load = api.load_trajectory\n"
+        "api.load_trajectory = lambda *a, **k: (seen.append(gc.isenabled()), load(*a, **k))[1]\n"
+        "def stop(seconds):\n"
+        "    seen.append(gc.isenabled())\n"
+        "    raise KeyboardInterrupt\n"
+        "watch.time.sleep = stop\n"
+        "for argv in (['analyze', sys.argv[1], '-f', 'csv', '-o', '/dev/null'],\n"
+        "             ['watch', sys.argv[1], '--interval', '1']):\n"
+        "    sys.argv = ['normscope', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "    seen.append(('after', gc.isenabled()))\n"
+        "print(seen)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    # analyze: paused while it loads, on again after; watch: on in its loop, and after
+    assert done.stdout.strip().splitlines()[-1] == "[False, ('after', True), True, ('after', True)]", done.stdout

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from normscope._gc import collector_resumed
 from normscope.cli._common import (
     ConfigOpt,
     DeviceOpt,
@@ -85,6 +86,8 @@ def watch(path: PathArg, interval: IntervalOpt = 2.0, once: OnceOpt = False,
 
     from rich.live import Live  # lazy: only a live view on a terminal needs it
 
+    # the command line pauses the collector for a command (`cli.main`); a watch runs on
+    collector_resumed()
     console = stderr_console(soft_wrap=False)
     try:
         if not console.is_terminal:  # a pipe or file: append a frame whenever new data arrives
