@@ -251,11 +251,12 @@ def _torch_facts(f: BinaryIO, directory: Directory) -> ZipFacts | None:
         return _facts(names, None)
     archive = names[pickle_at][: -len("data.pkl")]
     data = archive + "data/"
-    if archive.count("/") != 1 or not all(map(str.startswith, names, repeat(archive))):
-        return None  # torch wants every record in the archive's one directory
     is_data = list(map(str.startswith, names, repeat(data)))  # once per name: thousands of records
     rows = list(compress(range(len(names)), is_data))
     small = [i for i in compress(range(len(names)), map(operator.not_, is_data)) if i != pickle_at]
+    # the records under `data` are in the archive's directory: the others are asked alone
+    if archive.count("/") != 1 or not all(names[i].startswith(archive) for i in small):
+        return None  # torch wants every record in the archive's one directory
     kinds = [names[i][len(archive) :] for i in small]
     count = len(rows)
     # each record's key, the name past "<archive>/data/" (map over C methods: thousands of names)
