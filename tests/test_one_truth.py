@@ -560,3 +560,25 @@ def test_the_bounces_and_the_advice_are_of_one_series_aggregated_once(run, monke
     assert result.recommendation.series is result.bounces.series
     # by repr: a field that is NaN (an SGD run's beta1) is unequal to itself
     assert repr(result.recommendation) == repr(recommend_table(trajectory.table))
+
+
+def test_a_run_too_short_for_a_series_gives_the_bounces_and_the_advice_one_reason():
+    """No end-of-epoch series (two epochs): neither analysis runs, and both say why in the words
+    `recommend_table` says it."""
+    from dataclasses import replace
+
+    from normscope.analysis.recommend import recommend_table
+    from normscope.analysis.runner import analyze_run
+    from normscope.api import load_trajectory
+    from normscope.errors import NormscopeError
+
+    if not SGD.exists():
+        pytest.skip("sample run missing")
+    trajectory = load_trajectory(SGD)
+    short = replace(trajectory, table=trajectory.table[trajectory.table["snapshot"] < 2])
+    result = analyze_run(short, live=False)
+    with pytest.raises(NormscopeError) as raised:
+        recommend_table(short.table)
+    assert result.bounces is None and result.recommendation is None
+    assert result.skipped["bounces"] == result.skipped["recommendation"] == raised.value.message
+    assert "needs at least 3" in raised.value.message

@@ -72,14 +72,12 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
     kinds = options.kinds or None
     # the end-of-epoch series, once for the bounces and the advice alike (the aggregation is the
     # larger part of both on a run of a few hundred tensors)
-    series = series_error = bounces = None
+    series = bounces = None
     try:
         series = epoch_series(trajectory.table, include_kinds=kinds, steps_per_epoch=options.steps_per_epoch)
         bounces = bounces_of_series(series)
     except NormscopeError as exc:
         skipped[BOUNCES] = exc.message
-        if series is None:
-            series_error = exc.message
     verdicts = scale_invariance(trajectory, model_spec=options.model_spec, probe=options.probe)
     report = None
     if equilibrium:
@@ -93,8 +91,8 @@ def analyze_run(trajectory: Trajectory, options: RunOptions = RunOptions(), *,
         from normscope.analysis.premise import abel_premise
         from normscope.analysis.recommend import recommend
 
-        if series is None:
-            skipped[RECOMMENDATION] = str(series_error)
+        if series is None:  # the table has no series to advise on: the bounces' reason is its
+            skipped[RECOMMENDATION] = skipped[BOUNCES]
         else:
             try:
                 rec = recommend(series, lr=options.base_lr, decay_factor=options.decay_factor,

@@ -77,23 +77,17 @@ class Accumulator:
         last: _Planned | None = None
         for t in range(first, len(snapshots)):
             planned = entries[t]
-            if last is not None and planned is last.planned:  # the plan's shared mapping
+            # a run of one model plans its snapshots with one shared mapping (`plan._plain_entries`):
+            # their names and entries are the same lists, their shapes and dtypes copies
+            if last is not None and planned is last.planned:
                 names, values = last.names, last.values
+                shapes, dtypes = dict(last.shapes), dict(last.dtypes)
             else:
                 names, values = list(planned), list(planned.values())
+                shapes, dtypes = dict(zip(names, map(_SHAPE, values))), dict(zip(names, map(_DTYPE, values)))
             params = self._block_table(t, names, values)
             if params is None:
                 params = self._row_table(t, names, values)
-            # a run of one model plans each snapshot with the previous one's Entry objects:
-            # its shapes and dtypes are then copies (identity only: an Entry's equality would
-            # compare the tensors of its optimizer state)
-            if last is not None and (names is last.names or (
-                last.names == names and len(last.values) == len(values)
-                and all(map(operator.is_, last.values, values))
-            )):  # fmt: skip
-                shapes, dtypes = dict(last.shapes), dict(last.dtypes)
-            else:
-                shapes, dtypes = dict(zip(names, map(_SHAPE, values))), dict(zip(names, map(_DTYPE, values)))
             last = _Planned(planned, names, values, shapes, dtypes)
             out.append(SnapshotStats(meta=snapshots[t].meta, params=params, shapes=shapes, dtypes=dtypes))
         return out
