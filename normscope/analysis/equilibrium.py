@@ -45,7 +45,11 @@ import numpy as np
 import pandas as pd
 
 from normscope.analysis import theory
-from normscope.analysis.invariance import INVARIANT, InvarianceVerdict, classify_invariance
+from normscope.analysis.invariance import (
+    INVARIANT,
+    InvarianceVerdict,
+    classify_invariance,
+)
 from normscope.analysis.theory import optimizer_family
 from normscope.analysis.user_model import build_model
 from normscope.trajectory import Trajectory
@@ -320,32 +324,47 @@ def _interval(values: np.ndarray, lr_at: str) -> np.ndarray:
 
 def _phase_starts(eta: np.ndarray) -> np.ndarray:
     """For each interval i, the first interval of its LR phase: the one after the last interval whose
-    LR lies outside [η_i / LR_PHASE_BAND, η_i · LR_PHASE_BAND] (or is unknown). O(n log n): the last
-    index with a value above (below) a threshold is found by bisection on a monotone stack."""
-    starts = np.ones(len(eta), dtype=int)
-    high: list[tuple[int, float]] = []  # values strictly decreasing upwards: "previous greater" candidates
-    low: list[tuple[int, float]] = []  # values strictly increasing upwards: "previous smaller" candidates
-    last_bad = 0
+    LR lies outside [η_i / LR_PHASE_BAND, η_i · LR_PHASE_BAND] (or is unknown)."""
+    starts = np.zeros(len(eta), dtype=int)
+    phase = LrPhaseStart()
     for i in range(1, len(eta)):
-        value = eta[i]
-        if not (np.isfinite(value) and value > 0):
-            last_bad, high, low = i, [], []
-            starts[i] = i + 1
-            continue
-        above = _last_beyond(high, value * LR_PHASE_BAND, greater=True, bisect=bisect)
-        below = _last_beyond(low, value / LR_PHASE_BAND, greater=False, bisect=bisect)
-        starts[i] = max(last_bad, above, below) + 1
-        while high and high[-1][1] <= value:
-            high.pop()
-        high.append((i, value))
-        while low and low[-1][1] >= value:
-            low.pop()
-        low.append((i, value))
-    starts[0] = 0
+        phase.add(i, eta[i])
+        starts[i] = phase.start
     return starts
 
 
-def _last_beyond(stack: list[tuple[int, float]], threshold: float, *, greater: bool, bisect) -> int:
+class LrPhaseStart:
+    """The LR phases of one parameter, an interval at a time: after `add(i, eta)` for intervals
+    1..i in order, `start` is the first interval of interval i's phase (the one after the last whose
+    LR lies outside [eta / LR_PHASE_BAND, eta · LR_PHASE_BAND] or is unknown). The whole run's
+    analysis and the live view, which adds intervals as records arrive, both go through it.
+
+    O(log n) an interval: the last index with a value above (below) a threshold is found by
+    bisection on a monotone stack."""
+
+    def __init__(self) -> None:
+        self.high: list[tuple[int, float]] = []  # values strictly decreasing: "previous greater"
+        self.low: list[tuple[int, float]] = []  # values strictly increasing: "previous smaller"
+        self.last_bad = 0
+        self.start = 0
+
+    def add(self, i: int, value: float) -> None:
+        if not (np.isfinite(value) and value > 0):
+            self.last_bad, self.high, self.low = i, [], []
+            self.start = i + 1
+            return
+        above = _last_beyond(self.high, value * LR_PHASE_BAND, greater=True)
+        below = _last_beyond(self.low, value / LR_PHASE_BAND, greater=False)
+        self.start = max(self.last_bad, above, below) + 1
+        while self.high and self.high[-1][1] <= value:
+            self.high.pop()
+        self.high.append((i, value))
+        while self.low and self.low[-1][1] >= value:
+            self.low.pop()
+        self.low.append((i, value))
+
+
+def _last_beyond(stack: list[tuple[int, float]], threshold: float, *, greater: bool) -> int:
     """Largest index in the monotone stack whose value is beyond the threshold (0 if none)."""
     # high: values decrease along the stack, so "value > t" holds on a prefix; low: "value < t" likewise
     keys = [(-v if greater else v) for _, v in stack]
@@ -583,7 +602,7 @@ def equilibrium_report(
 
 __all__ = [
     "SETTLED_RELAXATIONS", "TOLERANCE", "EquilibriumPoint", "EquilibriumReport", "HyperParam",
-    "HyperparamOverrides", "LayerEquilibrium", "NotApplicable", "analyze_equilibrium", "effective_steps", "equilibrium_for", "equilibrium_report",
+    "HyperparamOverrides", "LayerEquilibrium", "LrPhaseStart", "NotApplicable", "analyze_equilibrium", "effective_steps", "equilibrium_for", "equilibrium_report",
     "hyperparams_used",
     "layer_equilibrium",
 ]

@@ -6,7 +6,6 @@ in only the records that arrived. The frame itself and the science of its angles
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import replace
@@ -18,16 +17,21 @@ import pandas as pd
 from normscope.analysis import theory
 from normscope.analysis.epochs import epoch_series, parse_kinds
 from normscope.analysis.equilibrium import (
-    LR_PHASE_BAND,
     HyperparamOverrides,
     LayerEquilibrium,
+    LrPhaseStart,
     NotApplicable,
     layer_equilibrium,
     scale_invariance,
 )
 from normscope.analysis.invariance import INVARIANT
 from normscope.analysis.recommend import Recommendation, recommend
-from normscope.analysis.runner import RECOMMENDATION, RunAnalysis, RunOptions, analyze_run
+from normscope.analysis.runner import (
+    RECOMMENDATION,
+    RunAnalysis,
+    RunOptions,
+    analyze_run,
+)
 from normscope.errors import NormscopeError
 from normscope.live.frame import (
     UPDATE_ANGLE,
@@ -38,6 +42,7 @@ from normscope.live.frame import (
 )
 from normscope.live.log import LAYOUT
 from normscope.trajectory import Trajectory
+
 
 def live_frame(trajectory: Trajectory, *, recent: int = 5, advice: Sequence[str] = (),
                analysis: RunAnalysis | None = None) -> LiveFrame:
@@ -151,41 +156,6 @@ def _followable(trajectory: Trajectory, options: RunOptions) -> bool:
     return True
 
 
-class _PhaseStart:
-    """`analysis.equilibrium`'s LR phases, one interval at a time: after `add(i, eta)` for the
-    intervals 1..i in order, `start` is the first interval of interval i's phase (the one after the
-    last whose LR lies outside [eta / LR_PHASE_BAND, eta · LR_PHASE_BAND] or is unknown), what
-    `_phase_starts` gives for interval i of the whole run. The same monotone stacks, carried."""
-
-    def __init__(self) -> None:
-        self.high: list[tuple[int, float]] = []  # values strictly decreasing: "previous greater"
-        self.low: list[tuple[int, float]] = []  # values strictly increasing: "previous smaller"
-        self.last_bad = 0
-        self.start = 0
-
-    def add(self, i: int, value: float) -> None:
-        if not (np.isfinite(value) and value > 0):
-            self.last_bad, self.high, self.low = i, [], []
-            self.start = i + 1
-            return
-        above = _last_beyond(self.high, value * LR_PHASE_BAND, greater=True)
-        below = _last_beyond(self.low, value / LR_PHASE_BAND, greater=False)
-        self.start = max(self.last_bad, above, below) + 1
-        while self.high and self.high[-1][1] <= value:
-            self.high.pop()
-        self.high.append((i, value))
-        while self.low and self.low[-1][1] >= value:
-            self.low.pop()
-        self.low.append((i, value))
-
-
-def _last_beyond(stack: list[tuple[int, float]], threshold: float, *, greater: bool) -> int:
-    """Largest index in the monotone stack whose value is beyond the threshold (0 if none)."""
-    keys = [(-v if greater else v) for _, v in stack]
-    cut = bisect.bisect_left(keys, -threshold if greater else threshold)
-    return stack[cut - 1][0] if cut > 0 else 0
-
-
 class _GrowingLog:
     """What the frame needs of a tracker log's records so far, grown by the records that arrive.
 
@@ -205,7 +175,7 @@ class _GrowingLog:
         self.peaks = np.full(self.width, math.nan)  # largest norm per parameter (NaN: none finite)
         self.per_step = False  # some row has the exact per-step angle
         self.total_first = math.nan
-        self.phases = [_PhaseStart() for _ in self.params]
+        self.phases = [LrPhaseStart() for _ in self.params]
         self.last_lr = np.full(self.width, math.nan)  # each parameter's LR in the latest snapshot
         selected = first["kind"].isin(parse_kinds(options.kinds or None)).to_numpy()
         self.selected = selected
