@@ -64,7 +64,51 @@ def test_truncated_torch_zip(tmp_path):
     data = (tmp_path / "full.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) * 2 // 3])
     os.remove(tmp_path / "full.pt")
-    assert "truncated or corrupt" in _refused(tmp_path / "cut.pt")
+    message = _refused(tmp_path / "cut.pt")
+    assert "truncated or corrupt" in message and "no end record" in message
+
+
+def test_a_zip_cut_in_its_directory_is_said_to_be_cut_short(tmp_path):
+    """torch.load says only "[Errno 22] Invalid argument" of a zip that lost its end; the line says
+    what is missing. A zip that keeps its end but lost a record is not called cut short."""
+    torch.save(small_cnn().state_dict(), tmp_path / "full.pt")
+    data = (tmp_path / "full.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:-30])  # inside the end records
+    os.remove(tmp_path / "full.pt")
+    message = _refused(tmp_path / "cut.pt")
+    assert "no end record" in message and "Errno" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("weights.pt", b"", "it is empty (0 bytes)"),
+        ("model.safetensors", b"", "it is empty (0 bytes)"),
+        ("weights.pt", b"this is not", "neither a zip archive nor a pickle (first bytes 74 68 69 73)"),
+        ("model.safetensors", b"\x01\x02\x03", "3 bytes long, too short for a safetensors header"),
+        ("model.safetensors", struct.pack("<Q", 2**40) + b'{"w": 1}',
+         "its header is said to be 1,099,511,627,776 bytes long, but the file holds 8"),
+        ("model.safetensors", struct.pack("<Q", 8) + b"[1, 2, 3]", "does not start with a JSON object"),
+    ],
+    ids=["empty-pt", "empty-safetensors", "text-pt", "short-safetensors", "header-past-end", "not-json"],
+)
+def test_a_file_named_as_a_checkpoint_says_what_is_wrong_with_it(tmp_path, name, content, reason):
+    """Alone or as the only candidate in a directory: the line names the file and what its first
+    bytes show instead of a checkpoint."""
+    (tmp_path / name).write_bytes(content)
+    alone = _refused(tmp_path / name)
+    assert alone.startswith(f"{tmp_path / name} is not a checkpoint normscope can read: ") and reason in alone
+    within = _refused(tmp_path)
+    assert within.startswith(f"no checkpoints found in {tmp_path} (looked for:")
+    assert within.endswith(alone.split(": ", 1)[1]) and f"; {name}: " in within
+
+
+def test_a_directory_names_the_first_unreadable_candidate_and_counts_the_rest(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (tmp_path / name).write_bytes(b"")
+    message = _refused(tmp_path)
+    assert message.endswith("; a.pt: it is empty (0 bytes) (and 2 more file(s) named so)")
 
 
 @pytest.mark.parametrize(

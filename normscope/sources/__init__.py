@@ -15,7 +15,8 @@ from normscope.errors import BadInputError
 from normscope.snapshot import Run
 
 from ._assemble import subsample
-from ._files import check_exists, list_dir
+from ._diagnose import named_as_checkpoint, why_unreadable
+from ._files import check_exists, files_in, list_dir
 from .accelerate_state import AccelerateStates
 from .deepspeed_zero import DeepSpeedCheckpoints
 from .dcp import DistributedCheckpoints
@@ -69,10 +70,24 @@ def detect_layout(path: str, layouts: tuple[Layout, ...] = LAYOUTS) -> Layout:
             return layout
     kinds = ", ".join(layout.name for layout in layouts)
     if os.path.isdir(path):
-        raise BadInputError(f"no checkpoints found in {path} (looked for: {kinds})")
+        raise BadInputError(f"no checkpoints found in {path} (looked for: {kinds}){_why_none(path)}")
+    why = why_unreadable(path)
     raise BadInputError(
-        f"{path} is not a checkpoint normscope can read (looked for: {kinds})"
+        f"{path} is not a checkpoint normscope can read: {why}" if why
+        else f"{path} is not a checkpoint normscope can read (looked for: {kinds})"
     )
+
+
+def _why_none(directory: str) -> str:
+    """What is wrong with the first file of `directory` named as a checkpoint, as the end of the
+    "no checkpoints found" line (empty if none is named so, or none shows what)."""
+    named = [p for p in files_in(directory) if named_as_checkpoint(p)]
+    for at, candidate in enumerate(named):
+        why = why_unreadable(candidate)
+        if why:
+            more = len(named) - at - 1
+            return f"; {os.path.basename(candidate)}: {why}" + (f" (and {more} more file(s) named so)" if more else "")
+    return ""
 
 
 def open_run(

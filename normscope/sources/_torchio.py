@@ -25,7 +25,7 @@ from normscope.errors import BadInputError, UnsafeCheckpointError
 from ._fast_torch_zip import load_torch_zip_fast, scan_torch_zip
 from ._restricted_torch import load_torch_zip_restricted
 from ._unpickle import Declined, Reason
-from ._zipdir import zip_facts
+from ._zipdir import zip_end_missing, zip_facts
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,12 @@ def _torch_load(path: str, is_zip: bool, recover_unsafe: bool, notes: list[str] 
             raise Failure.NEEDS_CODE.error(path, ", ".join(names), _RECOVERABLE if is_zip else _RESAVE) from None
         raise Failure.REFUSED.error(path, _weights_only_reason(exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
-        raise Failure.CORRUPT.error(path, _first_line(exc)) from None
+        # torch says only "[Errno 22] Invalid argument" of a zip whose end was cut off
+        detail = _CUT_ZIP if is_zip and zip_end_missing(path) else _first_line(exc)
+        raise Failure.CORRUPT.error(path, detail) from None
+
+
+_CUT_ZIP = "its zip archive has no end record, so the end of the file is missing (a copy or a save cut short)"
 
 
 _TORCH_LOAD = object()  # the fast reader's answer where torch.load must read the file

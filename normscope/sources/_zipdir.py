@@ -380,3 +380,19 @@ def zip_facts(path: str) -> ZipFacts:
     except OSError:
         return ZipFacts(readable=False, has_pickle=False, torchscript=False)
     return _zip_facts(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
+# an end record sits in an archive's last 22 bytes, before a comment of at most 65,535
+_END_TAIL = _END.size + 65_535
+
+
+def zip_end_missing(path: str) -> bool:
+    """True where a file that starts as a zip archive has no end record in its tail: the end of
+    the file, with the archive's directory, is missing (a copy or a save cut short)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _END_TAIL))
+            return b"PK\x05\x06" not in f.read()
+    except OSError:
+        return False

@@ -1,0 +1,65 @@
+"""Why a file that is named like a checkpoint is none that normscope can read.
+
+No layout's sniffer claimed it, so the user would hear only "not a checkpoint" and the kinds looked
+for. Its name says what it was meant to be; this says what its first bytes (or its size) show
+instead, in words that fit after a colon in that one line. Reads a few bytes at most, changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from ._torchio import PICKLE_PROTO, ZIP_MAGIC, read_head
+
+_SAFETENSORS = (".safetensors",)
+_TORCH = (".pt", ".pth", ".bin", ".ckpt")
+# safetensors itself refuses larger headers (safetensors_files._MAX_HEADER)
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def named_as_checkpoint(path: str) -> bool:
+    return path.lower().endswith(_SAFETENSORS + _TORCH)
+
+
+def why_unreadable(path: str) -> str | None:
+    """What is wrong with `path`, a file named as a safetensors or torch file that no layout
+    claimed; None if its name says neither or nothing wrong shows in its first bytes."""
+    lower = path.lower()
+    if not lower.endswith(_SAFETENSORS + _TORCH):
+        return None
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None  # the readers say why, in their own words
+    if size == 0:
+        return "it is empty (0 bytes)"
+    if lower.endswith(_SAFETENSORS):
+        return _why_not_safetensors(path, size)
+    return _why_not_torch(path)
+
+
+def _why_not_safetensors(path: str, size: int) -> str | None:
+    head = read_head(path, 9)
+    if len(head) < 9:
+        return f"it is {size} bytes long, too short for a safetensors header"
+    (length,) = struct.unpack("<Q", head[:8])
+    if head[8:9] != b"{":
+        return "its header does not start with a JSON object, so it is not a safetensors file"
+    if length > size - 8:
+        return (f"its header is said to be {length:,} bytes long, but the file holds {size - 8:,} "
+                "after that length: cut short, or not a safetensors file")
+    if length > _MAX_HEADER:
+        return f"its header is said to be {length:,} bytes long, over the {_MAX_HEADER:,} safetensors allows"
+    if length < 2:
+        return f"its header is said to be {length} byte(s) long, too short for a JSON object"
+    return None
+
+
+def _why_not_torch(path: str) -> str | None:
+    head = read_head(path, 4)
+    if head == ZIP_MAGIC or (len(head) >= 2 and head[0] == PICKLE_PROTO):
+        return None  # the torch reader's sniff decides those
+    shown = " ".join(f"{b:02x}" for b in head)
+    return f"it starts with neither a zip archive nor a pickle (first bytes {shown}), as torch.save files do"
