@@ -128,6 +128,33 @@ def test_corrupt_safetensors_header(tmp_path, header):
     assert "corrupt safetensors header" in _refused(tmp_path / "m.safetensors")
 
 
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}, "has dtype 'Q7', which safetensors does not define"),
+        ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "has shape [-2], not a list of non-negative"),
+        ({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]}, "has shape [2.0], not a list of non-negative"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [0]}, "has data_offsets [0], not two integers"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, "its end comes before its start"),
+        ({"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}, "a negative offset"),
+        ({"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, "ends at byte 16 of the data, which holds 8 bytes"),
+        ({"dtype": "F32"}, "lacks one of dtype, shape and data_offsets"),
+        (5, "lacks one of dtype, shape and data_offsets"),
+        ({"dtype": "X" * 5000, "shape": [2], "data_offsets": [0, 8]}, "has dtype 'XXXX"),
+    ],
+    ids=["dtype", "negative-dim", "float-dim", "one-offset", "backwards", "negative-offset", "past-end",
+         "missing-keys", "not-an-object", "long-dtype"],
+)
+def test_a_corrupt_header_entry_is_named_with_what_is_wrong(tmp_path, entry, says):
+    """Each way an entry can be wrong has its own words, so the user need not guess between a cut
+    file and a writer's bug; what the file holds is quoted at most 40 characters long."""
+    header = json.dumps({"w": entry}).encode()
+    (tmp_path / "m.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
+    message = _refused(tmp_path / "m.safetensors")
+    assert message.startswith(f"{tmp_path / 'm.safetensors'} has a corrupt safetensors header (entry 'w' ")
+    assert says in message and len(message) < len(str(tmp_path)) + 200
+
+
 def test_safetensors_header_length_past_end_of_file(tmp_path):
     save_file({"w": torch.ones(4)}, tmp_path / "m.safetensors")
     data = (tmp_path / "m.safetensors").read_bytes()

@@ -99,23 +99,11 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
     for key, info in header.items():
         if key == "__metadata__":
             continue
-        try:
-            start, stop = info["data_offsets"]
-            shape = info["shape"]
-            ok = (
-                info["dtype"] in SAFETENSORS_DTYPES
-                and type(start) is int
-                and type(stop) is int
-                and 0 <= start <= stop <= data_len
-                and type(shape) is list
-                and all(type(d) is int and d >= 0 for d in shape)
-            )
-        except (TypeError, KeyError, ValueError, AttributeError):
-            ok = False
-        if not ok:
-            raise BadInputError(
-                f"{path} has a corrupt safetensors header (entry {key!r}; truncated?)"
-            )
+        problem = _entry_problem(info, data_len)
+        if problem:
+            raise BadInputError(f"{path} has a corrupt safetensors header (entry {_short(key)} {problem})")
+        start, stop = info["data_offsets"]
+        shape = info["shape"]
         # Exact (Python ints): a shape whose product wraps in 64 bits can name 2**64 elements
         # over a few bytes, and every size the engine plans with comes from the shape.
         need = math.prod(shape) * ITEMSIZE[SAFETENSORS_DTYPES[info["dtype"]]]
@@ -135,6 +123,32 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
                 "overlap)"
             )
     return header, 8 + n
+
+
+def _entry_problem(info: Any, data_len: int) -> str | None:
+    """What is wrong with one tensor's entry of a header, as words after its name; None if nothing."""
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        return "lacks one of dtype, shape and data_offsets"
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
+        return f"has dtype {_short(dtype)}, which safetensors does not define"
+    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+        return f"has shape {_short(shape)}, not a list of non-negative integers"
+    if type(offsets) is not list or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        return f"has data_offsets {_short(offsets)}, not two integers"
+    start, stop = offsets
+    if start < 0:
+        return f"has data_offsets [{start}, {stop}]: a negative offset"
+    if stop < start:
+        return f"has data_offsets [{start}, {stop}]: its end comes before its start"
+    if stop > data_len:
+        return f"ends at byte {stop:,} of the data, which holds {data_len:,} bytes: truncated?"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # what the fused kernel reads (`engine/_fused.c`); float8 goes to the torch kernels
