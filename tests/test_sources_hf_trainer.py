@@ -61,6 +61,16 @@ def _write_run(root, steps=(10, 20, 30), weights="safetensors", marker=None):  #
     return model, opt
 
 
+def test_a_trainer_state_without_a_usable_global_step_is_named(tmp_path):
+    _write_run(tmp_path, steps=(10, 20, 30))
+    state = tmp_path / "checkpoint-20" / "trainer_state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "global_step": "x"}))
+    run = open_run(tmp_path)
+    assert [s.meta.step for s in run.snapshots] == [10, 20, 30]
+    assert ("2 of 3 snapshots have a global_step in their trainer_state.json; checkpoint-20 has none: "
+            "ordered by filename instead") in run.warnings
+
+
 def test_checkpoint_dirs_ordered_by_trainer_state_with_adamw_state(tmp_path):
     marker = tmp_path / "code_ran"
     model, opt = _write_run(tmp_path / "out", marker=marker)

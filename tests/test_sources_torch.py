@@ -171,6 +171,23 @@ def test_filename_order_when_nothing_embedded(tmp_path):
     assert [s.meta.step for s in run.snapshots] == [0, 10, 20]
 
 
+def test_a_step_stored_in_only_some_files_is_said_to_be_missing(tmp_path):
+    """The run falls back to the file names, and their numbers give the steps: the user hears which
+    file lacks what the others store, since that file is why stronger evidence went unused."""
+    _save_epochs(tmp_path, n=4, name="step_{e}0.pt")
+    payload = torch.load(tmp_path / "step_20.pt", weights_only=True)
+    del payload["epoch"], payload["step"]
+    torch.save(payload, tmp_path / "step_20.pt")
+    run = open_run(tmp_path)
+    assert run.ordering == ORDER_FILENAME
+    assert [s.meta.step for s in run.snapshots] == [0, 10, 20, 30]
+    assert ("3 of 4 snapshots have a step or epoch stored inside them; step_20.pt has none: "
+            "ordered by filename instead") in run.warnings
+    _save_epochs(tmp_path, n=4, name="step_{e}0.pt")  # every file stores it again: no such note
+    run = open_run(tmp_path)
+    assert not any("stored inside them" in w for w in run.warnings)
+
+
 def test_natural_sort_of_unpatterned_names(tmp_path):
     model = small_mlp()
     for i in (1, 2, 10):

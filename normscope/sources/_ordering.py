@@ -165,7 +165,32 @@ def order_snapshots(
         warnings.append(
             "no step, epoch or number in the names: ordered by file modification time"
         )
+    warnings[:0] = _partly_recorded(pending, level)
     return [_finish(p, level) for _, p in ranked], level, warnings
+
+
+# The evidence a level needs from every snapshot, in words, and whether one snapshot has it.
+_RECORDED = {
+    ORDER_EMBEDDED: ("a step or epoch stored inside them",
+                     lambda p: p.embedded_step is not None or p.embedded_epoch is not None),
+    ORDER_TRAINER_STATE: ("a global_step in their trainer_state.json", lambda p: p.trainer_step is not None),
+}
+
+
+def _partly_recorded(pending: list[PendingSnapshot], used: str) -> list[str]:
+    """A note for each level stronger than the one used that some snapshots record and others do
+    not: the run was ordered (and its steps or epochs taken) from weaker evidence than most of
+    its files hold, which the user should hear about."""
+    notes = []
+    for level, (what, has) in _RECORDED.items():
+        if level == used:
+            break
+        lacking = [p.label for p in pending if not has(p)]
+        if 0 < len(lacking) < len(pending):
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            notes.append(f"{len(pending) - len(lacking)} of {len(pending)} snapshots have {what}; "
+                         f"{shown} {'has' if len(lacking) == 1 else 'have'} none: ordered by {used} instead")
+    return notes
 
 
 def _show_key(key: Any) -> str:
