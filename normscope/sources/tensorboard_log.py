@@ -138,6 +138,9 @@ def read_tensorboard(path: str | os.PathLike[str], tag_pattern: str | None = Non
             continue
         param, stat = hit
         points += [NormPoint(int(e.step), param, stat, float(e.value)) for e in acc.Scalars(tag)]
+    if not points and not any(acc.Tags().values()):
+        raise BadInputError(f"the event files in {where} hold no readable events "
+                            "(damaged, or nothing written to them yet)")
     if not points:
         shown = ", ".join(tags[:6]) + (" …" if len(tags) > 6 else "")
         raise BadInputError(f"no per-layer norm scalars in {where} (scalar tags: {shown or 'none'}); "
