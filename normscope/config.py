@@ -12,6 +12,7 @@ key and the file. The schema is the dataclasses below: adding a section is addin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -41,17 +42,22 @@ class CheckConfig:
     nonfinite: bool = True  # fail on any NaN/Inf weight
     kinds: tuple[str, ...] = ("weight",)  # parameter kinds the per-layer and total rules look at
     growth_measure: str = field(default="last_first", metadata={"choices": ("last_first", "max_min")})
-    max_growth: float | None = None  # per-layer norm ratio must stay <= this
-    min_growth: float | None = None  # per-layer norm ratio must stay >= this (collapse)
-    min_total_norm: float | None = None  # total norm over `kinds`, every snapshot
-    max_total_norm: float | None = None
+    # per-layer norm ratio must stay <= this
+    max_growth: float | None = field(default=None, metadata={"above": 0})
+    # per-layer norm ratio must stay >= this (collapse)
+    min_growth: float | None = field(default=None, metadata={"min": 0})
+    # total norm over `kinds`, every snapshot
+    min_total_norm: float | None = field(default=None, metadata={"min": 0})
+    max_total_norm: float | None = field(default=None, metadata={"min": 0})
     # a bounce of the total squared norm must happen by this epoch; "none": no bounce may happen
-    bounce_by_epoch: float | str | None = field(default=None, metadata={"choices": ("none",)})
-    equilibrium_min_ratio: float | None = None  # measured / predicted, scale-invariant layers
-    equilibrium_max_ratio: float | None = None
+    bounce_by_epoch: float | str | None = field(default=None, metadata={"choices": ("none",), "min": 0})
+    # measured / predicted, scale-invariant layers
+    equilibrium_min_ratio: float | None = field(default=None, metadata={"min": 0})
+    equilibrium_max_ratio: float | None = field(default=None, metadata={"above": 0})
     baseline: str | None = None  # path of a baseline run to compare against
-    baseline_rtol: float = 0.05  # per-layer relative norm difference allowed against the baseline
-    baseline_atol: float = 0.0
+    # per-layer relative norm difference allowed against the baseline
+    baseline_rtol: float = field(default=0.05, metadata={"min": 0})
+    baseline_atol: float = field(default=0.0, metadata={"min": 0})
     warn: tuple[str, ...] = ()  # rule names whose failures are warnings (exit 0), not errors
 
 
@@ -61,7 +67,7 @@ class NormscopeConfig:
 
     include: tuple[str, ...] = ()  # glob patterns of parameter names to keep
     exclude: tuple[str, ...] = ()
-    every: int = 1  # use every n-th snapshot
+    every: int = field(default=1, metadata={"min": 1})  # use every n-th snapshot
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     check: CheckConfig = field(default_factory=CheckConfig)
 
@@ -220,9 +226,9 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
         if member is bool and isinstance(value, bool):
             return value
         if member is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _in_range(value, meta, where)
         if member is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _in_range(float(value), meta, where)
         if member is str and isinstance(value, str):
             if choices and value not in choices:
                 raise ConfigError(f"{where}: must be {_type_name(tp)} ({' or '.join(choices)}), got {value!r}")
@@ -231,6 +237,19 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
                 and all(isinstance(item, str) for item in value)):
             return tuple(value)
     raise ConfigError(f"{where}: must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _in_range(value: float, meta: Mapping[str, Any], where: str) -> Any:
+    """`value` if it is a finite number within the field's bounds (`min`, or `above` for a strict
+    one); a limit of NaN or infinity, or a negative ratio, would make a rule pass or fail whatever
+    the run does, so it is a configuration error."""
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if "min" in meta and value < meta["min"]:
+        raise ConfigError(f"{where}: must be at least {meta['min']}, got {value!r}")
+    if "above" in meta and value <= meta["above"]:
+        raise ConfigError(f"{where}: must be above {meta['above']}, got {value!r}")
+    return value
 
 
 def _parse_text(text: str, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
@@ -248,12 +267,12 @@ def _parse_text(text: str, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
                 return False
         elif member is int:
             try:
-                return int(stripped)
+                return _in_range(int(stripped), meta, where)
             except ValueError:
                 pass
         elif member is float:
             try:
-                return float(stripped)
+                return _in_range(float(stripped), meta, where)
             except ValueError:
                 pass
         elif typing.get_origin(member) is tuple:

@@ -82,6 +82,13 @@ def test_relative_baseline_is_taken_from_the_config_files_directory(tmp_path):
     ("colour = \"red\"\n", "unknown key 'colour'"),
     ("check = 3\n", "'check' must be a table"),
     ("[check\n", "not valid TOML"),
+    ("[check]\nmax_growth = nan\n", "key 'check.max_growth': must be a finite number, got nan"),
+    ("[check]\nmax_total_norm = inf\n", "key 'check.max_total_norm': must be a finite number, got inf"),
+    ("[check]\nmax_growth = -1.0\n", "key 'check.max_growth': must be above 0, got -1.0"),
+    ("[check]\nmax_growth = 0\n", "key 'check.max_growth': must be above 0, got 0.0"),
+    ("[check]\nbaseline_rtol = -0.1\n", "key 'check.baseline_rtol': must be at least 0, got -0.1"),
+    ("[check]\nbounce_by_epoch = -3\n", "key 'check.bounce_by_epoch': must be at least 0, got -3.0"),
+    ("every = 0\n", "key 'every': must be at least 1, got 0"),
 ])
 def test_bad_files_name_the_key_and_the_file(tmp_path, text, needle):
     path = write(tmp_path / "normscope.toml", text)
@@ -91,6 +98,25 @@ def test_bad_files_name_the_key_and_the_file(tmp_path, text, needle):
     assert needle in message
     assert str(path) in message
     assert "\n" not in message
+
+
+def test_limits_at_their_edges_are_kept(tmp_path):
+    """A collapse bound of 0 and a zero tolerance are the rule switched off or made exact, not errors."""
+    write(tmp_path / "normscope.toml", "[check]\nmin_growth = 0\nbaseline_atol = 0\nbaseline_rtol = 0\n"
+                                       "bounce_by_epoch = 0\nequilibrium_min_ratio = 0\n")
+    check = load_config(tmp_path, environ={}, cwd=tmp_path).config.check
+    assert (check.min_growth, check.baseline_rtol, check.bounce_by_epoch) == (0.0, 0.0, 0.0)
+
+
+def test_a_limit_that_decides_every_run_alike_is_refused_from_any_source(tmp_path):
+    """NaN compares false with everything and a negative ratio bound holds for every run: from the
+    environment and from flags as from the file, each is a one-line configuration error."""
+    with pytest.raises(ConfigError, match="NORMSCOPE_CHECK_MAX_GROWTH: must be a finite number, got nan"):
+        load_config(tmp_path, environ={"NORMSCOPE_CHECK_MAX_GROWTH": "nan"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="flag --max-growth: must be above 0, got -1.0"):
+        load_config(tmp_path, environ={}, cwd=tmp_path, flags={"check.max_growth": -1.0})
+    with pytest.raises(ConfigError, match="flag --every: must be at least 1, got 0"):
+        load_config(tmp_path, environ={}, cwd=tmp_path, flags={"every": "0"})
 
 
 def test_bad_environment_and_flags_are_one_line_errors(tmp_path):

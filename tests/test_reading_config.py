@@ -122,7 +122,7 @@ def test_watch_follows_the_parameters_the_file_chose(sample_runs_dir, tmp_path):
                                      ["watch", "--once"]])
 def test_a_bad_config_file_is_one_line_and_exit_2_in_every_command(project, tmp_path, command):
     config = tmp_path / "bad.toml"
-    config.write_text("every = 0\nbogus = 1\n", encoding="utf-8")
+    config.write_text("bogus = 1\nevery = 0\n", encoding="utf-8")
     args = [a.format(tmp=tmp_path) for a in command]
     result = _invoke([*args, str(project / "run"), "--config", str(config)])
     assert result.exit_code == 2
