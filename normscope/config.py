@@ -60,6 +60,9 @@ class CheckConfig:
     baseline_atol: float = field(default=0.0, metadata={"min": 0})
     warn: tuple[str, ...] = ()  # rule names whose failures are warnings (exit 0), not errors
 
+    def __post_init__(self) -> None:
+        _check_bounds(self, "check.")
+
 
 @dataclass(frozen=True)
 class NormscopeConfig:
@@ -70,6 +73,9 @@ class NormscopeConfig:
     every: int = field(default=1, metadata={"min": 1})  # use every n-th snapshot
     device: str = field(default="auto", metadata={"choices": ("auto", "cpu", "cuda")})
     check: CheckConfig = field(default_factory=CheckConfig)
+
+    def __post_init__(self) -> None:
+        _check_bounds(self, "")
 
     def reading(self) -> dict[str, Any]:
         """The keys that choose what of a run is read, as `RunOptions` fields (what every command
@@ -237,6 +243,14 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
                 and all(isinstance(item, str) for item in value)):
             return tuple(value)
     raise ConfigError(f"{where}: must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _check_bounds(section: Any, prefix: str) -> None:
+    """The numbers of a config section built in Python held to the bounds the file's are held to."""
+    for fld in dataclasses.fields(section):
+        value = getattr(section, fld.name)
+        if ("min" in fld.metadata or "above" in fld.metadata) and type(value) in (int, float):
+            _in_range(value, fld.metadata, f"{type(section).__name__}.{fld.name}")
 
 
 def _in_range(value: float, meta: Mapping[str, Any], where: str) -> Any:

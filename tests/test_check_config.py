@@ -119,6 +119,14 @@ def test_a_limit_that_decides_every_run_alike_is_refused_from_any_source(tmp_pat
         load_config(tmp_path, environ={}, cwd=tmp_path, flags={"every": "0"})
 
 
+def test_a_check_config_built_in_python_is_held_to_the_same_bounds():
+    with pytest.raises(ConfigError, match="CheckConfig.max_growth: must be a finite number, got nan"):
+        CheckConfig(max_growth=float("nan"))
+    with pytest.raises(ConfigError, match="CheckConfig.baseline_rtol: must be at least 0, got -1"):
+        CheckConfig(baseline_rtol=-1)
+    assert CheckConfig(max_growth=3, min_growth=0).max_growth == 3
+
+
 def test_bad_environment_and_flags_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="NORMSCOPE_CHECK_MAX_GROWTH: must be number"):
         load_config(tmp_path, environ={"NORMSCOPE_CHECK_MAX_GROWTH": "lots"}, cwd=tmp_path)
