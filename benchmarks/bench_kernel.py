@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     nbytes = args.mb * 2**20
+    short = [f for f in args.files if os.path.getsize(f) < nbytes + mmap.PAGESIZE]
+    if short:
+        ap.error(f"--mb {args.mb} needs files of more than {args.mb} MiB + 4 KiB: "
+                 f"{short[0]} has {os.path.getsize(short[0]) / 2**20:.1f} MiB")
     for dtype in args.dtype:
         for streams in args.streams:
             files = [args.files[i % len(args.files)] for i in range(streams)]
