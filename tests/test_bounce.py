@@ -123,6 +123,17 @@ def test_epoch_series_default_is_weights_only_and_reports_it():
     assert epoch_series(traj.table, include_kinds="all").n_tensors == 4
 
 
+def test_snapshots_without_an_epoch_among_others_are_counted_and_located():
+    """A tracker whose first record came before set_epoch(), a checkpoint saved without its epoch:
+    the error says how many of how many lack one, and at which steps."""
+    traj = trajectory_from_norms({"fc": bounce_curve(12)}, steps_per_epoch=10)
+    table = traj.table.copy()
+    table.loc[table["snapshot"].isin([0, 5]), "epoch"] = np.nan
+    with pytest.raises(BadInputError, match=r"^2 of 12 snapshot\(s\) record no epoch \(at step 0, 50\); "
+                                            r"pass --steps-per-epoch N$"):
+        epoch_series(table)
+
+
 def test_steps_per_epoch_aggregates_per_step_snapshots():
     # 4 snapshots per epoch (25 steps apart), no epoch recorded: the last of each epoch stands for it
     values = np.repeat(np.arange(10, 0, -1, dtype=float), 4)

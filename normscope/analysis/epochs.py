@@ -165,8 +165,11 @@ def _snapshot_epochs(table: pd.DataFrame, steps_per_epoch: float | None) -> pd.D
         raise BadInputError("the checkpoints record no epoch; pass --steps-per-epoch N (or --one-file-per-epoch "
                             "when each checkpoint file is one epoch)")
     if snaps["epoch"].isna().any():
+        missing = snaps[snaps["epoch"].isna()]
+        steps = [int(s) for s in missing["step"].dropna().head(3)]
+        at = f" (at step {', '.join(map(str, steps))}{', …' if len(missing) > len(steps) else ''})" if steps else ""
         raise BadInputError(
-            f"{int(snaps['epoch'].isna().sum())} snapshot(s) record no epoch; pass --steps-per-epoch N"
+            f"{len(missing)} of {len(snaps)} snapshot(s) record no epoch{at}; pass --steps-per-epoch N"
         )
     return snaps
 
