@@ -141,3 +141,23 @@ def test_a_usage_mistake_is_one_line_on_stderr_and_exit_2(args):
     assert result.returncode == 2, result.stderr
     assert result.stdout == "" and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("normscope: error: ") and "╭" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("blocked", "args", "pip"), [
+    ("matplotlib", ("analyze", "{run}", "--plots", "{out}/plots"), "pip install matplotlib"),
+    ("matplotlib", ("recommend", "{run}", "--plot", "{out}/plot.png"), "pip install matplotlib"),
+    ("pyarrow", ("analyze", "{run}", "-f", "parquet", "-o", "{out}/t.parquet"), "normscope[parquet]"),
+], ids=["analyze-plots", "recommend-plot", "parquet"])
+def test_a_library_that_cannot_be_imported_is_named_not_called_a_bug(sample_runs_dir, tmp_path, blocked,
+                                                                       args, pip):
+    """A broken or missing library is the environment's to fix: one line naming it and what installs
+    it, exit 2, never 'internal error'."""
+    code = ("import sys; sys.modules[sys.argv[1]] = None; sys.argv = ['normscope', *sys.argv[2:]]\n"
+            "from normscope.cli import main; main()")
+    run = sample_runs_dir / "digits_bn_cnn_sgd"
+    argv = [a.format(run=run, out=tmp_path) for a in args]
+    result = subprocess.run([sys.executable, "-c", code, blocked, *argv], check=False, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and pip in result.stderr, result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.stderr

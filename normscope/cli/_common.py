@@ -129,6 +129,24 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
+# The libraries normscope imports, by import name, with what pip installs them as: one that is
+# missing or broken is the environment's to fix, not a bug of normscope's.
+_PACKAGES = {
+    "torch": "torch", "safetensors": "safetensors", "typer": "typer", "rich": "rich", "pandas": "pandas",
+    "numpy": "numpy", "matplotlib": "matplotlib", "pyarrow": "pyarrow", "tensorboard": "tensorboard",
+    "dask": "'dask[distributed]'", "distributed": "'dask[distributed]'", "transformers": "transformers",
+    "accelerate": "accelerate", "pytorch_lightning": "pytorch-lightning", "lightning": "lightning",
+}
+
+
+def _missing_package(exc: BaseException) -> tuple[str, str] | None:
+    """(import name, pip name) of the library whose import failed, where `exc` is that failure."""
+    if not isinstance(exc, ImportError) or not exc.name:
+        return None
+    top = exc.name.split(".")[0]
+    return (top, _PACKAGES[top]) if top in _PACKAGES else None
+
+
 def handle_errors(func: F) -> F:
     """Wrap a command so user errors print one line and exit with their code, never a traceback.
 
@@ -151,6 +169,10 @@ def handle_errors(func: F) -> F:
         except Exception as exc:
             if os.environ.get("NORMSCOPE_DEBUG"):
                 raise
+            missing = _missing_package(exc)
+            if missing:
+                raise fail(f"this command needs {missing[0]}, which cannot be imported here: {exc} "
+                           f"(pip install {missing[1]})", EXIT_BAD_INPUT) from None
             raise fail(
                 f"internal error: {type(exc).__name__}: {exc} "
                 "(a bug in normscope; rerun with NORMSCOPE_DEBUG=1 for the traceback)",
