@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -161,3 +162,40 @@ def test_a_library_that_cannot_be_imported_is_named_not_called_a_bug(sample_runs
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and pip in result.stderr, result.stderr
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ("analyze", "-f", "csv", "-o", "{target}"),
+    ("recommend", "-f", "json", "-o", "{target}"),
+    ("check", "--junit", "{target}"),
+    ("report", "-o", "{target}"),
+], ids=lambda c: " ".join(c[:2]))
+@pytest.mark.parametrize("target", ["epoch_000.pt", "renamed.md", "track.jsonl", "trainer_state.json"])
+def test_an_output_never_overwrites_a_file_of_a_run(command, target, sample_runs_dir, tmp_path):
+    """A checkpoint (by its name or, renamed, by its first bytes), a tracker log or a run's metadata
+    given as the output is refused before anything is read; every byte of it stays."""
+    run = tmp_path / "run"
+    shutil.copytree(sample_runs_dir / "digits_bn_cnn_sgd", run)
+    sources = {"epoch_000.pt": run / "epoch_000.pt", "renamed.md": run / "epoch_000.pt",
+               "track.jsonl": sample_runs_dir / "digits_bn_cnn_live" / "track.jsonl",
+               "trainer_state.json": None}
+    path = run / target
+    if sources[target] is None:
+        path.write_text('{"global_step": 10}')
+    elif sources[target] != path:
+        shutil.copyfile(sources[target], path)
+    before = path.read_bytes()
+    result = _normscope(command[0], run, *[a.format(target=path) for a in command[1:]])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    if command[0] != "report" or target.endswith(".md"):  # else its name is no report format first
+        assert "never writes over a run's files" in result.stderr, result.stderr
+    assert path.read_bytes() == before
+
+
+def test_an_earlier_output_is_written_over(sample_runs_dir, tmp_path):
+    for output in ("table.csv", "table.json"):
+        for _ in range(2):
+            result = _normscope("analyze", sample_runs_dir / "digits_bn_cnn_sgd", "-f", output.split(".")[1],
+                                "-o", tmp_path / output)
+            assert result.returncode == 0, result.stderr

@@ -317,3 +317,19 @@ def test_cuda_tracking_matches_a_direct_computation(tmp_path):
             assert got.norm_sq == pytest.approx(want["w_sq"][j], rel=1e-5)
             assert got.update_norm_sq == pytest.approx(want["dw_sq"][j], rel=1e-4)
             assert got.grad_norm_sq == pytest.approx(want["g_sq"][j], rel=1e-5)
+
+
+def test_a_tracker_pointed_at_a_checkpoint_refuses_and_leaves_it(tmp_path):
+    """By name or, renamed, by its first bytes; an earlier log at the path is started afresh."""
+    model = nn.Linear(3, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.save(model.state_dict(), tmp_path / "epoch_1.pt")
+    (tmp_path / "renamed.jsonl").write_bytes((tmp_path / "epoch_1.pt").read_bytes())
+    for name in ("epoch_1.pt", "renamed.jsonl"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(BadInputError, match="holds a checkpoint; the tracker never writes over a run's files"):
+            normscope.track(model, opt, tmp_path / name)
+        assert (tmp_path / name).read_bytes() == before
+    for _ in range(2):
+        normscope.track(model, opt, tmp_path / "track.jsonl").close()
+    assert len((tmp_path / "track.jsonl").read_text().splitlines()) == 1  # the header of the second

@@ -43,6 +43,7 @@ from normscope.live.schema import (
     encode_line,
     plain,
 )
+from normscope.run_files import run_data_in
 
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -102,6 +103,10 @@ class Tracker:
         self._groups = self._param_group_index(self.optimizer, params)
         self._step_groups: list[dict[str, Any]] = []
         self._closed = False
+        held = run_data_in(self.path)
+        if held and held != "a training log":  # an earlier log at the path is started afresh
+            raise BadInputError(f"{self.path} holds {held}; the tracker never writes over a run's "
+                                "files, so give its log another name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Start the file fresh, then append (O_APPEND): after logrotate's copytruncate the next
         # record lands at the start, not past a hole of NULs. Each record: one write, then flush.
