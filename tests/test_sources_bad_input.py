@@ -379,3 +379,17 @@ def test_randomly_damaged_safetensors_files_are_analysed_or_one_line(tmp_path):
             continue
         outcomes["analysed"] += 1
     assert outcomes["analysed"] and outcomes["refused"]
+
+
+def test_an_optimizer_file_of_other_bytes_is_said_to_be_no_torch_file(tmp_path):
+    """accelerate's optimizer.bin holding something else: its first bytes, not the opcode torch's
+    safe unpickler stumbled on."""
+    for i in range(2):
+        directory = tmp_path / "checkpoints" / f"checkpoint_{i}"
+        directory.mkdir(parents=True)
+        save_file({"w": torch.ones(3, 3) * (i + 1)}, directory / "model.safetensors")
+        (directory / "optimizer.bin").write_bytes(b"garbage" * 10)
+        torch.save({"last_epoch": i}, directory / "scheduler.bin")
+    message = _refused(tmp_path)
+    assert message.endswith("optimizer.bin is not a readable torch checkpoint: it starts with neither a zip "
+                            "archive nor a pickle (first bytes 67 61 72 62), as torch.save files do")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 
-from ._torchio import PICKLE_PROTO, ZIP_MAGIC, read_head
+from ._torchio import PICKLE_PROTO, ZIP_MAGIC, neither_zip_nor_pickle, read_head
 
 _SAFETENSORS = (".safetensors",)
 _TORCH = (".pt", ".pth", ".bin", ".ckpt")
@@ -61,5 +61,4 @@ def _why_not_torch(path: str) -> str | None:
     head = read_head(path, 4)
     if head == ZIP_MAGIC or (len(head) >= 2 and head[0] == PICKLE_PROTO):
         return None  # the torch reader's sniff decides those
-    shown = " ".join(f"{b:02x}" for b in head)
-    return f"it starts with neither a zip archive nor a pickle (first bytes {shown}), as torch.save files do"
+    return neither_zip_nor_pickle(path)

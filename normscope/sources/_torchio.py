@@ -236,11 +236,21 @@ def _torch_load(path: str, is_zip: bool, recover_unsafe: bool, notes: list[str] 
             return _recover(path, notes)
         if names:
             raise Failure.NEEDS_CODE.error(path, ", ".join(names), _RECOVERABLE if is_zip else _RESAVE) from None
+        if not is_zip and not is_pickle(path):  # torch's words would be about an opcode of it
+            raise Failure.REFUSED.error(path, neither_zip_nor_pickle(path)) from None
         raise Failure.REFUSED.error(path, _weights_only_reason(exc)) from None
     except Exception as exc:  # noqa: BLE001 - truncated zips, bad records, …: one line each
         # torch says only "[Errno 22] Invalid argument" of a zip whose end was cut off
         detail = _CUT_ZIP if is_zip and zip_end_missing(path) else _first_line(exc)
         raise Failure.CORRUPT.error(path, detail) from None
+
+
+
+
+def neither_zip_nor_pickle(path: str) -> str:
+    """Why a file that starts with neither is no torch file, showing its first bytes."""
+    shown = " ".join(f"{b:02x}" for b in read_head(path, 4))
+    return f"it starts with neither a zip archive nor a pickle (first bytes {shown}), as torch.save files do"
 
 
 _CUT_ZIP = "its zip archive has no end record, so the end of the file is missing (a copy or a save cut short)"
