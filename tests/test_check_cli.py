@@ -60,6 +60,23 @@ def test_flag_overrides_the_file_and_fails_the_run(runs):
     assert doc["settings_from"]["check.min_growth"] == f"{runs / 'normscope.toml'}:3"
 
 
+def test_an_unreadable_baseline_is_named_as_the_baseline_with_where_it_was_set(runs, tmp_path):
+    """Two runs are read; the line says it is the baseline that failed, and which flag or config line
+    named it, before what is wrong with it."""
+    flagged = invoke([runs / "runs" / "clean", "--baseline", tmp_path / "gone"])
+    assert flagged.exit_code == 2
+    assert flagged.stderr == f"normscope: error: baseline (flag --baseline): {tmp_path / 'gone'} does not exist\n"
+    project = tmp_path / "project"
+    shutil.copytree(runs / "runs" / "clean", project / "run")
+    (project / "normscope.toml").write_text('[check]\nbaseline = "empty"\n', encoding="utf-8")
+    (project / "empty").mkdir()
+    (project / "empty" / "w.pt").write_bytes(b"")
+    configured = invoke([project / "run"])
+    assert configured.exit_code == 2
+    assert configured.stderr.startswith(f"normscope: error: baseline ({project / 'normscope.toml'}:2): no checkpoints")
+    assert configured.stderr.count("\n") == 1
+
+
 def test_baseline_flag_compares_two_runs(runs, tmp_path):
     same = invoke([runs / "runs" / "clean", "--baseline", runs / "runs" / "clean", "--format", "json"])
     assert same.exit_code == 0, same.output

@@ -13,6 +13,7 @@ from normscope.check.findings import CheckResult
 from normscope.check.rules import build_rules
 from normscope.check.runner import run_check
 from normscope.config import ResolvedConfig, load_config
+from normscope.errors import NormscopeError
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,11 @@ def check_path(
     trajectory = load_with_options(path, options, **reading)
     baseline = None
     if config.check.baseline:
-        baseline = load_with_options(config.check.baseline, options, **reading)
+        try:
+            baseline = load_with_options(config.check.baseline, options, **reading)
+        except NormscopeError as exc:  # which of the two runs it is, said first
+            raise type(exc)(f"baseline ({resolved.origin('check.baseline').describe()}): {exc.message}",
+                            exit_code=exc.exit_code) from None
     result = run_check(trajectory, config.check, baseline=baseline, rules=rules, run_path=str(path),
                        baseline_path=config.check.baseline,
                        config_file=str(resolved.file) if resolved.file else None, options=options)
