@@ -12,11 +12,10 @@ import os
 import struct
 
 from ._torchio import PICKLE_PROTO, ZIP_MAGIC, neither_zip_nor_pickle, read_head
+from .safetensors_files import MAX_HEADER_BYTES
 
 _SAFETENSORS = (".safetensors",)
 _TORCH = (".pt", ".pth", ".bin", ".ckpt")
-# safetensors itself refuses larger headers (safetensors_files._MAX_HEADER)
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def named_as_checkpoint(path: str) -> bool:
@@ -26,8 +25,7 @@ def named_as_checkpoint(path: str) -> bool:
 def why_unreadable(path: str) -> str | None:
     """What is wrong with `path`, a file named as a safetensors or torch file that no layout
     claimed; None if its name says neither or nothing wrong shows in its first bytes."""
-    lower = path.lower()
-    if not lower.endswith(_SAFETENSORS + _TORCH):
+    if not named_as_checkpoint(path):
         return None
     try:
         size = os.path.getsize(path)
@@ -35,7 +33,7 @@ def why_unreadable(path: str) -> str | None:
         return None  # the readers say why, in their own words
     if size == 0:
         return "it is empty (0 bytes)"
-    if lower.endswith(_SAFETENSORS):
+    if path.lower().endswith(_SAFETENSORS):
         return _why_not_safetensors(path, size)
     return _why_not_torch(path)
 
@@ -50,8 +48,8 @@ def _why_not_safetensors(path: str, size: int) -> str | None:
     if length > size - 8:
         return (f"its header is said to be {length:,} bytes long, but the file holds {size - 8:,} "
                 "after that length: cut short, or not a safetensors file")
-    if length > _MAX_HEADER:
-        return f"its header is said to be {length:,} bytes long, over the {_MAX_HEADER:,} safetensors allows"
+    if length > MAX_HEADER_BYTES:
+        return f"its header is said to be {length:,} bytes long, over the {MAX_HEADER_BYTES:,} safetensors allows"
     if length < 2:
         return f"its header is said to be {length} byte(s) long, too short for a JSON object"
     return None

@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 INDEX_SUFFIX = ".safetensors.index.json"
-_MAX_HEADER = 100 * 1024 * 1024  # safetensors itself refuses larger headers
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors itself refuses larger headers
 
 
 def sniff_safetensors_file(path: str) -> bool:
@@ -55,7 +55,7 @@ def sniff_safetensors_file(path: str) -> bool:
     if len(head) < 9 or head[8:9] != b"{":
         return False
     (n,) = struct.unpack("<Q", head[:8])
-    return 2 <= n <= min(_MAX_HEADER, os.path.getsize(path) - 8)
+    return 2 <= n <= min(MAX_HEADER_BYTES, os.path.getsize(path) - 8)
 
 
 def is_index(path: str) -> bool:
@@ -79,7 +79,7 @@ def read_header(path: str) -> tuple[dict[str, Any], int]:
                 f"{path} is not a safetensors file (shorter than its header)"
             )
         (n,) = struct.unpack("<Q", raw)
-        if n > min(_MAX_HEADER, size - 8):
+        if n > min(MAX_HEADER_BYTES, size - 8):
             raise BadInputError(
                 f"{path} has a corrupt safetensors header (length {n} > file size)"
             )
