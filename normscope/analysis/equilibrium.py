@@ -45,11 +45,7 @@ import numpy as np
 import pandas as pd
 
 from normscope.analysis import theory
-from normscope.analysis.invariance import (
-    INVARIANT,
-    InvarianceVerdict,
-    classify_invariance,
-)
+from normscope.analysis.invariance import INVARIANT, InvarianceVerdict, classify_invariance
 from normscope.analysis.theory import optimizer_family
 from normscope.analysis.user_model import build_model
 from normscope.trajectory import Trajectory

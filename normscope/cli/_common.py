@@ -14,12 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from normscope.analysis.user_model import MODEL_OPTION_HELP
-from normscope.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_INTERNAL,
-    BadInputError,
-    NormscopeError,
-)
+from normscope.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, BadInputError, NormscopeError
 from normscope.report.escape import printable
 from normscope.report.terminal.safe_console import SafeConsole
 from normscope.run_files import run_data_in
@@ -107,9 +102,7 @@ def reading_options(path: Path, config_file: Path | None, include: list[str] | N
     """The `RunOptions` reading fields a command reads `path` with: its flags, then NORMSCOPE_*
     variables, then the config file (`--config`, else the nearest one above the run or the current
     directory), then the defaults: every command that reads a run reads it the same way."""
-    from normscope.config import (
-        load_config,  # lazy: tomllib and the schema, once a run is read
-    )
+    from normscope.config import load_config  # lazy: tomllib and the schema, once a run is read
 
     flags = reading_flags(include, exclude, every, device)
     return load_config(path, config_file=config_file, flags=flags).config.reading()

@@ -26,12 +26,7 @@ from normscope.analysis.equilibrium import (
 )
 from normscope.analysis.invariance import INVARIANT
 from normscope.analysis.recommend import Recommendation, recommend
-from normscope.analysis.runner import (
-    RECOMMENDATION,
-    RunAnalysis,
-    RunOptions,
-    analyze_run,
-)
+from normscope.analysis.runner import RECOMMENDATION, RunAnalysis, RunOptions, analyze_run
 from normscope.errors import NormscopeError
 from normscope.live.frame import (
     UPDATE_ANGLE,
