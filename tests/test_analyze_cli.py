@@ -201,3 +201,24 @@ def test_rows_limits_the_terminal_tables_and_says_what_is_left_out(sgd_run_dir):
     assert full.exit_code == 0 and "more parameters not shown" not in full.output
     default = runner.invoke(app, ["analyze", str(sgd_run_dir), "--every", "10"])
     assert default.output == full.output  # 200 rows by default: a model this size is shown whole
+
+
+def test_a_divergence_in_every_parameter_is_named_in_a_few_lines(tmp_path):
+    """NaN reaches every parameter within a step or two: the first five are named, one line stands for
+    the rest, on stderr and in the table alike, and the JSON output lists all of them."""
+    for epoch in range(3):
+        state = {f"l{j}.weight": torch.randn(3, 3) for j in range(12)}
+        if epoch:
+            for tensor in state.values():
+                tensor[0, 0] = float("nan")
+        torch.save({"model": state, "epoch": epoch}, tmp_path / f"e{epoch}.pt")
+    result = invoke(tmp_path)
+    assert result.exit_code == 0
+    warned = [line for line in result.stderr.splitlines() if "non-finite" in line]
+    assert warned[:5] == [f"normscope: warning: l{j}.weight holds 1 non-finite value(s) from snapshot 1 on"
+                          for j in range(5)]
+    assert warned[5:] == ["normscope: warning: and 7 more parameter(s) hold non-finite values "
+                          "(all of them: -f json, totals.nonfinite)"]
+    assert sum("non-finite values:" in line for line in result.stdout.splitlines()) == 6
+    doc = json.loads(invoke(tmp_path, "--format", "json").stdout)
+    assert len(doc["totals"]["nonfinite"]) == 12

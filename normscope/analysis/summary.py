@@ -172,7 +172,7 @@ def total_norm_series(traj: Trajectory, kinds: tuple[str, ...] = DEFAULT_TOTAL_K
 
 def nonfinite_findings(traj: Trajectory) -> list[NonFiniteFinding]:
     """The first snapshot at which each parameter holds NaN/Inf values."""
-    bad = traj.table[traj.table["nonfinite"] > 0].sort_values("snapshot")
+    bad = traj.table[traj.table["nonfinite"] > 0].sort_values("snapshot", kind="stable")  # table order in a tie
     first = bad.drop_duplicates("param", keep="first")
     return [
         NonFiniteFinding(param=str(r.param), snapshot=int(r.snapshot), step=_opt_int(r.step),

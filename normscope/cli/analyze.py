@@ -167,9 +167,14 @@ def analyze(
         err.print(f"normscope: warning: {printable(warning)}", markup=False)
     for note in report.notes if report is not None else ():
         err.print(f"normscope: note: {printable(note)}")
-    for finding in run_summary.nonfinite:
-        err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
-                  f"from snapshot {finding.snapshot} on", style="bold red")
+    if run_summary.nonfinite:
+        from normscope.report.terminal.analyze_view import NONFINITE_SHOWN, more_nonfinite  # lazy: numpy and pandas
+
+        for finding in run_summary.nonfinite[:NONFINITE_SHOWN]:
+            err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
+                      f"from snapshot {finding.snapshot} on", style="bold red")
+        if more_nonfinite(run_summary):
+            err.print(f"normscope: warning: {more_nonfinite(run_summary)}", style="bold red")
 
     if format is Format.table:
         from normscope.report.terminal.analyze_view import analyze_view  # lazy: numpy and pandas

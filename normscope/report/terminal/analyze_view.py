@@ -126,14 +126,30 @@ def params_table(params: list[ParamSummary], traj: Trajectory | None = None) -> 
     return FitTable(PARAM_COLUMNS, rows, title="Per-parameter norm trajectories", row_styles=styles)
 
 
+# Parameters a terminal names one line each when they hold NaN/Inf: a divergence reaches every
+# parameter within a step or two, and thousands of lines would bury the first. The JSON output
+# has them all (`totals.nonfinite`).
+NONFINITE_SHOWN = 5
+
+
+def more_nonfinite(run: RunSummary) -> str | None:
+    """The line that stands for the parameters past `NONFINITE_SHOWN`, or None if there are none."""
+    more = len(run.nonfinite) - NONFINITE_SHOWN
+    if more <= 0:
+        return None
+    return f"and {more} more parameter(s) hold non-finite values (all of them: -f json, totals.nonfinite)"
+
+
 def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> RenderableType | None:
     """Non-finite findings and (with `notes`) the source's warnings; `analyze` prints those on
     stderr itself, once for every format."""
     lines: list[Text] = []
-    for f in run.nonfinite:
+    for f in run.nonfinite[:NONFINITE_SHOWN]:
         lines.append(Text(
             f"non-finite values: {printable(f.param)} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
             f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
+    if more_nonfinite(run):
+        lines.append(Text(f"non-finite values: {more_nonfinite(run)}", style="bold red"))
     for w in traj.warnings if notes else ():
         lines.append(Text(f"note: {printable(w)}", style="yellow"))
     return Group(*lines) if lines else None
