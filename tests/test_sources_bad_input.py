@@ -89,8 +89,11 @@ def test_a_zip_cut_in_its_directory_is_said_to_be_cut_short(tmp_path):
         ("model.safetensors", struct.pack("<Q", 2**40) + b'{"w": 1}',
          "its header is said to be 1,099,511,627,776 bytes long, but the file holds 8"),
         ("model.safetensors", struct.pack("<Q", 8) + b"[1, 2, 3]", "does not start with a JSON object"),
+        ("track.jsonl", b"", "it is empty (0 bytes)"),
+        ("track.jsonl", b'{"loss": 1.0}\n', "its first line is not a normscope tracker log's header"),
     ],
-    ids=["empty-pt", "empty-safetensors", "text-pt", "short-safetensors", "header-past-end", "not-json"],
+    ids=["empty-pt", "empty-safetensors", "text-pt", "short-safetensors", "header-past-end", "not-json",
+         "empty-log", "other-jsonl"],
 )
 def test_a_file_named_as_a_checkpoint_says_what_is_wrong_with_it(tmp_path, name, content, reason):
     """Alone or as the only candidate in a directory: the line names the file and what its first

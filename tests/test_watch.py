@@ -86,6 +86,16 @@ def test_equilibrium_formulas():
     assert math.isnan(equilibrium_angle("SGD", 0.1, 0.0, 0.9, math.nan))  # no decay, no equilibrium
 
 
+def test_an_empty_log_file_is_waited_on_like_a_missing_one(tmp_path):
+    """The file exists before its header is written (a job that touched it, a shell's `>`)."""
+    path = tmp_path / "track.jsonl"
+    path.write_bytes(b"")
+    source = LiveSource(path)
+    assert source.poll() is not None and source.poll() is None
+    _train(path, steps=3)
+    assert source.poll().table["step"].max() == 3
+
+
 def test_source_polls_only_when_the_log_grows(tmp_path):
     path = tmp_path / "later.jsonl"
     source = LiveSource(path)  # the run has not started: wait for its log

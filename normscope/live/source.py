@@ -63,6 +63,13 @@ class _LogRows:
         return self.table
 
 
+def _empty_file(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 class LiveSource:
     """What `normscope watch` follows. Raises BadInputError at once when `path` is unusable."""
 
@@ -80,7 +87,7 @@ class LiveSource:
         self._first = True
         self._rows: _LogRows | None = None
         self.last_error: str | None = None
-        if self.path.suffix == ".jsonl" and not self.path.exists():
+        if self.path.suffix == ".jsonl" and (not self.path.exists() or _empty_file(self.path)):
             self.follower = LogFollower(self.path)  # a run about to start: wait for its log
         elif not self.path.exists():
             raise BadInputError(f"no such file or directory: {self.path}")

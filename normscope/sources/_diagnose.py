@@ -18,13 +18,17 @@ _SAFETENSORS = (".safetensors",)
 _TORCH = (".pt", ".pth", ".bin", ".ckpt")
 
 
+_LOG = (".jsonl",)
+
+
 def named_as_checkpoint(path: str) -> bool:
-    return path.lower().endswith(_SAFETENSORS + _TORCH)
+    """Named as a checkpoint or a tracker log: what a user pointing normscope at it meant it to be."""
+    return path.lower().endswith(_SAFETENSORS + _TORCH + _LOG)
 
 
 def why_unreadable(path: str) -> str | None:
-    """What is wrong with `path`, a file named as a safetensors or torch file that no layout
-    claimed; None if its name says neither or nothing wrong shows in its first bytes."""
+    """What is wrong with `path`, a file named as a safetensors or torch file or a tracker log that
+    no layout claimed; None if its name says none of them or nothing wrong shows in its first bytes."""
     if not named_as_checkpoint(path):
         return None
     try:
@@ -35,6 +39,8 @@ def why_unreadable(path: str) -> str | None:
         return "it is empty (0 bytes)"
     if path.lower().endswith(_SAFETENSORS):
         return _why_not_safetensors(path, size)
+    if path.lower().endswith(_LOG):
+        return "its first line is not a normscope tracker log's header"
     return _why_not_torch(path)
 
 
