@@ -43,7 +43,7 @@ from normscope.live.schema import (
     encode_line,
     plain,
 )
-from normscope.run_files import run_data_in
+from normscope.run_files import TRAINING_LOG, run_data_in
 
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -104,7 +104,7 @@ class Tracker:
         self._step_groups: list[dict[str, Any]] = []
         self._closed = False
         held = run_data_in(self.path)
-        if held and held != "a training log":  # an earlier log at the path is started afresh
+        if held and held != TRAINING_LOG:  # an earlier log at the path is started afresh
             raise BadInputError(f"{self.path} holds {held}; the tracker never writes over a run's "
                                 "files, so give its log another name")
         self.path.parent.mkdir(parents=True, exist_ok=True)
