@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 
-from ._torchio import PICKLE_PROTO, ZIP_MAGIC, neither_zip_nor_pickle, read_head
+from ._torchio import ZIP_MAGIC, is_pickle, neither_zip_nor_pickle, read_head
 from .safetensors_files import MAX_HEADER_BYTES
 
 _SAFETENSORS = (".safetensors",)
@@ -62,7 +62,6 @@ def _why_not_safetensors(path: str, size: int) -> str | None:
 
 
 def _why_not_torch(path: str) -> str | None:
-    head = read_head(path, 4)
-    if head == ZIP_MAGIC or (len(head) >= 2 and head[0] == PICKLE_PROTO):
+    if read_head(path, 4) == ZIP_MAGIC or is_pickle(path):
         return None  # the torch reader's sniff decides those
     return neither_zip_nor_pickle(path)
