@@ -61,7 +61,7 @@ class CheckConfig:
     warn: tuple[str, ...] = ()  # rule names whose failures are warnings (exit 0), not errors
 
     def __post_init__(self) -> None:
-        _check_bounds(self, "check.")
+        _check_bounds(self)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class NormscopeConfig:
     check: CheckConfig = field(default_factory=CheckConfig)
 
     def __post_init__(self) -> None:
-        _check_bounds(self, "")
+        _check_bounds(self)
 
     def reading(self) -> dict[str, Any]:
         """The keys that choose what of a run is read, as `RunOptions` fields (what every command
@@ -245,7 +245,7 @@ def _coerce(value: Any, tp: Any, meta: Mapping[str, Any], where: str) -> Any:
     raise ConfigError(f"{where}: must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _check_bounds(section: Any, prefix: str) -> None:
+def _check_bounds(section: Any) -> None:
     """The numbers of a config section built in Python held to the bounds the file's are held to."""
     for fld in dataclasses.fields(section):
         value = getattr(section, fld.name)

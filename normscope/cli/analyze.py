@@ -173,8 +173,8 @@ def analyze(
         for finding in run_summary.nonfinite[:NONFINITE_SHOWN]:
             err.print(f"normscope: warning: {printable(finding.param)} holds {finding.count} non-finite value(s) "
                       f"from snapshot {finding.snapshot} on", style="bold red")
-        if more_nonfinite(run_summary):
-            err.print(f"normscope: warning: {more_nonfinite(run_summary)}", style="bold red")
+        if more := more_nonfinite(run_summary):
+            err.print(f"normscope: warning: {more}", style="bold red")
 
     if format is Format.table:
         from normscope.report.terminal.analyze_view import analyze_view  # lazy: numpy and pandas

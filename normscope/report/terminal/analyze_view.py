@@ -148,8 +148,8 @@ def warnings_block(traj: Trajectory, run: RunSummary, *, notes: bool = True) -> 
         lines.append(Text(
             f"non-finite values: {printable(f.param)} has {f.count} NaN/Inf element(s) from snapshot {f.snapshot} "
             f"({fmt_when(f.step, f.epoch)}) on", style="bold red"))
-    if more_nonfinite(run):
-        lines.append(Text(f"non-finite values: {more_nonfinite(run)}", style="bold red"))
+    if more := more_nonfinite(run):
+        lines.append(Text(f"non-finite values: {more}", style="bold red"))
     for w in traj.warnings if notes else ():
         lines.append(Text(f"note: {printable(w)}", style="yellow"))
     return Group(*lines) if lines else None
