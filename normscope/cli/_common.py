@@ -130,13 +130,15 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
-# The libraries normscope imports, by import name, with what pip installs them as: one that is
-# missing or broken is the environment's to fix, not a bug of normscope's.
+# The libraries normscope imports, by import name, with what pip installs them as (an optional one
+# through its extra, as the readers that need one say): one that is missing or broken is the
+# environment's to fix, not a bug of normscope's.
 _PACKAGES = {
     "torch": "torch", "safetensors": "safetensors", "typer": "typer", "rich": "rich", "pandas": "pandas",
-    "numpy": "numpy", "matplotlib": "matplotlib", "pyarrow": "pyarrow", "tensorboard": "tensorboard",
-    "dask": "'dask[distributed]'", "distributed": "'dask[distributed]'", "transformers": "transformers",
-    "accelerate": "accelerate", "pytorch_lightning": "pytorch-lightning", "lightning": "lightning",
+    "numpy": "numpy", "matplotlib": "matplotlib", "pyarrow": "'normscope[parquet]'",
+    "tensorboard": "'normscope[tensorboard]'", "dask": "'normscope[dask]'", "distributed": "'normscope[dask]'",
+    "transformers": "'normscope[hf]'", "accelerate": "'normscope[hf]'",
+    "pytorch_lightning": "'normscope[lightning]'", "lightning": "'normscope[lightning]'",
 }
 
 
